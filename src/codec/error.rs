@@ -1,0 +1,94 @@
+//! Errors of the wire codec. Frame errors are fatal to a connection (the byte stream can no longer
+//! be trusted); record-level problems are [`Violation`]s that cost the peer budget but keep it open.
+
+/// A fatal error of the encrypted frame layer: the connection must close.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// A frame header announced more bytes than the frame limit. Checked before any allocation.
+    #[error("frame of {len} bytes exceeds limit of {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// A frame too short to even hold an authentication tag.
+    #[error("frame of {len} bytes is shorter than the {min}-byte tag")]
+    FrameTooShort {
+        /// Announced length.
+        len: usize,
+        /// Minimum length (the tag).
+        min: usize,
+    },
+    /// The frame failed AEAD authentication: corrupted, forged, replayed or reordered.
+    #[error("frame failed authentication")]
+    Authentication,
+    /// The 64-bit nonce counter is exhausted; the session must be re-established.
+    #[error("nonce counter exhausted")]
+    NonceExhausted,
+    /// A message handed to the encoder is larger than the configured maximum.
+    #[error("message of {len} bytes exceeds limit of {max}")]
+    MessageTooLarge {
+        /// Encoded length.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// Serializing a value failed (a `Serialize` impl returned an error).
+    #[error("encoding failed: {0}")]
+    Encode(String),
+}
+
+/// A peer broke the record rules inside an authenticated frame. The frame boundary is intact, so
+/// the stream stays usable; the offence is counted against the peer's misbehaviour budget.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A message announced a total size above `max_message_size`; its bytes are skipped unread.
+    #[error("message of {len} bytes exceeds limit of {max}")]
+    Oversize {
+        /// Announced size.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// A message arrived whole but its bytes do not decode as the application type.
+    #[error("message does not decode: {0}")]
+    Undecodable(String),
+    /// A control record does not decode.
+    #[error("control message does not decode")]
+    BadControl,
+    /// A record header runs past the end of its frame, or a fragment overruns its message.
+    #[error("malformed record")]
+    MalformedRecord,
+    /// An unknown record kind.
+    #[error("unknown record kind {0:#04x}")]
+    UnknownKind(u8),
+    /// A continuation fragment with no message in progress, or a new message while one is open.
+    #[error("fragment out of sequence")]
+    FragmentOutOfSequence,
+}
+
+impl Violation {
+    /// How many points of the misbehaviour budget this offence costs.
+    pub fn cost(&self) -> u32 {
+        match self {
+            Self::Undecodable(_) | Self::BadControl => 10,
+            Self::Oversize { .. } => 20,
+            Self::MalformedRecord | Self::UnknownKind(_) | Self::FragmentOutOfSequence => 25,
+        }
+    }
+
+    /// A short stable label, used as a metrics key.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Oversize { .. } => "oversize",
+            Self::Undecodable(_) => "undecodable",
+            Self::BadControl => "bad_control",
+            Self::MalformedRecord => "malformed_record",
+            Self::UnknownKind(_) => "unknown_kind",
+            Self::FragmentOutOfSequence => "fragment_out_of_sequence",
+        }
+    }
+}

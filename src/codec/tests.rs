@@ -1,0 +1,216 @@
+//! Codec tests: round trips, chunking independence, hostile input, limits.
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::cipher::{Opener, Sealer};
+use super::frame::{FrameDecoder, FrameEncoder, MAX_FRAME_CIPHERTEXT};
+use super::record::{Inbound, RecordDecoder};
+use super::*;
+
+const KEY: [u8; 32] = [42u8; 32];
+
+/// Encodes `messages` (with a control record after every third) using frames of `frame_size`.
+fn encode_stream(messages: &[Vec<u8>], frame_size: usize) -> BytesMut {
+    let mut enc = FrameEncoder::with_frame_size(Sealer::new(&KEY), frame_size);
+    for (i, m) in messages.iter().enumerate() {
+        let mut offset = 0;
+        loop {
+            offset = enc.push_message(m, offset).unwrap();
+            if offset == m.len() {
+                break;
+            }
+        }
+        if i % 3 == 2 {
+            enc.push_control(&encode_control(&ControlMessage::Ping { nonce: i as u64 }))
+                .unwrap();
+        }
+    }
+    enc.seal().unwrap();
+    enc.output().split()
+}
+
+/// Decodes a stream delivered in the given chunks; returns all inbound items.
+fn decode_chunks(chunks: &[&[u8]], max_message: usize) -> Result<Vec<Inbound>, CodecError> {
+    let mut frames = FrameDecoder::new(Opener::new(&KEY));
+    let mut records = RecordDecoder::new(max_message);
+    let mut buf = BytesMut::new();
+    let mut items = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        while let Some(plain) = frames.decode(&mut buf)? {
+            records.decode_frame(plain, &mut |i| items.push(i));
+        }
+    }
+    assert!(buf.is_empty(), "leftover bytes");
+    Ok(items)
+}
+
+fn messages_of(items: &[Inbound]) -> Vec<Vec<u8>> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Inbound::Message(b) => Some(b.to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn small_and_large_messages_round_trip_with_interleaved_control() {
+    let messages = vec![
+        vec![1u8; 10],
+        vec![2u8; 1000],
+        vec![3u8; 5000],
+        vec![],
+        vec![5u8; 300],
+    ];
+    let stream = encode_stream(&messages, 256);
+    let items = decode_chunks(&[&stream], 1 << 20).unwrap();
+    assert_eq!(messages_of(&items), messages);
+    let controls = items
+        .iter()
+        .filter(|i| matches!(i, Inbound::Control(_)))
+        .count();
+    assert_eq!(controls, 1);
+    assert!(!items.iter().any(|i| matches!(i, Inbound::Violation(_))));
+}
+
+#[test]
+fn a_message_of_max_size_spanning_many_frames_arrives_intact() {
+    let big: Vec<u8> = (0..(3 * 1024 * 1024 + 17))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let stream = encode_stream(std::slice::from_ref(&big), frame::MAX_FRAME_PLAINTEXT);
+    let items = decode_chunks(&[&stream], big.len()).unwrap();
+    assert_eq!(messages_of(&items), vec![big]);
+}
+
+#[test]
+fn oversize_message_is_rejected_skipped_and_stream_continues() {
+    let messages = vec![vec![9u8; 4000], vec![7u8; 20]];
+    let stream = encode_stream(&messages, 512);
+    let items = decode_chunks(&[&stream], 1000).unwrap();
+    assert_eq!(
+        items[0],
+        Inbound::Violation(Violation::Oversize {
+            len: 4000,
+            max: 1000
+        })
+    );
+    assert_eq!(messages_of(&items), vec![vec![7u8; 20]]);
+}
+
+#[test]
+fn oversize_frame_length_is_rejected_before_allocation() {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&u32::MAX.to_be_bytes());
+    let mut dec = FrameDecoder::new(Opener::new(&KEY));
+    let err = dec.decode(&mut buf).unwrap_err();
+    assert!(matches!(err, CodecError::FrameTooLarge { .. }));
+    // Nothing was reserved for the announced body.
+    assert!(buf.capacity() < 1024);
+    let mut buf = BytesMut::from(&((MAX_FRAME_CIPHERTEXT + 1) as u32).to_be_bytes()[..]);
+    assert!(dec.decode(&mut buf).is_err());
+}
+
+#[test]
+fn corrupted_frame_fails_authentication() {
+    let mut stream = encode_stream(&[vec![1, 2, 3]], 256);
+    let last = stream.len() - 1;
+    stream[last] ^= 0x80;
+    assert_eq!(
+        decode_chunks(&[&stream], 100).unwrap_err(),
+        CodecError::Authentication
+    );
+}
+
+#[test]
+fn record_rule_violations_are_reported_not_fatal() {
+    // Hand-build frame plaintexts that break record rules, seal them properly.
+    let mut sealer = Sealer::new(&KEY);
+    let mut stream = BytesMut::new();
+    let mut seal_frame = |plain: &[u8]| {
+        let mut body = plain.to_vec();
+        let header = ((body.len() + 16) as u32).to_be_bytes();
+        let tag = sealer.seal(&header, &mut body).unwrap();
+        stream.extend_from_slice(&header);
+        stream.extend_from_slice(&body);
+        stream.extend_from_slice(&tag);
+    };
+    seal_frame(&[0x7f, 0, 0, 0, 0]); // unknown kind
+    seal_frame(&[0x03, 0, 0, 0, 1, 9]); // continue without start
+    seal_frame(&[0x01, 0, 0, 0, 99, 1]); // record longer than frame
+    seal_frame(&[0x01, 0, 0, 0, 2, 8, 8]); // a good one after all that
+    let items = decode_chunks(&[&stream], 100).unwrap();
+    assert_eq!(
+        items,
+        vec![
+            Inbound::Violation(Violation::UnknownKind(0x7f)),
+            Inbound::Violation(Violation::FragmentOutOfSequence),
+            Inbound::Violation(Violation::MalformedRecord),
+            Inbound::Message(Bytes::from_static(&[8, 8])),
+        ]
+    );
+}
+
+#[test]
+fn message_encoding_round_trips_and_rejects_trailing_bytes() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Vote {
+        height: u64,
+        round: u32,
+        block: [u8; 4],
+    }
+    let vote = Vote {
+        height: 7,
+        round: 2,
+        block: [1, 2, 3, 4],
+    };
+    let bytes = encode_message(&vote, 1024).unwrap();
+    assert_eq!(decode_message::<Vote>(&bytes).unwrap(), vote);
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    assert!(decode_message::<Vote>(&longer).is_err());
+    assert!(matches!(
+        encode_message(&vec![0u8; 100], 50),
+        Err(CodecError::MessageTooLarge { max: 50, .. })
+    ));
+    let ping = ControlMessage::Ping { nonce: 5 };
+    assert_eq!(decode_control(&encode_control(&ping)).unwrap(), ping);
+    assert_eq!(decode_control(&[0xff, 0xff]), Err(Violation::BadControl));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_chunking_yields_the_same_messages(
+        messages in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..3000), 1..20),
+        frame_size in 64usize..4096,
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+    ) {
+        let stream = encode_stream(&messages, frame_size);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        points.push(0);
+        points.push(stream.len());
+        points.sort_unstable();
+        points.dedup();
+        let chunks: Vec<&[u8]> = points.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+        let items = decode_chunks(&chunks, 1 << 20).unwrap();
+        prop_assert_eq!(messages_of(&items), messages);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoders(data in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let mut frames = FrameDecoder::new(Opener::new(&KEY));
+        let mut buf = BytesMut::from(&data[..]);
+        let _ = frames.decode(&mut buf);
+        // The record layer sees only authenticated plaintext, but must still survive any bytes.
+        let mut records = RecordDecoder::new(1000);
+        records.decode_frame(BytesMut::from(&data[..]), &mut |_| {});
+        prop_assert!(records.buffered() <= 1000);
+        let _ = decode_control(&data);
+        let _ = decode_message::<(u64, String, Vec<u8>)>(&data);
+    }
+}

@@ -1,0 +1,214 @@
+//! Handshake tests driven without sockets (message by message) and over `tokio::io::duplex`.
+
+use super::*;
+
+fn params(network: &str, expected: Option<PeerId>) -> HandshakeParams {
+    HandshakeParams {
+        network_id: network.into(),
+        listen_addr: Some("127.0.0.1:9000".parse().unwrap()),
+        expected_peer: expected,
+    }
+}
+
+/// Runs initiator and responder against each other in memory; returns both outcomes.
+fn run(
+    a: &Keypair,
+    a_params: HandshakeParams,
+    b: &Keypair,
+    b_params: HandshakeParams,
+) -> (
+    Result<Outcome, HandshakeError>,
+    Result<Outcome, HandshakeError>,
+) {
+    let (mut init, msg1) = Handshake::initiator(a, a_params).unwrap();
+    let mut resp = Handshake::responder(b, b_params).unwrap();
+    let p1 = resp.read(&msg1).unwrap();
+    let msg2 = p1.send.unwrap();
+    let p2 = match init.read(&msg2) {
+        Ok(p) => p,
+        Err(e) => return (Err(e), Ok(Outcome::Continue)),
+    };
+    let resp_outcome = match p2.send {
+        Some(msg3) => resp.read(&msg3).map(|p| p.outcome),
+        None => Ok(Outcome::Continue),
+    };
+    (Ok(p2.outcome), resp_outcome)
+}
+
+#[test]
+fn success_proves_both_identities_and_keys_match() {
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    let (ia, rb) = run(
+        &a,
+        params("net", Some(b.peer_id())),
+        &b,
+        params("net", None),
+    );
+    let (Outcome::Done(mut ea), Outcome::Done(mut eb)) = (ia.unwrap(), rb.unwrap()) else {
+        panic!("handshake did not finish")
+    };
+    assert_eq!(ea.peer, b.peer_id());
+    assert_eq!(eb.peer, a.peer_id());
+    assert_eq!(eb.listen_addr, Some("127.0.0.1:9000".parse().unwrap()));
+    // Keys agree in both directions.
+    let mut msg = b"proposal".to_vec();
+    let tag = ea.sealer.seal(b"", &mut msg).unwrap();
+    msg.extend_from_slice(&tag);
+    let n = eb.opener.open(b"", &mut msg).unwrap();
+    assert_eq!(&msg[..n], b"proposal");
+    let mut back = b"vote".to_vec();
+    let tag = eb.sealer.seal(b"", &mut back).unwrap();
+    back.extend_from_slice(&tag);
+    assert!(ea.opener.open(b"", &mut back).is_ok());
+}
+
+#[test]
+fn wrong_network_id_is_refused_on_both_sides_with_reason() {
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    let (ia, rb) = run(&a, params("mainnet", None), &b, params("testnet", None));
+    assert!(matches!(
+        ia.unwrap(),
+        Outcome::Refused(HandshakeError::NetworkMismatch { ref ours, ref theirs })
+            if ours == "mainnet" && theirs == "testnet"
+    ));
+    assert!(matches!(
+        rb.unwrap(),
+        Outcome::Refused(HandshakeError::NetworkMismatch { ref ours, .. }) if ours == "testnet"
+    ));
+}
+
+#[test]
+fn wrong_expected_peer_is_refused() {
+    let (a, b, c) = (
+        Keypair::generate(),
+        Keypair::generate(),
+        Keypair::generate(),
+    );
+    let (ia, _) = run(&a, params("n", Some(c.peer_id())), &b, params("n", None));
+    match ia.unwrap() {
+        Outcome::Refused(HandshakeError::PeerMismatch { expected, actual }) => {
+            assert_eq!(expected, c.peer_id());
+            assert_eq!(actual, b.peer_id());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn self_connection_is_refused() {
+    let a = Keypair::generate();
+    let (ia, _) = run(&a, params("n", None), &a, params("n", None));
+    assert!(matches!(
+        ia.unwrap(),
+        Outcome::Refused(HandshakeError::SelfConnection)
+    ));
+}
+
+#[test]
+fn tampered_message_or_signature_fails() {
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    let (mut init, msg1) = Handshake::initiator(&a, params("n", None)).unwrap();
+    let mut resp = Handshake::responder(&b, params("n", None)).unwrap();
+    let mut msg2 = resp.read(&msg1).unwrap().send.unwrap();
+    // Flip a bit inside the encrypted payload: AEAD rejects it.
+    let last = msg2.len() - 20;
+    msg2[last] ^= 1;
+    assert!(matches!(init.read(&msg2), Err(HandshakeError::Noise(_))));
+}
+
+#[test]
+fn identity_payload_signed_by_another_key_is_refused() {
+    // A responder that claims identity `victim` but signs with its own key.
+    let (a, victim, mallory) = (
+        Keypair::generate(),
+        Keypair::generate(),
+        Keypair::generate(),
+    );
+    let (mut init, msg1) = Handshake::initiator(&a, params("n", None)).unwrap();
+    let mut resp = Handshake::responder(&mallory, params("n", None)).unwrap();
+    // Mallory runs the Noise layer honestly but forges the payload's identity field.
+    let mut scratch = vec![0u8; MAX_HANDSHAKE_MESSAGE];
+    resp.noise.read_message(&msg1, &mut scratch).unwrap();
+    let mut signed = SIGNATURE_DOMAIN.to_vec();
+    signed.extend_from_slice(resp.noise.get_handshake_hash());
+    signed.extend_from_slice(&resp.local_static);
+    let forged = Payload {
+        version: PROTOCOL_VERSION,
+        network_id: "n".into(),
+        identity: *victim.peer_id().as_bytes(),
+        signature: mallory.sign(&signed),
+        listen_addr: None,
+    };
+    let msg2 = resp
+        .write(&postcard::to_allocvec(&forged).unwrap())
+        .unwrap();
+    assert!(matches!(
+        init.read(&msg2),
+        Err(HandshakeError::BadSignature)
+    ));
+}
+
+#[test]
+fn replayed_first_message_and_low_order_keys_are_refused() {
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    let (_init, msg1) = Handshake::initiator(&a, params("n", None)).unwrap();
+    let mut resp = Handshake::responder(&b, params("n", None)).unwrap();
+    resp.read(&msg1).unwrap();
+    // Feeding msg1 again at the msg3 stage is not a valid msg3.
+    assert!(resp.read(&msg1).is_err());
+    let mut resp2 = Handshake::responder(&b, params("n", None)).unwrap();
+    assert!(matches!(
+        resp2.read(&[0u8; 32]),
+        Err(HandshakeError::LowOrderKey)
+    ));
+    assert!(matches!(
+        resp2.read(&vec![1u8; MAX_HANDSHAKE_MESSAGE + 1]),
+        Err(HandshakeError::MessageTooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn handshake_over_duplex_succeeds_and_keeps_early_bytes() {
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    let (mut x, mut y) = tokio::io::duplex(4096);
+    let expected = b.peer_id();
+    let left = tokio::spawn(async move {
+        let r = perform(&mut x, &a, params("n", Some(expected)), true).await;
+        (r, x)
+    });
+    let right = perform(&mut y, &b, params("n", None), false).await;
+    let (left, _x) = left.await.unwrap();
+    let (ea, _) = left.unwrap();
+    let (eb, rest) = right.unwrap();
+    assert_eq!(ea.peer, expected);
+    assert!(rest.is_empty());
+    assert_ne!(eb.peer, expected);
+}
+
+#[tokio::test]
+async fn handshake_over_duplex_wrong_network_fails_both_sides() {
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    let (mut x, mut y) = tokio::io::duplex(4096);
+    let left = tokio::spawn(async move { perform(&mut x, &a, params("one", None), true).await });
+    let right = perform(&mut y, &b, params("two", None), false).await;
+    assert!(matches!(right, Err(HandshakeError::NetworkMismatch { .. })));
+    assert!(matches!(
+        left.await.unwrap(),
+        Err(HandshakeError::NetworkMismatch { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_peer_times_out() {
+    let b = Keypair::generate();
+    let (_x, mut y) = tokio::io::duplex(4096);
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        perform(&mut y, &b, params("n", None), false),
+    )
+    .await;
+    assert!(
+        result.is_err(),
+        "a silent initiator must not finish the handshake"
+    );
+}

@@ -1,0 +1,271 @@
+//! Node identity: the ed25519 [`Keypair`], the [`PeerId`] derived from it, and key files.
+//!
+//! A `PeerId` *is* the 32-byte ed25519 public key, so whoever proves possession of the matching
+//! secret key in the handshake proves the id; nothing else (address, port, a claimed name) is ever
+//! trusted as identity.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Length in bytes of a [`PeerId`] (an ed25519 public key).
+pub const PEER_ID_LEN: usize = 32;
+
+/// The proven identity of a node: its 32-byte ed25519 public key.
+///
+/// Its text form is base58 (about 44 characters) and parses back with [`str::parse`]:
+///
+/// ```
+/// use peerwire::{Keypair, PeerId};
+/// let id = Keypair::generate().peer_id();
+/// let text = id.to_string();
+/// assert_eq!(text.parse::<PeerId>().unwrap(), id);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerId([u8; PEER_ID_LEN]);
+
+impl PeerId {
+    /// Wraps raw public-key bytes. The bytes are checked to be a valid ed25519 point only when a
+    /// signature is verified against them (see [`PeerId::verify`]).
+    pub const fn from_bytes(bytes: [u8; PEER_ID_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw 32 bytes of the public key.
+    pub const fn as_bytes(&self) -> &[u8; PEER_ID_LEN] {
+        &self.0
+    }
+
+    /// Verifies `signature` over `message` with this id's key, using strict verification (rejects
+    /// small-order keys and non-canonical signatures, so a signature cannot be malleated).
+    ///
+    /// # Errors
+    /// [`IdentityError::InvalidKey`] when the bytes are not a valid public key,
+    /// [`IdentityError::BadSignature`] when the signature does not verify.
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> Result<(), IdentityError> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::InvalidKey)?;
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        key.verify_strict(message, &signature)
+            .map_err(|_| IdentityError::BadSignature)
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&bs58::encode(self.0).into_string())
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Short form keeps logs readable; the full id is the Display form.
+        let text = self.to_string();
+        write!(f, "PeerId({})", &text[..text.len().min(10)])
+    }
+}
+
+impl FromStr for PeerId {
+    type Err = IdentityError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0u8; PEER_ID_LEN];
+        let len = bs58::decode(s.trim())
+            .onto(&mut bytes)
+            .map_err(|_| IdentityError::BadPeerIdText)?;
+        if len != PEER_ID_LEN {
+            return Err(IdentityError::BadPeerIdText);
+        }
+        Ok(Self(bytes))
+    }
+}
+
+/// Errors about keys, ids and key files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The text is not the base58 form of a 32-byte id.
+    #[error("not a valid peer id (expected base58 of 32 bytes)")]
+    BadPeerIdText,
+    /// The bytes are not a valid ed25519 public key.
+    #[error("not a valid ed25519 public key")]
+    InvalidKey,
+    /// A signature did not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// The key file exists but does not hold a 64-hex-digit secret key.
+    #[error("key file {path} is malformed: expected 64 hex digits")]
+    MalformedKeyFile {
+        /// The file that was read.
+        path: String,
+    },
+    /// The operating system could not supply randomness.
+    #[error("no randomness available: {0}")]
+    Random(String),
+    /// Reading or writing the key file failed.
+    #[error("key file I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A node's ed25519 signing keypair.
+///
+/// ```
+/// use peerwire::Keypair;
+/// let key = Keypair::generate();
+/// let again = Keypair::from_secret_bytes(&key.secret_bytes());
+/// assert_eq!(key.peer_id(), again.peer_id());
+/// ```
+#[derive(Clone)]
+pub struct Keypair {
+    signing: SigningKey,
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Keypair")
+            .field("peer_id", &self.peer_id())
+            .finish()
+    }
+}
+
+impl Keypair {
+    /// Generates a fresh keypair from the operating system's random source.
+    ///
+    /// # Panics
+    /// Panics if the OS random source is unavailable, which a node cannot run without; use
+    /// [`Keypair::try_generate`] to handle that case.
+    #[allow(clippy::expect_used)]
+    pub fn generate() -> Self {
+        Self::try_generate().expect("operating system random source unavailable")
+    }
+
+    /// Generates a fresh keypair, reporting a missing random source as an error.
+    ///
+    /// # Errors
+    /// [`IdentityError::Random`] when the OS cannot provide randomness.
+    pub fn try_generate() -> Result<Self, IdentityError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| IdentityError::Random(e.to_string()))?;
+        Ok(Self::from_secret_bytes(&secret))
+    }
+
+    /// Rebuilds a keypair from its 32 secret bytes.
+    pub fn from_secret_bytes(secret: &[u8; 32]) -> Self {
+        Self {
+            signing: SigningKey::from_bytes(secret),
+        }
+    }
+
+    /// The 32 secret bytes. Keep them secret: they are the node's identity.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
+    /// The public identity of this keypair.
+    pub fn peer_id(&self) -> PeerId {
+        PeerId(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Signs `message` with the secret key.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// Loads the keypair stored at `path`, or creates one and writes it there with owner-only
+    /// permissions (0600) when the file does not exist.
+    ///
+    /// The file holds the secret key as 64 hex digits and a newline.
+    ///
+    /// # Errors
+    /// I/O errors, a malformed existing file, or no randomness for a new key.
+    pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let malformed = || IdentityError::MalformedKeyFile {
+                    path: path.display().to_string(),
+                };
+                let text = text.trim();
+                if text.len() != 64 {
+                    return Err(malformed());
+                }
+                let mut secret = [0u8; 32];
+                for (i, byte) in secret.iter_mut().enumerate() {
+                    *byte =
+                        u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| malformed())?;
+                }
+                Ok(Self::from_secret_bytes(&secret))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::try_generate()?;
+                let hex: String = key
+                    .secret_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(0o600);
+                }
+                let mut file = options.open(path)?;
+                writeln!(file, "{hex}")?;
+                file.sync_all()?;
+                Ok(key)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_id_text_round_trips_and_rejects_garbage() {
+        let id = Keypair::generate().peer_id();
+        assert_eq!(id.to_string().parse::<PeerId>().unwrap(), id);
+        assert!("not-base58-0OIl".parse::<PeerId>().is_err());
+        // Valid base58 but the wrong length.
+        assert!("3mJr7AoUXx2Wqd".parse::<PeerId>().is_err());
+    }
+
+    #[test]
+    fn signature_verifies_only_for_its_key_and_message() {
+        let a = Keypair::generate();
+        let b = Keypair::generate();
+        let sig = a.sign(b"hello");
+        assert!(a.peer_id().verify(b"hello", &sig).is_ok());
+        assert!(a.peer_id().verify(b"hellO", &sig).is_err());
+        assert!(b.peer_id().verify(b"hello", &sig).is_err());
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_reloaded() {
+        let dir = std::env::temp_dir().join(format!("peerwire-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.key");
+        let _ = std::fs::remove_file(&path);
+        let first = Keypair::load_or_create(&path).unwrap();
+        let second = Keypair::load_or_create(&path).unwrap();
+        assert_eq!(first.peer_id(), second.peer_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "zz").unwrap();
+        assert!(matches!(
+            Keypair::load_or_create(&path),
+            Err(IdentityError::MalformedKeyFile { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
