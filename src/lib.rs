@@ -1,6 +1,48 @@
-//! peerwire: placeholder
+//! # peerwire
+//!
+//! The peer-to-peer network layer for a consensus engine: actor-style, over TCP, every
+//! connection authenticated (ed25519 identities, Noise XX) and encrypted (AES-256-GCM), with
+//! bounded queues everywhere and typed errors for everything a peer can do wrong.
+//!
+//! - [`Network`] is the handle: `connect`, `send`/`try_send`, `broadcast`/`try_broadcast`,
+//!   `peers`, `events`, `disconnect`, `shutdown`.
+//! - [`Inbox`] delivers every application message as `(PeerId, M)`, the sender proven by the
+//!   handshake.
+//! - [`codec`] and [`handshake`] are the pure protocol core, usable without sockets.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), peerwire::NetworkError> {
+//! use peerwire::{Config, Keypair, Network};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! enum Consensus { Proposal { height: u64, block: Vec<u8> }, Vote { height: u64 } }
+//!
+//! let config = Config::default().network_id("example");
+//! let (leader, _) = Network::<Consensus>::start(config.clone(), Keypair::generate()).await?;
+//! let (replica, mut inbox) = Network::<Consensus>::start(config, Keypair::generate()).await?;
+//! leader.connect(replica.local_addr()).await?;
+//! leader.broadcast(&Consensus::Proposal { height: 1, block: vec![0; 64] }).await?;
+//! let (from, message) = inbox.recv().await.unwrap();
+//! assert_eq!(from, leader.local_peer_id());
+//! assert!(matches!(message, Consensus::Proposal { height: 1, .. }));
+//! leader.shutdown().await;
+//! replica.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod handshake;
 pub mod identity;
+pub mod network;
+pub mod socket;
+
 pub use identity::{Keypair, PeerId};
+pub use network::{
+    BroadcastReport, Config, Direction, DisconnectReason, Encoded, Inbox, Network, NetworkError,
+    NetworkEvent, NetworkStats, TryRecvError,
+};
+pub use socket::{ConnectionInfo, PeerStats, SocketState};

@@ -2,7 +2,7 @@
 //! be trusted); record-level problems are [`Violation`]s that cost the peer budget but keep it open.
 
 /// A fatal error of the encrypted frame layer: the connection must close.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CodecError {
     /// A frame header announced more bytes than the frame limit. Checked before any allocation.

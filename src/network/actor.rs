@@ -1,0 +1,308 @@
+//! The network actor: the one owner of the connection registry.
+//!
+//! It receives [`Command`]s from [`super::Network`] handles, accepted streams from the listener,
+//! and [`SocketEvent`]s from socket tasks. It admits proven peers (resolving duplicates with
+//! [`super::tiebreak`]), publishes the peer map that senders read, emits events, and runs the
+//! shutdown. It never awaits a socket: it talks to them only through their cancellation tokens
+//! and non-blocking queue calls, so no socket can stall it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::listener::Accepted;
+use super::shared::Shared;
+use super::tiebreak::keep_new_connection;
+use super::{Direction, DisconnectReason, NetworkError, NetworkEvent};
+use crate::identity::PeerId;
+use crate::network::inbox::InboxSender;
+use crate::socket::actor::{Admission, SocketEvent, SocketTask};
+use crate::socket::{ConnectionId, SocketContext, SocketShared, SocketState};
+
+/// Requests from handles to the actor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Connect {
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+        reply: oneshot::Sender<Result<PeerId, NetworkError>>,
+    },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+pub(crate) struct NetworkActor<M> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ctx: Arc<SocketContext>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) accepted: mpsc::Receiver<Accepted>,
+    pub(crate) socket_events: mpsc::Receiver<SocketEvent>,
+    /// Cloned into every socket task; the actor keeps one so the channel never closes early.
+    pub(crate) socket_events_tx: mpsc::Sender<SocketEvent>,
+    pub(crate) inbox: InboxSender<M>,
+    pub(crate) outbound_slots: Arc<Semaphore>,
+    pub(crate) root: CancellationToken,
+    pub(crate) listener_cancel: CancellationToken,
+    pub(crate) listener: JoinHandle<()>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) next_id: ConnectionId,
+    /// Callers of `connect` waiting for their dial to open (or fail).
+    pub(crate) pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NetworkError>>>,
+}
+
+impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
+    pub(crate) async fn run(mut self) {
+        let mut waiters = Vec::new();
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    // Every handle is gone: shut down gracefully.
+                    None => break,
+                    Some(Command::Shutdown { reply }) => {
+                        waiters.push(reply);
+                        break;
+                    }
+                    Some(command) => self.command(command),
+                },
+                Some(event) = self.socket_events.recv() => self.socket_event(event, false),
+                Some(accepted) = self.accepted.recv() => self.spawn_inbound(accepted),
+            }
+        }
+        self.shutdown(&mut waiters).await;
+        for waiter in waiters {
+            let _ = waiter.send(());
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Connect {
+                addr,
+                expected,
+                reply,
+            } => self.spawn_outbound(addr, expected, reply),
+            Command::Disconnect { peer, reply } => {
+                let removed = self.shared.peers.write().remove(&peer);
+                if let Some(socket) = &removed {
+                    socket.close_gracefully(DisconnectReason::Requested);
+                    self.emit(NetworkEvent::Disconnected {
+                        peer,
+                        reason: DisconnectReason::Requested,
+                    });
+                }
+                let _ = reply.send(removed.is_some());
+            }
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn new_socket(&mut self, direction: Direction, addr: SocketAddr) -> Arc<SocketShared> {
+        self.next_id += 1;
+        let socket = Arc::new(SocketShared::new(
+            self.next_id,
+            direction,
+            addr,
+            &self.ctx.config,
+            self.root.child_token(),
+        ));
+        self.shared
+            .connections
+            .write()
+            .insert(socket.id, socket.clone());
+        socket
+    }
+
+    fn spawn_outbound(
+        &mut self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+        reply: oneshot::Sender<Result<PeerId, NetworkError>>,
+    ) {
+        let Ok(slot) = self.outbound_slots.clone().try_acquire_owned() else {
+            let _ = reply.send(Err(NetworkError::OutboundLimit));
+            return;
+        };
+        let socket = self.new_socket(Direction::Outbound, addr);
+        self.pending.insert(socket.id, reply);
+        let task = SocketTask {
+            shared: socket,
+            ctx: self.ctx.clone(),
+            to_network: self.socket_events_tx.clone(),
+            inbox: self.inbox.clone(),
+            expected_peer: expected,
+            _slot: Some(slot),
+        };
+        self.tracker.spawn(task.run(None));
+    }
+
+    fn spawn_inbound(&mut self, accepted: Accepted) {
+        let socket = self.new_socket(Direction::Inbound, accepted.addr);
+        self.shared.counters.inbound_accepted.inc();
+        let task = SocketTask {
+            shared: socket,
+            ctx: self.ctx.clone(),
+            to_network: self.socket_events_tx.clone(),
+            inbox: self.inbox.clone(),
+            expected_peer: None,
+            _slot: Some(accepted.slot),
+        };
+        self.tracker.spawn(task.run(Some(accepted.stream)));
+    }
+
+    fn socket_event(&mut self, event: SocketEvent, shutting_down: bool) {
+        match event {
+            SocketEvent::Authenticated {
+                shared,
+                peer,
+                reply,
+            } => {
+                self.shared.counters.handshakes_ok.inc();
+                let admission = if shutting_down {
+                    Admission::Close(DisconnectReason::Shutdown)
+                } else {
+                    self.admit(&shared, peer)
+                };
+                if let Some(waiter) = self.pending.remove(&shared.id) {
+                    let _ = waiter.send(match &admission {
+                        Admission::Close(DisconnectReason::Shutdown) => Err(NetworkError::Closed),
+                        // A duplicate lost the tie-break: the peer is connected through the
+                        // other connection, which is what the caller asked for.
+                        _ => Ok(peer),
+                    });
+                }
+                // The socket may have been cancelled meanwhile; then it closes on its own.
+                let _ = reply.send(admission);
+            }
+            SocketEvent::Closed {
+                shared,
+                reason,
+                error,
+            } => {
+                self.shared.connections.write().remove(&shared.id);
+                if let Some(NetworkError::Handshake { source, .. }) = &error {
+                    self.shared.counters.handshake_failed(source.label());
+                }
+                if let Some(waiter) = self.pending.remove(&shared.id) {
+                    let _ = waiter.send(Err(error.unwrap_or(NetworkError::ConnectionClosed {
+                        addr: shared.addr,
+                        reason: reason.clone(),
+                    })));
+                }
+                let Some(peer) = shared.peer.get().copied() else {
+                    return;
+                };
+                let mut peers = self.shared.peers.write();
+                if peers.get(&peer).is_some_and(|s| s.id == shared.id) {
+                    peers.remove(&peer);
+                    drop(peers);
+                    tracing::debug!(%peer, %reason, "peer disconnected");
+                    self.emit(NetworkEvent::Disconnected { peer, reason });
+                }
+            }
+        }
+    }
+
+    /// Decides whether `socket`, just proven to be `peer`, becomes the peer's connection.
+    fn admit(&mut self, socket: &Arc<SocketShared>, peer: PeerId) -> Admission {
+        let mut peers = self.shared.peers.write();
+        let replaced = match peers.get(&peer) {
+            None => None,
+            Some(existing) => {
+                if !keep_new_connection(
+                    self.shared.local_id,
+                    peer,
+                    existing.direction,
+                    socket.direction,
+                ) {
+                    return Admission::Close(DisconnectReason::Duplicate);
+                }
+                Some(existing.clone())
+            }
+        };
+        peers.insert(peer, socket.clone());
+        drop(peers);
+        match replaced {
+            Some(old) => old.close_gracefully(DisconnectReason::Duplicate),
+            None => {
+                tracing::debug!(%peer, addr = %socket.addr, "peer connected");
+                self.emit(NetworkEvent::Connected {
+                    peer,
+                    addr: socket.addr,
+                    direction: socket.direction,
+                });
+            }
+        }
+        Admission::Open
+    }
+
+    fn emit(&self, event: NetworkEvent) {
+        // No subscriber is normal; a lagging subscriber is told how many it missed.
+        let _ = self.shared.events.send(event);
+    }
+
+    /// Stop accepting, say goodbye to every peer, flush within `shutdown_timeout`, then cut what
+    /// is left and join every task.
+    async fn shutdown(&mut self, waiters: &mut Vec<oneshot::Sender<()>>) {
+        self.listener_cancel.cancel();
+        let _ = (&mut self.listener).await;
+        self.accepted.close();
+        while let Ok(accepted) = self.accepted.try_recv() {
+            drop(accepted); // closes the stream before any handshake
+        }
+        let sockets: Vec<_> = self.shared.connections.read().values().cloned().collect();
+        for socket in sockets {
+            if matches!(socket.state.get(), SocketState::Open | SocketState::Closing) {
+                socket.close_gracefully(DisconnectReason::Shutdown);
+            } else {
+                socket.cancel.cancel();
+            }
+        }
+        let peers: Vec<_> = self.shared.peers.write().drain().map(|(p, _)| p).collect();
+        for peer in peers {
+            self.emit(NetworkEvent::Disconnected {
+                peer,
+                reason: DisconnectReason::Shutdown,
+            });
+        }
+        self.tracker.close();
+        let deadline = tokio::time::Instant::now() + self.ctx.config.shutdown_timeout;
+        let mut cut = false;
+        loop {
+            tokio::select! {
+                () = self.tracker.wait() => break,
+                Some(event) = self.socket_events.recv() => self.socket_event(event, true),
+                command = self.commands.recv(), if !self.commands.is_closed() => match command {
+                    Some(Command::Shutdown { reply }) => waiters.push(reply),
+                    Some(Command::Connect { reply, .. }) => { let _ = reply.send(Err(NetworkError::Closed)); }
+                    Some(Command::Disconnect { reply, .. }) => { let _ = reply.send(false); }
+                    None => self.commands.close(),
+                },
+                () = tokio::time::sleep_until(deadline), if !cut => {
+                    tracing::debug!("shutdown timeout: cutting remaining connections");
+                    cut = true;
+                    self.root.cancel();
+                }
+            }
+        }
+        self.root.cancel();
+        while let Ok(event) = self.socket_events.try_recv() {
+            self.socket_event(event, true);
+        }
+        for (_, waiter) in self.pending.drain() {
+            let _ = waiter.send(Err(NetworkError::Closed));
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! [`Config`]: every limit, capacity and timeout of a node, with documented defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::handshake::MAX_NETWORK_ID_LEN;
+
+use super::NetworkError;
+
+/// Configuration of a [`crate::Network`]. Build it from [`Config::default`] with the builder
+/// methods; every field is also public for direct assignment.
+///
+/// Worst-case memory, per connected peer: `send_queue_bytes` (outbound) plus one message in
+/// reassembly (`max_message_size`) plus one frame and one read chunk; for the node:
+/// `inbox_bytes` of decoded messages waiting for the application.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = peerwire::Config::default()
+///     .listen("127.0.0.1:0".parse().unwrap())
+///     .network_id("testnet")
+///     .max_message_size(4 << 20)
+///     .write_timeout(Duration::from_secs(5));
+/// assert_eq!(config.network_id, "testnet");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port; read it back with
+    /// [`crate::Network::local_addr`]. Default `127.0.0.1:0`.
+    pub listen: SocketAddr,
+    /// Address advertised to peers in the handshake; defaults to the bound listen address.
+    pub advertised_addr: Option<SocketAddr>,
+    /// Network (chain) id; peers with another id are refused. At most 64 bytes.
+    /// Default `"peerwire"`.
+    pub network_id: String,
+    /// Bytes asked of the kernel per read. Default 64 KiB.
+    pub read_chunk_size: usize,
+    /// Largest encoded application message, sent or received. Larger inbound messages are
+    /// rejected and skipped without being buffered. Default 16 MiB.
+    pub max_message_size: usize,
+    /// Messages waiting per peer before `try_send` reports `Full` and `send` waits. Default 4096.
+    pub send_queue_capacity: usize,
+    /// Bytes waiting per peer before the queue counts as full (one message always fits).
+    /// Default 32 MiB.
+    pub send_queue_bytes: usize,
+    /// Messages waiting in the application inbox; beyond it new messages are dropped and counted
+    /// (`dropped_inbox_full`), so a slow application never stalls a socket. Default 16384.
+    pub inbox_capacity: usize,
+    /// Encoded bytes waiting in the application inbox; same policy. Default 256 MiB.
+    pub inbox_bytes: usize,
+    /// Events buffered per [`crate::Network::events`] subscriber; a subscriber that falls
+    /// further behind skips the oldest and is told how many it missed. Default 1024.
+    pub event_capacity: usize,
+    /// Inbound connections at once (handshaking or open); further accepts wait. Default 128.
+    pub max_inbound: usize,
+    /// Outbound connections at once; further dials fail with `OutboundLimit`. Default 128.
+    pub max_outbound: usize,
+    /// Handshakes running at once; others wait for a slot within their timeout. Default 64.
+    pub max_concurrent_handshakes: usize,
+    /// Time allowed for the whole handshake (including waiting for a slot). Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Time allowed for a TCP dial. Default 5 s.
+    pub connect_timeout: Duration,
+    /// A peer whose socket accepts no bytes, or whose send queue stays full, for this long is
+    /// disconnected. Default 10 s.
+    pub write_timeout: Duration,
+    /// Time `shutdown` gives connections to flush and say goodbye before they are cut. Also
+    /// bounds how long a closing connection keeps reading. Default 5 s.
+    pub shutdown_timeout: Duration,
+    /// Misbehaviour points a peer may accumulate on a connection before it is closed
+    /// (undecodable message 10, oversize 20, malformed record 25). Default 100.
+    pub misbehaviour_budget: u32,
+    /// Bytes the writer gathers before one write call. Default 256 KiB.
+    pub write_batch_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertised_addr: None,
+            network_id: "peerwire".to_owned(),
+            read_chunk_size: 64 * 1024,
+            max_message_size: 16 * 1024 * 1024,
+            send_queue_capacity: 4096,
+            send_queue_bytes: 32 * 1024 * 1024,
+            inbox_capacity: 16 * 1024,
+            inbox_bytes: 256 * 1024 * 1024,
+            event_capacity: 1024,
+            max_inbound: 128,
+            max_outbound: 128,
+            max_concurrent_handshakes: 64,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+            misbehaviour_budget: 100,
+            write_batch_bytes: 256 * 1024,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        impl Config {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`Config::listen`].
+    listen: SocketAddr,
+    /// Sets [`Config::read_chunk_size`].
+    read_chunk_size: usize,
+    /// Sets [`Config::max_message_size`].
+    max_message_size: usize,
+    /// Sets [`Config::send_queue_capacity`].
+    send_queue_capacity: usize,
+    /// Sets [`Config::send_queue_bytes`].
+    send_queue_bytes: usize,
+    /// Sets [`Config::inbox_capacity`].
+    inbox_capacity: usize,
+    /// Sets [`Config::inbox_bytes`].
+    inbox_bytes: usize,
+    /// Sets [`Config::event_capacity`].
+    event_capacity: usize,
+    /// Sets [`Config::max_inbound`].
+    max_inbound: usize,
+    /// Sets [`Config::max_outbound`].
+    max_outbound: usize,
+    /// Sets [`Config::max_concurrent_handshakes`].
+    max_concurrent_handshakes: usize,
+    /// Sets [`Config::handshake_timeout`].
+    handshake_timeout: Duration,
+    /// Sets [`Config::connect_timeout`].
+    connect_timeout: Duration,
+    /// Sets [`Config::write_timeout`].
+    write_timeout: Duration,
+    /// Sets [`Config::shutdown_timeout`].
+    shutdown_timeout: Duration,
+    /// Sets [`Config::misbehaviour_budget`].
+    misbehaviour_budget: u32,
+    /// Sets [`Config::write_batch_bytes`].
+    write_batch_bytes: usize,
+}
+
+impl Config {
+    /// Sets [`Config::network_id`].
+    #[must_use]
+    pub fn network_id(mut self, id: impl Into<String>) -> Self {
+        self.network_id = id.into();
+        self
+    }
+
+    /// Sets [`Config::advertised_addr`].
+    #[must_use]
+    pub fn advertised_addr(mut self, addr: SocketAddr) -> Self {
+        self.advertised_addr = Some(addr);
+        self
+    }
+
+    /// Checks the values that would make the node unusable.
+    ///
+    /// # Errors
+    /// [`NetworkError::InvalidConfig`] naming the field.
+    pub fn validate(&self) -> Result<(), NetworkError> {
+        let bad = |what: &str| Err(NetworkError::InvalidConfig(what.to_owned()));
+        if self.network_id.len() > MAX_NETWORK_ID_LEN {
+            return bad("network_id is longer than 64 bytes");
+        }
+        if self.max_message_size == 0 || self.max_message_size > u32::MAX as usize / 2 {
+            return bad("max_message_size must be between 1 byte and 2 GiB");
+        }
+        for (name, value) in [
+            ("read_chunk_size", self.read_chunk_size),
+            ("send_queue_capacity", self.send_queue_capacity),
+            ("send_queue_bytes", self.send_queue_bytes),
+            ("inbox_capacity", self.inbox_capacity),
+            ("inbox_bytes", self.inbox_bytes),
+            ("event_capacity", self.event_capacity),
+            ("max_inbound", self.max_inbound),
+            ("max_outbound", self.max_outbound),
+            ("max_concurrent_handshakes", self.max_concurrent_handshakes),
+            ("write_batch_bytes", self.write_batch_bytes),
+        ] {
+            if value == 0 {
+                return Err(NetworkError::InvalidConfig(format!("{name} must be > 0")));
+            }
+        }
+        for (name, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(NetworkError::InvalidConfig(format!("{name} must be > 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert!(Config::default().validate().is_ok());
+        let err = Config::default()
+            .send_queue_capacity(0)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("send_queue_capacity"));
+        assert!(
+            Config::default()
+                .network_id("x".repeat(65))
+                .validate()
+                .is_err()
+        );
+        assert!(Config::default().max_message_size(0).validate().is_err());
+        assert!(
+            Config::default()
+                .write_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! Events the network reports to the application, and the reasons connections end.
+
+use std::net::SocketAddr;
+
+use crate::codec::{CodecError, GoodbyeReason};
+use crate::handshake::HandshakeError;
+use crate::identity::PeerId;
+
+/// Which side dialed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The remote dialed us.
+    Inbound,
+    /// We dialed the remote.
+    Outbound,
+}
+
+/// Why a connection (or a peer) went away.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The local application called `disconnect`.
+    #[error("disconnected by the local application")]
+    Requested,
+    /// The local node is shutting down.
+    #[error("local shutdown")]
+    Shutdown,
+    /// The remote said goodbye.
+    #[error("remote said goodbye: {0:?}")]
+    RemoteGoodbye(GoodbyeReason),
+    /// The remote closed the TCP connection.
+    #[error("remote closed the connection")]
+    Eof,
+    /// An I/O error.
+    #[error("I/O error: {0}")]
+    Io(std::io::ErrorKind),
+    /// The encrypted frame layer failed (forged or corrupted frame, oversize frame header).
+    #[error("frame error: {0}")]
+    Codec(CodecError),
+    /// The peer spent its misbehaviour budget.
+    #[error("misbehaviour budget spent ({score} points)")]
+    Misbehaviour {
+        /// Points charged.
+        score: u64,
+    },
+    /// The peer stopped accepting bytes, or its send queue stayed full, for `write_timeout`.
+    #[error("peer stopped reading (write stalled)")]
+    WriteStalled,
+    /// Another connection to the same peer won the duplicate tie-break.
+    #[error("replaced by another connection to the same peer")]
+    Duplicate,
+    /// The handshake failed (label of the [`HandshakeError`]).
+    #[error("handshake failed: {0}")]
+    Handshake(&'static str),
+    /// The application dropped its inbox; nothing can be delivered any more.
+    #[error("application inbox closed")]
+    InboxClosed,
+}
+
+impl DisconnectReason {
+    pub(crate) fn from_handshake(error: &HandshakeError) -> Self {
+        Self::Handshake(error.label())
+    }
+}
+
+/// Something that happened to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetworkEvent {
+    /// A peer is now connected (its first connection opened).
+    Connected {
+        /// The proven peer.
+        peer: PeerId,
+        /// Its socket address.
+        addr: SocketAddr,
+        /// Who dialed.
+        direction: Direction,
+    },
+    /// A peer is no longer connected (its connection closed and was not replaced).
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}

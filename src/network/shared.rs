@@ -1,0 +1,88 @@
+//! State shared between the network actor (the only writer of the maps) and the handles (which
+//! read them on the hot path, so sending never goes through the actor).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::NetworkEvent;
+use crate::identity::PeerId;
+use crate::socket::{ConnectionId, SocketShared};
+
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Node-wide counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) inbound_accepted: Counter,
+    pub(crate) handshakes_ok: Counter,
+    pub(crate) handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
+    pub(crate) broadcast_skipped_full: Counter,
+}
+
+impl Counters {
+    pub(crate) fn handshake_failed(&self, label: &'static str) {
+        *self.handshake_failures.lock().entry(label).or_default() += 1;
+    }
+}
+
+/// A snapshot of node-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetworkStats {
+    /// Inbound TCP connections accepted (before the handshake).
+    pub inbound_accepted: u64,
+    /// Handshakes that proved a peer.
+    pub handshakes_ok: u64,
+    /// Failed handshakes by reason (see [`crate::handshake::HandshakeError::label`]).
+    pub handshake_failures: BTreeMap<&'static str, u64>,
+    /// Per-peer copies skipped by `try_broadcast` because that peer's queue was full.
+    pub broadcast_skipped_full: u64,
+    /// Connections in any state now.
+    pub connections: usize,
+    /// Peers with an open connection now.
+    pub peers: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) local_id: PeerId,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) max_message_size: usize,
+    /// The open connection of each peer: what `send` and `broadcast` use.
+    pub(crate) peers: RwLock<HashMap<PeerId, Arc<SocketShared>>>,
+    /// Every connection in any state, for observation.
+    pub(crate) connections: RwLock<HashMap<ConnectionId, Arc<SocketShared>>>,
+    pub(crate) events: broadcast::Sender<NetworkEvent>,
+    pub(crate) counters: Counters,
+    /// The actor task, joined by the first `shutdown` call.
+    pub(crate) actor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    pub(crate) fn stats(&self) -> NetworkStats {
+        NetworkStats {
+            inbound_accepted: self.counters.inbound_accepted.get(),
+            handshakes_ok: self.counters.handshakes_ok.get(),
+            handshake_failures: self.counters.handshake_failures.lock().clone(),
+            broadcast_skipped_full: self.counters.broadcast_skipped_full.get(),
+            connections: self.connections.read().len(),
+            peers: self.peers.read().len(),
+        }
+    }
+}

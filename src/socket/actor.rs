@@ -1,0 +1,298 @@
+//! The socket task: one per connection, owned by the network's task tracker.
+//!
+//! It walks the state machine: dial (outbound), handshake under `handshake_timeout` and a
+//! handshake slot, ask the network to admit the proven peer, then spawn the read and write tasks
+//! and supervise them. Whichever ends first decides the reason; the other is given
+//! `shutdown_timeout` to finish gracefully and is then cancelled. The task ends only after both
+//! have been joined, and reports `Closed` to the network exactly once.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::reader::Reader;
+use super::writer::{WriteEnd, Writer};
+use super::{SocketContext, SocketShared, SocketState};
+use crate::handshake::{self, Established, HandshakeError, HandshakeParams};
+use crate::identity::PeerId;
+use crate::network::inbox::InboxSender;
+use crate::network::{Direction, DisconnectReason, NetworkError};
+
+/// The network's answer once a peer is proven.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Keep it: it is now the peer's connection.
+    Open,
+    /// Close it gracefully for this reason (duplicate, shutdown).
+    Close(DisconnectReason),
+}
+
+/// What a socket tells the network.
+#[derive(Debug)]
+pub(crate) enum SocketEvent {
+    /// The handshake proved `peer`; the network must answer on `reply`.
+    Authenticated {
+        shared: Arc<SocketShared>,
+        peer: PeerId,
+        reply: oneshot::Sender<Admission>,
+    },
+    /// The connection is closed and all its tasks have ended. `error` is set when it never
+    /// opened, for the caller of `connect`.
+    Closed {
+        shared: Arc<SocketShared>,
+        reason: DisconnectReason,
+        error: Option<NetworkError>,
+    },
+}
+
+pub(crate) struct SocketTask<M> {
+    pub(crate) shared: Arc<SocketShared>,
+    pub(crate) ctx: Arc<SocketContext>,
+    pub(crate) to_network: mpsc::Sender<SocketEvent>,
+    pub(crate) inbox: InboxSender<M>,
+    /// For outbound dials: the id the remote must prove.
+    pub(crate) expected_peer: Option<PeerId>,
+    /// The inbound or outbound connection slot, released when this task ends.
+    pub(crate) _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// A failure before the connection opened.
+struct Failure {
+    reason: DisconnectReason,
+    error: NetworkError,
+}
+
+impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
+    /// Runs the connection to its end. `stream` is the accepted stream for inbound sockets.
+    pub(crate) async fn run(self, stream: Option<TcpStream>) {
+        let (reason, error) = match self.establish(stream).await {
+            Ok((stream, established, leftover)) => {
+                (self.serve(stream, *established, leftover).await, None)
+            }
+            Err(failure) => {
+                self.shared.state.set(SocketState::Errored);
+                self.shared.state.set(SocketState::Closing);
+                (failure.reason, Some(failure.error))
+            }
+        };
+        let dropped = self.shared.queue.close();
+        self.shared
+            .stats
+            .dropped_on_close
+            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shared.state.set(SocketState::Closed);
+        let reason = self.shared.close_intent.lock().clone().unwrap_or(reason);
+        // The network drains socket events until every socket task has ended, so this send
+        // completes; if the network is gone there is no one left to tell.
+        let _ = self
+            .to_network
+            .send(SocketEvent::Closed {
+                shared: self.shared.clone(),
+                reason,
+                error,
+            })
+            .await;
+    }
+
+    async fn establish(
+        &self,
+        stream: Option<TcpStream>,
+    ) -> Result<(TcpStream, Box<Established>, BytesMut), Failure> {
+        let addr = self.shared.addr;
+        let config = &self.ctx.config;
+        let cancelled = || Failure {
+            reason: DisconnectReason::Shutdown,
+            error: NetworkError::Closed,
+        };
+        let mut stream = match stream {
+            Some(stream) => stream,
+            None => {
+                self.shared.state.set(SocketState::Connecting);
+                let dial = timeout(config.connect_timeout, TcpStream::connect(addr));
+                let dialed = tokio::select! {
+                    () = self.shared.cancel.cancelled() => return Err(cancelled()),
+                    r = dial => r,
+                };
+                match dialed {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(source)) => {
+                        return Err(Failure {
+                            reason: DisconnectReason::Io(source.kind()),
+                            error: NetworkError::Dial { addr, source },
+                        });
+                    }
+                    Err(_) => {
+                        return Err(Failure {
+                            reason: DisconnectReason::Io(std::io::ErrorKind::TimedOut),
+                            error: NetworkError::DialTimeout { addr },
+                        });
+                    }
+                }
+            }
+        };
+        // Small control and consensus messages must not wait for Nagle's timer.
+        let _ = stream.set_nodelay(true);
+        self.shared.state.set(SocketState::Authenticating);
+        let handshake_failed = |source: HandshakeError| Failure {
+            reason: DisconnectReason::from_handshake(&source),
+            error: NetworkError::Handshake { addr, source },
+        };
+        let deadline = Instant::now() + config.handshake_timeout;
+        let params = HandshakeParams {
+            network_id: config.network_id.clone(),
+            listen_addr: Some(self.ctx.advertised_addr),
+            expected_peer: self.expected_peer,
+        };
+        let initiator = self.shared.direction == Direction::Outbound;
+        let run = async {
+            let _slot = self
+                .ctx
+                .handshakes
+                .acquire()
+                .await
+                .map_err(|_| HandshakeError::Closed)?;
+            handshake::perform(&mut stream, &self.ctx.keypair, params, initiator).await
+        };
+        let outcome = tokio::select! {
+            () = self.shared.cancel.cancelled() => return Err(cancelled()),
+            r = timeout_at(deadline, run) => r,
+        };
+        match outcome {
+            Ok(Ok((established, leftover))) => {
+                let _ = self.shared.peer.set(established.peer);
+                let _ = self.shared.listen_addr.set(established.listen_addr);
+                self.shared.state.set(SocketState::Authenticated);
+                Ok((stream, established, leftover))
+            }
+            Ok(Err(e)) => Err(handshake_failed(e)),
+            Err(_) => Err(handshake_failed(HandshakeError::Timeout)),
+        }
+    }
+
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        established: Established,
+        leftover: BytesMut,
+    ) -> DisconnectReason {
+        let Established {
+            peer,
+            sealer,
+            opener,
+            ..
+        } = established;
+        let (reply, admission) = oneshot::channel();
+        let asked = self
+            .to_network
+            .send(SocketEvent::Authenticated {
+                shared: self.shared.clone(),
+                peer,
+                reply,
+            })
+            .await;
+        let admission = if asked.is_err() {
+            Admission::Close(DisconnectReason::Shutdown)
+        } else {
+            tokio::select! {
+                () = self.shared.cancel.cancelled() => Admission::Close(DisconnectReason::Shutdown),
+                a = admission => a.unwrap_or(Admission::Close(DisconnectReason::Shutdown)),
+            }
+        };
+        match admission {
+            Admission::Open => {
+                self.shared.state.set(SocketState::Open);
+            }
+            Admission::Close(reason) => {
+                // Still run both tasks: the writer sends the goodbye, the reader delivers what
+                // the peer sent before it learned the outcome.
+                self.shared.state.set(SocketState::Closing);
+                self.shared.close_gracefully(reason);
+            }
+        }
+        let config = &self.ctx.config;
+        let (read_half, write_half) = stream.into_split();
+        let mut reader: JoinHandle<Option<DisconnectReason>> = tokio::spawn(
+            Reader {
+                shared: self.shared.clone(),
+                peer,
+                inbox: self.inbox.clone(),
+                read_chunk_size: config.read_chunk_size,
+                max_message_size: config.max_message_size,
+                budget: config.misbehaviour_budget,
+            }
+            .run(read_half, leftover, opener),
+        );
+        let mut writer: JoinHandle<WriteEnd> = tokio::spawn(
+            Writer {
+                shared: self.shared.clone(),
+                batch_bytes: config.write_batch_bytes,
+                write_timeout: config.write_timeout,
+            }
+            .run(write_half, sealer),
+        );
+        let grace = config.shutdown_timeout;
+        tokio::select! {
+            read_end = &mut reader => {
+                let reason = read_end.ok().flatten().unwrap_or(DisconnectReason::Shutdown);
+                self.enter_closing(&reason);
+                if let DisconnectReason::Misbehaviour { .. } = reason {
+                    // Tell the peer why before cutting it off.
+                    self.shared.close_gracefully(reason.clone());
+                    let _ = timeout(grace, &mut writer).await;
+                }
+                self.shared.cancel.cancel();
+                let _ = writer.await;
+                reason
+            }
+            write_end = &mut writer => {
+                let reason = match write_end {
+                    Ok(WriteEnd::Goodbye) => {
+                        // Our goodbye is out; read until the peer closes too, within the grace
+                        // period, so that nothing it sent before our goodbye is lost.
+                        let reason = self.shared.close_intent.lock().clone()
+                            .unwrap_or(DisconnectReason::Requested);
+                        self.enter_closing(&reason);
+                        let _ = timeout(grace, &mut reader).await;
+                        reason
+                    }
+                    Ok(WriteEnd::Failed(reason)) => {
+                        self.enter_closing(&reason);
+                        reason
+                    }
+                    Ok(WriteEnd::Stopped) | Err(_) => {
+                        self.enter_closing(&DisconnectReason::Shutdown);
+                        DisconnectReason::Shutdown
+                    }
+                };
+                self.shared.cancel.cancel();
+                let _ = reader.await;
+                reason
+            }
+        }
+    }
+
+    /// Moves to `Closing`, through `Errored` when the reason is a fault.
+    fn enter_closing(&self, reason: &DisconnectReason) {
+        let state = self.shared.state.get();
+        if matches!(state, SocketState::Closing | SocketState::Closed) {
+            return;
+        }
+        let fault = matches!(
+            reason,
+            DisconnectReason::Io(_)
+                | DisconnectReason::Codec(_)
+                | DisconnectReason::Misbehaviour { .. }
+                | DisconnectReason::WriteStalled
+                | DisconnectReason::Eof
+        );
+        if fault {
+            self.shared.state.set(SocketState::Errored);
+        }
+        self.shared.state.set(SocketState::Closing);
+    }
+}

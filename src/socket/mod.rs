@@ -1,0 +1,127 @@
+//! One connection to one peer: the state it is in, its counters, its send queue, and the task
+//! that runs it.
+//!
+//! The socket task ([`actor`]) dials or takes an accepted stream, authenticates it, asks the
+//! network whether to keep it, then spawns a read task ([`reader`]) and a write task
+//! ([`writer`]) and supervises them until the connection closes.
+
+pub(crate) mod actor;
+pub(crate) mod queue;
+mod reader;
+mod state;
+mod stats;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::{Keypair, PeerId};
+use crate::network::{Config, Direction, DisconnectReason};
+use queue::SendQueue;
+pub use state::SocketState;
+use state::StateCell;
+pub use stats::PeerStats;
+use stats::SocketStats;
+
+/// Identifies one connection for the lifetime of a node (peers may have several over time).
+pub type ConnectionId = u64;
+
+/// What a socket shares with the network actor and with senders. The socket task is the only
+/// writer of `state`; `peer` is set once, when the handshake proves it.
+#[derive(Debug)]
+pub(crate) struct SocketShared {
+    pub(crate) id: ConnectionId,
+    pub(crate) direction: Direction,
+    pub(crate) addr: SocketAddr,
+    pub(crate) peer: OnceLock<PeerId>,
+    pub(crate) listen_addr: OnceLock<Option<SocketAddr>>,
+    pub(crate) state: StateCell,
+    pub(crate) stats: SocketStats,
+    pub(crate) queue: SendQueue,
+    /// Child of the network's root token: cancelling it cuts this connection at once.
+    pub(crate) cancel: CancellationToken,
+    /// Why the local side decided to close, if it did; wins over what the tasks observe later.
+    pub(crate) close_intent: Mutex<Option<DisconnectReason>>,
+}
+
+impl SocketShared {
+    pub(crate) fn new(
+        id: ConnectionId,
+        direction: Direction,
+        addr: SocketAddr,
+        config: &Config,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            id,
+            direction,
+            addr,
+            peer: OnceLock::new(),
+            listen_addr: OnceLock::new(),
+            state: StateCell::new(),
+            stats: SocketStats::default(),
+            queue: SendQueue::new(config.send_queue_capacity, config.send_queue_bytes),
+            cancel,
+            close_intent: Mutex::new(None),
+        }
+    }
+
+    /// Starts a graceful close for `reason`: flush what was accepted, say goodbye, stop.
+    pub(crate) fn close_gracefully(&self, reason: DisconnectReason) {
+        let goodbye = match &reason {
+            DisconnectReason::Shutdown => crate::codec::GoodbyeReason::Shutdown,
+            DisconnectReason::Duplicate => crate::codec::GoodbyeReason::Duplicate,
+            DisconnectReason::Misbehaviour { .. } => crate::codec::GoodbyeReason::Misbehaviour,
+            _ => crate::codec::GoodbyeReason::Requested,
+        };
+        self.close_intent.lock().get_or_insert(reason);
+        self.queue.close_gracefully(goodbye);
+    }
+
+    pub(crate) fn info(&self) -> ConnectionInfo {
+        let (queued_messages, queued_bytes) = self.queue.depth();
+        ConnectionInfo {
+            id: self.id,
+            peer: self.peer.get().copied(),
+            addr: self.addr,
+            listen_addr: self.listen_addr.get().copied().flatten(),
+            direction: self.direction,
+            state: self.state.get(),
+            stats: self.stats.snapshot(queued_messages, queued_bytes),
+        }
+    }
+}
+
+/// A snapshot of one connection: who, where, which state, and its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// This connection's id.
+    pub id: ConnectionId,
+    /// The proven peer, once authenticated.
+    pub peer: Option<PeerId>,
+    /// The remote socket address.
+    pub addr: SocketAddr,
+    /// The listen address the peer advertised in the handshake.
+    pub listen_addr: Option<SocketAddr>,
+    /// Who dialed.
+    pub direction: Direction,
+    /// The state now.
+    pub state: SocketState,
+    /// Counters.
+    pub stats: PeerStats,
+}
+
+/// Immutable context every socket task shares.
+#[derive(Debug)]
+pub(crate) struct SocketContext {
+    pub(crate) keypair: Keypair,
+    pub(crate) config: Config,
+    pub(crate) advertised_addr: SocketAddr,
+    /// At most `max_concurrent_handshakes` handshakes at once.
+    pub(crate) handshakes: Arc<Semaphore>,
+}

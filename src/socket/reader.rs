@@ -1,0 +1,136 @@
+//! The read task: reads chunks from TCP, splits and opens frames, decodes records, and hands
+//! messages to the inbox without ever waiting on the application. Control messages are handled
+//! here; record violations are charged to the peer until its budget is spent.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::{BufMut, BytesMut};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::SocketShared;
+use crate::codec::cipher::Opener;
+use crate::codec::frame::FrameDecoder;
+use crate::codec::record::{Inbound, RecordDecoder};
+use crate::codec::{ControlMessage, Violation, decode_control, decode_message};
+use crate::identity::PeerId;
+use crate::network::DisconnectReason;
+use crate::network::inbox::{DeliverError, InboxSender};
+
+pub(crate) struct Reader<M> {
+    pub(crate) shared: Arc<SocketShared>,
+    pub(crate) peer: PeerId,
+    pub(crate) inbox: InboxSender<M>,
+    pub(crate) read_chunk_size: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) budget: u32,
+}
+
+/// Why a frame's records made the reader stop.
+enum Stop {
+    Goodbye(crate::codec::GoodbyeReason),
+    Misbehaviour(u64),
+    InboxClosed,
+}
+
+impl<M: DeserializeOwned + Send + 'static> Reader<M> {
+    /// Runs until the connection ends; returns why, or `None` when cancelled.
+    pub(crate) async fn run<R: AsyncRead + Unpin>(
+        self,
+        mut stream: R,
+        mut buf: BytesMut,
+        opener: Opener,
+    ) -> Option<DisconnectReason> {
+        let mut frames = FrameDecoder::new(opener);
+        let mut records = RecordDecoder::new(self.max_message_size);
+        loop {
+            loop {
+                match frames.decode(&mut buf) {
+                    Ok(Some(plaintext)) => {
+                        self.shared.stats.frames_in.fetch_add(1, Relaxed);
+                        if let Some(stop) = self.handle_frame(&mut records, plaintext) {
+                            return Some(match stop {
+                                Stop::Goodbye(r) => DisconnectReason::RemoteGoodbye(r),
+                                Stop::Misbehaviour(score) => {
+                                    DisconnectReason::Misbehaviour { score }
+                                }
+                                Stop::InboxClosed => DisconnectReason::InboxClosed,
+                            });
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Some(DisconnectReason::Codec(e)),
+                }
+            }
+            buf.reserve(self.read_chunk_size);
+            let read = {
+                let mut limited = (&mut buf).limit(self.read_chunk_size);
+                tokio::select! {
+                    biased;
+                    () = self.shared.cancel.cancelled() => return None,
+                    r = stream.read_buf(&mut limited) => r,
+                }
+            };
+            match read {
+                Ok(0) => return Some(DisconnectReason::Eof),
+                Ok(_) => {}
+                Err(e) => return Some(DisconnectReason::Io(e.kind())),
+            }
+        }
+    }
+
+    fn handle_frame(&self, records: &mut RecordDecoder, plaintext: BytesMut) -> Option<Stop> {
+        let mut stop = None;
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        records.decode_frame(plaintext, &mut |item| {
+            if stop.is_some() {
+                return;
+            }
+            match item {
+                Inbound::Message(encoded) => match decode_message::<M>(&encoded) {
+                    Ok(message) => {
+                        messages += 1;
+                        bytes += encoded.len() as u64;
+                        match self.inbox.try_deliver(self.peer, message, encoded.len()) {
+                            Ok(()) => {}
+                            Err(DeliverError::Full) => {
+                                self.shared.stats.dropped_inbox_full.fetch_add(1, Relaxed);
+                            }
+                            Err(DeliverError::Closed) => stop = Some(Stop::InboxClosed),
+                        }
+                    }
+                    Err(violation) => stop = self.charge(&violation),
+                },
+                Inbound::Control(encoded) => match decode_control(&encoded) {
+                    Ok(ControlMessage::Goodbye { reason }) => stop = Some(Stop::Goodbye(reason)),
+                    Ok(ControlMessage::Ping { nonce }) => {
+                        // Answered ahead of data; if the control lane is full the pinger retries.
+                        self.shared
+                            .queue
+                            .push_control(ControlMessage::Pong { nonce });
+                    }
+                    Ok(ControlMessage::Pong { .. }) => {}
+                    Err(violation) => stop = self.charge(&violation),
+                },
+                Inbound::Violation(violation) => stop = self.charge(&violation),
+            }
+        });
+        self.shared.stats.messages_in.fetch_add(messages, Relaxed);
+        self.shared.stats.bytes_in.fetch_add(bytes, Relaxed);
+        stop
+    }
+
+    /// Charges a violation; returns a stop when the budget is spent.
+    fn charge(&self, violation: &Violation) -> Option<Stop> {
+        tracing::debug!(peer = %self.peer, %violation, "rejected inbound message");
+        self.shared.stats.rejected.fetch_add(1, Relaxed);
+        let score = self
+            .shared
+            .stats
+            .misbehaviour
+            .fetch_add(u64::from(violation.cost()), Relaxed)
+            + u64::from(violation.cost());
+        (score >= u64::from(self.budget)).then_some(Stop::Misbehaviour(score))
+    }
+}

@@ -1,0 +1,175 @@
+//! The socket state machine: every state a connection passes through, and which moves are legal.
+//!
+//! ```text
+//!  Opening ──► Connecting ──► Authenticating ──► Authenticated ──► Open
+//!     │  (outbound)  │   (inbound skips Connecting)   │            │
+//!     └──────────────┴──────────► Errored ◄───────────┴────────────┤
+//!                                    │                             │
+//!                                    ▼                             ▼
+//!                                 Closing ◄──────────(graceful: shutdown, duplicate, disconnect)
+//!                                    │
+//!                                    ▼
+//!                                  Closed
+//! ```
+//!
+//! `Errored` is entered on a fatal error (I/O, failed authentication of a frame, write stall,
+//! handshake failure, spent misbehaviour budget) and always moves on to `Closing`, so no socket
+//! lingers in an error state.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The state of one connection. Readable at any time through
+/// [`crate::Network::connections`] and [`crate::Network::peers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SocketState {
+    /// Created; nothing done yet.
+    Opening = 0,
+    /// Outbound only: the TCP dial is in progress.
+    Connecting = 1,
+    /// The Noise handshake is running.
+    Authenticating = 2,
+    /// The peer is proven; the network is deciding whether to keep this connection.
+    Authenticated = 3,
+    /// Registered as the peer's connection; reading and writing application data.
+    Open = 4,
+    /// A fatal error happened; about to close.
+    Errored = 5,
+    /// Flushing queued data and the goodbye, and reading until the peer closes (bounded).
+    Closing = 6,
+    /// Finished; every task of this connection has ended.
+    Closed = 7,
+}
+
+impl SocketState {
+    /// Whether a move from `self` to `next` is legal.
+    pub fn can_become(self, next: Self) -> bool {
+        use SocketState::*;
+        matches!(
+            (self, next),
+            (Opening, Connecting | Authenticating | Errored | Closing)
+                | (Connecting, Authenticating | Errored | Closing)
+                | (Authenticating, Authenticated | Errored | Closing)
+                | (Authenticated, Open | Errored | Closing)
+                | (Open, Errored | Closing)
+                | (Errored, Closing)
+                | (Closing, Closed)
+        )
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Opening,
+            1 => Self::Connecting,
+            2 => Self::Authenticating,
+            3 => Self::Authenticated,
+            4 => Self::Open,
+            5 => Self::Errored,
+            6 => Self::Closing,
+            _ => Self::Closed,
+        }
+    }
+}
+
+/// A state shared between the socket task (the only writer) and observers.
+#[derive(Debug)]
+pub(crate) struct StateCell(AtomicU8);
+
+impl StateCell {
+    pub(crate) fn new() -> Self {
+        Self(AtomicU8::new(SocketState::Opening as u8))
+    }
+
+    pub(crate) fn get(&self) -> SocketState {
+        SocketState::from_u8(self.0.load(Ordering::Acquire))
+    }
+
+    /// Moves to `next` if legal; returns whether it moved. Illegal moves are bugs, caught in
+    /// debug builds and ignored (state unchanged) in release builds.
+    pub(crate) fn set(&self, next: SocketState) -> bool {
+        let current = self.get();
+        let legal = current.can_become(next);
+        debug_assert!(legal, "illegal socket transition {current:?} -> {next:?}");
+        if legal {
+            self.0.store(next as u8, Ordering::Release);
+        }
+        legal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SocketState::*;
+    use super::*;
+
+    const ALL: [SocketState; 8] = [
+        Opening,
+        Connecting,
+        Authenticating,
+        Authenticated,
+        Open,
+        Errored,
+        Closing,
+        Closed,
+    ];
+
+    #[test]
+    fn happy_paths_are_legal() {
+        for path in [
+            &[
+                Opening,
+                Connecting,
+                Authenticating,
+                Authenticated,
+                Open,
+                Closing,
+                Closed,
+            ][..],
+            &[
+                Opening,
+                Authenticating,
+                Authenticated,
+                Open,
+                Errored,
+                Closing,
+                Closed,
+            ][..],
+            &[Opening, Connecting, Errored, Closing, Closed][..],
+            &[Opening, Authenticating, Authenticated, Closing, Closed][..],
+        ] {
+            let cell = StateCell::new();
+            for next in &path[1..] {
+                assert!(cell.set(*next), "{path:?} at {next:?}");
+            }
+            assert_eq!(cell.get(), *path.last().unwrap());
+        }
+    }
+
+    #[test]
+    fn closed_is_terminal_and_no_state_skips_closing() {
+        for s in ALL {
+            assert!(!Closed.can_become(s));
+            if s != Closing {
+                assert!(!s.can_become(Closed), "{s:?} must pass through Closing");
+            }
+            assert!(!s.can_become(Opening));
+        }
+        assert!(!Open.can_become(Authenticating));
+        assert!(!Errored.can_become(Open));
+    }
+
+    #[test]
+    fn every_state_is_reachable_from_opening() {
+        let mut seen = vec![Opening];
+        let mut frontier = vec![Opening];
+        while let Some(s) = frontier.pop() {
+            for n in ALL {
+                if s.can_become(n) && !seen.contains(&n) {
+                    seen.push(n);
+                    frontier.push(n);
+                }
+            }
+        }
+        assert_eq!(seen.len(), ALL.len());
+    }
+}

@@ -1,0 +1,71 @@
+//! Per-connection counters, updated lock-free by the reader and writer tasks.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Live counters of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct SocketStats {
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) misbehaviour: AtomicU64,
+    pub(crate) dropped_inbox_full: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
+    pub(crate) dropped_on_close: AtomicU64,
+}
+
+impl SocketStats {
+    pub(crate) fn snapshot(&self, queued_messages: usize, queued_bytes: usize) -> PeerStats {
+        PeerStats {
+            messages_in: self.messages_in.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            messages_out: self.messages_out.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            frames_in: self.frames_in.load(Relaxed),
+            frames_out: self.frames_out.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            misbehaviour: self.misbehaviour.load(Relaxed),
+            dropped_inbox_full: self.dropped_inbox_full.load(Relaxed),
+            dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+            dropped_on_close: self.dropped_on_close.load(Relaxed),
+            queued_messages,
+            queued_bytes,
+        }
+    }
+}
+
+/// A snapshot of one connection's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// Application messages received and delivered or dropped at the inbox.
+    pub messages_in: u64,
+    /// Encoded application bytes received.
+    pub bytes_in: u64,
+    /// Application messages written to the connection.
+    pub messages_out: u64,
+    /// Encoded application bytes written.
+    pub bytes_out: u64,
+    /// Encrypted frames received.
+    pub frames_in: u64,
+    /// Encrypted frames sent.
+    pub frames_out: u64,
+    /// Inbound messages rejected (oversize, undecodable, malformed records).
+    pub rejected: u64,
+    /// Misbehaviour points charged to the peer on this connection.
+    pub misbehaviour: u64,
+    /// Inbound messages dropped because the application inbox was full.
+    pub dropped_inbox_full: u64,
+    /// Outbound messages refused because this peer's send queue was full.
+    pub dropped_queue_full: u64,
+    /// Outbound messages still queued when the connection closed without flushing them.
+    pub dropped_on_close: u64,
+    /// Messages waiting in the send queue now.
+    pub queued_messages: usize,
+    /// Bytes waiting in the send queue now.
+    pub queued_bytes: usize,
+}

@@ -1,0 +1,166 @@
+//! The write task: sleeps until the send queue signals work, then drains it (control first),
+//! packs many messages into each sealed frame and many frames into each write, and flushes.
+//! A write that makes no progress for `write_timeout`, or a queue that stays full that long,
+//! ends the connection as stalled.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::SocketShared;
+use super::queue::Batch;
+use crate::codec::cipher::Sealer;
+use crate::codec::frame::FrameEncoder;
+use crate::codec::{CodecError, ControlMessage, GoodbyeReason, encode_control};
+use crate::network::DisconnectReason;
+
+/// How the write task ended.
+#[derive(Debug)]
+pub(crate) enum WriteEnd {
+    /// Flushed everything accepted and sent the goodbye.
+    Goodbye,
+    /// Stopped by a fault.
+    Failed(DisconnectReason),
+    /// Cancelled or hard-closed.
+    Stopped,
+}
+
+pub(crate) struct Writer {
+    pub(crate) shared: Arc<SocketShared>,
+    pub(crate) batch_bytes: usize,
+    pub(crate) write_timeout: Duration,
+}
+
+enum Fault {
+    Codec(CodecError),
+    End(WriteEnd),
+}
+
+impl From<CodecError> for Fault {
+    fn from(e: CodecError) -> Self {
+        Self::Codec(e)
+    }
+}
+
+impl Writer {
+    pub(crate) async fn run<W: AsyncWrite + Unpin>(
+        self,
+        mut stream: W,
+        sealer: Sealer,
+    ) -> WriteEnd {
+        let mut encoder = FrameEncoder::new(sealer);
+        match self.pump(&mut stream, &mut encoder).await {
+            Ok(_) => WriteEnd::Goodbye,
+            Err(Fault::Codec(e)) => WriteEnd::Failed(DisconnectReason::Codec(e)),
+            Err(Fault::End(end)) => end,
+        }
+    }
+
+    async fn pump<W: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut W,
+        encoder: &mut FrameEncoder,
+    ) -> Result<GoodbyeReason, Fault> {
+        let queue = &self.shared.queue;
+        let mut batch = Batch::default();
+        loop {
+            queue.take_batch(self.batch_bytes, &mut batch);
+            if batch.closed {
+                return Err(Fault::End(WriteEnd::Stopped));
+            }
+            if batch.control.is_empty() && batch.data.is_empty() && batch.goodbye.is_none() {
+                tokio::select! {
+                    biased;
+                    () = self.shared.cancel.cancelled() => return Err(Fault::End(WriteEnd::Stopped)),
+                    () = queue.wait_for_work() => continue,
+                }
+            }
+            for control in batch.control.drain(..) {
+                encoder.push_control(&encode_control(&control))?;
+            }
+            let (mut messages, mut bytes) = (0u64, 0u64);
+            for message in batch.data.drain(..) {
+                let mut offset = 0;
+                loop {
+                    offset = encoder.push_message(&message, offset)?;
+                    if offset == message.len() {
+                        break;
+                    }
+                    // A large message: write what is ready, and let queued control messages
+                    // (pongs, a goodbye cannot be queued mid-message) go between its fragments.
+                    if encoder.buffered() >= self.batch_bytes {
+                        self.flush(stream, encoder).await?;
+                        let mut control = Batch::default();
+                        queue.take_control(&mut control);
+                        for c in control.control {
+                            encoder.push_control(&encode_control(&c))?;
+                        }
+                    }
+                }
+                messages += 1;
+                bytes += message.len() as u64;
+            }
+            if let Some(reason) = batch.goodbye.take() {
+                encoder.push_control(&encode_control(&ControlMessage::Goodbye { reason }))?;
+                self.flush(stream, encoder).await?;
+                self.count(messages, bytes);
+                // Half-close: the peer reads our goodbye, then EOF; we keep reading its rest.
+                let _ = stream.shutdown().await;
+                return Ok(reason);
+            }
+            self.flush(stream, encoder).await?;
+            self.count(messages, bytes);
+            if queue.full_for().is_some_and(|d| d >= self.write_timeout) {
+                return Err(Fault::End(WriteEnd::Failed(DisconnectReason::WriteStalled)));
+            }
+        }
+    }
+
+    fn count(&self, messages: u64, bytes: u64) {
+        self.shared.stats.messages_out.fetch_add(messages, Relaxed);
+        self.shared.stats.bytes_out.fetch_add(bytes, Relaxed);
+    }
+
+    /// Seals the open frame and writes everything buffered, giving up after `write_timeout`
+    /// without progress or on cancellation.
+    async fn flush<W: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut W,
+        encoder: &mut FrameEncoder,
+    ) -> Result<(), Fault> {
+        encoder.seal()?;
+        let out = encoder.output();
+        if out.is_empty() {
+            return Ok(());
+        }
+        let frames = count_frames(out);
+        let write = tokio::time::timeout(self.write_timeout, stream.write_all(out));
+        let result = tokio::select! {
+            biased;
+            () = self.shared.cancel.cancelled() => return Err(Fault::End(WriteEnd::Stopped)),
+            r = write => r,
+        };
+        out.clear();
+        match result {
+            Ok(Ok(())) => {
+                self.shared.stats.frames_out.fetch_add(frames, Relaxed);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Fault::End(WriteEnd::Failed(DisconnectReason::Io(e.kind())))),
+            Err(_) => Err(Fault::End(WriteEnd::Failed(DisconnectReason::WriteStalled))),
+        }
+    }
+}
+
+/// Counts the sealed frames in an output buffer (walks the length headers).
+fn count_frames(out: &[u8]) -> u64 {
+    let (mut at, mut n) = (0usize, 0u64);
+    while at + 4 <= out.len() {
+        let len = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
+        at += 4 + len;
+        n += 1;
+    }
+    n
+}

@@ -1,0 +1,69 @@
+//! Two nodes over real loopback TCP: connect, send both ways in order, peers and events.
+
+mod common;
+
+use common::*;
+use peerwire::{Direction, DisconnectReason, NetworkEvent, SocketState};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_send_both_ways_in_order() {
+    let (a, mut a_in) = node(config()).await;
+    let (b, mut b_in) = node(config()).await;
+    let mut a_events = a.events();
+    let b_id = soon("connect", a.connect(b.local_addr())).await.unwrap();
+    assert_eq!(b_id, b.local_peer_id());
+    let ev = next_event(&mut a_events, |e| {
+        matches!(e, NetworkEvent::Connected { .. })
+    })
+    .await;
+    assert_eq!(
+        ev,
+        NetworkEvent::Connected {
+            peer: b_id,
+            addr: b.local_addr(),
+            direction: Direction::Outbound
+        }
+    );
+    eventually("b sees a", || b.is_connected(a.local_peer_id())).await;
+
+    const N: u32 = 2000;
+    for i in 0..N {
+        a.send(b_id, &numbered(i, 100)).await.unwrap();
+        b.send(a.local_peer_id(), &numbered(i, 37)).await.unwrap();
+    }
+    let at_b = recv_n(&mut b_in, N as usize).await;
+    let at_a = recv_n(&mut a_in, N as usize).await;
+    for (i, (from, m)) in at_b.iter().enumerate() {
+        assert_eq!(*from, a.local_peer_id());
+        assert_eq!(number_of(m), i as u32);
+        assert_eq!(m.len(), 100);
+    }
+    for (i, (from, m)) in at_a.iter().enumerate() {
+        assert_eq!(*from, b_id);
+        assert_eq!(number_of(m), i as u32);
+    }
+    let info = a.peers();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].peer, Some(b_id));
+    assert_eq!(info[0].state, SocketState::Open);
+    assert_eq!(info[0].stats.messages_out, u64::from(N));
+    assert_eq!(info[0].stats.messages_in, u64::from(N));
+
+    assert!(a.disconnect(b_id).await);
+    let ev = next_event(&mut a_events, |e| {
+        matches!(e, NetworkEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ev,
+        NetworkEvent::Disconnected {
+            peer: b_id,
+            reason: DisconnectReason::Requested
+        }
+    );
+    eventually("b sees a leave", || !b.is_connected(a.local_peer_id())).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    assert!(a_in.recv().await.is_none());
+    assert!(b_in.recv().await.is_none());
+}
