@@ -240,16 +240,20 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
             read_end = &mut reader => {
                 let reason = read_end.ok().flatten().unwrap_or(DisconnectReason::Shutdown);
                 self.enter_closing(&reason);
+                let mut writer_joined = false;
                 if let DisconnectReason::Misbehaviour { .. } = reason {
                     // Tell the peer why before cutting it off.
                     self.shared.close_gracefully(reason.clone());
-                    let _ = timeout(grace, &mut writer).await;
+                    writer_joined = timeout(grace, &mut writer).await.is_ok();
                 }
                 self.shared.cancel.cancel();
-                let _ = writer.await;
+                if !writer_joined {
+                    let _ = writer.await;
+                }
                 reason
             }
             write_end = &mut writer => {
+                let mut reader_joined = false;
                 let reason = match write_end {
                     Ok(WriteEnd::Goodbye) => {
                         // Our goodbye is out; read until the peer closes too, within the grace
@@ -257,7 +261,7 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                         let reason = self.shared.close_intent.lock().clone()
                             .unwrap_or(DisconnectReason::Requested);
                         self.enter_closing(&reason);
-                        let _ = timeout(grace, &mut reader).await;
+                        reader_joined = timeout(grace, &mut reader).await.is_ok();
                         reason
                     }
                     Ok(WriteEnd::Failed(reason)) => {
@@ -270,7 +274,9 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                     }
                 };
                 self.shared.cancel.cancel();
-                let _ = reader.await;
+                if !reader_joined {
+                    let _ = reader.await;
+                }
                 reason
             }
         }

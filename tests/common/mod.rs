@@ -15,6 +15,8 @@ pub fn config() -> Config {
     Config::default()
         .listen("127.0.0.1:0".parse().unwrap())
         .network_id("peerwire-test")
+        // Hand-driven peers never answer a goodbye; don't wait the full default for them.
+        .shutdown_timeout(Duration::from_secs(2))
 }
 
 pub async fn node(config: Config) -> (Network<Bytes>, Inbox<Bytes>) {
@@ -76,4 +78,103 @@ pub fn numbered(i: u32, len: usize) -> Bytes {
 
 pub fn number_of(b: &Bytes) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// A hand-driven peer: real handshake, then arbitrary records or raw bytes. Used to play a
+/// buggy or hostile node against a real one.
+pub struct RawPeer {
+    pub stream: tokio::net::TcpStream,
+    pub encoder: peerwire::codec::frame::FrameEncoder,
+    pub keypair: Keypair,
+    pub remote: PeerId,
+}
+
+impl RawPeer {
+    pub async fn connect(addr: std::net::SocketAddr, network_id: &str) -> Self {
+        use peerwire::handshake::{HandshakeParams, perform};
+        let keypair = Keypair::generate();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let params = HandshakeParams {
+            network_id: network_id.into(),
+            listen_addr: None,
+            expected_peer: None,
+        };
+        let (established, _rest) = perform(&mut stream, &keypair, params, true).await.unwrap();
+        Self {
+            stream,
+            encoder: peerwire::codec::frame::FrameEncoder::new(established.sealer),
+            keypair,
+            remote: established.peer,
+        }
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.keypair.peer_id()
+    }
+
+    /// Sends `encoded` as one application message (whatever bytes it holds).
+    pub async fn send_encoded(&mut self, encoded: &[u8]) -> std::io::Result<()> {
+        let mut offset = 0;
+        loop {
+            offset = self.encoder.push_message(encoded, offset).unwrap();
+            if offset == encoded.len() {
+                break;
+            }
+        }
+        self.flush().await
+    }
+
+    /// Sends a properly encoded `Bytes` message.
+    pub async fn send(&mut self, message: &Bytes) -> std::io::Result<()> {
+        let encoded = peerwire::codec::encode_message(message, usize::MAX).unwrap();
+        self.send_encoded(&encoded).await
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.encoder.seal().unwrap();
+        let out = self.encoder.output().split();
+        self.stream.write_all(&out).await
+    }
+
+    /// Reads until the node closes the connection; returns whether it did within `SOON`.
+    pub async fn closed_by_remote(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        tokio::time::timeout(SOON, async {
+            loop {
+                match self.stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// The single connection info of `peer` on `net`, if open.
+pub fn peer_info(net: &Network<Bytes>, peer: PeerId) -> Option<peerwire::ConnectionInfo> {
+    net.peers().into_iter().find(|p| p.peer == Some(peer))
+}
+
+/// Builds a full mesh: node i dials every node j > i. Returns handles and inboxes.
+pub async fn mesh(n: usize, cfg: Config) -> Vec<(Network<Bytes>, Inbox<Bytes>)> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(node(cfg.clone()).await);
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            let addr = nodes[j].0.local_addr();
+            soon("mesh connect", nodes[i].0.connect(addr))
+                .await
+                .unwrap();
+        }
+    }
+    for (net, _) in &nodes {
+        eventually("full mesh", || net.peers().len() == n - 1).await;
+    }
+    nodes
 }

@@ -1,0 +1,100 @@
+//! Broadcast across five nodes, and the consensus redirect carrying the proven sender.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use peerwire::{Keypair, Network, PeerId};
+use serde::{Deserialize, Serialize};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_broadcast_reaches_everyone_once_in_order() {
+    let mut nodes = mesh(5, config()).await;
+    const PER_NODE: u32 = 300;
+    for i in 0..PER_NODE {
+        for (net, _) in &nodes {
+            let report = net.broadcast(&numbered(i, 200)).await.unwrap();
+            assert_eq!(report.queued, 4);
+        }
+    }
+    let ids: Vec<PeerId> = nodes.iter().map(|(n, _)| n.local_peer_id()).collect();
+    for (k, (_, inbox)) in nodes.iter_mut().enumerate() {
+        let got = recv_n(inbox, 4 * PER_NODE as usize).await;
+        let mut next: HashMap<PeerId, u32> = HashMap::new();
+        for (from, m) in got {
+            assert_ne!(from, ids[k], "a node must not receive its own broadcast");
+            let expected = next.entry(from).or_insert(0);
+            assert_eq!(number_of(&m), *expected, "per-sender order");
+            *expected += 1;
+        }
+        assert_eq!(next.len(), 4);
+        assert!(next.values().all(|&n| n == PER_NODE));
+        assert!(inbox.try_recv().is_err(), "no duplicates");
+    }
+    for (net, _) in &nodes {
+        net.shutdown().await;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Consensus {
+    Proposal { height: u64, block: Vec<u8> },
+    Vote { height: u64, approve: bool },
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consensus_messages_arrive_tagged_with_the_proven_sender() {
+    let start = || Network::<Consensus>::start(config(), Keypair::generate());
+    let (leader, mut leader_in) = start().await.unwrap();
+    let (r1, mut r1_in) = start().await.unwrap();
+    let (r2, mut r2_in) = start().await.unwrap();
+    leader.connect(r1.local_addr()).await.unwrap();
+    leader.connect(r2.local_addr()).await.unwrap();
+    let proposal = Consensus::Proposal {
+        height: 9,
+        block: vec![7; 5000],
+    };
+    assert_eq!(leader.broadcast(&proposal).await.unwrap().queued, 2);
+    for inbox in [&mut r1_in, &mut r2_in] {
+        let (from, msg) = soon("proposal", inbox.recv()).await.unwrap();
+        assert_eq!(from, leader.local_peer_id());
+        assert_eq!(msg, proposal);
+    }
+    r1.send(
+        leader.local_peer_id(),
+        &Consensus::Vote {
+            height: 9,
+            approve: true,
+        },
+    )
+    .await
+    .unwrap();
+    r2.try_send(
+        leader.local_peer_id(),
+        &Consensus::Vote {
+            height: 9,
+            approve: false,
+        },
+    )
+    .unwrap();
+    let votes = recv_n(&mut leader_in, 2).await;
+    let by_sender: HashMap<PeerId, Consensus> = votes.into_iter().collect();
+    assert_eq!(
+        by_sender[&r1.local_peer_id()],
+        Consensus::Vote {
+            height: 9,
+            approve: true
+        }
+    );
+    assert_eq!(
+        by_sender[&r2.local_peer_id()],
+        Consensus::Vote {
+            height: 9,
+            approve: false
+        }
+    );
+    for n in [&leader, &r1, &r2] {
+        n.shutdown().await;
+    }
+}

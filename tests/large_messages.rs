@@ -1,0 +1,69 @@
+//! Messages of 1 MiB and of exactly max_message_size cross intact; larger ones are refused on
+//! the send side with a typed error.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use peerwire::NetworkError;
+use peerwire::codec::CodecError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mib_and_max_size_messages_arrive_intact() {
+    const MAX: usize = 8 * 1024 * 1024;
+    let cfg = config().max_message_size(MAX);
+    let (a, _a_in) = node(cfg.clone()).await;
+    let (b, mut b_in) = node(cfg).await;
+    let b_id = a.connect(b.local_addr()).await.unwrap();
+    let pattern = |len: usize, seed: u8| -> Bytes {
+        Bytes::from(
+            (0..len)
+                .map(|i| (i as u8).wrapping_mul(seed) ^ (i >> 8) as u8)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let one_mib = pattern(1 << 20, 3);
+    // A Bytes message encodes as a varint length (4 bytes here) plus the bytes.
+    let max_payload = pattern(MAX - 4, 7);
+    assert_eq!(a.encode(&max_payload).unwrap().len(), MAX);
+    a.send(b_id, &one_mib).await.unwrap();
+    a.send(b_id, &max_payload).await.unwrap();
+    a.send(b_id, &Bytes::from_static(b"tail")).await.unwrap();
+    let got = recv_n(&mut b_in, 3).await;
+    assert!(got[0].1 == one_mib, "1 MiB message corrupted");
+    assert!(got[1].1 == max_payload, "max-size message corrupted");
+    assert_eq!(&got[2].1[..], b"tail");
+
+    let too_big = pattern(MAX - 3, 1);
+    let err = a.send(b_id, &too_big).await.unwrap_err();
+    assert!(matches!(
+        err,
+        NetworkError::Codec(CodecError::MessageTooLarge { len, max }) if len == MAX + 1 && max == MAX
+    ));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_inbox_drops_and_counts_without_stalling_the_socket() {
+    let (a, _a_in) = node(config()).await;
+    let (b, mut b_in) = node(config().inbox_capacity(10)).await;
+    let b_id = a.connect(b.local_addr()).await.unwrap();
+    for i in 0..50 {
+        a.send(b_id, &numbered(i, 16)).await.unwrap();
+    }
+    // The application reads nothing yet; 40 of 50 must be dropped and counted.
+    eventually("drops counted", || {
+        b.peers()
+            .first()
+            .is_some_and(|p| p.stats.dropped_inbox_full == 40 && p.stats.messages_in == 50)
+    })
+    .await;
+    let kept = recv_n(&mut b_in, 10).await;
+    assert_eq!(number_of(&kept[0].1), 0);
+    // The connection still works, pings and all: a new message is delivered now there is room.
+    a.send(b_id, &numbered(99, 16)).await.unwrap();
+    assert_eq!(number_of(&recv_n(&mut b_in, 1).await[0].1), 99);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,150 @@
+//! Hostile input after a good handshake: rejected and counted, the socket stays open until the
+//! misbehaviour budget is spent, and other peers are served throughout.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use peerwire::{DisconnectReason, NetworkEvent, SocketState};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_message_is_rejected_counted_and_socket_stays_open() {
+    let (net, mut inbox) = node(config()).await;
+    let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
+    eventually("evil connected", || net.is_connected(evil.id())).await;
+    // A Bytes message is a varint length then bytes: claim 200 bytes, supply 3.
+    evil.send_encoded(&[0xc8, 0x01, 1, 2, 3]).await.unwrap();
+    evil.send(&Bytes::from_static(b"after")).await.unwrap();
+    let (from, msg) = soon("good message", inbox.recv()).await.unwrap();
+    assert_eq!((from, &msg[..]), (evil.id(), &b"after"[..]));
+    let info = peer_info(&net, evil.id()).expect("still connected");
+    assert_eq!(info.state, SocketState::Open);
+    assert_eq!(info.stats.rejected, 1);
+    assert_eq!(info.stats.misbehaviour, 10);
+    assert_eq!(info.stats.messages_in, 1);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_message_is_rejected_without_closing() {
+    let (net, mut inbox) = node(config().max_message_size(1000)).await;
+    let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
+    eventually("evil connected", || net.is_connected(evil.id())).await;
+    evil.send(&Bytes::from(vec![1u8; 50_000])).await.unwrap();
+    evil.send(&Bytes::from_static(b"small")).await.unwrap();
+    let (_, msg) = soon("small message", inbox.recv()).await.unwrap();
+    assert_eq!(&msg[..], b"small");
+    let info = peer_info(&net, evil.id()).expect("still connected");
+    assert_eq!(info.stats.rejected, 1);
+    assert_eq!(info.stats.misbehaviour, 20);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaviour_budget_closes_the_socket_while_others_are_served() {
+    let (net, mut inbox) = node(config().misbehaviour_budget(50)).await;
+    let (honest, _honest_in) = node(config()).await;
+    let mut events = net.events();
+    honest.connect(net.local_addr()).await.unwrap();
+    let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
+    eventually("both connected", || net.peers().len() == 2).await;
+    for _ in 0..4 {
+        // Each undecodable message costs 10 points; the fifth spends the budget of 50.
+        evil.send_encoded(&[0xff, 0xff, 0xff]).await.unwrap();
+        honest
+            .send(net.local_peer_id(), &numbered(1, 8))
+            .await
+            .unwrap();
+    }
+    let got = recv_n(&mut inbox, 4).await;
+    assert!(got.iter().all(|(from, _)| *from == honest.local_peer_id()));
+    assert!(net.is_connected(evil.id()), "under budget: still open");
+    evil.send_encoded(&[0xff, 0xff, 0xff]).await.unwrap();
+    let ev = next_event(
+        &mut events,
+        |e| matches!(e, NetworkEvent::Disconnected { peer, .. } if *peer == evil.id()),
+    )
+    .await;
+    assert_eq!(
+        ev,
+        NetworkEvent::Disconnected {
+            peer: evil.id(),
+            reason: DisconnectReason::Misbehaviour { score: 50 }
+        }
+    );
+    assert!(evil.closed_by_remote().await);
+    honest
+        .send(net.local_peer_id(), &numbered(2, 8))
+        .await
+        .unwrap();
+    let (from, _) = soon("honest after ban", inbox.recv()).await.unwrap();
+    assert_eq!(from, honest.local_peer_id());
+    net.shutdown().await;
+    honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_garbage_gets_nothing_through_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let (net, mut inbox) =
+        node(config().handshake_timeout(std::time::Duration::from_secs(2))).await;
+    let (honest, _h) = node(config()).await;
+    honest.connect(net.local_addr()).await.unwrap();
+    let mut clients = Vec::new();
+    for seed in 0..8u8 {
+        let mut raw = tokio::net::TcpStream::connect(net.local_addr())
+            .await
+            .unwrap();
+        let garbage: Vec<u8> = (0..4096u32)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        let _ = raw.write_all(&garbage).await;
+        clients.push(raw);
+    }
+    for i in 0..100 {
+        honest
+            .send(net.local_peer_id(), &numbered(i, 64))
+            .await
+            .unwrap();
+    }
+    let got = recv_n(&mut inbox, 100).await;
+    assert!(got.iter().all(|(from, _)| *from == honest.local_peer_id()));
+    eventually("garbage handshakes fail", || {
+        net.stats().handshake_failures.values().sum::<u64>() == 8
+    })
+    .await;
+    assert_eq!(net.peers().len(), 1);
+    assert!(
+        inbox.try_recv().is_err(),
+        "nothing from the garbage clients"
+    );
+    net.shutdown().await;
+    honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_frame_closes_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (net, _inbox) = node(config()).await;
+    let mut events = net.events();
+    let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
+    eventually("evil connected", || net.is_connected(evil.id())).await;
+    evil.encoder.push_message(&[3, 1, 2, 3], 0).unwrap();
+    evil.encoder.seal().unwrap();
+    let mut frame = evil.encoder.output().split();
+    let last = frame.len() - 1;
+    frame[last] ^= 1;
+    evil.stream.write_all(&frame).await.unwrap();
+    let ev = next_event(&mut events, |e| {
+        matches!(e, NetworkEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(matches!(
+        ev,
+        NetworkEvent::Disconnected {
+            reason: DisconnectReason::Codec(peerwire::codec::CodecError::Authentication),
+            ..
+        }
+    ));
+    net.shutdown().await;
+}

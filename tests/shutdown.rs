@@ -1,0 +1,73 @@
+//! Graceful shutdown: goodbye to every peer, queued messages flushed, every task joined.
+
+mod common;
+
+use common::*;
+use peerwire::{DisconnectReason, NetworkEvent};
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
+    let baseline = alive_tasks();
+    let mut nodes = mesh(4, config()).await;
+    assert!(alive_tasks() > baseline);
+    let mut events = nodes[1].0.events();
+    // Queue a burst and shut down at once: everything accepted must still arrive.
+    let target = nodes[1].0.local_peer_id();
+    for i in 0..500 {
+        nodes[0].0.try_send(target, &numbered(i, 1000)).unwrap();
+    }
+    nodes[0].0.shutdown().await;
+    let got = recv_n(&mut nodes[1].1, 500).await;
+    for (i, (_, m)) in got.iter().enumerate() {
+        assert_eq!(number_of(m), i as u32);
+    }
+    let ev = next_event(&mut events, |e| {
+        matches!(e, NetworkEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ev,
+        NetworkEvent::Disconnected {
+            peer: nodes[0].0.local_peer_id(),
+            reason: DisconnectReason::RemoteGoodbye(peerwire::codec::GoodbyeReason::Shutdown)
+        }
+    );
+    assert!(nodes[0].0.connections().is_empty());
+    assert!(
+        nodes[0].1.recv().await.is_none(),
+        "inbox ends after shutdown"
+    );
+    assert!(matches!(
+        nodes[0].0.connect(nodes[2].0.local_addr()).await,
+        Err(peerwire::NetworkError::Closed)
+    ));
+    for (net, inbox) in &mut nodes[1..] {
+        net.shutdown().await;
+        net.shutdown().await; // idempotent
+        assert!(inbox.recv().await.is_none());
+    }
+    eventually("all tasks joined", || alive_tasks() == baseline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_shuts_down() {
+    let (a, mut a_in) = node(config()).await;
+    let (b, _b_in) = node(config()).await;
+    a.connect(b.local_addr()).await.unwrap();
+    let mut events = b.events();
+    let a_id = a.local_peer_id();
+    drop(a);
+    let ev = next_event(&mut events, |e| {
+        matches!(e, NetworkEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(matches!(ev, NetworkEvent::Disconnected { peer, .. } if peer == a_id));
+    assert!(soon("inbox closes", a_in.recv()).await.is_none());
+    b.shutdown().await;
+}

@@ -1,0 +1,66 @@
+//! Two nodes dialing each other at the same moment end with exactly one connection, the same
+//! one on both sides, and messages flow over it.
+
+mod common;
+
+use common::*;
+use peerwire::Direction;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dial_ends_with_one_connection() {
+    for round in 0..10 {
+        let (a, mut a_in) = node(config()).await;
+        let (b, mut b_in) = node(config()).await;
+        let (ra, rb) = tokio::join!(a.connect(b.local_addr()), b.connect(a.local_addr()));
+        assert_eq!(ra.unwrap(), b.local_peer_id(), "round {round}");
+        assert_eq!(rb.unwrap(), a.local_peer_id(), "round {round}");
+        // Let the losing connection finish closing on both sides.
+        eventually("one connection each", || {
+            a.connections().len() == 1 && b.connections().len() == 1
+        })
+        .await;
+        let pa = a.peers();
+        let pb = b.peers();
+        assert_eq!(pa.len(), 1);
+        assert_eq!(pb.len(), 1);
+        // The same TCP connection: outbound on one side is inbound on the other, and the
+        // kept one was dialed by the larger id.
+        assert_ne!(pa[0].direction, pb[0].direction);
+        let a_dialed = pa[0].direction == Direction::Outbound;
+        assert_eq!(a_dialed, a.local_peer_id() > b.local_peer_id());
+        a.send(b.local_peer_id(), &numbered(1, 10)).await.unwrap();
+        b.send(a.local_peer_id(), &numbered(2, 10)).await.unwrap();
+        assert_eq!(number_of(&recv_n(&mut b_in, 1).await[0].1), 1);
+        assert_eq!(number_of(&recv_n(&mut a_in, 1).await[0].1), 2);
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_replaces_the_old_connection() {
+    let (a, _a_in) = node(config()).await;
+    let (b, mut b_in) = node(config()).await;
+    let mut events = a.events();
+    a.connect(b.local_addr()).await.unwrap();
+    let first = a.peers()[0].id;
+    // Dialing again (as after a suspected half-open link) replaces the old connection without a
+    // disconnect event, and nothing queued before is lost.
+    a.send(b.local_peer_id(), &numbered(0, 10)).await.unwrap();
+    a.connect(b.local_addr()).await.unwrap();
+    a.send(b.local_peer_id(), &numbered(1, 10)).await.unwrap();
+    eventually("old connection gone", || a.connections().len() == 1).await;
+    assert_ne!(a.peers()[0].id, first);
+    let got = recv_n(&mut b_in, 2).await;
+    let mut numbers: Vec<u32> = got.iter().map(|(_, m)| number_of(m)).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, vec![0, 1]);
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(e, peerwire::NetworkEvent::Disconnected { .. }),
+            "a replacement is not a disconnection: {e:?}"
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
