@@ -1,9 +1,9 @@
 //! One connection to one peer: the state it is in, its counters, its send queue, and the task
 //! that runs it.
 //!
-//! The socket task ([`actor`]) dials or takes an accepted stream, authenticates it, asks the
-//! network whether to keep it, then spawns a read task ([`reader`]) and a write task
-//! ([`writer`]) and supervises them until the connection closes.
+//! The socket task (`actor`) dials or takes an accepted stream, authenticates it, asks the
+//! network whether to keep it, then spawns a read task (`reader`) and a write task
+//! (`writer`) and supervises them until the connection closes.
 
 pub(crate) mod actor;
 pub(crate) mod queue;

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: start nodes on loopback, wait with timeouts.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::time::Duration;
