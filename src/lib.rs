@@ -46,3 +46,8 @@ pub use network::{
     NetworkEvent, NetworkStats, TryRecvError,
 };
 pub use socket::{ConnectionInfo, PeerStats, SocketState};
+
+/// Compiles the README's examples as doctests, so the documented usage cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
