@@ -269,13 +269,50 @@ impl<M: Serialize> Network<M> {
         }
     }
 
-    fn link(&self, peer: PeerId) -> Result<Arc<SocketShared>, NetworkError> {
-        self.shared
+    /// Pushes without waiting, under the peer map's read lock (no reference counting on the
+    /// hot path).
+    fn try_push(&self, peer: PeerId, message: Bytes) -> Result<(), (NetworkError, Bytes)> {
+        let peers = self.shared.peers.read();
+        let Some(link) = peers.get(&peer) else {
+            return Err((NetworkError::NotConnected(peer), message));
+        };
+        match link.queue.try_push(message) {
+            Ok(()) => Ok(()),
+            Err((PushError::Full, message)) => Err((NetworkError::Full(peer), message)),
+            Err((PushError::Closed, message)) => Err((NetworkError::NotConnected(peer), message)),
+        }
+    }
+
+    /// A `try_*` send: refusal for a full queue is a drop, counted on the peer.
+    fn try_push_counted(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
+        self.try_push(peer, message).map_err(|(error, _)| {
+            if matches!(error, NetworkError::Full(_)) {
+                if let Some(link) = self.shared.peers.read().get(&peer) {
+                    link.stats.dropped_queue_full.fetch_add(1, Relaxed);
+                }
+            }
+            error
+        })
+    }
+
+    /// Pushes, waiting for room if the peer's queue is full.
+    async fn push(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
+        let message = match self.try_push(peer, message) {
+            Err((NetworkError::Full(_), message)) => message,
+            other => return other.map_err(|(e, _)| e),
+        };
+        // Full: wait for room outside the lock.
+        let link = self
+            .shared
             .peers
             .read()
             .get(&peer)
             .cloned()
-            .ok_or(NetworkError::NotConnected(peer))
+            .ok_or(NetworkError::NotConnected(peer))?;
+        link.queue
+            .push(message)
+            .await
+            .map_err(|_| NetworkError::NotConnected(peer))
     }
 
     /// Encodes a message once, for sending to many peers with the `*_encoded` methods.
@@ -298,7 +335,8 @@ impl<M: Serialize> Network<M> {
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before completing, the message was not queued.
     pub async fn send(&self, peer: PeerId, message: &M) -> Result<(), NetworkError> {
-        self.send_encoded(peer, &self.encode(message)?).await
+        let encoded = encode_message(message, self.shared.max_message_size)?;
+        self.push(peer, encoded).await
     }
 
     /// [`Network::send`] for an already encoded message.
@@ -309,11 +347,7 @@ impl<M: Serialize> Network<M> {
     /// # Cancel safety
     /// As [`Network::send`].
     pub async fn send_encoded(&self, peer: PeerId, message: &Encoded) -> Result<(), NetworkError> {
-        let link = self.link(peer)?;
-        link.queue
-            .push(&message.0)
-            .await
-            .map_err(|_| NetworkError::NotConnected(peer))
+        self.push(peer, message.0.clone()).await
     }
 
     /// Queues `message` to `peer` without ever waiting.
@@ -322,7 +356,8 @@ impl<M: Serialize> Network<M> {
     /// [`NetworkError::Full`] when the peer's queue is full (counted as `dropped_queue_full`),
     /// [`NetworkError::NotConnected`], [`NetworkError::Codec`].
     pub fn try_send(&self, peer: PeerId, message: &M) -> Result<(), NetworkError> {
-        self.try_send_encoded(peer, &self.encode(message)?)
+        let encoded = encode_message(message, self.shared.max_message_size)?;
+        self.try_push_counted(peer, encoded)
     }
 
     /// [`Network::try_send`] for an already encoded message.
@@ -330,15 +365,7 @@ impl<M: Serialize> Network<M> {
     /// # Errors
     /// As [`Network::try_send`].
     pub fn try_send_encoded(&self, peer: PeerId, message: &Encoded) -> Result<(), NetworkError> {
-        let link = self.link(peer)?;
-        match link.queue.try_push(&message.0) {
-            Ok(()) => Ok(()),
-            Err(PushError::Full) => {
-                link.stats.dropped_queue_full.fetch_add(1, Relaxed);
-                Err(NetworkError::Full(peer))
-            }
-            Err(PushError::Closed) => Err(NetworkError::NotConnected(peer)),
-        }
+        self.try_push_counted(peer, message.0.clone())
     }
 
     fn open_links(&self) -> Vec<Arc<SocketShared>> {
@@ -359,14 +386,14 @@ impl<M: Serialize> Network<M> {
     pub fn try_broadcast_encoded(&self, message: &Encoded) -> BroadcastReport {
         let mut report = BroadcastReport::default();
         for link in self.open_links() {
-            match link.queue.try_push(&message.0) {
+            match link.queue.try_push(message.0.clone()) {
                 Ok(()) => report.queued += 1,
-                Err(PushError::Full) => {
+                Err((PushError::Full, _)) => {
                     link.stats.dropped_queue_full.fetch_add(1, Relaxed);
                     self.shared.counters.broadcast_skipped_full.inc();
                     report.skipped_full += 1;
                 }
-                Err(PushError::Closed) => {}
+                Err((PushError::Closed, _)) => {}
             }
         }
         report
@@ -387,14 +414,14 @@ impl<M: Serialize> Network<M> {
         let mut report = BroadcastReport::default();
         let mut waiting = Vec::new();
         for link in self.open_links() {
-            match link.queue.try_push(&encoded.0) {
+            match link.queue.try_push(encoded.0.clone()) {
                 Ok(()) => report.queued += 1,
-                Err(PushError::Full) => waiting.push(link),
-                Err(PushError::Closed) => {}
+                Err((PushError::Full, _)) => waiting.push(link),
+                Err((PushError::Closed, _)) => {}
             }
         }
         for link in waiting {
-            match link.queue.push(&encoded.0).await {
+            match link.queue.push(encoded.0.clone()).await {
                 Ok(()) => report.queued += 1,
                 Err(_) => report.disconnected += 1,
             }

@@ -41,6 +41,9 @@ struct Lanes {
     full_since: Option<Instant>,
 }
 
+/// A refused push: why, and the message back.
+pub(crate) type Refused = (PushError, Bytes);
+
 /// What the writer takes from the queue in one go.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
@@ -75,9 +78,9 @@ impl SendQueue {
         }
     }
 
-    fn try_push_locked(&self, lanes: &mut Lanes, message: &Bytes) -> Result<(), PushError> {
+    fn try_push_locked(&self, lanes: &mut Lanes, message: Bytes) -> Result<(), Refused> {
         if lanes.closed || lanes.goodbye.is_some() {
-            return Err(PushError::Closed);
+            return Err((PushError::Closed, message));
         }
         // One message is always accepted into an empty lane, so any message up to
         // `max_message_size` can be sent even if it exceeds the byte limit alone.
@@ -86,15 +89,15 @@ impl SendQueue {
                 && lanes.data_bytes + message.len() <= self.max_bytes);
         if !fits {
             lanes.full_since.get_or_insert_with(Instant::now);
-            return Err(PushError::Full);
+            return Err((PushError::Full, message));
         }
         lanes.data_bytes += message.len();
-        lanes.data.push_back(message.clone());
+        lanes.data.push_back(message);
         Ok(())
     }
 
-    /// Queues an encoded message without waiting.
-    pub(crate) fn try_push(&self, message: &Bytes) -> Result<(), PushError> {
+    /// Queues an encoded message without waiting; a refused message is handed back.
+    pub(crate) fn try_push(&self, message: Bytes) -> Result<(), Refused> {
         self.try_push_locked(&mut self.lanes.lock(), message)?;
         self.writer_wake.notify_one();
         Ok(())
@@ -104,15 +107,19 @@ impl SendQueue {
     ///
     /// # Cancel safety
     /// Cancel safe: if dropped before it returns, the message was not queued.
-    pub(crate) async fn push(&self, message: &Bytes) -> Result<(), PushError> {
+    pub(crate) async fn push(&self, mut message: Bytes) -> Result<(), PushError> {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             // Register interest before checking, so a wake-up between check and await is kept.
             room.as_mut().enable();
             match self.try_push(message) {
-                Err(PushError::Full) => room.await,
-                other => return other,
+                Ok(()) => return Ok(()),
+                Err((PushError::Full, back)) => {
+                    message = back;
+                    room.await;
+                }
+                Err((error, _)) => return Err(error),
             }
         }
     }
@@ -225,24 +232,24 @@ mod tests {
     #[test]
     fn bounded_by_count_and_bytes_but_one_message_always_fits() {
         let q = SendQueue::new(2, 100);
-        assert_eq!(q.try_push(&msg(500)), Ok(())); // alone, larger than the byte limit
-        assert_eq!(q.try_push(&msg(1)), Err(PushError::Full));
+        assert!(q.try_push(msg(500)).is_ok()); // alone, larger than the byte limit
+        assert_eq!(q.try_push(msg(1)).unwrap_err().0, PushError::Full);
         let mut b = Batch::default();
         q.take_batch(1 << 20, &mut b);
         assert_eq!(b.data.len(), 1);
-        assert_eq!(q.try_push(&msg(10)), Ok(()));
-        assert_eq!(q.try_push(&msg(10)), Ok(()));
-        assert_eq!(q.try_push(&msg(10)), Err(PushError::Full)); // count limit
+        assert!(q.try_push(msg(10)).is_ok());
+        assert!(q.try_push(msg(10)).is_ok());
+        assert_eq!(q.try_push(msg(10)).unwrap_err().0, PushError::Full); // count limit
         assert!(q.full_for().is_some());
     }
 
     #[test]
     fn control_comes_first_and_goodbye_after_data() {
         let q = SendQueue::new(10, 1000);
-        q.try_push(&msg(1)).unwrap();
+        q.try_push(msg(1)).unwrap();
         q.push_control(ControlMessage::Ping { nonce: 1 });
         q.close_gracefully(GoodbyeReason::Shutdown);
-        assert_eq!(q.try_push(&msg(1)), Err(PushError::Closed));
+        assert_eq!(q.try_push(msg(1)).unwrap_err().0, PushError::Closed);
         let mut b = Batch::default();
         q.take_batch(1000, &mut b);
         assert_eq!(b.control, vec![ControlMessage::Ping { nonce: 1 }]);
@@ -257,19 +264,19 @@ mod tests {
     #[test]
     fn hard_close_reports_dropped_messages() {
         let q = SendQueue::new(10, 1000);
-        q.try_push(&msg(1)).unwrap();
-        q.try_push(&msg(1)).unwrap();
+        q.try_push(msg(1)).unwrap();
+        q.try_push(msg(1)).unwrap();
         assert_eq!(q.close(), 2);
-        assert_eq!(q.try_push(&msg(1)), Err(PushError::Closed));
+        assert_eq!(q.try_push(msg(1)).unwrap_err().0, PushError::Closed);
         assert!(!q.push_control(ControlMessage::Ping { nonce: 0 }));
     }
 
     #[tokio::test]
     async fn waiting_push_resumes_when_writer_drains() {
         let q = std::sync::Arc::new(SendQueue::new(1, 1000));
-        q.try_push(&msg(1)).unwrap();
+        q.try_push(msg(1)).unwrap();
         let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.push(&msg(2)).await });
+        let waiter = tokio::spawn(async move { q2.push(msg(2)).await });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         let mut b = Batch::default();
@@ -281,9 +288,9 @@ mod tests {
     #[tokio::test]
     async fn waiting_push_fails_when_queue_closes() {
         let q = std::sync::Arc::new(SendQueue::new(1, 1000));
-        q.try_push(&msg(1)).unwrap();
+        q.try_push(msg(1)).unwrap();
         let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.push(&msg(2)).await });
+        let waiter = tokio::spawn(async move { q2.push(msg(2)).await });
         tokio::task::yield_now().await;
         q.close();
         assert_eq!(waiter.await.unwrap(), Err(PushError::Closed));
