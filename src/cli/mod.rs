@@ -1,0 +1,85 @@
+//! Command-line interface: the clap argument types and the dispatch to each subcommand.
+
+mod cluster;
+mod demo;
+mod node;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Error type of the program: every failure ends up as one line on stderr and a non-zero exit.
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Result with the program's [`Error`].
+pub(crate) type Result<T> = std::result::Result<T, Error>;
+
+/// Authenticated, encrypted peer-to-peer networking: run a local demo cluster or a chat node.
+#[derive(Debug, Parser)]
+#[command(name = "peerwire", version)]
+pub(crate) struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Start a local cluster on 127.0.0.1, push traffic through it, verify delivery and print
+    /// throughput and latency.
+    Demo(DemoArgs),
+    /// Run one node: broadcast stdin lines to every peer, print what peers send.
+    Node(NodeArgs),
+}
+
+/// Options of `peerwire demo`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DemoArgs {
+    /// Nodes in the cluster (connected as a full mesh).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..=64))]
+    pub(crate) nodes: u16,
+    /// Messages each node sends to the next one in the send phase.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) messages: u64,
+    /// Payload bytes per message in the send and broadcast phases.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub(crate) size: usize,
+    /// Messages node 0 broadcasts to all others [default: --messages / 2].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) broadcasts: Option<u64>,
+    /// Round trips node 0 measures against node 1 in the latency phase.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) pings: u64,
+}
+
+/// Options of `peerwire node`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct NodeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) listen: SocketAddr,
+    /// A peer to dial, as HOST:PORT; retried every second until connected. Repeatable.
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub(crate) peers: Vec<String>,
+    /// Key file holding this node's identity; created (mode 0600) if missing. Without it the
+    /// node gets a fresh identity on every run.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// Network id; nodes with a different id refuse each other.
+    #[arg(long, default_value = "peerwire")]
+    pub(crate) network_id: String,
+    /// Largest message, sent or received, in bytes [default: the library's, 16 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_message_size: Option<usize>,
+}
+
+/// Runs the chosen subcommand to completion.
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Node(args) => node::run(args).await,
+    }
+}

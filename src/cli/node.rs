@@ -1,0 +1,264 @@
+//! `peerwire node`: one long-running chat node. Spawns a dialer task per `--peer`, a task
+//! printing connection events and a task printing received messages, and reads stdin on a
+//! plain thread; SIGINT or SIGTERM shuts it down gracefully.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use peerwire::{Config, Direction, Inbox, Keypair, Network, NetworkError, NetworkEvent};
+use tokio::net::lookup_host;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{NodeArgs, Result};
+
+/// Pause between dial attempts to a peer that is not reachable yet.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Lines read from stdin but not yet broadcast; the reader thread waits when it is full.
+const STDIN_CAPACITY: usize = 64;
+
+/// Time the printing tasks get to finish after the network has shut down.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the node until SIGINT or SIGTERM.
+pub(crate) async fn run(args: NodeArgs) -> Result<()> {
+    let keypair = match &args.key {
+        Some(path) => Keypair::load_or_create(path)
+            .map_err(|e| format!("key file {}: {e}", path.display()))?,
+        None => Keypair::try_generate()?,
+    };
+    let mut config = Config::default()
+        .listen(args.listen)
+        .network_id(args.network_id.clone());
+    if let Some(max) = args.max_message_size {
+        config.max_message_size = max;
+    }
+    // Register before announcing the address, so a signal sent as soon as the node is visibly
+    // up still shuts it down gracefully instead of killing it.
+    let mut shutdown = ShutdownSignal::new()?;
+    let (net, inbox) = Network::<Bytes>::start(config, keypair).await?;
+    // Subscribe before any dial so that no join is missed.
+    let events = net.events();
+    println!("peer id: {}", net.local_peer_id());
+    println!("listening on: {}", net.local_addr());
+
+    let stop_printing = CancellationToken::new();
+    let event_printer = tokio::spawn(print_events(events, stop_printing.clone()));
+    let message_printer = tokio::spawn(print_messages(inbox));
+    let mut dialers = JoinSet::new();
+    for peer in args.peers {
+        dialers.spawn(dial_until_connected(net.clone(), peer));
+    }
+    let mut lines = read_stdin_lines();
+    let mut stdin_open = true;
+
+    loop {
+        tokio::select! {
+            signal = shutdown.recv() => {
+                tracing::info!(signal, "shutting down");
+                break;
+            }
+            line = lines.recv(), if stdin_open => match line {
+                Some(line) => broadcast_line(&net, line).await,
+                None => {
+                    // Keep running without stdin, e.g. when started in the background.
+                    tracing::debug!("stdin closed");
+                    stdin_open = false;
+                }
+            },
+        }
+    }
+
+    dialers.abort_all();
+    net.shutdown().await;
+    stop_printing.cancel();
+    // The inbox yields None once shut down and drained, which ends the message printer.
+    let printers = async {
+        let _ = event_printer.await;
+        let _ = message_printer.await;
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, printers).await.is_err() {
+        tracing::warn!("printing tasks did not finish after shutdown");
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Sends one stdin line to every connected peer.
+async fn broadcast_line(net: &Network<Bytes>, line: String) {
+    let text = line.trim_end_matches(['\r', '\n']);
+    if text.trim().is_empty() {
+        return;
+    }
+    match net
+        .broadcast(&Bytes::copy_from_slice(text.as_bytes()))
+        .await
+    {
+        Ok(report) if report.queued == 0 => tracing::warn!("no peer connected; line not sent"),
+        Ok(report) => tracing::debug!(peers = report.queued, "line sent"),
+        Err(e) => tracing::error!(error = %e, "cannot send line"),
+    }
+}
+
+/// Dials `peer` every [`REDIAL_INTERVAL`] until a connection opens (or the node shuts down).
+async fn dial_until_connected(net: Network<Bytes>, peer: String) {
+    loop {
+        match resolve(&peer).await {
+            Ok(addr) => match net.connect(addr).await {
+                Ok(id) => {
+                    tracing::info!(%addr, peer = %id, "connected");
+                    return;
+                }
+                Err(NetworkError::Closed) => return,
+                Err(e) => tracing::debug!(%addr, error = %e, "dial failed; retrying"),
+            },
+            Err(e) => tracing::debug!(peer, error = %e, "cannot resolve; retrying"),
+        }
+        tokio::time::sleep(REDIAL_INTERVAL).await;
+    }
+}
+
+/// Resolves HOST:PORT to its first address, again on every attempt so DNS changes are seen.
+async fn resolve(peer: &str) -> Result<SocketAddr> {
+    lookup_host(peer)
+        .await?
+        .next()
+        .ok_or_else(|| format!("{peer} resolves to no address").into())
+}
+
+/// Prints joins and leaves until cancelled, then whatever is still buffered (the goodbyes of
+/// the shutdown).
+async fn print_events(mut events: broadcast::Receiver<NetworkEvent>, stop: CancellationToken) {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = stop.cancelled() => break,
+        };
+        match event {
+            Ok(event) => print_event(&event),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed connection events");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+    while let Ok(event) = events.try_recv() {
+        print_event(&event);
+    }
+}
+
+fn print_event(event: &NetworkEvent) {
+    match event {
+        NetworkEvent::Connected {
+            peer,
+            addr,
+            direction,
+        } => {
+            let direction = match direction {
+                Direction::Inbound => "inbound",
+                Direction::Outbound => "outbound",
+            };
+            println!("peer joined: {peer} {addr} ({direction})");
+        }
+        NetworkEvent::Disconnected { peer, reason } => println!("peer left: {peer} ({reason})"),
+        // NetworkEvent is non-exhaustive; newer kinds are not user-facing here.
+        other => tracing::debug!(event = ?other, "network event"),
+    }
+}
+
+/// Prints every received message as `<sender>: <text>` until the inbox closes.
+async fn print_messages(mut inbox: Inbox<Bytes>) {
+    while let Some((from, message)) = inbox.recv().await {
+        println!("{from}: {}", printable(&message));
+    }
+}
+
+/// Lossy UTF-8 with control characters escaped, so a peer cannot forge extra output lines or
+/// send terminal escape sequences.
+fn printable(message: &[u8]) -> String {
+    let mut text = String::with_capacity(message.len());
+    for c in String::from_utf8_lossy(message).chars() {
+        if c.is_control() {
+            text.extend(c.escape_default());
+        } else {
+            text.push(c);
+        }
+    }
+    text
+}
+
+/// Reads stdin lines on a dedicated thread.
+///
+/// Not `tokio::io::stdin`: its blocking read cannot be cancelled, so the runtime could not shut
+/// down while stdin stays open. The thread is never joined; it ends at EOF, when the receiver is
+/// dropped, or with the process.
+fn read_stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(STDIN_CAPACITY);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// SIGINT and SIGTERM (Ctrl-C only on non-Unix), registered when created.
+#[derive(Debug)]
+struct ShutdownSignal {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Waits for the next signal and names it.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            // If Ctrl-C cannot be watched, only killing the process stops the node.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            "Ctrl-C"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("héllo wörld".as_bytes()), "héllo wörld");
+        assert_eq!(printable(b"a\nb: forged\x1b[2J"), "a\\nb: forged\\u{1b}[2J");
+        assert_eq!(printable(b"bad \xff utf8"), "bad \u{fffd} utf8");
+    }
+}

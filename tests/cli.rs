@@ -1,0 +1,274 @@
+//! The `peerwire` program end to end: the demo, and two chat nodes in separate processes.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a panic with the child's output is the failure report"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Generous bound for anything that should happen "soon"; the tests never assert speed.
+const TIMEOUT: Duration = Duration::from_secs(20);
+/// The demo does real work in a debug build on a possibly busy machine.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(120);
+const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
+
+/// A running `peerwire` process whose stdout lines and stderr are collected by threads (so it
+/// never blocks on a full pipe). Killed on drop if still running, so a failed assertion never
+/// leaves a node behind.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts the program; with `keep_stdin` false its stdin is closed from the start.
+    fn spawn(name: &'static str, args: &[&str], keep_stdin: bool) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(if keep_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        Self {
+            name,
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{}: {what}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.name,
+            self.seen.join("\n"),
+            self.stderr.lock().unwrap()
+        );
+    }
+
+    /// Waits for a stdout line (already seen or new) that satisfies `pred`.
+    fn line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.seen.iter().find(|l| pred(l)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.fail(&format!("no {what} within 20 s")),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("stdout closed before {what}"))
+                }
+            }
+        }
+    }
+
+    /// The text after `prefix` on the first line starting with it.
+    fn value(&mut self, prefix: &str) -> String {
+        let line = self.line(prefix, |l| l.starts_with(prefix));
+        line[prefix.len()..].trim().to_owned()
+    }
+
+    fn write_line(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the process to exit, then collects the rest of its stdout.
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("still running after {} s", timeout.as_secs()));
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at EOF, which comes with the exit.
+        while let Ok(line) = self.lines.recv_timeout(TIMEOUT) {
+            self.seen.push(line);
+        }
+        status
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        self.wait(TIMEOUT)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A fresh directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("peerwire-cli-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn demo_verifies_delivery_and_reports_throughput_and_latency() {
+    let mut demo = Proc::spawn(
+        "demo",
+        &["demo", "--nodes", "3", "--messages", "5000"],
+        false,
+    );
+    let status = demo.wait(DEMO_TIMEOUT);
+    if !status.success() {
+        demo.fail(&format!("exited with {status}"));
+    }
+    let send = demo.line("send throughput", |l| l.starts_with("send:"));
+    assert!(send.contains("15000 messages") && send.contains("msgs/s") && send.contains("MiB/s"));
+    let broadcast = demo.line("broadcast throughput", |l| l.starts_with("broadcast:"));
+    assert!(broadcast.contains("msgs/s") && broadcast.contains("MiB/s"));
+    let latency = demo.line("latency", |l| l.starts_with("latency:"));
+    assert!(latency.contains("p50") && latency.contains("p99") && latency.contains(" us"));
+    demo.line("verdict", |l| l.starts_with("ok: all"));
+}
+
+#[test]
+fn demo_rejects_a_cluster_of_one() {
+    let mut demo = Proc::spawn("demo", &["demo", "--nodes", "1"], false);
+    assert!(!demo.wait(TIMEOUT).success());
+}
+
+#[test]
+fn two_nodes_chat_and_shut_down_on_sigterm() {
+    let dir = TempDir::new("chat");
+    let a_key = dir.file("a.key");
+    let b_key = dir.file("b.key");
+    let node = |key: &str, peer: Option<&str>| {
+        let mut args = vec!["node", "--listen", "127.0.0.1:0", "--key", key];
+        args.extend(["--network-id", "t"]);
+        if let Some(peer) = peer {
+            args.extend(["--peer", peer]);
+        }
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let spawn = |name, args: &[String], keep_stdin| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(name, &args, keep_stdin)
+    };
+
+    // A never gets stdin: it must keep running after EOF.
+    let mut a = spawn("node a", &node(&a_key, None), false);
+    let a_id = a.value("peer id:");
+    let a_addr = a.value("listening on:");
+    assert!(a_addr.parse::<std::net::SocketAddr>().is_ok(), "{a_addr}");
+    let mut b = spawn("node b", &node(&b_key, Some(&a_addr)), true);
+    let b_id = b.value("peer id:");
+    assert_ne!(a_id, b_id);
+    a.line("B joining", |l| {
+        l.starts_with(&format!("peer joined: {b_id}"))
+    });
+    b.line("A joining", |l| {
+        l.starts_with(&format!("peer joined: {a_id}"))
+    });
+
+    b.write_line("hello from b");
+    a.line("B's message", |l| l == format!("{b_id}: hello from b"));
+
+    let status = a.terminate();
+    if !status.success() {
+        a.fail(&format!("exited with {status} on SIGTERM"));
+    }
+    b.line("A leaving", |l| {
+        l.starts_with(&format!("peer left: {a_id}"))
+    });
+    let status = b.terminate();
+    if !status.success() {
+        b.fail(&format!("exited with {status} on SIGTERM"));
+    }
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&a_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "key file mode {mode:o}");
+    }
+    let mut again = spawn("node a again", &node(&a_key, None), false);
+    assert_eq!(
+        again.value("peer id:"),
+        a_id,
+        "same key file, same identity"
+    );
+    assert!(again.terminate().success());
+}
