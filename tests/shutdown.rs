@@ -17,6 +17,7 @@ async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
     let mut nodes = mesh(4, config()).await;
     assert!(alive_tasks() > baseline);
     let mut events = nodes[1].0.events();
+    let mut own_events = nodes[0].0.events();
     // Queue a burst and shut down at once: everything accepted must still arrive.
     let target = nodes[1].0.local_peer_id();
     for i in 0..500 {
@@ -39,6 +40,15 @@ async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
         }
     );
     assert!(nodes[0].0.connections().is_empty());
+    // The node that shut down reports each of its peers as gone, with the reason.
+    let mut gone = Vec::new();
+    while let Ok(e) = own_events.try_recv() {
+        if let NetworkEvent::Disconnected { peer, reason } = e {
+            assert_eq!(reason, DisconnectReason::Shutdown);
+            gone.push(peer);
+        }
+    }
+    assert_eq!(gone.len(), 3);
     assert!(
         nodes[0].1.recv().await.is_none(),
         "inbox ends after shutdown"

@@ -46,6 +46,13 @@ const SOCKET_EVENT_CAPACITY: usize = 1024;
 /// Capacity of the channel from the listener to the actor.
 const ACCEPT_CAPACITY: usize = 64;
 
+/// Why a non-blocking push was refused (kept small: it travels with the refused message).
+#[derive(Debug, Clone, Copy)]
+enum SendRefusal {
+    Full,
+    NotConnected,
+}
+
 /// The outcome of a broadcast.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -218,6 +225,10 @@ impl<M: Serialize> Network<M> {
     /// # Errors
     /// Dial, timeout, handshake and limit errors; [`NetworkError::Closed`] after shutdown.
     ///
+    /// The remote registers the connection when its own side of the handshake completes, which
+    /// can be a moment after this returns; watch its `events()` or `is_connected` if it must
+    /// send first.
+    ///
     /// # Cancel safety
     /// Dropping the future does not stop the dial; the connection may still open.
     pub async fn connect(&self, addr: SocketAddr) -> Result<PeerId, NetworkError> {
@@ -270,36 +281,41 @@ impl<M: Serialize> Network<M> {
     }
 
     /// Pushes without waiting, under the peer map's read lock (no reference counting on the
-    /// hot path).
-    fn try_push(&self, peer: PeerId, message: Bytes) -> Result<(), (NetworkError, Bytes)> {
+    /// hot path). A refused message is handed back.
+    fn try_push(&self, peer: PeerId, message: Bytes) -> Result<(), (SendRefusal, Bytes)> {
         let peers = self.shared.peers.read();
         let Some(link) = peers.get(&peer) else {
-            return Err((NetworkError::NotConnected(peer), message));
+            return Err((SendRefusal::NotConnected, message));
         };
-        match link.queue.try_push(message) {
-            Ok(()) => Ok(()),
-            Err((PushError::Full, message)) => Err((NetworkError::Full(peer), message)),
-            Err((PushError::Closed, message)) => Err((NetworkError::NotConnected(peer), message)),
-        }
+        link.queue.try_push(message).map_err(|(error, message)| {
+            let refusal = match error {
+                PushError::Full => SendRefusal::Full,
+                PushError::Closed => SendRefusal::NotConnected,
+            };
+            (refusal, message)
+        })
     }
 
     /// A `try_*` send: refusal for a full queue is a drop, counted on the peer.
     fn try_push_counted(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
-        self.try_push(peer, message).map_err(|(error, _)| {
-            if matches!(error, NetworkError::Full(_)) {
-                if let Some(link) = self.shared.peers.read().get(&peer) {
-                    link.stats.dropped_queue_full.fetch_add(1, Relaxed);
+        self.try_push(peer, message)
+            .map_err(|(refusal, _)| match refusal {
+                SendRefusal::Full => {
+                    if let Some(link) = self.shared.peers.read().get(&peer) {
+                        link.stats.dropped_queue_full.fetch_add(1, Relaxed);
+                    }
+                    NetworkError::Full(peer)
                 }
-            }
-            error
-        })
+                SendRefusal::NotConnected => NetworkError::NotConnected(peer),
+            })
     }
 
     /// Pushes, waiting for room if the peer's queue is full.
     async fn push(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
         let message = match self.try_push(peer, message) {
-            Err((NetworkError::Full(_), message)) => message,
-            other => return other.map_err(|(e, _)| e),
+            Ok(()) => return Ok(()),
+            Err((SendRefusal::NotConnected, _)) => return Err(NetworkError::NotConnected(peer)),
+            Err((SendRefusal::Full, message)) => message,
         };
         // Full: wait for room outside the lock.
         let link = self
