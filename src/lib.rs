@@ -43,7 +43,7 @@ pub mod socket;
 pub use identity::{Keypair, PeerId};
 pub use network::{
     BroadcastReport, Config, Direction, DisconnectReason, Encoded, Inbox, Network, NetworkError,
-    NetworkEvent, NetworkStats, TryRecvError,
+    NetworkEvent, NetworkStats, PersistentPeer, TryRecvError,
 };
 pub use socket::{ConnectionInfo, PeerStats, SocketState};
 

@@ -30,6 +30,10 @@ pub enum GoodbyeReason {
     Duplicate,
     /// The peer spent its misbehaviour budget.
     Misbehaviour,
+    /// The node is at its connection limit for peers like this one.
+    Capacity,
+    /// The peer is banned.
+    Banned,
 }
 
 /// Peer-to-peer control messages: handled by the network itself, never delivered to the

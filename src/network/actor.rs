@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::backoff::jitter_sample;
 use super::listener::Accepted;
+use super::redial::Redialer;
 use super::shared::Shared;
 use super::tiebreak::keep_new_connection;
 use super::{Direction, DisconnectReason, NetworkError, NetworkEvent};
@@ -59,6 +61,8 @@ pub(crate) struct NetworkActor<M> {
     pub(crate) next_id: ConnectionId,
     /// Callers of `connect` waiting for their dial to open (or fail).
     pub(crate) pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NetworkError>>>,
+    /// When to dial persistent peers and bootstrap addresses.
+    pub(crate) redial: Redialer,
 }
 
 impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
@@ -77,6 +81,7 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 },
                 Some(event) = self.socket_events.recv() => self.socket_event(event, false),
                 Some(accepted) = self.accepted.recv() => self.spawn_inbound(accepted),
+                () = sleep_until_due(self.redial.next_due()) => self.dial_due(),
             }
         }
         self.shutdown(&mut waiters).await;
@@ -91,7 +96,14 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 addr,
                 expected,
                 reply,
-            } => self.spawn_outbound(addr, expected, reply),
+            } => {
+                let Ok(slot) = self.outbound_slots.clone().try_acquire_owned() else {
+                    let _ = reply.send(Err(NetworkError::OutboundLimit));
+                    return;
+                };
+                let id = self.spawn_outbound(addr, expected, Some(slot));
+                self.pending.insert(id, reply);
+            }
             Command::Disconnect { peer, reply } => {
                 let removed = self.shared.peers.write().remove(&peer);
                 if let Some(socket) = &removed {
@@ -100,6 +112,9 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                         peer,
                         reason: DisconnectReason::Requested,
                     });
+                    // A persistent peer is redialed: use a ban to keep one away.
+                    self.redial
+                        .peer_lost(peer, std::time::Instant::now(), jitter_sample());
                 }
                 let _ = reply.send(removed.is_some());
             }
@@ -125,30 +140,57 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
         socket
     }
 
+    /// Starts a dial; `slot` is `None` only for persistent peers and bootstrap addresses, which
+    /// are never refused for capacity.
     fn spawn_outbound(
         &mut self,
         addr: SocketAddr,
         expected: Option<PeerId>,
-        reply: oneshot::Sender<Result<PeerId, NetworkError>>,
-    ) {
-        let Ok(slot) = self.outbound_slots.clone().try_acquire_owned() else {
-            let _ = reply.send(Err(NetworkError::OutboundLimit));
-            return;
-        };
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> ConnectionId {
         let socket = self.new_socket(Direction::Outbound, addr);
-        self.pending.insert(socket.id, reply);
+        let id = socket.id;
         let task = SocketTask {
             shared: socket,
             ctx: self.ctx.clone(),
             to_network: self.socket_events_tx.clone(),
             inbox: self.inbox.clone(),
             expected_peer: expected,
-            _slot: Some(slot),
+            _slot: slot,
         };
         self.tracker.spawn(task.run(None));
+        id
+    }
+
+    fn dial_due(&mut self) {
+        let now = std::time::Instant::now();
+        let dials = {
+            let peers = self.shared.peers.read();
+            self.redial.due(now, |p| peers.contains_key(&p))
+        };
+        for dial in dials {
+            tracing::debug!(addr = %dial.addr, peer = ?dial.expected, "dialing");
+            let id = self.spawn_outbound(dial.addr, dial.expected, None);
+            if self.redial.started(dial, id) {
+                self.shared.counters.reconnects.inc();
+            }
+        }
     }
 
     fn spawn_inbound(&mut self, accepted: Accepted) {
+        let ip = accepted.addr.ip();
+        let from_ip = self
+            .shared
+            .connections
+            .read()
+            .values()
+            .filter(|s| s.direction == Direction::Inbound && s.addr.ip() == ip)
+            .count();
+        if from_ip >= self.ctx.config.max_inbound_per_ip {
+            self.shared.counters.inbound_refused("per_ip");
+            tracing::debug!(%ip, "inbound connection refused: per-IP limit");
+            return; // dropping the stream closes it; dropping the slot frees it
+        }
         let socket = self.new_socket(Direction::Inbound, accepted.addr);
         self.shared.counters.inbound_accepted.inc();
         let task = SocketTask {
@@ -173,6 +215,7 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 let admission = if shutting_down {
                     Admission::Close(DisconnectReason::Shutdown)
                 } else {
+                    self.redial.dial_succeeded(shared.id);
                     self.admit(&shared, peer)
                 };
                 if let Some(waiter) = self.pending.remove(&shared.id) {
@@ -192,6 +235,10 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 error,
             } => {
                 self.shared.connections.write().remove(&shared.id);
+                let now = std::time::Instant::now();
+                if !shutting_down {
+                    self.redial.dial_closed(shared.id, now, jitter_sample());
+                }
                 if let Some(NetworkError::Handshake { source, .. }) = &error {
                     self.shared.counters.handshake_failed(source.label());
                 }
@@ -210,6 +257,9 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                     drop(peers);
                     tracing::debug!(%peer, %reason, "peer disconnected");
                     self.emit(NetworkEvent::Disconnected { peer, reason });
+                    if !shutting_down {
+                        self.redial.peer_lost(peer, now, jitter_sample());
+                    }
                 }
             }
         }
@@ -217,7 +267,20 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
 
     /// Decides whether `socket`, just proven to be `peer`, becomes the peer's connection.
     fn admit(&mut self, socket: &Arc<SocketShared>, peer: PeerId) -> Admission {
+        let persistent = self.redial.is_persistent(peer);
         let mut peers = self.shared.peers.write();
+        if socket.direction == Direction::Inbound && !persistent && !peers.contains_key(&peer) {
+            let open_inbound = peers
+                .iter()
+                .filter(|(id, s)| {
+                    s.direction == Direction::Inbound && !self.redial.is_persistent(**id)
+                })
+                .count();
+            if open_inbound >= self.ctx.config.max_inbound {
+                self.shared.counters.inbound_refused("max_inbound");
+                return Admission::Close(DisconnectReason::InboundLimit);
+            }
+        }
         let replaced = match peers.get(&peer) {
             None => None,
             Some(existing) => {
@@ -304,5 +367,13 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
         for (_, waiter) in self.pending.drain() {
             let _ = waiter.send(Err(NetworkError::Closed));
         }
+    }
+}
+
+/// Sleeps until `due`, or forever when nothing is scheduled.
+async fn sleep_until_due(due: Option<std::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -4,8 +4,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::handshake::MAX_NETWORK_ID_LEN;
+use crate::identity::PeerId;
 
 use super::NetworkError;
+use super::backoff::Backoff;
+
+/// A peer to stay connected to: where to dial it and which identity it must prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistentPeer {
+    /// Where to dial.
+    pub addr: SocketAddr,
+    /// The identity the remote must prove.
+    pub id: PeerId,
+}
 
 /// Configuration of a [`crate::Network`]. Build it from [`Config::default`] with the builder
 /// methods; every field is also public for direct assignment.
@@ -52,9 +63,16 @@ pub struct Config {
     /// Events buffered per [`crate::Network::events`] subscriber; a subscriber that falls
     /// further behind skips the oldest and is told how many it missed. Default 1024.
     pub event_capacity: usize,
-    /// Inbound connections at once (handshaking or open); further accepts wait. Default 128.
+    /// Open inbound connections from peers that are not persistent peers; beyond it a newly
+    /// authenticated inbound peer is refused (`InboundLimit`). Persistent peers are never refused
+    /// for capacity: the accept loop holds `max_inbound` plus one slot per persistent peer, and
+    /// further accepts wait in the kernel backlog. Default 128.
     pub max_inbound: usize,
-    /// Outbound connections at once; further dials fail with `OutboundLimit`. Default 128.
+    /// Connections (any state) from one IP address at once; a further one is closed right after
+    /// `accept`, before any handshake work. Default 16.
+    pub max_inbound_per_ip: usize,
+    /// Outbound connections at once; further `connect` calls fail with `OutboundLimit`. Dials of
+    /// persistent peers and bootstrap addresses are not counted. Default 128.
     pub max_outbound: usize,
     /// Handshakes running at once; others wait for a slot within their timeout. Default 64.
     pub max_concurrent_handshakes: usize,
@@ -73,6 +91,21 @@ pub struct Config {
     pub misbehaviour_budget: u32,
     /// Bytes the writer gathers before one write call. Default 256 KiB.
     pub write_batch_bytes: usize,
+    /// How often each connection sends a ping (ahead of any queued data) to measure round-trip
+    /// time and keep the link observed. Default 5 s.
+    pub ping_interval: Duration,
+    /// A connection on which nothing at all (not even a pong) arrives for this long is closed
+    /// with `IdleTimeout`. Must exceed `ping_interval`. Default 20 s.
+    pub idle_timeout: Duration,
+    /// Peers (the validators) dialed at start and redialed forever with [`Config::backoff`]
+    /// whenever they are not connected. Default none.
+    pub persistent_peers: Vec<PersistentPeer>,
+    /// Addresses dialed at start, retried with backoff until the first success, not redialed
+    /// after. Default none.
+    pub bootstrap: Vec<SocketAddr>,
+    /// Redial schedule for persistent peers and bootstrap addresses. Default 200 ms doubling
+    /// to a 5 s cap, plus up to 20% jitter.
+    pub backoff: Backoff,
 }
 
 impl Default for Config {
@@ -89,6 +122,7 @@ impl Default for Config {
             inbox_bytes: 256 * 1024 * 1024,
             event_capacity: 1024,
             max_inbound: 128,
+            max_inbound_per_ip: 16,
             max_outbound: 128,
             max_concurrent_handshakes: 64,
             handshake_timeout: Duration::from_secs(10),
@@ -97,6 +131,11 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             misbehaviour_budget: 100,
             write_batch_bytes: 256 * 1024,
+            ping_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+            persistent_peers: Vec::new(),
+            bootstrap: Vec::new(),
+            backoff: Backoff::default(),
         }
     }
 }
@@ -135,6 +174,8 @@ setters! {
     event_capacity: usize,
     /// Sets [`Config::max_inbound`].
     max_inbound: usize,
+    /// Sets [`Config::max_inbound_per_ip`].
+    max_inbound_per_ip: usize,
     /// Sets [`Config::max_outbound`].
     max_outbound: usize,
     /// Sets [`Config::max_concurrent_handshakes`].
@@ -151,6 +192,12 @@ setters! {
     misbehaviour_budget: u32,
     /// Sets [`Config::write_batch_bytes`].
     write_batch_bytes: usize,
+    /// Sets [`Config::ping_interval`].
+    ping_interval: Duration,
+    /// Sets [`Config::idle_timeout`].
+    idle_timeout: Duration,
+    /// Sets [`Config::backoff`].
+    backoff: Backoff,
 }
 
 impl Config {
@@ -158,6 +205,20 @@ impl Config {
     #[must_use]
     pub fn network_id(mut self, id: impl Into<String>) -> Self {
         self.network_id = id.into();
+        self
+    }
+
+    /// Adds a persistent peer: dialed at start and redialed forever, expecting `id`.
+    #[must_use]
+    pub fn persistent_peer(mut self, addr: SocketAddr, id: PeerId) -> Self {
+        self.persistent_peers.push(PersistentPeer { addr, id });
+        self
+    }
+
+    /// Adds a bootstrap address.
+    #[must_use]
+    pub fn bootstrap(mut self, addr: SocketAddr) -> Self {
+        self.bootstrap.push(addr);
         self
     }
 
@@ -189,6 +250,7 @@ impl Config {
             ("event_capacity", self.event_capacity),
             ("max_inbound", self.max_inbound),
             ("max_outbound", self.max_outbound),
+            ("max_inbound_per_ip", self.max_inbound_per_ip),
             ("max_concurrent_handshakes", self.max_concurrent_handshakes),
             ("write_batch_bytes", self.write_batch_bytes),
         ] {
@@ -200,10 +262,17 @@ impl Config {
             ("handshake_timeout", self.handshake_timeout),
             ("connect_timeout", self.connect_timeout),
             ("write_timeout", self.write_timeout),
+            ("ping_interval", self.ping_interval),
         ] {
             if value.is_zero() {
                 return Err(NetworkError::InvalidConfig(format!("{name} must be > 0")));
             }
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return bad("idle_timeout must exceed ping_interval");
+        }
+        if self.backoff.base.is_zero() || self.backoff.cap < self.backoff.base {
+            return bad("backoff needs base > 0 and cap >= base");
         }
         Ok(())
     }

@@ -46,9 +46,15 @@ pub enum DisconnectReason {
     /// The peer stopped accepting bytes, or its send queue stayed full, for `write_timeout`.
     #[error("peer stopped reading (write stalled)")]
     WriteStalled,
+    /// Nothing arrived from the peer for `idle_timeout`.
+    #[error("nothing received for the idle timeout")]
+    IdleTimeout,
     /// Another connection to the same peer won the duplicate tie-break.
     #[error("replaced by another connection to the same peer")]
     Duplicate,
+    /// Refused after the handshake: `max_inbound` non-persistent inbound peers are open.
+    #[error("inbound connection limit reached")]
+    InboundLimit,
     /// The handshake failed (label of the [`HandshakeError`]).
     #[error("handshake failed: {0}")]
     Handshake(&'static str),

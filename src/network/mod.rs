@@ -6,11 +6,13 @@
 //! disconnecting and shutdown are commands to the actor.
 
 mod actor;
+pub mod backoff;
 mod config;
 mod error;
 mod event;
 pub(crate) mod inbox;
 mod listener;
+mod redial;
 mod shared;
 pub mod tiebreak;
 
@@ -32,7 +34,7 @@ use crate::identity::{Keypair, PeerId};
 use crate::socket::queue::PushError;
 use crate::socket::{ConnectionInfo, SocketContext, SocketShared};
 use actor::{Command, NetworkActor};
-pub use config::Config;
+pub use config::{Config, PersistentPeer};
 pub use error::NetworkError;
 pub use event::{Direction, DisconnectReason, NetworkEvent};
 pub use inbox::{Inbox, TryRecvError};
@@ -154,7 +156,10 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
         let (socket_events_tx, socket_events) = mpsc::channel(SOCKET_EVENT_CAPACITY);
         let root = CancellationToken::new();
         let listener_cancel = root.child_token();
-        let inbound_slots = Arc::new(Semaphore::new(config.max_inbound));
+        // Headroom so that persistent peers find a slot even when max_inbound others are in.
+        let inbound_slots = Arc::new(Semaphore::new(
+            config.max_inbound + config.persistent_peers.len(),
+        ));
         let listener = tokio::spawn(listener::run(
             listener,
             inbound_slots,
@@ -182,6 +187,12 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             tracker: TaskTracker::new(),
             next_id: 0,
             pending: Default::default(),
+            redial: redial::Redialer::new(
+                config.persistent_peers.iter().map(|p| (p.addr, p.id)),
+                config.bootstrap.iter().copied(),
+                config.backoff,
+                std::time::Instant::now(),
+            ),
         };
         *shared.actor.lock() = Some(tokio::spawn(actor.run()));
         Ok((

@@ -33,11 +33,17 @@ pub(crate) struct Counters {
     pub(crate) handshakes_ok: Counter,
     pub(crate) handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) broadcast_skipped_full: Counter,
+    pub(crate) reconnects: Counter,
+    pub(crate) inbound_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Counters {
     pub(crate) fn handshake_failed(&self, label: &'static str) {
         *self.handshake_failures.lock().entry(label).or_default() += 1;
+    }
+
+    pub(crate) fn inbound_refused(&self, label: &'static str) {
+        *self.inbound_refused.lock().entry(label).or_default() += 1;
     }
 }
 
@@ -53,6 +59,11 @@ pub struct NetworkStats {
     pub handshake_failures: BTreeMap<&'static str, u64>,
     /// Per-peer copies skipped by `try_broadcast` because that peer's queue was full.
     pub broadcast_skipped_full: u64,
+    /// Redials of persistent peers and bootstrap addresses (after a failed dial or a lost
+    /// connection).
+    pub reconnects: u64,
+    /// Inbound connections refused by a limit, by reason (`per_ip`, `max_inbound`).
+    pub inbound_refused: BTreeMap<&'static str, u64>,
     /// Connections in any state now.
     pub connections: usize,
     /// Peers with an open connection now.
@@ -81,6 +92,8 @@ impl Shared {
             handshakes_ok: self.counters.handshakes_ok.get(),
             handshake_failures: self.counters.handshake_failures.lock().clone(),
             broadcast_skipped_full: self.counters.broadcast_skipped_full.get(),
+            reconnects: self.counters.reconnects.get(),
+            inbound_refused: self.counters.inbound_refused.lock().clone(),
             connections: self.connections.read().len(),
             peers: self.peers.read().len(),
         }

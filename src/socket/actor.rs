@@ -61,6 +61,13 @@ pub(crate) struct SocketTask<M> {
     pub(crate) _slot: Option<OwnedSemaphorePermit>,
 }
 
+/// Which supervised activity ended first.
+enum Ended {
+    Reader(Result<Option<DisconnectReason>, tokio::task::JoinError>),
+    Writer(Result<WriteEnd, tokio::task::JoinError>),
+    Idle,
+}
+
 /// A failure before the connection opened.
 struct Failure {
     reason: DisconnectReason,
@@ -236,9 +243,40 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
             .run(write_half, sealer),
         );
         let grace = config.shutdown_timeout;
-        tokio::select! {
-            read_end = &mut reader => {
-                let reason = read_end.ok().flatten().unwrap_or(DisconnectReason::Shutdown);
+        let idle_timeout = config.idle_timeout;
+        let mut ticker =
+            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let first = loop {
+            tokio::select! {
+                read_end = &mut reader => break Ended::Reader(read_end),
+                write_end = &mut writer => break Ended::Writer(write_end),
+                _ = ticker.tick() => {
+                    // The reader never waits on the application, so silence here is the peer's
+                    // (or the link's), not a local stall.
+                    if self.shared.idle_for() >= idle_timeout {
+                        break Ended::Idle;
+                    }
+                    if self.shared.state.get() == SocketState::Open {
+                        self.shared.ping();
+                    }
+                }
+            }
+        };
+        match first {
+            Ended::Idle => {
+                let reason = DisconnectReason::IdleTimeout;
+                self.enter_closing(&reason);
+                self.shared.cancel.cancel();
+                let _ = reader.await;
+                let _ = writer.await;
+                reason
+            }
+            Ended::Reader(read_end) => {
+                let reason = read_end
+                    .ok()
+                    .flatten()
+                    .unwrap_or(DisconnectReason::Shutdown);
                 self.enter_closing(&reason);
                 let mut writer_joined = false;
                 if let DisconnectReason::Misbehaviour { .. } = reason {
@@ -252,13 +290,17 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                 }
                 reason
             }
-            write_end = &mut writer => {
+            Ended::Writer(write_end) => {
                 let mut reader_joined = false;
                 let reason = match write_end {
                     Ok(WriteEnd::Goodbye) => {
                         // Our goodbye is out; read until the peer closes too, within the grace
                         // period, so that nothing it sent before our goodbye is lost.
-                        let reason = self.shared.close_intent.lock().clone()
+                        let reason = self
+                            .shared
+                            .close_intent
+                            .lock()
+                            .clone()
                             .unwrap_or(DisconnectReason::Requested);
                         self.enter_closing(&reason);
                         reader_joined = timeout(grace, &mut reader).await.is_ok();
@@ -294,6 +336,7 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                 | DisconnectReason::Codec(_)
                 | DisconnectReason::Misbehaviour { .. }
                 | DisconnectReason::WriteStalled
+                | DisconnectReason::IdleTimeout
                 | DisconnectReason::Eof
         );
         if fault {

@@ -13,7 +13,9 @@ mod stats;
 mod writer;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -46,6 +48,10 @@ pub(crate) struct SocketShared {
     pub(crate) cancel: CancellationToken,
     /// Why the local side decided to close, if it did; wins over what the tasks observe later.
     pub(crate) close_intent: Mutex<Option<DisconnectReason>>,
+    /// When this socket was created: the origin of `last_rx_micros` and ping nonces.
+    pub(crate) opened_at: Instant,
+    /// When bytes last arrived, in microseconds since `opened_at`.
+    pub(crate) last_rx_micros: AtomicU64,
 }
 
 impl SocketShared {
@@ -67,6 +73,47 @@ impl SocketShared {
             queue: SendQueue::new(config.send_queue_capacity, config.send_queue_bytes),
             cancel,
             close_intent: Mutex::new(None),
+            opened_at: Instant::now(),
+            last_rx_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Microseconds since this socket was created.
+    pub(crate) fn now_micros(&self) -> u64 {
+        u64::try_from(self.opened_at.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Records that bytes arrived.
+    pub(crate) fn touch(&self) {
+        self.last_rx_micros.store(self.now_micros(), Relaxed);
+    }
+
+    /// How long since bytes last arrived (or since the socket opened).
+    pub(crate) fn idle_for(&self) -> Duration {
+        Duration::from_micros(
+            self.now_micros()
+                .saturating_sub(self.last_rx_micros.load(Relaxed)),
+        )
+    }
+
+    /// Queues a ping ahead of data, remembering its nonce for the round-trip measurement.
+    pub(crate) fn ping(&self) {
+        let nonce = self.now_micros().max(1);
+        self.stats.ping_nonce.store(nonce, Relaxed);
+        if self
+            .queue
+            .push_control(crate::codec::ControlMessage::Ping { nonce })
+        {
+            self.stats.pings_sent.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records a pong; only one echoing the last ping's nonce counts.
+    pub(crate) fn pong(&self, nonce: u64) {
+        if nonce != 0 && nonce == self.stats.ping_nonce.load(Relaxed) {
+            let rtt = self.now_micros().saturating_sub(nonce).max(1);
+            self.stats.rtt_micros.store(rtt, Relaxed);
+            self.stats.pongs_received.fetch_add(1, Relaxed);
         }
     }
 
@@ -76,6 +123,7 @@ impl SocketShared {
             DisconnectReason::Shutdown => crate::codec::GoodbyeReason::Shutdown,
             DisconnectReason::Duplicate => crate::codec::GoodbyeReason::Duplicate,
             DisconnectReason::Misbehaviour { .. } => crate::codec::GoodbyeReason::Misbehaviour,
+            DisconnectReason::InboundLimit => crate::codec::GoodbyeReason::Capacity,
             _ => crate::codec::GoodbyeReason::Requested,
         };
         self.close_intent.lock().get_or_insert(reason);

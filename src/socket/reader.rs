@@ -74,7 +74,7 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
             };
             match read {
                 Ok(0) => return Some(DisconnectReason::Eof),
-                Ok(_) => {}
+                Ok(_) => self.shared.touch(),
                 Err(e) => return Some(DisconnectReason::Io(e.kind())),
             }
         }
@@ -110,7 +110,7 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
                             .queue
                             .push_control(ControlMessage::Pong { nonce });
                     }
-                    Ok(ControlMessage::Pong { .. }) => {}
+                    Ok(ControlMessage::Pong { nonce }) => self.shared.pong(nonce),
                     Err(violation) => stop = self.charge(&violation),
                 },
                 Inbound::Violation(violation) => stop = self.charge(&violation),

@@ -16,6 +16,13 @@ pub(crate) struct SocketStats {
     pub(crate) dropped_inbox_full: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
     pub(crate) dropped_on_close: AtomicU64,
+    pub(crate) pings_sent: AtomicU64,
+    pub(crate) pongs_received: AtomicU64,
+    /// Nonce of the last ping sent (microseconds since the socket opened); a pong counts only
+    /// if it echoes this.
+    pub(crate) ping_nonce: AtomicU64,
+    /// Last measured round-trip time in microseconds, 0 until the first pong.
+    pub(crate) rtt_micros: AtomicU64,
 }
 
 impl SocketStats {
@@ -32,6 +39,12 @@ impl SocketStats {
             dropped_inbox_full: self.dropped_inbox_full.load(Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Relaxed),
             dropped_on_close: self.dropped_on_close.load(Relaxed),
+            pings_sent: self.pings_sent.load(Relaxed),
+            pongs_received: self.pongs_received.load(Relaxed),
+            rtt: match self.rtt_micros.load(Relaxed) {
+                0 => None,
+                us => Some(std::time::Duration::from_micros(us)),
+            },
             queued_messages,
             queued_bytes,
         }
@@ -64,6 +77,12 @@ pub struct PeerStats {
     pub dropped_queue_full: u64,
     /// Outbound messages still queued when the connection closed without flushing them.
     pub dropped_on_close: u64,
+    /// Pings sent on this connection.
+    pub pings_sent: u64,
+    /// Matching pongs received.
+    pub pongs_received: u64,
+    /// The last measured round-trip time (ping to pong), once known.
+    pub rtt: Option<std::time::Duration>,
     /// Messages waiting in the send queue now.
     pub queued_messages: usize,
     /// Bytes waiting in the send queue now.

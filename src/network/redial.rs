@@ -1,0 +1,228 @@
+//! Which addresses to dial and when: persistent peers (redialed forever while not connected) and
+//! bootstrap addresses (retried until the first success). Pure: the actor passes in the time
+//! and the randomness, so the schedule is tested without a clock or sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::backoff::Backoff;
+use crate::identity::PeerId;
+use crate::socket::ConnectionId;
+
+#[derive(Debug)]
+struct Target {
+    addr: SocketAddr,
+    /// The id a persistent peer must prove; `None` for a bootstrap address.
+    expected: Option<PeerId>,
+    /// Failed dials since the last success.
+    attempt: u32,
+    /// When to dial next; `None` while connected, dialing, or done.
+    due: Option<Instant>,
+    /// A bootstrap address that succeeded once; never dialed again.
+    done: bool,
+    /// Dialed at least once, so later dials count as redials.
+    ever_started: bool,
+}
+
+/// A dial the actor should start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dial {
+    pub(crate) target: usize,
+    pub(crate) addr: SocketAddr,
+    pub(crate) expected: Option<PeerId>,
+}
+
+/// The dial schedule.
+#[derive(Debug)]
+pub(crate) struct Redialer {
+    targets: Vec<Target>,
+    backoff: Backoff,
+    /// Dials in flight: connection → target.
+    dialing: HashMap<ConnectionId, usize>,
+}
+
+impl Redialer {
+    pub(crate) fn new(
+        persistent: impl IntoIterator<Item = (SocketAddr, PeerId)>,
+        bootstrap: impl IntoIterator<Item = SocketAddr>,
+        backoff: Backoff,
+        now: Instant,
+    ) -> Self {
+        let target = |addr, expected| Target {
+            addr,
+            expected,
+            attempt: 0,
+            due: Some(now),
+            done: false,
+            ever_started: false,
+        };
+        let mut targets: Vec<Target> = persistent
+            .into_iter()
+            .map(|(addr, id)| target(addr, Some(id)))
+            .collect();
+        targets.extend(bootstrap.into_iter().map(|addr| target(addr, None)));
+        Self {
+            targets,
+            backoff,
+            dialing: HashMap::new(),
+        }
+    }
+
+    /// Whether `peer` is one to stay connected to.
+    pub(crate) fn is_persistent(&self, peer: PeerId) -> bool {
+        self.targets.iter().any(|t| t.expected == Some(peer))
+    }
+
+    /// The earliest time a dial is due.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.targets.iter().filter_map(|t| t.due).min()
+    }
+
+    /// Dials due at `now`, skipping persistent peers already connected. Each returned dial must
+    /// be reported back with [`Redialer::started`].
+    pub(crate) fn due(&mut self, now: Instant, connected: impl Fn(PeerId) -> bool) -> Vec<Dial> {
+        let mut dials = Vec::new();
+        for (index, t) in self.targets.iter_mut().enumerate() {
+            if t.done || !t.due.is_some_and(|d| d <= now) {
+                continue;
+            }
+            t.due = None;
+            if t.expected.is_some_and(&connected) {
+                continue;
+            }
+            dials.push(Dial {
+                target: index,
+                addr: t.addr,
+                expected: t.expected,
+            });
+        }
+        dials
+    }
+
+    /// The actor started `dial` as connection `conn`; returns whether it is a redial (after a
+    /// failure or a lost connection).
+    pub(crate) fn started(&mut self, dial: Dial, conn: ConnectionId) -> bool {
+        let t = &mut self.targets[dial.target];
+        let redial = t.attempt > 0 || t.ever_started;
+        t.ever_started = true;
+        self.dialing.insert(conn, dial.target);
+        redial
+    }
+
+    /// Connection `conn` proved a peer (opened, or lost a duplicate tie-break to another
+    /// connection to the same peer): the dial succeeded.
+    pub(crate) fn dial_succeeded(&mut self, conn: ConnectionId) {
+        if let Some(index) = self.dialing.remove(&conn) {
+            let t = &mut self.targets[index];
+            t.attempt = 0;
+            if t.expected.is_none() {
+                t.done = true;
+            }
+        }
+    }
+
+    /// Connection `conn` closed; if it was a dial that never proved its peer, schedule a retry.
+    pub(crate) fn dial_closed(&mut self, conn: ConnectionId, now: Instant, random: u64) {
+        if let Some(index) = self.dialing.remove(&conn) {
+            let t = &mut self.targets[index];
+            if !t.done {
+                t.due = Some(now + self.backoff.delay(t.attempt, random));
+                t.attempt = t.attempt.saturating_add(1);
+            }
+        }
+    }
+
+    /// A persistent peer lost its connection (by whichever side it was dialed): redial soon.
+    /// A dial already in flight is left alone (its own outcome schedules the next).
+    pub(crate) fn peer_lost(&mut self, peer: PeerId, now: Instant, random: u64) {
+        let backoff = self.backoff;
+        let in_flight: Vec<usize> = self.dialing.values().copied().collect();
+        for (index, t) in self.targets.iter_mut().enumerate() {
+            if in_flight.contains(&index) {
+                continue;
+            }
+            if t.expected == Some(peer) && t.due.is_none() {
+                t.due = Some(now + backoff.delay(t.attempt, random));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Keypair;
+    use std::time::Duration;
+
+    fn setup() -> (Redialer, PeerId, Instant) {
+        let id = Keypair::generate().peer_id();
+        let now = Instant::now();
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+            jitter_permille: 0,
+        };
+        let r = Redialer::new(
+            [("10.0.0.1:1".parse().unwrap(), id)],
+            ["10.0.0.2:2".parse().unwrap()],
+            backoff,
+            now,
+        );
+        (r, id, now)
+    }
+
+    #[test]
+    fn failed_dials_back_off_to_the_cap_and_never_give_up() {
+        let (mut r, id, now) = setup();
+        let mut t = now;
+        let mut gaps = Vec::new();
+        for conn in 0..8 {
+            let dials = r.due(t, |_| false);
+            let dial = dials.into_iter().find(|d| d.expected == Some(id)).unwrap();
+            assert_eq!(
+                r.started(dial, conn),
+                conn > 0,
+                "every dial after the first is a redial"
+            );
+            r.dial_closed(conn, t, 0);
+            let next = r
+                .targets
+                .iter()
+                .find(|x| x.expected == Some(id))
+                .unwrap()
+                .due
+                .unwrap();
+            gaps.push((next - t).as_millis());
+            t = next;
+        }
+        assert_eq!(gaps, vec![100, 200, 400, 800, 1000, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn connected_persistent_peer_is_not_dialed_and_is_redialed_when_lost() {
+        let (mut r, id, now) = setup();
+        let dials = r.due(now, |p| p == id);
+        assert_eq!(dials.len(), 1, "only the bootstrap address");
+        assert_eq!(dials[0].expected, None);
+        assert_eq!(r.next_due(), None);
+        r.peer_lost(id, now, 0);
+        assert_eq!(r.next_due(), Some(now + Duration::from_millis(100)));
+        let later = now + Duration::from_millis(100);
+        let redial = r.due(later, |_| false);
+        assert_eq!(redial.len(), 1);
+        assert_eq!(redial[0].expected, Some(id));
+    }
+
+    #[test]
+    fn bootstrap_is_done_after_first_success() {
+        let (mut r, id, now) = setup();
+        let dials = r.due(now, |p| p == id);
+        r.started(dials[0], 1);
+        r.dial_succeeded(1);
+        r.dial_closed(1, now, 0); // the connection ends later: no redial
+        assert_eq!(r.next_due(), None);
+        assert!(!r.is_persistent(Keypair::generate().peer_id()));
+        assert!(r.is_persistent(id));
+    }
+}
