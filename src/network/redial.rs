@@ -84,7 +84,7 @@ impl Redialer {
     pub(crate) fn due(&mut self, now: Instant, connected: impl Fn(PeerId) -> bool) -> Vec<Dial> {
         let mut dials = Vec::new();
         for (index, t) in self.targets.iter_mut().enumerate() {
-            if t.done || !t.due.is_some_and(|d| d <= now) {
+            if t.done || t.due.is_none_or(|d| d > now) {
                 continue;
             }
             t.due = None;
