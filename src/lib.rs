@@ -42,8 +42,8 @@ pub mod socket;
 
 pub use identity::{Keypair, PeerId};
 pub use network::{
-    BroadcastReport, Config, Direction, DisconnectReason, Encoded, Inbox, Network, NetworkError,
-    NetworkEvent, NetworkStats, PersistentPeer, TryRecvError,
+    BanReason, BroadcastReport, Config, Direction, DisconnectReason, Encoded, Inbox, Network,
+    NetworkError, NetworkEvent, NetworkStats, PersistentPeer, TryRecvError,
 };
 pub use socket::{ConnectionInfo, PeerStats, SocketState};
 

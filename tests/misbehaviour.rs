@@ -148,3 +148,86 @@ async fn corrupted_frame_closes_the_connection() {
     ));
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_flood_beyond_the_rate_limit_is_dropped_then_banned() {
+    let (net, mut inbox) = node(
+        config()
+            .max_inbound_messages_per_sec(200)
+            .misbehaviour_budget(100),
+    )
+    .await;
+    let (honest, _hi) = node(config()).await;
+    honest.connect(net.local_addr()).await.unwrap();
+    let mut events = net.events();
+    let mut flooder = RawPeer::connect(net.local_addr(), "peerwire-test").await;
+    eventually("connected", || net.peers().len() == 2).await;
+    for i in 0..2000u32 {
+        if flooder.send(&numbered(i, 16)).await.is_err() {
+            break; // cut off
+        }
+    }
+    next_event(
+        &mut events,
+        |e| matches!(e, NetworkEvent::Banned { peer, .. } if *peer == flooder.id()),
+    )
+    .await;
+    // Up to one second's burst got through, the excess was dropped and counted, not queued.
+    let delivered = std::iter::from_fn(|| inbox.try_recv().ok()).count();
+    assert!(delivered <= 200 + 50, "delivered {delivered}");
+    assert!(net.is_connected(honest.local_peer_id()));
+    honest
+        .send(net.local_peer_id(), &numbered(1, 8))
+        .await
+        .unwrap();
+    let (from, _) = soon("honest", inbox.recv()).await.unwrap();
+    assert_eq!(from, honest.local_peer_id());
+    net.shutdown().await;
+    honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_ban_disconnects_and_refuses_until_unbanned() {
+    let (net, _inbox) = node(config()).await;
+    let (other, _oi) = node(config()).await;
+    let other_id = net.connect(other.local_addr()).await.unwrap();
+    let mut events = net.events();
+    net.ban(other_id, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    let ev = next_event(&mut events, |e| {
+        matches!(e, NetworkEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ev,
+        NetworkEvent::Disconnected {
+            peer: other_id,
+            reason: DisconnectReason::Banned
+        }
+    );
+    let ev = next_event(&mut events, |e| matches!(e, NetworkEvent::Banned { .. })).await;
+    assert!(matches!(
+        ev,
+        NetworkEvent::Banned {
+            reason: peerwire::BanReason::Application,
+            ..
+        }
+    ));
+    // Dialing it, or it dialing us, does not get it back in.
+    let err = net.connect(other.local_addr()).await.unwrap_err();
+    assert!(matches!(
+        err,
+        peerwire::NetworkError::ConnectionClosed {
+            reason: DisconnectReason::Banned,
+            ..
+        }
+    ));
+    let _ = other.connect(net.local_addr()).await;
+    assert!(!net.is_connected(other_id));
+    assert!(net.unban(other_id).await);
+    net.connect(other.local_addr()).await.unwrap();
+    assert!(net.is_connected(other_id));
+    net.shutdown().await;
+    other.shutdown().await;
+}

@@ -68,12 +68,16 @@ pub enum Violation {
     /// A continuation fragment with no message in progress, or a new message while one is open.
     #[error("fragment out of sequence")]
     FragmentOutOfSequence,
+    /// A message beyond the peer's inbound rate limit (dropped, not decoded).
+    #[error("inbound rate limit exceeded")]
+    RateLimited,
 }
 
 impl Violation {
     /// How many points of the misbehaviour budget this offence costs.
     pub fn cost(&self) -> u32 {
         match self {
+            Self::RateLimited => 1,
             Self::Undecodable(_) | Self::BadControl => 10,
             Self::Oversize { .. } => 20,
             Self::MalformedRecord | Self::UnknownKind(_) | Self::FragmentOutOfSequence => 25,
@@ -89,6 +93,7 @@ impl Violation {
             Self::MalformedRecord => "malformed_record",
             Self::UnknownKind(_) => "unknown_kind",
             Self::FragmentOutOfSequence => "fragment_out_of_sequence",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backoff::jitter_sample;
+use super::bans::Bans;
+use super::event::BanReason;
 use super::listener::Accepted;
 use super::redial::Redialer;
 use super::shared::Shared;
@@ -36,6 +38,15 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<PeerId, NetworkError>>,
     },
     Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    Ban {
+        peer: PeerId,
+        duration: std::time::Duration,
+        reply: oneshot::Sender<()>,
+    },
+    Unban {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
@@ -63,6 +74,8 @@ pub(crate) struct NetworkActor<M> {
     pub(crate) pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NetworkError>>>,
     /// When to dial persistent peers and bootstrap addresses.
     pub(crate) redial: Redialer,
+    /// Banned peers and addresses.
+    pub(crate) bans: Bans,
 }
 
 impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
@@ -118,10 +131,52 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 }
                 let _ = reply.send(removed.is_some());
             }
+            Command::Ban {
+                peer,
+                duration,
+                reply,
+            } => {
+                self.ban(peer, None, duration, BanReason::Application);
+                let _ = reply.send(());
+            }
+            Command::Unban { peer, reply } => {
+                let _ = reply.send(self.bans.unban_peer(&peer));
+            }
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// Bans `peer` (and `ip`, unless the peer is persistent), closing its connection.
+    fn ban(
+        &mut self,
+        peer: PeerId,
+        ip: Option<std::net::IpAddr>,
+        duration: std::time::Duration,
+        reason: BanReason,
+    ) {
+        let now = std::time::Instant::now();
+        let until = now + duration;
+        self.bans.ban_peer(peer, until, now);
+        if let Some(ip) = ip.filter(|_| !self.redial.is_persistent(peer)) {
+            self.bans.ban_ip(ip, until, now);
+        }
+        self.shared.counters.bans.inc();
+        tracing::info!(%peer, ?reason, ?duration, "peer banned");
+        let removed = self.shared.peers.write().remove(&peer);
+        if let Some(socket) = removed {
+            socket.close_gracefully(DisconnectReason::Banned);
+            self.emit(NetworkEvent::Disconnected {
+                peer,
+                reason: DisconnectReason::Banned,
+            });
+        }
+        self.emit(NetworkEvent::Banned {
+            peer,
+            duration,
+            reason,
+        });
     }
 
     fn new_socket(&mut self, direction: Direction, addr: SocketAddr) -> Arc<SocketShared> {
@@ -169,6 +224,12 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
             self.redial.due(now, |p| peers.contains_key(&p))
         };
         for dial in dials {
+            if let Some(peer) = dial.expected {
+                if let Some(until) = self.bans.peer_banned_until(&peer, now) {
+                    self.redial.postpone(dial, until);
+                    continue;
+                }
+            }
             tracing::debug!(addr = %dial.addr, peer = ?dial.expected, "dialing");
             let id = self.spawn_outbound(dial.addr, dial.expected, None);
             if self.redial.started(dial, id) {
@@ -179,6 +240,10 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
 
     fn spawn_inbound(&mut self, accepted: Accepted) {
         let ip = accepted.addr.ip();
+        if self.bans.ip_banned(&ip, std::time::Instant::now()) {
+            self.shared.counters.inbound_refused("banned_ip");
+            return;
+        }
         let from_ip = self
             .shared
             .connections
@@ -215,15 +280,26 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 let admission = if shutting_down {
                     Admission::Close(DisconnectReason::Shutdown)
                 } else {
-                    self.redial.dial_succeeded(shared.id);
                     self.admit(&shared, peer)
                 };
+                if matches!(
+                    admission,
+                    Admission::Open | Admission::Close(DisconnectReason::Duplicate)
+                ) {
+                    self.redial.dial_succeeded(shared.id);
+                }
                 if let Some(waiter) = self.pending.remove(&shared.id) {
                     let _ = waiter.send(match &admission {
+                        Admission::Open | Admission::Close(DisconnectReason::Duplicate) => {
+                            // A duplicate lost the tie-break: the peer is connected through the
+                            // other connection, which is what the caller asked for.
+                            Ok(peer)
+                        }
                         Admission::Close(DisconnectReason::Shutdown) => Err(NetworkError::Closed),
-                        // A duplicate lost the tie-break: the peer is connected through the
-                        // other connection, which is what the caller asked for.
-                        _ => Ok(peer),
+                        Admission::Close(reason) => Err(NetworkError::ConnectionClosed {
+                            addr: shared.addr,
+                            reason: reason.clone(),
+                        }),
                     });
                 }
                 // The socket may have been cancelled meanwhile; then it closes on its own.
@@ -256,10 +332,25 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                     peers.remove(&peer);
                     drop(peers);
                     tracing::debug!(%peer, %reason, "peer disconnected");
-                    self.emit(NetworkEvent::Disconnected { peer, reason });
+                    self.emit(NetworkEvent::Disconnected {
+                        peer,
+                        reason: reason.clone(),
+                    });
                     if !shutting_down {
                         self.redial.peer_lost(peer, now, jitter_sample());
                     }
+                } else {
+                    drop(peers);
+                }
+                if let (DisconnectReason::Misbehaviour { score }, false) = (&reason, shutting_down)
+                {
+                    let duration = self.ctx.config.ban_duration;
+                    self.ban(
+                        peer,
+                        Some(shared.addr.ip()),
+                        duration,
+                        BanReason::Misbehaviour { score: *score },
+                    );
                 }
             }
         }
@@ -267,6 +358,9 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
 
     /// Decides whether `socket`, just proven to be `peer`, becomes the peer's connection.
     fn admit(&mut self, socket: &Arc<SocketShared>, peer: PeerId) -> Admission {
+        if self.bans.peer_banned(&peer, std::time::Instant::now()) {
+            return Admission::Close(DisconnectReason::Banned);
+        }
         let persistent = self.redial.is_persistent(peer);
         let mut peers = self.shared.peers.write();
         if socket.direction == Direction::Inbound && !persistent && !peers.contains_key(&peer) {
@@ -351,6 +445,8 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                     Some(Command::Shutdown { reply }) => waiters.push(reply),
                     Some(Command::Connect { reply, .. }) => { let _ = reply.send(Err(NetworkError::Closed)); }
                     Some(Command::Disconnect { reply, .. }) => { let _ = reply.send(false); }
+                    Some(Command::Unban { reply, .. }) => { let _ = reply.send(false); }
+                    Some(Command::Ban { reply, .. }) => { let _ = reply.send(()); }
                     None => self.commands.close(),
                 },
                 () = tokio::time::sleep_until(deadline), if !cut => {

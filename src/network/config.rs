@@ -106,6 +106,16 @@ pub struct Config {
     /// Redial schedule for persistent peers and bootstrap addresses. Default 200 ms doubling
     /// to a 5 s cap, plus up to 20% jitter.
     pub backoff: Backoff,
+    /// How long a peer that spent its misbehaviour budget stays banned, by id and by IP address
+    /// (the IP ban is skipped for persistent peers). Default 10 minutes.
+    pub ban_duration: Duration,
+    /// Per-connection inbound rate limit, in application messages per second (burst: one
+    /// second's worth); each message over it is dropped, counted and charged 1 point. 0 means
+    /// unlimited. Default 1,000,000.
+    pub max_inbound_messages_per_sec: u64,
+    /// Per-connection inbound rate limit in encoded bytes per second, same policy.
+    /// Default 1 GiB/s.
+    pub max_inbound_bytes_per_sec: u64,
 }
 
 impl Default for Config {
@@ -136,6 +146,9 @@ impl Default for Config {
             persistent_peers: Vec::new(),
             bootstrap: Vec::new(),
             backoff: Backoff::default(),
+            ban_duration: Duration::from_secs(600),
+            max_inbound_messages_per_sec: 1_000_000,
+            max_inbound_bytes_per_sec: 1 << 30,
         }
     }
 }
@@ -198,6 +211,12 @@ setters! {
     idle_timeout: Duration,
     /// Sets [`Config::backoff`].
     backoff: Backoff,
+    /// Sets [`Config::ban_duration`].
+    ban_duration: Duration,
+    /// Sets [`Config::max_inbound_messages_per_sec`].
+    max_inbound_messages_per_sec: u64,
+    /// Sets [`Config::max_inbound_bytes_per_sec`].
+    max_inbound_bytes_per_sec: u64,
 }
 
 impl Config {

@@ -52,6 +52,9 @@ pub enum DisconnectReason {
     /// Another connection to the same peer won the duplicate tie-break.
     #[error("replaced by another connection to the same peer")]
     Duplicate,
+    /// The peer is banned (by the misbehaviour score or by the application).
+    #[error("banned")]
+    Banned,
     /// Refused after the handshake: `max_inbound` non-persistent inbound peers are open.
     #[error("inbound connection limit reached")]
     InboundLimit,
@@ -82,6 +85,15 @@ pub enum NetworkEvent {
         /// Who dialed.
         direction: Direction,
     },
+    /// A peer was banned: its connection is closed and it is refused until the ban expires.
+    Banned {
+        /// The peer.
+        peer: PeerId,
+        /// For how long.
+        duration: std::time::Duration,
+        /// Why: its misbehaviour score, or the application's request.
+        reason: BanReason,
+    },
     /// A peer is no longer connected (its connection closed and was not replaced).
     Disconnected {
         /// The peer.
@@ -89,4 +101,17 @@ pub enum NetworkEvent {
         /// Why.
         reason: DisconnectReason,
     },
+}
+
+/// Why a peer was banned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BanReason {
+    /// It spent its misbehaviour budget (this many points).
+    Misbehaviour {
+        /// Points charged.
+        score: u64,
+    },
+    /// The application called [`crate::Network::ban`] (for example for equivocation).
+    Application,
 }

@@ -7,6 +7,7 @@
 
 mod actor;
 pub mod backoff;
+mod bans;
 mod config;
 mod error;
 mod event;
@@ -36,7 +37,7 @@ use crate::socket::{ConnectionInfo, SocketContext, SocketShared};
 use actor::{Command, NetworkActor};
 pub use config::{Config, PersistentPeer};
 pub use error::NetworkError;
-pub use event::{Direction, DisconnectReason, NetworkEvent};
+pub use event::{BanReason, Direction, DisconnectReason, NetworkEvent};
 pub use inbox::{Inbox, TryRecvError};
 pub use shared::NetworkStats;
 use shared::{Counters, Shared};
@@ -187,6 +188,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             tracker: TaskTracker::new(),
             next_id: 0,
             pending: Default::default(),
+            bans: bans::Bans::new(),
             redial: redial::Redialer::new(
                 config.persistent_peers.iter().map(|p| (p.addr, p.id)),
                 config.bootstrap.iter().copied(),
@@ -276,6 +278,32 @@ impl<M: Serialize> Network<M> {
     /// whether the peer was connected.
     pub async fn disconnect(&self, peer: PeerId) -> bool {
         self.request(|reply| Command::Disconnect { peer, reply })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Bans `peer` for `duration` (for example after it equivocated): closes its connection,
+    /// emits [`NetworkEvent::Banned`], and refuses it until the ban expires. Persistent peers
+    /// are banned too (and redialed only after the ban).
+    ///
+    /// # Errors
+    /// [`NetworkError::Closed`] after shutdown.
+    pub async fn ban(
+        &self,
+        peer: PeerId,
+        duration: std::time::Duration,
+    ) -> Result<(), NetworkError> {
+        self.request(|reply| Command::Ban {
+            peer,
+            duration,
+            reply,
+        })
+        .await
+    }
+
+    /// Lifts a peer's ban; returns whether it was banned.
+    pub async fn unban(&self, peer: PeerId) -> bool {
+        self.request(|reply| Command::Unban { peer, reply })
             .await
             .unwrap_or(false)
     }

@@ -110,6 +110,11 @@ impl Redialer {
         redial
     }
 
+    /// Skips `dial` now and schedules it for `until` (the peer is banned until then).
+    pub(crate) fn postpone(&mut self, dial: Dial, until: Instant) {
+        self.targets[dial.target].due = Some(until);
+    }
+
     /// Connection `conn` proved a peer (opened, or lost a duplicate tie-break to another
     /// connection to the same peer): the dial succeeded.
     pub(crate) fn dial_succeeded(&mut self, conn: ConnectionId) {
@@ -212,6 +217,22 @@ mod tests {
         let redial = r.due(later, |_| false);
         assert_eq!(redial.len(), 1);
         assert_eq!(redial[0].expected, Some(id));
+    }
+
+    #[test]
+    fn refused_dial_is_retried_and_postponed_dial_waits() {
+        let (mut r, id, now) = setup();
+        let dial = r.due(now, |_| false)[0];
+        assert_eq!(dial.expected, Some(id));
+        // Refused after the handshake (not a success): the close schedules a retry.
+        r.started(dial, 7);
+        r.dial_closed(7, now, 0);
+        assert!(r.next_due().is_some());
+        let later = now + Duration::from_secs(3600);
+        let dial = r.due(later, |_| false)[0];
+        r.postpone(dial, later + Duration::from_secs(60));
+        assert!(r.due(later + Duration::from_secs(59), |_| false).is_empty());
+        assert_eq!(r.due(later + Duration::from_secs(60), |_| false).len(), 1);
     }
 
     #[test]

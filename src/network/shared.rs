@@ -34,6 +34,7 @@ pub(crate) struct Counters {
     pub(crate) handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) broadcast_skipped_full: Counter,
     pub(crate) reconnects: Counter,
+    pub(crate) bans: Counter,
     pub(crate) inbound_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -62,6 +63,8 @@ pub struct NetworkStats {
     /// Redials of persistent peers and bootstrap addresses (after a failed dial or a lost
     /// connection).
     pub reconnects: u64,
+    /// Bans imposed (by score or by the application).
+    pub bans: u64,
     /// Inbound connections refused by a limit, by reason (`per_ip`, `max_inbound`).
     pub inbound_refused: BTreeMap<&'static str, u64>,
     /// Connections in any state now.
@@ -93,6 +96,7 @@ impl Shared {
             handshake_failures: self.counters.handshake_failures.lock().clone(),
             broadcast_skipped_full: self.counters.broadcast_skipped_full.get(),
             reconnects: self.counters.reconnects.get(),
+            bans: self.counters.bans.get(),
             inbound_refused: self.counters.inbound_refused.lock().clone(),
             connections: self.connections.read().len(),
             peers: self.peers.read().len(),

@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::rate::TokenBucket;
 use super::reader::Reader;
 use super::writer::{WriteEnd, Writer};
 use super::{SocketContext, SocketShared, SocketState};
@@ -231,6 +232,16 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                 read_chunk_size: config.read_chunk_size,
                 max_message_size: config.max_message_size,
                 budget: config.misbehaviour_budget,
+                message_rate: TokenBucket::new(
+                    config.max_inbound_messages_per_sec,
+                    config.max_inbound_messages_per_sec,
+                    std::time::Instant::now(),
+                ),
+                byte_rate: TokenBucket::new(
+                    config.max_inbound_bytes_per_sec,
+                    config.max_inbound_bytes_per_sec,
+                    std::time::Instant::now(),
+                ),
             }
             .run(read_half, leftover, opener),
         );

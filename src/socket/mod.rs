@@ -7,6 +7,7 @@
 
 pub(crate) mod actor;
 pub(crate) mod queue;
+mod rate;
 mod reader;
 mod state;
 mod stats;
@@ -124,6 +125,7 @@ impl SocketShared {
             DisconnectReason::Duplicate => crate::codec::GoodbyeReason::Duplicate,
             DisconnectReason::Misbehaviour { .. } => crate::codec::GoodbyeReason::Misbehaviour,
             DisconnectReason::InboundLimit => crate::codec::GoodbyeReason::Capacity,
+            DisconnectReason::Banned => crate::codec::GoodbyeReason::Banned,
             _ => crate::codec::GoodbyeReason::Requested,
         };
         self.close_intent.lock().get_or_insert(reason);

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::SocketShared;
+use super::rate::TokenBucket;
 use crate::codec::cipher::Opener;
 use crate::codec::frame::FrameDecoder;
 use crate::codec::record::{Inbound, RecordDecoder};
@@ -25,6 +26,10 @@ pub(crate) struct Reader<M> {
     pub(crate) read_chunk_size: usize,
     pub(crate) max_message_size: usize,
     pub(crate) budget: u32,
+    /// Inbound messages per second.
+    pub(crate) message_rate: TokenBucket,
+    /// Inbound encoded bytes per second.
+    pub(crate) byte_rate: TokenBucket,
 }
 
 /// Why a frame's records made the reader stop.
@@ -37,7 +42,7 @@ enum Stop {
 impl<M: DeserializeOwned + Send + 'static> Reader<M> {
     /// Runs until the connection ends; returns why, or `None` when cancelled.
     pub(crate) async fn run<R: AsyncRead + Unpin>(
-        self,
+        mut self,
         mut stream: R,
         mut buf: BytesMut,
         opener: Opener,
@@ -80,14 +85,22 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
         }
     }
 
-    fn handle_frame(&self, records: &mut RecordDecoder, plaintext: BytesMut) -> Option<Stop> {
+    fn handle_frame(&mut self, records: &mut RecordDecoder, plaintext: BytesMut) -> Option<Stop> {
         let mut stop = None;
         let (mut messages, mut bytes) = (0u64, 0u64);
+        let now = std::time::Instant::now();
         records.decode_frame(plaintext, &mut |item| {
             if stop.is_some() {
                 return;
             }
             match item {
+                Inbound::Message(encoded)
+                    if !(self.message_rate.try_take(1, now)
+                        && self.byte_rate.try_take(encoded.len() as u64, now)) =>
+                {
+                    self.shared.stats.dropped_rate_limited.fetch_add(1, Relaxed);
+                    stop = self.charge(&Violation::RateLimited);
+                }
                 Inbound::Message(encoded) => match decode_message::<M>(&encoded) {
                     Ok(message) => {
                         messages += 1;

@@ -16,6 +16,7 @@ pub(crate) struct SocketStats {
     pub(crate) dropped_inbox_full: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
     pub(crate) dropped_on_close: AtomicU64,
+    pub(crate) dropped_rate_limited: AtomicU64,
     pub(crate) pings_sent: AtomicU64,
     pub(crate) pongs_received: AtomicU64,
     /// Nonce of the last ping sent (microseconds since the socket opened); a pong counts only
@@ -39,6 +40,7 @@ impl SocketStats {
             dropped_inbox_full: self.dropped_inbox_full.load(Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Relaxed),
             dropped_on_close: self.dropped_on_close.load(Relaxed),
+            dropped_rate_limited: self.dropped_rate_limited.load(Relaxed),
             pings_sent: self.pings_sent.load(Relaxed),
             pongs_received: self.pongs_received.load(Relaxed),
             rtt: match self.rtt_micros.load(Relaxed) {
@@ -77,6 +79,8 @@ pub struct PeerStats {
     pub dropped_queue_full: u64,
     /// Outbound messages still queued when the connection closed without flushing them.
     pub dropped_on_close: u64,
+    /// Inbound messages dropped for exceeding the peer's rate limit.
+    pub dropped_rate_limited: u64,
     /// Pings sent on this connection.
     pub pings_sent: u64,
     /// Matching pongs received.
