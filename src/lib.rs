@@ -37,6 +37,7 @@
 pub mod codec;
 pub mod handshake;
 pub mod identity;
+pub mod metrics;
 pub mod network;
 pub mod socket;
 

@@ -272,3 +272,85 @@ fn two_nodes_chat_and_shut_down_on_sigterm() {
     );
     assert!(again.terminate().success());
 }
+
+#[test]
+fn persistent_peer_and_metrics_endpoint() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("metrics");
+    let a_key = dir.file("a.key");
+    let mut a = Proc::spawn(
+        "node a",
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            &a_key,
+            "--network-id",
+            "m",
+        ],
+        false,
+    );
+    let a_id = a.value("peer id:");
+    let a_addr = a.value("listening on:");
+    let persistent = format!("{a_id}@{a_addr}");
+    let mut b = Proc::spawn(
+        "node b",
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--network-id",
+            "m",
+            "--persistent",
+            &persistent,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        false,
+    );
+    let metrics_url = b.value("metrics on:");
+    b.line("A joining", |l| {
+        l.starts_with(&format!("peer joined: {a_id}"))
+    });
+    let addr = metrics_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let scrape = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = scrape("/metrics");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("peerwire_peers 1"), "{text}");
+    assert!(text.contains(&format!("peerwire_peer_messages_in_total{{peer=\"{a_id}\"")));
+    assert!(scrape("/other").starts_with("HTTP/1.1 404"));
+    assert!(a.terminate().success());
+    b.line("A leaving", |l| {
+        l.starts_with(&format!("peer left: {a_id}"))
+    });
+    // A comes back with the same key on the same address: B redials it by itself.
+    let mut a2 = Proc::spawn(
+        "node a again",
+        &[
+            "node",
+            "--listen",
+            &a_addr,
+            "--key",
+            &a_key,
+            "--network-id",
+            "m",
+        ],
+        false,
+    );
+    assert_eq!(a2.value("peer id:"), a_id);
+    b.line("A rejoining", |l| {
+        l.starts_with(&format!("peer joined: {a_id}"))
+    });
+    assert!(a2.terminate().success());
+    assert!(b.terminate().success());
+}

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod demo;
+mod metrics;
 mod node;
 mod report;
 
@@ -74,6 +75,13 @@ pub(crate) struct NodeArgs {
     /// Largest message, sent or received, in bytes [default: the library's, 16 MiB].
     #[arg(long, value_name = "BYTES")]
     pub(crate) max_message_size: Option<usize>,
+    /// A peer to stay connected to, as PEER_ID@HOST:PORT: dialed at start, its identity checked,
+    /// and redialed by the library with backoff whenever it is away. Repeatable.
+    #[arg(long = "persistent", value_name = "ID@ADDR")]
+    pub(crate) persistent: Vec<String>,
+    /// Serve Prometheus metrics on this address at GET /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 /// Runs the chosen subcommand to completion.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use peerwire::{Config, Direction, Inbox, Keypair, Network, NetworkError, NetworkEvent};
+use peerwire::{Config, Direction, Inbox, Keypair, Network, NetworkError, NetworkEvent, PeerId};
 use tokio::net::lookup_host;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
@@ -36,6 +36,18 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     if let Some(max) = args.max_message_size {
         config.max_message_size = max;
     }
+    for spec in &args.persistent {
+        let (id, addr) = spec
+            .split_once('@')
+            .ok_or_else(|| format!("--persistent {spec}: expected PEER_ID@HOST:PORT"))?;
+        let id: PeerId = id
+            .parse()
+            .map_err(|e| format!("--persistent {spec}: {e}"))?;
+        let addr = resolve(addr)
+            .await
+            .map_err(|e| format!("--persistent {spec}: {e}"))?;
+        config = config.persistent_peer(addr, id);
+    }
     // Register before announcing the address, so a signal sent as soon as the node is visibly
     // up still shuts it down gracefully instead of killing it.
     let mut shutdown = ShutdownSignal::new()?;
@@ -46,6 +58,20 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     println!("listening on: {}", net.local_addr());
 
     let stop_printing = CancellationToken::new();
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("--metrics {addr}: {e}"))?;
+            println!("metrics on: http://{}/metrics", listener.local_addr()?);
+            Some(tokio::spawn(super::metrics::serve(
+                listener,
+                net.clone(),
+                stop_printing.clone(),
+            )))
+        }
+        None => None,
+    };
     let event_printer = tokio::spawn(print_events(events, stop_printing.clone()));
     let message_printer = tokio::spawn(print_messages(inbox));
     let mut dialers = JoinSet::new();
@@ -75,6 +101,9 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     dialers.abort_all();
     net.shutdown().await;
     stop_printing.cancel();
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     // The inbox yields None once shut down and drained, which ends the message printer.
     let printers = async {
         let _ = event_printer.await;

@@ -511,6 +511,11 @@ impl<M: Serialize> Network<M> {
     pub fn stats(&self) -> NetworkStats {
         self.shared.stats()
     }
+
+    /// Node-wide and per-peer counters as Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::prometheus_text(&self.stats(), &self.peers())
+    }
 }
 
 /// A message encoded once, to be queued to one or many peers without encoding again.
