@@ -14,9 +14,13 @@ async fn simultaneous_dial_ends_with_one_connection() {
         let (ra, rb) = tokio::join!(a.connect(b.local_addr()), b.connect(a.local_addr()));
         assert_eq!(ra.unwrap(), b.local_peer_id(), "round {round}");
         assert_eq!(rb.unwrap(), a.local_peer_id(), "round {round}");
-        // Let the losing connection finish closing on both sides.
-        eventually("one connection each", || {
-            a.connections().len() == 1 && b.connections().len() == 1
+        // Let the losing connection finish closing on both sides, and the winner finish its
+        // handshake on both (one side may briefly see the loser's goodbye before that).
+        eventually("one open connection each", || {
+            a.connections().len() == 1
+                && b.connections().len() == 1
+                && a.peers().len() == 1
+                && b.peers().len() == 1
         })
         .await;
         let pa = a.peers();

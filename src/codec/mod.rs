@@ -56,6 +56,24 @@ pub enum ControlMessage {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// The application messages that follow on this connection are numbered from `first_seq`
+    /// in the sender's reliable stream `incarnation` (see `socket::reliable`).
+    Resume {
+        /// Identifies the sending process, so a restart starts a new stream.
+        incarnation: u64,
+        /// Sequence number of the next application message.
+        first_seq: u64,
+    },
+    /// Everything before `next` of the reliable stream was delivered to the application.
+    Ack {
+        /// The next sequence number the receiver expects.
+        next: u64,
+    },
+    /// The receiver dropped messages from `from` on (its inbox was full): resend from there.
+    Rewind {
+        /// First sequence number to resend.
+        from: u64,
+    },
 }
 
 /// Serializes an application message, refusing one larger than `max` bytes.

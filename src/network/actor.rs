@@ -26,7 +26,8 @@ use super::tiebreak::keep_new_connection;
 use super::{Direction, DisconnectReason, NetworkError, NetworkEvent};
 use crate::identity::PeerId;
 use crate::network::inbox::InboxSender;
-use crate::socket::actor::{Admission, SocketEvent, SocketTask};
+use crate::socket::actor::{Admission, SocketEvent, SocketTask, Streams};
+use crate::socket::reliable::RecvSeq;
 use crate::socket::{ConnectionId, SocketContext, SocketShared, SocketState};
 
 /// Requests from handles to the actor.
@@ -76,7 +77,12 @@ pub(crate) struct NetworkActor<M> {
     pub(crate) redial: Redialer,
     /// Banned peers and addresses.
     pub(crate) bans: Bans,
+    /// Our position in each peer's reliable stream, kept across its connections.
+    pub(crate) recv_states: HashMap<PeerId, Arc<parking_lot::Mutex<RecvSeq>>>,
 }
+
+/// Most peers whose reliable-stream position is remembered while they are away.
+const MAX_RECV_STATES: usize = 4096;
 
 impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
     pub(crate) async fn run(mut self) {
@@ -302,8 +308,12 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                         }),
                     });
                 }
+                let streams = Streams {
+                    reliable: self.shared.reliable.get(&peer).cloned(),
+                    recv: self.recv_state(peer),
+                };
                 // The socket may have been cancelled meanwhile; then it closes on its own.
-                let _ = reply.send(admission);
+                let _ = reply.send((admission, streams));
             }
             SocketEvent::Closed {
                 shared,
@@ -354,6 +364,18 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 }
             }
         }
+    }
+
+    /// The receive position for `peer`'s reliable stream, created on first contact. Bounded:
+    /// when full, positions of peers that are not connected now are forgotten (such a peer's
+    /// next connection starts its stream afresh).
+    fn recv_state(&mut self, peer: PeerId) -> Arc<parking_lot::Mutex<RecvSeq>> {
+        if !self.recv_states.contains_key(&peer) && self.recv_states.len() >= MAX_RECV_STATES {
+            let peers = self.shared.peers.read();
+            self.recv_states
+                .retain(|p, _| peers.contains_key(p) || self.redial.is_persistent(*p));
+        }
+        self.recv_states.entry(peer).or_default().clone()
     }
 
     /// Decides whether `socket`, just proven to be `peer`, becomes the peer's connection.

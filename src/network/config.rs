@@ -106,6 +106,12 @@ pub struct Config {
     /// Redial schedule for persistent peers and bootstrap addresses. Default 200 ms doubling
     /// to a 5 s cap, plus up to 20% jitter.
     pub backoff: Backoff,
+    /// Per persistent peer: messages accepted and not yet acknowledged (sent or waiting while
+    /// the peer is away). When full, `try_send` reports `Full` (counted) and `send` waits for
+    /// acknowledgements. Default 65536.
+    pub offline_queue_capacity: usize,
+    /// Per persistent peer: bytes of those messages, same policy. Default 64 MiB.
+    pub offline_queue_bytes: usize,
     /// How long a peer that spent its misbehaviour budget stays banned, by id and by IP address
     /// (the IP ban is skipped for persistent peers). Default 10 minutes.
     pub ban_duration: Duration,
@@ -146,6 +152,8 @@ impl Default for Config {
             persistent_peers: Vec::new(),
             bootstrap: Vec::new(),
             backoff: Backoff::default(),
+            offline_queue_capacity: 65536,
+            offline_queue_bytes: 64 * 1024 * 1024,
             ban_duration: Duration::from_secs(600),
             max_inbound_messages_per_sec: 1_000_000,
             max_inbound_bytes_per_sec: 1 << 30,
@@ -211,6 +219,10 @@ setters! {
     idle_timeout: Duration,
     /// Sets [`Config::backoff`].
     backoff: Backoff,
+    /// Sets [`Config::offline_queue_capacity`].
+    offline_queue_capacity: usize,
+    /// Sets [`Config::offline_queue_bytes`].
+    offline_queue_bytes: usize,
     /// Sets [`Config::ban_duration`].
     ban_duration: Duration,
     /// Sets [`Config::max_inbound_messages_per_sec`].
@@ -270,6 +282,8 @@ impl Config {
             ("max_inbound", self.max_inbound),
             ("max_outbound", self.max_outbound),
             ("max_inbound_per_ip", self.max_inbound_per_ip),
+            ("offline_queue_capacity", self.offline_queue_capacity),
+            ("offline_queue_bytes", self.offline_queue_bytes),
             ("max_concurrent_handshakes", self.max_concurrent_handshakes),
             ("write_batch_bytes", self.write_batch_bytes),
         ] {

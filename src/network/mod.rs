@@ -141,6 +141,20 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             source,
         })?;
         let (events, _) = broadcast::channel(config.event_capacity);
+        // Tells this process's reliable streams apart from those of an earlier run.
+        let incarnation = backoff::jitter_sample();
+        let reliable = config
+            .persistent_peers
+            .iter()
+            .map(|p| {
+                let stream = crate::socket::reliable::Reliable::new(
+                    incarnation,
+                    config.offline_queue_capacity,
+                    config.offline_queue_bytes,
+                );
+                (p.id, Arc::new(stream))
+            })
+            .collect();
         let shared = Arc::new(Shared {
             local_id: keypair.peer_id(),
             local_addr,
@@ -149,6 +163,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             connections: Default::default(),
             events,
             counters: Counters::default(),
+            reliable,
             actor: Default::default(),
         });
         let (inbox_tx, inbox) = inbox::inbox(config.inbox_capacity, config.inbox_bytes);
@@ -189,6 +204,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             next_id: 0,
             pending: Default::default(),
             bans: bans::Bans::new(),
+            recv_states: Default::default(),
             redial: redial::Redialer::new(
                 config.persistent_peers.iter().map(|p| (p.addr, p.id)),
                 config.bootstrap.iter().copied(),
@@ -322,6 +338,12 @@ impl<M: Serialize> Network<M> {
     /// Pushes without waiting, under the peer map's read lock (no reference counting on the
     /// hot path). A refused message is handed back.
     fn try_push(&self, peer: PeerId, message: Bytes) -> Result<(), (SendRefusal, Bytes)> {
+        if let Some(reliable) = self.shared.reliable.get(&peer) {
+            // A persistent peer: accepted whether or not it is connected now.
+            return reliable
+                .push(message)
+                .map_err(|(_, message)| (SendRefusal::Full, message));
+        }
         let peers = self.shared.peers.read();
         let Some(link) = peers.get(&peer) else {
             return Err((SendRefusal::NotConnected, message));
@@ -340,8 +362,11 @@ impl<M: Serialize> Network<M> {
         self.try_push(peer, message)
             .map_err(|(refusal, _)| match refusal {
                 SendRefusal::Full => {
-                    if let Some(link) = self.shared.peers.read().get(&peer) {
-                        link.stats.dropped_queue_full.fetch_add(1, Relaxed);
+                    match self.shared.peers.read().get(&peer) {
+                        Some(link) => {
+                            link.stats.dropped_queue_full.fetch_add(1, Relaxed);
+                        }
+                        None => self.shared.counters.offline_full.inc(),
                     }
                     NetworkError::Full(peer)
                 }
@@ -356,6 +381,10 @@ impl<M: Serialize> Network<M> {
             Err((SendRefusal::NotConnected, _)) => return Err(NetworkError::NotConnected(peer)),
             Err((SendRefusal::Full, message)) => message,
         };
+        if let Some(reliable) = self.shared.reliable.get(&peer) {
+            reliable.push_wait(message).await;
+            return Ok(());
+        }
         // Full: wait for room outside the lock.
         let link = self
             .shared
@@ -427,9 +456,21 @@ impl<M: Serialize> Network<M> {
         self.shared.peers.read().values().cloned().collect()
     }
 
-    /// Encodes `message` once and queues it to every connected peer, without waiting: a peer
-    /// whose queue is full is skipped and counted, so one slow peer never delays the others or
-    /// the caller.
+    /// Open connections of peers that are not persistent (persistent peers' messages go through
+    /// their reliable stream, connected or not).
+    fn plain_links(&self) -> Vec<Arc<SocketShared>> {
+        self.shared
+            .peers
+            .read()
+            .iter()
+            .filter(|(id, _)| !self.shared.reliable.contains_key(id))
+            .map(|(_, link)| link.clone())
+            .collect()
+    }
+
+    /// Encodes `message` once and queues it to every connected peer and every persistent peer
+    /// (those away get it when they are back), without waiting: a peer whose queue is full is
+    /// skipped and counted, so one slow peer never delays the others or the caller.
     ///
     /// # Errors
     /// [`NetworkError::Codec`].
@@ -440,13 +481,22 @@ impl<M: Serialize> Network<M> {
     /// [`Network::try_broadcast`] for an already encoded message.
     pub fn try_broadcast_encoded(&self, message: &Encoded) -> BroadcastReport {
         let mut report = BroadcastReport::default();
-        for link in self.open_links() {
+        let skip = |report: &mut BroadcastReport| {
+            self.shared.counters.broadcast_skipped_full.inc();
+            report.skipped_full += 1;
+        };
+        for reliable in self.shared.reliable.values() {
+            match reliable.push(message.0.clone()) {
+                Ok(()) => report.queued += 1,
+                Err(_) => skip(&mut report),
+            }
+        }
+        for link in self.plain_links() {
             match link.queue.try_push(message.0.clone()) {
                 Ok(()) => report.queued += 1,
                 Err((PushError::Full, _)) => {
                     link.stats.dropped_queue_full.fetch_add(1, Relaxed);
-                    self.shared.counters.broadcast_skipped_full.inc();
-                    report.skipped_full += 1;
+                    skip(&mut report);
                 }
                 Err((PushError::Closed, _)) => {}
             }
@@ -454,10 +504,12 @@ impl<M: Serialize> Network<M> {
         report
     }
 
-    /// Encodes `message` once and queues it to every connected peer. Peers with room get it at
-    /// once; for peers whose queue is full it then waits for room. A peer that stops reading is
-    /// disconnected after `write_timeout`, which ends the wait for it, so the call completes
-    /// within about `write_timeout`. Other peers' delivery is never delayed by the wait.
+    /// Encodes `message` once and queues it to every connected peer and every persistent peer.
+    /// Peers with room get it at once; for connected peers whose queue is full it then waits for
+    /// room (a persistent peer that is away and full is skipped and counted instead). A peer
+    /// that stops reading is disconnected after `write_timeout`, which ends the wait for it, so
+    /// the call completes within about `write_timeout`. Other peers' delivery is never delayed
+    /// by the wait.
     ///
     /// # Errors
     /// [`NetworkError::Codec`].
@@ -467,8 +519,19 @@ impl<M: Serialize> Network<M> {
     pub async fn broadcast(&self, message: &M) -> Result<BroadcastReport, NetworkError> {
         let encoded = self.encode(message)?;
         let mut report = BroadcastReport::default();
+        let mut waiting_reliable = Vec::new();
+        for (peer, reliable) in &self.shared.reliable {
+            match reliable.push(encoded.0.clone()) {
+                Ok(()) => report.queued += 1,
+                Err(_) if self.is_connected(*peer) => waiting_reliable.push(reliable.clone()),
+                Err(_) => {
+                    self.shared.counters.broadcast_skipped_full.inc();
+                    report.skipped_full += 1;
+                }
+            }
+        }
         let mut waiting = Vec::new();
-        for link in self.open_links() {
+        for link in self.plain_links() {
             match link.queue.try_push(encoded.0.clone()) {
                 Ok(()) => report.queued += 1,
                 Err((PushError::Full, _)) => waiting.push(link),
@@ -481,7 +544,20 @@ impl<M: Serialize> Network<M> {
                 Err(_) => report.disconnected += 1,
             }
         }
+        for reliable in waiting_reliable {
+            reliable.push_wait(encoded.0.clone()).await;
+            report.queued += 1;
+        }
         Ok(report)
+    }
+
+    /// For a persistent peer: messages (and bytes) accepted and not yet acknowledged by it,
+    /// whether sent or waiting for it to come back. `None` for other peers.
+    pub fn pending(&self, peer: PeerId) -> Option<(usize, usize)> {
+        self.shared
+            .reliable
+            .get(&peer)
+            .map(|r| r.buffer.lock().depth())
     }
 
     /// The peers with an open connection, with address, direction, state and counters.

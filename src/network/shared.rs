@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::NetworkEvent;
 use crate::identity::PeerId;
+use crate::socket::reliable::Reliable;
 use crate::socket::{ConnectionId, SocketShared};
 
 #[derive(Debug, Default)]
@@ -35,6 +36,7 @@ pub(crate) struct Counters {
     pub(crate) broadcast_skipped_full: Counter,
     pub(crate) reconnects: Counter,
     pub(crate) bans: Counter,
+    pub(crate) offline_full: Counter,
     pub(crate) inbound_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -65,6 +67,9 @@ pub struct NetworkStats {
     pub reconnects: u64,
     /// Bans imposed (by score or by the application).
     pub bans: u64,
+    /// Messages refused by `try_send`/`try_broadcast` because a persistent peer's reliable
+    /// buffer was full while the peer was away.
+    pub offline_full: u64,
     /// Inbound connections refused by a limit, by reason (`per_ip`, `max_inbound`).
     pub inbound_refused: BTreeMap<&'static str, u64>,
     /// Connections in any state now.
@@ -84,6 +89,9 @@ pub(crate) struct Shared {
     pub(crate) connections: RwLock<HashMap<ConnectionId, Arc<SocketShared>>>,
     pub(crate) events: broadcast::Sender<NetworkEvent>,
     pub(crate) counters: Counters,
+    /// The reliable stream of each persistent peer (fixed at start), used whether or not the
+    /// peer is connected.
+    pub(crate) reliable: HashMap<PeerId, Arc<Reliable>>,
     /// The actor task, joined by the first `shutdown` call.
     pub(crate) actor: Mutex<Option<JoinHandle<()>>>,
 }
@@ -97,6 +105,7 @@ impl Shared {
             broadcast_skipped_full: self.counters.broadcast_skipped_full.get(),
             reconnects: self.counters.reconnects.get(),
             bans: self.counters.bans.get(),
+            offline_full: self.counters.offline_full.get(),
             inbound_refused: self.counters.inbound_refused.lock().clone(),
             connections: self.connections.read().len(),
             peers: self.peers.read().len(),

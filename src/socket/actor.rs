@@ -17,12 +17,14 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::rate::TokenBucket;
 use super::reader::Reader;
+use super::reliable::{RecvSeq, Reliable};
 use super::writer::{WriteEnd, Writer};
 use super::{SocketContext, SocketShared, SocketState};
 use crate::handshake::{self, Established, HandshakeError, HandshakeParams};
 use crate::identity::PeerId;
 use crate::network::inbox::InboxSender;
 use crate::network::{Direction, DisconnectReason, NetworkError};
+use parking_lot::Mutex;
 
 /// The network's answer once a peer is proven.
 #[derive(Debug)]
@@ -33,6 +35,15 @@ pub(crate) enum Admission {
     Close(DisconnectReason),
 }
 
+/// The per-peer delivery state a connection works with, handed over at admission.
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    /// Our reliable stream to the peer, if it is a persistent peer.
+    pub(crate) reliable: Option<Arc<Reliable>>,
+    /// Our position in the peer's reliable stream (if it sends one).
+    pub(crate) recv: Arc<Mutex<RecvSeq>>,
+}
+
 /// What a socket tells the network.
 #[derive(Debug)]
 pub(crate) enum SocketEvent {
@@ -40,7 +51,7 @@ pub(crate) enum SocketEvent {
     Authenticated {
         shared: Arc<SocketShared>,
         peer: PeerId,
-        reply: oneshot::Sender<Admission>,
+        reply: oneshot::Sender<(Admission, Streams)>,
     },
     /// The connection is closed and all its tasks have ended. `error` is set when it never
     /// opened, for the caller of `connect`.
@@ -203,17 +214,29 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                 reply,
             })
             .await;
-        let admission = if asked.is_err() {
-            Admission::Close(DisconnectReason::Shutdown)
+        let refused = || {
+            (
+                Admission::Close(DisconnectReason::Shutdown),
+                Streams::default(),
+            )
+        };
+        let (admission, streams) = if asked.is_err() {
+            refused()
         } else {
             tokio::select! {
-                () = self.shared.cancel.cancelled() => Admission::Close(DisconnectReason::Shutdown),
-                a = admission => a.unwrap_or(Admission::Close(DisconnectReason::Shutdown)),
+                () = self.shared.cancel.cancelled() => refused(),
+                a = admission => a.unwrap_or_else(|_| refused()),
             }
         };
+        let mut writes_reliable = None;
         match admission {
             Admission::Open => {
                 self.shared.state.set(SocketState::Open);
+                if let Some(reliable) = &streams.reliable {
+                    // This connection now carries the stream: it resends what is unacknowledged.
+                    reliable.attach(&self.shared);
+                    writes_reliable = Some(reliable.clone());
+                }
             }
             Admission::Close(reason) => {
                 // Still run both tasks: the writer sends the goodbye, the reader delivers what
@@ -242,12 +265,16 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                     config.max_inbound_bytes_per_sec,
                     std::time::Instant::now(),
                 ),
+                recv: streams.recv.clone(),
+                seq: None,
+                reliable: streams.reliable.clone(),
             }
             .run(read_half, leftover, opener),
         );
         let mut writer: JoinHandle<WriteEnd> = tokio::spawn(
             Writer {
                 shared: self.shared.clone(),
+                reliable: writes_reliable,
                 batch_bytes: config.write_batch_bytes,
                 write_timeout: config.write_timeout,
             }
@@ -274,7 +301,7 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                 }
             }
         };
-        match first {
+        let reason = match first {
             Ended::Idle => {
                 let reason = DisconnectReason::IdleTimeout;
                 self.enter_closing(&reason);
@@ -332,7 +359,11 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                 }
                 reason
             }
+        };
+        if let Some(reliable) = &streams.reliable {
+            reliable.detach(&self.shared);
         }
+        reason
     }
 
     /// Moves to `Closing`, through `Errored` when the reason is a fault.

@@ -9,6 +9,7 @@ pub(crate) mod actor;
 pub(crate) mod queue;
 mod rate;
 mod reader;
+pub(crate) mod reliable;
 mod state;
 mod stats;
 mod writer;

@@ -39,6 +39,11 @@ struct Lanes {
     closed: bool,
     /// When a push first found the lane full since the writer last caught up.
     full_since: Option<Instant>,
+    /// The latest acknowledgement to send for the peer's reliable stream; later ones replace
+    /// earlier ones, so acknowledgements never pile up.
+    ack: Option<u64>,
+    /// The last acknowledgement taken by the writer (to skip repeats).
+    sent_ack: Option<u64>,
 }
 
 /// A refused push: why, and the message back.
@@ -144,6 +149,10 @@ impl SendQueue {
         {
             let mut lanes = self.lanes.lock();
             batch.control.extend(lanes.control.drain(..));
+            if let Some(next) = lanes.ack.take() {
+                lanes.sent_ack = Some(next);
+                batch.control.push(ControlMessage::Ack { next });
+            }
             let mut taken = 0;
             while let Some(front) = lanes.data.front() {
                 if taken > 0 && taken + front.len() > max_bytes {
@@ -167,6 +176,24 @@ impl SendQueue {
         if freed {
             self.room.notify_waiters();
         }
+    }
+
+    /// Wakes the writer (new reliable data, or a rewind).
+    pub(crate) fn wake(&self) {
+        self.writer_wake.notify_one();
+    }
+
+    /// Sets the acknowledgement to send next, replacing one not yet sent, so acknowledgements
+    /// never pile up.
+    pub(crate) fn set_ack(&self, next: u64) {
+        {
+            let mut lanes = self.lanes.lock();
+            if lanes.closed || lanes.sent_ack == Some(next) {
+                return;
+            }
+            lanes.ack = Some(next);
+        }
+        self.writer_wake.notify_one();
     }
 
     /// Takes only the waiting control messages (used between fragments of a large message).

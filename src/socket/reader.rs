@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::SocketShared;
 use super::rate::TokenBucket;
+use super::reliable::{RecvSeq, Reliable, Verdict};
 use crate::codec::cipher::Opener;
 use crate::codec::frame::FrameDecoder;
 use crate::codec::record::{Inbound, RecordDecoder};
@@ -18,6 +19,7 @@ use crate::codec::{ControlMessage, Violation, decode_control, decode_message};
 use crate::identity::PeerId;
 use crate::network::DisconnectReason;
 use crate::network::inbox::{DeliverError, InboxSender};
+use parking_lot::Mutex;
 
 pub(crate) struct Reader<M> {
     pub(crate) shared: Arc<SocketShared>,
@@ -30,6 +32,12 @@ pub(crate) struct Reader<M> {
     pub(crate) message_rate: TokenBucket,
     /// Inbound encoded bytes per second.
     pub(crate) byte_rate: TokenBucket,
+    /// Our position in this peer's reliable stream (shared with its other connections).
+    pub(crate) recv: Arc<Mutex<RecvSeq>>,
+    /// This connection's running sequence number, once the peer sent a resume marker.
+    pub(crate) seq: Option<u64>,
+    /// Our reliable stream to this peer, if it is a persistent peer (for its acks and rewinds).
+    pub(crate) reliable: Option<Arc<Reliable>>,
 }
 
 /// Why a frame's records made the reader stop.
@@ -89,32 +97,50 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
         let mut stop = None;
         let (mut messages, mut bytes) = (0u64, 0u64);
         let now = std::time::Instant::now();
+        let recv = self.recv.clone();
+        let mut recv = recv.lock();
         records.decode_frame(plaintext, &mut |item| {
             if stop.is_some() {
                 return;
             }
             match item {
-                Inbound::Message(encoded)
-                    if !(self.message_rate.try_take(1, now)
-                        && self.byte_rate.try_take(encoded.len() as u64, now)) =>
-                {
-                    self.shared.stats.dropped_rate_limited.fetch_add(1, Relaxed);
-                    stop = self.charge(&Violation::RateLimited);
-                }
-                Inbound::Message(encoded) => match decode_message::<M>(&encoded) {
-                    Ok(message) => {
-                        messages += 1;
-                        bytes += encoded.len() as u64;
-                        match self.inbox.try_deliver(self.peer, message, encoded.len()) {
-                            Ok(()) => {}
-                            Err(DeliverError::Full) => {
-                                self.shared.stats.dropped_inbox_full.fetch_add(1, Relaxed);
-                            }
-                            Err(DeliverError::Closed) => stop = Some(Stop::InboxClosed),
+                Inbound::Message(encoded) => {
+                    let verdict = match self.seq {
+                        Some(seq) => {
+                            self.seq = Some(seq + 1);
+                            recv.judge(seq)
                         }
+                        None => Verdict::Deliver,
+                    };
+                    if verdict != Verdict::Deliver {
+                        // Already delivered, or after a gap we asked the sender to refill.
+                        return;
                     }
-                    Err(violation) => stop = self.charge(&violation),
-                },
+                    if !(self.message_rate.try_take(1, now)
+                        && self.byte_rate.try_take(encoded.len() as u64, now))
+                    {
+                        self.shared.stats.dropped_rate_limited.fetch_add(1, Relaxed);
+                        self.undelivered(&mut recv);
+                        stop = self.charge(&Violation::RateLimited);
+                        return;
+                    }
+                    match decode_message::<M>(&encoded) {
+                        Ok(message) => {
+                            messages += 1;
+                            bytes += encoded.len() as u64;
+                            match self.inbox.try_deliver(self.peer, message, encoded.len()) {
+                                Ok(()) => {}
+                                Err(DeliverError::Full) => {
+                                    self.shared.stats.dropped_inbox_full.fetch_add(1, Relaxed);
+                                    self.undelivered(&mut recv);
+                                }
+                                Err(DeliverError::Closed) => stop = Some(Stop::InboxClosed),
+                            }
+                        }
+                        // The sender's fault: consumed (not resent), and charged.
+                        Err(violation) => stop = self.charge(&violation),
+                    }
+                }
                 Inbound::Control(encoded) => match decode_control(&encoded) {
                     Ok(ControlMessage::Goodbye { reason }) => stop = Some(Stop::Goodbye(reason)),
                     Ok(ControlMessage::Ping { nonce }) => {
@@ -124,14 +150,47 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
                             .push_control(ControlMessage::Pong { nonce });
                     }
                     Ok(ControlMessage::Pong { nonce }) => self.shared.pong(nonce),
+                    Ok(ControlMessage::Resume {
+                        incarnation,
+                        first_seq,
+                    }) => {
+                        recv.resume(incarnation, first_seq);
+                        self.seq = Some(first_seq);
+                    }
+                    Ok(ControlMessage::Ack { next }) => {
+                        if let Some(reliable) = &self.reliable {
+                            reliable.ack(next);
+                        }
+                    }
+                    Ok(ControlMessage::Rewind { from }) => {
+                        if let Some(reliable) = &self.reliable {
+                            reliable.rewind(from);
+                        }
+                    }
                     Err(violation) => stop = self.charge(&violation),
                 },
                 Inbound::Violation(violation) => stop = self.charge(&violation),
             }
         });
+        if self.seq.is_some() {
+            // Acknowledge only what reached the inbox; coalesced with any ack not yet sent.
+            self.shared.queue.set_ack(recv.ack());
+        }
+        drop(recv);
         self.shared.stats.messages_in.fetch_add(messages, Relaxed);
         self.shared.stats.bytes_in.fetch_add(bytes, Relaxed);
         stop
+    }
+
+    /// A sequenced message judged deliverable was dropped locally: ask for a resend from it.
+    fn undelivered(&self, recv: &mut RecvSeq) {
+        if self.seq.is_some() {
+            if let Some(from) = recv.dropped() {
+                self.shared
+                    .queue
+                    .push_control(ControlMessage::Rewind { from });
+            }
+        }
     }
 
     /// Charges a violation; returns a stop when the budget is spent.

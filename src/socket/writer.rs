@@ -11,10 +11,12 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::SocketShared;
 use super::queue::Batch;
+use super::reliable::{Reliable, Taken};
 use crate::codec::cipher::Sealer;
 use crate::codec::frame::FrameEncoder;
 use crate::codec::{CodecError, ControlMessage, GoodbyeReason, encode_control};
 use crate::network::DisconnectReason;
+use bytes::Bytes;
 
 /// How the write task ended.
 #[derive(Debug)]
@@ -29,6 +31,8 @@ pub(crate) enum WriteEnd {
 
 pub(crate) struct Writer {
     pub(crate) shared: Arc<SocketShared>,
+    /// The peer's reliable stream, when it is a persistent peer and this is its connection.
+    pub(crate) reliable: Option<Arc<Reliable>>,
     pub(crate) batch_bytes: usize,
     pub(crate) write_timeout: Duration,
 }
@@ -65,12 +69,23 @@ impl Writer {
     ) -> Result<GoodbyeReason, Fault> {
         let queue = &self.shared.queue;
         let mut batch = Batch::default();
+        let mut reliable = Taken::default();
         loop {
             queue.take_batch(self.batch_bytes, &mut batch);
             if batch.closed {
                 return Err(Fault::End(WriteEnd::Stopped));
             }
-            if batch.control.is_empty() && batch.data.is_empty() && batch.goodbye.is_none() {
+            let mut incarnation = 0;
+            if let Some(stream) = &self.reliable {
+                let mut buffer = stream.buffer.lock();
+                incarnation = buffer.incarnation();
+                buffer.take(self.batch_bytes, &mut reliable);
+            }
+            if batch.control.is_empty()
+                && batch.data.is_empty()
+                && batch.goodbye.is_none()
+                && reliable.messages.is_empty()
+            {
                 tokio::select! {
                     biased;
                     () = self.shared.cancel.cancelled() => return Err(Fault::End(WriteEnd::Stopped)),
@@ -80,42 +95,65 @@ impl Writer {
             for control in batch.control.drain(..) {
                 encoder.push_control(&encode_control(&control))?;
             }
-            let (mut messages, mut bytes) = (0u64, 0u64);
-            for message in batch.data.drain(..) {
-                let mut offset = 0;
-                loop {
-                    offset = encoder.push_message(&message, offset)?;
-                    if offset == message.len() {
-                        break;
-                    }
-                    // A large message: write what is ready, and let queued control messages
-                    // (pongs, a goodbye cannot be queued mid-message) go between its fragments.
-                    if encoder.buffered() >= self.batch_bytes {
-                        self.flush(stream, encoder).await?;
-                        let mut control = Batch::default();
-                        queue.take_control(&mut control);
-                        for c in control.control {
-                            encoder.push_control(&encode_control(&c))?;
-                        }
-                    }
-                }
-                messages += 1;
-                bytes += message.len() as u64;
+            if let Some(first_seq) = reliable.resume.take() {
+                // Taken together with the messages it numbers, so nothing can slip between.
+                encoder.push_control(&encode_control(&ControlMessage::Resume {
+                    incarnation,
+                    first_seq,
+                }))?;
             }
-            if let Some(reason) = batch.goodbye.take() {
+            let reliable_pending = !reliable.messages.is_empty();
+            let mut counts = (0u64, 0u64);
+            self.write_messages(stream, encoder, &mut batch.data, &mut counts)
+                .await?;
+            self.write_messages(stream, encoder, &mut reliable.messages, &mut counts)
+                .await?;
+            // The goodbye goes out once the reliable stream has nothing left to write either.
+            if let Some(reason) = batch.goodbye.take().filter(|_| !reliable_pending) {
                 encoder.push_control(&encode_control(&ControlMessage::Goodbye { reason }))?;
                 self.flush(stream, encoder).await?;
-                self.count(messages, bytes);
+                self.count(counts.0, counts.1);
                 // Half-close: the peer reads our goodbye, then EOF; we keep reading its rest.
                 let _ = stream.shutdown().await;
                 return Ok(reason);
             }
             self.flush(stream, encoder).await?;
-            self.count(messages, bytes);
+            self.count(counts.0, counts.1);
             if queue.full_for().is_some_and(|d| d >= self.write_timeout) {
                 return Err(Fault::End(WriteEnd::Failed(DisconnectReason::WriteStalled)));
             }
         }
+    }
+
+    /// Encodes `messages` (draining the vector), writing as it goes when a large message fills
+    /// the batch and letting queued control messages in between its fragments.
+    async fn write_messages<W: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut W,
+        encoder: &mut FrameEncoder,
+        messages: &mut Vec<Bytes>,
+        counts: &mut (u64, u64),
+    ) -> Result<(), Fault> {
+        for message in messages.drain(..) {
+            let mut offset = 0;
+            loop {
+                offset = encoder.push_message(&message, offset)?;
+                if offset == message.len() {
+                    break;
+                }
+                if encoder.buffered() >= self.batch_bytes {
+                    self.flush(stream, encoder).await?;
+                    let mut control = Batch::default();
+                    self.shared.queue.take_control(&mut control);
+                    for c in control.control {
+                        encoder.push_control(&encode_control(&c))?;
+                    }
+                }
+            }
+            counts.0 += 1;
+            counts.1 += message.len() as u64;
+        }
+        Ok(())
     }
 
     fn count(&self, messages: u64, bytes: u64) {

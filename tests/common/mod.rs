@@ -178,3 +178,103 @@ pub async fn mesh(n: usize, cfg: Config) -> Vec<(Network<Bytes>, Inbox<Bytes>)> 
     }
     nodes
 }
+
+/// A TCP forwarder between a dialer and `target` that a test can cut (dropping every live
+/// connection abruptly, losing whatever was in flight) or partition (refusing new ones).
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    state: std::sync::Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    blocked: std::sync::atomic::AtomicBool,
+    cut: tokio::sync::Notify,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Proxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), target).await
+    }
+
+    pub async fn start_at(listen: std::net::SocketAddr, target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(ProxyState {
+            blocked: false.into(),
+            cut: tokio::sync::Notify::new(),
+            generation: 0.into(),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if st.blocked.load(SeqCst) {
+                    continue; // dropped: the partition refuses it
+                }
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let st2 = st.clone();
+                let generation = st.generation.load(SeqCst);
+                tokio::spawn(async move {
+                    let (mut ir, mut iw) = inbound.into_split();
+                    let (mut or, mut ow) = outbound.into_split();
+                    let cut = async {
+                        loop {
+                            st2.cut.notified().await;
+                            if st2.generation.load(SeqCst) != generation {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut ir, &mut ow) => {}
+                        _ = tokio::io::copy(&mut or, &mut iw) => {}
+                        () = cut => {}
+                    }
+                    // Dropping all four halves closes both connections mid-stream.
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// Drops every live connection through the proxy.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.state.generation.fetch_add(1, SeqCst);
+        self.state.cut.notify_waiters();
+    }
+
+    /// Cuts and refuses new connections until `heal`.
+    pub fn partition(&self) {
+        self.state
+            .blocked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut();
+    }
+
+    pub fn heal(&self) {
+        self.state
+            .blocked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// A free loopback port (bound and released; fine for tests on loopback).
+pub fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}

@@ -1,0 +1,398 @@
+//! Reliable, ordered, exactly-once delivery to persistent peers across reconnects and restarts.
+//!
+//! Sender side, [`ReliableBuffer`] (one per persistent peer, outliving its connections): every
+//! accepted message gets the next sequence number and stays in the buffer until the peer
+//! acknowledges it. The connection's writer reads from a cursor; a new connection (or a rewind
+//! request) moves the cursor back to the oldest unacknowledged message and makes the next read
+//! start with a resume marker `(incarnation, first_seq)`, taken atomically with the data it
+//! numbers. The buffer is bounded by `offline_queue_capacity` messages and bytes.
+//!
+//! Receiver side, [`RecvSeq`] (one per sending peer, outliving connections): after a resume
+//! marker, messages on the connection are numbered implicitly from `first_seq`. A message is
+//! delivered only if it is the next expected one; older ones are duplicates (skipped), newer
+//! ones follow a local drop and are discarded until the sender resumes from the gap. A new
+//! incarnation (the sender restarted) resets the expectation.
+//!
+//! Both types are pure: no tasks, no clocks.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::SocketShared;
+
+/// Why a push into the buffer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReliableFull {
+    /// At the message or byte limit.
+    Full,
+}
+
+/// What the writer should send next: an optional resume marker, then messages in order.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    /// `Some(first_seq)` when the messages below restart the numbering at `first_seq`.
+    pub(crate) resume: Option<u64>,
+    pub(crate) messages: Vec<Bytes>,
+}
+
+/// The sender's buffer of unacknowledged messages for one persistent peer.
+#[derive(Debug)]
+pub(crate) struct ReliableBuffer {
+    /// This process's incarnation, so a restarted sender is told apart.
+    incarnation: u64,
+    unacked: VecDeque<Bytes>,
+    bytes: usize,
+    /// Sequence number of `unacked[0]` (or of the next message when empty).
+    base_seq: u64,
+    /// Index in `unacked` of the next message to write on the current connection.
+    cursor: usize,
+    /// The next take must start with a resume marker.
+    needs_resume: bool,
+    capacity: usize,
+    max_bytes: usize,
+    /// Messages written more than once (after a reconnect or rewind).
+    pub(crate) resent: u64,
+}
+
+impl ReliableBuffer {
+    pub(crate) fn new(incarnation: u64, capacity: usize, max_bytes: usize) -> Self {
+        Self {
+            incarnation,
+            unacked: VecDeque::new(),
+            bytes: 0,
+            base_seq: 0,
+            cursor: 0,
+            needs_resume: true,
+            capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
+            resent: 0,
+        }
+    }
+
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Accepts a message (one always fits into an empty buffer).
+    pub(crate) fn push(&mut self, message: Bytes) -> Result<(), (ReliableFull, Bytes)> {
+        let fits = self.unacked.is_empty()
+            || (self.unacked.len() < self.capacity && self.bytes + message.len() <= self.max_bytes);
+        if !fits {
+            return Err((ReliableFull::Full, message));
+        }
+        self.bytes += message.len();
+        self.unacked.push_back(message);
+        Ok(())
+    }
+
+    /// Whether anything is waiting to be written on the current connection.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.cursor < self.unacked.len()
+    }
+
+    /// Takes up to about `max_bytes` of unsent messages (at least one if any).
+    pub(crate) fn take(&mut self, max_bytes: usize, taken: &mut Taken) {
+        if !self.has_unsent() {
+            return;
+        }
+        if self.needs_resume {
+            taken.resume = Some(self.base_seq + self.cursor as u64);
+            self.needs_resume = false;
+        }
+        let mut size = 0;
+        while let Some(message) = self.unacked.get(self.cursor) {
+            if size > 0 && size + message.len() > max_bytes {
+                break;
+            }
+            size += message.len();
+            taken.messages.push(message.clone());
+            self.cursor += 1;
+        }
+    }
+
+    /// The peer has everything before `next_expected`: drop those. Returns how many were freed.
+    pub(crate) fn ack(&mut self, next_expected: u64) -> usize {
+        let mut freed = 0;
+        while self.base_seq < next_expected {
+            let Some(message) = self.unacked.pop_front() else {
+                // An ack beyond what was ever sent is a protocol violation by the peer; ignore
+                // the excess rather than trusting it.
+                break;
+            };
+            self.bytes -= message.len();
+            self.base_seq += 1;
+            self.cursor = self.cursor.saturating_sub(1);
+            freed += 1;
+        }
+        freed
+    }
+
+    /// A new connection: resend everything unacknowledged, starting with a resume marker.
+    pub(crate) fn restart(&mut self) {
+        self.resent += self.cursor as u64;
+        self.cursor = 0;
+        self.needs_resume = true;
+    }
+
+    /// The peer dropped messages from `from` on: resend from there (if still buffered).
+    pub(crate) fn rewind(&mut self, from: u64) {
+        if from < self.base_seq {
+            return self.restart();
+        }
+        let index = usize::try_from(from - self.base_seq).unwrap_or(usize::MAX);
+        if index < self.cursor {
+            self.resent += (self.cursor - index) as u64;
+            self.cursor = index;
+            self.needs_resume = true;
+        }
+    }
+
+    /// Messages accepted and not yet acknowledged, and their bytes.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        (self.unacked.len(), self.bytes)
+    }
+}
+
+/// A persistent peer's reliable stream as shared by senders, its connections and the network.
+#[derive(Debug)]
+pub(crate) struct Reliable {
+    pub(crate) buffer: Mutex<ReliableBuffer>,
+    /// Wakes senders waiting for room (acknowledgements free it).
+    pub(crate) room: Notify,
+    /// The connection currently writing this stream, if the peer is connected.
+    attached: Mutex<Option<Arc<SocketShared>>>,
+}
+
+impl Reliable {
+    pub(crate) fn new(incarnation: u64, capacity: usize, max_bytes: usize) -> Self {
+        Self {
+            buffer: Mutex::new(ReliableBuffer::new(incarnation, capacity, max_bytes)),
+            room: Notify::new(),
+            attached: Mutex::new(None),
+        }
+    }
+
+    /// Accepts a message and wakes the attached writer, if any.
+    pub(crate) fn push(&self, message: Bytes) -> Result<(), (ReliableFull, Bytes)> {
+        self.buffer.lock().push(message)?;
+        if let Some(socket) = &*self.attached.lock() {
+            socket.queue.wake();
+        }
+        Ok(())
+    }
+
+    /// Accepts a message, waiting for acknowledgements to make room.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if dropped before it returns, the message was not accepted.
+    pub(crate) async fn push_wait(&self, mut message: Bytes) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.push(message) {
+                Ok(()) => return,
+                Err((_, back)) => {
+                    message = back;
+                    room.await;
+                }
+            }
+        }
+    }
+
+    /// `socket` now carries this stream: resend everything unacknowledged on it.
+    pub(crate) fn attach(&self, socket: &Arc<SocketShared>) {
+        self.buffer.lock().restart();
+        *self.attached.lock() = Some(socket.clone());
+        socket.queue.wake();
+    }
+
+    /// `socket` closed: stop waking it (unless another connection took over already).
+    pub(crate) fn detach(&self, socket: &Arc<SocketShared>) {
+        let mut attached = self.attached.lock();
+        if attached.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
+            *attached = None;
+        }
+    }
+
+    /// The peer acknowledged everything before `next_expected`.
+    pub(crate) fn ack(&self, next_expected: u64) {
+        if self.buffer.lock().ack(next_expected) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// The peer asks for a resend from `from`.
+    pub(crate) fn rewind(&self, from: u64) {
+        self.buffer.lock().rewind(from);
+        if let Some(socket) = &*self.attached.lock() {
+            socket.queue.wake();
+        }
+    }
+}
+
+/// What the receiver does with the next sequenced message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The next expected message: deliver it (or call [`RecvSeq::dropped`] if that fails).
+    Deliver,
+    /// Already delivered before: skip it.
+    Duplicate,
+    /// After a gap the receiver made (a local drop): discard until the sender resumes.
+    Discard,
+}
+
+/// The receiver's position in one peer's reliable stream (shared by that peer's connections;
+/// each connection keeps its own running sequence number, see [`RecvSeq::resume`]).
+#[derive(Debug, Default)]
+pub(crate) struct RecvSeq {
+    incarnation: Option<u64>,
+    next_expected: u64,
+    /// A rewind was requested and no resume has arrived since.
+    awaiting_resume: bool,
+    pub(crate) duplicates: u64,
+}
+
+impl RecvSeq {
+    /// A resume marker arrived: the connection's next message has `first_seq`, which the caller
+    /// keeps as that connection's running sequence number.
+    pub(crate) fn resume(&mut self, incarnation: u64, first_seq: u64) {
+        if self.incarnation != Some(incarnation) {
+            // A sender we have not heard from, or one that restarted: its stream starts here.
+            self.incarnation = Some(incarnation);
+            self.next_expected = first_seq;
+        } else if first_seq > self.next_expected {
+            // The sender no longer has what we expected (it cannot happen with acks sent only
+            // after delivery); resynchronise rather than stall forever.
+            self.next_expected = first_seq;
+        }
+        self.awaiting_resume = false;
+    }
+
+    /// Classifies the message numbered `seq`.
+    pub(crate) fn judge(&mut self, seq: u64) -> Verdict {
+        if self.awaiting_resume || seq > self.next_expected {
+            Verdict::Discard
+        } else if seq < self.next_expected {
+            self.duplicates += 1;
+            Verdict::Duplicate
+        } else {
+            self.next_expected += 1;
+            Verdict::Deliver
+        }
+    }
+
+    /// The message just judged `Deliver` could not be delivered (inbox full): expect it again
+    /// and return the sequence number to ask the sender to rewind to, unless already asked.
+    pub(crate) fn dropped(&mut self) -> Option<u64> {
+        self.next_expected -= 1;
+        if self.awaiting_resume {
+            return None;
+        }
+        self.awaiting_resume = true;
+        Some(self.next_expected)
+    }
+
+    /// What to acknowledge: everything before this was delivered.
+    pub(crate) fn ack(&self) -> u64 {
+        self.next_expected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(i: u8) -> Bytes {
+        Bytes::from(vec![i])
+    }
+
+    fn take_all(b: &mut ReliableBuffer) -> (Option<u64>, Vec<u8>) {
+        let mut t = Taken::default();
+        b.take(usize::MAX, &mut t);
+        (t.resume, t.messages.iter().map(|x| x[0]).collect())
+    }
+
+    #[test]
+    fn sender_resends_unacked_after_restart_and_trims_on_ack() {
+        let mut b = ReliableBuffer::new(7, 100, 1000);
+        for i in 0..5 {
+            b.push(m(i)).unwrap();
+        }
+        assert_eq!(take_all(&mut b), (Some(0), vec![0, 1, 2, 3, 4]));
+        assert_eq!(take_all(&mut b), (None, vec![]));
+        assert_eq!(b.ack(3), 3);
+        b.push(m(5)).unwrap();
+        assert_eq!(take_all(&mut b), (None, vec![5]));
+        // The link dies: the next connection resends 3.. with a marker.
+        b.restart();
+        assert_eq!(take_all(&mut b), (Some(3), vec![3, 4, 5]));
+        assert_eq!(b.resent, 3);
+        // An ack beyond anything sent is not trusted past the buffer.
+        assert_eq!(b.ack(1000), 3);
+        assert_eq!(b.depth(), (0, 0));
+    }
+
+    #[test]
+    fn sender_is_bounded_and_rewinds_to_a_gap() {
+        let mut b = ReliableBuffer::new(1, 3, 1000);
+        for i in 0..3 {
+            b.push(m(i)).unwrap();
+        }
+        assert_eq!(b.push(m(9)).unwrap_err().0, ReliableFull::Full);
+        take_all(&mut b);
+        b.rewind(1);
+        assert_eq!(take_all(&mut b), (Some(1), vec![1, 2]));
+        b.ack(3);
+        assert!(b.push(m(3)).is_ok());
+    }
+
+    /// Judges `n` messages of a connection numbered from `first`.
+    fn judge_run(r: &mut RecvSeq, first: u64, n: u64) -> Vec<Verdict> {
+        (first..first + n).map(|seq| r.judge(seq)).collect()
+    }
+
+    #[test]
+    fn receiver_delivers_exactly_once_in_order_across_reconnects() {
+        let mut r = RecvSeq::default();
+        r.resume(7, 0);
+        assert_eq!(judge_run(&mut r, 0, 3), vec![Verdict::Deliver; 3]);
+        assert_eq!(r.ack(), 3);
+        // Reconnect: the sender resends from 1 (it had only seen an ack for 1).
+        r.resume(7, 1);
+        assert_eq!(
+            judge_run(&mut r, 1, 3),
+            vec![Verdict::Duplicate, Verdict::Duplicate, Verdict::Deliver]
+        );
+        assert_eq!(r.ack(), 4);
+        assert_eq!(r.duplicates, 2);
+    }
+
+    #[test]
+    fn receiver_drop_requests_one_rewind_and_discards_until_resumed() {
+        let mut r = RecvSeq::default();
+        r.resume(1, 10);
+        assert_eq!(r.judge(10), Verdict::Deliver);
+        assert_eq!(r.judge(11), Verdict::Deliver); // but the inbox is full
+        assert_eq!(r.dropped(), Some(11));
+        assert_eq!(r.judge(12), Verdict::Discard);
+        assert_eq!(r.judge(13), Verdict::Discard);
+        assert_eq!(r.ack(), 11);
+        r.resume(1, 11);
+        assert_eq!(judge_run(&mut r, 11, 2), vec![Verdict::Deliver; 2]);
+    }
+
+    #[test]
+    fn restarted_sender_starts_a_new_stream() {
+        let mut r = RecvSeq::default();
+        r.resume(1, 0);
+        judge_run(&mut r, 0, 50);
+        r.resume(2, 0);
+        assert_eq!(r.judge(0), Verdict::Deliver);
+        assert_eq!(r.ack(), 1);
+    }
+}
