@@ -81,13 +81,14 @@ pub enum ControlMessage {
 /// # Errors
 /// [`CodecError::Encode`] when serialization fails, [`CodecError::MessageTooLarge`] when too big.
 pub fn encode_message<M: Serialize + ?Sized>(message: &M, max: usize) -> Result<Bytes, CodecError> {
-    let bytes = postcard::to_allocvec(message).map_err(|e| CodecError::Encode(e.to_string()))?;
-    if bytes.len() > max {
-        return Err(CodecError::MessageTooLarge {
-            len: bytes.len(),
-            max,
-        });
+    let encode_error = |e: postcard::Error| CodecError::Encode(e.to_string());
+    // Measure first: an oversize message is refused before any allocation, and the buffer is
+    // allocated once at its exact size instead of growing by doubling (copying) as it fills.
+    let len = postcard::experimental::serialized_size(message).map_err(encode_error)?;
+    if len > max {
+        return Err(CodecError::MessageTooLarge { len, max });
     }
+    let bytes = postcard::to_extend(message, Vec::with_capacity(len)).map_err(encode_error)?;
     Ok(Bytes::from(bytes))
 }
 
