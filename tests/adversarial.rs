@@ -3,6 +3,8 @@
 //! memory stays bounded. Tests in this file run one at a time so that memory readings are
 //! meaningful.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
