@@ -268,6 +268,7 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                 recv: streams.recv.clone(),
                 seq: None,
                 reliable: streams.reliable.clone(),
+                pending_rewind: None,
             }
             .run(read_half, leftover, opener),
         );

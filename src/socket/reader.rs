@@ -38,6 +38,9 @@ pub(crate) struct Reader<M> {
     pub(crate) seq: Option<u64>,
     /// Our reliable stream to this peer, if it is a persistent peer (for its acks and rewinds).
     pub(crate) reliable: Option<Arc<Reliable>>,
+    /// A rewind request not yet queued (the control lane was full); retried after every frame,
+    /// since the stream from this peer is stalled until the sender gets it.
+    pub(crate) pending_rewind: Option<u64>,
 }
 
 /// Why a frame's records made the reader stop.
@@ -176,19 +179,27 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
             // Acknowledge only what reached the inbox; coalesced with any ack not yet sent.
             self.shared.queue.set_ack(recv.ack());
         }
+        if let Some(from) = self.pending_rewind {
+            if self
+                .shared
+                .queue
+                .push_control(ControlMessage::Rewind { from })
+            {
+                self.pending_rewind = None;
+            }
+        }
         drop(recv);
         self.shared.stats.messages_in.fetch_add(messages, Relaxed);
         self.shared.stats.bytes_in.fetch_add(bytes, Relaxed);
         stop
     }
 
-    /// A sequenced message judged deliverable was dropped locally: ask for a resend from it.
-    fn undelivered(&self, recv: &mut RecvSeq) {
+    /// A sequenced message judged deliverable was dropped locally: ask for a resend from it
+    /// (queued after this frame, with any acknowledgement).
+    fn undelivered(&mut self, recv: &mut RecvSeq) {
         if self.seq.is_some() {
             if let Some(from) = recv.dropped() {
-                self.shared
-                    .queue
-                    .push_control(ControlMessage::Rewind { from });
+                self.pending_rewind = Some(from);
             }
         }
     }
