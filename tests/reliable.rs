@@ -237,3 +237,44 @@ async fn offline_buffer_is_bounded_with_a_counted_policy() {
     assert_eq!(a.pending(b_id).unwrap().0, 100);
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_connection_mid_stream_keeps_exactly_once_in_order() {
+    let (b, mut b_in) = node(config().inbox_capacity(512)).await;
+    let (a, _ai) = sender_to(b.local_addr(), b.local_peer_id()).await;
+    let b_id = b.local_peer_id();
+    eventually("connected", || a.is_connected(b_id)).await;
+    const N: u32 = 20_000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                a.send(b_id, &numbered(i, 100)).await.unwrap();
+            }
+        })
+    };
+    let mut got = Vec::with_capacity(N as usize);
+    for _ in 0..5 {
+        let target = got.len() + 2000;
+        soon("progress", async {
+            while got.len() < target {
+                got.push(b_in.recv().await.unwrap());
+            }
+        })
+        .await;
+        // A newer connection from the same side replaces the one carrying the stream.
+        a.connect(b.local_addr()).await.unwrap();
+    }
+    soon("sender done", sender).await.unwrap();
+    soon("the rest", async {
+        while got.len() < N as usize {
+            got.push(b_in.recv().await.unwrap());
+        }
+    })
+    .await;
+    assert_run(&got, a.local_peer_id(), 0..N);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(b_in.try_recv().is_err(), "no duplicates");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -204,11 +204,31 @@ impl Reliable {
         }
     }
 
-    /// `socket` now carries this stream: resend everything unacknowledged on it.
+    /// `socket` now carries this stream: resend everything unacknowledged on it. Done under
+    /// the `attached` lock (then the buffer lock, the order `take_for` uses too), so no other
+    /// connection's writer can read the stream, or its resume marker, after this point.
     pub(crate) fn attach(&self, socket: &Arc<SocketShared>) {
+        let mut attached = self.attached.lock();
         self.buffer.lock().restart();
-        *self.attached.lock() = Some(socket.clone());
+        *attached = Some(socket.clone());
+        drop(attached);
         socket.queue.wake();
+    }
+
+    /// Takes the next messages for `socket`'s writer, only if `socket` carries the stream now;
+    /// returns the incarnation for the resume marker.
+    pub(crate) fn take_for(
+        &self,
+        socket: &Arc<SocketShared>,
+        max_bytes: usize,
+        taken: &mut Taken,
+    ) -> u64 {
+        let attached = self.attached.lock();
+        let mut buffer = self.buffer.lock();
+        if attached.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
+            buffer.take(max_bytes, taken);
+        }
+        buffer.incarnation()
     }
 
     /// `socket` closed: stop waking it (unless another connection took over already).

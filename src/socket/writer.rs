@@ -75,12 +75,10 @@ impl Writer {
             if batch.closed {
                 return Err(Fault::End(WriteEnd::Stopped));
             }
-            let mut incarnation = 0;
-            if let Some(stream) = &self.reliable {
-                let mut buffer = stream.buffer.lock();
-                incarnation = buffer.incarnation();
-                buffer.take(self.batch_bytes, &mut reliable);
-            }
+            let incarnation = match &self.reliable {
+                Some(stream) => stream.take_for(&self.shared, self.batch_bytes, &mut reliable),
+                None => 0,
+            };
             if batch.control.is_empty()
                 && batch.data.is_empty()
                 && batch.goodbye.is_none()
