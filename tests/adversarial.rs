@@ -102,9 +102,11 @@ fn failures(net: &Network<Bytes>, label: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_flood_beyond_the_cap() {
     let _serial = ONE_AT_A_TIME.lock().await;
+    // Per-IP limits lifted: this test is about the global cap on concurrent handshakes.
     let cfg = config()
         .max_concurrent_handshakes(4)
         .max_inbound_per_ip(1000)
+        .max_handshakes_per_ip_per_sec(0)
         .handshake_timeout(Duration::from_millis(600));
     let mut arena = Arena::new(cfg).await;
     // 200 clients that open a connection and then say nothing.
@@ -328,6 +330,7 @@ async fn connection_flood_beyond_the_limits() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cfg = config()
         .max_inbound_per_ip(8)
+        .max_handshakes_per_ip_per_sec(0)
         .handshake_timeout(Duration::from_millis(500));
     let mut arena = Arena::new(cfg).await;
     let mut flood = Vec::new();
@@ -383,5 +386,32 @@ async fn message_flood_beyond_the_rate_limit() {
     }
     assert!(from_flooder <= 1000 + 100, "{from_flooder}");
     arena.honest_exchange(300).await;
+    arena.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_rate_per_ip_refuses_a_burst_of_new_connections() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cfg = config()
+        .max_handshakes_per_ip_per_sec(10)
+        .max_inbound_per_ip(1000)
+        .handshake_timeout(Duration::from_millis(300));
+    let mut arena = Arena::new(cfg).await;
+    // 100 connections at once, each closed by its client right away: only the per-IP rate
+    // (burst 10, 10/s) stands between them and the handshake.
+    for _ in 0..100 {
+        drop(TcpStream::connect(arena.target.local_addr()).await.unwrap());
+    }
+    eventually("refused by rate", || {
+        let stats = arena.target.stats();
+        let refused = stats
+            .inbound_refused
+            .get("handshake_rate")
+            .copied()
+            .unwrap_or(0);
+        refused + stats.inbound_accepted >= 100 && refused >= 80
+    })
+    .await;
+    arena.honest_exchange(200).await;
     arena.finish().await;
 }

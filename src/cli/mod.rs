@@ -8,6 +8,7 @@ mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -82,6 +83,25 @@ pub(crate) struct NodeArgs {
     /// Serve Prometheus metrics on this address at GET /metrics.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
+    /// How often each connection sends a ping, in seconds (fractions allowed)
+    /// [default: the library's, 5 s].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) ping_interval: Option<Duration>,
+    /// Close a connection on which nothing arrives for this long, in seconds (fractions
+    /// allowed); must exceed the ping interval [default: the library's, 20 s].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Parses a positive, finite number of seconds such as `2` or `0.5`.
+fn parse_secs(text: &str) -> std::result::Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("{text:?}: expected a positive number of seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// Runs the chosen subcommand to completion.

@@ -36,6 +36,12 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     if let Some(max) = args.max_message_size {
         config.max_message_size = max;
     }
+    if let Some(interval) = args.ping_interval {
+        config.ping_interval = interval;
+    }
+    if let Some(timeout) = args.idle_timeout {
+        config.idle_timeout = timeout;
+    }
     for spec in &args.persistent {
         let (id, addr) = spec
             .split_once('@')

@@ -27,6 +27,7 @@ use super::{Direction, DisconnectReason, NetworkError, NetworkEvent};
 use crate::identity::PeerId;
 use crate::network::inbox::InboxSender;
 use crate::socket::actor::{Admission, SocketEvent, SocketTask, Streams};
+use crate::socket::rate::TokenBucket;
 use crate::socket::reliable::RecvSeq;
 use crate::socket::{ConnectionId, SocketContext, SocketShared, SocketState};
 
@@ -79,7 +80,12 @@ pub(crate) struct NetworkActor<M> {
     pub(crate) bans: Bans,
     /// Our position in each peer's reliable stream, kept across its connections.
     pub(crate) recv_states: HashMap<PeerId, Arc<parking_lot::Mutex<RecvSeq>>>,
+    /// New-connection rate per remote IP, with when each bucket was last used.
+    pub(crate) handshake_rates: HashMap<std::net::IpAddr, (TokenBucket, std::time::Instant)>,
 }
+
+/// Most remote IPs whose handshake rate is tracked; beyond it, buckets idle for a while go.
+const MAX_RATE_BUCKETS: usize = 4096;
 
 /// Most peers whose reliable-stream position is remembered while they are away.
 const MAX_RECV_STATES: usize = 4096;
@@ -262,6 +268,11 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
             tracing::debug!(%ip, "inbound connection refused: per-IP limit");
             return; // dropping the stream closes it; dropping the slot frees it
         }
+        if !self.handshake_allowed(ip) {
+            self.shared.counters.inbound_refused("handshake_rate");
+            tracing::debug!(%ip, "inbound connection refused: per-IP handshake rate");
+            return;
+        }
         let socket = self.new_socket(Direction::Inbound, accepted.addr);
         self.shared.counters.inbound_accepted.inc();
         let task = SocketTask {
@@ -273,6 +284,31 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
             _slot: Some(accepted.slot),
         };
         self.tracker.spawn(task.run(Some(accepted.stream)));
+    }
+
+    /// Takes a token from `ip`'s handshake bucket. The map is bounded: when full, buckets idle
+    /// for longer than it takes them to refill (one second) are forgotten, then, if still full,
+    /// the new IP shares the fate of being refused until room appears.
+    fn handshake_allowed(&mut self, ip: std::net::IpAddr) -> bool {
+        let rate = self.ctx.config.max_handshakes_per_ip_per_sec;
+        if rate == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if !self.handshake_rates.contains_key(&ip) && self.handshake_rates.len() >= MAX_RATE_BUCKETS
+        {
+            self.handshake_rates
+                .retain(|_, (_, used)| now.duration_since(*used).as_secs() < 1);
+            if self.handshake_rates.len() >= MAX_RATE_BUCKETS {
+                return false;
+            }
+        }
+        let (bucket, used) = self
+            .handshake_rates
+            .entry(ip)
+            .or_insert_with(|| (TokenBucket::new(rate, rate, now), now));
+        *used = now;
+        bucket.try_take(1, now)
     }
 
     fn socket_event(&mut self, event: SocketEvent, shutting_down: bool) {

@@ -71,6 +71,10 @@ pub struct Config {
     /// Connections (any state) from one IP address at once; a further one is closed right after
     /// `accept`, before any handshake work. Default 16.
     pub max_inbound_per_ip: usize,
+    /// New inbound connections (handshakes) accepted per second from one IP address, with a
+    /// burst of the same size; beyond it a connection is closed right after `accept`. 0 means
+    /// unlimited. Default 20.
+    pub max_handshakes_per_ip_per_sec: u64,
     /// Outbound connections at once; further `connect` calls fail with `OutboundLimit`. Dials of
     /// persistent peers and bootstrap addresses are not counted. Default 128.
     pub max_outbound: usize,
@@ -139,6 +143,7 @@ impl Default for Config {
             event_capacity: 1024,
             max_inbound: 128,
             max_inbound_per_ip: 16,
+            max_handshakes_per_ip_per_sec: 20,
             max_outbound: 128,
             max_concurrent_handshakes: 64,
             handshake_timeout: Duration::from_secs(10),
@@ -197,6 +202,8 @@ setters! {
     max_inbound: usize,
     /// Sets [`Config::max_inbound_per_ip`].
     max_inbound_per_ip: usize,
+    /// Sets [`Config::max_handshakes_per_ip_per_sec`].
+    max_handshakes_per_ip_per_sec: u64,
     /// Sets [`Config::max_outbound`].
     max_outbound: usize,
     /// Sets [`Config::max_concurrent_handshakes`].

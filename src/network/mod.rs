@@ -205,6 +205,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             pending: Default::default(),
             bans: bans::Bans::new(),
             recv_states: Default::default(),
+            handshake_rates: Default::default(),
             redial: redial::Redialer::new(
                 config.persistent_peers.iter().map(|p| (p.addr, p.id)),
                 config.bootstrap.iter().copied(),

@@ -7,7 +7,7 @@
 
 pub(crate) mod actor;
 pub(crate) mod queue;
-mod rate;
+pub(crate) mod rate;
 mod reader;
 pub(crate) mod reliable;
 mod state;
