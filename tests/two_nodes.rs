@@ -42,6 +42,13 @@ async fn two_nodes_send_both_ways_in_order() {
         assert_eq!(*from, b_id);
         assert_eq!(number_of(m), i as u32);
     }
+    // Counters are published once per frame, just after its messages reach the inbox.
+    eventually("counted", || {
+        a.peers()
+            .first()
+            .is_some_and(|p| p.stats.messages_in == u64::from(N))
+    })
+    .await;
     let info = a.peers();
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].peer, Some(b_id));
