@@ -44,9 +44,9 @@ async fn two_nodes_send_both_ways_in_order() {
     }
     // Counters are published once per frame, just after its messages reach the inbox.
     eventually("counted", || {
-        a.peers()
-            .first()
-            .is_some_and(|p| p.stats.messages_in == u64::from(N))
+        a.peers().first().is_some_and(|p| {
+            p.stats.messages_in == u64::from(N) && p.stats.messages_out == u64::from(N)
+        })
     })
     .await;
     let info = a.peers();
