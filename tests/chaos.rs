@@ -19,16 +19,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
+
+#[path = "common/child.rs"]
+mod child;
 /// Bound for any one awaited event ("soon"); generous, the tests never assert speed.
 const WAIT: Duration = Duration::from_secs(60);
 /// Prefix of every namespace these tests create (then the test process id).
@@ -143,38 +146,20 @@ struct Node {
 impl Node {
     fn spawn(name: String, namespace: &str, args: &[String]) -> Self {
         // `ip netns exec` enters the namespace and execs the program: the child is the node.
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", namespace, BIN])
             .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ip netns exec");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
+            .env("RUST_LOG", "info");
+        let child::Collected {
+            child,
+            stdin,
+            lines,
+            stderr,
+        } = child::spawn_collected(command, Stdio::piped());
         Self {
             name,
-            stdin: child.stdin.take(),
+            stdin,
             child,
             lines,
             seen: Vec::new(),

@@ -4,10 +4,10 @@
     reason = "test helpers: a panic with the child's output is the failure report"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,9 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// The demo does real work in a debug build on a possibly busy machine.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(120);
 const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
+
+#[path = "common/child.rs"]
+mod child;
 
 /// A running `peerwire` process whose stdout lines and stderr are collected by threads (so it
 /// never blocks on a full pipe). Killed on drop if still running, so a failed assertion never
@@ -33,41 +36,22 @@ struct Proc {
 impl Proc {
     /// Starts the program; with `keep_stdin` false its stdin is closed from the start.
     fn spawn(name: &'static str, args: &[&str], keep_stdin: bool) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(if keep_stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
+        let mut command = Command::new(BIN);
+        command.args(args).env("RUST_LOG", "info");
+        let stdin = if keep_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let child::Collected {
+            child,
+            stdin,
+            lines,
+            stderr,
+        } = child::spawn_collected(command, stdin);
         Self {
             name,
-            stdin: child.stdin.take(),
+            stdin,
             child,
             lines,
             seen: Vec::new(),
