@@ -75,7 +75,9 @@ pub struct BroadcastReport {
 /// the node shuts down gracefully, as with [`Network::shutdown`].
 ///
 /// `M` is the application's message type: anything `serde` can serialize, for example an enum of
-/// consensus messages, or [`bytes::Bytes`] for raw payloads.
+/// consensus messages, or [`bytes::Bytes`] for raw payloads. It must not be recursive (a type
+/// containing itself through `Box` or `Vec`) unless its own `Deserialize` bounds the depth: the
+/// decoder has no nesting limit, so a peer could otherwise overflow a task's stack.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
