@@ -31,6 +31,8 @@ pub struct FrameEncoder {
     out: BytesMut,
     /// Offset in `out` of the header of the frame being filled, if one is open.
     open_frame: Option<usize>,
+    /// Frames sealed into `out` since the last [`FrameEncoder::take_sealed_frames`].
+    sealed_frames: u64,
     max_plaintext: usize,
 }
 
@@ -47,6 +49,7 @@ impl FrameEncoder {
             sealer,
             out: BytesMut::with_capacity(64 * 1024),
             open_frame: None,
+            sealed_frames: 0,
             max_plaintext: max_plaintext.clamp(64, MAX_FRAME_PLAINTEXT),
         }
     }
@@ -139,7 +142,13 @@ impl FrameEncoder {
         self.out[start..body_start].copy_from_slice(&header);
         let tag = self.sealer.seal(&header, &mut self.out[body_start..])?;
         self.out.extend_from_slice(&tag);
+        self.sealed_frames += 1;
         Ok(())
+    }
+
+    /// How many frames were sealed since the last call (for the caller's counters).
+    pub fn take_sealed_frames(&mut self) -> u64 {
+        std::mem::take(&mut self.sealed_frames)
     }
 
     /// Seals the open frame, if any, so that [`FrameEncoder::output`] holds only complete frames.

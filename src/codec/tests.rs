@@ -77,6 +77,26 @@ fn small_and_large_messages_round_trip_with_interleaved_control() {
 }
 
 #[test]
+fn encoder_counts_the_frames_it_seals() {
+    let mut enc = FrameEncoder::with_frame_size(Sealer::new(&KEY), 256);
+    let message = vec![1u8; 1000];
+    let mut offset = 0;
+    while offset < message.len() {
+        offset = enc.push_message(&message, offset).unwrap();
+    }
+    enc.seal().unwrap();
+    let mut frames = FrameDecoder::new(Opener::new(&KEY));
+    let mut buf = enc.output().split();
+    let mut decoded = 0;
+    while frames.decode(&mut buf).unwrap().is_some() {
+        decoded += 1;
+    }
+    assert!(decoded > 1);
+    assert_eq!(enc.take_sealed_frames(), decoded);
+    assert_eq!(enc.take_sealed_frames(), 0, "taking resets the count");
+}
+
+#[test]
 fn a_message_of_max_size_spanning_many_frames_arrives_intact() {
     let big: Vec<u8> = (0..(3 * 1024 * 1024 + 17))
         .map(|i| (i % 251) as u8)

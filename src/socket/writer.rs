@@ -167,11 +167,11 @@ impl Writer {
         encoder: &mut FrameEncoder,
     ) -> Result<(), Fault> {
         encoder.seal()?;
+        let frames = encoder.take_sealed_frames();
         let out = encoder.output();
         if out.is_empty() {
             return Ok(());
         }
-        let frames = count_frames(out);
         let write = tokio::time::timeout(self.write_timeout, stream.write_all(out));
         let result = tokio::select! {
             biased;
@@ -188,15 +188,4 @@ impl Writer {
             Err(_) => Err(Fault::End(WriteEnd::Failed(DisconnectReason::WriteStalled))),
         }
     }
-}
-
-/// Counts the sealed frames in an output buffer (walks the length headers).
-fn count_frames(out: &[u8]) -> u64 {
-    let (mut at, mut n) = (0usize, 0u64);
-    while at + 4 <= out.len() {
-        let len = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
-        at += 4 + len;
-        n += 1;
-    }
-    n
 }
