@@ -345,7 +345,7 @@ impl<M: Serialize> Network<M> {
             // A persistent peer: accepted whether or not it is connected now.
             return reliable
                 .push(message)
-                .map_err(|(_, message)| (SendRefusal::Full, message));
+                .map_err(|message| (SendRefusal::Full, message));
         }
         let peers = self.shared.peers.read();
         let Some(link) = peers.get(&peer) else {

@@ -24,13 +24,6 @@ use tokio::sync::Notify;
 
 use super::SocketShared;
 
-/// Why a push into the buffer was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReliableFull {
-    /// At the message or byte limit.
-    Full,
-}
-
 /// What the writer should send next: an optional resume marker, then messages in order.
 #[derive(Debug, Default)]
 pub(crate) struct Taken {
@@ -77,12 +70,12 @@ impl ReliableBuffer {
         self.incarnation
     }
 
-    /// Accepts a message (one always fits into an empty buffer).
-    pub(crate) fn push(&mut self, message: Bytes) -> Result<(), (ReliableFull, Bytes)> {
+    /// Accepts a message (one always fits into an empty buffer); when full, hands it back.
+    pub(crate) fn push(&mut self, message: Bytes) -> Result<(), Bytes> {
         let fits = self.unacked.is_empty()
             || (self.unacked.len() < self.capacity && self.bytes + message.len() <= self.max_bytes);
         if !fits {
-            return Err((ReliableFull::Full, message));
+            return Err(message);
         }
         self.bytes += message.len();
         self.unacked.push_back(message);
@@ -176,8 +169,8 @@ impl Reliable {
         }
     }
 
-    /// Accepts a message and wakes the attached writer, if any.
-    pub(crate) fn push(&self, message: Bytes) -> Result<(), (ReliableFull, Bytes)> {
+    /// Accepts a message and wakes the attached writer, if any; when full, hands it back.
+    pub(crate) fn push(&self, message: Bytes) -> Result<(), Bytes> {
         self.buffer.lock().push(message)?;
         if let Some(socket) = &*self.attached.lock() {
             socket.queue.wake();
@@ -196,7 +189,7 @@ impl Reliable {
             room.as_mut().enable();
             match self.push(message) {
                 Ok(()) => return,
-                Err((_, back)) => {
+                Err(back) => {
                     message = back;
                     room.await;
                 }
@@ -363,7 +356,7 @@ mod tests {
         for i in 0..3 {
             b.push(m(i)).unwrap();
         }
-        assert_eq!(b.push(m(9)).unwrap_err().0, ReliableFull::Full);
+        assert_eq!(b.push(m(9)).unwrap_err(), m(9), "refused and handed back");
         take_all(&mut b);
         b.rewind(1);
         assert_eq!(take_all(&mut b), (Some(1), vec![1, 2]));
