@@ -5,16 +5,19 @@
 //!
 //! Topology per test: one namespace holding only a bridge (`br0`), and one namespace per node
 //! whose `eth0` is a veth paired with `vN` on that bridge, addressed `10.213.S.N/24` (`S` differs
-//! per test). Nothing is created in the root namespace and no traffic can leave these
-//! namespaces. Names carry the test process id, so parallel or repeated runs never collide; a
-//! guard kills the nodes and deletes the namespaces on drop, also when a test panics, and
-//! namespaces left behind by a test process that was killed are removed by a later run (once
-//! ten minutes old).
+//! per test). The lossy test puts `tc netem delay 100ms loss 5%` on every `eth0`; on a kernel
+//! without netem (`sch_netem`) it wires the nodes differently: each `eth0` is a TUN device of the
+//! userspace link emulator (`common/link_emulator.rs`), which delays every packet by 100 ms and
+//! drops 5% of them at random, the same impairment, with a `note:` on stderr saying so. The TUN
+//! devices are created by the test process, down and without addresses, and moved into the node
+//! namespaces before they are configured; no traffic can leave these namespaces. Names carry the
+//! test process id, so parallel or repeated runs never collide; a guard kills the nodes and
+//! deletes the namespaces on drop, also when a test panics, and namespaces left behind by a test
+//! process that was killed are removed by a later run (once ten minutes old).
 //!
-//! Needs root, `ip` (iproute2, with `ip netns`) and `tc`. Without them each test prints
-//! `skipped: ...` to stderr and returns. A kernel without netem (`sch_netem`) gets the lossy
-//! test's 5% loss from a classic-BPF `tc` filter instead, without the added delay, and a `note:`
-//! on stderr saying so. Run with `--nocapture` to see the progress notes; set
+//! Needs root, `ip` (iproute2, with `ip netns`), `tc` and, for the emulator, `/dev/net/tun`.
+//! Without them each test prints `skipped: ...` to stderr and returns. Run with `--nocapture` to
+//! see the progress notes (measured round trips and the impairment's counters among them); set
 //! `PEERWIRE_CHAOS_LOGS=DIR` to keep every node's full output in `DIR`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,12 +35,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/link_emulator.rs"]
+mod link_emulator;
+
+use link_emulator::LinkEmulator;
 /// Bound for any one awaited event ("soon"); generous, the tests never assert speed.
 const WAIT: Duration = Duration::from_secs(60);
 /// Prefix of every namespace these tests create (then the test process id).
 const PREFIX: &str = "pwchaos";
 const PORT: u16 = 7400;
 const NETWORK_ID: &str = "chaos";
+/// Where a node serves its metrics when asked to, inside its own namespace.
+const METRICS_PORT: u16 = 9100;
+const METRICS_ADDR: &str = "0.0.0.0:9100";
 /// If set, a directory where every node's full stdout and stderr are written at the end.
 const LOGS_ENV: &str = "PEERWIRE_CHAOS_LOGS";
 
@@ -72,6 +82,25 @@ fn unsupported() -> Option<String> {
     }
     let _ = run("ip", &["netns", "del", &probe]);
     None
+}
+
+/// Whether the kernel has netem, tried on the loopback device of a scratch namespace.
+fn netem_available() -> Result<(), String> {
+    let probe = format!(
+        "{PREFIX}-{}-probe{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    );
+    run("ip", &["netns", "add", &probe])?;
+    let tried = run(
+        "ip",
+        &[
+            "netns", "exec", &probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
+            "1ms",
+        ],
+    );
+    let _ = run("ip", &["netns", "del", &probe]);
+    tried.map(|_| ())
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -228,13 +257,21 @@ impl Drop for Node {
 // ---------------------------------------------------------------------------------------------
 // The lab: namespaces, keys, nodes
 
+/// How the nodes' interfaces are joined.
+#[derive(Clone, Copy)]
+enum Wiring {
+    /// veth pairs on a kernel bridge in a namespace of its own.
+    Bridge,
+    /// TUN devices joined by the userspace link emulator, which delays and drops packets.
+    Emulated { delay: Duration, loss_percent: u32 },
+}
+
 /// How the links of the lossy test were impaired.
 enum Impairment {
     /// `tc netem delay 100ms loss 5%` on every node's interface.
     Netem,
-    /// This kernel has no netem: 5% random loss by a classic-BPF `tc` filter on every bridge
-    /// port (towards each node), and no added delay.
-    BpfLoss,
+    /// This kernel has no netem: the userspace link emulator with the same delay and loss.
+    Emulated,
 }
 
 /// Namespaces, key files and node processes of one test; the guard that removes them.
@@ -249,12 +286,14 @@ struct Lab {
     /// Processes that were killed or stopped, kept for the failure report.
     gone: Vec<Node>,
     started: Instant,
+    /// The userspace link emulator joining the nodes, when they are wired to it.
+    emulator: Option<LinkEmulator>,
 }
 
 impl Lab {
     /// Builds `n` namespaces on one bridge and creates the node keys, or prints why the test is
     /// skipped and returns `None`.
-    fn create(test: &str, subnet: u8, n: usize) -> Option<Self> {
+    fn create(test: &str, subnet: u8, n: usize, wiring: Wiring) -> Option<Self> {
         if let Some(reason) = unsupported() {
             eprintln!("skipped: {reason}");
             return None;
@@ -274,7 +313,16 @@ impl Lab {
             nodes: (0..n).map(|_| None).collect(),
             gone: Vec::new(),
             started: Instant::now(),
+            emulator: None,
         };
+        if let Wiring::Emulated {
+            delay,
+            loss_percent,
+        } = wiring
+        {
+            lab.create_emulated(n, delay, loss_percent);
+            return Some(lab);
+        }
         // Each namespace is recorded as soon as it exists, so the guard removes whatever was
         // made if a later step fails.
         let bridge = lab.bridge.clone();
@@ -289,7 +337,6 @@ impl Lab {
         for i in 0..n {
             let ns = lab.namespace(i);
             let port = lab.bridge_port(i);
-            let cidr = format!("{}/24", lab.ip(i));
             lab.sh("ip", &["netns", "add", &ns]);
             lab.namespaces.push(ns.clone());
             lab.sh(
@@ -304,16 +351,49 @@ impl Lab {
                 &["-n", &bridge, "link", "set", &port, "master", "br0"],
             );
             lab.sh("ip", &["-n", &bridge, "link", "set", &port, "up"]);
-            lab.sh("ip", &["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
-            lab.sh("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-            lab.sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-            let key = peerwire::Keypair::load_or_create(&lab.key(i)).unwrap();
-            lab.ids.push(key.peer_id().to_string());
+            lab.configure_node(i);
         }
         lab.note(&format!(
             "{n} namespaces on bridge {bridge}, 10.213.{subnet}.0/24"
         ));
         Some(lab)
+    }
+
+    /// The nodes' namespaces, each with a TUN device from the link emulator as `eth0`.
+    fn create_emulated(&mut self, n: usize, delay: Duration, loss_percent: u32) {
+        // At most 15 bytes, and unique among the tests of all processes: pid, subnet, node.
+        let devices: Vec<String> = (0..n)
+            .map(|i| format!("pw{}s{}e{}", std::process::id(), self.subnet, i + 1))
+            .collect();
+        let emulator = LinkEmulator::start(&devices, [10, 213, self.subnet], delay, loss_percent)
+            .unwrap_or_else(|e| self.fail(&format!("cannot start the link emulator: {e}")));
+        self.emulator = Some(emulator);
+        for (i, device) in devices.iter().enumerate() {
+            let ns = self.namespace(i);
+            self.sh("ip", &["netns", "add", &ns]);
+            self.namespaces.push(ns.clone());
+            self.sh("ip", &["link", "set", device, "netns", &ns]);
+            self.sh("ip", &["-n", &ns, "link", "set", device, "name", "eth0"]);
+            self.configure_node(i);
+        }
+        self.note(&format!(
+            "{n} namespaces joined by the userspace link emulator ({} ms delay, {loss_percent}% \
+             loss per packet), 10.213.{}.0/24",
+            delay.as_millis(),
+            self.subnet
+        ));
+    }
+
+    /// Addresses node `i`'s `eth0` (already in its namespace), brings it and `lo` up, and
+    /// creates the node's key.
+    fn configure_node(&mut self, i: usize) {
+        let ns = self.namespace(i);
+        let cidr = format!("{}/24", self.ip(i));
+        self.sh("ip", &["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
+        self.sh("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        self.sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        let key = peerwire::Keypair::load_or_create(&self.key(i)).unwrap();
+        self.ids.push(key.peer_id().to_string());
     }
 
     fn namespace(&self, i: usize) -> String {
@@ -351,87 +431,78 @@ impl Lab {
         }
     }
 
-    /// Impairs every node's interface: netem if the kernel has it, else random loss by a `tc`
-    /// BPF filter. `Err` says why neither is possible.
-    fn impair_all(&self) -> Result<Impairment, String> {
-        let netem = |ns: &str| {
-            run(
+    /// Puts `tc netem delay 100ms loss 5%` on every node's interface.
+    fn netem_all(&self) {
+        for i in 0..self.nodes.len() {
+            self.sh(
                 "ip",
                 &[
-                    "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
-                    "delay", "100ms", "loss", "5%",
+                    "netns",
+                    "exec",
+                    &self.namespace(i),
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    "eth0",
+                    "root",
+                    "netem",
+                    "delay",
+                    "100ms",
+                    "loss",
+                    "5%",
                 ],
-            )
-        };
-        let first = self.namespace(0);
-        match netem(&first) {
-            Ok(_) => {
-                for i in 1..self.nodes.len() {
-                    if let Err(e) = netem(&self.namespace(i)) {
-                        self.fail(&e);
-                    }
-                }
-                self.note("netem delay 100ms loss 5% on every node's eth0");
-                return Ok(Impairment::Netem);
-            }
-            Err(netem_error) => {
-                eprintln!(
-                    "note: netem is not available here ({netem_error}); emulating 5% loss \
-                     with a tc BPF filter instead, without the 100 ms delay"
-                );
-            }
+            );
         }
-        // Classic BPF: A = random u32; drop (TC_ACT_SHOT) if A <= 5% of 2^32, else pass. On the
-        // bridge side of each veth (traffic towards the node), so that a dropped packet is lost
-        // on the wire for the sender's TCP, not refused locally (which TCP would just retry).
-        const DROP_5_PERCENT: &str = "4,32 0 0 4294963256,37 1 0 214748364,6 0 0 2,6 0 0 0";
-        for i in 0..self.nodes.len() {
-            let port = self.bridge_port(i);
-            let tc = |args: &[&str]| {
-                let mut all = vec!["netns", "exec", &self.bridge, "tc"];
-                all.extend_from_slice(args);
-                run("ip", &all)
-            };
-            tc(&["qdisc", "add", "dev", &port, "clsact"])
-                .and_then(|_| {
-                    tc(&[
-                        "filter",
-                        "add",
-                        "dev",
-                        &port,
-                        "egress",
-                        "bpf",
-                        "da",
-                        "bytecode",
-                        DROP_5_PERCENT,
-                    ])
-                })
-                .map_err(|e| format!("neither netem nor a tc BPF filter works here: {e}"))?;
-        }
-        self.note("5% random loss (tc clsact + BPF) towards every node, on the bridge ports");
-        Ok(Impairment::BpfLoss)
+        self.note("netem delay 100ms loss 5% on every node's eth0");
     }
 
-    /// Drop counters of the impairment of node `i`'s link, for the notes.
-    fn drops(&self, i: usize, how: &Impairment) -> String {
-        let (ns, dev) = match how {
-            Impairment::Netem => (self.namespace(i), "eth0".to_owned()),
-            Impairment::BpfLoss => (self.bridge.clone(), self.bridge_port(i)),
-        };
-        run(
+    /// The round trips node `i` measured to its peers (zero until known), read from its metrics endpoint (started
+    /// with `--metrics` [`METRICS_ADDR`]) from inside its namespace.
+    fn peer_rtts(&self, i: usize) -> Vec<Duration> {
+        let fetch = format!(
+            "exec 3<>/dev/tcp/{}/{METRICS_PORT} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 \
+             && cat <&3",
+            self.ip(i)
+        );
+        let text = run(
             "ip",
-            &[
-                "netns", "exec", &ns, "tc", "-s", "qdisc", "show", "dev", &dev,
-            ],
+            &["netns", "exec", &self.namespace(i), "bash", "-c", &fetch],
         )
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.contains("dropped") && !l.contains("Sent 0 bytes"))
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .unwrap_or_default()
+        .unwrap_or_else(|e| self.fail(&format!("cannot read n{}'s metrics: {e}", i + 1)));
+        text.lines()
+            .filter(|l| l.starts_with("peerwire_peer_rtt_microseconds{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .map(Duration::from_micros)
+            .collect()
+    }
+
+    /// What the impairment did, for the notes: the emulator's counters, or netem's drop
+    /// counters on every node's interface.
+    fn impairment_report(&self) -> String {
+        if let Some(emulator) = &self.emulator {
+            return emulator.counters.summary();
+        }
+        let per_node: Vec<String> = (0..self.nodes.len())
+            .map(|i| {
+                let ns = self.namespace(i);
+                run(
+                    "ip",
+                    &[
+                        "netns", "exec", &ns, "tc", "-s", "qdisc", "show", "dev", "eth0",
+                    ],
+                )
+                .map(|s| {
+                    s.lines()
+                        .filter(|l| l.contains("dropped"))
+                        .map(str::trim)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default()
+            })
+            .collect();
+        per_node.join(" | ")
     }
 
     /// The command line of node `i`: its address and key, every other node as persistent.
@@ -771,23 +842,42 @@ fn without_index(expected: &[(usize, Vec<String>, usize)]) -> Vec<(usize, Vec<St
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-/// Four nodes on links with 100 ms delay and 5% loss each way (netem): every node broadcasts
-/// 200 numbered lines; every other node prints each exactly once, in order per sender.
+/// Four nodes on links with 100 ms delay and 5% loss on every packet (netem, or the userspace
+/// link emulator where the kernel has no netem): every node broadcasts 200 numbered lines; every
+/// other node prints each exactly once, in order per sender.
 #[test]
 fn lossy_slow_links_lose_nothing() {
     const NODES: usize = 4;
     const LINES: usize = 200;
-    let Some(mut lab) = Lab::create("lossy", 1, NODES) else {
+    const DELAY: Duration = Duration::from_millis(100);
+    const LOSS_PERCENT: u32 = 5;
+    if let Some(reason) = unsupported() {
+        eprintln!("skipped: {reason}");
         return;
-    };
-    let impairment = match lab.impair_all() {
-        Ok(how) => how,
-        Err(reason) => {
-            eprintln!("skipped: {reason}");
+    }
+    let (wiring, impairment) = match netem_available() {
+        Ok(()) => (Wiring::Bridge, Impairment::Netem),
+        Err(why) if !std::path::Path::new("/dev/net/tun").exists() => {
+            eprintln!("skipped: neither netem ({why}) nor /dev/net/tun for the link emulator");
             return;
         }
+        Err(why) => {
+            eprintln!("note: no netem here ({why}); using the userspace link emulator");
+            let wiring = Wiring::Emulated {
+                delay: DELAY,
+                loss_percent: LOSS_PERCENT,
+            };
+            (wiring, Impairment::Emulated)
+        }
     };
-    lab.start_all(&[]);
+    let Some(mut lab) = Lab::create("lossy", 1, NODES, wiring) else {
+        return;
+    };
+    if let Impairment::Netem = impairment {
+        lab.netem_all();
+    }
+    // Pings every half second give each link a measured round trip; metrics show it.
+    lab.start_all(&["--ping-interval", "0.5", "--metrics", METRICS_ADDR]);
     lab.wait_mesh();
 
     let mut sent = vec![Vec::new(); NODES];
@@ -804,20 +894,42 @@ fn lossy_slow_links_lose_nothing() {
         lab.wait_delivered(i, &without_index(&expected));
     }
     lab.note("every last line arrived everywhere");
-    let drops: Vec<String> = (0..NODES).map(|i| lab.drops(i, &impairment)).collect();
+    // The links really were slow: every node measured at least twice the one-way delay to
+    // every peer (a floor the impairment sets, not a speed of peerwire's).
+    for i in 0..NODES {
+        let deadline = Instant::now() + WAIT;
+        let mut rtts = lab.peer_rtts(i);
+        // Zero until a first pong is back, which loss can hold up.
+        while (rtts.len() != NODES - 1 || rtts.contains(&Duration::ZERO))
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(200));
+            rtts = lab.peer_rtts(i);
+        }
+        let floor = 2 * DELAY - Duration::from_millis(10);
+        if rtts.len() != NODES - 1 || rtts.iter().any(|rtt| *rtt < floor) {
+            lab.fail(&format!(
+                "n{} measured round trips {rtts:?}; expected {} peers, each over {floor:?}",
+                i + 1,
+                NODES - 1
+            ));
+        }
+        lab.note(&format!("n{} round trips: {rtts:?}", i + 1));
+    }
+    let report = lab.impairment_report();
     lab.stop_all();
     for i in 0..NODES {
         let expected = all_from_others(&sent, i);
         lab.check(i, &expected);
     }
     lab.note(&format!(
-        "all {} deliveries exactly once and in order ({}); drop counters: {}",
+        "all {} deliveries exactly once and in order ({}); {}",
         NODES * (NODES - 1) * LINES,
         match impairment {
             Impairment::Netem => "netem delay 100ms loss 5%",
-            Impairment::BpfLoss => "5% BPF loss, no added delay: netem missing",
+            Impairment::Emulated => "userspace link emulator, 100 ms delay, 5% loss",
         },
-        drops.join(" | ")
+        report
     ));
 }
 
@@ -830,7 +942,7 @@ fn partitioned_node_heals_and_loses_nothing() {
     const NODES: usize = 4;
     const PART: usize = NODES - 1;
     const BATCH: usize = 30;
-    let Some(mut lab) = Lab::create("partition", 2, NODES) else {
+    let Some(mut lab) = Lab::create("partition", 2, NODES, Wiring::Bridge) else {
         return;
     };
     // Short liveness timers so the partition is detected in seconds, not 20 s.
@@ -910,7 +1022,7 @@ fn killed_node_restarts_and_is_reconnected() {
     const NODES: usize = 4;
     const VICTIM: usize = 1;
     const BATCH: usize = 30;
-    let Some(mut lab) = Lab::create("restart", 3, NODES) else {
+    let Some(mut lab) = Lab::create("restart", 3, NODES, Wiring::Bridge) else {
         return;
     };
     let others: Vec<usize> = (0..NODES).filter(|&i| i != VICTIM).collect();

@@ -1,0 +1,159 @@
+//! A userspace stand-in for `tc netem delay D loss P%`, for kernels built without netem.
+//!
+//! Each node gets a TUN device as its network interface, so every IPv4 packet a node sends
+//! reaches this process instead of a wire. One thread per device reads the packets, drops a
+//! random share of them (the loss), and hands the rest to a delay thread that writes each one
+//! into the TUN device of the node owning its destination address once the delay has passed.
+//! Every packet crosses the emulator exactly once, as it would cross one netem qdisc on the
+//! sender's interface: one-way delay `D`, round trip `2D`, independent loss `P` per packet.
+//! The delay is the same for every packet, so packets keep their order, as with netem.
+//!
+//! The devices are created in the caller's namespace, down and without addresses; the caller
+//! moves each into its node's namespace before configuring it. When a namespace is deleted its
+//! device goes with it, the blocked read of that device fails and its thread ends; the delay
+//! thread ends when every reader has.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tappers::{Interface, Tun};
+
+/// What the emulator did with the packets it read, for the test's notes.
+#[derive(Default)]
+pub(crate) struct LinkCounters {
+    /// Written into the destination node's device after the delay.
+    pub(crate) delivered: AtomicU64,
+    /// Dropped at random: the emulated loss.
+    pub(crate) lost: AtomicU64,
+    /// Not IPv4 to an address of the emulated subnet (IPv6 router solicitations, say): dropped.
+    pub(crate) unroutable: AtomicU64,
+    /// The destination device refused the write (down, or being deleted).
+    pub(crate) refused: AtomicU64,
+}
+
+impl LinkCounters {
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "{} packets delivered, {} lost at random, {} not routable, {} refused",
+            self.delivered.load(Ordering::Relaxed),
+            self.lost.load(Ordering::Relaxed),
+            self.unroutable.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A running emulator; its threads live as long as the devices do.
+pub(crate) struct LinkEmulator {
+    pub(crate) counters: Arc<LinkCounters>,
+}
+
+/// A packet waiting out its delay.
+struct Delayed {
+    due: Instant,
+    to: usize,
+    packet: Vec<u8>,
+}
+
+impl LinkEmulator {
+    /// Creates one TUN device per name; node `i` (device `names[i]`) owns the IPv4 address
+    /// `subnet.(i + 1)`. `loss_percent` of the packets are dropped, the rest delayed by `delay`.
+    pub(crate) fn start(
+        names: &[String],
+        subnet: [u8; 3],
+        delay: Duration,
+        loss_percent: u32,
+    ) -> io::Result<Self> {
+        let mut devices = Vec::with_capacity(names.len());
+        for name in names {
+            devices.push(Arc::new(Tun::new_named(Interface::new(name)?)?));
+        }
+        let counters = Arc::new(LinkCounters::default());
+        let (to_delay, delayed) = mpsc::channel::<Delayed>();
+        // Drop a packet when a uniformly random u32 falls below this.
+        let loss_below = u64::from(loss_percent.min(100)) * (1u64 << 32) / 100;
+        for (from, device) in devices.iter().enumerate() {
+            let device = Arc::clone(device);
+            let to_delay = to_delay.clone();
+            let counters = Arc::clone(&counters);
+            let n = names.len();
+            let mut random = SplitMix64::seeded(from as u64);
+            thread::Builder::new()
+                .name(format!("link-emu-read-{from}"))
+                .spawn(move || {
+                    let mut buf = vec![0u8; 65_536];
+                    // Ends when the device disappears with its namespace.
+                    while let Ok(len) = device.recv(&mut buf) {
+                        let packet = &buf[..len];
+                        let Some(to) = destination(packet, subnet, n) else {
+                            counters.unroutable.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        if (random.next() >> 32) < loss_below {
+                            counters.lost.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let due = Instant::now() + delay;
+                        let packet = packet.to_vec();
+                        if to_delay.send(Delayed { due, to, packet }).is_err() {
+                            return;
+                        }
+                    }
+                })?;
+        }
+        drop(to_delay);
+        let counters_out = Arc::clone(&counters);
+        thread::Builder::new()
+            .name("link-emu-delay".to_owned())
+            .spawn(move || {
+                // Same delay for all, so the channel's order is the order they fall due.
+                for Delayed { due, to, packet } in delayed {
+                    let now = Instant::now();
+                    if due > now {
+                        thread::sleep(due - now);
+                    }
+                    match devices[to].send(&packet) {
+                        Ok(_) => counters_out.delivered.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => counters_out.refused.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })?;
+        Ok(Self { counters })
+    }
+}
+
+/// The node owning the IPv4 destination of `packet`, if it is in `subnet` and names one of the
+/// `n` nodes.
+fn destination(packet: &[u8], subnet: [u8; 3], n: usize) -> Option<usize> {
+    let version = packet.first()? >> 4;
+    let dst = packet.get(16..20)?;
+    if version != 4 || dst[..3] != subnet {
+        return None;
+    }
+    let host = usize::from(dst[3]);
+    (1..=n).contains(&host).then(|| host - 1)
+}
+
+/// A small seeded generator: loss needs to be random, not cryptographic.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn seeded(stream: u64) -> Self {
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self(clock ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
