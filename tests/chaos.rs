@@ -1,19 +1,20 @@
 //! Multi-host chaos: `peerwire node` processes, each in its own Linux network namespace, all
-//! persistent peers of each other, under a lossy and slow network, a partition, and a SIGKILL
-//! with restart. Every check is on what the nodes print: each message exactly once, in order per
-//! sender.
+//! persistent peers of each other, on links with 100 ms delay and 5% loss each way: steady
+//! traffic, a partition and heal, and a SIGKILL with restart. Every check is on what the nodes
+//! print: each message exactly once, in order per sender.
 //!
-//! Topology per test: one namespace holding only a bridge (`br0`), and one namespace per node
-//! whose `eth0` is a veth paired with `vN` on that bridge, addressed `10.213.S.N/24` (`S` differs
-//! per test). The lossy test puts `tc netem delay 100ms loss 5%` on every `eth0`; on a kernel
-//! without netem (`sch_netem`) it wires the nodes differently: each `eth0` is a TUN device of the
-//! userspace link emulator (`common/link_emulator.rs`), which delays every packet by 100 ms and
-//! drops 5% of them at random, the same impairment, with a `note:` on stderr saying so. The TUN
-//! devices are created by the test process, down and without addresses, and moved into the node
-//! namespaces before they are configured; no traffic can leave these namespaces. Names carry the
-//! test process id, so parallel or repeated runs never collide; a guard kills the nodes and
-//! deletes the namespaces on drop, also when a test panics, and namespaces left behind by a test
-//! process that was killed are removed by a later run (once ten minutes old).
+//! Topology per test: one namespace per node, addressed `10.213.S.N/24` on its `eth0` (`S`
+//! differs per test). Where the kernel has netem (`sch_netem`), each `eth0` is a veth paired with
+//! `vN` on a bridge (`br0`) in a namespace of its own, with `tc netem delay 100ms loss 5%` on
+//! it; a partition sets the bridge port down. On a kernel without netem each `eth0` is a TUN
+//! device of the userspace link emulator (`common/link_emulator.rs`), which delays every packet
+//! by 100 ms and drops 5% of them at random, the same impairment, with a `note:` on stderr saying
+//! so; a partition sets that `eth0` down. The TUN devices are created by the test process, down
+//! and without addresses, and moved into the node namespaces before they are configured; no
+//! traffic can leave these namespaces. Names carry the test process id, so parallel or repeated
+//! runs never collide; a guard kills the nodes and deletes the namespaces on drop, also when a
+//! test panics, and namespaces left behind by a test process that was killed are removed by a
+//! later run (once ten minutes old).
 //!
 //! Needs root, `ip` (iproute2, with `ip netns`), `tc` and, for the emulator, `/dev/net/tun`.
 //! Without them each test prints `skipped: ...` to stderr and returns. Run with `--nocapture` to
@@ -27,7 +28,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,9 @@ const WAIT: Duration = Duration::from_secs(60);
 const PREFIX: &str = "pwchaos";
 const PORT: u16 = 7400;
 const NETWORK_ID: &str = "chaos";
+/// The impairment of every link, each way: one-way delay and random loss per packet.
+const DELAY: Duration = Duration::from_millis(100);
+const LOSS_PERCENT: u32 = 5;
 /// Where a node serves its metrics when asked to, inside its own namespace.
 const METRICS_PORT: u16 = 9100;
 const METRICS_ADDR: &str = "0.0.0.0:9100";
@@ -257,21 +261,41 @@ impl Drop for Node {
 // ---------------------------------------------------------------------------------------------
 // The lab: namespaces, keys, nodes
 
-/// How the nodes' interfaces are joined.
-#[derive(Clone, Copy)]
-enum Wiring {
-    /// veth pairs on a kernel bridge in a namespace of its own.
-    Bridge,
-    /// TUN devices joined by the userspace link emulator, which delays and drops packets.
-    Emulated { delay: Duration, loss_percent: u32 },
+/// How every link is impaired: the same in every test, whatever does it.
+#[derive(Clone, Copy, PartialEq)]
+enum Impairment {
+    /// `tc netem delay 100ms loss 5%` on every node's `eth0`, a veth on the kernel bridge.
+    Netem,
+    /// This kernel has no netem: every node's `eth0` is a TUN device of the userspace link
+    /// emulator, which applies the same delay and loss.
+    Emulated,
 }
 
-/// How the links of the lossy test were impaired.
-enum Impairment {
-    /// `tc netem delay 100ms loss 5%` on every node's interface.
-    Netem,
-    /// This kernel has no netem: the userspace link emulator with the same delay and loss.
-    Emulated,
+impl Impairment {
+    /// Netem if the kernel has it, else the emulator if TUN devices can be made; `Err` says why
+    /// neither works. Probed once per test process.
+    fn available() -> Result<Self, String> {
+        static CHOICE: OnceLock<Result<Impairment, String>> = OnceLock::new();
+        CHOICE
+            .get_or_init(|| match netem_available() {
+                Ok(()) => Ok(Self::Netem),
+                Err(why) if !std::path::Path::new("/dev/net/tun").exists() => Err(format!(
+                    "neither netem ({why}) nor /dev/net/tun for the link emulator"
+                )),
+                Err(why) => {
+                    eprintln!("note: no netem here ({why}); using the userspace link emulator");
+                    Ok(Self::Emulated)
+                }
+            })
+            .clone()
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Netem => "netem delay 100ms loss 5%",
+            Self::Emulated => "userspace link emulator: 100 ms delay, 5% loss",
+        }
+    }
 }
 
 /// Namespaces, key files and node processes of one test; the guard that removes them.
@@ -286,18 +310,26 @@ struct Lab {
     /// Processes that were killed or stopped, kept for the failure report.
     gone: Vec<Node>,
     started: Instant,
+    impairment: Impairment,
     /// The userspace link emulator joining the nodes, when they are wired to it.
     emulator: Option<LinkEmulator>,
 }
 
 impl Lab {
-    /// Builds `n` namespaces on one bridge and creates the node keys, or prints why the test is
-    /// skipped and returns `None`.
-    fn create(test: &str, subnet: u8, n: usize, wiring: Wiring) -> Option<Self> {
+    /// Builds `n` namespaces joined by impaired links (100 ms delay, 5% loss each way) and
+    /// creates the node keys, or prints why the test is skipped and returns `None`.
+    fn create(test: &str, subnet: u8, n: usize) -> Option<Self> {
         if let Some(reason) = unsupported() {
             eprintln!("skipped: {reason}");
             return None;
         }
+        let impairment = match Impairment::available() {
+            Ok(how) => how,
+            Err(reason) => {
+                eprintln!("skipped: {reason}");
+                return None;
+            }
+        };
         remove_stale_namespaces();
         let tag = format!("{PREFIX}-{}-{test}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
@@ -313,14 +345,11 @@ impl Lab {
             nodes: (0..n).map(|_| None).collect(),
             gone: Vec::new(),
             started: Instant::now(),
+            impairment,
             emulator: None,
         };
-        if let Wiring::Emulated {
-            delay,
-            loss_percent,
-        } = wiring
-        {
-            lab.create_emulated(n, delay, loss_percent);
+        if impairment == Impairment::Emulated {
+            lab.create_emulated(n);
             return Some(lab);
         }
         // Each namespace is recorded as soon as it exists, so the guard removes whatever was
@@ -356,16 +385,17 @@ impl Lab {
         lab.note(&format!(
             "{n} namespaces on bridge {bridge}, 10.213.{subnet}.0/24"
         ));
+        lab.netem_all();
         Some(lab)
     }
 
     /// The nodes' namespaces, each with a TUN device from the link emulator as `eth0`.
-    fn create_emulated(&mut self, n: usize, delay: Duration, loss_percent: u32) {
+    fn create_emulated(&mut self, n: usize) {
         // At most 15 bytes, and unique among the tests of all processes: pid, subnet, node.
         let devices: Vec<String> = (0..n)
             .map(|i| format!("pw{}s{}e{}", std::process::id(), self.subnet, i + 1))
             .collect();
-        let emulator = LinkEmulator::start(&devices, [10, 213, self.subnet], delay, loss_percent)
+        let emulator = LinkEmulator::start(&devices, [10, 213, self.subnet], DELAY, LOSS_PERCENT)
             .unwrap_or_else(|e| self.fail(&format!("cannot start the link emulator: {e}")));
         self.emulator = Some(emulator);
         for (i, device) in devices.iter().enumerate() {
@@ -377,9 +407,9 @@ impl Lab {
             self.configure_node(i);
         }
         self.note(&format!(
-            "{n} namespaces joined by the userspace link emulator ({} ms delay, {loss_percent}% \
+            "{n} namespaces joined by the userspace link emulator ({} ms delay, {LOSS_PERCENT}% \
              loss per packet), 10.213.{}.0/24",
-            delay.as_millis(),
+            DELAY.as_millis(),
             self.subnet
         ));
     }
@@ -433,33 +463,43 @@ impl Lab {
 
     /// Puts `tc netem delay 100ms loss 5%` on every node's interface.
     fn netem_all(&self) {
+        let delay = format!("{}ms", DELAY.as_millis());
+        let loss = format!("{LOSS_PERCENT}%");
         for i in 0..self.nodes.len() {
+            let ns = self.namespace(i);
             self.sh(
                 "ip",
                 &[
-                    "netns",
-                    "exec",
-                    &self.namespace(i),
-                    "tc",
-                    "qdisc",
-                    "add",
-                    "dev",
-                    "eth0",
-                    "root",
-                    "netem",
-                    "delay",
-                    "100ms",
-                    "loss",
-                    "5%",
+                    "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
+                    "delay", &delay, "loss", &loss,
                 ],
             );
         }
-        self.note("netem delay 100ms loss 5% on every node's eth0");
+        self.note(&format!(
+            "netem delay {delay} loss {loss} on every node's eth0"
+        ));
     }
 
-    /// The round trips node `i` measured to its peers (zero until known), read from its metrics endpoint (started
-    /// with `--metrics` [`METRICS_ADDR`]) from inside its namespace.
-    fn peer_rtts(&self, i: usize) -> Vec<Duration> {
+    /// Cuts node `i` off the network (`up == false`) or reconnects it: its bridge port, or with
+    /// the emulator its own `eth0`, set down or up.
+    fn set_link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        match self.impairment {
+            Impairment::Netem => {
+                let port = self.bridge_port(i);
+                self.sh("ip", &["-n", &self.bridge, "link", "set", &port, state]);
+            }
+            Impairment::Emulated => {
+                let ns = self.namespace(i);
+                self.sh("ip", &["-n", &ns, "link", "set", "eth0", state]);
+            }
+        }
+        self.note(&format!("n{}'s link {state}", i + 1));
+    }
+
+    /// The round trips node `i` measured to its peers (zero until known), read from its metrics
+    /// endpoint (started with `--metrics` [`METRICS_ADDR`]) from inside its namespace.
+    fn peer_rtts(&self, i: usize) -> Vec<(String, Duration)> {
         let fetch = format!(
             "exec 3<>/dev/tcp/{}/{METRICS_PORT} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 \
              && cat <&3",
@@ -470,10 +510,14 @@ impl Lab {
             &["netns", "exec", &self.namespace(i), "bash", "-c", &fetch],
         )
         .unwrap_or_else(|e| self.fail(&format!("cannot read n{}'s metrics: {e}", i + 1)));
+        // peerwire_peer_rtt_microseconds{peer="ID",addr="IP:PORT"} MICROS
         text.lines()
-            .filter(|l| l.starts_with("peerwire_peer_rtt_microseconds{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .map(Duration::from_micros)
+            .filter_map(|l| l.strip_prefix("peerwire_peer_rtt_microseconds{peer=\""))
+            .filter_map(|l| {
+                let (peer, rest) = l.split_once('"')?;
+                let micros = rest.rsplit(' ').next()?.parse::<u64>().ok()?;
+                Some((peer.to_owned(), Duration::from_micros(micros)))
+            })
             .collect()
     }
 
@@ -849,33 +893,9 @@ fn without_index(expected: &[(usize, Vec<String>, usize)]) -> Vec<(usize, Vec<St
 fn lossy_slow_links_lose_nothing() {
     const NODES: usize = 4;
     const LINES: usize = 200;
-    const DELAY: Duration = Duration::from_millis(100);
-    const LOSS_PERCENT: u32 = 5;
-    if let Some(reason) = unsupported() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
-    let (wiring, impairment) = match netem_available() {
-        Ok(()) => (Wiring::Bridge, Impairment::Netem),
-        Err(why) if !std::path::Path::new("/dev/net/tun").exists() => {
-            eprintln!("skipped: neither netem ({why}) nor /dev/net/tun for the link emulator");
-            return;
-        }
-        Err(why) => {
-            eprintln!("note: no netem here ({why}); using the userspace link emulator");
-            let wiring = Wiring::Emulated {
-                delay: DELAY,
-                loss_percent: LOSS_PERCENT,
-            };
-            (wiring, Impairment::Emulated)
-        }
-    };
-    let Some(mut lab) = Lab::create("lossy", 1, NODES, wiring) else {
+    let Some(mut lab) = Lab::create("lossy", 1, NODES) else {
         return;
     };
-    if let Impairment::Netem = impairment {
-        lab.netem_all();
-    }
     // Pings every half second give each link a measured round trip; metrics show it.
     lab.start_all(&["--ping-interval", "0.5", "--metrics", METRICS_ADDR]);
     lab.wait_mesh();
@@ -898,22 +918,31 @@ fn lossy_slow_links_lose_nothing() {
     // every peer (a floor the impairment sets, not a speed of peerwire's).
     for i in 0..NODES {
         let deadline = Instant::now() + WAIT;
-        let mut rtts = lab.peer_rtts(i);
-        // Zero until a first pong is back, which loss can hold up.
-        while (rtts.len() != NODES - 1 || rtts.contains(&Duration::ZERO))
-            && Instant::now() < deadline
-        {
+        // Per peer, the round trips of its connections measured so far (zero until a first
+        // pong is back, which loss can hold up; a replaced connection may linger a moment).
+        let measured = |rows: &[(String, Duration)]| {
+            let mut per_peer: HashMap<String, Vec<Duration>> = HashMap::new();
+            for (peer, rtt) in rows.iter().filter(|(_, rtt)| !rtt.is_zero()) {
+                per_peer.entry(peer.clone()).or_default().push(*rtt);
+            }
+            per_peer
+        };
+        let mut rows = lab.peer_rtts(i);
+        while measured(&rows).len() < NODES - 1 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(200));
-            rtts = lab.peer_rtts(i);
+            rows = lab.peer_rtts(i);
         }
         let floor = 2 * DELAY - Duration::from_millis(10);
-        if rtts.len() != NODES - 1 || rtts.iter().any(|rtt| *rtt < floor) {
+        let per_peer = measured(&rows);
+        if per_peer.len() != NODES - 1 || per_peer.values().flatten().any(|rtt| *rtt < floor) {
             lab.fail(&format!(
-                "n{} measured round trips {rtts:?}; expected {} peers, each over {floor:?}",
+                "n{} reports round trips {rows:?}; expected one for each of its {} peers, each \
+                 over {floor:?}",
                 i + 1,
                 NODES - 1
             ));
         }
+        let rtts: Vec<Duration> = rows.iter().map(|(_, rtt)| *rtt).collect();
         lab.note(&format!("n{} round trips: {rtts:?}", i + 1));
     }
     let report = lab.impairment_report();
@@ -925,24 +954,21 @@ fn lossy_slow_links_lose_nothing() {
     lab.note(&format!(
         "all {} deliveries exactly once and in order ({}); {}",
         NODES * (NODES - 1) * LINES,
-        match impairment {
-            Impairment::Netem => "netem delay 100ms loss 5%",
-            Impairment::Emulated => "userspace link emulator, 100 ms delay, 5% loss",
-        },
+        lab.impairment.describe(),
         report
     ));
 }
 
-/// Four nodes; the last one is cut off (its bridge port set down) while everyone keeps sending,
-/// long enough for both sides to declare the links dead, then healed. Every message sent
-/// before, during and after the partition arrives exactly once and in order, in both
-/// directions.
+/// Four nodes on the impaired links; the last one is cut off (its link set down) while everyone
+/// keeps sending, long enough for both sides to declare the links dead, then healed. Every
+/// message sent before, during and after the partition arrives exactly once and in order, in
+/// both directions.
 #[test]
 fn partitioned_node_heals_and_loses_nothing() {
     const NODES: usize = 4;
     const PART: usize = NODES - 1;
     const BATCH: usize = 30;
-    let Some(mut lab) = Lab::create("partition", 2, NODES, Wiring::Bridge) else {
+    let Some(mut lab) = Lab::create("partition", 2, NODES) else {
         return;
     };
     // Short liveness timers so the partition is detected in seconds, not 20 s.
@@ -958,10 +984,7 @@ fn partitioned_node_heals_and_loses_nothing() {
     // Before: sent just ahead of the cut, so some are in flight when it happens.
     phase(&mut lab, "", 0);
     let marks: Vec<usize> = (0..NODES).map(|i| lab.mark(i)).collect();
-    let port = lab.bridge_port(PART);
-    let bridge = lab.bridge.clone();
-    lab.sh("ip", &["-n", &bridge, "link", "set", &port, "down"]);
-    lab.note(&format!("n{} partitioned ({port} down)", PART + 1));
+    lab.set_link(PART, false);
     // During, before the loss is noticed.
     phase(&mut lab, "", 1);
     for j in 0..PART {
@@ -975,9 +998,8 @@ fn partitioned_node_heals_and_loses_nothing() {
     thread::sleep(Duration::from_secs(6));
 
     let marks: Vec<usize> = (0..NODES).map(|i| lab.mark(i)).collect();
-    lab.sh("ip", &["-n", &bridge, "link", "set", &port, "up"]);
+    lab.set_link(PART, true);
     let healed = Instant::now();
-    lab.note(&format!("n{} healed ({port} up)", PART + 1));
     // Right after the heal, before the reconnect.
     phase(&mut lab, "", 3);
     for j in 0..PART {
@@ -1007,7 +1029,8 @@ fn partitioned_node_heals_and_loses_nothing() {
     ));
 }
 
-/// Four nodes; one is SIGKILLed and restarted with the same key and address, twice:
+/// Four nodes on the impaired links; one is SIGKILLed and restarted with the same key and
+/// address, twice:
 ///
 /// 1. restarted with no peers of its own, so only the others can reconnect it (they print
 ///    `peer joined` for connections they dialed); what they sent while it was down and after it
@@ -1022,7 +1045,7 @@ fn killed_node_restarts_and_is_reconnected() {
     const NODES: usize = 4;
     const VICTIM: usize = 1;
     const BATCH: usize = 30;
-    let Some(mut lab) = Lab::create("restart", 3, NODES, Wiring::Bridge) else {
+    let Some(mut lab) = Lab::create("restart", 3, NODES) else {
         return;
     };
     let others: Vec<usize> = (0..NODES).filter(|&i| i != VICTIM).collect();
