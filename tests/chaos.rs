@@ -650,21 +650,30 @@ impl Lab {
             .unwrap()
     }
 
-    fn wait_left(&mut self, i: usize, j: usize, from: usize) {
-        let prefix = format!("peer left: {} ", self.ids[j]);
-        self.wait_line(i, from, &format!("departure of n{}", j + 1), |l| {
-            l.starts_with(&prefix)
+    /// Waits until node `i` holds no connection to node `j`: the last join or leave it printed
+    /// about `j` is a leave. (Not "a leave after some mark": a connection replaced in a
+    /// simultaneous dial just before a cut prints its leave early, and no later one comes.)
+    fn wait_left(&mut self, i: usize, j: usize) {
+        let joined = format!("peer joined: {} ", self.ids[j]);
+        let left = format!("peer left: {} ", self.ids[j]);
+        self.wait_until(i, &format!("departure of n{}", j + 1), 0, |lines| {
+            last_about(lines, &joined, &left) == Some(false)
         });
     }
 
-    /// Every running node has printed the join of every other running node.
+    /// Every running node holds a connection to every other running node: the last join or
+    /// leave it printed about each is a join.
     fn wait_mesh(&mut self) {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].is_some())
             .collect();
         for &i in &running {
             for &j in running.iter().filter(|&&j| j != i) {
-                self.wait_joined(i, j, 0);
+                let joined = format!("peer joined: {} ", self.ids[j]);
+                let left = format!("peer left: {} ", self.ids[j]);
+                self.wait_until(i, &format!("connection to n{}", j + 1), 0, |lines| {
+                    last_about(lines, &joined, &left) == Some(true)
+                });
             }
         }
         self.note("full mesh connected");
@@ -839,6 +848,19 @@ impl Drop for Lab {
     }
 }
 
+/// Whether the last of `lines` starting with `joined` or `left` is a join (`None`: neither).
+fn last_about(lines: &[String], joined: &str, left: &str) -> Option<bool> {
+    lines.iter().rev().find_map(|l| {
+        if l.starts_with(joined) {
+            Some(true)
+        } else if l.starts_with(left) {
+            Some(false)
+        } else {
+            None
+        }
+    })
+}
+
 /// Where `got` first differs from the matching suffix of `want`, with context.
 fn describe_mismatch(want: &[String], got: &[String]) -> String {
     let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -983,13 +1005,12 @@ fn partitioned_node_heals_and_loses_nothing() {
 
     // Before: sent just ahead of the cut, so some are in flight when it happens.
     phase(&mut lab, "", 0);
-    let marks: Vec<usize> = (0..NODES).map(|i| lab.mark(i)).collect();
     lab.set_link(PART, false);
     // During, before the loss is noticed.
     phase(&mut lab, "", 1);
     for j in 0..PART {
-        lab.wait_left(PART, j, marks[PART]);
-        lab.wait_left(j, PART, marks[j]);
+        lab.wait_left(PART, j);
+        lab.wait_left(j, PART);
     }
     lab.note("both sides saw the links die");
     // During, after the loss is noticed: waits in the reliable buffers.
@@ -1063,11 +1084,10 @@ fn killed_node_restarts_and_is_reconnected() {
     lab.note("phase a delivered everywhere");
 
     // --- First kill; restart bare, so the others must redial it.
-    let marks: Vec<usize> = (0..NODES).map(|i| lab.mark(i)).collect();
     lab.kill(VICTIM);
     lab.note(&format!("n{} SIGKILLed", VICTIM + 1));
     for &j in &others {
-        lab.wait_left(j, VICTIM, marks[j]);
+        lab.wait_left(j, VICTIM);
     }
     // What the new process may get again: the tail of phase a, at most.
     let replay_a: Vec<usize> = sent.iter().map(Vec::len).collect();
@@ -1108,11 +1128,10 @@ fn killed_node_restarts_and_is_reconnected() {
     lab.note("process 2 got everything sent after the kill, exactly once, in order");
 
     // --- Second kill; restart with the full command line.
-    let marks: Vec<usize> = (0..NODES).map(|i| lab.mark(i)).collect();
     lab.kill(VICTIM);
     lab.note(&format!("n{} SIGKILLed again", VICTIM + 1));
     for &j in &others {
-        lab.wait_left(j, VICTIM, marks[j]);
+        lab.wait_left(j, VICTIM);
     }
     let replay_c: Vec<usize> = sent.iter().map(Vec::len).collect();
     for &i in &others {
