@@ -6,6 +6,20 @@ mod common;
 use common::*;
 use peerwire::Direction;
 
+/// Waits until each side has exactly one connection, open, to the other.
+async fn one_connection_each(
+    a: &peerwire::Network<bytes::Bytes>,
+    b: &peerwire::Network<bytes::Bytes>,
+) {
+    eventually("one open connection each", || {
+        a.connections().len() == 1
+            && b.connections().len() == 1
+            && a.peers().len() == 1
+            && b.peers().len() == 1
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dial_ends_with_one_connection() {
     for round in 0..10 {
@@ -15,14 +29,8 @@ async fn simultaneous_dial_ends_with_one_connection() {
         assert_eq!(ra.unwrap(), b.local_peer_id(), "round {round}");
         assert_eq!(rb.unwrap(), a.local_peer_id(), "round {round}");
         // Let the losing connection finish closing on both sides, and the winner finish its
-        // handshake on both (one side may briefly see the loser's goodbye before that).
-        eventually("one open connection each", || {
-            a.connections().len() == 1
-                && b.connections().len() == 1
-                && a.peers().len() == 1
-                && b.peers().len() == 1
-        })
-        .await;
+        // handshake on both (one side may see the loser's goodbye before that).
+        one_connection_each(&a, &b).await;
         let pa = a.peers();
         let pb = b.peers();
         assert_eq!(pa.len(), 1);
@@ -67,4 +75,34 @@ async fn reconnect_replaces_the_old_connection() {
     }
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Neither side of a simultaneous dial tells the application its peer left: each reports one
+/// `Connected` and nothing else, even when the losing connection's goodbye arrives before the
+/// winner has finished its handshake on that side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dial_reports_one_connection_and_no_departure() {
+    for round in 0..40 {
+        let (a, _a_in) = node(config()).await;
+        let (b, _b_in) = node(config()).await;
+        let (mut a_events, mut b_events) = (a.events(), b.events());
+        let (ra, rb) = tokio::join!(a.connect(b.local_addr()), b.connect(a.local_addr()));
+        ra.unwrap();
+        rb.unwrap();
+        one_connection_each(&a, &b).await;
+        // Long enough for a deferred departure to have been reported, were it going to be.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for (side, events) in [("a", &mut a_events), ("b", &mut b_events)] {
+            let mut seen = Vec::new();
+            while let Ok(e) = events.try_recv() {
+                seen.push(e);
+            }
+            assert!(
+                seen.len() == 1 && matches!(seen[0], peerwire::NetworkEvent::Connected { .. }),
+                "round {round}, {side}: {seen:?}"
+            );
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    }
 }

@@ -18,11 +18,12 @@ use tokio_util::task::TaskTracker;
 
 use super::backoff::jitter_sample;
 use super::bans::Bans;
+use super::departures::HeldDepartures;
 use super::event::BanReason;
 use super::listener::Accepted;
 use super::redial::Redialer;
 use super::shared::Shared;
-use super::tiebreak::keep_new_connection;
+use super::tiebreak::{Candidate, keep_new_connection};
 use super::{Direction, DisconnectReason, NetworkError, NetworkEvent};
 use crate::identity::PeerId;
 use crate::network::inbox::InboxSender;
@@ -82,6 +83,9 @@ pub(crate) struct NetworkActor<M> {
     pub(crate) recv_states: HashMap<PeerId, Arc<parking_lot::Mutex<RecvSeq>>>,
     /// New-connection rate per remote IP, with when each bucket was last used.
     pub(crate) handshake_rates: HashMap<std::net::IpAddr, (TokenBucket, std::time::Instant)>,
+    /// Peers whose connection the remote replaced, not reported as gone while the replacement
+    /// finishes its handshake here.
+    pub(crate) held_departures: HeldDepartures,
 }
 
 /// Most remote IPs whose handshake rate is tracked; beyond it, buckets idle for a while go.
@@ -89,6 +93,9 @@ const MAX_RATE_BUCKETS: usize = 4096;
 
 /// Most peers whose reliable-stream position is remembered while they are away.
 const MAX_RECV_STATES: usize = 4096;
+
+/// Most departures held back at once; beyond it, departures are reported at once.
+pub(crate) const MAX_HELD_DEPARTURES: usize = 4096;
 
 impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
     pub(crate) async fn run(mut self) {
@@ -107,6 +114,12 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 Some(event) = self.socket_events.recv() => self.socket_event(event, false),
                 Some(accepted) = self.accepted.recv() => self.spawn_inbound(accepted),
                 () = sleep_until_due(self.redial.next_due()) => self.dial_due(),
+                () = sleep_until_due(self.held_departures.next_due()) => {
+                    for (peer, reason) in self.held_departures.take_due(std::time::Instant::now()) {
+                        tracing::debug!(%peer, %reason, "peer disconnected (no replacement came)");
+                        self.emit(NetworkEvent::Disconnected { peer, reason });
+                    }
+                }
             }
         }
         self.shutdown(&mut waiters).await;
@@ -131,8 +144,11 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
             }
             Command::Disconnect { peer, reply } => {
                 let removed = self.shared.peers.write().remove(&peer);
+                let held = removed.is_none() && self.held_departures.release(peer);
                 if let Some(socket) = &removed {
                     socket.close_gracefully(DisconnectReason::Requested);
+                }
+                if removed.is_some() || held {
                     self.emit(NetworkEvent::Disconnected {
                         peer,
                         reason: DisconnectReason::Requested,
@@ -141,7 +157,7 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                     self.redial
                         .peer_lost(peer, std::time::Instant::now(), jitter_sample());
                 }
-                let _ = reply.send(removed.is_some());
+                let _ = reply.send(removed.is_some() || held);
             }
             Command::Ban {
                 peer,
@@ -177,8 +193,11 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
         self.shared.counters.bans.inc();
         tracing::info!(%peer, ?reason, ?duration, "peer banned");
         let removed = self.shared.peers.write().remove(&peer);
-        if let Some(socket) = removed {
+        let held = removed.is_none() && self.held_departures.release(peer);
+        if let Some(socket) = &removed {
             socket.close_gracefully(DisconnectReason::Banned);
+        }
+        if removed.is_some() || held {
             self.emit(NetworkEvent::Disconnected {
                 peer,
                 reason: DisconnectReason::Banned,
@@ -377,11 +396,15 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 if peers.get(&peer).is_some_and(|s| s.id == shared.id) {
                     peers.remove(&peer);
                     drop(peers);
-                    tracing::debug!(%peer, %reason, "peer disconnected");
-                    self.emit(NetworkEvent::Disconnected {
-                        peer,
-                        reason: reason.clone(),
-                    });
+                    if !shutting_down && self.held_departures.hold(peer, &reason, now) {
+                        tracing::debug!(%peer, "connection replaced by the remote; awaiting the other");
+                    } else {
+                        tracing::debug!(%peer, %reason, "peer disconnected");
+                        self.emit(NetworkEvent::Disconnected {
+                            peer,
+                            reason: reason.clone(),
+                        });
+                    }
                     if !shutting_down {
                         self.redial.peer_lost(peer, now, jitter_sample());
                     }
@@ -439,8 +462,14 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 if !keep_new_connection(
                     self.shared.local_id,
                     peer,
-                    existing.direction,
-                    socket.direction,
+                    Candidate {
+                        direction: existing.direction,
+                        id: existing.id,
+                    },
+                    Candidate {
+                        direction: socket.direction,
+                        id: socket.id,
+                    },
                 ) {
                     return Admission::Close(DisconnectReason::Duplicate);
                 }
@@ -451,6 +480,11 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
         drop(peers);
         match replaced {
             Some(old) => old.close_gracefully(DisconnectReason::Duplicate),
+            // The replacement of a connection the remote closed as a duplicate: the application
+            // never heard the peer leave.
+            None if self.held_departures.release(peer) => {
+                tracing::debug!(%peer, addr = %socket.addr, "peer connected again (replacement)");
+            }
             None => {
                 tracing::debug!(%peer, addr = %socket.addr, "peer connected");
                 self.emit(NetworkEvent::Connected {
@@ -491,6 +525,9 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 peer,
                 reason: DisconnectReason::Shutdown,
             });
+        }
+        for (peer, reason) in self.held_departures.drain() {
+            self.emit(NetworkEvent::Disconnected { peer, reason });
         }
         self.tracker.close();
         let deadline = tokio::time::Instant::now() + self.ctx.config.shutdown_timeout;

@@ -9,6 +9,7 @@ mod actor;
 pub mod backoff;
 mod bans;
 mod config;
+mod departures;
 mod error;
 mod event;
 pub(crate) mod inbox;
@@ -208,6 +209,10 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             bans: bans::Bans::new(),
             recv_states: Default::default(),
             handshake_rates: Default::default(),
+            held_departures: departures::HeldDepartures::new(
+                config.handshake_timeout,
+                actor::MAX_HELD_DEPARTURES,
+            ),
             redial: redial::Redialer::new(
                 config.persistent_peers.iter().map(|p| (p.addr, p.id)),
                 config.bootstrap.iter().copied(),
