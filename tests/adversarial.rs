@@ -213,6 +213,7 @@ async fn replayed_handshake_message_is_refused() {
         network_id: "peerwire-test".into(),
         listen_addr: None,
         expected_peer: None,
+        dial_seq: 1,
     };
     // Record a complete, genuine handshake between two parties off the wire...
     let (alice, bob) = (Keypair::generate(), Keypair::generate());
@@ -265,6 +266,7 @@ struct Payload {
     #[serde(with = "serde_bytes_64")]
     signature: [u8; 64],
     listen_addr: Option<std::net::SocketAddr>,
+    dial_seq: u64,
 }
 
 mod serde_bytes_64 {
@@ -305,11 +307,12 @@ async fn claiming_another_nodes_key_without_its_secret_is_refused() {
     signed.extend_from_slice(noise.get_handshake_hash());
     signed.extend_from_slice(&keys.public);
     let forged = Payload {
-        version: 1,
+        version: peerwire::handshake::PROTOCOL_VERSION,
         network_id: "peerwire-test".into(),
         identity: *victim.as_bytes(),
         signature: mallory.sign(&signed),
         listen_addr: None,
+        dial_seq: 1,
     };
     let n = noise
         .write_message(&postcard::to_allocvec(&forged).unwrap(), &mut buf)

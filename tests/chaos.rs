@@ -9,12 +9,12 @@
 //! it; a partition sets the bridge port down. On a kernel without netem each `eth0` is a TUN
 //! device of the userspace link emulator (`common/link_emulator.rs`), which delays every packet
 //! by 100 ms and drops 5% of them at random, the same impairment, with a `note:` on stderr saying
-//! so; a partition sets that `eth0` down. The TUN devices are created by the test process, down
-//! and without addresses, and moved into the node namespaces before they are configured; no
-//! traffic can leave these namespaces. Names carry the test process id, so parallel or repeated
-//! runs never collide; a guard kills the nodes and deletes the namespaces on drop, also when a
-//! test panics, and namespaces left behind by a test process that was killed are removed by a
-//! later run (once ten minutes old).
+//! so; a partition makes the emulator drop every packet to and from the node. The TUN devices
+//! are created by the test process, down and without addresses, and moved into the node
+//! namespaces before they are configured; no traffic can leave these namespaces. Names carry the
+//! test process id, so parallel or repeated runs never collide; a guard kills the nodes and
+//! deletes the namespaces on drop, also when a test panics, and namespaces left behind by a test
+//! process that was killed are removed by a later run (once ten minutes old).
 //!
 //! Needs root, `ip` (iproute2, with `ip netns`), `tc` and, for the emulator, `/dev/net/tun`.
 //! Without them each test prints `skipped: ...` to stderr and returns. Run with `--nocapture` to
@@ -480,18 +480,16 @@ impl Lab {
         ));
     }
 
-    /// Cuts node `i` off the network (`up == false`) or reconnects it: its bridge port, or with
-    /// the emulator its own `eth0`, set down or up.
+    /// Cuts node `i` off the network (`up == false`) or reconnects it, far from the node (its
+    /// own `eth0` stays up): its bridge port set down or up, or the emulator dropping every
+    /// packet to and from it.
     fn set_link(&self, i: usize, up: bool) {
         let state = if up { "up" } else { "down" };
-        match self.impairment {
-            Impairment::Netem => {
+        match (self.impairment, &self.emulator) {
+            (Impairment::Emulated, Some(emulator)) => emulator.set_cut(i, !up),
+            _ => {
                 let port = self.bridge_port(i);
                 self.sh("ip", &["-n", &self.bridge, "link", "set", &port, state]);
-            }
-            Impairment::Emulated => {
-                let ns = self.namespace(i);
-                self.sh("ip", &["-n", &ns, "link", "set", "eth0", state]);
             }
         }
         self.note(&format!("n{}'s link {state}", i + 1));

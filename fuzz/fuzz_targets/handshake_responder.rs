@@ -57,6 +57,7 @@ fn params() -> HandshakeParams {
         network_id: NETWORK.into(),
         listen_addr: None,
         expected_peer: None,
+        dial_seq: 1,
     }
 }
 
@@ -205,6 +206,7 @@ struct Payload<'a> {
     #[serde(serialize_with = "as_bytes")]
     signature: [u8; 64],
     listen_addr: Option<SocketAddr>,
+    dial_seq: u64,
 }
 
 fn as_bytes<S: Serializer>(value: &[u8; 64], serializer: S) -> Result<S::Ok, S::Error> {
@@ -237,6 +239,7 @@ enum Expected {
     Done {
         peer: PeerId,
         listen_addr: Option<SocketAddr>,
+        dial_seq: u64,
     },
 }
 
@@ -280,12 +283,20 @@ fn scripted(input: &mut Reader<'_>) {
                 };
                 assert_eq!(got.to_string(), want.to_string());
             }
-            (Expected::Done { peer, listen_addr }, Ok(Progress { outcome, .. })) => {
+            (
+                Expected::Done {
+                    peer,
+                    listen_addr,
+                    dial_seq,
+                },
+                Ok(Progress { outcome, .. }),
+            ) => {
                 let Outcome::Done(established) = outcome else {
                     panic!("expected success, got {outcome:?}");
                 };
                 assert_eq!(established.peer, *peer);
                 assert_eq!(established.listen_addr, *listen_addr);
+                assert_eq!(established.dial_seq, *dial_seq);
                 check_keys(&mut initiator, *established);
             }
             (expected, result) => panic!("expected {expected:?}, got {result:?}"),
@@ -341,12 +352,14 @@ fn well_formed(
         identity = pad::<32>(input.take(32));
     }
     let listen_addr = (how & 0x80 != 0).then(|| socket_addr(input));
+    let dial_seq = u64::from_le_bytes(pad::<8>(input.take(8)));
     let payload = Payload {
         version,
         network_id: &network,
         identity,
         signature,
         listen_addr,
+        dial_seq,
     };
     let bytes = postcard::to_allocvec(&payload).expect("payload");
 
@@ -370,7 +383,11 @@ fn well_formed(
     } else if peer == responder_id {
         Expected::Refused(HandshakeError::SelfConnection)
     } else {
-        Expected::Done { peer, listen_addr }
+        Expected::Done {
+            peer,
+            listen_addr,
+            dial_seq,
+        }
     };
     (bytes, Some(expected))
 }

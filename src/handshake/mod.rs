@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Each payload carries the protocol version, the network id, the sender's ed25519 public key (its
-//! [`PeerId`]), its advertised listen address, and an ed25519 signature over
+//! [`PeerId`]), its advertised listen address, the initiator's dial sequence number (which orders
+//! two connections dialed by the same node identically on both sides; the responder sends 0),
+//! and an ed25519 signature over
 //! `DOMAIN || handshake hash before the message || sender's Noise static key`. The signature binds
 //! the proven `PeerId` to this very session (the handshake hash covers both ephemeral keys), so a
 //! recorded payload cannot be replayed into another handshake. Remote ephemeral keys of low order
@@ -34,7 +36,7 @@ use crate::codec::cipher::{Opener, Sealer};
 use crate::identity::{Keypair, PeerId};
 
 /// Protocol version carried in the handshake; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Noise prologue: both sides mix it in, so a non-peerwire client fails at the first message.
 pub const PROLOGUE: &[u8] = b"peerwire/noise/1";
 /// The Noise protocol name.
@@ -98,6 +100,9 @@ pub struct HandshakeParams {
     pub listen_addr: Option<SocketAddr>,
     /// For an initiator: the id the dialed node must prove, if known.
     pub expected_peer: Option<PeerId>,
+    /// For an initiator: this dial's sequence number, larger for every later dial of this node
+    /// (also across restarts); the responder learns it. Ignored for a responder.
+    pub dial_seq: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -108,6 +113,15 @@ struct Payload {
     #[serde(with = "signature_bytes")]
     signature: [u8; 64],
     listen_addr: Option<SocketAddr>,
+    /// The initiator's dial sequence number; 0 from the responder.
+    dial_seq: u64,
+}
+
+/// What a verified identity payload told us.
+struct Identity {
+    peer: PeerId,
+    listen_addr: Option<SocketAddr>,
+    dial_seq: u64,
 }
 
 mod signature_bytes {
@@ -132,6 +146,9 @@ pub struct Established {
     pub peer: PeerId,
     /// The listen address the peer advertised (unverified: it is only a dialing hint).
     pub listen_addr: Option<SocketAddr>,
+    /// The initiator's dial sequence number for this connection (ours when we dialed, the
+    /// peer's when it did): both sides hold the same value.
+    pub dial_seq: u64,
     /// Seals frames we send.
     pub sealer: Sealer,
     /// Opens frames we receive.
@@ -256,6 +273,11 @@ impl Handshake {
             identity: *self.keypair.peer_id().as_bytes(),
             signature: self.keypair.sign(&signed),
             listen_addr: self.params.listen_addr,
+            dial_seq: if self.noise.is_initiator() {
+                self.params.dial_seq
+            } else {
+                0
+            },
         };
         postcard::to_allocvec(&payload).map_err(|_| HandshakeError::BadPayload)
     }
@@ -272,7 +294,7 @@ impl Handshake {
     fn read_identity(
         &mut self,
         message: &[u8],
-    ) -> Result<Result<(PeerId, Option<SocketAddr>), HandshakeError>, HandshakeError> {
+    ) -> Result<Result<Identity, HandshakeError>, HandshakeError> {
         let hash_before = self.noise.get_handshake_hash().to_vec();
         let mut buf = vec![0u8; MAX_HANDSHAKE_MESSAGE];
         let n = self.noise.read_message(message, &mut buf)?;
@@ -316,10 +338,14 @@ impl Handshake {
                 }));
             }
         }
-        Ok(Ok((peer, payload.listen_addr)))
+        Ok(Ok(Identity {
+            peer,
+            listen_addr: payload.listen_addr,
+            dial_seq: payload.dial_seq,
+        }))
     }
 
-    fn establish(&mut self, peer: PeerId, listen_addr: Option<SocketAddr>) -> Box<Established> {
+    fn establish(&mut self, remote: Identity) -> Box<Established> {
         let (initiator_to_responder, responder_to_initiator) =
             self.noise.dangerously_get_raw_split();
         let (send, recv) = if self.noise.is_initiator() {
@@ -328,9 +354,16 @@ impl Handshake {
             (responder_to_initiator, initiator_to_responder)
         };
         self.stage = Stage::Finished;
+        // The dial sequence is the initiator's: ours if we dialed, else what the peer sent.
+        let dial_seq = if self.noise.is_initiator() {
+            self.params.dial_seq
+        } else {
+            remote.dial_seq
+        };
         Box::new(Established {
-            peer,
-            listen_addr,
+            peer: remote.peer,
+            listen_addr: remote.listen_addr,
+            dial_seq,
             sealer: Sealer::new(&send),
             opener: Opener::new(&recv),
         })
@@ -390,7 +423,7 @@ impl Handshake {
                     None
                 };
                 let outcome = match verdict {
-                    Ok((peer, addr)) => Outcome::Done(self.establish(peer, addr)),
+                    Ok(remote) => Outcome::Done(self.establish(remote)),
                     Err(refusal) => {
                         self.stage = Stage::Finished;
                         Outcome::Refused(refusal)
@@ -400,7 +433,7 @@ impl Handshake {
             }
             Stage::ResponderAwaitMsg3 => {
                 let outcome = match self.read_identity(message)? {
-                    Ok((peer, addr)) => Outcome::Done(self.establish(peer, addr)),
+                    Ok(remote) => Outcome::Done(self.establish(remote)),
                     Err(refusal) => {
                         self.stage = Stage::Finished;
                         Outcome::Refused(refusal)

@@ -7,6 +7,7 @@ fn params(network: &str, expected: Option<PeerId>) -> HandshakeParams {
         network_id: network.into(),
         listen_addr: Some("127.0.0.1:9000".parse().unwrap()),
         expected_peer: expected,
+        dial_seq: 41,
     }
 }
 
@@ -38,18 +39,19 @@ fn run(
 #[test]
 fn success_proves_both_identities_and_keys_match() {
     let (a, b) = (Keypair::generate(), Keypair::generate());
-    let (ia, rb) = run(
-        &a,
-        params("net", Some(b.peer_id())),
-        &b,
-        params("net", None),
-    );
+    let responder_params = HandshakeParams {
+        dial_seq: 7, // a responder's own number is not the connection's
+        ..params("net", None)
+    };
+    let (ia, rb) = run(&a, params("net", Some(b.peer_id())), &b, responder_params);
     let (Outcome::Done(mut ea), Outcome::Done(mut eb)) = (ia.unwrap(), rb.unwrap()) else {
         panic!("handshake did not finish")
     };
     assert_eq!(ea.peer, b.peer_id());
     assert_eq!(eb.peer, a.peer_id());
     assert_eq!(eb.listen_addr, Some("127.0.0.1:9000".parse().unwrap()));
+    // Both sides hold the initiator's dial number.
+    assert_eq!((ea.dial_seq, eb.dial_seq), (41, 41));
     // Keys agree in both directions.
     let mut msg = b"proposal".to_vec();
     let tag = ea.sealer.seal(b"", &mut msg).unwrap();
@@ -138,6 +140,7 @@ fn identity_payload_signed_by_another_key_is_refused() {
         identity: *victim.peer_id().as_bytes(),
         signature: mallory.sign(&signed),
         listen_addr: None,
+        dial_seq: 0,
     };
     let msg2 = resp
         .write(&postcard::to_allocvec(&forged).unwrap())

@@ -23,7 +23,7 @@ use super::event::BanReason;
 use super::listener::Accepted;
 use super::redial::Redialer;
 use super::shared::Shared;
-use super::tiebreak::{Candidate, keep_new_connection};
+use super::tiebreak::{Candidate, keep_new_connection, next_dial_seq};
 use super::{Direction, DisconnectReason, NetworkError, NetworkEvent};
 use crate::identity::PeerId;
 use crate::network::inbox::InboxSender;
@@ -86,6 +86,8 @@ pub(crate) struct NetworkActor<M> {
     /// Peers whose connection the remote replaced, not reported as gone while the replacement
     /// finishes its handshake here.
     pub(crate) held_departures: HeldDepartures,
+    /// The sequence number of our latest dial (see [`next_dial_seq`]).
+    pub(crate) last_dial_seq: u64,
 }
 
 /// Most remote IPs whose handshake rate is tracked; beyond it, buckets idle for a while go.
@@ -235,6 +237,8 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> ConnectionId {
         let socket = self.new_socket(Direction::Outbound, addr);
+        self.last_dial_seq = next_dial_seq(self.last_dial_seq, unix_micros());
+        let _ = socket.dial_seq.set(self.last_dial_seq);
         let id = socket.id;
         let task = SocketTask {
             shared: socket,
@@ -464,11 +468,11 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                     peer,
                     Candidate {
                         direction: existing.direction,
-                        id: existing.id,
+                        dial_seq: existing.dial_seq.get().copied().unwrap_or(0),
                     },
                     Candidate {
                         direction: socket.direction,
-                        id: socket.id,
+                        dial_seq: socket.dial_seq.get().copied().unwrap_or(0),
                     },
                 ) {
                     return Admission::Close(DisconnectReason::Duplicate);
@@ -526,8 +530,12 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 reason: DisconnectReason::Shutdown,
             });
         }
-        for (peer, reason) in self.held_departures.drain() {
-            self.emit(NetworkEvent::Disconnected { peer, reason });
+        // The application still counts these peers as connected: they leave with everyone else.
+        for (peer, _) in self.held_departures.drain() {
+            self.emit(NetworkEvent::Disconnected {
+                peer,
+                reason: DisconnectReason::Shutdown,
+            });
         }
         self.tracker.close();
         let deadline = tokio::time::Instant::now() + self.ctx.config.shutdown_timeout;
@@ -559,6 +567,13 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
             let _ = waiter.send(Err(NetworkError::Closed));
         }
     }
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Sleeps until `due`, or forever when nothing is scheduled.

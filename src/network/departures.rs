@@ -6,7 +6,8 @@
 //! leaving: the kept connection is one handshake message away. Reporting `Disconnected` then
 //! `Connected` would make the application react to a departure that never happened, so such a
 //! departure is held for up to the handshake timeout: if a connection to the peer opens within
-//! it, neither event is reported; if not, `Disconnected` is reported when the hold expires.
+//! it, neither event is reported; if not, `Disconnected` is reported when the hold expires (or
+//! at shutdown, with everyone else).
 //! Pure and clock-free (the caller passes the time), so it is tested without sockets.
 
 use std::collections::HashMap;
@@ -71,7 +72,7 @@ impl HeldDepartures {
             .collect()
     }
 
-    /// Every held departure, to report at shutdown.
+    /// Every held departure (to report as part of the shutdown).
     pub(crate) fn drain(&mut self) -> Vec<(PeerId, DisconnectReason)> {
         self.held
             .drain()

@@ -209,6 +209,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             bans: bans::Bans::new(),
             recv_states: Default::default(),
             handshake_rates: Default::default(),
+            last_dial_seq: 0,
             held_departures: departures::HeldDepartures::new(
                 config.handshake_timeout,
                 actor::MAX_HELD_DEPARTURES,

@@ -166,6 +166,7 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
             network_id: config.network_id.clone(),
             listen_addr: Some(self.ctx.advertised_addr),
             expected_peer: self.expected_peer,
+            dial_seq: self.shared.dial_seq.get().copied().unwrap_or(0),
         };
         let initiator = self.shared.direction == Direction::Outbound;
         let run = async {
@@ -185,6 +186,7 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
             Ok(Ok((established, leftover))) => {
                 let _ = self.shared.peer.set(established.peer);
                 let _ = self.shared.listen_addr.set(established.listen_addr);
+                let _ = self.shared.dial_seq.set(established.dial_seq);
                 self.shared.state.set(SocketState::Authenticated);
                 Ok((stream, established, leftover))
             }

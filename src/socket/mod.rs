@@ -43,6 +43,9 @@ pub(crate) struct SocketShared {
     pub(crate) addr: SocketAddr,
     pub(crate) peer: OnceLock<PeerId>,
     pub(crate) listen_addr: OnceLock<Option<SocketAddr>>,
+    /// The dialer's sequence number for this connection: ours, set when dialing; the peer's,
+    /// learnt in the handshake. Orders two connections dialed by the same side.
+    pub(crate) dial_seq: OnceLock<u64>,
     pub(crate) state: StateCell,
     pub(crate) stats: SocketStats,
     pub(crate) queue: SendQueue,
@@ -70,6 +73,7 @@ impl SocketShared {
             addr,
             peer: OnceLock::new(),
             listen_addr: OnceLock::new(),
+            dial_seq: OnceLock::new(),
             state: StateCell::new(),
             stats: SocketStats::default(),
             queue: SendQueue::new(config.send_queue_capacity, config.send_queue_bytes),

@@ -7,6 +7,9 @@
 //! Every packet crosses the emulator exactly once, as it would cross one netem qdisc on the
 //! sender's interface: one-way delay `D`, round trip `2D`, independent loss `P` per packet.
 //! The delay is the same for every packet, so packets keep their order, as with netem.
+//! A node can be cut off ([`LinkEmulator::set_cut`]): every packet to or from it is dropped,
+//! also those already waiting out their delay, as if a cable somewhere had been pulled; the
+//! node itself sees no local error.
 //!
 //! The devices are created in the caller's namespace, down and without addresses; the caller
 //! moves each into its node's namespace before configuring it. When a namespace is deleted its
@@ -15,7 +18,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,16 +36,19 @@ pub(crate) struct LinkCounters {
     pub(crate) unroutable: AtomicU64,
     /// The destination device refused the write (down, or being deleted).
     pub(crate) refused: AtomicU64,
+    /// To or from a node that was cut off.
+    pub(crate) cut: AtomicU64,
 }
 
 impl LinkCounters {
     pub(crate) fn summary(&self) -> String {
         format!(
-            "{} packets delivered, {} lost at random, {} not routable, {} refused",
+            "{} packets delivered, {} lost at random, {} not routable, {} refused, {} cut off",
             self.delivered.load(Ordering::Relaxed),
             self.lost.load(Ordering::Relaxed),
             self.unroutable.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
+            self.cut.load(Ordering::Relaxed),
         )
     }
 }
@@ -50,11 +56,14 @@ impl LinkCounters {
 /// A running emulator; its threads live as long as the devices do.
 pub(crate) struct LinkEmulator {
     pub(crate) counters: Arc<LinkCounters>,
+    /// Per node: whether it is cut off.
+    cut: Arc<Vec<AtomicBool>>,
 }
 
 /// A packet waiting out its delay.
 struct Delayed {
     due: Instant,
+    from: usize,
     to: usize,
     packet: Vec<u8>,
 }
@@ -73,6 +82,8 @@ impl LinkEmulator {
             devices.push(Arc::new(Tun::new_named(Interface::new(name)?)?));
         }
         let counters = Arc::new(LinkCounters::default());
+        let cut: Arc<Vec<AtomicBool>> =
+            Arc::new(names.iter().map(|_| AtomicBool::new(false)).collect());
         let (to_delay, delayed) = mpsc::channel::<Delayed>();
         // Drop a packet when a uniformly random u32 falls below this.
         let loss_below = u64::from(loss_percent.min(100)) * (1u64 << 32) / 100;
@@ -80,26 +91,41 @@ impl LinkEmulator {
             let device = Arc::clone(device);
             let to_delay = to_delay.clone();
             let counters = Arc::clone(&counters);
+            let cut = Arc::clone(&cut);
             let n = names.len();
             let mut random = SplitMix64::seeded(from as u64);
             thread::Builder::new()
                 .name(format!("link-emu-read-{from}"))
                 .spawn(move || {
                     let mut buf = vec![0u8; 65_536];
-                    // Ends when the device disappears with its namespace.
-                    while let Ok(len) = device.recv(&mut buf) {
+                    loop {
+                        let len = match device.recv(&mut buf) {
+                            Ok(len) => len,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            // The device disappeared with its namespace.
+                            Err(_) => return,
+                        };
                         let packet = &buf[..len];
                         let Some(to) = destination(packet, subnet, n) else {
                             counters.unroutable.fetch_add(1, Ordering::Relaxed);
                             continue;
                         };
+                        if cut[from].load(Ordering::Relaxed) || cut[to].load(Ordering::Relaxed) {
+                            counters.cut.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                         if (random.next() >> 32) < loss_below {
                             counters.lost.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         let due = Instant::now() + delay;
-                        let packet = packet.to_vec();
-                        if to_delay.send(Delayed { due, to, packet }).is_err() {
+                        let packet = Delayed {
+                            due,
+                            from,
+                            to,
+                            packet: packet.to_vec(),
+                        };
+                        if to_delay.send(packet).is_err() {
                             return;
                         }
                     }
@@ -107,14 +133,27 @@ impl LinkEmulator {
         }
         drop(to_delay);
         let counters_out = Arc::clone(&counters);
+        let cut_out = Arc::clone(&cut);
         thread::Builder::new()
             .name("link-emu-delay".to_owned())
             .spawn(move || {
                 // Same delay for all, so the channel's order is the order they fall due.
-                for Delayed { due, to, packet } in delayed {
+                for Delayed {
+                    due,
+                    from,
+                    to,
+                    packet,
+                } in delayed
+                {
                     let now = Instant::now();
                     if due > now {
                         thread::sleep(due - now);
+                    }
+                    // A cut also loses what was on the wire.
+                    if cut_out[from].load(Ordering::Relaxed) || cut_out[to].load(Ordering::Relaxed)
+                    {
+                        counters_out.cut.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
                     match devices[to].send(&packet) {
                         Ok(_) => counters_out.delivered.fetch_add(1, Ordering::Relaxed),
@@ -122,7 +161,12 @@ impl LinkEmulator {
                     };
                 }
             })?;
-        Ok(Self { counters })
+        Ok(Self { counters, cut })
+    }
+
+    /// Cuts node `node` off (every packet to or from it dropped), or reconnects it.
+    pub(crate) fn set_cut(&self, node: usize, cut: bool) {
+        self.cut[node].store(cut, Ordering::Relaxed);
     }
 }
 

@@ -98,6 +98,7 @@ impl RawPeer {
             network_id: network_id.into(),
             listen_addr: None,
             expected_peer: None,
+            dial_seq: 1,
         };
         let (established, _rest) = perform(&mut stream, &keypair, params, true).await.unwrap();
         Self {
