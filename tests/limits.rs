@@ -69,10 +69,7 @@ async fn inbound_limit_refuses_others_but_never_a_persistent_peer() {
     eventually("a admitted", || x.is_connected(a.local_peer_id())).await;
     let mut b_events = b.events();
     let _ = b.connect(x.local_addr()).await;
-    let ev = next_event(&mut b_events, |e| {
-        matches!(e, NetworkEvent::Disconnected { .. })
-    })
-    .await;
+    let ev = next_disconnect(&mut b_events).await;
     assert_eq!(
         ev,
         NetworkEvent::Disconnected {

@@ -41,10 +41,7 @@ async fn silent_peer_is_closed_at_idle_timeout() {
     let mut events = a.events();
     // Handshakes, then never sends a byte (and never answers pings).
     let silent = RawPeer::connect(a.local_addr(), "peerwire-test").await;
-    let ev = next_event(&mut events, |e| {
-        matches!(e, NetworkEvent::Disconnected { .. })
-    })
-    .await;
+    let ev = next_disconnect(&mut events).await;
     assert_eq!(
         ev,
         NetworkEvent::Disconnected {
@@ -95,10 +92,7 @@ async fn persistent_peer_is_dialed_at_start_and_redialed_after_restart() {
     .await;
     // b goes away; a keeps trying while nothing listens there.
     b.shutdown().await;
-    next_event(&mut events, |e| {
-        matches!(e, NetworkEvent::Disconnected { .. })
-    })
-    .await;
+    next_disconnect(&mut events).await;
     eventually("a retries", || a.stats().reconnects >= 2).await;
     // b comes back at the same address with the same key: a reconnects by itself.
     let (b2, mut b2_in) = Network::<bytes::Bytes>::start(config().listen(b_addr), b_key)

@@ -139,10 +139,7 @@ async fn corrupted_frame_closes_the_connection() {
     let last = frame.len() - 1;
     frame[last] ^= 1;
     evil.stream.write_all(&frame).await.unwrap();
-    let ev = next_event(&mut events, |e| {
-        matches!(e, NetworkEvent::Disconnected { .. })
-    })
-    .await;
+    let ev = next_disconnect(&mut events).await;
     assert!(matches!(
         ev,
         NetworkEvent::Disconnected {
@@ -199,10 +196,7 @@ async fn application_ban_disconnects_and_refuses_until_unbanned() {
     net.ban(other_id, std::time::Duration::from_secs(600))
         .await
         .unwrap();
-    let ev = next_event(&mut events, |e| {
-        matches!(e, NetworkEvent::Disconnected { .. })
-    })
-    .await;
+    let ev = next_disconnect(&mut events).await;
     assert_eq!(
         ev,
         NetworkEvent::Disconnected {

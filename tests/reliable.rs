@@ -91,22 +91,12 @@ async fn abrupt_cuts_mid_stream_lose_nothing_and_duplicate_nothing() {
         // from a, take some more, then cut it.
         eventually("connected", || b.is_connected(a_id)).await;
         let target = (got.len() + 1500).min(N as usize - 1);
-        soon("progress", async {
-            while got.len() < target {
-                got.push(b_in.recv().await.unwrap());
-            }
-        })
-        .await;
+        got.extend(recv_n(&mut b_in, target.saturating_sub(got.len())).await);
         proxy.cut();
         eventually("b sees the cut", || !b.is_connected(a_id)).await;
     }
     soon("sender done", sender).await.unwrap();
-    soon("the rest", async {
-        while got.len() < N as usize {
-            got.push(b_in.recv().await.unwrap());
-        }
-    })
-    .await;
+    got.extend(recv_n(&mut b_in, (N as usize).saturating_sub(got.len())).await);
     assert_run(&got, a.local_peer_id(), 0..N);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(b_in.try_recv().is_err(), "no duplicates after the run");
@@ -256,22 +246,12 @@ async fn replacing_the_connection_mid_stream_keeps_exactly_once_in_order() {
     let mut got = Vec::with_capacity(N as usize);
     for _ in 0..5 {
         let target = got.len() + 2000;
-        soon("progress", async {
-            while got.len() < target {
-                got.push(b_in.recv().await.unwrap());
-            }
-        })
-        .await;
+        got.extend(recv_n(&mut b_in, target.saturating_sub(got.len())).await);
         // A newer connection from the same side replaces the one carrying the stream.
         a.connect(b.local_addr()).await.unwrap();
     }
     soon("sender done", sender).await.unwrap();
-    soon("the rest", async {
-        while got.len() < N as usize {
-            got.push(b_in.recv().await.unwrap());
-        }
-    })
-    .await;
+    got.extend(recv_n(&mut b_in, (N as usize).saturating_sub(got.len())).await);
     assert_run(&got, a.local_peer_id(), 0..N);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(b_in.try_recv().is_err(), "no duplicates");

@@ -28,10 +28,7 @@ async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
     for (i, (_, m)) in got.iter().enumerate() {
         assert_eq!(number_of(m), i as u32);
     }
-    let ev = next_event(&mut events, |e| {
-        matches!(e, NetworkEvent::Disconnected { .. })
-    })
-    .await;
+    let ev = next_disconnect(&mut events).await;
     assert_eq!(
         ev,
         NetworkEvent::Disconnected {
@@ -73,10 +70,7 @@ async fn dropping_every_handle_shuts_down() {
     let mut events = b.events();
     let a_id = a.local_peer_id();
     drop(a);
-    let ev = next_event(&mut events, |e| {
-        matches!(e, NetworkEvent::Disconnected { .. })
-    })
-    .await;
+    let ev = next_disconnect(&mut events).await;
     assert!(matches!(ev, NetworkEvent::Disconnected { peer, .. } if peer == a_id));
     assert!(soon("inbox closes", a_in.recv()).await.is_none());
     b.shutdown().await;

@@ -57,10 +57,7 @@ async fn two_nodes_send_both_ways_in_order() {
     assert_eq!(info[0].stats.messages_in, u64::from(N));
 
     assert!(a.disconnect(b_id).await);
-    let ev = next_event(&mut a_events, |e| {
-        matches!(e, NetworkEvent::Disconnected { .. })
-    })
-    .await;
+    let ev = next_disconnect(&mut a_events).await;
     assert_eq!(
         ev,
         NetworkEvent::Disconnected {

@@ -70,6 +70,13 @@ pub async fn next_event(
     .await
 }
 
+/// The next `Disconnected` event, skipping others.
+pub async fn next_disconnect(
+    events: &mut tokio::sync::broadcast::Receiver<NetworkEvent>,
+) -> NetworkEvent {
+    next_event(events, |e| matches!(e, NetworkEvent::Disconnected { .. })).await
+}
+
 pub fn numbered(i: u32, len: usize) -> Bytes {
     let mut v = vec![(i % 251) as u8; len.max(4)];
     v[..4].copy_from_slice(&i.to_be_bytes());
