@@ -23,7 +23,7 @@ use super::event::BanReason;
 use super::listener::Accepted;
 use super::redial::Redialer;
 use super::shared::Shared;
-use super::tiebreak::{Candidate, keep_new_connection, next_dial_seq};
+use super::tiebreak::{keep_new_connection, next_dial_seq};
 use super::{Direction, DisconnectReason, NetworkError, NetworkEvent};
 use crate::identity::PeerId;
 use crate::network::inbox::InboxSender;
@@ -145,21 +145,13 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 self.pending.insert(id, reply);
             }
             Command::Disconnect { peer, reply } => {
-                let removed = self.shared.peers.write().remove(&peer);
-                let held = removed.is_none() && self.held_departures.release(peer);
-                if let Some(socket) = &removed {
-                    socket.close_gracefully(DisconnectReason::Requested);
-                }
-                if removed.is_some() || held {
-                    self.emit(NetworkEvent::Disconnected {
-                        peer,
-                        reason: DisconnectReason::Requested,
-                    });
+                let was_connected = self.remove_peer(peer, DisconnectReason::Requested);
+                if was_connected {
                     // A persistent peer is redialed: use a ban to keep one away.
                     self.redial
                         .peer_lost(peer, std::time::Instant::now(), jitter_sample());
                 }
-                let _ = reply.send(removed.is_some() || held);
+                let _ = reply.send(was_connected);
             }
             Command::Ban {
                 peer,
@@ -194,22 +186,30 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
         }
         self.shared.counters.bans.inc();
         tracing::info!(%peer, ?reason, ?duration, "peer banned");
-        let removed = self.shared.peers.write().remove(&peer);
-        let held = removed.is_none() && self.held_departures.release(peer);
-        if let Some(socket) = &removed {
-            socket.close_gracefully(DisconnectReason::Banned);
-        }
-        if removed.is_some() || held {
-            self.emit(NetworkEvent::Disconnected {
-                peer,
-                reason: DisconnectReason::Banned,
-            });
-        }
+        self.remove_peer(peer, DisconnectReason::Banned);
         self.emit(NetworkEvent::Banned {
             peer,
             duration,
             reason,
         });
+    }
+
+    /// Ends the local side's relation with `peer` for `reason`: closes its connection
+    /// gracefully, or drops its held departure, and reports `Disconnected`. Returns whether the
+    /// application counted the peer as connected.
+    fn remove_peer(&mut self, peer: PeerId, reason: DisconnectReason) -> bool {
+        let removed = self.shared.peers.write().remove(&peer);
+        let was_connected = match &removed {
+            Some(socket) => {
+                socket.close_gracefully(reason.clone());
+                true
+            }
+            None => self.held_departures.release(peer),
+        };
+        if was_connected {
+            self.emit(NetworkEvent::Disconnected { peer, reason });
+        }
+        was_connected
     }
 
     fn new_socket(&mut self, direction: Direction, addr: SocketAddr) -> Arc<SocketShared> {
@@ -466,14 +466,8 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 if !keep_new_connection(
                     self.shared.local_id,
                     peer,
-                    Candidate {
-                        direction: existing.direction,
-                        dial_seq: existing.dial_seq.get().copied().unwrap_or(0),
-                    },
-                    Candidate {
-                        direction: socket.direction,
-                        dial_seq: socket.dial_seq.get().copied().unwrap_or(0),
-                    },
+                    existing.tiebreak_candidate(),
+                    socket.tiebreak_candidate(),
                 ) {
                     return Admission::Close(DisconnectReason::Duplicate);
                 }
