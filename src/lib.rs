@@ -35,18 +35,29 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+mod config;
+mod driver;
+mod error;
 pub mod handshake;
 pub mod identity;
-pub mod metrics;
-pub mod network;
-pub mod socket;
+mod metrics;
+mod network;
+mod peers;
+pub mod protocols;
+mod session;
 
+pub use config::{Config, PersistentPeer};
+pub use driver::inbox::{Inbox, TryRecvError};
+pub use driver::shared::NetworkStats;
+pub use error::NetworkError;
 pub use identity::{Keypair, PeerId};
-pub use network::{
-    BanReason, BroadcastReport, Config, Direction, DisconnectReason, Encoded, Inbox, Network,
-    NetworkError, NetworkEvent, NetworkStats, PersistentPeer, TryRecvError,
+pub use metrics::prometheus_text;
+pub use network::{BroadcastReport, Encoded, Network};
+pub use peers::backoff::Backoff;
+pub use peers::{BanReason, NetworkEvent};
+pub use session::{
+    ConnectionId, ConnectionInfo, Direction, DisconnectReason, PeerStats, SocketState,
 };
-pub use socket::{ConnectionInfo, PeerStats, SocketState};
 
 /// Compiles the README's examples as doctests, so the documented usage cannot drift from the API.
 #[cfg(doctest)]

@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::network::NetworkStats;
-use crate::socket::ConnectionInfo;
+use crate::driver::shared::NetworkStats;
+use crate::session::ConnectionInfo;
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -195,8 +195,8 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
 mod tests {
     use super::*;
     use crate::Keypair;
-    use crate::network::Direction;
-    use crate::socket::{PeerStats, SocketState};
+    use crate::session::Direction;
+    use crate::session::{PeerStats, SocketState};
 
     #[test]
     fn renders_totals_reasons_and_per_peer_series() {
@@ -214,7 +214,7 @@ mod tests {
             ..PeerStats::default()
         };
         let peer = ConnectionInfo {
-            id: 1,
+            id: crate::session::ConnectionId(1),
             peer: Some(id),
             addr: "127.0.0.1:9".parse().unwrap(),
             listen_addr: None,

@@ -78,7 +78,7 @@ async fn persistent_peer_is_dialed_at_start_and_redialed_after_restart() {
         .unwrap();
     let b_addr = b.local_addr();
     let b_id = b.local_peer_id();
-    let backoff = peerwire::network::backoff::Backoff {
+    let backoff = peerwire::Backoff {
         base: Duration::from_millis(50),
         cap: Duration::from_millis(400),
         jitter_permille: 200,
@@ -113,7 +113,7 @@ async fn persistent_peer_is_dialed_at_start_and_redialed_after_restart() {
 async fn persistent_peer_with_wrong_key_is_never_accepted() {
     let (b, _bi) = node(config()).await;
     let wrong = Keypair::generate().peer_id();
-    let backoff = peerwire::network::backoff::Backoff {
+    let backoff = peerwire::Backoff {
         base: Duration::from_millis(20),
         cap: Duration::from_millis(100),
         jitter_permille: 0,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use peerwire::network::backoff::Backoff;
+use peerwire::Backoff;
 use peerwire::{Config, Inbox, Keypair, Network, PeerId};
 
 fn quick_backoff() -> Backoff {

@@ -5,19 +5,6 @@
 //! looks the peer up in a read-locked map and pushes into that peer's bounded queue. Connecting,
 //! disconnecting and shutdown are commands to the actor.
 
-mod actor;
-pub mod backoff;
-mod bans;
-mod config;
-mod departures;
-mod error;
-mod event;
-pub(crate) mod inbox;
-mod listener;
-mod redial;
-mod shared;
-pub mod tiebreak;
-
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,16 +19,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::encode_message;
+use crate::config::Config;
+use crate::driver::inbox::{self, Inbox};
+use crate::driver::link::{SocketContext, SocketShared};
+use crate::driver::listener;
+use crate::driver::node::{self, Command, NetworkActor};
+use crate::driver::queue::PushError;
+use crate::driver::shared::{Counters, NetworkStats, Shared};
+use crate::driver::stream::Reliable;
+use crate::error::NetworkError;
 use crate::identity::{Keypair, PeerId};
-use crate::socket::queue::PushError;
-use crate::socket::{ConnectionInfo, SocketContext, SocketShared};
-use actor::{Command, NetworkActor};
-pub use config::{Config, PersistentPeer};
-pub use error::NetworkError;
-pub use event::{BanReason, Direction, DisconnectReason, NetworkEvent};
-pub use inbox::{Inbox, TryRecvError};
-pub use shared::NetworkStats;
-use shared::{Counters, Shared};
+use crate::peers::{NetworkEvent, backoff, bans, departures, redial};
+use crate::session::ConnectionInfo;
 
 /// Capacity of the command channel from handles to the actor.
 const COMMAND_CAPACITY: usize = 256;
@@ -150,7 +139,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             .persistent_peers
             .iter()
             .map(|p| {
-                let stream = crate::socket::reliable::Reliable::new(
+                let stream = Reliable::new(
                     incarnation,
                     config.offline_queue_capacity,
                     config.offline_queue_bytes,
@@ -212,7 +201,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             last_dial_seq: 0,
             held_departures: departures::HeldDepartures::new(
                 config.handshake_timeout,
-                actor::MAX_HELD_DEPARTURES,
+                node::MAX_HELD_DEPARTURES,
             ),
             redial: redial::Redialer::new(
                 config.persistent_peers.iter().map(|p| (p.addr, p.id)),

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::SocketShared;
+use super::link::SocketShared;
 use super::queue::Batch;
-use super::reliable::{Reliable, Taken};
+use super::stream::Reliable;
 use crate::codec::cipher::Sealer;
 use crate::codec::frame::FrameEncoder;
 use crate::codec::{CodecError, ControlMessage, GoodbyeReason, encode_control};
-use crate::network::DisconnectReason;
+use crate::session::DisconnectReason;
+use crate::session::reliable::Taken;
 use bytes::Bytes;
 
 /// How the write task ended.

@@ -9,20 +9,20 @@
 //! accepted will do: both can differ between the two sides (scheduling, a retransmitted SYN),
 //! and then each side closes the connection the other kept.
 
-use super::Direction;
 use crate::identity::PeerId;
+use crate::session::Direction;
 
 /// A connection as the tie-break sees it: who dialed it, and the dialer's sequence number.
 #[derive(Debug, Clone, Copy)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// Which side dialed it.
-    pub direction: Direction,
+    pub(crate) direction: Direction,
     /// The dialer's sequence number for it, the same on both sides (see [`next_dial_seq`]).
-    pub dial_seq: u64,
+    pub(crate) dial_seq: u64,
 }
 
 /// Whether a newly authenticated connection should replace the peer's existing one.
-pub fn keep_new_connection(
+pub(crate) fn keep_new_connection(
     local: PeerId,
     remote: PeerId,
     existing: Candidate,
@@ -44,7 +44,7 @@ pub fn keep_new_connection(
 /// its counter) still numbers its new dials above those of its previous process, whose
 /// half-open connections its peers may still hold. A clock stepped back only delays that: the
 /// old connection is then replaced when its idle timeout closes it.
-pub fn next_dial_seq(last: u64, unix_micros: u64) -> u64 {
+pub(crate) fn next_dial_seq(last: u64, unix_micros: u64) -> u64 {
     last.saturating_add(1).max(unix_micros)
 }
 

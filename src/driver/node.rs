@@ -16,21 +16,22 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::backoff::jitter_sample;
-use super::bans::Bans;
-use super::departures::HeldDepartures;
-use super::event::BanReason;
+use super::connection::{Admission, SocketEvent, SocketTask, Streams};
+use super::inbox::InboxSender;
+use super::link::{SocketContext, SocketShared};
 use super::listener::Accepted;
-use super::redial::Redialer;
 use super::shared::Shared;
-use super::tiebreak::{keep_new_connection, next_dial_seq};
-use super::{Direction, DisconnectReason, NetworkError, NetworkEvent};
+use crate::error::NetworkError;
 use crate::identity::PeerId;
-use crate::network::inbox::InboxSender;
-use crate::socket::actor::{Admission, SocketEvent, SocketTask, Streams};
-use crate::socket::rate::TokenBucket;
-use crate::socket::reliable::RecvSeq;
-use crate::socket::{ConnectionId, SocketContext, SocketShared, SocketState};
+use crate::peers::backoff::jitter_sample;
+use crate::peers::bans::Bans;
+use crate::peers::departures::HeldDepartures;
+use crate::peers::redial::Redialer;
+use crate::peers::tiebreak::{keep_new_connection, next_dial_seq};
+use crate::peers::{BanReason, NetworkEvent};
+use crate::session::rate::TokenBucket;
+use crate::session::reliable::RecvSeq;
+use crate::session::{ConnectionId, Direction, DisconnectReason, SocketState};
 
 /// Requests from handles to the actor.
 #[derive(Debug)]
@@ -72,7 +73,7 @@ pub(crate) struct NetworkActor<M> {
     pub(crate) listener_cancel: CancellationToken,
     pub(crate) listener: JoinHandle<()>,
     pub(crate) tracker: TaskTracker,
-    pub(crate) next_id: ConnectionId,
+    pub(crate) next_id: u64,
     /// Callers of `connect` waiting for their dial to open (or fail).
     pub(crate) pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NetworkError>>>,
     /// When to dial persistent peers and bootstrap addresses.
@@ -215,7 +216,7 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
     fn new_socket(&mut self, direction: Direction, addr: SocketAddr) -> Arc<SocketShared> {
         self.next_id += 1;
         let socket = Arc::new(SocketShared::new(
-            self.next_id,
+            ConnectionId(self.next_id),
             direction,
             addr,
             &self.ctx.config,

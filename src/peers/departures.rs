@@ -13,9 +13,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::DisconnectReason;
 use crate::codec::GoodbyeReason;
 use crate::identity::PeerId;
+use crate::session::DisconnectReason;
 
 /// Departures not yet reported, bounded: when full, a departure is reported at once.
 pub(crate) struct HeldDepartures {

@@ -1,10 +1,28 @@
-//! Events the network reports to the application, and the reasons connections end.
+//! One connection after the handshake, as pure rules: its vocabulary (who dialed, why it ended),
+//! its state machine, its reliable-stream positions and its rate limits. Nothing here holds a
+//! socket, spawns a task or reads a clock: callers pass `now`.
 
-use std::net::SocketAddr;
+mod info;
+pub(crate) mod rate;
+pub(crate) mod reliable;
+mod state;
 
 use crate::codec::{CodecError, GoodbyeReason};
 use crate::handshake::HandshakeError;
-use crate::identity::PeerId;
+
+pub use info::{ConnectionInfo, PeerStats};
+pub use state::SocketState;
+pub(crate) use state::StateCell;
+
+/// Identifies one connection for the lifetime of a node (a peer may have several over time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// Which side dialed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,48 +88,4 @@ impl DisconnectReason {
     pub(crate) fn from_handshake(error: &HandshakeError) -> Self {
         Self::Handshake(error.label())
     }
-}
-
-/// Something that happened to a peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum NetworkEvent {
-    /// A peer is now connected (its first connection opened).
-    Connected {
-        /// The proven peer.
-        peer: PeerId,
-        /// Its socket address.
-        addr: SocketAddr,
-        /// Who dialed.
-        direction: Direction,
-    },
-    /// A peer was banned: its connection is closed and it is refused until the ban expires.
-    Banned {
-        /// The peer.
-        peer: PeerId,
-        /// For how long.
-        duration: std::time::Duration,
-        /// Why: its misbehaviour score, or the application's request.
-        reason: BanReason,
-    },
-    /// A peer is no longer connected (its connection closed and was not replaced).
-    Disconnected {
-        /// The peer.
-        peer: PeerId,
-        /// Why.
-        reason: DisconnectReason,
-    },
-}
-
-/// Why a peer was banned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BanReason {
-    /// It spent its misbehaviour budget (this many points).
-    Misbehaviour {
-        /// Points charged.
-        score: u64,
-    },
-    /// The application called [`crate::Network::ban`] (for example for equivocation).
-    Application,
 }

@@ -1,18 +1,5 @@
-//! One connection to one peer: the state it is in, its counters, its send queue, and the task
-//! that runs it.
-//!
-//! The socket task (`actor`) dials or takes an accepted stream, authenticates it, asks the
-//! network whether to keep it, then spawns a read task (`reader`) and a write task
-//! (`writer`) and supervises them until the connection closes.
-
-pub(crate) mod actor;
-pub(crate) mod queue;
-pub(crate) mod rate;
-mod reader;
-pub(crate) mod reliable;
-mod state;
-mod stats;
-mod writer;
+//! One connection as shared memory: what the node, senders and the connection's tasks share
+//! (state, counters, send queue, cancellation), and the context every connection task reads.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,16 +10,11 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::SendQueue;
+use super::stats::SocketStats;
+use crate::config::Config;
 use crate::identity::{Keypair, PeerId};
-use crate::network::{Config, Direction, DisconnectReason};
-use queue::SendQueue;
-pub use state::SocketState;
-use state::StateCell;
-pub use stats::PeerStats;
-use stats::SocketStats;
-
-/// Identifies one connection for the lifetime of a node (peers may have several over time).
-pub type ConnectionId = u64;
+use crate::session::{ConnectionId, ConnectionInfo, Direction, DisconnectReason, StateCell};
 
 /// What a socket shares with the network actor and with senders. The socket task is the only
 /// writer of `state`; `peer` is set once, when the handshake proves it.
@@ -138,8 +120,8 @@ impl SocketShared {
     }
 
     /// This connection as the duplicate tie-break compares it.
-    pub(crate) fn tiebreak_candidate(&self) -> crate::network::tiebreak::Candidate {
-        crate::network::tiebreak::Candidate {
+    pub(crate) fn tiebreak_candidate(&self) -> crate::peers::tiebreak::Candidate {
+        crate::peers::tiebreak::Candidate {
             direction: self.direction,
             dial_seq: self.dial_seq.get().copied().unwrap_or(0),
         }
@@ -157,26 +139,6 @@ impl SocketShared {
             stats: self.stats.snapshot(queued_messages, queued_bytes),
         }
     }
-}
-
-/// A snapshot of one connection: who, where, which state, and its counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConnectionInfo {
-    /// This connection's id.
-    pub id: ConnectionId,
-    /// The proven peer, once authenticated.
-    pub peer: Option<PeerId>,
-    /// The remote socket address.
-    pub addr: SocketAddr,
-    /// The listen address the peer advertised in the handshake.
-    pub listen_addr: Option<SocketAddr>,
-    /// Who dialed.
-    pub direction: Direction,
-    /// The state now.
-    pub state: SocketState,
-    /// Counters.
-    pub stats: PeerStats,
 }
 
 /// Immutable context every socket task shares.

@@ -10,10 +10,11 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::NetworkEvent;
+use super::link::SocketShared;
+use super::stream::Reliable;
 use crate::identity::PeerId;
-use crate::socket::reliable::Reliable;
-use crate::socket::{ConnectionId, SocketShared};
+use crate::peers::NetworkEvent;
+use crate::session::ConnectionId;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);

@@ -9,16 +9,17 @@ use bytes::{BufMut, BytesMut};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::SocketShared;
-use super::rate::TokenBucket;
-use super::reliable::{RecvSeq, Reliable, Verdict};
+use super::inbox::{DeliverError, InboxSender};
+use super::link::SocketShared;
+use super::stream::Reliable;
 use crate::codec::cipher::Opener;
 use crate::codec::frame::FrameDecoder;
 use crate::codec::record::{Inbound, RecordDecoder};
 use crate::codec::{ControlMessage, Violation, decode_control, decode_message};
 use crate::identity::PeerId;
-use crate::network::DisconnectReason;
-use crate::network::inbox::{DeliverError, InboxSender};
+use crate::session::DisconnectReason;
+use crate::session::rate::TokenBucket;
+use crate::session::reliable::{RecvSeq, Verdict};
 use parking_lot::Mutex;
 
 pub(crate) struct Reader<M> {

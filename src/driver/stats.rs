@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::session::PeerStats;
+
 /// Live counters of one connection.
 #[derive(Debug, Default)]
 pub(crate) struct SocketStats {
@@ -51,44 +53,4 @@ impl SocketStats {
             queued_bytes,
         }
     }
-}
-
-/// A snapshot of one connection's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PeerStats {
-    /// Application messages received and delivered or dropped at the inbox.
-    pub messages_in: u64,
-    /// Encoded application bytes received.
-    pub bytes_in: u64,
-    /// Application messages written to the connection.
-    pub messages_out: u64,
-    /// Encoded application bytes written.
-    pub bytes_out: u64,
-    /// Encrypted frames received.
-    pub frames_in: u64,
-    /// Encrypted frames sent.
-    pub frames_out: u64,
-    /// Inbound messages rejected (oversize, undecodable, malformed records).
-    pub rejected: u64,
-    /// Misbehaviour points charged to the peer on this connection.
-    pub misbehaviour: u64,
-    /// Inbound messages dropped because the application inbox was full.
-    pub dropped_inbox_full: u64,
-    /// Outbound messages refused because this peer's send queue was full.
-    pub dropped_queue_full: u64,
-    /// Outbound messages still queued when the connection closed without flushing them.
-    pub dropped_on_close: u64,
-    /// Inbound messages dropped for exceeding the peer's rate limit.
-    pub dropped_rate_limited: u64,
-    /// Pings sent on this connection.
-    pub pings_sent: u64,
-    /// Matching pongs received.
-    pub pongs_received: u64,
-    /// The last measured round-trip time (ping to pong), once known.
-    pub rtt: Option<std::time::Duration>,
-    /// Messages waiting in the send queue now.
-    pub queued_messages: usize,
-    /// Bytes waiting in the send queue now.
-    pub queued_bytes: usize,
 }

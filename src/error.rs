@@ -55,7 +55,7 @@ pub enum NetworkError {
         /// The dialed address.
         addr: SocketAddr,
         /// Why.
-        reason: super::DisconnectReason,
+        reason: crate::session::DisconnectReason,
     },
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::handshake::MAX_NETWORK_ID_LEN;
 use crate::identity::PeerId;
 
-use super::NetworkError;
-use super::backoff::Backoff;
+use crate::error::NetworkError;
+use crate::peers::backoff::Backoff;
 
 /// A peer to stay connected to: where to dial it and which identity it must prove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::backoff::Backoff;
 use crate::identity::PeerId;
-use crate::socket::ConnectionId;
+use crate::session::ConnectionId;
 
 #[derive(Debug)]
 struct Target {
@@ -186,11 +186,11 @@ mod tests {
             let dials = r.due(t, |_| false);
             let dial = dials.into_iter().find(|d| d.expected == Some(id)).unwrap();
             assert_eq!(
-                r.started(dial, conn),
+                r.started(dial, ConnectionId(conn)),
                 conn > 0,
                 "every dial after the first is a redial"
             );
-            r.dial_closed(conn, t, 0);
+            r.dial_closed(ConnectionId(conn), t, 0);
             let next = r
                 .targets
                 .iter()
@@ -225,8 +225,8 @@ mod tests {
         let dial = r.due(now, |_| false)[0];
         assert_eq!(dial.expected, Some(id));
         // Refused after the handshake (not a success): the close schedules a retry.
-        r.started(dial, 7);
-        r.dial_closed(7, now, 0);
+        r.started(dial, ConnectionId(7));
+        r.dial_closed(ConnectionId(7), now, 0);
         assert!(r.next_due().is_some());
         let later = now + Duration::from_secs(3600);
         let dial = r.due(later, |_| false)[0];
@@ -239,9 +239,9 @@ mod tests {
     fn bootstrap_is_done_after_first_success() {
         let (mut r, id, now) = setup();
         let dials = r.due(now, |p| p == id);
-        r.started(dials[0], 1);
-        r.dial_succeeded(1);
-        r.dial_closed(1, now, 0); // the connection ends later: no redial
+        r.started(dials[0], ConnectionId(1));
+        r.dial_succeeded(ConnectionId(1));
+        r.dial_closed(ConnectionId(1), now, 0); // the connection ends later: no redial
         assert_eq!(r.next_due(), None);
         assert!(!r.is_persistent(Keypair::generate().peer_id()));
         assert!(r.is_persistent(id));

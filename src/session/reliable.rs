@@ -13,16 +13,12 @@
 //! ones follow a local drop and are discarded until the sender resumes from the gap. A new
 //! incarnation (the sender restarted) resets the expectation.
 //!
-//! Both types are pure: no tasks, no clocks.
+//! Both types are pure: no tasks, no clocks, no shared memory (the driver's `stream` module
+//! shares a buffer between senders and connections).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use tokio::sync::Notify;
-
-use super::SocketShared;
 
 /// What the writer should send next: an optional resume marker, then messages in order.
 #[derive(Debug, Default)]
@@ -147,104 +143,6 @@ impl ReliableBuffer {
     /// Messages accepted and not yet acknowledged, and their bytes.
     pub(crate) fn depth(&self) -> (usize, usize) {
         (self.unacked.len(), self.bytes)
-    }
-}
-
-/// A persistent peer's reliable stream as shared by senders, its connections and the network.
-#[derive(Debug)]
-pub(crate) struct Reliable {
-    pub(crate) buffer: Mutex<ReliableBuffer>,
-    /// Wakes senders waiting for room (acknowledgements free it).
-    pub(crate) room: Notify,
-    /// The connection currently writing this stream, if the peer is connected.
-    attached: Mutex<Option<Arc<SocketShared>>>,
-}
-
-impl Reliable {
-    pub(crate) fn new(incarnation: u64, capacity: usize, max_bytes: usize) -> Self {
-        Self {
-            buffer: Mutex::new(ReliableBuffer::new(incarnation, capacity, max_bytes)),
-            room: Notify::new(),
-            attached: Mutex::new(None),
-        }
-    }
-
-    /// Accepts a message and wakes the attached writer, if any; when full, hands it back.
-    pub(crate) fn push(&self, message: Bytes) -> Result<(), Bytes> {
-        self.buffer.lock().push(message)?;
-        if let Some(socket) = &*self.attached.lock() {
-            socket.queue.wake();
-        }
-        Ok(())
-    }
-
-    /// Accepts a message, waiting for acknowledgements to make room.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: if dropped before it returns, the message was not accepted.
-    pub(crate) async fn push_wait(&self, mut message: Bytes) {
-        loop {
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            match self.push(message) {
-                Ok(()) => return,
-                Err(back) => {
-                    message = back;
-                    room.await;
-                }
-            }
-        }
-    }
-
-    /// `socket` now carries this stream: resend everything unacknowledged on it. Done under
-    /// the `attached` lock (then the buffer lock, the order `take_for` uses too), so no other
-    /// connection's writer can read the stream, or its resume marker, after this point.
-    pub(crate) fn attach(&self, socket: &Arc<SocketShared>) {
-        let mut attached = self.attached.lock();
-        self.buffer.lock().restart();
-        *attached = Some(socket.clone());
-        drop(attached);
-        socket.queue.wake();
-    }
-
-    /// Takes the next messages for `socket`'s writer, only if `socket` carries the stream now;
-    /// returns the incarnation for the resume marker.
-    pub(crate) fn take_for(
-        &self,
-        socket: &Arc<SocketShared>,
-        max_bytes: usize,
-        taken: &mut Taken,
-    ) -> u64 {
-        let attached = self.attached.lock();
-        let mut buffer = self.buffer.lock();
-        if attached.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
-            buffer.take(max_bytes, taken);
-        }
-        buffer.incarnation()
-    }
-
-    /// `socket` closed: stop waking it (unless another connection took over already).
-    pub(crate) fn detach(&self, socket: &Arc<SocketShared>) {
-        let mut attached = self.attached.lock();
-        if attached.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
-            *attached = None;
-        }
-    }
-
-    /// The peer acknowledged everything before `next_expected`.
-    pub(crate) fn ack(&self, next_expected: u64) {
-        if self.buffer.lock().ack(next_expected) > 0 {
-            self.room.notify_waiters();
-        }
-    }
-
-    /// The peer asks for a resend from `from`.
-    pub(crate) fn rewind(&self, from: u64) {
-        self.buffer.lock().rewind(from);
-        if let Some(socket) = &*self.attached.lock() {
-            socket.queue.wake();
-        }
     }
 }
 

@@ -15,15 +15,17 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::rate::TokenBucket;
+use super::inbox::InboxSender;
+use super::link::{SocketContext, SocketShared};
 use super::reader::Reader;
-use super::reliable::{RecvSeq, Reliable};
+use super::stream::Reliable;
 use super::writer::{WriteEnd, Writer};
-use super::{SocketContext, SocketShared, SocketState};
+use crate::error::NetworkError;
 use crate::handshake::{self, Established, HandshakeError, HandshakeParams};
 use crate::identity::PeerId;
-use crate::network::inbox::InboxSender;
-use crate::network::{Direction, DisconnectReason, NetworkError};
+use crate::session::rate::TokenBucket;
+use crate::session::reliable::RecvSeq;
+use crate::session::{Direction, DisconnectReason, SocketState};
 use parking_lot::Mutex;
 
 /// The network's answer once a peer is proven.

@@ -1,0 +1,50 @@
+//! Events the node reports to the application about its peers.
+
+use std::net::SocketAddr;
+
+use crate::identity::PeerId;
+use crate::session::{Direction, DisconnectReason};
+
+/// Something that happened to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetworkEvent {
+    /// A peer is now connected (its first connection opened).
+    Connected {
+        /// The proven peer.
+        peer: PeerId,
+        /// Its socket address.
+        addr: SocketAddr,
+        /// Who dialed.
+        direction: Direction,
+    },
+    /// A peer was banned: its connection is closed and it is refused until the ban expires.
+    Banned {
+        /// The peer.
+        peer: PeerId,
+        /// For how long.
+        duration: std::time::Duration,
+        /// Why: its misbehaviour score, or the application's request.
+        reason: BanReason,
+    },
+    /// A peer is no longer connected (its connection closed and was not replaced).
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// Why a peer was banned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BanReason {
+    /// It spent its misbehaviour budget (this many points).
+    Misbehaviour {
+        /// Points charged.
+        score: u64,
+    },
+    /// The application called [`crate::Network::ban`] (for example for equivocation).
+    Application,
+}

@@ -1,0 +1,12 @@
+//! The node's policy over all its peers, as pure rules: the duplicate tie-break, held departures,
+//! bans, the redial schedule and its backoff, and the events reported to the application.
+//! Nothing here holds a socket or reads a clock: callers pass `now`.
+
+pub(crate) mod backoff;
+pub(crate) mod bans;
+pub(crate) mod departures;
+mod event;
+pub(crate) mod redial;
+pub(crate) mod tiebreak;
+
+pub use event::{BanReason, NetworkEvent};

@@ -1,0 +1,13 @@
+//! Protocols on top of the network's face: request/response, topic gossip, discovery, swarm
+//! distribution. None has landed yet; this module holds the contract each will follow.
+//!
+//! # The contract
+//! - A protocol is a pure state machine plus at most one task. The state machine takes the
+//!   messages of its channel, events and `now`, and returns messages to send and decisions; it
+//!   is unit-tested with a hand-moved clock and can be run by the hundreds in one deterministic
+//!   simulation. The task only moves messages between the state machine and the network.
+//! - It talks to peers only through a `Channel` of its own, on an id from the reserved
+//!   range `RESERVED_CHANNELS`, declared with a `ChannelSpec` that bounds its
+//!   queues and inbox. It never reaches into the driver.
+//! - Everything it keeps (pending requests, seen caches, address books) is bounded, with a
+//!   stated policy and a counter when full; everything it receives is hostile.
