@@ -68,7 +68,7 @@ fn decode_all(
     let mut messages = 0;
     while let Some(plaintext) = frames.decode(&mut stream).unwrap() {
         records.decode_frame(plaintext, &mut |item| match item {
-            Inbound::Message(encoded) => {
+            Inbound::Message { bytes: encoded, .. } => {
                 let message: Bytes = decode_message(&encoded).unwrap();
                 black_box(&message);
                 messages += 1;

@@ -8,6 +8,8 @@ use crate::identity::PeerId;
 
 use crate::error::NetworkError;
 use crate::peers::backoff::Backoff;
+use crate::session::channel::ChannelTable;
+use crate::session::{ChannelId, ChannelSpec, MAX_CHANNELS, Overflow, Priority, RESERVED_CHANNELS};
 
 /// A peer to stay connected to: where to dial it and which identity it must prove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +52,8 @@ pub struct Config {
     /// Largest encoded application message, sent or received. Larger inbound messages are
     /// rejected and skipped without being buffered. Default 16 MiB.
     pub max_message_size: usize,
-    /// Messages waiting per peer before `try_send` reports `Full` and `send` waits. Default 4096.
+    /// Default channel (0): messages waiting per peer before `try_send` reports `Full` and
+    /// `send` waits (at most `send_wait`). Default 4096.
     pub send_queue_capacity: usize,
     /// Bytes waiting per peer before the queue counts as full (one message always fits).
     /// Default 32 MiB.
@@ -126,6 +129,18 @@ pub struct Config {
     /// Per-connection inbound rate limit in encoded bytes per second, same policy.
     /// Default 1 GiB/s.
     pub max_inbound_bytes_per_sec: u64,
+    /// The channels besides the default one, declared with [`Config::channel`]. The default
+    /// channel (0) takes its bounds from the top-level fields (`send_queue_*`, `inbox_*`,
+    /// `max_message_size`, `max_inbound_*`) with [`Priority::Normal`], unless declared here.
+    pub channels: Vec<(ChannelId, ChannelSpec)>,
+    /// Longest a `send().await` or `broadcast().await` waits for room in one peer's queue
+    /// (or persistent-peer stream) before it gives up on that peer for that message: `send`
+    /// returns `Full`, `broadcast` skips the peer (both counted as `dropped_queue_full`). After
+    /// such a timeout the peer's channel counts as stalled and later sends to it give up at
+    /// once, until its writer makes progress again; a peer that makes no progress for
+    /// `write_timeout` is disconnected. So one peer that stops reading delays a broadcast by at
+    /// most this, once. Default 100 ms.
+    pub send_wait: Duration,
 }
 
 impl Default for Config {
@@ -162,6 +177,8 @@ impl Default for Config {
             ban_duration: Duration::from_secs(600),
             max_inbound_messages_per_sec: 1_000_000,
             max_inbound_bytes_per_sec: 1 << 30,
+            channels: Vec::new(),
+            send_wait: Duration::from_millis(100),
         }
     }
 }
@@ -236,6 +253,8 @@ setters! {
     max_inbound_messages_per_sec: u64,
     /// Sets [`Config::max_inbound_bytes_per_sec`].
     max_inbound_bytes_per_sec: u64,
+    /// Sets [`Config::send_wait`].
+    send_wait: Duration,
 }
 
 impl Config {
@@ -258,6 +277,40 @@ impl Config {
     pub fn bootstrap(mut self, addr: SocketAddr) -> Self {
         self.bootstrap.push(addr);
         self
+    }
+
+    /// Declares channel `id` (see [`ChannelSpec`]); declaring 0 replaces the default channel's
+    /// bounds and priority. Ids in [`RESERVED_CHANNELS`] are refused by [`Config::validate`].
+    /// Both peers must declare the same channels: a message on a channel the receiver lacks is
+    /// dropped and charged (5 points).
+    #[must_use]
+    pub fn channel(mut self, id: ChannelId, spec: ChannelSpec) -> Self {
+        self.channels.retain(|(existing, _)| *existing != id);
+        self.channels.push((id, spec));
+        self
+    }
+
+    /// The default channel's spec: declared with [`Config::channel`], or from the top-level
+    /// fields.
+    fn default_channel(&self) -> ChannelSpec {
+        if let Some((_, spec)) = self.channels.iter().find(|(id, _)| *id == 0) {
+            return spec.clone();
+        }
+        ChannelSpec::normal()
+            .priority(Priority::Normal)
+            .send_queue_capacity(self.send_queue_capacity)
+            .send_queue_bytes(self.send_queue_bytes)
+            .inbox_capacity(self.inbox_capacity)
+            .inbox_bytes(self.inbox_bytes)
+            .overflow(Overflow::DropNewest)
+            .max_message_size(self.max_message_size)
+            .max_inbound_messages_per_sec(self.max_inbound_messages_per_sec)
+            .max_inbound_bytes_per_sec(self.max_inbound_bytes_per_sec)
+    }
+
+    /// Every channel, by dense index (0 is the default channel).
+    pub(crate) fn channel_table(&self) -> ChannelTable {
+        ChannelTable::new(self.default_channel(), &self.channels)
     }
 
     /// Sets [`Config::advertised_addr`].
@@ -314,6 +367,38 @@ impl Config {
         if self.backoff.base.is_zero() || self.backoff.cap < self.backoff.base {
             return bad("backoff needs base > 0 and cap >= base");
         }
+        if self.channels.iter().filter(|(id, _)| *id != 0).count() + 1 > MAX_CHANNELS {
+            return Err(NetworkError::InvalidConfig(format!(
+                "more than {MAX_CHANNELS} channels declared"
+            )));
+        }
+        for (id, spec) in &self.channels {
+            if RESERVED_CHANNELS.contains(id) {
+                return Err(NetworkError::InvalidConfig(format!(
+                    "channel {id} is in the range reserved for peerwire's own protocols \
+                     ({}..={}); pick a lower id",
+                    RESERVED_CHANNELS.start(),
+                    RESERVED_CHANNELS.end()
+                )));
+            }
+            for (name, value) in [
+                ("send_queue_capacity", spec.send_queue_capacity),
+                ("send_queue_bytes", spec.send_queue_bytes),
+                ("inbox_capacity", spec.inbox_capacity),
+                ("inbox_bytes", spec.inbox_bytes),
+            ] {
+                if value == 0 {
+                    return Err(NetworkError::InvalidConfig(format!(
+                        "channel {id}: {name} must be > 0"
+                    )));
+                }
+            }
+            if spec.max_message_size == 0 || spec.max_message_size > u32::MAX as usize / 2 {
+                return Err(NetworkError::InvalidConfig(format!(
+                    "channel {id}: max_message_size must be between 1 byte and 2 GiB"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -337,6 +422,23 @@ mod tests {
                 .is_err()
         );
         assert!(Config::default().max_message_size(0).validate().is_err());
+        let err = Config::default()
+            .channel(0xFF01, ChannelSpec::bulk())
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let err = Config::default()
+            .channel(3, ChannelSpec::bulk().inbox_capacity(0))
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("channel 3: inbox_capacity"),
+            "{err}"
+        );
+        let many = (1..=MAX_CHANNELS as u16).fold(Config::default(), |c, id| {
+            c.channel(id, ChannelSpec::normal())
+        });
+        assert!(many.validate().is_err());
         assert!(
             Config::default()
                 .write_timeout(Duration::ZERO)

@@ -66,6 +66,13 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+    /// [`crate::Network::channel`] named a channel the config did not declare.
+    #[error("channel {0} is not declared; add it with Config::channel before start")]
+    UnknownChannel(u16),
+    /// [`crate::Network::channel`] named a channel already opened (each opens once; clone the
+    /// returned `Channel` to share it). Channel 0 is opened by `start`.
+    #[error("channel {0} is already open; clone its Channel handle instead")]
+    ChannelOpen(u16),
     /// A configuration value is unusable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

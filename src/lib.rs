@@ -52,11 +52,12 @@ pub use driver::shared::NetworkStats;
 pub use error::NetworkError;
 pub use identity::{Keypair, PeerId};
 pub use metrics::prometheus_text;
-pub use network::{BroadcastReport, Encoded, Network};
+pub use network::{BroadcastReport, Channel, Encoded, Network};
 pub use peers::backoff::Backoff;
 pub use peers::{BanReason, NetworkEvent};
 pub use session::{
-    ConnectionId, ConnectionInfo, Direction, DisconnectReason, PeerStats, SocketState,
+    ChannelId, ChannelSpec, ChannelStats, ConnectionId, ConnectionInfo, DEFAULT_CHANNEL, Direction,
+    DisconnectReason, MAX_CHANNELS, Overflow, PeerStats, Priority, RESERVED_CHANNELS, SocketState,
 };
 
 /// Compiles the README's examples as doctests, so the documented usage cannot drift from the API.

@@ -188,6 +188,69 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
             );
         }
     }
+    type ChannelField = fn(&crate::session::ChannelStats) -> u64;
+    let per_channel: [(&str, &str, &str, ChannelField); 4] = [
+        (
+            "peerwire_channel_messages_in_total",
+            "counter",
+            "Application messages received, per peer and channel.",
+            |c| c.messages_in,
+        ),
+        (
+            "peerwire_channel_messages_out_total",
+            "counter",
+            "Application messages written, per peer and channel.",
+            |c| c.messages_out,
+        ),
+        (
+            "peerwire_channel_queue_messages",
+            "gauge",
+            "Messages waiting in the send queue, per peer and channel.",
+            |c| c.queued_messages as u64,
+        ),
+        (
+            "peerwire_channel_queue_bytes",
+            "gauge",
+            "Bytes waiting in the send queue, per peer and channel.",
+            |c| c.queued_bytes as u64,
+        ),
+    ];
+    for (name, kind, help, field) in per_channel {
+        family(&mut out, name, kind, help);
+        for p in peers {
+            let Some(id) = p.peer else { continue };
+            for c in &p.channels {
+                let _ = writeln!(
+                    out,
+                    "{name}{{peer=\"{id}\",channel=\"{}\"}} {}",
+                    c.channel,
+                    field(c)
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "peerwire_channel_dropped_total",
+        "counter",
+        "Messages dropped per peer and channel, by reason.",
+    );
+    for p in peers {
+        let Some(id) = p.peer else { continue };
+        for c in &p.channels {
+            for (reason, n) in [
+                ("inbox_full", c.dropped_inbox_full),
+                ("queue_full", c.dropped_queue_full),
+                ("rate_limited", c.dropped_rate_limited),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "peerwire_channel_dropped_total{{peer=\"{id}\",channel=\"{}\",reason=\"{reason}\"}} {n}",
+                    c.channel
+                );
+            }
+        }
+    }
     out
 }
 
@@ -221,9 +284,17 @@ mod tests {
             direction: Direction::Inbound,
             state: SocketState::Open,
             stats: peer_stats,
+            channels: vec![crate::session::ChannelStats {
+                channel: 2,
+                dropped_inbox_full: 7,
+                ..Default::default()
+            }],
         };
         let text = prometheus_text(&stats, &[peer]);
         assert!(text.contains("peerwire_peers 1\n"));
+        assert!(text.contains(&format!(
+            "peerwire_channel_dropped_total{{peer=\"{id}\",channel=\"2\",reason=\"inbox_full\"}} 7\n"
+        )));
         assert!(text.contains("peerwire_bans_total 2\n"));
         assert!(text.contains("peerwire_handshake_failures_total{reason=\"timeout\"} 3\n"));
         assert!(text.contains(&format!(

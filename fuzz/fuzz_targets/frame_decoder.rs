@@ -116,7 +116,7 @@ fn decode_records<I: IntoIterator<Item = BytesMut>>(frames: I, max: usize) -> Ve
         assert!(items.len() - before <= frame_len.div_ceil(5));
         for item in &items[before..] {
             match item {
-                Inbound::Message(message) => assert!(message.len() <= max),
+                Inbound::Message { bytes: message, .. } => assert!(message.len() <= max),
                 Inbound::Control(body) => assert!(body.len() <= frame_len),
                 Inbound::Violation(violation) => {
                     assert!(!matches!(

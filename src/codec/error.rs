@@ -71,6 +71,9 @@ pub enum Violation {
     /// A message beyond the peer's inbound rate limit (dropped, not decoded).
     #[error("inbound rate limit exceeded")]
     RateLimited,
+    /// A data record on a channel this node did not declare.
+    #[error("message on undeclared channel {0}")]
+    UnknownChannel(u16),
 }
 
 impl Violation {
@@ -81,6 +84,9 @@ impl Violation {
             Self::Undecodable(_) | Self::BadControl => 10,
             Self::Oversize { .. } => 20,
             Self::MalformedRecord | Self::UnknownKind(_) | Self::FragmentOutOfSequence => 25,
+            // A peer configured with a channel we lack is more likely a rollout than an attack,
+            // but it is still charged, so it cannot flood us with undeliverable bytes.
+            Self::UnknownChannel(_) => 5,
         }
     }
 
@@ -93,6 +99,7 @@ impl Violation {
             Self::MalformedRecord => "malformed_record",
             Self::UnknownKind(_) => "unknown_kind",
             Self::FragmentOutOfSequence => "fragment_out_of_sequence",
+            Self::UnknownChannel(_) => "unknown_channel",
             Self::RateLimited => "rate_limited",
         }
     }

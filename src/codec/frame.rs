@@ -94,31 +94,56 @@ impl FrameEncoder {
         Ok(())
     }
 
-    /// Appends the next piece of `message`, starting at `offset`, and returns the offset reached.
+    /// Appends the next piece of `message` on channel 0; see [`FrameEncoder::push_message_on`].
+    ///
+    /// # Errors
+    /// As [`FrameEncoder::push_message_on`].
+    pub fn push_message(&mut self, message: &[u8], offset: usize) -> Result<usize, CodecError> {
+        self.push_message_on(0, message, offset, message.len())
+    }
+
+    /// Appends the next piece of `message` on `channel`, from `offset` up to at most `end`, and
+    /// returns the offset reached.
     ///
     /// A message that fits in the open frame (or a fresh one) becomes a single `Message` record;
     /// a larger one is split into a `Start` fragment (carrying the total length) and `Continue`
-    /// fragments. At most one fragment is written per call, so the caller can slip control
-    /// records in between the fragments of a large message.
+    /// fragments. At most one fragment is written per call, so the caller can slip other records
+    /// (control, other channels' messages) in between the fragments of a large message.
     ///
     /// # Errors
     /// Only sealing errors of a frame it had to close ([`CodecError::NonceExhausted`]).
-    pub fn push_message(&mut self, message: &[u8], offset: usize) -> Result<usize, CodecError> {
-        let whole = record::HEADER_LEN + message.len();
-        if offset == 0 && whole <= self.max_plaintext {
+    pub fn push_message_on(
+        &mut self,
+        channel: u16,
+        message: &[u8],
+        offset: usize,
+        end: usize,
+    ) -> Result<usize, CodecError> {
+        let end = end.min(message.len());
+        let whole = record::HEADER_LEN + record::CHANNEL_LEN + message.len();
+        if offset == 0 && end == message.len() && whole <= self.max_plaintext {
             self.ensure_room(whole)?;
-            record::put_header(&mut self.out, RecordKind::Message, message.len());
+            record::put_header(
+                &mut self.out,
+                RecordKind::Message,
+                record::CHANNEL_LEN + message.len(),
+            );
+            self.out.put_u16(channel);
             self.out.extend_from_slice(message);
             return Ok(message.len());
         }
         let (kind, prefix) = if offset == 0 {
-            (RecordKind::Start, record::START_PREFIX_LEN)
+            (
+                RecordKind::Start,
+                record::CHANNEL_LEN + record::START_PREFIX_LEN,
+            )
         } else {
-            (RecordKind::Continue, 0)
+            (RecordKind::Continue, record::CHANNEL_LEN)
         };
         let room = self.ensure_room(record::HEADER_LEN + prefix + 1)?;
-        let take = (room - record::HEADER_LEN - prefix).min(message.len() - offset);
+        let take = (room - record::HEADER_LEN - prefix).min(end.saturating_sub(offset));
         record::put_header(&mut self.out, kind, prefix + take);
+        self.out.put_u16(channel);
         if offset == 0 {
             // Message sizes are bounded by `max_message_size` (well under 4 GiB) before they reach
             // the encoder, so the cast cannot truncate.

@@ -56,21 +56,29 @@ pub enum ControlMessage {
         /// The ping's nonce.
         nonce: u64,
     },
-    /// The application messages that follow on this connection are numbered from `first_seq`
-    /// in the sender's reliable stream `incarnation` (see `socket::reliable`).
+    /// The application messages on `channel` that follow on this connection are numbered from
+    /// `first_seq` in the sender's reliable stream `incarnation` for that channel.
     Resume {
+        /// The channel whose stream this numbers.
+        channel: u16,
         /// Identifies the sending process, so a restart starts a new stream.
         incarnation: u64,
         /// Sequence number of the next application message.
         first_seq: u64,
     },
-    /// Everything before `next` of the reliable stream was delivered to the application.
+    /// Everything before `next` of the reliable stream on `channel` was delivered to the
+    /// application.
     Ack {
+        /// The channel.
+        channel: u16,
         /// The next sequence number the receiver expects.
         next: u64,
     },
-    /// The receiver dropped messages from `from` on (its inbox was full): resend from there.
+    /// The receiver dropped messages on `channel` from `from` on (that channel's inbox was
+    /// full): resend from there.
     Rewind {
+        /// The channel.
+        channel: u16,
         /// First sequence number to resend.
         from: u64,
     },

@@ -2,15 +2,18 @@
 //!
 //! | kind | name | body |
 //! |------|------|------|
-//! | 0x01 | Message | one whole encoded application message |
-//! | 0x02 | Start | `u32 BE total length` then the first bytes of a large message |
-//! | 0x03 | Continue | the next bytes of the large message in progress |
+//! | 0x01 | Message | `u16 BE channel`, then one whole encoded application message |
+//! | 0x02 | Start | `u16 BE channel`, `u32 BE total length`, then the first bytes of a large message |
+//! | 0x03 | Continue | `u16 BE channel`, then the next bytes of that channel's large message |
 //! | 0x10 | Control | one encoded [`super::ControlMessage`] |
 //!
 //! A record never crosses a frame boundary, so a bad record only costs the rest of its frame and
 //! the stream stays in sync. [`RecordDecoder`] turns frame plaintexts into [`Inbound`] items,
-//! reassembling fragmented messages up to `max_message_size`; the buffer for a message grows only
-//! as its fragments arrive, so a lying total length allocates nothing.
+//! reassembling fragmented messages per channel, so fragments of different channels may
+//! interleave (a vote goes between two pieces of a block part). Each channel holds at most one
+//! message in reassembly, up to that channel's maximum size; the buffer grows only as fragments
+//! arrive, so a lying total length allocates nothing. A channel the decoder was not given is a
+//! violation.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -20,6 +23,8 @@ use super::Violation;
 pub const HEADER_LEN: usize = 5;
 /// Length of the total-length prefix of a `Start` fragment.
 pub const START_PREFIX_LEN: usize = 4;
+/// Length of the channel id at the start of every data record's body.
+pub const CHANNEL_LEN: usize = 2;
 
 /// The kind byte of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +50,13 @@ pub fn put_header(out: &mut BytesMut, kind: RecordKind, body_len: usize) {
 /// One item decoded from a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// The encoded bytes of a complete application message.
-    Message(Bytes),
+    /// The encoded bytes of a complete application message on `channel`.
+    Message {
+        /// The channel id.
+        channel: u16,
+        /// The encoded message.
+        bytes: Bytes,
+    },
     /// The encoded bytes of a control message.
     Control(Bytes),
     /// The peer broke a record rule; counted against it, the stream continues.
@@ -70,25 +80,36 @@ enum Assembly {
 /// Reassembles records from successive frame plaintexts.
 #[derive(Debug)]
 pub struct RecordDecoder {
-    max_message_size: usize,
-    assembly: Assembly,
+    /// Known channel ids, sorted, each with its largest message size and its reassembly.
+    channels: Vec<(u16, usize, Assembly)>,
 }
 
 impl RecordDecoder {
-    /// A decoder accepting messages up to `max_message_size` encoded bytes.
+    /// A decoder for channel 0 only, accepting messages up to `max_message_size` encoded bytes.
     pub fn new(max_message_size: usize) -> Self {
-        Self {
-            max_message_size,
-            assembly: Assembly::Idle,
-        }
+        Self::with_channels(&[(0, max_message_size)])
     }
 
-    /// Bytes currently held for a message in reassembly (bounded by `max_message_size`).
+    /// A decoder for the given channels, each with its largest message size.
+    pub fn with_channels(channels: &[(u16, usize)]) -> Self {
+        let mut channels: Vec<_> = channels
+            .iter()
+            .map(|&(id, max)| (id, max, Assembly::Idle))
+            .collect();
+        channels.sort_by_key(|c| c.0);
+        channels.dedup_by_key(|c| c.0);
+        Self { channels }
+    }
+
+    /// Bytes currently held for messages in reassembly (at most each channel's maximum size).
     pub fn buffered(&self) -> usize {
-        match &self.assembly {
-            Assembly::Collecting { buf, .. } => buf.len(),
-            _ => 0,
-        }
+        self.channels
+            .iter()
+            .map(|(_, _, a)| match a {
+                Assembly::Collecting { buf, .. } => buf.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Decodes every record of one frame plaintext, in order, into `out`.
@@ -114,23 +135,45 @@ impl RecordDecoder {
     }
 
     fn record(&mut self, kind: u8, mut body: BytesMut) -> Option<Inbound> {
+        if kind == RecordKind::Control as u8 {
+            return Some(Inbound::Control(body.freeze()));
+        }
+        if ![
+            RecordKind::Message as u8,
+            RecordKind::Start as u8,
+            RecordKind::Continue as u8,
+        ]
+        .contains(&kind)
+        {
+            return Some(Inbound::Violation(Violation::UnknownKind(kind)));
+        }
+        if body.len() < CHANNEL_LEN {
+            return Some(Inbound::Violation(Violation::MalformedRecord));
+        }
+        let channel = body.get_u16();
+        let Ok(index) = self.channels.binary_search_by_key(&channel, |c| c.0) else {
+            return Some(Inbound::Violation(Violation::UnknownChannel(channel)));
+        };
+        let (_, max, assembly) = &mut self.channels[index];
+        let max = *max;
+        let message = |bytes: Bytes| Some(Inbound::Message { channel, bytes });
         match kind {
             k if k == RecordKind::Message as u8 => {
-                if !matches!(self.assembly, Assembly::Idle) {
-                    self.assembly = Assembly::Idle;
+                if !matches!(assembly, Assembly::Idle) {
+                    *assembly = Assembly::Idle;
                     return Some(Inbound::Violation(Violation::FragmentOutOfSequence));
                 }
-                if body.len() > self.max_message_size {
+                if body.len() > max {
                     return Some(Inbound::Violation(Violation::Oversize {
                         len: body.len(),
-                        max: self.max_message_size,
+                        max,
                     }));
                 }
-                Some(Inbound::Message(body.freeze()))
+                message(body.freeze())
             }
             k if k == RecordKind::Start as u8 => {
-                if !matches!(self.assembly, Assembly::Idle) {
-                    self.assembly = Assembly::Idle;
+                if !matches!(assembly, Assembly::Idle) {
+                    *assembly = Assembly::Idle;
                     return Some(Inbound::Violation(Violation::FragmentOutOfSequence));
                 }
                 if body.len() < START_PREFIX_LEN {
@@ -140,50 +183,45 @@ impl RecordDecoder {
                 if body.len() > total {
                     return Some(Inbound::Violation(Violation::MalformedRecord));
                 }
-                if total > self.max_message_size {
-                    self.assembly = Assembly::Skipping {
+                if total > max {
+                    *assembly = Assembly::Skipping {
                         remaining: total - body.len(),
                     };
-                    return Some(Inbound::Violation(Violation::Oversize {
-                        len: total,
-                        max: self.max_message_size,
-                    }));
+                    return Some(Inbound::Violation(Violation::Oversize { len: total, max }));
                 }
                 if body.len() == total {
-                    return Some(Inbound::Message(body.freeze()));
+                    return message(body.freeze());
                 }
-                self.assembly = Assembly::Collecting { total, buf: body };
+                *assembly = Assembly::Collecting { total, buf: body };
                 None
             }
-            k if k == RecordKind::Continue as u8 => match &mut self.assembly {
+            _ => match assembly {
                 Assembly::Idle => Some(Inbound::Violation(Violation::FragmentOutOfSequence)),
                 Assembly::Skipping { remaining } => {
                     if body.len() > *remaining {
-                        self.assembly = Assembly::Idle;
+                        *assembly = Assembly::Idle;
                         return Some(Inbound::Violation(Violation::MalformedRecord));
                     }
                     *remaining -= body.len();
                     if *remaining == 0 {
-                        self.assembly = Assembly::Idle;
+                        *assembly = Assembly::Idle;
                     }
                     None
                 }
                 Assembly::Collecting { total, buf } => {
                     if buf.len() + body.len() > *total {
-                        self.assembly = Assembly::Idle;
+                        *assembly = Assembly::Idle;
                         return Some(Inbound::Violation(Violation::MalformedRecord));
                     }
                     buf.extend_from_slice(&body);
                     if buf.len() == *total {
                         let done = std::mem::take(buf).freeze();
-                        self.assembly = Assembly::Idle;
-                        return Some(Inbound::Message(done));
+                        *assembly = Assembly::Idle;
+                        return message(done);
                     }
                     None
                 }
             },
-            k if k == RecordKind::Control as u8 => Some(Inbound::Control(body.freeze())),
-            other => Some(Inbound::Violation(Violation::UnknownKind(other))),
         }
     }
 }

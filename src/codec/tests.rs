@@ -50,7 +50,7 @@ fn messages_of(items: &[Inbound]) -> Vec<Vec<u8>> {
     items
         .iter()
         .filter_map(|i| match i {
-            Inbound::Message(b) => Some(b.to_vec()),
+            Inbound::Message { bytes, .. } => Some(bytes.to_vec()),
             _ => None,
         })
         .collect()
@@ -159,9 +159,11 @@ fn record_rule_violations_are_reported_not_fatal() {
         stream.extend_from_slice(&tag);
     };
     seal_frame(&[0x7f, 0, 0, 0, 0]); // unknown kind
-    seal_frame(&[0x03, 0, 0, 0, 1, 9]); // continue without start
+    seal_frame(&[0x03, 0, 0, 0, 3, 0, 0, 9]); // continue without start
     seal_frame(&[0x01, 0, 0, 0, 99, 1]); // record longer than frame
-    seal_frame(&[0x01, 0, 0, 0, 2, 8, 8]); // a good one after all that
+    seal_frame(&[0x01, 0, 0, 0, 3, 0, 9, 1]); // a channel the decoder does not know
+    seal_frame(&[0x01, 0, 0, 0, 1, 0]); // too short for a channel id
+    seal_frame(&[0x01, 0, 0, 0, 4, 0, 0, 8, 8]); // a good one after all that
     let items = decode_chunks(&[&stream], 100).unwrap();
     assert_eq!(
         items,
@@ -169,7 +171,12 @@ fn record_rule_violations_are_reported_not_fatal() {
             Inbound::Violation(Violation::UnknownKind(0x7f)),
             Inbound::Violation(Violation::FragmentOutOfSequence),
             Inbound::Violation(Violation::MalformedRecord),
-            Inbound::Message(Bytes::from_static(&[8, 8])),
+            Inbound::Violation(Violation::UnknownChannel(9)),
+            Inbound::Violation(Violation::MalformedRecord),
+            Inbound::Message {
+                channel: 0,
+                bytes: Bytes::from_static(&[8, 8])
+            },
         ]
     );
 }

@@ -9,13 +9,12 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::inbox::InboxSender;
+use super::inbox::Slot;
 use super::link::{SocketContext, SocketShared};
 use super::reader::Reader;
 use super::stream::Reliable;
@@ -23,7 +22,7 @@ use super::writer::{WriteEnd, Writer};
 use crate::error::NetworkError;
 use crate::handshake::{self, Established, HandshakeError, HandshakeParams};
 use crate::identity::PeerId;
-use crate::session::rate::TokenBucket;
+use crate::session::inbound::{InboundSession, LaneLimits};
 use crate::session::reliable::RecvSeq;
 use crate::session::{Direction, DisconnectReason, SocketState};
 use parking_lot::Mutex;
@@ -42,8 +41,8 @@ pub(crate) enum Admission {
 pub(crate) struct Streams {
     /// Our reliable stream to the peer, if it is a persistent peer.
     pub(crate) reliable: Option<Arc<Reliable>>,
-    /// Our position in the peer's reliable stream (if it sends one).
-    pub(crate) recv: Arc<Mutex<RecvSeq>>,
+    /// Our position in the peer's reliable streams, by channel index (if it sends them).
+    pub(crate) recv: Arc<Mutex<Vec<RecvSeq>>>,
 }
 
 /// What a socket tells the network.
@@ -64,11 +63,12 @@ pub(crate) enum SocketEvent {
     },
 }
 
-pub(crate) struct SocketTask<M> {
+pub(crate) struct SocketTask {
     pub(crate) shared: Arc<SocketShared>,
     pub(crate) ctx: Arc<SocketContext>,
     pub(crate) to_network: mpsc::Sender<SocketEvent>,
-    pub(crate) inbox: InboxSender<M>,
+    /// The node's channel slots, by channel index.
+    pub(crate) slots: Arc<[Slot]>,
     /// For outbound dials: the id the remote must prove.
     pub(crate) expected_peer: Option<PeerId>,
     /// The inbound or outbound connection slot, released when this task ends.
@@ -80,6 +80,8 @@ enum Ended {
     Reader(Result<Option<DisconnectReason>, tokio::task::JoinError>),
     Writer(Result<WriteEnd, tokio::task::JoinError>),
     Idle,
+    /// The peer's reliable streams stayed full for `write_timeout` without an acknowledgement.
+    Stalled,
 }
 
 /// A failure before the connection opened.
@@ -88,7 +90,7 @@ struct Failure {
     error: NetworkError,
 }
 
-impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
+impl SocketTask {
     /// Runs the connection to its end. `stream` is the accepted stream for inbound sockets.
     pub(crate) async fn run(self, stream: Option<TcpStream>) {
         let (reason, error) = match self.establish(stream).await {
@@ -251,28 +253,30 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
         }
         let config = &self.ctx.config;
         let (read_half, write_half) = stream.into_split();
+        let lanes: Vec<LaneLimits> = self
+            .ctx
+            .channels
+            .iter()
+            .map(|(id, spec)| LaneLimits {
+                id,
+                max_message_size: spec.max_message_size,
+                messages_per_sec: spec.max_inbound_messages_per_sec,
+                bytes_per_sec: spec.max_inbound_bytes_per_sec,
+            })
+            .collect();
         let mut reader: JoinHandle<Option<DisconnectReason>> = tokio::spawn(
             Reader {
                 shared: self.shared.clone(),
                 peer,
-                inbox: self.inbox.clone(),
+                slots: self.slots.clone(),
                 read_chunk_size: config.read_chunk_size,
-                max_message_size: config.max_message_size,
-                budget: config.misbehaviour_budget,
-                message_rate: TokenBucket::new(
-                    config.max_inbound_messages_per_sec,
-                    config.max_inbound_messages_per_sec,
-                    std::time::Instant::now(),
-                ),
-                byte_rate: TokenBucket::new(
-                    config.max_inbound_bytes_per_sec,
-                    config.max_inbound_bytes_per_sec,
+                session: InboundSession::new(
+                    &lanes,
+                    config.misbehaviour_budget,
                     std::time::Instant::now(),
                 ),
                 recv: streams.recv.clone(),
-                seq: None,
                 reliable: streams.reliable.clone(),
-                pending_rewind: None,
             }
             .run(read_half, leftover, opener),
         );
@@ -282,6 +286,7 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                 reliable: writes_reliable,
                 batch_bytes: config.write_batch_bytes,
                 write_timeout: config.write_timeout,
+                channel_ids: self.ctx.channels.iter().map(|(id, _)| id).collect(),
             }
             .run(write_half, sealer),
         );
@@ -300,6 +305,16 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
                     if self.shared.idle_for() >= idle_timeout {
                         break Ended::Idle;
                     }
+                    // A persistent peer that reads but never acknowledges fills its streams;
+                    // past `write_timeout` without an acknowledgement it counts as stalled.
+                    if streams
+                        .reliable
+                        .as_ref()
+                        .and_then(|r| r.full_for())
+                        .is_some_and(|d| d >= config.write_timeout)
+                    {
+                        break Ended::Stalled;
+                    }
                     if self.shared.state.get() == SocketState::Open {
                         self.shared.ping();
                     }
@@ -307,8 +322,12 @@ impl<M: DeserializeOwned + Send + 'static> SocketTask<M> {
             }
         };
         let reason = match first {
-            Ended::Idle => {
-                let reason = DisconnectReason::IdleTimeout;
+            Ended::Idle | Ended::Stalled => {
+                let reason = if matches!(first, Ended::Idle) {
+                    DisconnectReason::IdleTimeout
+                } else {
+                    DisconnectReason::WriteStalled
+                };
                 self.enter_closing(&reason);
                 self.shared.cancel.cancel();
                 let _ = reader.await;

@@ -10,10 +10,11 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::queue::SendQueue;
+use super::queue::{LaneSpec, SendQueue};
 use super::stats::SocketStats;
 use crate::config::Config;
 use crate::identity::{Keypair, PeerId};
+use crate::session::channel::ChannelTable;
 use crate::session::{ConnectionId, ConnectionInfo, Direction, DisconnectReason, StateCell};
 
 /// What a socket shares with the network actor and with senders. The socket task is the only
@@ -31,6 +32,8 @@ pub(crate) struct SocketShared {
     pub(crate) state: StateCell,
     pub(crate) stats: SocketStats,
     pub(crate) queue: SendQueue,
+    /// Channel ids by lane index (for snapshots).
+    pub(crate) channel_ids: Vec<u16>,
     /// Child of the network's root token: cancelling it cuts this connection at once.
     pub(crate) cancel: CancellationToken,
     /// Why the local side decided to close, if it did; wins over what the tasks observe later.
@@ -46,7 +49,7 @@ impl SocketShared {
         id: ConnectionId,
         direction: Direction,
         addr: SocketAddr,
-        config: &Config,
+        lanes: &[LaneSpec],
         cancel: CancellationToken,
     ) -> Self {
         Self {
@@ -57,8 +60,9 @@ impl SocketShared {
             listen_addr: OnceLock::new(),
             dial_seq: OnceLock::new(),
             state: StateCell::new(),
-            stats: SocketStats::default(),
-            queue: SendQueue::new(config.send_queue_capacity, config.send_queue_bytes),
+            stats: SocketStats::new(lanes.len()),
+            queue: SendQueue::new(lanes),
+            channel_ids: lanes.iter().map(|l| l.channel).collect(),
             cancel,
             close_intent: Mutex::new(None),
             opened_at: Instant::now(),
@@ -137,6 +141,18 @@ impl SocketShared {
             direction: self.direction,
             state: self.state.get(),
             stats: self.stats.snapshot(queued_messages, queued_bytes),
+            channels: self
+                .stats
+                .channels
+                .iter()
+                .enumerate()
+                .map(|(lane, c)| {
+                    c.snapshot(
+                        self.channel_ids.get(lane).copied().unwrap_or(0),
+                        self.queue.depth_of(lane),
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -146,6 +162,10 @@ impl SocketShared {
 pub(crate) struct SocketContext {
     pub(crate) keypair: Keypair,
     pub(crate) config: Config,
+    /// The configured channels, by dense index.
+    pub(crate) channels: ChannelTable,
+    /// Send-queue lanes by channel index, derived from `channels`.
+    pub(crate) lanes: Vec<LaneSpec>,
     pub(crate) advertised_addr: SocketAddr,
     /// At most `max_concurrent_handshakes` handshakes at once.
     pub(crate) handshakes: Arc<Semaphore>,

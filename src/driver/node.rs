@@ -10,14 +10,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{Admission, SocketEvent, SocketTask, Streams};
-use super::inbox::InboxSender;
+use super::inbox::Slot;
 use super::link::{SocketContext, SocketShared};
 use super::listener::Accepted;
 use super::shared::Shared;
@@ -59,7 +58,7 @@ pub(crate) enum Command {
     },
 }
 
-pub(crate) struct NetworkActor<M> {
+pub(crate) struct NetworkActor {
     pub(crate) shared: Arc<Shared>,
     pub(crate) ctx: Arc<SocketContext>,
     pub(crate) commands: mpsc::Receiver<Command>,
@@ -67,7 +66,8 @@ pub(crate) struct NetworkActor<M> {
     pub(crate) socket_events: mpsc::Receiver<SocketEvent>,
     /// Cloned into every socket task; the actor keeps one so the channel never closes early.
     pub(crate) socket_events_tx: mpsc::Sender<SocketEvent>,
-    pub(crate) inbox: InboxSender<M>,
+    /// The node's channel slots, by channel index (handed to every connection).
+    pub(crate) slots: Arc<[Slot]>,
     pub(crate) outbound_slots: Arc<Semaphore>,
     pub(crate) root: CancellationToken,
     pub(crate) listener_cancel: CancellationToken,
@@ -81,7 +81,7 @@ pub(crate) struct NetworkActor<M> {
     /// Banned peers and addresses.
     pub(crate) bans: Bans,
     /// Our position in each peer's reliable stream, kept across its connections.
-    pub(crate) recv_states: HashMap<PeerId, Arc<parking_lot::Mutex<RecvSeq>>>,
+    pub(crate) recv_states: HashMap<PeerId, Arc<parking_lot::Mutex<Vec<RecvSeq>>>>,
     /// New-connection rate per remote IP, with when each bucket was last used.
     pub(crate) handshake_rates: HashMap<std::net::IpAddr, (TokenBucket, std::time::Instant)>,
     /// Peers whose connection the remote replaced, not reported as gone while the replacement
@@ -100,7 +100,7 @@ const MAX_RECV_STATES: usize = 4096;
 /// Most departures held back at once; beyond it, departures are reported at once.
 pub(crate) const MAX_HELD_DEPARTURES: usize = 4096;
 
-impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
+impl NetworkActor {
     pub(crate) async fn run(mut self) {
         let mut waiters = Vec::new();
         loop {
@@ -219,7 +219,7 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
             ConnectionId(self.next_id),
             direction,
             addr,
-            &self.ctx.config,
+            &self.ctx.lanes,
             self.root.child_token(),
         ));
         self.shared
@@ -245,7 +245,7 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
             shared: socket,
             ctx: self.ctx.clone(),
             to_network: self.socket_events_tx.clone(),
-            inbox: self.inbox.clone(),
+            slots: self.slots.clone(),
             expected_peer: expected,
             _slot: slot,
         };
@@ -303,7 +303,7 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
             shared: socket,
             ctx: self.ctx.clone(),
             to_network: self.socket_events_tx.clone(),
-            inbox: self.inbox.clone(),
+            slots: self.slots.clone(),
             expected_peer: None,
             _slot: Some(accepted.slot),
         };
@@ -433,13 +433,21 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
     /// The receive position for `peer`'s reliable stream, created on first contact. Bounded:
     /// when full, positions of peers that are not connected now are forgotten (such a peer's
     /// next connection starts its stream afresh).
-    fn recv_state(&mut self, peer: PeerId) -> Arc<parking_lot::Mutex<RecvSeq>> {
+    fn recv_state(&mut self, peer: PeerId) -> Arc<parking_lot::Mutex<Vec<RecvSeq>>> {
         if !self.recv_states.contains_key(&peer) && self.recv_states.len() >= MAX_RECV_STATES {
             let peers = self.shared.peers.read();
             self.recv_states
                 .retain(|p, _| peers.contains_key(p) || self.redial.is_persistent(*p));
         }
-        self.recv_states.entry(peer).or_default().clone()
+        let lanes = self.ctx.lanes.len();
+        self.recv_states
+            .entry(peer)
+            .or_insert_with(|| {
+                Arc::new(parking_lot::Mutex::new(
+                    (0..lanes).map(|_| RecvSeq::default()).collect(),
+                ))
+            })
+            .clone()
     }
 
     /// Decides whether `socket`, just proven to be `peer`, becomes the peer's connection.
@@ -531,6 +539,10 @@ impl<M: DeserializeOwned + Send + 'static> NetworkActor<M> {
                 peer,
                 reason: DisconnectReason::Shutdown,
             });
+        }
+        // Senders waiting for a persistent peer's streams to make room stop waiting.
+        for reliable in self.shared.reliable.values() {
+            reliable.wake_all();
         }
         self.tracker.close();
         let deadline = tokio::time::Instant::now() + self.ctx.config.shutdown_timeout;

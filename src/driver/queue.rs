@@ -1,13 +1,16 @@
-//! The bounded per-peer send queue between senders (any task or thread) and the socket's writer.
+//! The bounded per-peer send queue between senders (any task or thread) and the connection's
+//! writer.
 //!
-//! Two lanes: control messages (always served first) and encoded application messages. Senders
-//! push under a short lock and signal the writer through a [`Notify`], which stores the wake-up if
-//! the writer is busy, so a push never blocks on the writer and no wake-up is lost. The data lane
-//! is bounded by message count and by bytes; when full, `try_push` fails at once and `push`
-//! waits for room. A graceful close stops new pushes, lets the writer flush what was accepted,
-//! and then send the goodbye.
+//! A control lane (always served first) and one data lane per channel (see
+//! [`crate::session::outbound::Lanes`], which also orders channels by priority). Senders push
+//! under a short lock and signal the writer through a [`Notify`], which stores the wake-up if the
+//! writer is busy, so a push never blocks on the writer and no wake-up is lost. Each data lane is
+//! bounded by message count and by bytes; when full, `try_push` fails at once and `push` waits
+//! for room, at most `send_wait`. A lane whose wait ran out is *stalled*: further pushes to it
+//! fail at once until the writer takes from the queue again, so a peer that stops reading costs
+//! each sender one bounded wait, not one per message. A graceful close stops new pushes, lets the
+//! writer flush what was accepted, and then send the goodbye.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::codec::{ControlMessage, GoodbyeReason};
+use crate::session::outbound::{Lanes, Piece, Refusal};
 
 /// Largest number of control messages waiting; beyond it, new control messages are dropped
 /// (pings are retried by their sender, and only one goodbye is ever sent).
@@ -23,27 +27,30 @@ pub(crate) const CONTROL_CAPACITY: usize = 64;
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
-    /// The data lane is at its message or byte limit.
+    /// The channel's lane is at its message or byte limit (or stalled, see the module docs).
     Full,
     /// The queue is closing or closed; the connection is going away.
     Closed,
 }
 
-#[derive(Debug, Default)]
-struct Lanes {
-    data: VecDeque<Bytes>,
-    data_bytes: usize,
-    control: VecDeque<ControlMessage>,
-    /// Set by a graceful close: the goodbye to send once the data lane is flushed.
+#[derive(Debug)]
+struct State {
+    data: Lanes,
+    /// Channel ids by lane index, for acknowledgements.
+    channel_ids: Vec<u16>,
+    control: std::collections::VecDeque<ControlMessage>,
+    /// Set by a graceful close: the goodbye to send once the data lanes are flushed.
     goodbye: Option<GoodbyeReason>,
     closed: bool,
-    /// When a push first found the lane full since the writer last caught up.
+    /// When a push first found a lane full since the writer last took anything.
     full_since: Option<Instant>,
-    /// The latest acknowledgement to send for the peer's reliable stream; later ones replace
-    /// earlier ones, so acknowledgements never pile up.
-    ack: Option<u64>,
-    /// The last acknowledgement taken by the writer (to skip repeats).
-    sent_ack: Option<u64>,
+    /// Lanes whose wait for room ran out since the writer last took anything.
+    stalled: Vec<bool>,
+    /// Per lane: the latest acknowledgement to send for the peer's reliable stream on that
+    /// channel; later ones replace earlier ones, so acknowledgements never pile up.
+    ack: Vec<Option<u64>>,
+    /// Per lane: the last acknowledgement taken by the writer (to skip repeats).
+    sent_ack: Vec<Option<u64>>,
 }
 
 /// A refused push: why, and the message back.
@@ -53,78 +60,129 @@ pub(crate) type Refused = (PushError, Bytes);
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub(crate) control: Vec<ControlMessage>,
-    pub(crate) data: Vec<Bytes>,
-    /// The queue is closing and the data lane is now empty: send this goodbye and stop.
+    pub(crate) data: Vec<Piece>,
+    /// The queue is closing and the data lanes are now empty: send this goodbye and stop.
     pub(crate) goodbye: Option<GoodbyeReason>,
     /// The queue was closed hard: stop without a goodbye.
     pub(crate) closed: bool,
 }
 
-/// A bounded two-lane queue; see the module docs.
+/// One lane's bounds and round-robin weight, by channel index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LaneSpec {
+    pub(crate) channel: u16,
+    pub(crate) capacity: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) weight: usize,
+}
+
+/// A bounded control lane plus one bounded data lane per channel; see the module docs.
 #[derive(Debug)]
 pub(crate) struct SendQueue {
-    lanes: Mutex<Lanes>,
+    state: Mutex<State>,
     /// Wakes the writer: something was queued or the queue is closing.
     writer_wake: Notify,
     /// Wakes senders waiting for room.
     room: Notify,
-    capacity: usize,
-    max_bytes: usize,
 }
 
 impl SendQueue {
-    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(lanes: &[LaneSpec]) -> Self {
+        let bounds: Vec<_> = lanes
+            .iter()
+            .map(|l| (l.capacity, l.max_bytes, l.weight))
+            .collect();
         Self {
-            lanes: Mutex::new(Lanes::default()),
+            state: Mutex::new(State {
+                data: Lanes::new(&bounds),
+                channel_ids: lanes.iter().map(|l| l.channel).collect(),
+                control: Default::default(),
+                goodbye: None,
+                closed: false,
+                full_since: None,
+                stalled: vec![false; lanes.len()],
+                ack: vec![None; lanes.len()],
+                sent_ack: vec![None; lanes.len()],
+            }),
             writer_wake: Notify::new(),
             room: Notify::new(),
-            capacity: capacity.max(1),
-            max_bytes: max_bytes.max(1),
         }
     }
 
-    fn try_push_locked(&self, lanes: &mut Lanes, message: Bytes) -> Result<(), Refused> {
-        if lanes.closed || lanes.goodbye.is_some() {
+    fn try_push_locked(
+        state: &mut State,
+        lane: usize,
+        message: Bytes,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        if state.closed || state.goodbye.is_some() {
             return Err((PushError::Closed, message));
         }
-        // One message is always accepted into an empty lane, so any message up to
-        // `max_message_size` can be sent even if it exceeds the byte limit alone.
-        let fits = lanes.data.is_empty()
-            || (lanes.data.len() < self.capacity
-                && lanes.data_bytes + message.len() <= self.max_bytes);
-        if !fits {
-            lanes.full_since.get_or_insert_with(Instant::now);
+        if state.stalled.get(lane).copied().unwrap_or(false) {
             return Err((PushError::Full, message));
         }
-        lanes.data_bytes += message.len();
-        lanes.data.push_back(message);
-        Ok(())
+        state
+            .data
+            .push(lane, message)
+            .map_err(|(refusal, message)| {
+                match refusal {
+                    Refusal::Full => {
+                        state.full_since.get_or_insert(now);
+                    }
+                    // Callers resolve lanes from the channel table the queue was built from.
+                    Refusal::NoSuchChannel => {}
+                }
+                (PushError::Full, message)
+            })
     }
 
-    /// Queues an encoded message without waiting; a refused message is handed back.
-    pub(crate) fn try_push(&self, message: Bytes) -> Result<(), Refused> {
-        self.try_push_locked(&mut self.lanes.lock(), message)?;
+    /// Queues an encoded message on lane `lane` without waiting; a refused message is handed
+    /// back.
+    pub(crate) fn try_push(&self, lane: usize, message: Bytes) -> Result<(), Refused> {
+        Self::try_push_locked(&mut self.state.lock(), lane, message, Instant::now())?;
         self.writer_wake.notify_one();
         Ok(())
     }
 
-    /// Queues an encoded message, waiting for room while the lane is full.
+    /// Queues an encoded message, waiting for room while the lane is full, until `deadline`.
+    /// When the wait runs out the lane is marked stalled (see the module docs).
     ///
     /// # Cancel safety
     /// Cancel safe: if dropped before it returns, the message was not queued.
-    pub(crate) async fn push(&self, mut message: Bytes) -> Result<(), PushError> {
+    pub(crate) async fn push(
+        &self,
+        lane: usize,
+        mut message: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Refused> {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             // Register interest before checking, so a wake-up between check and await is kept.
             room.as_mut().enable();
-            match self.try_push(message) {
+            match self.try_push(lane, message) {
                 Ok(()) => return Ok(()),
                 Err((PushError::Full, back)) => {
                     message = back;
-                    room.await;
+                    if self
+                        .state
+                        .lock()
+                        .stalled
+                        .get(lane)
+                        .copied()
+                        .unwrap_or(false)
+                    {
+                        // Already waited out once with no progress since: do not wait again.
+                        return Err((PushError::Full, message));
+                    }
+                    if tokio::time::timeout_at(deadline, room).await.is_err() {
+                        if let Some(stalled) = self.state.lock().stalled.get_mut(lane) {
+                            *stalled = true;
+                        }
+                        return Err((PushError::Full, message));
+                    }
                 }
-                Err((error, _)) => return Err(error),
+                Err(refused) => return Err(refused),
             }
         }
     }
@@ -133,45 +191,47 @@ impl SendQueue {
     /// control lane was full or the queue is closed.
     pub(crate) fn push_control(&self, message: ControlMessage) -> bool {
         {
-            let mut lanes = self.lanes.lock();
-            if lanes.closed || lanes.control.len() >= CONTROL_CAPACITY {
+            let mut state = self.state.lock();
+            if state.closed || state.control.len() >= CONTROL_CAPACITY {
                 return false;
             }
-            lanes.control.push_back(message);
+            state.control.push_back(message);
         }
         self.writer_wake.notify_one();
         true
     }
 
-    /// Takes control messages first, then data up to about `max_bytes`.
+    /// Takes control messages first, then pieces of data in channel priority order up to about
+    /// `max_bytes`.
     pub(crate) fn take_batch(&self, max_bytes: usize, batch: &mut Batch) {
-        let mut freed = false;
+        let freed;
         {
-            let mut lanes = self.lanes.lock();
-            batch.control.extend(lanes.control.drain(..));
-            if let Some(next) = lanes.ack.take() {
-                lanes.sent_ack = Some(next);
-                batch.control.push(ControlMessage::Ack { next });
-            }
-            let mut taken = 0;
-            while let Some(front) = lanes.data.front() {
-                if taken > 0 && taken + front.len() > max_bytes {
-                    break;
+            let mut state = self.state.lock();
+            let state = &mut *state;
+            batch.control.extend(state.control.drain(..));
+            for (lane, ack) in state.ack.iter_mut().enumerate() {
+                if let Some(next) = ack.take() {
+                    state.sent_ack[lane] = Some(next);
+                    batch.control.push(ControlMessage::Ack {
+                        channel: state.channel_ids[lane],
+                        next,
+                    });
                 }
-                taken += front.len();
-                if let Some(message) = lanes.data.pop_front() {
-                    batch.data.push(message);
-                }
-                freed = true;
             }
-            lanes.data_bytes -= taken;
-            if lanes.data.is_empty() {
-                lanes.full_since = None;
+            let before = batch.data.len();
+            freed = state.data.take(max_bytes, &mut batch.data);
+            if batch.data.len() > before {
+                // Progress: senders may wait for room again.
+                state.full_since = None;
+                state.stalled.iter_mut().for_each(|s| *s = false);
+            }
+            if state.data.is_empty() {
+                state.full_since = None;
                 if batch.control.is_empty() {
-                    batch.goodbye = lanes.goodbye;
+                    batch.goodbye = state.goodbye;
                 }
             }
-            batch.closed = lanes.closed;
+            batch.closed = state.closed;
         }
         if freed {
             self.room.notify_waiters();
@@ -183,22 +243,24 @@ impl SendQueue {
         self.writer_wake.notify_one();
     }
 
-    /// Sets the acknowledgement to send next, replacing one not yet sent, so acknowledgements
-    /// never pile up.
-    pub(crate) fn set_ack(&self, next: u64) {
+    /// Sets the acknowledgement to send next on lane `lane`, replacing one not yet sent, so
+    /// acknowledgements never pile up.
+    pub(crate) fn set_ack(&self, lane: usize, next: u64) {
         {
-            let mut lanes = self.lanes.lock();
-            if lanes.closed || lanes.sent_ack == Some(next) {
+            let mut state = self.state.lock();
+            if state.closed || state.sent_ack.get(lane) == Some(&Some(next)) {
                 return;
             }
-            lanes.ack = Some(next);
+            if let Some(ack) = state.ack.get_mut(lane) {
+                *ack = Some(next);
+            }
         }
         self.writer_wake.notify_one();
     }
 
     /// Takes only the waiting control messages (used between fragments of a large message).
     pub(crate) fn take_control(&self, batch: &mut Batch) {
-        batch.control.extend(self.lanes.lock().control.drain(..));
+        batch.control.extend(self.state.lock().control.drain(..));
     }
 
     /// Waits until the writer has something to do.
@@ -209,19 +271,19 @@ impl SendQueue {
         self.writer_wake.notified().await;
     }
 
-    /// How long senders have found the data lane full without the writer catching up.
+    /// How long senders have found a data lane full without the writer taking anything.
     pub(crate) fn full_for(&self) -> Option<Duration> {
-        self.lanes.lock().full_since.map(|t| t.elapsed())
+        self.state.lock().full_since.map(|t| t.elapsed())
     }
 
     /// Stops accepting data and asks the writer to flush, then send `reason` and stop.
     pub(crate) fn close_gracefully(&self, reason: GoodbyeReason) {
         {
-            let mut lanes = self.lanes.lock();
-            if lanes.closed || lanes.goodbye.is_some() {
+            let mut state = self.state.lock();
+            if state.closed || state.goodbye.is_some() {
                 return;
             }
-            lanes.goodbye = Some(reason);
+            state.goodbye = Some(reason);
         }
         self.writer_wake.notify_one();
         self.room.notify_waiters();
@@ -230,21 +292,24 @@ impl SendQueue {
     /// Closes the queue at once; returns how many accepted data messages were never written.
     pub(crate) fn close(&self) -> usize {
         let dropped = {
-            let mut lanes = self.lanes.lock();
-            lanes.closed = true;
-            lanes.data_bytes = 0;
-            lanes.control.clear();
-            std::mem::take(&mut lanes.data).len()
+            let mut state = self.state.lock();
+            state.closed = true;
+            state.control.clear();
+            state.data.clear()
         };
         self.writer_wake.notify_one();
         self.room.notify_waiters();
         dropped
     }
 
-    /// Messages and bytes waiting in the data lane.
+    /// Messages and bytes waiting in all data lanes.
     pub(crate) fn depth(&self) -> (usize, usize) {
-        let lanes = self.lanes.lock();
-        (lanes.data.len(), lanes.data_bytes)
+        self.state.lock().data.depth()
+    }
+
+    /// Messages and bytes waiting in lane `lane`.
+    pub(crate) fn depth_of(&self, lane: usize) -> (usize, usize) {
+        self.state.lock().data.depth_of(lane)
     }
 }
 
@@ -256,27 +321,26 @@ mod tests {
         Bytes::from(vec![0u8; n])
     }
 
-    #[test]
-    fn bounded_by_count_and_bytes_but_one_message_always_fits() {
-        let q = SendQueue::new(2, 100);
-        assert!(q.try_push(msg(500)).is_ok()); // alone, larger than the byte limit
-        assert_eq!(q.try_push(msg(1)).unwrap_err().0, PushError::Full);
-        let mut b = Batch::default();
-        q.take_batch(1 << 20, &mut b);
-        assert_eq!(b.data.len(), 1);
-        assert!(q.try_push(msg(10)).is_ok());
-        assert!(q.try_push(msg(10)).is_ok());
-        assert_eq!(q.try_push(msg(10)).unwrap_err().0, PushError::Full); // count limit
-        assert!(q.full_for().is_some());
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(60)
+    }
+
+    fn queue(capacity: usize, max_bytes: usize) -> SendQueue {
+        SendQueue::new(&[LaneSpec {
+            channel: 0,
+            capacity,
+            max_bytes,
+            weight: 2,
+        }])
     }
 
     #[test]
     fn control_comes_first_and_goodbye_after_data() {
-        let q = SendQueue::new(10, 1000);
-        q.try_push(msg(1)).unwrap();
+        let q = queue(10, 1000);
+        q.try_push(0, msg(1)).unwrap();
         q.push_control(ControlMessage::Ping { nonce: 1 });
         q.close_gracefully(GoodbyeReason::Shutdown);
-        assert_eq!(q.try_push(msg(1)).unwrap_err().0, PushError::Closed);
+        assert_eq!(q.try_push(0, msg(1)).unwrap_err().0, PushError::Closed);
         let mut b = Batch::default();
         q.take_batch(1000, &mut b);
         assert_eq!(b.control, vec![ControlMessage::Ping { nonce: 1 }]);
@@ -290,36 +354,98 @@ mod tests {
 
     #[test]
     fn hard_close_reports_dropped_messages() {
-        let q = SendQueue::new(10, 1000);
-        q.try_push(msg(1)).unwrap();
-        q.try_push(msg(1)).unwrap();
+        let q = queue(10, 1000);
+        q.try_push(0, msg(1)).unwrap();
+        q.try_push(0, msg(1)).unwrap();
         assert_eq!(q.close(), 2);
-        assert_eq!(q.try_push(msg(1)).unwrap_err().0, PushError::Closed);
+        assert_eq!(q.try_push(0, msg(1)).unwrap_err().0, PushError::Closed);
         assert!(!q.push_control(ControlMessage::Ping { nonce: 0 }));
+    }
+
+    #[test]
+    fn acks_are_per_channel_and_coalesced() {
+        let q = SendQueue::new(&[
+            LaneSpec {
+                channel: 0,
+                capacity: 1,
+                max_bytes: 1,
+                weight: 2,
+            },
+            LaneSpec {
+                channel: 7,
+                capacity: 1,
+                max_bytes: 1,
+                weight: 1,
+            },
+        ]);
+        q.set_ack(1, 3);
+        q.set_ack(1, 5);
+        q.set_ack(0, 2);
+        let mut b = Batch::default();
+        q.take_batch(1000, &mut b);
+        assert_eq!(
+            b.control,
+            vec![
+                ControlMessage::Ack {
+                    channel: 0,
+                    next: 2
+                },
+                ControlMessage::Ack {
+                    channel: 7,
+                    next: 5
+                },
+            ]
+        );
+        q.set_ack(1, 5); // already sent: not repeated
+        let mut b = Batch::default();
+        q.take_batch(1000, &mut b);
+        assert!(b.control.is_empty());
     }
 
     #[tokio::test]
     async fn waiting_push_resumes_when_writer_drains() {
-        let q = std::sync::Arc::new(SendQueue::new(1, 1000));
-        q.try_push(msg(1)).unwrap();
+        let q = std::sync::Arc::new(queue(1, 1000));
+        q.try_push(0, msg(1)).unwrap();
         let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.push(msg(2)).await });
+        let waiter = tokio::spawn(async move { q2.push(0, msg(2), far()).await });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         let mut b = Batch::default();
         q.take_batch(1000, &mut b);
-        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert!(waiter.await.unwrap().is_ok());
         assert_eq!(q.depth(), (1, 2));
     }
 
     #[tokio::test]
     async fn waiting_push_fails_when_queue_closes() {
-        let q = std::sync::Arc::new(SendQueue::new(1, 1000));
-        q.try_push(msg(1)).unwrap();
+        let q = std::sync::Arc::new(queue(1, 1000));
+        q.try_push(0, msg(1)).unwrap();
         let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.push(msg(2)).await });
+        let waiter = tokio::spawn(async move { q2.push(0, msg(2), far()).await });
         tokio::task::yield_now().await;
         q.close();
-        assert_eq!(waiter.await.unwrap(), Err(PushError::Closed));
+        assert_eq!(waiter.await.unwrap().unwrap_err().0, PushError::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_is_bounded_and_then_the_lane_refuses_at_once_until_progress() {
+        let q = queue(1, 1000);
+        q.try_push(0, msg(1)).unwrap();
+        let started = tokio::time::Instant::now();
+        let refused = q
+            .push(0, msg(2), started + Duration::from_millis(200))
+            .await;
+        assert_eq!(refused.unwrap_err().0, PushError::Full);
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        // Stalled: the next waiting push is refused without waiting.
+        let again = tokio::time::Instant::now();
+        assert!(q.push(0, msg(3), far()).await.is_err());
+        assert_eq!(again.elapsed(), Duration::ZERO);
+        assert!(q.full_for().is_some());
+        // The writer takes: progress clears the stall.
+        let mut b = Batch::default();
+        q.take_batch(1000, &mut b);
+        assert!(q.full_for().is_none());
+        assert!(q.try_push(0, msg(4)).is_ok());
     }
 }

@@ -1,57 +1,41 @@
-//! The read task: reads chunks from TCP, splits and opens frames, decodes records, and hands
-//! messages to the inbox without ever waiting on the application. Control messages are handled
-//! here; record violations are charged to the peer until its budget is spent.
+//! The read task: reads chunks from TCP, splits and opens frames, and hands each frame's
+//! plaintext to the pure [`InboundSession`], then applies what it decided: deliveries into the
+//! channel slots (never waiting on the application), control messages, acknowledgements and
+//! rewinds, counters. It decides nothing itself.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::{BufMut, BytesMut};
-use serde::de::DeserializeOwned;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::inbox::{DeliverError, InboxSender};
+use super::inbox::Slot;
 use super::link::SocketShared;
 use super::stream::Reliable;
+use crate::codec::ControlMessage;
 use crate::codec::cipher::Opener;
 use crate::codec::frame::FrameDecoder;
-use crate::codec::record::{Inbound, RecordDecoder};
-use crate::codec::{ControlMessage, Violation, decode_control, decode_message};
 use crate::identity::PeerId;
 use crate::session::DisconnectReason;
-use crate::session::rate::TokenBucket;
-use crate::session::reliable::{RecvSeq, Verdict};
-use parking_lot::Mutex;
+use crate::session::inbound::{Action, InboundSession, Stop, Tally};
+use crate::session::reliable::RecvSeq;
 
-pub(crate) struct Reader<M> {
+pub(crate) struct Reader {
     pub(crate) shared: Arc<SocketShared>,
     pub(crate) peer: PeerId,
-    pub(crate) inbox: InboxSender<M>,
+    /// The node's channel slots, by channel index.
+    pub(crate) slots: Arc<[Slot]>,
     pub(crate) read_chunk_size: usize,
-    pub(crate) max_message_size: usize,
-    pub(crate) budget: u32,
-    /// Inbound messages per second.
-    pub(crate) message_rate: TokenBucket,
-    /// Inbound encoded bytes per second.
-    pub(crate) byte_rate: TokenBucket,
-    /// Our position in this peer's reliable stream (shared with its other connections).
-    pub(crate) recv: Arc<Mutex<RecvSeq>>,
-    /// This connection's running sequence number, once the peer sent a resume marker.
-    pub(crate) seq: Option<u64>,
-    /// Our reliable stream to this peer, if it is a persistent peer (for its acks and rewinds).
+    pub(crate) session: InboundSession,
+    /// Our position in this peer's reliable streams, by channel index (shared with its other
+    /// connections).
+    pub(crate) recv: Arc<Mutex<Vec<RecvSeq>>>,
+    /// Our reliable streams to this peer, if it is a persistent peer (for its acks and rewinds).
     pub(crate) reliable: Option<Arc<Reliable>>,
-    /// A rewind request not yet queued (the control lane was full); retried after every frame,
-    /// since the stream from this peer is stalled until the sender gets it.
-    pub(crate) pending_rewind: Option<u64>,
 }
 
-/// Why a frame's records made the reader stop.
-enum Stop {
-    Goodbye(crate::codec::GoodbyeReason),
-    Misbehaviour(u64),
-    InboxClosed,
-}
-
-impl<M: DeserializeOwned + Send + 'static> Reader<M> {
+impl Reader {
     /// Runs until the connection ends; returns why, or `None` when cancelled.
     pub(crate) async fn run<R: AsyncRead + Unpin>(
         mut self,
@@ -60,13 +44,14 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
         opener: Opener,
     ) -> Option<DisconnectReason> {
         let mut frames = FrameDecoder::new(opener);
-        let mut records = RecordDecoder::new(self.max_message_size);
+        let mut actions = Vec::new();
+        let mut tally = vec![Tally::default(); self.slots.len()];
         loop {
             loop {
                 match frames.decode(&mut buf) {
                     Ok(Some(plaintext)) => {
                         self.shared.stats.frames_in.fetch_add(1, Relaxed);
-                        if let Some(stop) = self.handle_frame(&mut records, plaintext) {
+                        if let Some(stop) = self.frame(plaintext, &mut actions, &mut tally) {
                             return Some(match stop {
                                 Stop::Goodbye(r) => DisconnectReason::RemoteGoodbye(r),
                                 Stop::Misbehaviour(score) => {
@@ -97,124 +82,95 @@ impl<M: DeserializeOwned + Send + 'static> Reader<M> {
         }
     }
 
-    fn handle_frame(&mut self, records: &mut RecordDecoder, plaintext: BytesMut) -> Option<Stop> {
-        let mut stop = None;
-        let (mut messages, mut bytes) = (0u64, 0u64);
-        let now = std::time::Instant::now();
-        let recv = self.recv.clone();
-        let mut recv = recv.lock();
-        records.decode_frame(plaintext, &mut |item| {
-            if stop.is_some() {
-                return;
-            }
-            match item {
-                Inbound::Message(encoded) => {
-                    let verdict = match self.seq {
-                        Some(seq) => {
-                            self.seq = Some(seq + 1);
-                            recv.judge(seq)
-                        }
-                        None => Verdict::Deliver,
-                    };
-                    if verdict != Verdict::Deliver {
-                        // Already delivered, or after a gap we asked the sender to refill.
-                        return;
-                    }
-                    if !(self.message_rate.try_take(1, now)
-                        && self.byte_rate.try_take(encoded.len() as u64, now))
-                    {
-                        self.shared.stats.dropped_rate_limited.fetch_add(1, Relaxed);
-                        self.undelivered(&mut recv);
-                        stop = self.charge(&Violation::RateLimited);
-                        return;
-                    }
-                    match decode_message::<M>(&encoded) {
-                        Ok(message) => {
-                            messages += 1;
-                            bytes += encoded.len() as u64;
-                            match self.inbox.try_deliver(self.peer, message, encoded.len()) {
-                                Ok(()) => {}
-                                Err(DeliverError::Full) => {
-                                    self.shared.stats.dropped_inbox_full.fetch_add(1, Relaxed);
-                                    self.undelivered(&mut recv);
-                                }
-                                Err(DeliverError::Closed) => stop = Some(Stop::InboxClosed),
-                            }
-                        }
-                        // The sender's fault: consumed (not resent), and charged.
-                        Err(violation) => stop = self.charge(&violation),
-                    }
-                }
-                Inbound::Control(encoded) => match decode_control(&encoded) {
-                    Ok(ControlMessage::Goodbye { reason }) => stop = Some(Stop::Goodbye(reason)),
-                    Ok(ControlMessage::Ping { nonce }) => {
-                        // Answered ahead of data; if the control lane is full the pinger retries.
-                        self.shared
-                            .queue
-                            .push_control(ControlMessage::Pong { nonce });
-                    }
-                    Ok(ControlMessage::Pong { nonce }) => self.shared.pong(nonce),
-                    Ok(ControlMessage::Resume {
-                        incarnation,
-                        first_seq,
-                    }) => {
-                        recv.resume(incarnation, first_seq);
-                        self.seq = Some(first_seq);
-                    }
-                    Ok(ControlMessage::Ack { next }) => {
-                        if let Some(reliable) = &self.reliable {
-                            reliable.ack(next);
-                        }
-                    }
-                    Ok(ControlMessage::Rewind { from }) => {
-                        if let Some(reliable) = &self.reliable {
-                            reliable.rewind(from);
-                        }
-                    }
-                    Err(violation) => stop = self.charge(&violation),
-                },
-                Inbound::Violation(violation) => stop = self.charge(&violation),
-            }
-        });
-        if self.seq.is_some() {
-            // Acknowledge only what reached the inbox; coalesced with any ack not yet sent.
-            self.shared.queue.set_ack(recv.ack());
+    fn frame(
+        &mut self,
+        plaintext: BytesMut,
+        actions: &mut Vec<Action>,
+        tally: &mut [Tally],
+    ) -> Option<Stop> {
+        let (score, rejected) = (self.session.score, self.session.rejected);
+        let stop = {
+            let recv = self.recv.clone();
+            let mut recv = recv.lock();
+            let (peer, slots) = (self.peer, &self.slots);
+            let mut deliver = |lane: usize, bytes| match slots.get(lane) {
+                Some(slot) => slot.deliver(peer, bytes),
+                None => crate::session::inbound::Delivered::Closed,
+            };
+            self.session.on_frame(
+                plaintext,
+                std::time::Instant::now(),
+                &mut recv,
+                &mut deliver,
+                actions,
+                tally,
+            )
+        };
+        for action in actions.drain(..) {
+            self.apply(action);
         }
-        if let Some(from) = self.pending_rewind {
-            if self
-                .shared
-                .queue
-                .push_control(ControlMessage::Rewind { from })
-            {
-                self.pending_rewind = None;
-            }
+        let stats = &self.shared.stats;
+        if self.session.score > score {
+            tracing::debug!(peer = %self.peer, score = self.session.score, "rejected inbound records");
+            stats
+                .misbehaviour
+                .fetch_add(self.session.score - score, Relaxed);
+            stats
+                .rejected
+                .fetch_add(self.session.rejected - rejected, Relaxed);
         }
-        drop(recv);
-        self.shared.stats.messages_in.fetch_add(messages, Relaxed);
-        self.shared.stats.bytes_in.fetch_add(bytes, Relaxed);
+        for (lane, t) in tally.iter_mut().enumerate() {
+            if *t == Tally::default() {
+                continue;
+            }
+            stats.messages_in.fetch_add(t.messages, Relaxed);
+            stats.bytes_in.fetch_add(t.bytes, Relaxed);
+            stats
+                .dropped_inbox_full
+                .fetch_add(t.dropped_inbox_full, Relaxed);
+            stats
+                .dropped_rate_limited
+                .fetch_add(t.dropped_rate_limited, Relaxed);
+            if let Some(c) = stats.channels.get(lane) {
+                c.messages_in.fetch_add(t.messages, Relaxed);
+                c.bytes_in.fetch_add(t.bytes, Relaxed);
+                c.dropped_inbox_full
+                    .fetch_add(t.dropped_inbox_full, Relaxed);
+                c.dropped_rate_limited
+                    .fetch_add(t.dropped_rate_limited, Relaxed);
+            }
+            *t = Tally::default();
+        }
         stop
     }
 
-    /// A sequenced message judged deliverable was dropped locally: ask for a resend from it
-    /// (queued after this frame, with any acknowledgement).
-    fn undelivered(&mut self, recv: &mut RecvSeq) {
-        if self.seq.is_some() {
-            if let Some(from) = recv.dropped() {
-                self.pending_rewind = Some(from);
+    fn apply(&mut self, action: Action) {
+        match action {
+            Action::Send(message) => {
+                let rewind = match &message {
+                    ControlMessage::Rewind { channel, from } => Some((*channel, *from)),
+                    _ => None,
+                };
+                if !self.shared.queue.push_control(message) {
+                    // A full control lane: a lost pong is retried by the pinger, but a lost
+                    // rewind would stall that channel's stream, so it is kept for next frame.
+                    if let Some((channel, from)) = rewind {
+                        self.session.rewind_not_sent(channel, from);
+                    }
+                }
             }
+            Action::Pong(nonce) => self.shared.pong(nonce),
+            Action::Acked { lane, next } => {
+                if let Some(reliable) = &self.reliable {
+                    reliable.ack(lane, next);
+                }
+            }
+            Action::Rewind { lane, from } => {
+                if let Some(reliable) = &self.reliable {
+                    reliable.rewind(lane, from);
+                }
+            }
+            Action::Ack { lane, next } => self.shared.queue.set_ack(lane, next),
         }
-    }
-
-    /// Charges a violation; returns a stop when the budget is spent.
-    fn charge(&self, violation: &Violation) -> Option<Stop> {
-        tracing::debug!(peer = %self.peer, %violation, "rejected inbound message");
-        self.shared.stats.rejected.fetch_add(1, Relaxed);
-        let score = self
-            .shared
-            .stats
-            .misbehaviour
-            .fetch_add(u64::from(violation.cost()), Relaxed)
-            + u64::from(violation.cost());
-        (score >= u64::from(self.budget)).then_some(Stop::Misbehaviour(score))
     }
 }

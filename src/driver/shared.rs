@@ -10,11 +10,13 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::inbox::Slot;
 use super::link::SocketShared;
 use super::stream::Reliable;
 use crate::identity::PeerId;
 use crate::peers::NetworkEvent;
 use crate::session::ConnectionId;
+use crate::session::channel::ChannelTable;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -35,6 +37,8 @@ pub(crate) struct Counters {
     pub(crate) handshakes_ok: Counter,
     pub(crate) handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) broadcast_skipped_full: Counter,
+    pub(crate) send_wait_expired: Counter,
+    pub(crate) stalled_disconnects: Counter,
     pub(crate) reconnects: Counter,
     pub(crate) bans: Counter,
     pub(crate) offline_full: Counter,
@@ -61,8 +65,14 @@ pub struct NetworkStats {
     pub handshakes_ok: u64,
     /// Failed handshakes by reason (see [`crate::handshake::HandshakeError::label`]).
     pub handshake_failures: BTreeMap<&'static str, u64>,
-    /// Per-peer copies skipped by `try_broadcast` because that peer's queue was full.
+    /// Per-peer copies skipped by a broadcast because that peer's queue was full (`try_*`) or
+    /// stayed full for `send_wait` (waiting broadcast).
     pub broadcast_skipped_full: u64,
+    /// Waiting sends (`send`, `broadcast`) that gave up on a peer after `send_wait`.
+    pub send_wait_expired: u64,
+    /// Connections closed because the peer stopped reading or acknowledging for
+    /// `write_timeout` (each also charged to its IP, see `Config::max_stalls_per_ip`).
+    pub stalled_disconnects: u64,
     /// Redials of persistent peers and bootstrap addresses (after a failed dial or a lost
     /// connection).
     pub reconnects: u64,
@@ -83,7 +93,14 @@ pub struct NetworkStats {
 pub(crate) struct Shared {
     pub(crate) local_id: PeerId,
     pub(crate) local_addr: SocketAddr,
-    pub(crate) max_message_size: usize,
+    /// The configured channels, by dense index.
+    pub(crate) channels: ChannelTable,
+    /// Each channel's delivery point, by index; opened by the application once. Weak: the
+    /// actor and the connection tasks own the slots, so when the last of them ends the slots go
+    /// and every inbox sees the end of its stream.
+    pub(crate) slots: std::sync::Weak<[Slot]>,
+    /// How long a waiting send may wait for one peer (see `Config::send_wait`).
+    pub(crate) send_wait: std::time::Duration,
     /// The open connection of each peer: what `send` and `broadcast` use.
     pub(crate) peers: RwLock<HashMap<PeerId, Arc<SocketShared>>>,
     /// Every connection in any state, for observation.
@@ -104,6 +121,8 @@ impl Shared {
             handshakes_ok: self.counters.handshakes_ok.get(),
             handshake_failures: self.counters.handshake_failures.lock().clone(),
             broadcast_skipped_full: self.counters.broadcast_skipped_full.get(),
+            send_wait_expired: self.counters.send_wait_expired.get(),
+            stalled_disconnects: self.counters.stalled_disconnects.get(),
             reconnects: self.counters.reconnects.get(),
             bans: self.counters.bans.get(),
             offline_full: self.counters.offline_full.get(),

@@ -2,11 +2,42 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::session::PeerStats;
+use crate::session::{ChannelStats, PeerStats};
+
+/// Live counters of one channel on one connection.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelCounters {
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) dropped_inbox_full: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
+    pub(crate) dropped_rate_limited: AtomicU64,
+}
+
+impl ChannelCounters {
+    pub(crate) fn snapshot(&self, channel: u16, queued: (usize, usize)) -> ChannelStats {
+        ChannelStats {
+            channel,
+            messages_in: self.messages_in.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            messages_out: self.messages_out.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            dropped_inbox_full: self.dropped_inbox_full.load(Relaxed),
+            dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+            dropped_rate_limited: self.dropped_rate_limited.load(Relaxed),
+            queued_messages: queued.0,
+            queued_bytes: queued.1,
+        }
+    }
+}
 
 /// Live counters of one connection.
 #[derive(Debug, Default)]
 pub(crate) struct SocketStats {
+    /// By channel index.
+    pub(crate) channels: Vec<ChannelCounters>,
     pub(crate) messages_in: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
@@ -29,6 +60,13 @@ pub(crate) struct SocketStats {
 }
 
 impl SocketStats {
+    pub(crate) fn new(channels: usize) -> Self {
+        Self {
+            channels: (0..channels).map(|_| ChannelCounters::default()).collect(),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn snapshot(&self, queued_messages: usize, queued_bytes: usize) -> PeerStats {
         PeerStats {
             messages_in: self.messages_in.load(Relaxed),

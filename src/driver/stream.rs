@@ -1,75 +1,118 @@
-//! A persistent peer's reliable stream as shared memory: the pure [`ReliableBuffer`] behind a
-//! lock, the wake-ups of senders waiting for room, and which connection carries it now.
+//! A persistent peer's reliable streams as shared memory: the pure [`ReliableSet`] (one stream
+//! per channel) behind a lock, the wake-ups of senders waiting for room, and which connection
+//! carries the streams now.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::link::SocketShared;
-use crate::session::reliable::{ReliableBuffer, Taken};
-use bytes::Bytes;
+use crate::session::reliable::{ReliableSet, Taken};
 
-/// A persistent peer's reliable stream as shared by senders, its connections and the network.
+/// Why a reliable push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamRefusal {
+    /// The channel's stream is at its bound (the peer has not acknowledged enough).
+    Full,
+    /// The channel is not configured.
+    NoSuchChannel,
+}
+
+#[derive(Debug)]
+struct Inner {
+    set: ReliableSet,
+    /// When a push first found a stream full since the last acknowledgement freed room.
+    full_since: Option<Instant>,
+}
+
+/// A persistent peer's reliable streams as shared by senders, its connections and the node.
 #[derive(Debug)]
 pub(crate) struct Reliable {
-    pub(crate) buffer: Mutex<ReliableBuffer>,
-    /// Wakes senders waiting for room (acknowledgements free it).
-    pub(crate) room: Notify,
-    /// The connection currently writing this stream, if the peer is connected.
+    inner: Mutex<Inner>,
+    /// Wakes senders waiting for room (acknowledgements free it; disconnects and shutdown end
+    /// the wait).
+    room: Notify,
+    /// The connection currently writing these streams, if the peer is connected.
     attached: Mutex<Option<Arc<SocketShared>>>,
 }
 
 impl Reliable {
-    pub(crate) fn new(incarnation: u64, capacity: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(incarnation: u64, bounds: &[(usize, usize, usize)]) -> Self {
         Self {
-            buffer: Mutex::new(ReliableBuffer::new(incarnation, capacity, max_bytes)),
+            inner: Mutex::new(Inner {
+                set: ReliableSet::new(incarnation, bounds),
+                full_since: None,
+            }),
             room: Notify::new(),
             attached: Mutex::new(None),
         }
     }
 
-    /// Accepts a message and wakes the attached writer, if any; when full, hands it back.
-    pub(crate) fn push(&self, message: Bytes) -> Result<(), Bytes> {
-        self.buffer.lock().push(message)?;
+    /// Accepts a message on channel index `lane` and wakes the attached writer, if any; when
+    /// refused, hands it back.
+    pub(crate) fn push(&self, lane: usize, message: Bytes) -> Result<(), (StreamRefusal, Bytes)> {
+        {
+            let mut inner = self.inner.lock();
+            let Some(buffer) = inner.set.buffer(lane) else {
+                return Err((StreamRefusal::NoSuchChannel, message));
+            };
+            if let Err(message) = buffer.push(message) {
+                inner.full_since.get_or_insert_with(Instant::now);
+                return Err((StreamRefusal::Full, message));
+            }
+        }
         if let Some(socket) = &*self.attached.lock() {
             socket.queue.wake();
         }
         Ok(())
     }
 
-    /// Accepts a message, waiting for acknowledgements to make room.
+    /// Accepts a message, waiting for acknowledgements to make room until `deadline`; gives up
+    /// earlier when the peer is not connected (nothing can free room until it is back).
     ///
     /// # Cancel safety
     /// Cancel safe: if dropped before it returns, the message was not accepted.
-    pub(crate) async fn push_wait(&self, mut message: Bytes) {
+    pub(crate) async fn push_wait(
+        &self,
+        lane: usize,
+        mut message: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), (StreamRefusal, Bytes)> {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.push(message) {
-                Ok(()) => return,
-                Err(back) => {
+            match self.push(lane, message) {
+                Ok(()) => return Ok(()),
+                Err((StreamRefusal::Full, back)) => {
+                    if self.attached.lock().is_none()
+                        || tokio::time::timeout_at(deadline, room).await.is_err()
+                    {
+                        return Err((StreamRefusal::Full, back));
+                    }
                     message = back;
-                    room.await;
                 }
+                Err(refused) => return Err(refused),
             }
         }
     }
 
-    /// `socket` now carries this stream: resend everything unacknowledged on it. Done under
+    /// `socket` now carries these streams: resend everything unacknowledged on it. Done under
     /// the `attached` lock (then the buffer lock, the order `take_for` uses too), so no other
-    /// connection's writer can read the stream, or its resume marker, after this point.
+    /// connection's writer can read the streams, or their resume markers, after this point.
     pub(crate) fn attach(&self, socket: &Arc<SocketShared>) {
         let mut attached = self.attached.lock();
-        self.buffer.lock().restart();
+        self.inner.lock().set.restart();
         *attached = Some(socket.clone());
         drop(attached);
         socket.queue.wake();
     }
 
-    /// Takes the next messages for `socket`'s writer, only if `socket` carries the stream now;
-    /// returns the incarnation for the resume marker.
+    /// Takes the next pieces for `socket`'s writer, only if `socket` carries the streams now;
+    /// returns the incarnation for resume markers.
     pub(crate) fn take_for(
         &self,
         socket: &Arc<SocketShared>,
@@ -77,33 +120,61 @@ impl Reliable {
         taken: &mut Taken,
     ) -> u64 {
         let attached = self.attached.lock();
-        let mut buffer = self.buffer.lock();
+        let mut inner = self.inner.lock();
         if attached.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
-            buffer.take(max_bytes, taken);
+            inner.set.take(max_bytes, taken);
         }
-        buffer.incarnation()
+        inner.set.incarnation()
     }
 
-    /// `socket` closed: stop waking it (unless another connection took over already).
+    /// `socket` closed: stop waking it (unless another connection took over already), and wake
+    /// senders waiting for room so they stop waiting for a peer that is gone.
     pub(crate) fn detach(&self, socket: &Arc<SocketShared>) {
         let mut attached = self.attached.lock();
         if attached.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
             *attached = None;
         }
+        drop(attached);
+        self.room.notify_waiters();
     }
 
-    /// The peer acknowledged everything before `next_expected`.
-    pub(crate) fn ack(&self, next_expected: u64) {
-        if self.buffer.lock().ack(next_expected) > 0 {
+    /// Ends every wait for room (shutdown).
+    pub(crate) fn wake_all(&self) {
+        self.room.notify_waiters();
+    }
+
+    /// The peer acknowledged everything before `next_expected` on channel index `lane`.
+    pub(crate) fn ack(&self, lane: usize, next_expected: u64) {
+        let freed = {
+            let mut inner = self.inner.lock();
+            let freed = inner.set.buffer(lane).map_or(0, |b| b.ack(next_expected));
+            if freed > 0 {
+                inner.full_since = None;
+            }
+            freed
+        };
+        if freed > 0 {
             self.room.notify_waiters();
         }
     }
 
-    /// The peer asks for a resend from `from`.
-    pub(crate) fn rewind(&self, from: u64) {
-        self.buffer.lock().rewind(from);
+    /// The peer asks for a resend from `from` on channel index `lane`.
+    pub(crate) fn rewind(&self, lane: usize, from: u64) {
+        if let Some(buffer) = self.inner.lock().set.buffer(lane) {
+            buffer.rewind(from);
+        }
         if let Some(socket) = &*self.attached.lock() {
             socket.queue.wake();
         }
+    }
+
+    /// How long a stream has been full without an acknowledgement freeing room.
+    pub(crate) fn full_for(&self) -> Option<Duration> {
+        self.inner.lock().full_since.map(|t| t.elapsed())
+    }
+
+    /// Messages (and bytes) accepted and not yet acknowledged, on all channels.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        self.inner.lock().set.depth()
     }
 }

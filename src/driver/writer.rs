@@ -16,8 +16,8 @@ use crate::codec::cipher::Sealer;
 use crate::codec::frame::FrameEncoder;
 use crate::codec::{CodecError, ControlMessage, GoodbyeReason, encode_control};
 use crate::session::DisconnectReason;
+use crate::session::outbound::Piece;
 use crate::session::reliable::Taken;
-use bytes::Bytes;
 
 /// How the write task ended.
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub(crate) struct Writer {
     pub(crate) reliable: Option<Arc<Reliable>>,
     pub(crate) batch_bytes: usize,
     pub(crate) write_timeout: Duration,
+    /// Channel ids by lane index.
+    pub(crate) channel_ids: Vec<u16>,
 }
 
 enum Fault {
@@ -83,7 +85,7 @@ impl Writer {
             if batch.control.is_empty()
                 && batch.data.is_empty()
                 && batch.goodbye.is_none()
-                && reliable.messages.is_empty()
+                && reliable.is_empty()
             {
                 tokio::select! {
                     biased;
@@ -94,52 +96,46 @@ impl Writer {
             for control in batch.control.drain(..) {
                 encoder.push_control(&encode_control(&control))?;
             }
-            if let Some(first_seq) = reliable.resume.take() {
-                // Taken together with the messages it numbers, so nothing can slip between.
+            for (lane, first_seq) in reliable.resumes.drain(..) {
+                // Taken together with the pieces it numbers, so nothing can slip between.
                 encoder.push_control(&encode_control(&ControlMessage::Resume {
+                    channel: self.channel_ids.get(lane).copied().unwrap_or(0),
                     incarnation,
                     first_seq,
                 }))?;
             }
-            let reliable_pending = !reliable.messages.is_empty();
-            let mut counts = (0u64, 0u64);
-            self.write_messages(stream, encoder, &mut batch.data, &mut counts)
+            let reliable_pending = !reliable.pieces.is_empty();
+            self.write_pieces(stream, encoder, &mut batch.data).await?;
+            self.write_pieces(stream, encoder, &mut reliable.pieces)
                 .await?;
-            self.write_messages(stream, encoder, &mut reliable.messages, &mut counts)
-                .await?;
-            // The goodbye goes out once the reliable stream has nothing left to write either.
+            // The goodbye goes out once the reliable streams have nothing left to write either.
             if let Some(reason) = batch.goodbye.take().filter(|_| !reliable_pending) {
                 encoder.push_control(&encode_control(&ControlMessage::Goodbye { reason }))?;
                 self.flush(stream, encoder).await?;
-                self.count(counts.0, counts.1);
                 // Half-close: the peer reads our goodbye, then EOF; we keep reading its rest.
                 let _ = stream.shutdown().await;
                 return Ok(reason);
             }
             self.flush(stream, encoder).await?;
-            self.count(counts.0, counts.1);
             if queue.full_for().is_some_and(|d| d >= self.write_timeout) {
                 return Err(Fault::End(WriteEnd::Failed(DisconnectReason::WriteStalled)));
             }
         }
     }
 
-    /// Encodes `messages` (draining the vector), writing as it goes when a large message fills
-    /// the batch and letting queued control messages in between its fragments.
-    async fn write_messages<W: AsyncWrite + Unpin>(
+    /// Encodes `pieces` (draining the vector), writing as it goes when the output fills the
+    /// batch and letting queued control messages in between the fragments of a large message.
+    async fn write_pieces<W: AsyncWrite + Unpin>(
         &self,
         stream: &mut W,
         encoder: &mut FrameEncoder,
-        messages: &mut Vec<Bytes>,
-        counts: &mut (u64, u64),
+        pieces: &mut Vec<Piece>,
     ) -> Result<(), Fault> {
-        for message in messages.drain(..) {
-            let mut offset = 0;
-            loop {
-                offset = encoder.push_message(&message, offset)?;
-                if offset == message.len() {
-                    break;
-                }
+        for piece in pieces.drain(..) {
+            let channel = self.channel_ids.get(piece.lane).copied().unwrap_or(0);
+            let mut offset = piece.start;
+            while offset < piece.end {
+                offset = encoder.push_message_on(channel, &piece.message, offset, piece.end)?;
                 if encoder.buffered() >= self.batch_bytes {
                     self.flush(stream, encoder).await?;
                     let mut control = Batch::default();
@@ -149,15 +145,22 @@ impl Writer {
                     }
                 }
             }
-            counts.0 += 1;
-            counts.1 += message.len() as u64;
+            if piece.start == piece.end && piece.message.is_empty() {
+                // An empty message is one empty record.
+                encoder.push_message_on(channel, &piece.message, 0, 0)?;
+            }
+            if piece.completes() {
+                let len = piece.message.len() as u64;
+                let stats = &self.shared.stats;
+                stats.messages_out.fetch_add(1, Relaxed);
+                stats.bytes_out.fetch_add(len, Relaxed);
+                if let Some(c) = stats.channels.get(piece.lane) {
+                    c.messages_out.fetch_add(1, Relaxed);
+                    c.bytes_out.fetch_add(len, Relaxed);
+                }
+            }
         }
         Ok(())
-    }
-
-    fn count(&self, messages: u64, bytes: u64) {
-        self.shared.stats.messages_out.fetch_add(messages, Relaxed);
-        self.shared.stats.bytes_out.fetch_add(bytes, Relaxed);
     }
 
     /// Seals the open frame and writes everything buffered, giving up after `write_timeout`

@@ -5,10 +5,12 @@
 //! looks the peer up in a read-locked map and pushes into that peer's bounded queue. Connecting,
 //! disconnecting and shutdown are commands to the actor.
 
+mod channel;
+mod send;
+
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -20,17 +22,20 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::encode_message;
 use crate::config::Config;
-use crate::driver::inbox::{self, Inbox};
-use crate::driver::link::{SocketContext, SocketShared};
+use crate::driver::inbox::{Inbox, Slot};
+use crate::driver::link::SocketContext;
 use crate::driver::listener;
 use crate::driver::node::{self, Command, NetworkActor};
-use crate::driver::queue::PushError;
+use crate::driver::queue::LaneSpec;
 use crate::driver::shared::{Counters, NetworkStats, Shared};
 use crate::driver::stream::Reliable;
 use crate::error::NetworkError;
 use crate::identity::{Keypair, PeerId};
 use crate::peers::{NetworkEvent, backoff, bans, departures, redial};
-use crate::session::ConnectionInfo;
+use crate::session::{ChannelId, ConnectionInfo};
+pub use channel::Channel;
+pub use send::BroadcastReport;
+use send::Route;
 
 /// Capacity of the command channel from handles to the actor.
 const COMMAND_CAPACITY: usize = 256;
@@ -38,26 +43,6 @@ const COMMAND_CAPACITY: usize = 256;
 const SOCKET_EVENT_CAPACITY: usize = 1024;
 /// Capacity of the channel from the listener to the actor.
 const ACCEPT_CAPACITY: usize = 64;
-
-/// Why a non-blocking push was refused (kept small: it travels with the refused message).
-#[derive(Debug, Clone, Copy)]
-enum SendRefusal {
-    Full,
-    NotConnected,
-}
-
-/// The outcome of a broadcast.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BroadcastReport {
-    /// Peers the message was queued to.
-    pub queued: usize,
-    /// Peers skipped because their send queue was full (`try_broadcast` only; counted in
-    /// [`NetworkStats::broadcast_skipped_full`] and in each peer's `dropped_queue_full`).
-    pub skipped_full: usize,
-    /// Peers that disconnected while the broadcast waited for room (`broadcast` only).
-    pub disconnected: usize,
-}
 
 /// A handle to a running peer-to-peer network node.
 ///
@@ -135,22 +120,44 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
         let (events, _) = broadcast::channel(config.event_capacity);
         // Tells this process's reliable streams apart from those of an earlier run.
         let incarnation = backoff::jitter_sample();
+        let channels = config.channel_table();
+        let lanes: Vec<LaneSpec> = channels
+            .iter()
+            .map(|(channel, spec)| LaneSpec {
+                channel,
+                capacity: spec.send_queue_capacity,
+                max_bytes: spec.send_queue_bytes,
+                weight: spec.priority.weight(),
+            })
+            .collect();
+        // The offline bounds apply per channel stream of each persistent peer.
+        let stream_bounds: Vec<_> = lanes
+            .iter()
+            .map(|l| {
+                (
+                    config.offline_queue_capacity,
+                    config.offline_queue_bytes,
+                    l.weight,
+                )
+            })
+            .collect();
         let reliable = config
             .persistent_peers
             .iter()
-            .map(|p| {
-                let stream = Reliable::new(
-                    incarnation,
-                    config.offline_queue_capacity,
-                    config.offline_queue_bytes,
-                );
-                (p.id, Arc::new(stream))
-            })
+            .map(|p| (p.id, Arc::new(Reliable::new(incarnation, &stream_bounds))))
             .collect();
+        let slots: Arc<[Slot]> = channels
+            .iter()
+            .map(|(_, spec)| Slot::new(spec.inbox_capacity, spec.inbox_bytes))
+            .collect();
+        // Channel 0's type is known now: open it before any connection exists.
+        let inbox = slots[0].open::<M>().ok_or(NetworkError::Closed)?;
         let shared = Arc::new(Shared {
             local_id: keypair.peer_id(),
             local_addr,
-            max_message_size: config.max_message_size,
+            channels: channels.clone(),
+            slots: Arc::downgrade(&slots),
+            send_wait: config.send_wait,
             peers: Default::default(),
             connections: Default::default(),
             events,
@@ -158,7 +165,6 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             reliable,
             actor: Default::default(),
         });
-        let (inbox_tx, inbox) = inbox::inbox(config.inbox_capacity, config.inbox_bytes);
         let (commands_tx, commands) = mpsc::channel(COMMAND_CAPACITY);
         let (accepted_tx, accepted) = mpsc::channel(ACCEPT_CAPACITY);
         let (socket_events_tx, socket_events) = mpsc::channel(SOCKET_EVENT_CAPACITY);
@@ -178,6 +184,8 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             advertised_addr: config.advertised_addr.unwrap_or(local_addr),
             handshakes: Arc::new(Semaphore::new(config.max_concurrent_handshakes)),
             keypair,
+            channels,
+            lanes,
             config: config.clone(),
         });
         let actor = NetworkActor {
@@ -187,7 +195,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             accepted,
             socket_events,
             socket_events_tx,
-            inbox: inbox_tx,
+            slots,
             outbound_slots: Arc::new(Semaphore::new(config.max_outbound)),
             root,
             listener_cancel,
@@ -333,79 +341,61 @@ impl<M: Serialize> Network<M> {
         }
     }
 
-    /// Pushes without waiting, under the peer map's read lock (no reference counting on the
-    /// hot path). A refused message is handed back.
-    fn try_push(&self, peer: PeerId, message: Bytes) -> Result<(), (SendRefusal, Bytes)> {
-        if let Some(reliable) = self.shared.reliable.get(&peer) {
-            // A persistent peer: accepted whether or not it is connected now.
-            return reliable
-                .push(message)
-                .map_err(|message| (SendRefusal::Full, message));
+    fn route(&self) -> Route<'_> {
+        Route {
+            shared: &self.shared,
+            lane: 0,
         }
-        let peers = self.shared.peers.read();
-        let Some(link) = peers.get(&peer) else {
-            return Err((SendRefusal::NotConnected, message));
-        };
-        link.queue.try_push(message).map_err(|(error, message)| {
-            let refusal = match error {
-                PushError::Full => SendRefusal::Full,
-                PushError::Closed => SendRefusal::NotConnected,
-            };
-            (refusal, message)
-        })
     }
 
-    /// A `try_*` send: refusal for a full queue is a drop, counted on the peer.
-    fn try_push_counted(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
-        self.try_push(peer, message)
-            .map_err(|(refusal, _)| match refusal {
-                SendRefusal::Full => {
-                    match self.shared.peers.read().get(&peer) {
-                        Some(link) => {
-                            link.stats.dropped_queue_full.fetch_add(1, Relaxed);
-                        }
-                        None => self.shared.counters.offline_full.inc(),
-                    }
-                    NetworkError::Full(peer)
-                }
-                SendRefusal::NotConnected => NetworkError::NotConnected(peer),
-            })
-    }
-
-    /// Pushes, waiting for room if the peer's queue is full.
-    async fn push(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
-        let message = match self.try_push(peer, message) {
-            Ok(()) => return Ok(()),
-            Err((SendRefusal::NotConnected, _)) => return Err(NetworkError::NotConnected(peer)),
-            Err((SendRefusal::Full, message)) => message,
-        };
-        if let Some(reliable) = self.shared.reliable.get(&peer) {
-            reliable.push_wait(message).await;
-            return Ok(());
-        }
-        // Full: wait for room outside the lock.
-        let link = self
+    /// Opens channel `id` (declared with [`Config::channel`]) for messages of type `T`: returns
+    /// a cheap, cloneable sending handle and the channel's inbox. Messages that arrived on the
+    /// channel before this call wait in the inbox, within the channel's bounds, and come first.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), peerwire::NetworkError> {
+    /// use peerwire::{ChannelSpec, Config, Keypair, Network};
+    /// let config = Config::default()
+    ///     .network_id("doc-channels")
+    ///     .channel(1, ChannelSpec::critical());
+    /// let (a, _) = Network::<String>::start(config.clone(), Keypair::generate()).await?;
+    /// let (b, _) = Network::<String>::start(config, Keypair::generate()).await?;
+    /// let (votes, _) = a.channel::<u64>(1)?;
+    /// let (_, mut b_votes) = b.channel::<u64>(1)?;
+    /// a.connect(b.local_addr()).await?;
+    /// votes.send(b.local_peer_id(), &7).await?;
+    /// assert_eq!(b_votes.recv().await, Some((a.local_peer_id(), 7)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`NetworkError::UnknownChannel`] if `id` was not declared,
+    /// [`NetworkError::ChannelOpen`] if it was opened before (channel 0 is opened by `start`),
+    /// [`NetworkError::Closed`] after shutdown.
+    pub fn channel<T>(&self, id: ChannelId) -> Result<(Channel<T>, Inbox<T>), NetworkError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let lane = self
             .shared
-            .peers
-            .read()
-            .get(&peer)
-            .cloned()
-            .ok_or(NetworkError::NotConnected(peer))?;
-        link.queue
-            .push(message)
-            .await
-            .map_err(|_| NetworkError::NotConnected(peer))
+            .channels
+            .index(id)
+            .ok_or(NetworkError::UnknownChannel(id))?;
+        let slots = self.shared.slots.upgrade().ok_or(NetworkError::Closed)?;
+        let inbox = slots[lane]
+            .open::<T>()
+            .ok_or(NetworkError::ChannelOpen(id))?;
+        Ok((Channel::new(self.shared.clone(), lane, id), inbox))
     }
 
     /// Encodes a message once, for sending to many peers with the `*_encoded` methods.
     ///
     /// # Errors
     /// [`NetworkError::Codec`] when it cannot be encoded or exceeds `max_message_size`.
-    pub fn encode(&self, message: &M) -> Result<Encoded, NetworkError> {
-        Ok(Encoded(encode_message(
-            message,
-            self.shared.max_message_size,
-        )?))
+    pub fn encode(&self, message: &M) -> Result<Encoded<M>, NetworkError> {
+        Encoded::new(message, self.shared.channels.spec(0).max_message_size)
     }
 
     /// Queues `message` to `peer`, waiting while the peer's queue is full.
@@ -417,8 +407,8 @@ impl<M: Serialize> Network<M> {
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before completing, the message was not queued.
     pub async fn send(&self, peer: PeerId, message: &M) -> Result<(), NetworkError> {
-        let encoded = encode_message(message, self.shared.max_message_size)?;
-        self.push(peer, encoded).await
+        let encoded = self.encode(message)?;
+        self.route().send(peer, encoded.bytes).await
     }
 
     /// [`Network::send`] for an already encoded message.
@@ -428,8 +418,12 @@ impl<M: Serialize> Network<M> {
     ///
     /// # Cancel safety
     /// As [`Network::send`].
-    pub async fn send_encoded(&self, peer: PeerId, message: &Encoded) -> Result<(), NetworkError> {
-        self.push(peer, message.0.clone()).await
+    pub async fn send_encoded(
+        &self,
+        peer: PeerId,
+        message: &Encoded<M>,
+    ) -> Result<(), NetworkError> {
+        self.route().send(peer, message.bytes.clone()).await
     }
 
     /// Queues `message` to `peer` without ever waiting.
@@ -438,32 +432,20 @@ impl<M: Serialize> Network<M> {
     /// [`NetworkError::Full`] when the peer's queue is full (counted as `dropped_queue_full`),
     /// [`NetworkError::NotConnected`], [`NetworkError::Codec`].
     pub fn try_send(&self, peer: PeerId, message: &M) -> Result<(), NetworkError> {
-        let encoded = encode_message(message, self.shared.max_message_size)?;
-        self.try_push_counted(peer, encoded)
+        let encoded = self.encode(message)?;
+        self.route().try_send(peer, encoded.bytes)
     }
 
     /// [`Network::try_send`] for an already encoded message.
     ///
     /// # Errors
     /// As [`Network::try_send`].
-    pub fn try_send_encoded(&self, peer: PeerId, message: &Encoded) -> Result<(), NetworkError> {
-        self.try_push_counted(peer, message.0.clone())
+    pub fn try_send_encoded(&self, peer: PeerId, message: &Encoded<M>) -> Result<(), NetworkError> {
+        self.route().try_send(peer, message.bytes.clone())
     }
 
-    fn open_links(&self) -> Vec<Arc<SocketShared>> {
+    fn open_links(&self) -> Vec<Arc<crate::driver::link::SocketShared>> {
         self.shared.peers.read().values().cloned().collect()
-    }
-
-    /// Open connections of peers that are not persistent (persistent peers' messages go through
-    /// their reliable stream, connected or not).
-    fn plain_links(&self) -> Vec<Arc<SocketShared>> {
-        self.shared
-            .peers
-            .read()
-            .iter()
-            .filter(|(id, _)| !self.shared.reliable.contains_key(id))
-            .map(|(_, link)| link.clone())
-            .collect()
     }
 
     /// Encodes `message` once and queues it to every connected peer and every persistent peer
@@ -477,37 +459,16 @@ impl<M: Serialize> Network<M> {
     }
 
     /// [`Network::try_broadcast`] for an already encoded message.
-    pub fn try_broadcast_encoded(&self, message: &Encoded) -> BroadcastReport {
-        let mut report = BroadcastReport::default();
-        let skip = |report: &mut BroadcastReport| {
-            self.shared.counters.broadcast_skipped_full.inc();
-            report.skipped_full += 1;
-        };
-        for reliable in self.shared.reliable.values() {
-            match reliable.push(message.0.clone()) {
-                Ok(()) => report.queued += 1,
-                Err(_) => skip(&mut report),
-            }
-        }
-        for link in self.plain_links() {
-            match link.queue.try_push(message.0.clone()) {
-                Ok(()) => report.queued += 1,
-                Err((PushError::Full, _)) => {
-                    link.stats.dropped_queue_full.fetch_add(1, Relaxed);
-                    skip(&mut report);
-                }
-                Err((PushError::Closed, _)) => {}
-            }
-        }
-        report
+    pub fn try_broadcast_encoded(&self, message: &Encoded<M>) -> BroadcastReport {
+        self.route().try_broadcast(&message.bytes)
     }
 
     /// Encodes `message` once and queues it to every connected peer and every persistent peer.
-    /// Peers with room get it at once; for connected peers whose queue is full it then waits for
-    /// room (a persistent peer that is away and full is skipped and counted instead). A peer
-    /// that stops reading is disconnected after `write_timeout`, which ends the wait for it, so
-    /// the call completes within about `write_timeout`. Other peers' delivery is never delayed
-    /// by the wait.
+    /// Peers with room get it at once; peers whose queue is full are waited for together, at
+    /// most [`Config::send_wait`] in all, then skipped and counted (a peer that stays stalled
+    /// is skipped at once on later calls, and disconnected after `write_timeout`). So one peer
+    /// that stops reading delays the caller by at most `send_wait`, once, and never delays
+    /// other peers' delivery.
     ///
     /// # Errors
     /// [`NetworkError::Codec`].
@@ -516,46 +477,21 @@ impl<M: Serialize> Network<M> {
     /// Not cancel safe: if dropped while waiting, the message has been queued to some peers only.
     pub async fn broadcast(&self, message: &M) -> Result<BroadcastReport, NetworkError> {
         let encoded = self.encode(message)?;
-        let mut report = BroadcastReport::default();
-        let mut waiting_reliable = Vec::new();
-        for (peer, reliable) in &self.shared.reliable {
-            match reliable.push(encoded.0.clone()) {
-                Ok(()) => report.queued += 1,
-                Err(_) if self.is_connected(*peer) => waiting_reliable.push(reliable.clone()),
-                Err(_) => {
-                    self.shared.counters.broadcast_skipped_full.inc();
-                    report.skipped_full += 1;
-                }
-            }
-        }
-        let mut waiting = Vec::new();
-        for link in self.plain_links() {
-            match link.queue.try_push(encoded.0.clone()) {
-                Ok(()) => report.queued += 1,
-                Err((PushError::Full, _)) => waiting.push(link),
-                Err((PushError::Closed, _)) => {}
-            }
-        }
-        for link in waiting {
-            match link.queue.push(encoded.0.clone()).await {
-                Ok(()) => report.queued += 1,
-                Err(_) => report.disconnected += 1,
-            }
-        }
-        for reliable in waiting_reliable {
-            reliable.push_wait(encoded.0.clone()).await;
-            report.queued += 1;
-        }
-        Ok(report)
+        Ok(self.route().broadcast(&encoded.bytes).await)
+    }
+
+    /// [`Network::broadcast`] for an already encoded message.
+    ///
+    /// # Cancel safety
+    /// As [`Network::broadcast`].
+    pub async fn broadcast_encoded(&self, message: &Encoded<M>) -> BroadcastReport {
+        self.route().broadcast(&message.bytes).await
     }
 
     /// For a persistent peer: messages (and bytes) accepted and not yet acknowledged by it,
     /// whether sent or waiting for it to come back. `None` for other peers.
     pub fn pending(&self, peer: PeerId) -> Option<(usize, usize)> {
-        self.shared
-            .reliable
-            .get(&peer)
-            .map(|r| r.buffer.lock().depth())
+        self.shared.reliable.get(&peer).map(|r| r.depth())
     }
 
     /// The peers with an open connection, with address, direction, state and counters.
@@ -592,19 +528,49 @@ impl<M: Serialize> Network<M> {
     }
 }
 
-/// A message encoded once, to be queued to one or many peers without encoding again.
-#[derive(Debug, Clone)]
-pub struct Encoded(Bytes);
+/// A message of type `M` encoded once, to be queued to one or many peers without encoding
+/// again. Typed, so a message encoded for one type cannot be sent as another.
+pub struct Encoded<M> {
+    bytes: Bytes,
+    _message: PhantomData<fn(M) -> M>,
+}
 
-impl Encoded {
+impl<M> Encoded<M> {
+    fn new(message: &M, max: usize) -> Result<Self, NetworkError>
+    where
+        M: Serialize,
+    {
+        Ok(Self {
+            bytes: encode_message(message, max)?,
+            _message: PhantomData,
+        })
+    }
+
     /// Encoded length in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     /// Whether the encoding is empty (a unit-like message).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
+    }
+}
+
+impl<M> Clone for Encoded<M> {
+    fn clone(&self) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for Encoded<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoded")
+            .field("len", &self.bytes.len())
+            .finish()
     }
 }
 

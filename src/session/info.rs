@@ -21,8 +21,36 @@ pub struct ConnectionInfo {
     pub direction: Direction,
     /// The state now.
     pub state: SocketState,
-    /// Counters.
+    /// Counters of the connection as a whole.
     pub stats: PeerStats,
+    /// Counters per channel, the default channel first.
+    pub channels: Vec<ChannelStats>,
+}
+
+/// A snapshot of one channel's counters on one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStats {
+    /// The channel id.
+    pub channel: u16,
+    /// Messages received on this channel (delivered or dropped at its inbox).
+    pub messages_in: u64,
+    /// Encoded bytes received on this channel.
+    pub bytes_in: u64,
+    /// Messages written on this channel.
+    pub messages_out: u64,
+    /// Encoded bytes written on this channel.
+    pub bytes_out: u64,
+    /// Inbound messages dropped because this channel's inbox was full.
+    pub dropped_inbox_full: u64,
+    /// Outbound messages refused because this channel's queue to the peer was full or stalled.
+    pub dropped_queue_full: u64,
+    /// Inbound messages dropped for exceeding this channel's rate limit.
+    pub dropped_rate_limited: u64,
+    /// Messages waiting in this channel's send queue now.
+    pub queued_messages: usize,
+    /// Bytes waiting in this channel's send queue now.
+    pub queued_bytes: usize,
 }
 
 /// A snapshot of one connection's counters.

@@ -2,7 +2,10 @@
 //! its state machine, its reliable-stream positions and its rate limits. Nothing here holds a
 //! socket, spawns a task or reads a clock: callers pass `now`.
 
+pub(crate) mod channel;
+pub(crate) mod inbound;
 mod info;
+pub(crate) mod outbound;
 pub(crate) mod rate;
 pub(crate) mod reliable;
 mod state;
@@ -10,7 +13,10 @@ mod state;
 use crate::codec::{CodecError, GoodbyeReason};
 use crate::handshake::HandshakeError;
 
-pub use info::{ConnectionInfo, PeerStats};
+pub use channel::{
+    ChannelId, ChannelSpec, DEFAULT_CHANNEL, MAX_CHANNELS, Overflow, Priority, RESERVED_CHANNELS,
+};
+pub use info::{ChannelStats, ConnectionInfo, PeerStats};
 pub use state::SocketState;
 pub(crate) use state::StateCell;
 

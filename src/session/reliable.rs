@@ -20,12 +20,22 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-/// What the writer should send next: an optional resume marker, then messages in order.
+use super::channel::QUANTUM;
+use super::outbound::{Piece, Scheduler};
+
+/// What the writer should send next: resume markers, then pieces of messages in order.
 #[derive(Debug, Default)]
 pub(crate) struct Taken {
-    /// `Some(first_seq)` when the messages below restart the numbering at `first_seq`.
-    pub(crate) resume: Option<u64>,
-    pub(crate) messages: Vec<Bytes>,
+    /// `(channel index, first_seq)` for each channel whose numbering restarts at `first_seq`
+    /// with the pieces below (written before them).
+    pub(crate) resumes: Vec<(usize, u64)>,
+    pub(crate) pieces: Vec<Piece>,
+}
+
+impl Taken {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.resumes.is_empty() && self.pieces.is_empty()
+    }
 }
 
 /// The sender's buffer of unacknowledged messages for one persistent peer.
@@ -39,6 +49,11 @@ pub(crate) struct ReliableBuffer {
     base_seq: u64,
     /// Index in `unacked` of the next message to write on the current connection.
     cursor: usize,
+    /// How far the message at `cursor` has been written (pieces of a large message).
+    partial: usize,
+    /// A rewind that waits for the message in progress to be completed first, so the receiver
+    /// never sees a new message start in the middle of one.
+    rewind_to: Option<u64>,
     /// The next take must start with a resume marker.
     needs_resume: bool,
     capacity: usize,
@@ -55,6 +70,8 @@ impl ReliableBuffer {
             bytes: 0,
             base_seq: 0,
             cursor: 0,
+            partial: 0,
+            rewind_to: None,
             needs_resume: true,
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
@@ -83,30 +100,46 @@ impl ReliableBuffer {
         self.cursor < self.unacked.len()
     }
 
-    /// Takes up to about `max_bytes` of unsent messages (at least one if any).
-    pub(crate) fn take(&mut self, max_bytes: usize, taken: &mut Taken) {
-        if !self.has_unsent() {
-            return;
-        }
-        if self.needs_resume {
-            taken.resume = Some(self.base_seq + self.cursor as u64);
+    /// Takes the next piece (at most [`QUANTUM`] bytes) of the next unsent message; returns
+    /// `(resume, piece)` where `resume` is `Some(first_seq)` when the numbering restarts here.
+    pub(crate) fn take_piece(&mut self, lane: usize) -> Option<(Option<u64>, Piece)> {
+        let message = self.unacked.get(self.cursor)?.clone();
+        let resume = if self.needs_resume {
             self.needs_resume = false;
-        }
-        let mut size = 0;
-        while let Some(message) = self.unacked.get(self.cursor) {
-            if size > 0 && size + message.len() > max_bytes {
-                break;
-            }
-            size += message.len();
-            taken.messages.push(message.clone());
+            Some(self.base_seq + self.cursor as u64)
+        } else {
+            None
+        };
+        let start = self.partial;
+        let end = (start + QUANTUM).min(message.len());
+        if end == message.len() {
             self.cursor += 1;
+            self.partial = 0;
+            if let Some(from) = self.rewind_to.take() {
+                self.rewind(from);
+            }
+        } else {
+            self.partial = end;
         }
+        Some((
+            resume,
+            Piece {
+                lane,
+                message,
+                start,
+                end,
+            },
+        ))
     }
 
     /// The peer has everything before `next_expected`: drop those. Returns how many were freed.
     pub(crate) fn ack(&mut self, next_expected: u64) -> usize {
         let mut freed = 0;
         while self.base_seq < next_expected {
+            if self.cursor == 0 && self.partial > 0 {
+                // The front message is not even fully written: an ack for it is a lie.
+                break;
+            }
             let Some(message) = self.unacked.pop_front() else {
                 // An ack beyond what was ever sent is a protocol violation by the peer; ignore
                 // the excess rather than trusting it.
@@ -124,11 +157,17 @@ impl ReliableBuffer {
     pub(crate) fn restart(&mut self) {
         self.resent += self.cursor as u64;
         self.cursor = 0;
+        self.partial = 0;
+        self.rewind_to = None;
         self.needs_resume = true;
     }
 
     /// The peer dropped messages from `from` on: resend from there (if still buffered).
     pub(crate) fn rewind(&mut self, from: u64) {
+        if self.partial > 0 {
+            self.rewind_to = Some(from);
+            return;
+        }
         if from < self.base_seq {
             return self.restart();
         }
@@ -143,6 +182,75 @@ impl ReliableBuffer {
     /// Messages accepted and not yet acknowledged, and their bytes.
     pub(crate) fn depth(&self) -> (usize, usize) {
         (self.unacked.len(), self.bytes)
+    }
+}
+
+/// A persistent peer's reliable streams, one per channel, with the scheduler that interleaves
+/// them by channel priority.
+#[derive(Debug)]
+pub(crate) struct ReliableSet {
+    buffers: Vec<ReliableBuffer>,
+    scheduler: Scheduler,
+}
+
+impl ReliableSet {
+    /// One stream per channel: `(capacity, max_bytes, weight)` by channel index.
+    pub(crate) fn new(incarnation: u64, bounds: &[(usize, usize, usize)]) -> Self {
+        let weights: Vec<usize> = bounds.iter().map(|b| b.2).collect();
+        Self {
+            buffers: bounds
+                .iter()
+                .map(|&(capacity, max_bytes, _)| {
+                    ReliableBuffer::new(incarnation, capacity, max_bytes)
+                })
+                .collect(),
+            scheduler: Scheduler::new(&weights),
+        }
+    }
+
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.buffers.first().map_or(0, ReliableBuffer::incarnation)
+    }
+
+    pub(crate) fn buffer(&mut self, lane: usize) -> Option<&mut ReliableBuffer> {
+        self.buffers.get_mut(lane)
+    }
+
+    /// Takes pieces in channel priority order up to about `max_bytes` (at least one if any).
+    pub(crate) fn take(&mut self, max_bytes: usize, taken: &mut Taken) {
+        let mut size = 0;
+        while size < max_bytes.max(1) {
+            let buffers = &self.buffers;
+            let Some(lane) = self
+                .scheduler
+                .pick(|i| buffers.get(i).is_some_and(ReliableBuffer::has_unsent))
+            else {
+                break;
+            };
+            let Some((resume, piece)) = self.buffers[lane].take_piece(lane) else {
+                break;
+            };
+            if let Some(first_seq) = resume {
+                taken.resumes.push((lane, first_seq));
+            }
+            let len = piece.end - piece.start;
+            self.scheduler.charge(lane, len);
+            size += len.max(1);
+            taken.pieces.push(piece);
+        }
+    }
+
+    /// A new connection: every channel resends what is unacknowledged.
+    pub(crate) fn restart(&mut self) {
+        self.buffers.iter_mut().for_each(ReliableBuffer::restart);
+    }
+
+    /// Messages accepted and not yet acknowledged on all channels, and their bytes.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        self.buffers.iter().fold((0, 0), |(m, b), buf| {
+            let (dm, db) = buf.depth();
+            (m + dm, b + db)
+        })
     }
 }
 
@@ -223,9 +331,13 @@ mod tests {
     }
 
     fn take_all(b: &mut ReliableBuffer) -> (Option<u64>, Vec<u8>) {
-        let mut t = Taken::default();
-        b.take(usize::MAX, &mut t);
-        (t.resume, t.messages.iter().map(|x| x[0]).collect())
+        let mut resume = None;
+        let mut out = Vec::new();
+        while let Some((r, piece)) = b.take_piece(0) {
+            resume = resume.or(r);
+            out.push(piece.message[0]);
+        }
+        (resume, out)
     }
 
     #[test]

@@ -1,0 +1,227 @@
+//! The one send route behind every send method of [`super::Network`] and [`super::Channel`]:
+//! where an encoded message goes (a persistent peer's reliable stream, or a connected peer's
+//! channel lane), how a refusal is counted, and how long a waiting send may wait for one peer.
+//!
+//! No actor hop: the route reads the peer map under a read lock and pushes into the peer's
+//! bounded queue on the caller's thread.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+
+use crate::driver::link::SocketShared;
+use crate::driver::queue::PushError;
+use crate::driver::shared::Shared;
+use crate::driver::stream::StreamRefusal;
+use crate::error::NetworkError;
+use crate::identity::PeerId;
+
+/// The outcome of a broadcast.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BroadcastReport {
+    /// Peers the message was queued to.
+    pub queued: usize,
+    /// Peers skipped because their queue on this channel was full (`try_broadcast`), or stayed
+    /// full for `send_wait` or was already stalled (`broadcast`). Counted in
+    /// [`crate::NetworkStats::broadcast_skipped_full`] and in each peer's `dropped_queue_full`.
+    pub skipped_full: usize,
+    /// Peers that disconnected while the broadcast waited for room (`broadcast` only).
+    pub disconnected: usize,
+}
+
+/// Why a non-blocking push was refused.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Full,
+    NotConnected,
+}
+
+/// A route into one channel (by dense index) of one node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Route<'a> {
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) lane: usize,
+}
+
+impl Route<'_> {
+    fn count_drop(&self, link: &SocketShared) {
+        link.stats.dropped_queue_full.fetch_add(1, Relaxed);
+        if let Some(c) = link.stats.channels.get(self.lane) {
+            c.dropped_queue_full.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Pushes without waiting, under the peer map's read lock (no reference counting on the
+    /// hot path). A refused message is handed back.
+    fn try_push(&self, peer: PeerId, message: Bytes) -> Result<(), (Refusal, Bytes)> {
+        if let Some(reliable) = self.shared.reliable.get(&peer) {
+            // A persistent peer: accepted whether or not it is connected now.
+            return reliable
+                .push(self.lane, message)
+                .map_err(|(_, message)| (Refusal::Full, message));
+        }
+        let peers = self.shared.peers.read();
+        let Some(link) = peers.get(&peer) else {
+            return Err((Refusal::NotConnected, message));
+        };
+        link.queue
+            .try_push(self.lane, message)
+            .map_err(|(error, message)| {
+                let refusal = match error {
+                    PushError::Full => Refusal::Full,
+                    PushError::Closed => Refusal::NotConnected,
+                };
+                (refusal, message)
+            })
+    }
+
+    /// Counts a message refused for `peer` because its queue or stream was full.
+    fn refused_full(&self, peer: PeerId) {
+        match self.shared.peers.read().get(&peer) {
+            Some(link) => self.count_drop(link),
+            None => self.shared.counters.offline_full.inc(),
+        }
+    }
+
+    /// A `try_*` send: refusal for a full queue is a drop, counted on the peer.
+    pub(crate) fn try_send(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
+        self.try_push(peer, message)
+            .map_err(|(refusal, _)| match refusal {
+                Refusal::Full => {
+                    self.refused_full(peer);
+                    NetworkError::Full(peer)
+                }
+                Refusal::NotConnected => NetworkError::NotConnected(peer),
+            })
+    }
+
+    /// Pushes, waiting for room if the peer's queue is full, until `deadline`; then the
+    /// message is refused for that peer and counted.
+    async fn push_until(
+        &self,
+        peer: PeerId,
+        message: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), NetworkError> {
+        let message = match self.try_push(peer, message) {
+            Ok(()) => return Ok(()),
+            Err((Refusal::NotConnected, _)) => return Err(NetworkError::NotConnected(peer)),
+            Err((Refusal::Full, message)) => message,
+        };
+        let outcome = if let Some(reliable) = self.shared.reliable.get(&peer) {
+            match reliable.push_wait(self.lane, message, deadline).await {
+                Ok(()) => Ok(()),
+                Err((StreamRefusal::Full | StreamRefusal::NoSuchChannel, _)) => {
+                    Err(PushError::Full)
+                }
+            }
+        } else {
+            // Full: wait for room outside the lock.
+            let link = self
+                .shared
+                .peers
+                .read()
+                .get(&peer)
+                .cloned()
+                .ok_or(NetworkError::NotConnected(peer))?;
+            link.queue
+                .push(self.lane, message, deadline)
+                .await
+                .map_err(|(error, _)| error)
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(PushError::Full) => {
+                self.shared.counters.send_wait_expired.inc();
+                self.refused_full(peer);
+                Err(NetworkError::Full(peer))
+            }
+            Err(PushError::Closed) => Err(NetworkError::NotConnected(peer)),
+        }
+    }
+
+    /// Pushes, waiting at most `send_wait` for room.
+    pub(crate) async fn send(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
+        let deadline = tokio::time::Instant::now() + self.shared.send_wait;
+        self.push_until(peer, message, deadline).await
+    }
+
+    /// Open connections of peers that are not persistent (persistent peers' messages go through
+    /// their reliable streams, connected or not).
+    fn plain_links(&self) -> Vec<Arc<SocketShared>> {
+        self.shared
+            .peers
+            .read()
+            .iter()
+            .filter(|(id, _)| !self.shared.reliable.contains_key(id))
+            .map(|(_, link)| link.clone())
+            .collect()
+    }
+
+    /// Queues to every connected and every persistent peer without waiting; a full peer is
+    /// skipped and counted.
+    pub(crate) fn try_broadcast(&self, message: &Bytes) -> BroadcastReport {
+        let mut report = BroadcastReport::default();
+        for (peer, reliable) in &self.shared.reliable {
+            match reliable.push(self.lane, message.clone()) {
+                Ok(()) => report.queued += 1,
+                Err(_) => {
+                    self.refused_full(*peer);
+                    self.skip(&mut report);
+                }
+            }
+        }
+        for link in self.plain_links() {
+            match link.queue.try_push(self.lane, message.clone()) {
+                Ok(()) => report.queued += 1,
+                Err((PushError::Full, _)) => {
+                    self.count_drop(&link);
+                    self.skip(&mut report);
+                }
+                Err((PushError::Closed, _)) => {}
+            }
+        }
+        report
+    }
+
+    fn skip(&self, report: &mut BroadcastReport) {
+        self.shared.counters.broadcast_skipped_full.inc();
+        report.skipped_full += 1;
+    }
+
+    /// Queues to every connected and every persistent peer; peers whose queue is full are
+    /// waited for together, until one shared deadline `send_wait` away, then skipped and
+    /// counted. So a broadcast takes at most about `send_wait` however many peers are stalled.
+    pub(crate) async fn broadcast(&self, message: &Bytes) -> BroadcastReport {
+        let deadline = tokio::time::Instant::now() + self.shared.send_wait;
+        let mut report = BroadcastReport::default();
+        let mut waiting = Vec::new();
+        for (peer, reliable) in &self.shared.reliable {
+            match reliable.push(self.lane, message.clone()) {
+                Ok(()) => report.queued += 1,
+                Err(_) => waiting.push(*peer),
+            }
+        }
+        for link in self.plain_links() {
+            match link.queue.try_push(self.lane, message.clone()) {
+                Ok(()) => report.queued += 1,
+                Err((PushError::Full, _)) => {
+                    if let Some(peer) = link.peer.get() {
+                        waiting.push(*peer);
+                    }
+                }
+                Err((PushError::Closed, _)) => {}
+            }
+        }
+        for peer in waiting {
+            match self.push_until(peer, message.clone(), deadline).await {
+                Ok(()) => report.queued += 1,
+                Err(NetworkError::Full(_)) => self.skip(&mut report),
+                Err(_) => report.disconnected += 1,
+            }
+        }
+        report
+    }
+}
