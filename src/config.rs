@@ -141,6 +141,12 @@ pub struct Config {
     /// `write_timeout` is disconnected. So one peer that stops reading delays a broadcast by at
     /// most this, once. Default 100 ms.
     pub send_wait: Duration,
+    /// Connections from one IP address that may stall (be closed `WriteStalled`) within
+    /// `stall_window` before the IP and the identity are banned for `ban_duration` (the IP ban
+    /// is skipped for persistent peers). 0 disables the charge. Default 3.
+    pub max_stalls_per_ip: u32,
+    /// See `max_stalls_per_ip`. Default 10 minutes.
+    pub stall_window: Duration,
 }
 
 impl Default for Config {
@@ -179,6 +185,8 @@ impl Default for Config {
             max_inbound_bytes_per_sec: 1 << 30,
             channels: Vec::new(),
             send_wait: Duration::from_millis(100),
+            max_stalls_per_ip: 3,
+            stall_window: Duration::from_secs(600),
         }
     }
 }
@@ -255,6 +263,10 @@ setters! {
     max_inbound_bytes_per_sec: u64,
     /// Sets [`Config::send_wait`].
     send_wait: Duration,
+    /// Sets [`Config::max_stalls_per_ip`].
+    max_stalls_per_ip: u32,
+    /// Sets [`Config::stall_window`].
+    stall_window: Duration,
 }
 
 impl Config {

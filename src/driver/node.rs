@@ -26,6 +26,7 @@ use crate::peers::backoff::jitter_sample;
 use crate::peers::bans::Bans;
 use crate::peers::departures::HeldDepartures;
 use crate::peers::redial::Redialer;
+use crate::peers::stalls::Stalls;
 use crate::peers::tiebreak::{keep_new_connection, next_dial_seq};
 use crate::peers::{BanReason, NetworkEvent};
 use crate::session::rate::TokenBucket;
@@ -87,6 +88,8 @@ pub(crate) struct NetworkActor {
     /// Peers whose connection the remote replaced, not reported as gone while the replacement
     /// finishes its handshake here.
     pub(crate) held_departures: HeldDepartures,
+    /// Stalls per remote IP, charged towards a ban.
+    pub(crate) stalls: Stalls,
     /// The sequence number of our latest dial (see [`next_dial_seq`]).
     pub(crate) last_dial_seq: u64,
 }
@@ -415,6 +418,20 @@ impl NetworkActor {
                     }
                 } else {
                     drop(peers);
+                }
+                if let (DisconnectReason::WriteStalled, false) = (&reason, shutting_down) {
+                    self.shared.counters.stalled_disconnects.inc();
+                    let ip = shared.addr.ip();
+                    if self.stalls.record(ip, now) {
+                        let stalls = self.ctx.config.max_stalls_per_ip;
+                        tracing::info!(%peer, %ip, stalls, "banning a peer whose IP keeps stalling");
+                        self.ban(
+                            peer,
+                            Some(ip),
+                            self.ctx.config.ban_duration,
+                            BanReason::Stalled { stalls },
+                        );
+                    }
                 }
                 if let (DisconnectReason::Misbehaviour { score }, false) = (&reason, shutting_down)
                 {

@@ -207,6 +207,10 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             recv_states: Default::default(),
             handshake_rates: Default::default(),
             last_dial_seq: 0,
+            stalls: crate::peers::stalls::Stalls::new(
+                config.max_stalls_per_ip,
+                config.stall_window,
+            ),
             held_departures: departures::HeldDepartures::new(
                 config.handshake_timeout,
                 node::MAX_HELD_DEPARTURES,

@@ -47,4 +47,10 @@ pub enum BanReason {
     },
     /// The application called [`crate::Network::ban`] (for example for equivocation).
     Application,
+    /// Connections from its IP address stalled (stopped reading or acknowledging for
+    /// `write_timeout`) `max_stalls_per_ip` times within `stall_window`.
+    Stalled {
+        /// How many stalls.
+        stalls: u32,
+    },
 }

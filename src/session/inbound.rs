@@ -298,3 +298,255 @@ impl InboundSession {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_control;
+    use crate::codec::record::{CHANNEL_LEN, RecordKind, put_header};
+    use bytes::BufMut;
+    use std::time::Duration;
+
+    const VOTES: u16 = 1;
+    const PARTS: u16 = 2;
+
+    fn lanes(rate: u64) -> Vec<LaneLimits> {
+        [0, VOTES, PARTS]
+            .into_iter()
+            .map(|id| LaneLimits {
+                id,
+                max_message_size: 1000,
+                messages_per_sec: rate,
+                bytes_per_sec: 0,
+            })
+            .collect()
+    }
+
+    #[derive(Default)]
+    struct Frame(BytesMut);
+
+    impl Frame {
+        fn message(mut self, channel: u16, body: &[u8]) -> Self {
+            put_header(&mut self.0, RecordKind::Message, CHANNEL_LEN + body.len());
+            self.0.put_u16(channel);
+            self.0.extend_from_slice(body);
+            self
+        }
+        fn control(mut self, message: ControlMessage) -> Self {
+            let body = encode_control(&message);
+            put_header(&mut self.0, RecordKind::Control, body.len());
+            self.0.extend_from_slice(&body);
+            self
+        }
+    }
+
+    /// Drives one session with a hand-moved clock and an application whose inboxes are full
+    /// for the channels in `full`.
+    struct Harness {
+        session: InboundSession,
+        recv: Vec<RecvSeq>,
+        now: Instant,
+        delivered: Vec<(usize, u8)>,
+        full: Vec<usize>,
+    }
+
+    impl Harness {
+        fn new(rate: u64, budget: u32) -> Self {
+            let now = Instant::now();
+            Self {
+                session: InboundSession::new(&lanes(rate), budget, now),
+                recv: (0..3).map(|_| RecvSeq::default()).collect(),
+                now,
+                delivered: Vec::new(),
+                full: Vec::new(),
+            }
+        }
+
+        fn frame(&mut self, frame: Frame) -> (Vec<Action>, Option<Stop>, Vec<Tally>) {
+            let mut out = Vec::new();
+            let mut tally = vec![Tally::default(); 3];
+            let (full, delivered) = (&self.full, &mut self.delivered);
+            let mut deliver = |lane: usize, bytes: Bytes| {
+                if full.contains(&lane) {
+                    return Delivered::Full;
+                }
+                match bytes.first() {
+                    Some(&b) => {
+                        delivered.push((lane, b));
+                        Delivered::Ok
+                    }
+                    None => Delivered::Undecodable(Violation::Undecodable("empty".into())),
+                }
+            };
+            let stop = self.session.on_frame(
+                frame.0,
+                self.now,
+                &mut self.recv,
+                &mut deliver,
+                &mut out,
+                &mut tally,
+            );
+            (out, stop, tally)
+        }
+    }
+
+    fn resume(channel: u16, first_seq: u64) -> ControlMessage {
+        ControlMessage::Resume {
+            channel,
+            incarnation: 7,
+            first_seq,
+        }
+    }
+
+    #[test]
+    fn a_full_bulk_inbox_rewinds_bulk_only_while_votes_keep_flowing() {
+        let mut h = Harness::new(0, 100);
+        h.full = vec![2];
+        let (out, stop, tally) = h.frame(
+            Frame::default()
+                .control(resume(VOTES, 0))
+                .control(resume(PARTS, 0))
+                .message(PARTS, &[10])
+                .message(VOTES, &[1])
+                .message(PARTS, &[11])
+                .message(VOTES, &[2]),
+        );
+        assert_eq!(stop, None);
+        assert_eq!(
+            h.delivered,
+            vec![(1, 1), (1, 2)],
+            "votes delivered in order"
+        );
+        assert_eq!(
+            tally[2].dropped_inbox_full, 1,
+            "the second part is discarded unread"
+        );
+        assert!(out.contains(&Action::Ack { lane: 1, next: 2 }));
+        assert!(out.contains(&Action::Ack { lane: 2, next: 0 }));
+        assert!(out.contains(&Action::Send(ControlMessage::Rewind {
+            channel: PARTS,
+            from: 0
+        })));
+        // The application catches up; the sender resends parts from 0 after a new marker.
+        h.full.clear();
+        h.delivered.clear();
+        let (out, _, _) = h.frame(
+            Frame::default()
+                .message(VOTES, &[3])
+                .control(resume(PARTS, 0))
+                .message(PARTS, &[10])
+                .message(PARTS, &[11]),
+        );
+        assert_eq!(h.delivered, vec![(1, 3), (2, 10), (2, 11)]);
+        assert!(out.contains(&Action::Ack { lane: 2, next: 2 }));
+        assert!(
+            !out.iter()
+                .any(|a| matches!(a, Action::Send(ControlMessage::Rewind { .. })))
+        );
+    }
+
+    #[test]
+    fn duplicates_after_a_reconnect_are_skipped_per_channel() {
+        let mut h = Harness::new(0, 100);
+        h.frame(
+            Frame::default()
+                .control(resume(VOTES, 0))
+                .message(VOTES, &[1])
+                .message(VOTES, &[2]),
+        );
+        // A new connection resends from 1: the first is a duplicate.
+        let mut h2 = Harness {
+            session: InboundSession::new(&lanes(0), 100, h.now),
+            recv: std::mem::take(&mut h.recv),
+            now: h.now,
+            delivered: Vec::new(),
+            full: Vec::new(),
+        };
+        h2.frame(
+            Frame::default()
+                .control(resume(VOTES, 1))
+                .message(VOTES, &[2])
+                .message(VOTES, &[3]),
+        );
+        assert_eq!(h2.delivered, vec![(1, 3)]);
+    }
+
+    #[test]
+    fn violations_are_charged_until_the_budget_is_spent() {
+        let mut h = Harness::new(0, 30);
+        // Undecodable (10) and an undeclared channel (5): still open.
+        let (_, stop, _) = h.frame(Frame::default().message(VOTES, &[]).message(9, &[1]));
+        assert_eq!(stop, None);
+        assert_eq!((h.session.score, h.session.rejected), (15, 2));
+        // An ack on an undeclared channel (5), then undecodable (10): 30 reached.
+        let (_, stop, _) = h.frame(
+            Frame::default()
+                .control(ControlMessage::Ack {
+                    channel: 9,
+                    next: 1,
+                })
+                .message(0, &[])
+                .message(0, &[5]),
+        );
+        assert_eq!(stop, Some(Stop::Misbehaviour(30)));
+        assert!(
+            h.delivered.is_empty(),
+            "nothing after the stop is delivered"
+        );
+    }
+
+    #[test]
+    fn each_channel_has_its_own_rate_limit_on_a_hand_moved_clock() {
+        let mut h = Harness::new(2, 1000);
+        let (_, _, tally) = h.frame(
+            Frame::default()
+                .message(VOTES, &[1])
+                .message(VOTES, &[2])
+                .message(VOTES, &[3])
+                .message(PARTS, &[9]),
+        );
+        assert_eq!(tally[1].dropped_rate_limited, 1);
+        assert_eq!(
+            h.delivered,
+            vec![(1, 1), (1, 2), (2, 9)],
+            "parts unaffected"
+        );
+        h.now += Duration::from_millis(500); // one token back
+        h.delivered.clear();
+        h.frame(Frame::default().message(VOTES, &[4]).message(VOTES, &[5]));
+        assert_eq!(h.delivered, vec![(1, 4)]);
+    }
+
+    #[test]
+    fn control_goes_to_actions_and_goodbye_stops() {
+        let mut h = Harness::new(0, 100);
+        let (out, stop, _) = h.frame(
+            Frame::default()
+                .control(ControlMessage::Ping { nonce: 9 })
+                .control(ControlMessage::Pong { nonce: 4 })
+                .control(ControlMessage::Ack {
+                    channel: PARTS,
+                    next: 3,
+                })
+                .control(ControlMessage::Rewind {
+                    channel: VOTES,
+                    from: 1,
+                })
+                .control(ControlMessage::Goodbye {
+                    reason: GoodbyeReason::Shutdown,
+                })
+                .message(0, &[1]),
+        );
+        assert_eq!(
+            out,
+            vec![
+                Action::Send(ControlMessage::Pong { nonce: 9 }),
+                Action::Pong(4),
+                Action::Acked { lane: 2, next: 3 },
+                Action::Rewind { lane: 1, from: 1 },
+            ]
+        );
+        assert_eq!(stop, Some(Stop::Goodbye(GoodbyeReason::Shutdown)));
+        assert!(h.delivered.is_empty());
+    }
+}

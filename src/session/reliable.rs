@@ -374,6 +374,52 @@ mod tests {
         assert!(b.push(m(3)).is_ok());
     }
 
+    #[test]
+    fn a_rewind_waits_for_the_large_message_in_progress() {
+        let mut b = ReliableBuffer::new(1, 10, usize::MAX);
+        b.push(m(0)).unwrap();
+        b.push(Bytes::from(vec![1u8; 3 * QUANTUM])).unwrap();
+        assert_eq!(b.take_piece(0).map(|(r, p)| (r, p.end)), Some((Some(0), 1)));
+        let (_, first) = b.take_piece(0).unwrap();
+        assert_eq!((first.start, first.end), (0, QUANTUM));
+        // The receiver asks for 0 again while message 1 is half written: message 1 is finished
+        // first (its receiver is mid-reassembly), then the stream restarts at 0 with a marker.
+        b.rewind(0);
+        let rest: Vec<_> = std::iter::from_fn(|| b.take_piece(0)).take(4).collect();
+        assert_eq!(rest[0].1.start, QUANTUM);
+        assert_eq!(rest[1].1.end, 3 * QUANTUM);
+        assert_eq!((rest[2].0, rest[2].1.message.len()), (Some(0), 1));
+        assert_eq!(rest[3].1.start, 0, "message 1 again, from its start");
+        // An ack for the message not yet fully written is not trusted.
+        let mut c = ReliableBuffer::new(1, 10, usize::MAX);
+        c.push(Bytes::from(vec![1u8; 2 * QUANTUM])).unwrap();
+        c.take_piece(0);
+        assert_eq!(c.ack(1), 0);
+    }
+
+    #[test]
+    fn a_set_serves_the_critical_stream_before_more_bulk() {
+        // Lane 0 critical (weight 8), lane 1 bulk (weight 1).
+        let mut set = ReliableSet::new(3, &[(100, usize::MAX, 8), (100, usize::MAX, 1)]);
+        set.buffer(1)
+            .unwrap()
+            .push(Bytes::from(vec![0u8; 4 * QUANTUM]))
+            .unwrap();
+        let mut t = Taken::default();
+        set.take(QUANTUM, &mut t);
+        assert_eq!(t.resumes, vec![(1, 0)]);
+        set.buffer(0).unwrap().push(m(7)).unwrap();
+        let mut t = Taken::default();
+        set.take(1, &mut t);
+        assert_eq!(
+            t.resumes,
+            vec![(0, 0)],
+            "the vote's stream starts with its own marker"
+        );
+        assert_eq!((t.pieces[0].lane, t.pieces[0].message.len()), (0, 1));
+        assert_eq!(set.depth(), (2, 4 * QUANTUM + 1));
+    }
+
     /// Judges `n` messages of a connection numbered from `first`.
     fn judge_run(r: &mut RecvSeq, first: u64, n: u64) -> Vec<Verdict> {
         (first..first + n).map(|seq| r.judge(seq)).collect()
