@@ -152,6 +152,37 @@ fn identity_payload_signed_by_another_key_is_refused() {
 }
 
 #[test]
+fn a_peer_of_the_previous_version_gets_a_typed_refusal() {
+    // A version-2 node (before channels): same payload layout, older version number.
+    let (a, old) = (Keypair::generate(), Keypair::generate());
+    let (mut init, msg1) = Handshake::initiator(&a, params("n", None)).unwrap();
+    let mut resp = Handshake::responder(&old, params("n", None)).unwrap();
+    let mut scratch = vec![0u8; MAX_HANDSHAKE_MESSAGE];
+    resp.noise.read_message(&msg1, &mut scratch).unwrap();
+    let mut signed = SIGNATURE_DOMAIN.to_vec();
+    signed.extend_from_slice(resp.noise.get_handshake_hash());
+    signed.extend_from_slice(&resp.local_static);
+    let v2 = Payload {
+        version: 2,
+        network_id: "n".into(),
+        identity: *old.peer_id().as_bytes(),
+        signature: old.sign(&signed),
+        listen_addr: None,
+        dial_seq: 0,
+    };
+    let msg2 = resp.write(&postcard::to_allocvec(&v2).unwrap()).unwrap();
+    let progress = init.read(&msg2).unwrap();
+    assert!(matches!(
+        progress.outcome,
+        Outcome::Refused(HandshakeError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: 2
+        })
+    ));
+    assert_eq!(PROTOCOL_VERSION, 3, "channels need version 3");
+}
+
+#[test]
 fn replayed_first_message_and_low_order_keys_are_refused() {
     let (a, b) = (Keypair::generate(), Keypair::generate());
     let (_init, msg1) = Handshake::initiator(&a, params("n", None)).unwrap();
