@@ -4,6 +4,7 @@ mod cluster;
 mod demo;
 mod metrics;
 mod node;
+mod probe;
 mod report;
 
 use std::net::SocketAddr;
@@ -35,6 +36,47 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Run one node: broadcast stdin lines to every peer, print what peers send.
     Node(NodeArgs),
+    /// Measure how a critical channel fares beside a saturated bulk channel over a real link:
+    /// run `--listen ADDR` on one end and `--connect ADDR` on the other (same host, as the
+    /// latency is read from the wall clock); the listener prints the report.
+    Probe(ProbeArgs),
+}
+
+/// Options of `peerwire probe`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ProbeArgs {
+    /// Receive and report, listening on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Send to the receiver at this address.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) connect: Option<SocketAddr>,
+    /// Network id; both ends must agree.
+    #[arg(long, default_value = "peerwire-probe")]
+    pub(crate) network_id: String,
+    /// How long the sender sends, in seconds (fractions allowed).
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) duration: Duration,
+    /// Bytes per bulk message; 0 sends no bulk traffic.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub(crate) bulk_size: usize,
+    /// Bytes per critical message (at least the 24-byte header).
+    #[arg(long, default_value_t = 200, value_name = "BYTES")]
+    pub(crate) critical_size: usize,
+    /// Interval between critical messages, in seconds (fractions allowed).
+    #[arg(long, default_value = "0.01", value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) critical_interval: Duration,
+    /// Send critical messages as fast as the channel takes them instead of at an interval.
+    #[arg(long)]
+    pub(crate) flood: bool,
+    /// Bytes the kernel may hold unsent per connection (TCP_NOTSENT_LOWAT, Linux); 0 leaves
+    /// the kernel default [default: the library's].
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) notsent_lowat: Option<u32>,
+    /// Leave out critical messages received in the first SECS seconds (TCP's start-up) from
+    /// the latency figures.
+    #[arg(long, default_value = "0", value_name = "SECS", value_parser = parse_secs_or_zero)]
+    pub(crate) warmup: Duration,
 }
 
 /// Options of `peerwire demo`.
@@ -104,10 +146,19 @@ fn parse_secs(text: &str) -> std::result::Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// Parses a non-negative, finite number of seconds.
+fn parse_secs_or_zero(text: &str) -> std::result::Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_secs(text)
+}
+
 /// Runs the chosen subcommand to completion.
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Node(args) => node::run(args).await,
+        Command::Probe(args) => probe::run(args).await,
     }
 }

@@ -22,6 +22,7 @@ use super::writer::{WriteEnd, Writer};
 use crate::error::NetworkError;
 use crate::handshake::{self, Established, HandshakeError, HandshakeParams};
 use crate::identity::PeerId;
+use crate::session::channel::QUANTUM;
 use crate::session::inbound::{InboundSession, LaneLimits};
 use crate::session::reliable::RecvSeq;
 use crate::session::{Direction, DisconnectReason, SocketState};
@@ -160,6 +161,7 @@ impl SocketTask {
         };
         // Small control and consensus messages must not wait for Nagle's timer.
         let _ = stream.set_nodelay(true);
+        limit_unsent(&stream, config.tcp_notsent_lowat);
         self.shared.state.set(SocketState::Authenticating);
         let handshake_failed = |source: HandshakeError| Failure {
             reason: DisconnectReason::from_handshake(&source),
@@ -284,7 +286,11 @@ impl SocketTask {
             Writer {
                 shared: self.shared.clone(),
                 reliable: writes_reliable,
-                batch_bytes: config.write_batch_bytes,
+                batch_bytes: if self.ctx.channels.len() > 1 {
+                    config.write_batch_bytes.min(QUANTUM)
+                } else {
+                    config.write_batch_bytes
+                },
                 write_timeout: config.write_timeout,
                 channel_ids: self.ctx.channels.iter().map(|(id, _)| id).collect(),
             }
@@ -411,3 +417,18 @@ impl SocketTask {
         self.shared.state.set(SocketState::Closing);
     }
 }
+
+/// Caps the bytes the kernel holds unsent for `stream` (see `Config::tcp_notsent_lowat`).
+#[cfg(target_os = "linux")]
+fn limit_unsent(stream: &TcpStream, lowat: u32) {
+    if lowat > 0 {
+        // Best effort: without it, priorities still hold inside peerwire, only the kernel's
+        // queue in front of the wire is longer.
+        if let Err(error) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(lowat) {
+            tracing::debug!(%error, "TCP_NOTSENT_LOWAT not set");
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn limit_unsent(_stream: &TcpStream, _lowat: u32) {}

@@ -207,6 +207,10 @@ impl ChannelTable {
         self.ids[1..].binary_search(&id).ok().map(|i| i + 1)
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
     pub(crate) fn spec(&self, index: usize) -> &ChannelSpec {
         &self.specs[index]
     }
