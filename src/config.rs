@@ -23,9 +23,11 @@ pub struct PersistentPeer {
 /// Configuration of a [`crate::Network`]. Build it from [`Config::default`] with the builder
 /// methods; every field is also public for direct assignment.
 ///
-/// Worst-case memory, per connected peer: `send_queue_bytes` (outbound) plus one message in
-/// reassembly (`max_message_size`) plus one frame and one read chunk; for the node:
-/// `inbox_bytes` of decoded messages waiting for the application.
+/// Worst-case memory, per connected peer: each channel's `send_queue_bytes` (outbound; for a
+/// persistent peer, `offline_queue_bytes` per channel instead, kept while it is away) plus one
+/// message in reassembly per channel (that channel's `max_message_size`) plus one frame and one
+/// read chunk; for the node: each channel's `inbox_bytes` of messages waiting for the
+/// application. The default channel's bounds are the top-level fields below.
 ///
 /// ```
 /// use std::time::Duration;
@@ -94,7 +96,8 @@ pub struct Config {
     /// bounds how long a closing connection keeps reading. Default 5 s.
     pub shutdown_timeout: Duration,
     /// Misbehaviour points a peer may accumulate on a connection before it is closed
-    /// (undecodable message 10, oversize 20, malformed record 25). Default 100.
+    /// (over a rate limit 1, message on an undeclared channel 1, undecodable message or control
+    /// 10, oversize 20, malformed record or fragment out of sequence 25). Default 100.
     pub misbehaviour_budget: u32,
     /// Bytes the writer gathers before one write call. Default 256 KiB. With more than one
     /// channel declared, writes are capped at 64 KiB, so a critical message never waits behind

@@ -16,7 +16,8 @@ pub enum NetworkError {
     /// No open connection to this peer.
     #[error("peer {0} is not connected")]
     NotConnected(PeerId),
-    /// The peer's send queue is full (`try_send`); the message was not queued.
+    /// The peer's send queue (or persistent-peer stream) on this channel is full (`try_send`),
+    /// or stayed full for `send_wait` (`send`); the message was not queued.
     #[error("send queue to {0} is full")]
     Full(PeerId),
     /// The message could not be encoded or is larger than `max_message_size`.

@@ -91,6 +91,26 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
         "peerwire_broadcast_skipped_full_total {}",
         stats.broadcast_skipped_full
     );
+    for (name, help, value) in [
+        (
+            "peerwire_send_wait_expired_total",
+            "Waiting sends that gave up on a peer after send_wait.",
+            stats.send_wait_expired,
+        ),
+        (
+            "peerwire_stalled_disconnects_total",
+            "Connections closed because the peer stopped reading or acknowledging.",
+            stats.stalled_disconnects,
+        ),
+        (
+            "peerwire_offline_full_total",
+            "Messages refused because a persistent peer's stream was full while it was away.",
+            stats.offline_full,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
 
     type Field = fn(&ConnectionInfo) -> u64;
     let per_peer: [(&str, &str, &str, Field); 10] = [

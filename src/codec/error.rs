@@ -84,9 +84,10 @@ impl Violation {
             Self::Undecodable(_) | Self::BadControl => 10,
             Self::Oversize { .. } => 20,
             Self::MalformedRecord | Self::UnknownKind(_) | Self::FragmentOutOfSequence => 25,
-            // A peer configured with a channel we lack is more likely a rollout than an attack,
-            // but it is still charged, so it cannot flood us with undeliverable bytes.
-            Self::UnknownChannel(_) => 5,
+            // A peer configured with a channel we lack is more likely a rollout than an attack:
+            // charged lightly (every record, fragments included), so it cannot flood us with
+            // undeliverable bytes for ever, yet a few stray messages do not cost it the link.
+            Self::UnknownChannel(_) => 1,
         }
     }
 

@@ -422,7 +422,9 @@ impl NetworkActor {
                 if let (DisconnectReason::WriteStalled, false) = (&reason, shutting_down) {
                     self.shared.counters.stalled_disconnects.inc();
                     let ip = shared.addr.ip();
-                    if self.stalls.record(ip, now) {
+                    // Persistent peers are the operator's own choice: they are cut and redialed,
+                    // never banned for stalling.
+                    if !self.redial.is_persistent(peer) && self.stalls.record(ip, now) {
                         let stalls = self.ctx.config.max_stalls_per_ip;
                         tracing::info!(%peer, %ip, stalls, "banning a peer whose IP keeps stalling");
                         self.ban(

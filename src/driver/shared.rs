@@ -76,7 +76,7 @@ pub struct NetworkStats {
     /// Redials of persistent peers and bootstrap addresses (after a failed dial or a lost
     /// connection).
     pub reconnects: u64,
-    /// Bans imposed (by score or by the application).
+    /// Bans imposed (by misbehaviour score, repeated stalls from one IP, or the application).
     pub bans: u64,
     /// Messages refused by `try_send`/`try_broadcast` because a persistent peer's reliable
     /// buffer was full while the peer was away.

@@ -26,6 +26,9 @@ struct Inner {
     set: ReliableSet,
     /// When a push first found a stream full since the last acknowledgement freed room.
     full_since: Option<Instant>,
+    /// A waiting push ran out of time since the last acknowledgement freed room: later waiting
+    /// pushes give up at once instead of each waiting `send_wait` again.
+    stalled: bool,
 }
 
 /// A persistent peer's reliable streams as shared by senders, its connections and the node.
@@ -45,6 +48,7 @@ impl Reliable {
             inner: Mutex::new(Inner {
                 set: ReliableSet::new(incarnation, bounds),
                 full_since: None,
+                stalled: false,
             }),
             room: Notify::new(),
             attached: Mutex::new(None),
@@ -88,9 +92,11 @@ impl Reliable {
             match self.push(lane, message) {
                 Ok(()) => return Ok(()),
                 Err((StreamRefusal::Full, back)) => {
-                    if self.attached.lock().is_none()
-                        || tokio::time::timeout_at(deadline, room).await.is_err()
-                    {
+                    if self.attached.lock().is_none() || self.inner.lock().stalled {
+                        return Err((StreamRefusal::Full, back));
+                    }
+                    if tokio::time::timeout_at(deadline, room).await.is_err() {
+                        self.inner.lock().stalled = true;
                         return Err((StreamRefusal::Full, back));
                     }
                     message = back;
@@ -105,7 +111,14 @@ impl Reliable {
     /// connection's writer can read the streams, or their resume markers, after this point.
     pub(crate) fn attach(&self, socket: &Arc<SocketShared>) {
         let mut attached = self.attached.lock();
-        self.inner.lock().set.restart();
+        {
+            let mut inner = self.inner.lock();
+            inner.set.restart();
+            // A new connection starts with a clean slate: time spent full while the peer was
+            // away is not held against it.
+            inner.full_since = None;
+            inner.stalled = false;
+        }
         *attached = Some(socket.clone());
         drop(attached);
         socket.queue.wake();
@@ -150,6 +163,7 @@ impl Reliable {
             let freed = inner.set.buffer(lane).map_or(0, |b| b.ack(next_expected));
             if freed > 0 {
                 inner.full_since = None;
+                inner.stalled = false;
             }
             freed
         };

@@ -402,11 +402,14 @@ impl<M: Serialize> Network<M> {
         Encoded::new(message, self.shared.channels.spec(0).max_message_size)
     }
 
-    /// Queues `message` to `peer`, waiting while the peer's queue is full.
+    /// Queues `message` to `peer` on the default channel, waiting at most
+    /// [`Config::send_wait`] while the peer's queue is full (and not at all if the peer's queue
+    /// is already marked stalled, see `send_wait`).
     ///
     /// # Errors
     /// [`NetworkError::NotConnected`] (also if the peer disconnects while waiting),
-    /// [`NetworkError::Codec`].
+    /// [`NetworkError::Full`] when the wait ran out (the message was not queued; counted as
+    /// `dropped_queue_full`), [`NetworkError::Codec`].
     ///
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before completing, the message was not queued.

@@ -24,9 +24,12 @@ pub const MAX_CHANNELS: usize = 32;
 /// How a channel's traffic is ordered against other channels on the same connection.
 ///
 /// The writer serves channels by deficit round robin: each round a busy channel may send its
-/// weight times 64 KiB, higher classes first within a round, so a higher class is
-/// never behind more than one piece of a lower one once queued, and a lower class still gets its
-/// share under a flood (bulk gets at least 1/9 of the link against a critical flood).
+/// weight times 64 KiB, higher classes first within a round. A channel that was idle starts
+/// with one round of credit, so its message waits for at most the piece of a lower channel being
+/// written (plus what the writer and the kernel already hold); a channel that is itself busy
+/// beyond its share waits its turn in the round. A lower class still gets its share under a
+/// flood: a busy channel gets its weight over the busy channels' total (bulk 1/9 against a
+/// critical flood).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum Priority {
@@ -123,8 +126,10 @@ impl ChannelSpec {
             inbox_bytes: bytes * 4,
             overflow: Overflow::DropNewest,
             max_message_size,
-            max_inbound_messages_per_sec: 0,
-            max_inbound_bytes_per_sec: 0,
+            // The same ceiling as the default channel: far above honest traffic, but a peer
+            // cannot make us decode without bound.
+            max_inbound_messages_per_sec: 1_000_000,
+            max_inbound_bytes_per_sec: 1 << 30,
         }
     }
 

@@ -474,11 +474,11 @@ mod tests {
     #[test]
     fn violations_are_charged_until_the_budget_is_spent() {
         let mut h = Harness::new(0, 30);
-        // Undecodable (10) and an undeclared channel (5): still open.
+        // Undecodable (10) and an undeclared channel (1): still open.
         let (_, stop, _) = h.frame(Frame::default().message(VOTES, &[]).message(9, &[1]));
         assert_eq!(stop, None);
-        assert_eq!((h.session.score, h.session.rejected), (15, 2));
-        // An ack on an undeclared channel (5), then undecodable (10): 30 reached.
+        assert_eq!((h.session.score, h.session.rejected), (11, 2));
+        // An ack on an undeclared channel (1), then undecodable (10) twice: 32 passes 30.
         let (_, stop, _) = h.frame(
             Frame::default()
                 .control(ControlMessage::Ack {
@@ -486,9 +486,10 @@ mod tests {
                     next: 1,
                 })
                 .message(0, &[])
+                .message(0, &[])
                 .message(0, &[5]),
         );
-        assert_eq!(stop, Some(Stop::Misbehaviour(30)));
+        assert_eq!(stop, Some(Stop::Misbehaviour(32)));
         assert!(
             h.delivered.is_empty(),
             "nothing after the stop is delivered"

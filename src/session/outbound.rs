@@ -317,7 +317,8 @@ mod tests {
             }
         }
         let bulk_share = by_lane[1] as f64 / (by_lane[0] + by_lane[1]) as f64;
-        assert!(bulk_share >= 1.0 / 16.0, "bulk share {bulk_share}");
+        // Weights 8 and 1: bulk's share is 1/9 (the issue asks for at least 1/16).
+        assert!(bulk_share >= 1.0 / 10.0, "bulk share {bulk_share}");
         assert!(
             bulk_share <= 1.0 / 8.0,
             "critical keeps most: bulk share {bulk_share}"
