@@ -20,6 +20,12 @@
 //! - `broadcast/peerwire/SIZE`: one hub and 8 peers (9 nodes); the hub `broadcast().await`s N
 //!   messages and waits until every peer has delivered all N. Throughput: messages delivered to
 //!   each peer per second.
+//! - `broadcast_stalled/{peerwire_7_peers,peerwire_7_peers_and_1_stalled}/1KiB`: the same with 7
+//!   reading peers, alone and then beside an 8th peer that completed the handshake and never
+//!   reads a byte (its hub has a 10-minute `write_timeout`, so the stalled peer stays connected
+//!   for the whole case). Throughput: messages delivered to each reading peer per second; the
+//!   ratio of the two is what one stalled peer costs the others. The stalled peer's copies are
+//!   skipped (`send_wait`, then at once), so this case does not assert `dropped_queue_full == 0`.
 //!
 //! All nodes use `Config::default()` except for the network id and the per-connection inbound
 //! rate limits, which are lifted (see `config()`). In-flight messages never exceed one batch,
@@ -528,34 +534,79 @@ struct Star {
     leaves: Vec<Network<Bytes>>,
     received: Vec<watch::Receiver<u64>>,
     expected: u64,
+    /// Peers a broadcast must reach (reading leaves plus the stalled one, if any).
+    peers: usize,
+    /// A peer that completed the handshake and never reads.
+    _stalled: Option<TcpStream>,
+}
+
+/// Dials `addr`, completes the handshake as a fresh identity, and never reads.
+async fn stalled_peer(addr: SocketAddr) -> TcpStream {
+    let keypair = Keypair::generate();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let params = peerwire::handshake::HandshakeParams {
+        network_id: "peerwire-bench".into(),
+        listen_addr: None,
+        expected_peer: None,
+        dial_seq: 1,
+    };
+    peerwire::handshake::perform(&mut stream, &keypair, params, true)
+        .await
+        .unwrap();
+    stream
 }
 
 impl Star {
     fn start(rt: &Runtime) -> Self {
+        Self::start_with(rt, BROADCAST_PEERS, false)
+    }
+
+    fn start_with(rt: &Runtime, leaves_n: usize, stalled: bool) -> Self {
         rt.block_on(async {
-            let (hub, hub_inbox) = start_node().await;
+            let (hub, hub_inbox) = if stalled {
+                // The stalled peer must stay connected for the whole case.
+                let config = config().write_timeout(Duration::from_secs(600));
+                Network::start(config, Keypair::generate()).await.unwrap()
+            } else {
+                start_node().await
+            };
             let mut leaves = Vec::new();
             let mut received = Vec::new();
-            for _ in 0..BROADCAST_PEERS {
+            for _ in 0..leaves_n {
                 let (leaf, inbox) = start_node().await;
                 hub.connect(leaf.local_addr()).await.unwrap();
                 wait_connected(&leaf, hub.local_peer_id()).await;
                 received.push(count_inbox(inbox));
                 leaves.push(leaf);
             }
-            assert_eq!(hub.peers().len(), BROADCAST_PEERS);
+            let stalled = if stalled {
+                let stream = stalled_peer(hub.local_addr()).await;
+                let deadline = Instant::now() + STALL;
+                while hub.peers().len() < leaves_n + 1 {
+                    assert!(Instant::now() < deadline, "stalled peer never admitted");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Some(stream)
+            } else {
+                None
+            };
+            let peers = leaves_n + usize::from(stalled.is_some());
+            assert_eq!(hub.peers().len(), peers);
             Self {
                 hub,
                 _hub_inbox: hub_inbox,
                 leaves,
                 received,
                 expected: 0,
+                peers,
+                _stalled: stalled,
             }
         })
     }
 
     fn run(&mut self, rt: &Runtime, iters: u64, n: u64, message: &Bytes) -> Duration {
         let (hub, message) = (self.hub.clone(), message.clone());
+        let peers = self.peers;
         let mut received = self.received.clone();
         let mut target = self.expected;
         self.expected += iters * n;
@@ -564,7 +615,7 @@ impl Star {
             for _ in 0..iters {
                 for _ in 0..n {
                     let report = hub.broadcast(&message).await.unwrap();
-                    assert_eq!(report.queued, BROADCAST_PEERS);
+                    assert_eq!(report.queued + report.skipped_full, peers);
                 }
                 target += n;
                 for rx in &mut received {
@@ -605,6 +656,35 @@ fn broadcast(c: &mut Criterion, rt: &Runtime) {
     });
 }
 
+fn broadcast_stalled(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("broadcast_stalled");
+    let (size, label, n) = BROADCAST[0];
+    let message = payload(size);
+    group.throughput(Throughput::Elements(n));
+    for (name, stalled) in [
+        ("peerwire_7_peers", false),
+        ("peerwire_7_peers_and_1_stalled", true),
+    ] {
+        let mut star = Star::start_with(rt, BROADCAST_PEERS - 1, stalled);
+        group.bench_function(BenchmarkId::new(name, label), |b| {
+            b.iter_custom(|iters| star.run(rt, iters, n, &message));
+        });
+        let stats = star.hub.stats();
+        println!(
+            "broadcast_stalled/{name}/{label}: {} copies skipped, {} waits expired, {} stalled \
+             disconnects",
+            stats.broadcast_skipped_full, stats.send_wait_expired, stats.stalled_disconnects
+        );
+        rt.block_on(async {
+            star.hub.shutdown().await;
+            for leaf in &star.leaves {
+                leaf.shutdown().await;
+            }
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(10)
@@ -615,5 +695,6 @@ fn main() {
     one_way(&mut c, &rt);
     rtt(&mut c, &rt);
     broadcast(&mut c, &rt);
+    broadcast_stalled(&mut c, &rt);
     c.final_summary();
 }

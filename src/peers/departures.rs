@@ -18,6 +18,7 @@ use crate::identity::PeerId;
 use crate::session::DisconnectReason;
 
 /// Departures not yet reported, bounded: when full, a departure is reported at once.
+#[derive(Debug)]
 pub(crate) struct HeldDepartures {
     held: HashMap<PeerId, (Instant, DisconnectReason)>,
     grace: Duration,
