@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::handshake::MAX_NETWORK_ID_LEN;
 use crate::identity::PeerId;
 
-use crate::error::NetworkError;
+use crate::error::StartError;
 use crate::peers::backoff::Backoff;
 use crate::session::channel::ChannelTable;
 use crate::session::{ChannelId, ChannelSpec, MAX_CHANNELS, Overflow, Priority, RESERVED_CHANNELS};
@@ -351,9 +351,9 @@ impl Config {
     /// Checks the values that would make the node unusable.
     ///
     /// # Errors
-    /// [`NetworkError::InvalidConfig`] naming the field.
-    pub fn validate(&self) -> Result<(), NetworkError> {
-        let bad = |what: &str| Err(NetworkError::InvalidConfig(what.to_owned()));
+    /// [`StartError::InvalidConfig`] naming the field.
+    pub fn validate(&self) -> Result<(), StartError> {
+        let bad = |what: &str| Err(StartError::InvalidConfig(what.to_owned()));
         if self.network_id.len() > MAX_NETWORK_ID_LEN {
             return bad("network_id is longer than 64 bytes");
         }
@@ -376,7 +376,7 @@ impl Config {
             ("write_batch_bytes", self.write_batch_bytes),
         ] {
             if value == 0 {
-                return Err(NetworkError::InvalidConfig(format!("{name} must be > 0")));
+                return Err(StartError::InvalidConfig(format!("{name} must be > 0")));
             }
         }
         for (name, value) in [
@@ -386,7 +386,7 @@ impl Config {
             ("ping_interval", self.ping_interval),
         ] {
             if value.is_zero() {
-                return Err(NetworkError::InvalidConfig(format!("{name} must be > 0")));
+                return Err(StartError::InvalidConfig(format!("{name} must be > 0")));
             }
         }
         if self.idle_timeout <= self.ping_interval {
@@ -396,13 +396,13 @@ impl Config {
             return bad("backoff needs base > 0 and cap >= base");
         }
         if self.channels.iter().filter(|(id, _)| *id != 0).count() + 1 > MAX_CHANNELS {
-            return Err(NetworkError::InvalidConfig(format!(
+            return Err(StartError::InvalidConfig(format!(
                 "more than {MAX_CHANNELS} channels declared"
             )));
         }
         for (id, spec) in &self.channels {
             if RESERVED_CHANNELS.contains(id) {
-                return Err(NetworkError::InvalidConfig(format!(
+                return Err(StartError::InvalidConfig(format!(
                     "channel {id} is in the range reserved for peerwire's own protocols \
                      ({}..={}); pick a lower id",
                     RESERVED_CHANNELS.start(),
@@ -416,13 +416,13 @@ impl Config {
                 ("inbox_bytes", spec.inbox_bytes),
             ] {
                 if value == 0 {
-                    return Err(NetworkError::InvalidConfig(format!(
+                    return Err(StartError::InvalidConfig(format!(
                         "channel {id}: {name} must be > 0"
                     )));
                 }
             }
             if spec.max_message_size == 0 || spec.max_message_size > u32::MAX as usize / 2 {
-                return Err(NetworkError::InvalidConfig(format!(
+                return Err(StartError::InvalidConfig(format!(
                     "channel {id}: max_message_size must be between 1 byte and 2 GiB"
                 )));
             }

@@ -49,10 +49,10 @@ mod session;
 pub use config::{Config, PersistentPeer};
 pub use driver::inbox::{Inbox, TryRecvError};
 pub use driver::shared::NetworkStats;
-pub use error::NetworkError;
+pub use error::{ChannelError, ConnectError, NetworkError, SendError, ShutDown, StartError};
 pub use identity::{Keypair, PeerId};
 pub use metrics::prometheus_text;
-pub use network::{BroadcastReport, Channel, Encoded, Network};
+pub use network::{BroadcastReport, Channel, Encoded, Network, Pending};
 pub use peers::backoff::Backoff;
 pub use peers::{BanReason, NetworkEvent};
 pub use session::{

@@ -113,7 +113,10 @@ async fn persistent_delivery_is_exactly_once_in_order_per_channel_with_a_slow_bu
         dropped > 0,
         "the bulk inbox overflowed, so parts were resent"
     );
-    eventually("all acknowledged", || a.pending(b_id) == Some((0, 0))).await;
+    eventually("all acknowledged", || {
+        a.pending(b_id) == Some(peerwire::Pending::default())
+    })
+    .await;
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use peerwire::handshake::HandshakeError;
-use peerwire::{Keypair, NetworkError};
+use peerwire::{ConnectError, Keypair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_with_wrong_expected_peer_fails_typed() {
@@ -16,7 +16,7 @@ async fn connect_to_with_wrong_expected_peer_fails_typed() {
     let impostor = Keypair::generate().peer_id();
     let err = a.connect_to(b.local_addr(), impostor).await.unwrap_err();
     match err {
-        NetworkError::Handshake {
+        ConnectError::Handshake {
             source: HandshakeError::PeerMismatch { expected, actual },
             ..
         } => {
@@ -44,7 +44,7 @@ async fn node_of_another_network_is_refused_with_reason_on_both_sides() {
     assert!(
         matches!(
             &err,
-            NetworkError::Handshake { source: HandshakeError::NetworkMismatch { ours, theirs }, .. }
+            ConnectError::Handshake { source: HandshakeError::NetworkMismatch { ours, theirs }, .. }
                 if ours == "mainnet" && theirs == "testnet"
         ),
         "{err:?}"
@@ -65,7 +65,7 @@ async fn self_connection_is_refused() {
     assert!(
         matches!(
             err,
-            NetworkError::Handshake {
+            ConnectError::Handshake {
                 source: HandshakeError::SelfConnection,
                 ..
             }
@@ -103,7 +103,7 @@ async fn dial_to_closed_port_fails_typed() {
     let addr = unused.local_addr().unwrap();
     drop(unused);
     let err = a.connect(addr).await.unwrap_err();
-    assert!(matches!(err, NetworkError::Dial { .. }), "{err:?}");
+    assert!(matches!(err, ConnectError::Dial { .. }), "{err:?}");
     assert!(a.connections().is_empty());
     a.shutdown().await;
 }

@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use peerwire::NetworkError;
+use peerwire::SendError;
 use peerwire::codec::CodecError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +38,7 @@ async fn one_mib_and_max_size_messages_arrive_intact() {
     let err = a.send(b_id, &too_big).await.unwrap_err();
     assert!(matches!(
         err,
-        NetworkError::Codec(CodecError::MessageTooLarge { len, max }) if len == MAX + 1 && max == MAX
+        SendError::Codec(CodecError::MessageTooLarge { len, max }) if len == MAX + 1 && max == MAX
     ));
     a.shutdown().await;
     b.shutdown().await;

@@ -216,14 +216,14 @@ async fn application_ban_disconnects_and_refuses_until_unbanned() {
     let err = net.connect(other.local_addr()).await.unwrap_err();
     assert!(matches!(
         err,
-        peerwire::NetworkError::ConnectionClosed {
+        peerwire::ConnectError::ConnectionClosed {
             reason: DisconnectReason::Banned,
             ..
         }
     ));
     let _ = other.connect(net.local_addr()).await;
     assert!(!net.is_connected(other_id));
-    assert!(net.unban(other_id).await);
+    assert!(net.unban(other_id).await.unwrap());
     net.connect(other.local_addr()).await.unwrap();
     assert!(net.is_connected(other_id));
     net.shutdown().await;

@@ -44,9 +44,9 @@ fn line_with(
 async fn a_node_keeps_broadcasting_past_a_peer_that_never_reads() {
     let mut command = Command::new(BIN);
     command.args(["node", "--listen", "127.0.0.1:0"]);
-    let mut node = child::spawn_collected(command, Stdio::piped());
+    let mut program = child::spawn_collected(command, Stdio::piped());
     let mut seen = Vec::new();
-    let addr: std::net::SocketAddr = line_with(&node.lines, &mut seen, "listening on:")
+    let addr: std::net::SocketAddr = line_with(&program.lines, &mut seen, "listening on:")
         .rsplit(' ')
         .next()
         .unwrap()
@@ -56,10 +56,10 @@ async fn a_node_keeps_broadcasting_past_a_peer_that_never_reads() {
     let (honest, mut honest_in) = node(config().network_id("peerwire")).await;
     honest.connect(addr).await.unwrap();
     let stalled = RawPeer::connect(addr, "peerwire").await;
-    line_with(&node.lines, &mut seen, &stalled.id().to_string());
+    line_with(&program.lines, &mut seen, &stalled.id().to_string());
 
     // Feed the node's stdin from a thread: each line is broadcast to both peers.
-    let mut stdin = node.stdin.take().unwrap();
+    let mut stdin = program.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         for i in 0..LINES {
             let mut line = format!("{i:06} ");
@@ -82,18 +82,19 @@ async fn a_node_keeps_broadcasting_past_a_peer_that_never_reads() {
     }
     // Every line reached the honest peer while the stalled one was still connected: the
     // broadcasts did not wait for the stalled peer to be cut (10 s of write_timeout).
-    let left: Vec<_> = std::iter::from_fn(|| node.lines.try_recv().ok()).collect();
+    let left: Vec<_> = std::iter::from_fn(|| program.lines.try_recv().ok()).collect();
     seen.extend(left);
     assert!(
         !seen.iter().any(|l| l.starts_with("peer left")),
-        "a peer left before all lines arrived: {seen:#?}"
+        "a peer left before all lines arrived: {seen:#?}\nstderr: {}",
+        program.stderr.lock().unwrap()
     );
     // And the stalled peer is cut after write_timeout.
-    let gone = line_with(&node.lines, &mut seen, "peer left");
+    let gone = line_with(&program.lines, &mut seen, "peer left");
     assert!(gone.contains(&stalled.id().to_string()), "{gone}");
     assert!(gone.contains("write stalled"), "{gone}");
-    let _ = node.child.kill();
-    let _ = node.child.wait();
+    let _ = program.child.kill();
+    let _ = program.child.wait();
     drop(writer);
     honest.shutdown().await;
 }

@@ -49,14 +49,15 @@ async fn messages_sent_while_the_peer_is_away_arrive_when_it_comes() {
         a.try_send(b_key.peer_id(), &numbered(i, 64)).unwrap();
     }
     // A 64-byte payload encodes as a one-byte length plus the bytes.
-    assert_eq!(a.pending(b_key.peer_id()), Some((300, 300 * 65)));
+    let pending = a.pending(b_key.peer_id()).unwrap();
+    assert_eq!((pending.messages, pending.bytes), (300, 300 * 65));
     let (b, mut b_in) = Network::<Bytes>::start(config().listen(b_addr), b_key)
         .await
         .unwrap();
     let got = recv_n(&mut b_in, 300).await;
     assert_run(&got, a.local_peer_id(), 0..300);
     eventually("all acknowledged", || {
-        a.pending(b.local_peer_id()) == Some((0, 0))
+        a.pending(b.local_peer_id()) == Some(peerwire::Pending::default())
     })
     .await;
     assert!(b_in.try_recv().is_err());
@@ -218,13 +219,13 @@ async fn offline_buffer_is_bounded_with_a_counted_policy() {
     let mut full = 0;
     for i in 0..150 {
         if let Err(e) = a.try_send(b_id, &numbered(i, 8)) {
-            assert!(matches!(e, peerwire::NetworkError::Full(p) if p == b_id));
+            assert!(matches!(e, peerwire::SendError::Full(p) if p == b_id));
             full += 1;
         }
     }
     assert_eq!(full, 50);
     assert_eq!(a.stats().offline_full, 50);
-    assert_eq!(a.pending(b_id).unwrap().0, 100);
+    assert_eq!(a.pending(b_id).unwrap().messages, 100);
     a.shutdown().await;
 }
 

@@ -52,7 +52,7 @@ async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
     );
     assert!(matches!(
         nodes[0].0.connect(nodes[2].0.local_addr()).await,
-        Err(peerwire::NetworkError::Closed)
+        Err(peerwire::ConnectError::Closed)
     ));
     for (net, inbox) in &mut nodes[1..] {
         net.shutdown().await;

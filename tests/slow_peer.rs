@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use peerwire::{DisconnectReason, NetworkError, NetworkEvent};
+use peerwire::{DisconnectReason, NetworkEvent, SendError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_reader_is_disconnected_without_stalling_the_broadcaster() {
@@ -59,7 +59,7 @@ async fn stalled_reader_is_disconnected_without_stalling_the_broadcaster() {
     assert!(delivered_to_fast > 0);
     assert!(matches!(
         hub.try_send(stalled.id(), &payload),
-        Err(NetworkError::NotConnected(_))
+        Err(SendError::NotConnected(_))
     ));
     drop(stalled);
     hub.shutdown().await;
@@ -79,7 +79,7 @@ async fn try_send_reports_full_and_counts_it() {
     for _ in 0..2000 {
         match hub.try_send(stalled.id(), &payload) {
             Ok(()) => {}
-            Err(NetworkError::Full(p)) => {
+            Err(SendError::Full(p)) => {
                 assert_eq!(p, stalled.id());
                 full += 1;
             }

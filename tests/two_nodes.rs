@@ -56,7 +56,7 @@ async fn two_nodes_send_both_ways_in_order() {
     assert_eq!(info[0].stats.messages_out, u64::from(N));
     assert_eq!(info[0].stats.messages_in, u64::from(N));
 
-    assert!(a.disconnect(b_id).await);
+    assert!(a.disconnect(b_id).await.unwrap());
     let ev = next_disconnect(&mut a_events).await;
     assert_eq!(
         ev,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use peerwire::{Config, Direction, Inbox, Keypair, Network, NetworkError, NetworkEvent, PeerId};
+use peerwire::{Config, Direction, Inbox, Keypair, Network, NetworkEvent, PeerId};
 use tokio::net::lookup_host;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
@@ -147,7 +147,7 @@ async fn dial_until_connected(net: Network<Bytes>, peer: String) {
                     tracing::info!(%addr, peer = %id, "connected");
                     return;
                 }
-                Err(NetworkError::Closed) => return,
+                Err(peerwire::ConnectError::Closed) => return,
                 Err(e) => tracing::debug!(%addr, error = %e, "dial failed; retrying"),
             },
             Err(e) => tracing::debug!(peer, error = %e, "cannot resolve; retrying"),

@@ -7,7 +7,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use peerwire::{ChannelSpec, Config, Keypair, Network, NetworkError, NetworkEvent};
+use peerwire::{ChannelSpec, Config, Keypair, Network, NetworkEvent, SendError};
 use serde::{Deserialize, Serialize};
 
 use super::{ProbeArgs, Result};
@@ -138,7 +138,7 @@ async fn send(args: ProbeArgs) -> Result<()> {
                     Ok(()) => {}
                     // A full queue is expected (the link is the bottleneck): try again soon,
                     // without spinning on a lane that refuses at once.
-                    Err(NetworkError::Full(_)) => tokio::time::sleep(RETRY).await,
+                    Err(SendError::Full(_)) => tokio::time::sleep(RETRY).await,
                     Err(_) => return,
                 }
             }
@@ -159,7 +159,7 @@ async fn send(args: ProbeArgs) -> Result<()> {
         };
         match beats.send(peer, &beat).await {
             Ok(()) => {}
-            Err(NetworkError::Full(_)) => tokio::time::sleep(RETRY).await,
+            Err(SendError::Full(_)) => tokio::time::sleep(RETRY).await,
             Err(e) => return Err(e.into()),
         }
         seq += 1;

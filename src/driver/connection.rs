@@ -19,23 +19,15 @@ use super::link::{SocketContext, SocketShared};
 use super::reader::Reader;
 use super::stream::Reliable;
 use super::writer::{WriteEnd, Writer};
-use crate::error::NetworkError;
+use crate::error::ConnectError;
 use crate::handshake::{self, Established, HandshakeError, HandshakeParams};
 use crate::identity::PeerId;
+use crate::peers::registry::Admission;
 use crate::session::channel::QUANTUM;
 use crate::session::inbound::{InboundSession, LaneLimits};
 use crate::session::reliable::RecvSeq;
 use crate::session::{Direction, DisconnectReason, SocketState};
 use parking_lot::Mutex;
-
-/// The network's answer once a peer is proven.
-#[derive(Debug)]
-pub(crate) enum Admission {
-    /// Keep it: it is now the peer's connection.
-    Open,
-    /// Close it gracefully for this reason (duplicate, shutdown).
-    Close(DisconnectReason),
-}
 
 /// The per-peer delivery state a connection works with, handed over at admission.
 #[derive(Debug, Default)]
@@ -60,7 +52,7 @@ pub(crate) enum SocketEvent {
     Closed {
         shared: Arc<SocketShared>,
         reason: DisconnectReason,
-        error: Option<NetworkError>,
+        error: Option<ConnectError>,
     },
 }
 
@@ -88,7 +80,7 @@ enum Ended {
 /// A failure before the connection opened.
 struct Failure {
     reason: DisconnectReason,
-    error: NetworkError,
+    error: ConnectError,
 }
 
 impl SocketTask {
@@ -131,7 +123,7 @@ impl SocketTask {
         let config = &self.ctx.config;
         let cancelled = || Failure {
             reason: DisconnectReason::Shutdown,
-            error: NetworkError::Closed,
+            error: ConnectError::Closed,
         };
         let mut stream = match stream {
             Some(stream) => stream,
@@ -147,13 +139,13 @@ impl SocketTask {
                     Ok(Err(source)) => {
                         return Err(Failure {
                             reason: DisconnectReason::Io(source.kind()),
-                            error: NetworkError::Dial { addr, source },
+                            error: ConnectError::Dial { addr, source },
                         });
                     }
                     Err(_) => {
                         return Err(Failure {
                             reason: DisconnectReason::Io(std::io::ErrorKind::TimedOut),
-                            error: NetworkError::DialTimeout { addr },
+                            error: ConnectError::DialTimeout { addr },
                         });
                     }
                 }
@@ -165,7 +157,7 @@ impl SocketTask {
         self.shared.state.set(SocketState::Authenticating);
         let handshake_failed = |source: HandshakeError| Failure {
             reason: DisconnectReason::from_handshake(&source),
-            error: NetworkError::Handshake { addr, source },
+            error: ConnectError::Handshake { addr, source },
         };
         let deadline = Instant::now() + config.handshake_timeout;
         let params = HandshakeParams {

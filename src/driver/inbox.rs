@@ -294,6 +294,30 @@ impl Slot {
         }
     }
 
+    /// A slot opened for `M` from the start (the default channel, whose type `start` knows).
+    pub(crate) fn opened<M: DeserializeOwned + Send + 'static>(
+        capacity: usize,
+        max_bytes: usize,
+    ) -> (Self, Inbox<M>) {
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = channel::<M>(capacity, bytes.clone(), max_bytes);
+        let typed = OnceLock::new();
+        let _ = typed.set(Box::new(tx) as Box<dyn Sink>);
+        let slot = Self {
+            typed,
+            raw: Mutex::new(None),
+            capacity,
+            max_bytes,
+            bytes: bytes.clone(),
+        };
+        let inbox = Inbox {
+            rx,
+            bytes,
+            backlog: None,
+        };
+        (slot, inbox)
+    }
+
     /// Opens the channel for message type `M`: from now on readers decode into the returned
     /// inbox, which first yields the backlog. `None` if it was opened before.
     pub(crate) fn open<M: DeserializeOwned + Send + 'static>(&self) -> Option<Inbox<M>> {

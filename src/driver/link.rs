@@ -123,14 +123,6 @@ impl SocketShared {
         self.queue.close_gracefully(goodbye);
     }
 
-    /// This connection as the duplicate tie-break compares it.
-    pub(crate) fn tiebreak_candidate(&self) -> crate::peers::tiebreak::Candidate {
-        crate::peers::tiebreak::Candidate {
-            direction: self.direction,
-            dial_seq: self.dial_seq.get().copied().unwrap_or(0),
-        }
-    }
-
     pub(crate) fn info(&self) -> ConnectionInfo {
         let (queued_messages, queued_bytes) = self.queue.depth();
         ConnectionInfo {

@@ -1,37 +1,45 @@
-//! The network actor: the one owner of the connection registry.
+//! The network actor: the one owner of the connection tasks and the shared peer maps.
 //!
-//! It receives [`Command`]s from [`super::Network`] handles, accepted streams from the listener,
-//! and [`SocketEvent`]s from socket tasks. It admits proven peers (resolving duplicates with
-//! [`super::tiebreak`]), publishes the peer map that senders read, emits events, and runs the
-//! shutdown. It never awaits a socket: it talks to them only through their cancellation tokens
-//! and non-blocking queue calls, so no socket can stall it.
+//! It receives [`Command`]s from [`crate::Network`] handles, accepted streams from the listener,
+//! and [`SocketEvent`]s from connection tasks. Every decision about them is the pure
+//! [`Registry`]'s: the actor asks it, then applies the [`Effect`]s it returns (publish or
+//! unpublish a peer's connection for senders, close a connection, emit an event), spawns the
+//! tasks and runs the shutdown. It never awaits a socket: it talks to connections only through
+//! their cancellation tokens and non-blocking queue calls, so no connection can stall it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connection::{Admission, SocketEvent, SocketTask, Streams};
+use super::connection::{SocketEvent, SocketTask, Streams};
 use super::inbox::Slot;
 use super::link::{SocketContext, SocketShared};
-use super::listener::Accepted;
+use super::listener::{self, Accepted};
 use super::shared::Shared;
-use crate::error::NetworkError;
+use crate::error::ConnectError;
 use crate::identity::PeerId;
 use crate::peers::backoff::jitter_sample;
-use crate::peers::bans::Bans;
-use crate::peers::departures::HeldDepartures;
 use crate::peers::redial::Redialer;
-use crate::peers::stalls::Stalls;
-use crate::peers::tiebreak::{keep_new_connection, next_dial_seq};
+use crate::peers::registry::{Admission, ConnFacts, Effect, Limits, Registry};
 use crate::peers::{BanReason, NetworkEvent};
-use crate::session::rate::TokenBucket;
 use crate::session::reliable::RecvSeq;
 use crate::session::{ConnectionId, Direction, DisconnectReason, SocketState};
+
+/// Capacity of the command channel from handles to the actor.
+const COMMAND_CAPACITY: usize = 256;
+/// Capacity of the channel from connection tasks to the actor.
+const SOCKET_EVENT_CAPACITY: usize = 1024;
+/// Capacity of the channel from the listener to the actor.
+const ACCEPT_CAPACITY: usize = 64;
+/// Most peers whose reliable-stream position is remembered while they are away.
+const MAX_RECV_STATES: usize = 4096;
 
 /// Requests from handles to the actor.
 #[derive(Debug)]
@@ -39,7 +47,7 @@ pub(crate) enum Command {
     Connect {
         addr: SocketAddr,
         expected: Option<PeerId>,
-        reply: oneshot::Sender<Result<PeerId, NetworkError>>,
+        reply: oneshot::Sender<Result<PeerId, ConnectError>>,
     },
     Disconnect {
         peer: PeerId,
@@ -60,51 +68,96 @@ pub(crate) enum Command {
 }
 
 pub(crate) struct NetworkActor {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) ctx: Arc<SocketContext>,
-    pub(crate) commands: mpsc::Receiver<Command>,
-    pub(crate) accepted: mpsc::Receiver<Accepted>,
-    pub(crate) socket_events: mpsc::Receiver<SocketEvent>,
-    /// Cloned into every socket task; the actor keeps one so the channel never closes early.
-    pub(crate) socket_events_tx: mpsc::Sender<SocketEvent>,
+    shared: Arc<Shared>,
+    ctx: Arc<SocketContext>,
+    commands: mpsc::Receiver<Command>,
+    accepted: mpsc::Receiver<Accepted>,
+    socket_events: mpsc::Receiver<SocketEvent>,
+    /// Cloned into every connection task; the actor keeps one so the channel never closes
+    /// early.
+    socket_events_tx: mpsc::Sender<SocketEvent>,
     /// The node's channel slots, by channel index (handed to every connection).
-    pub(crate) slots: Arc<[Slot]>,
-    pub(crate) outbound_slots: Arc<Semaphore>,
-    pub(crate) root: CancellationToken,
-    pub(crate) listener_cancel: CancellationToken,
-    pub(crate) listener: JoinHandle<()>,
-    pub(crate) tracker: TaskTracker,
-    pub(crate) next_id: u64,
+    slots: Arc<[Slot]>,
+    outbound_slots: Arc<Semaphore>,
+    root: CancellationToken,
+    listener_cancel: CancellationToken,
+    listener: JoinHandle<()>,
+    tracker: TaskTracker,
+    next_id: u64,
     /// Callers of `connect` waiting for their dial to open (or fail).
-    pub(crate) pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NetworkError>>>,
-    /// When to dial persistent peers and bootstrap addresses.
-    pub(crate) redial: Redialer,
-    /// Banned peers and addresses.
-    pub(crate) bans: Bans,
-    /// Our position in each peer's reliable stream, kept across its connections.
-    pub(crate) recv_states: HashMap<PeerId, Arc<parking_lot::Mutex<Vec<RecvSeq>>>>,
-    /// New-connection rate per remote IP, with when each bucket was last used.
-    pub(crate) handshake_rates: HashMap<std::net::IpAddr, (TokenBucket, std::time::Instant)>,
-    /// Peers whose connection the remote replaced, not reported as gone while the replacement
-    /// finishes its handshake here.
-    pub(crate) held_departures: HeldDepartures,
-    /// Stalls per remote IP, charged towards a ban.
-    pub(crate) stalls: Stalls,
-    /// The sequence number of our latest dial (see [`next_dial_seq`]).
-    pub(crate) last_dial_seq: u64,
+    pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, ConnectError>>>,
+    /// Every decision about connections and peers.
+    registry: Registry,
+    /// Our position in each peer's reliable streams, kept across its connections.
+    recv_states: HashMap<PeerId, Arc<parking_lot::Mutex<Vec<RecvSeq>>>>,
+    /// Effects returned by the registry, applied and cleared after each call.
+    effects: Vec<Effect>,
 }
 
-/// Most remote IPs whose handshake rate is tracked; beyond it, buckets idle for a while go.
-const MAX_RATE_BUCKETS: usize = 4096;
-
-/// Most peers whose reliable-stream position is remembered while they are away.
-const MAX_RECV_STATES: usize = 4096;
-
-/// Most departures held back at once; beyond it, departures are reported at once.
-pub(crate) const MAX_HELD_DEPARTURES: usize = 4096;
-
 impl NetworkActor {
-    pub(crate) async fn run(mut self) {
+    /// Starts the listener task and the actor task (kept in `shared.actor`); returns the
+    /// sending side of the command channel.
+    pub(crate) fn spawn(
+        ctx: Arc<SocketContext>,
+        shared: Arc<Shared>,
+        listener: TcpListener,
+        slots: Arc<[Slot]>,
+    ) -> mpsc::Sender<Command> {
+        let config = &ctx.config;
+        let (commands_tx, commands) = mpsc::channel(COMMAND_CAPACITY);
+        let (accepted_tx, accepted) = mpsc::channel(ACCEPT_CAPACITY);
+        let (socket_events_tx, socket_events) = mpsc::channel(SOCKET_EVENT_CAPACITY);
+        let root = CancellationToken::new();
+        let listener_cancel = root.child_token();
+        // Headroom so that persistent peers find a slot even when max_inbound others are in.
+        let inbound_slots = Arc::new(Semaphore::new(
+            config.max_inbound + config.persistent_peers.len(),
+        ));
+        let listener = tokio::spawn(listener::run(
+            listener,
+            inbound_slots,
+            accepted_tx,
+            listener_cancel.clone(),
+        ));
+        let limits = Limits {
+            max_inbound: config.max_inbound,
+            max_inbound_per_ip: config.max_inbound_per_ip,
+            handshakes_per_ip_per_sec: config.max_handshakes_per_ip_per_sec,
+            ban_duration: config.ban_duration,
+            handshake_timeout: config.handshake_timeout,
+            max_stalls_per_ip: config.max_stalls_per_ip,
+            stall_window: config.stall_window,
+        };
+        let redial = Redialer::new(
+            config.persistent_peers.iter().map(|p| (p.addr, p.id)),
+            config.bootstrap.iter().copied(),
+            config.backoff,
+            Instant::now(),
+        );
+        let actor = Self {
+            registry: Registry::new(shared.local_id, limits, redial),
+            outbound_slots: Arc::new(Semaphore::new(config.max_outbound)),
+            shared: shared.clone(),
+            ctx: ctx.clone(),
+            commands,
+            accepted,
+            socket_events,
+            socket_events_tx,
+            slots,
+            root,
+            listener_cancel,
+            listener,
+            tracker: TaskTracker::new(),
+            next_id: 0,
+            pending: HashMap::new(),
+            recv_states: HashMap::new(),
+            effects: Vec::new(),
+        };
+        *shared.actor.lock() = Some(tokio::spawn(actor.run()));
+        commands_tx
+    }
+
+    async fn run(mut self) {
         let mut waiters = Vec::new();
         loop {
             tokio::select! {
@@ -119,13 +172,7 @@ impl NetworkActor {
                 },
                 Some(event) = self.socket_events.recv() => self.socket_event(event, false),
                 Some(accepted) = self.accepted.recv() => self.spawn_inbound(accepted),
-                () = sleep_until_due(self.redial.next_due()) => self.dial_due(),
-                () = sleep_until_due(self.held_departures.next_due()) => {
-                    for (peer, reason) in self.held_departures.take_due(std::time::Instant::now()) {
-                        tracing::debug!(%peer, %reason, "peer disconnected (no replacement came)");
-                        self.emit(NetworkEvent::Disconnected { peer, reason });
-                    }
-                }
+                () = sleep_until_due(self.registry.next_due()) => self.due(),
             }
         }
         self.shutdown(&mut waiters).await;
@@ -134,7 +181,54 @@ impl NetworkActor {
         }
     }
 
+    /// Applies (and clears) the effects the registry returned.
+    fn apply(&mut self) {
+        for effect in std::mem::take(&mut self.effects) {
+            match effect {
+                Effect::Publish { peer, conn } => {
+                    let socket = self.shared.connections.read().get(&conn).cloned();
+                    if let Some(socket) = socket {
+                        self.shared.peers.write().insert(peer, socket);
+                    }
+                }
+                Effect::Unpublish { peer, conn } => {
+                    let mut peers = self.shared.peers.write();
+                    if peers.get(&peer).is_some_and(|s| s.id == conn) {
+                        peers.remove(&peer);
+                    }
+                }
+                Effect::Close { conn, reason } => {
+                    let socket = self.shared.connections.read().get(&conn).cloned();
+                    if let Some(socket) = socket {
+                        socket.close_gracefully(reason);
+                    }
+                }
+                Effect::Emit(event) => {
+                    match &event {
+                        NetworkEvent::Connected { peer, addr, .. } => {
+                            tracing::debug!(%peer, %addr, "peer connected");
+                        }
+                        NetworkEvent::Disconnected { peer, reason } => {
+                            tracing::debug!(%peer, %reason, "peer disconnected");
+                        }
+                        NetworkEvent::Banned {
+                            peer,
+                            duration,
+                            reason,
+                        } => {
+                            self.shared.counters.bans.inc();
+                            tracing::info!(%peer, ?reason, ?duration, "peer banned");
+                        }
+                    }
+                    // No subscriber is normal; a lagging subscriber is told how many it missed.
+                    let _ = self.shared.events.send(event);
+                }
+            }
+        }
+    }
+
     fn command(&mut self, command: Command) {
+        let now = Instant::now();
         match command {
             Command::Connect {
                 addr,
@@ -142,19 +236,17 @@ impl NetworkActor {
                 reply,
             } => {
                 let Ok(slot) = self.outbound_slots.clone().try_acquire_owned() else {
-                    let _ = reply.send(Err(NetworkError::OutboundLimit));
+                    let _ = reply.send(Err(ConnectError::OutboundLimit));
                     return;
                 };
                 let id = self.spawn_outbound(addr, expected, Some(slot));
                 self.pending.insert(id, reply);
             }
             Command::Disconnect { peer, reply } => {
-                let was_connected = self.remove_peer(peer, DisconnectReason::Requested);
-                if was_connected {
-                    // A persistent peer is redialed: use a ban to keep one away.
-                    self.redial
-                        .peer_lost(peer, std::time::Instant::now(), jitter_sample());
-                }
+                let was_connected =
+                    self.registry
+                        .disconnect(peer, now, jitter_sample(), &mut self.effects);
+                self.apply();
                 let _ = reply.send(was_connected);
             }
             Command::Ban {
@@ -162,58 +254,24 @@ impl NetworkActor {
                 duration,
                 reply,
             } => {
-                self.ban(peer, None, duration, BanReason::Application);
+                self.registry.ban(
+                    peer,
+                    None,
+                    duration,
+                    BanReason::Application,
+                    now,
+                    &mut self.effects,
+                );
+                self.apply();
                 let _ = reply.send(());
             }
             Command::Unban { peer, reply } => {
-                let _ = reply.send(self.bans.unban_peer(&peer));
+                let _ = reply.send(self.registry.unban(peer));
             }
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
             }
         }
-    }
-
-    /// Bans `peer` (and `ip`, unless the peer is persistent), closing its connection.
-    fn ban(
-        &mut self,
-        peer: PeerId,
-        ip: Option<std::net::IpAddr>,
-        duration: std::time::Duration,
-        reason: BanReason,
-    ) {
-        let now = std::time::Instant::now();
-        let until = now + duration;
-        self.bans.ban_peer(peer, until, now);
-        if let Some(ip) = ip.filter(|_| !self.redial.is_persistent(peer)) {
-            self.bans.ban_ip(ip, until, now);
-        }
-        self.shared.counters.bans.inc();
-        tracing::info!(%peer, ?reason, ?duration, "peer banned");
-        self.remove_peer(peer, DisconnectReason::Banned);
-        self.emit(NetworkEvent::Banned {
-            peer,
-            duration,
-            reason,
-        });
-    }
-
-    /// Ends the local side's relation with `peer` for `reason`: closes its connection
-    /// gracefully, or drops its held departure, and reports `Disconnected`. Returns whether the
-    /// application counted the peer as connected.
-    fn remove_peer(&mut self, peer: PeerId, reason: DisconnectReason) -> bool {
-        let removed = self.shared.peers.write().remove(&peer);
-        let was_connected = match &removed {
-            Some(socket) => {
-                socket.close_gracefully(reason.clone());
-                true
-            }
-            None => self.held_departures.release(peer),
-        };
-        if was_connected {
-            self.emit(NetworkEvent::Disconnected { peer, reason });
-        }
-        was_connected
     }
 
     fn new_socket(&mut self, direction: Direction, addr: SocketAddr) -> Arc<SocketShared> {
@@ -241,8 +299,14 @@ impl NetworkActor {
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> ConnectionId {
         let socket = self.new_socket(Direction::Outbound, addr);
-        self.last_dial_seq = next_dial_seq(self.last_dial_seq, unix_micros());
-        let _ = socket.dial_seq.set(self.last_dial_seq);
+        let dial_seq = self.registry.next_dial_seq(unix_micros());
+        let _ = socket.dial_seq.set(dial_seq);
+        self.registry.opened(ConnFacts {
+            id: socket.id,
+            direction: Direction::Outbound,
+            addr,
+            dial_seq,
+        });
         let id = socket.id;
         let task = SocketTask {
             shared: socket,
@@ -256,22 +320,14 @@ impl NetworkActor {
         id
     }
 
-    fn dial_due(&mut self) {
-        let now = std::time::Instant::now();
-        let dials = {
-            let peers = self.shared.peers.read();
-            self.redial.due(now, |p| peers.contains_key(&p))
-        };
+    /// Reports departures whose replacement never came and starts the dials that are due.
+    fn due(&mut self) {
+        let dials = self.registry.due(Instant::now(), &mut self.effects);
+        self.apply();
         for dial in dials {
-            if let Some(peer) = dial.expected {
-                if let Some(until) = self.bans.peer_banned_until(&peer, now) {
-                    self.redial.postpone(dial, until);
-                    continue;
-                }
-            }
             tracing::debug!(addr = %dial.addr, peer = ?dial.expected, "dialing");
             let id = self.spawn_outbound(dial.addr, dial.expected, None);
-            if self.redial.started(dial, id) {
+            if self.registry.dial_started(dial, id) {
                 self.shared.counters.reconnects.inc();
             }
         }
@@ -279,28 +335,18 @@ impl NetworkActor {
 
     fn spawn_inbound(&mut self, accepted: Accepted) {
         let ip = accepted.addr.ip();
-        if self.bans.ip_banned(&ip, std::time::Instant::now()) {
-            self.shared.counters.inbound_refused("banned_ip");
-            return;
-        }
-        let from_ip = self
-            .shared
-            .connections
-            .read()
-            .values()
-            .filter(|s| s.direction == Direction::Inbound && s.addr.ip() == ip)
-            .count();
-        if from_ip >= self.ctx.config.max_inbound_per_ip {
-            self.shared.counters.inbound_refused("per_ip");
-            tracing::debug!(%ip, "inbound connection refused: per-IP limit");
+        if let Err(refusal) = self.registry.accept(ip, Instant::now()) {
+            self.shared.counters.inbound_refused(refusal.label());
+            tracing::debug!(%ip, ?refusal, "inbound connection refused");
             return; // dropping the stream closes it; dropping the slot frees it
         }
-        if !self.handshake_allowed(ip) {
-            self.shared.counters.inbound_refused("handshake_rate");
-            tracing::debug!(%ip, "inbound connection refused: per-IP handshake rate");
-            return;
-        }
         let socket = self.new_socket(Direction::Inbound, accepted.addr);
+        self.registry.opened(ConnFacts {
+            id: socket.id,
+            direction: Direction::Inbound,
+            addr: accepted.addr,
+            dial_seq: 0,
+        });
         self.shared.counters.inbound_accepted.inc();
         let task = SocketTask {
             shared: socket,
@@ -313,32 +359,8 @@ impl NetworkActor {
         self.tracker.spawn(task.run(Some(accepted.stream)));
     }
 
-    /// Takes a token from `ip`'s handshake bucket. The map is bounded: when full, buckets idle
-    /// for longer than it takes them to refill (one second) are forgotten, then, if still full,
-    /// the new IP shares the fate of being refused until room appears.
-    fn handshake_allowed(&mut self, ip: std::net::IpAddr) -> bool {
-        let rate = self.ctx.config.max_handshakes_per_ip_per_sec;
-        if rate == 0 {
-            return true;
-        }
-        let now = std::time::Instant::now();
-        if !self.handshake_rates.contains_key(&ip) && self.handshake_rates.len() >= MAX_RATE_BUCKETS
-        {
-            self.handshake_rates
-                .retain(|_, (_, used)| now.duration_since(*used).as_secs() < 1);
-            if self.handshake_rates.len() >= MAX_RATE_BUCKETS {
-                return false;
-            }
-        }
-        let (bucket, used) = self
-            .handshake_rates
-            .entry(ip)
-            .or_insert_with(|| (TokenBucket::new(rate, rate, now), now));
-        *used = now;
-        bucket.try_take(1, now)
-    }
-
     fn socket_event(&mut self, event: SocketEvent, shutting_down: bool) {
+        let now = Instant::now();
         match event {
             SocketEvent::Authenticated {
                 shared,
@@ -349,13 +371,18 @@ impl NetworkActor {
                 let admission = if shutting_down {
                     Admission::Close(DisconnectReason::Shutdown)
                 } else {
-                    self.admit(&shared, peer)
+                    let facts = ConnFacts {
+                        id: shared.id,
+                        direction: shared.direction,
+                        addr: shared.addr,
+                        dial_seq: shared.dial_seq.get().copied().unwrap_or(0),
+                    };
+                    let admission = self.registry.admit(facts, peer, now, &mut self.effects);
+                    self.apply();
+                    admission
                 };
-                if matches!(
-                    admission,
-                    Admission::Open | Admission::Close(DisconnectReason::Duplicate)
-                ) {
-                    self.redial.dial_succeeded(shared.id);
+                if admission == Admission::Close(DisconnectReason::InboundLimit) {
+                    self.shared.counters.inbound_refused("max_inbound");
                 }
                 if let Some(waiter) = self.pending.remove(&shared.id) {
                     let _ = waiter.send(match &admission {
@@ -364,8 +391,8 @@ impl NetworkActor {
                             // other connection, which is what the caller asked for.
                             Ok(peer)
                         }
-                        Admission::Close(DisconnectReason::Shutdown) => Err(NetworkError::Closed),
-                        Admission::Close(reason) => Err(NetworkError::ConnectionClosed {
+                        Admission::Close(DisconnectReason::Shutdown) => Err(ConnectError::Closed),
+                        Admission::Close(reason) => Err(ConnectError::ConnectionClosed {
                             addr: shared.addr,
                             reason: reason.clone(),
                         }),
@@ -375,7 +402,7 @@ impl NetworkActor {
                     reliable: self.shared.reliable.get(&peer).cloned(),
                     recv: self.recv_state(peer),
                 };
-                // The socket may have been cancelled meanwhile; then it closes on its own.
+                // The connection may have been cancelled meanwhile; then it closes on its own.
                 let _ = reply.send((admission, streams));
             }
             SocketEvent::Closed {
@@ -384,79 +411,39 @@ impl NetworkActor {
                 error,
             } => {
                 self.shared.connections.write().remove(&shared.id);
-                let now = std::time::Instant::now();
-                if !shutting_down {
-                    self.redial.dial_closed(shared.id, now, jitter_sample());
-                }
-                if let Some(NetworkError::Handshake { source, .. }) = &error {
+                if let Some(ConnectError::Handshake { source, .. }) = &error {
                     self.shared.counters.handshake_failed(source.label());
                 }
+                if reason == DisconnectReason::WriteStalled && !shutting_down {
+                    self.shared.counters.stalled_disconnects.inc();
+                }
                 if let Some(waiter) = self.pending.remove(&shared.id) {
-                    let _ = waiter.send(Err(error.unwrap_or(NetworkError::ConnectionClosed {
+                    let _ = waiter.send(Err(error.unwrap_or(ConnectError::ConnectionClosed {
                         addr: shared.addr,
                         reason: reason.clone(),
                     })));
                 }
-                let Some(peer) = shared.peer.get().copied() else {
-                    return;
-                };
-                let mut peers = self.shared.peers.write();
-                if peers.get(&peer).is_some_and(|s| s.id == shared.id) {
-                    peers.remove(&peer);
-                    drop(peers);
-                    if !shutting_down && self.held_departures.hold(peer, &reason, now) {
-                        tracing::debug!(%peer, "connection replaced by the remote; awaiting the other");
-                    } else {
-                        tracing::debug!(%peer, %reason, "peer disconnected");
-                        self.emit(NetworkEvent::Disconnected {
-                            peer,
-                            reason: reason.clone(),
-                        });
-                    }
-                    if !shutting_down {
-                        self.redial.peer_lost(peer, now, jitter_sample());
-                    }
-                } else {
-                    drop(peers);
-                }
-                if let (DisconnectReason::WriteStalled, false) = (&reason, shutting_down) {
-                    self.shared.counters.stalled_disconnects.inc();
-                    let ip = shared.addr.ip();
-                    // Persistent peers are the operator's own choice: they are cut and redialed,
-                    // never banned for stalling.
-                    if !self.redial.is_persistent(peer) && self.stalls.record(ip, now) {
-                        let stalls = self.ctx.config.max_stalls_per_ip;
-                        tracing::info!(%peer, %ip, stalls, "banning a peer whose IP keeps stalling");
-                        self.ban(
-                            peer,
-                            Some(ip),
-                            self.ctx.config.ban_duration,
-                            BanReason::Stalled { stalls },
-                        );
-                    }
-                }
-                if let (DisconnectReason::Misbehaviour { score }, false) = (&reason, shutting_down)
-                {
-                    let duration = self.ctx.config.ban_duration;
-                    self.ban(
-                        peer,
-                        Some(shared.addr.ip()),
-                        duration,
-                        BanReason::Misbehaviour { score: *score },
-                    );
-                }
+                self.registry.closed(
+                    shared.id,
+                    shared.peer.get().copied(),
+                    &reason,
+                    now,
+                    jitter_sample(),
+                    &mut self.effects,
+                );
+                self.apply();
             }
         }
     }
 
-    /// The receive position for `peer`'s reliable stream, created on first contact. Bounded:
+    /// The receive positions for `peer`'s reliable streams, created on first contact. Bounded:
     /// when full, positions of peers that are not connected now are forgotten (such a peer's
-    /// next connection starts its stream afresh).
+    /// next connection starts its streams afresh).
     fn recv_state(&mut self, peer: PeerId) -> Arc<parking_lot::Mutex<Vec<RecvSeq>>> {
         if !self.recv_states.contains_key(&peer) && self.recv_states.len() >= MAX_RECV_STATES {
-            let peers = self.shared.peers.read();
+            let registry = &self.registry;
             self.recv_states
-                .retain(|p, _| peers.contains_key(p) || self.redial.is_persistent(*p));
+                .retain(|p, _| registry.is_open(*p) || registry.is_persistent(*p));
         }
         let lanes = self.ctx.lanes.len();
         self.recv_states
@@ -467,65 +454,6 @@ impl NetworkActor {
                 ))
             })
             .clone()
-    }
-
-    /// Decides whether `socket`, just proven to be `peer`, becomes the peer's connection.
-    fn admit(&mut self, socket: &Arc<SocketShared>, peer: PeerId) -> Admission {
-        if self.bans.peer_banned(&peer, std::time::Instant::now()) {
-            return Admission::Close(DisconnectReason::Banned);
-        }
-        let persistent = self.redial.is_persistent(peer);
-        let mut peers = self.shared.peers.write();
-        if socket.direction == Direction::Inbound && !persistent && !peers.contains_key(&peer) {
-            let open_inbound = peers
-                .iter()
-                .filter(|(id, s)| {
-                    s.direction == Direction::Inbound && !self.redial.is_persistent(**id)
-                })
-                .count();
-            if open_inbound >= self.ctx.config.max_inbound {
-                self.shared.counters.inbound_refused("max_inbound");
-                return Admission::Close(DisconnectReason::InboundLimit);
-            }
-        }
-        let replaced = match peers.get(&peer) {
-            None => None,
-            Some(existing) => {
-                if !keep_new_connection(
-                    self.shared.local_id,
-                    peer,
-                    existing.tiebreak_candidate(),
-                    socket.tiebreak_candidate(),
-                ) {
-                    return Admission::Close(DisconnectReason::Duplicate);
-                }
-                Some(existing.clone())
-            }
-        };
-        peers.insert(peer, socket.clone());
-        drop(peers);
-        match replaced {
-            Some(old) => old.close_gracefully(DisconnectReason::Duplicate),
-            // The replacement of a connection the remote closed as a duplicate: the application
-            // never heard the peer leave.
-            None if self.held_departures.release(peer) => {
-                tracing::debug!(%peer, addr = %socket.addr, "peer connected again (replacement)");
-            }
-            None => {
-                tracing::debug!(%peer, addr = %socket.addr, "peer connected");
-                self.emit(NetworkEvent::Connected {
-                    peer,
-                    addr: socket.addr,
-                    direction: socket.direction,
-                });
-            }
-        }
-        Admission::Open
-    }
-
-    fn emit(&self, event: NetworkEvent) {
-        // No subscriber is normal; a lagging subscriber is told how many it missed.
-        let _ = self.shared.events.send(event);
     }
 
     /// Stop accepting, say goodbye to every peer, flush within `shutdown_timeout`, then cut what
@@ -545,20 +473,9 @@ impl NetworkActor {
                 socket.cancel.cancel();
             }
         }
-        let peers: Vec<_> = self.shared.peers.write().drain().map(|(p, _)| p).collect();
-        for peer in peers {
-            self.emit(NetworkEvent::Disconnected {
-                peer,
-                reason: DisconnectReason::Shutdown,
-            });
-        }
-        // The application still counts these peers as connected: they leave with everyone else.
-        for (peer, _) in self.held_departures.drain() {
-            self.emit(NetworkEvent::Disconnected {
-                peer,
-                reason: DisconnectReason::Shutdown,
-            });
-        }
+        // Every peer the application counts as connected leaves with everyone else.
+        self.registry.shutdown(&mut self.effects);
+        self.apply();
         // Senders waiting for a persistent peer's streams to make room stop waiting.
         for reliable in self.shared.reliable.values() {
             reliable.wake_all();
@@ -572,7 +489,7 @@ impl NetworkActor {
                 Some(event) = self.socket_events.recv() => self.socket_event(event, true),
                 command = self.commands.recv(), if !self.commands.is_closed() => match command {
                     Some(Command::Shutdown { reply }) => waiters.push(reply),
-                    Some(Command::Connect { reply, .. }) => { let _ = reply.send(Err(NetworkError::Closed)); }
+                    Some(Command::Connect { reply, .. }) => { let _ = reply.send(Err(ConnectError::Closed)); }
                     Some(Command::Disconnect { reply, .. }) => { let _ = reply.send(false); }
                     Some(Command::Unban { reply, .. }) => { let _ = reply.send(false); }
                     Some(Command::Ban { reply, .. }) => { let _ = reply.send(()); }
@@ -590,7 +507,7 @@ impl NetworkActor {
             self.socket_event(event, true);
         }
         for (_, waiter) in self.pending.drain() {
-            let _ = waiter.send(Err(NetworkError::Closed));
+            let _ = waiter.send(Err(ConnectError::Closed));
         }
     }
 }

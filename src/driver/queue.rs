@@ -27,8 +27,12 @@ pub(crate) const CONTROL_CAPACITY: usize = 64;
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
-    /// The channel's lane is at its message or byte limit (or stalled, see the module docs).
+    /// The channel's lane is at its message or byte limit (for a waiting push: it stayed so
+    /// until the deadline).
     Full,
+    /// The lane is full and stalled (a wait already ran out with no progress since): refused
+    /// without waiting.
+    Stalled,
     /// The queue is closing or closed; the connection is going away.
     Closed,
 }
@@ -119,7 +123,7 @@ impl SendQueue {
             return Err((PushError::Closed, message));
         }
         if state.stalled.get(lane).copied().unwrap_or(false) {
-            return Err((PushError::Full, message));
+            return Err((PushError::Stalled, message));
         }
         state
             .data
@@ -164,17 +168,6 @@ impl SendQueue {
                 Ok(()) => return Ok(()),
                 Err((PushError::Full, back)) => {
                     message = back;
-                    if self
-                        .state
-                        .lock()
-                        .stalled
-                        .get(lane)
-                        .copied()
-                        .unwrap_or(false)
-                    {
-                        // Already waited out once with no progress since: do not wait again.
-                        return Err((PushError::Full, message));
-                    }
                     if tokio::time::timeout_at(deadline, room).await.is_err() {
                         if let Some(stalled) = self.state.lock().stalled.get_mut(lane) {
                             *stalled = true;
@@ -439,7 +432,10 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(200));
         // Stalled: the next waiting push is refused without waiting.
         let again = tokio::time::Instant::now();
-        assert!(q.push(0, msg(3), far()).await.is_err());
+        assert_eq!(
+            q.push(0, msg(3), far()).await.unwrap_err().0,
+            PushError::Stalled
+        );
         assert_eq!(again.elapsed(), Duration::ZERO);
         assert!(q.full_for().is_some());
         // The writer takes: progress clears the stall.

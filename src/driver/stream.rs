@@ -15,8 +15,12 @@ use crate::session::reliable::{ReliableSet, Taken};
 /// Why a reliable push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StreamRefusal {
-    /// The channel's stream is at its bound (the peer has not acknowledged enough).
+    /// The channel's stream is at its bound (the peer has not acknowledged enough); for a
+    /// waiting push, it stayed so until the deadline.
     Full,
+    /// The stream is full and stalled (a wait already ran out with no acknowledgement since),
+    /// or the peer is away: refused without waiting.
+    Stalled,
     /// The channel is not configured.
     NoSuchChannel,
 }
@@ -65,7 +69,12 @@ impl Reliable {
             };
             if let Err(message) = buffer.push(message) {
                 inner.full_since.get_or_insert_with(Instant::now);
-                return Err((StreamRefusal::Full, message));
+                let refusal = if inner.stalled {
+                    StreamRefusal::Stalled
+                } else {
+                    StreamRefusal::Full
+                };
+                return Err((refusal, message));
             }
         }
         if let Some(socket) = &*self.attached.lock() {
@@ -92,8 +101,8 @@ impl Reliable {
             match self.push(lane, message) {
                 Ok(()) => return Ok(()),
                 Err((StreamRefusal::Full, back)) => {
-                    if self.attached.lock().is_none() || self.inner.lock().stalled {
-                        return Err((StreamRefusal::Full, back));
+                    if self.attached.lock().is_none() {
+                        return Err((StreamRefusal::Stalled, back));
                     }
                     if tokio::time::timeout_at(deadline, room).await.is_err() {
                         self.inner.lock().stalled = true;

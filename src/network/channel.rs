@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use super::Encoded;
 use super::send::{BroadcastReport, Route};
+use crate::codec::CodecError;
 use crate::driver::shared::Shared;
-use crate::error::NetworkError;
+use crate::error::SendError;
 use crate::identity::PeerId;
 use crate::session::ChannelId;
 
@@ -66,9 +67,8 @@ impl<T: Serialize> Channel<T> {
     /// Encodes a message once, for sending to many peers with the `*_encoded` methods.
     ///
     /// # Errors
-    /// [`NetworkError::Codec`] when it cannot be encoded or exceeds the channel's
-    /// `max_message_size`.
-    pub fn encode(&self, message: &T) -> Result<Encoded<T>, NetworkError> {
+    /// [`CodecError`] when it cannot be encoded or exceeds the channel's `max_message_size`.
+    pub fn encode(&self, message: &T) -> Result<Encoded<T>, CodecError> {
         Encoded::new(
             message,
             self.shared.channels.spec(self.lane).max_message_size,
@@ -79,12 +79,12 @@ impl<T: Serialize> Channel<T> {
     /// [`crate::Config::send_wait`] while the peer's queue on this channel is full.
     ///
     /// # Errors
-    /// [`NetworkError::NotConnected`], [`NetworkError::Full`] when the wait ran out (counted),
-    /// [`NetworkError::Codec`].
+    /// [`SendError::NotConnected`], [`SendError::Full`] when the wait ran out (counted),
+    /// [`CodecError`].
     ///
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before completing, the message was not queued.
-    pub async fn send(&self, peer: PeerId, message: &T) -> Result<(), NetworkError> {
+    pub async fn send(&self, peer: PeerId, message: &T) -> Result<(), SendError> {
         let encoded = self.encode(message)?;
         self.route().send(peer, encoded.bytes).await
     }
@@ -96,20 +96,16 @@ impl<T: Serialize> Channel<T> {
     ///
     /// # Cancel safety
     /// As [`Channel::send`].
-    pub async fn send_encoded(
-        &self,
-        peer: PeerId,
-        message: &Encoded<T>,
-    ) -> Result<(), NetworkError> {
+    pub async fn send_encoded(&self, peer: PeerId, message: &Encoded<T>) -> Result<(), SendError> {
         self.route().send(peer, message.bytes.clone()).await
     }
 
     /// Queues `message` to `peer` on this channel without ever waiting.
     ///
     /// # Errors
-    /// [`NetworkError::Full`] (counted as `dropped_queue_full`), [`NetworkError::NotConnected`],
-    /// [`NetworkError::Codec`].
-    pub fn try_send(&self, peer: PeerId, message: &T) -> Result<(), NetworkError> {
+    /// [`SendError::Full`] (counted as `dropped_queue_full`), [`SendError::NotConnected`],
+    /// [`SendError::Codec`].
+    pub fn try_send(&self, peer: PeerId, message: &T) -> Result<(), SendError> {
         let encoded = self.encode(message)?;
         self.route().try_send(peer, encoded.bytes)
     }
@@ -118,7 +114,7 @@ impl<T: Serialize> Channel<T> {
     ///
     /// # Errors
     /// As [`Channel::try_send`].
-    pub fn try_send_encoded(&self, peer: PeerId, message: &Encoded<T>) -> Result<(), NetworkError> {
+    pub fn try_send_encoded(&self, peer: PeerId, message: &Encoded<T>) -> Result<(), SendError> {
         self.route().try_send(peer, message.bytes.clone())
     }
 
@@ -126,11 +122,11 @@ impl<T: Serialize> Channel<T> {
     /// [`crate::Network::broadcast`] for the waiting policy.
     ///
     /// # Errors
-    /// [`NetworkError::Codec`].
+    /// [`CodecError`].
     ///
     /// # Cancel safety
     /// Not cancel safe: if dropped while waiting, the message has been queued to some peers only.
-    pub async fn broadcast(&self, message: &T) -> Result<BroadcastReport, NetworkError> {
+    pub async fn broadcast(&self, message: &T) -> Result<BroadcastReport, CodecError> {
         let encoded = self.encode(message)?;
         Ok(self.route().broadcast(&encoded.bytes).await)
     }
@@ -146,8 +142,8 @@ impl<T: Serialize> Channel<T> {
     /// Queues `message` on this channel to every connected and persistent peer without waiting.
     ///
     /// # Errors
-    /// [`NetworkError::Codec`].
-    pub fn try_broadcast(&self, message: &T) -> Result<BroadcastReport, NetworkError> {
+    /// [`CodecError`].
+    pub fn try_broadcast(&self, message: &T) -> Result<BroadcastReport, CodecError> {
         let encoded = self.encode(message)?;
         Ok(self.route().try_broadcast(&encoded.bytes))
     }

@@ -17,32 +17,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::codec::CodecError;
 use crate::codec::encode_message;
 use crate::config::Config;
 use crate::driver::inbox::{Inbox, Slot};
 use crate::driver::link::SocketContext;
-use crate::driver::listener;
-use crate::driver::node::{self, Command, NetworkActor};
+use crate::driver::node::{Command, NetworkActor};
 use crate::driver::queue::LaneSpec;
 use crate::driver::shared::{Counters, NetworkStats, Shared};
 use crate::driver::stream::Reliable;
-use crate::error::NetworkError;
+use crate::error::{ChannelError, ConnectError, SendError, ShutDown, StartError};
 use crate::identity::{Keypair, PeerId};
-use crate::peers::{NetworkEvent, backoff, bans, departures, redial};
+use crate::peers::{NetworkEvent, backoff};
 use crate::session::{ChannelId, ConnectionInfo};
 pub use channel::Channel;
 pub use send::BroadcastReport;
 use send::Route;
-
-/// Capacity of the command channel from handles to the actor.
-const COMMAND_CAPACITY: usize = 256;
-/// Capacity of the channel from socket tasks to the actor.
-const SOCKET_EVENT_CAPACITY: usize = 1024;
-/// Capacity of the channel from the listener to the actor.
-const ACCEPT_CAPACITY: usize = 64;
 
 /// A handle to a running peer-to-peer network node.
 ///
@@ -103,17 +94,17 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
     /// Must be called within a tokio runtime.
     ///
     /// # Errors
-    /// [`NetworkError::InvalidConfig`] or [`NetworkError::Bind`].
-    pub async fn start(config: Config, keypair: Keypair) -> Result<(Self, Inbox<M>), NetworkError> {
+    /// [`StartError::InvalidConfig`] or [`StartError::Bind`].
+    pub async fn start(config: Config, keypair: Keypair) -> Result<(Self, Inbox<M>), StartError> {
         config.validate()?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
-                .map_err(|source| NetworkError::Bind {
+                .map_err(|source| StartError::Bind {
                     addr: config.listen,
                     source,
                 })?;
-        let local_addr = listener.local_addr().map_err(|source| NetworkError::Bind {
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
@@ -146,12 +137,17 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             .iter()
             .map(|p| (p.id, Arc::new(Reliable::new(incarnation, &stream_bounds))))
             .collect();
-        let slots: Arc<[Slot]> = channels
-            .iter()
-            .map(|(_, spec)| Slot::new(spec.inbox_capacity, spec.inbox_bytes))
+        // Channel 0's type is known now: it is open before any connection exists.
+        let default = channels.spec(0);
+        let (default_slot, inbox) = Slot::opened::<M>(default.inbox_capacity, default.inbox_bytes);
+        let slots: Arc<[Slot]> = std::iter::once(default_slot)
+            .chain(
+                channels
+                    .iter()
+                    .skip(1)
+                    .map(|(_, spec)| Slot::new(spec.inbox_capacity, spec.inbox_bytes)),
+            )
             .collect();
-        // Channel 0's type is known now: open it before any connection exists.
-        let inbox = slots[0].open::<M>().ok_or(NetworkError::Closed)?;
         let shared = Arc::new(Shared {
             local_id: keypair.peer_id(),
             local_addr,
@@ -165,21 +161,6 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             reliable,
             actor: Default::default(),
         });
-        let (commands_tx, commands) = mpsc::channel(COMMAND_CAPACITY);
-        let (accepted_tx, accepted) = mpsc::channel(ACCEPT_CAPACITY);
-        let (socket_events_tx, socket_events) = mpsc::channel(SOCKET_EVENT_CAPACITY);
-        let root = CancellationToken::new();
-        let listener_cancel = root.child_token();
-        // Headroom so that persistent peers find a slot even when max_inbound others are in.
-        let inbound_slots = Arc::new(Semaphore::new(
-            config.max_inbound + config.persistent_peers.len(),
-        ));
-        let listener = tokio::spawn(listener::run(
-            listener,
-            inbound_slots,
-            accepted_tx,
-            listener_cancel.clone(),
-        ));
         let ctx = Arc::new(SocketContext {
             advertised_addr: config.advertised_addr.unwrap_or(local_addr),
             handshakes: Arc::new(Semaphore::new(config.max_concurrent_handshakes)),
@@ -188,41 +169,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             lanes,
             config: config.clone(),
         });
-        let actor = NetworkActor {
-            shared: shared.clone(),
-            ctx,
-            commands,
-            accepted,
-            socket_events,
-            socket_events_tx,
-            slots,
-            outbound_slots: Arc::new(Semaphore::new(config.max_outbound)),
-            root,
-            listener_cancel,
-            listener,
-            tracker: TaskTracker::new(),
-            next_id: 0,
-            pending: Default::default(),
-            bans: bans::Bans::new(),
-            recv_states: Default::default(),
-            handshake_rates: Default::default(),
-            last_dial_seq: 0,
-            stalls: crate::peers::stalls::Stalls::new(
-                config.max_stalls_per_ip,
-                config.stall_window,
-            ),
-            held_departures: departures::HeldDepartures::new(
-                config.handshake_timeout,
-                node::MAX_HELD_DEPARTURES,
-            ),
-            redial: redial::Redialer::new(
-                config.persistent_peers.iter().map(|p| (p.addr, p.id)),
-                config.bootstrap.iter().copied(),
-                config.backoff,
-                std::time::Instant::now(),
-            ),
-        };
-        *shared.actor.lock() = Some(tokio::spawn(actor.run()));
+        let commands_tx = NetworkActor::spawn(ctx, shared.clone(), listener, slots);
         Ok((
             Self {
                 commands: commands_tx,
@@ -248,13 +195,13 @@ impl<M: Serialize> Network<M> {
     async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, NetworkError> {
+    ) -> Result<T, ShutDown> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(make(reply))
             .await
-            .map_err(|_| NetworkError::Closed)?;
-        rx.await.map_err(|_| NetworkError::Closed)
+            .map_err(|_| ShutDown)?;
+        rx.await.map_err(|_| ShutDown)
     }
 
     /// Dials `addr`, runs the handshake, and returns the proven id of whoever answered once the
@@ -262,7 +209,7 @@ impl<M: Serialize> Network<M> {
     /// won the duplicate tie-break).
     ///
     /// # Errors
-    /// Dial, timeout, handshake and limit errors; [`NetworkError::Closed`] after shutdown.
+    /// Dial, timeout, handshake and limit errors; [`ConnectError::Closed`] after shutdown.
     ///
     /// The remote registers the connection when its own side of the handshake completes, which
     /// can be a moment after this returns; watch its `events()` or `is_connected` if it must
@@ -270,13 +217,14 @@ impl<M: Serialize> Network<M> {
     ///
     /// # Cancel safety
     /// Dropping the future does not stop the dial; the connection may still open.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<PeerId, NetworkError> {
+    pub async fn connect(&self, addr: SocketAddr) -> Result<PeerId, ConnectError> {
         self.request(|reply| Command::Connect {
             addr,
             expected: None,
             reply,
         })
-        .await?
+        .await
+        .map_err(|_| ConnectError::Closed)?
     }
 
     /// Like [`Network::connect`], but the remote must prove `expected`; otherwise the handshake
@@ -291,21 +239,24 @@ impl<M: Serialize> Network<M> {
         &self,
         addr: SocketAddr,
         expected: PeerId,
-    ) -> Result<PeerId, NetworkError> {
+    ) -> Result<PeerId, ConnectError> {
         self.request(|reply| Command::Connect {
             addr,
             expected: Some(expected),
             reply,
         })
-        .await?
+        .await
+        .map_err(|_| ConnectError::Closed)?
     }
 
     /// Closes the connection to `peer` gracefully (queued messages are flushed first). Returns
     /// whether the peer was connected.
-    pub async fn disconnect(&self, peer: PeerId) -> bool {
+    ///
+    /// # Errors
+    /// [`ShutDown`] after shutdown.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, ShutDown> {
         self.request(|reply| Command::Disconnect { peer, reply })
             .await
-            .unwrap_or(false)
     }
 
     /// Bans `peer` for `duration` (for example after it equivocated): closes its connection,
@@ -313,12 +264,8 @@ impl<M: Serialize> Network<M> {
     /// are banned too (and redialed only after the ban).
     ///
     /// # Errors
-    /// [`NetworkError::Closed`] after shutdown.
-    pub async fn ban(
-        &self,
-        peer: PeerId,
-        duration: std::time::Duration,
-    ) -> Result<(), NetworkError> {
+    /// [`ShutDown`] after shutdown.
+    pub async fn ban(&self, peer: PeerId, duration: std::time::Duration) -> Result<(), ShutDown> {
         self.request(|reply| Command::Ban {
             peer,
             duration,
@@ -328,10 +275,11 @@ impl<M: Serialize> Network<M> {
     }
 
     /// Lifts a peer's ban; returns whether it was banned.
-    pub async fn unban(&self, peer: PeerId) -> bool {
-        self.request(|reply| Command::Unban { peer, reply })
-            .await
-            .unwrap_or(false)
+    ///
+    /// # Errors
+    /// [`ShutDown`] after shutdown.
+    pub async fn unban(&self, peer: PeerId) -> Result<bool, ShutDown> {
+        self.request(|reply| Command::Unban { peer, reply }).await
     }
 
     /// Shuts the node down: stop accepting, say goodbye to every peer, flush queued messages for
@@ -375,10 +323,10 @@ impl<M: Serialize> Network<M> {
     /// ```
     ///
     /// # Errors
-    /// [`NetworkError::UnknownChannel`] if `id` was not declared,
-    /// [`NetworkError::ChannelOpen`] if it was opened before (channel 0 is opened by `start`),
-    /// [`NetworkError::Closed`] after shutdown.
-    pub fn channel<T>(&self, id: ChannelId) -> Result<(Channel<T>, Inbox<T>), NetworkError>
+    /// [`ChannelError::UnknownChannel`] if `id` was not declared,
+    /// [`ChannelError::ChannelOpen`] if it was opened before (channel 0 is opened by `start`),
+    /// [`ChannelError::Closed`] after shutdown.
+    pub fn channel<T>(&self, id: ChannelId) -> Result<(Channel<T>, Inbox<T>), ChannelError>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -386,19 +334,19 @@ impl<M: Serialize> Network<M> {
             .shared
             .channels
             .index(id)
-            .ok_or(NetworkError::UnknownChannel(id))?;
-        let slots = self.shared.slots.upgrade().ok_or(NetworkError::Closed)?;
+            .ok_or(ChannelError::UnknownChannel(id))?;
+        let slots = self.shared.slots.upgrade().ok_or(ChannelError::Closed)?;
         let inbox = slots[lane]
             .open::<T>()
-            .ok_or(NetworkError::ChannelOpen(id))?;
+            .ok_or(ChannelError::ChannelOpen(id))?;
         Ok((Channel::new(self.shared.clone(), lane, id), inbox))
     }
 
     /// Encodes a message once, for sending to many peers with the `*_encoded` methods.
     ///
     /// # Errors
-    /// [`NetworkError::Codec`] when it cannot be encoded or exceeds `max_message_size`.
-    pub fn encode(&self, message: &M) -> Result<Encoded<M>, NetworkError> {
+    /// [`CodecError`] when it cannot be encoded or exceeds `max_message_size`.
+    pub fn encode(&self, message: &M) -> Result<Encoded<M>, CodecError> {
         Encoded::new(message, self.shared.channels.spec(0).max_message_size)
     }
 
@@ -407,13 +355,13 @@ impl<M: Serialize> Network<M> {
     /// is already marked stalled, see `send_wait`).
     ///
     /// # Errors
-    /// [`NetworkError::NotConnected`] (also if the peer disconnects while waiting),
-    /// [`NetworkError::Full`] when the wait ran out (the message was not queued; counted as
-    /// `dropped_queue_full`), [`NetworkError::Codec`].
+    /// [`SendError::NotConnected`] (also if the peer disconnects while waiting),
+    /// [`SendError::Full`] when the wait ran out (the message was not queued; counted as
+    /// `dropped_queue_full`), [`SendError::Codec`].
     ///
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before completing, the message was not queued.
-    pub async fn send(&self, peer: PeerId, message: &M) -> Result<(), NetworkError> {
+    pub async fn send(&self, peer: PeerId, message: &M) -> Result<(), SendError> {
         let encoded = self.encode(message)?;
         self.route().send(peer, encoded.bytes).await
     }
@@ -425,20 +373,16 @@ impl<M: Serialize> Network<M> {
     ///
     /// # Cancel safety
     /// As [`Network::send`].
-    pub async fn send_encoded(
-        &self,
-        peer: PeerId,
-        message: &Encoded<M>,
-    ) -> Result<(), NetworkError> {
+    pub async fn send_encoded(&self, peer: PeerId, message: &Encoded<M>) -> Result<(), SendError> {
         self.route().send(peer, message.bytes.clone()).await
     }
 
     /// Queues `message` to `peer` without ever waiting.
     ///
     /// # Errors
-    /// [`NetworkError::Full`] when the peer's queue is full (counted as `dropped_queue_full`),
-    /// [`NetworkError::NotConnected`], [`NetworkError::Codec`].
-    pub fn try_send(&self, peer: PeerId, message: &M) -> Result<(), NetworkError> {
+    /// [`SendError::Full`] when the peer's queue is full (counted as `dropped_queue_full`),
+    /// [`SendError::NotConnected`], [`SendError::Codec`].
+    pub fn try_send(&self, peer: PeerId, message: &M) -> Result<(), SendError> {
         let encoded = self.encode(message)?;
         self.route().try_send(peer, encoded.bytes)
     }
@@ -447,7 +391,7 @@ impl<M: Serialize> Network<M> {
     ///
     /// # Errors
     /// As [`Network::try_send`].
-    pub fn try_send_encoded(&self, peer: PeerId, message: &Encoded<M>) -> Result<(), NetworkError> {
+    pub fn try_send_encoded(&self, peer: PeerId, message: &Encoded<M>) -> Result<(), SendError> {
         self.route().try_send(peer, message.bytes.clone())
     }
 
@@ -460,8 +404,8 @@ impl<M: Serialize> Network<M> {
     /// skipped and counted, so one slow peer never delays the others or the caller.
     ///
     /// # Errors
-    /// [`NetworkError::Codec`].
-    pub fn try_broadcast(&self, message: &M) -> Result<BroadcastReport, NetworkError> {
+    /// [`CodecError`].
+    pub fn try_broadcast(&self, message: &M) -> Result<BroadcastReport, CodecError> {
         Ok(self.try_broadcast_encoded(&self.encode(message)?))
     }
 
@@ -478,11 +422,11 @@ impl<M: Serialize> Network<M> {
     /// other peers' delivery.
     ///
     /// # Errors
-    /// [`NetworkError::Codec`].
+    /// [`CodecError`].
     ///
     /// # Cancel safety
     /// Not cancel safe: if dropped while waiting, the message has been queued to some peers only.
-    pub async fn broadcast(&self, message: &M) -> Result<BroadcastReport, NetworkError> {
+    pub async fn broadcast(&self, message: &M) -> Result<BroadcastReport, CodecError> {
         let encoded = self.encode(message)?;
         Ok(self.route().broadcast(&encoded.bytes).await)
     }
@@ -497,8 +441,11 @@ impl<M: Serialize> Network<M> {
 
     /// For a persistent peer: messages (and bytes) accepted and not yet acknowledged by it,
     /// whether sent or waiting for it to come back. `None` for other peers.
-    pub fn pending(&self, peer: PeerId) -> Option<(usize, usize)> {
-        self.shared.reliable.get(&peer).map(|r| r.depth())
+    pub fn pending(&self, peer: PeerId) -> Option<Pending> {
+        self.shared.reliable.get(&peer).map(|r| {
+            let (messages, bytes) = r.depth();
+            Pending { messages, bytes }
+        })
     }
 
     /// The peers with an open connection, with address, direction, state and counters.
@@ -535,6 +482,16 @@ impl<M: Serialize> Network<M> {
     }
 }
 
+/// What a persistent peer has not acknowledged yet, on all channels: see [`Network::pending`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Pending {
+    /// Messages accepted and not yet acknowledged.
+    pub messages: usize,
+    /// Their encoded bytes.
+    pub bytes: usize,
+}
+
 /// A message of type `M` encoded once, to be queued to one or many peers without encoding
 /// again. Typed, so a message encoded for one type cannot be sent as another.
 pub struct Encoded<M> {
@@ -543,7 +500,7 @@ pub struct Encoded<M> {
 }
 
 impl<M> Encoded<M> {
-    fn new(message: &M, max: usize) -> Result<Self, NetworkError>
+    fn new(message: &M, max: usize) -> Result<Self, CodecError>
     where
         M: Serialize,
     {

@@ -14,7 +14,7 @@ use crate::driver::link::SocketShared;
 use crate::driver::queue::PushError;
 use crate::driver::shared::Shared;
 use crate::driver::stream::StreamRefusal;
-use crate::error::NetworkError;
+use crate::error::SendError;
 use crate::identity::PeerId;
 
 /// The outcome of a broadcast.
@@ -70,7 +70,7 @@ impl Route<'_> {
             .try_push(self.lane, message)
             .map_err(|(error, message)| {
                 let refusal = match error {
-                    PushError::Full => Refusal::Full,
+                    PushError::Full | PushError::Stalled => Refusal::Full,
                     PushError::Closed => Refusal::NotConnected,
                 };
                 (refusal, message)
@@ -86,14 +86,14 @@ impl Route<'_> {
     }
 
     /// A `try_*` send: refusal for a full queue is a drop, counted on the peer.
-    pub(crate) fn try_send(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
+    pub(crate) fn try_send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
         self.try_push(peer, message)
             .map_err(|(refusal, _)| match refusal {
                 Refusal::Full => {
                     self.refused_full(peer);
-                    NetworkError::Full(peer)
+                    SendError::Full(peer)
                 }
-                Refusal::NotConnected => NetworkError::NotConnected(peer),
+                Refusal::NotConnected => SendError::NotConnected(peer),
             })
     }
 
@@ -104,17 +104,18 @@ impl Route<'_> {
         peer: PeerId,
         message: Bytes,
         deadline: tokio::time::Instant,
-    ) -> Result<(), NetworkError> {
+    ) -> Result<(), SendError> {
         let message = match self.try_push(peer, message) {
             Ok(()) => return Ok(()),
-            Err((Refusal::NotConnected, _)) => return Err(NetworkError::NotConnected(peer)),
+            Err((Refusal::NotConnected, _)) => return Err(SendError::NotConnected(peer)),
             Err((Refusal::Full, message)) => message,
         };
         let outcome = if let Some(reliable) = self.shared.reliable.get(&peer) {
             match reliable.push_wait(self.lane, message, deadline).await {
                 Ok(()) => Ok(()),
-                Err((StreamRefusal::Full | StreamRefusal::NoSuchChannel, _)) => {
-                    Err(PushError::Full)
+                Err((StreamRefusal::Full, _)) => Err(PushError::Full),
+                Err((StreamRefusal::Stalled | StreamRefusal::NoSuchChannel, _)) => {
+                    Err(PushError::Stalled)
                 }
             }
         } else {
@@ -125,7 +126,7 @@ impl Route<'_> {
                 .read()
                 .get(&peer)
                 .cloned()
-                .ok_or(NetworkError::NotConnected(peer))?;
+                .ok_or(SendError::NotConnected(peer))?;
             link.queue
                 .push(self.lane, message, deadline)
                 .await
@@ -134,16 +135,21 @@ impl Route<'_> {
         match outcome {
             Ok(()) => Ok(()),
             Err(PushError::Full) => {
+                // Waited until the deadline.
                 self.shared.counters.send_wait_expired.inc();
                 self.refused_full(peer);
-                Err(NetworkError::Full(peer))
+                Err(SendError::Full(peer))
             }
-            Err(PushError::Closed) => Err(NetworkError::NotConnected(peer)),
+            Err(PushError::Stalled) => {
+                self.refused_full(peer);
+                Err(SendError::Full(peer))
+            }
+            Err(PushError::Closed) => Err(SendError::NotConnected(peer)),
         }
     }
 
     /// Pushes, waiting at most `send_wait` for room.
-    pub(crate) async fn send(&self, peer: PeerId, message: Bytes) -> Result<(), NetworkError> {
+    pub(crate) async fn send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
         let deadline = tokio::time::Instant::now() + self.shared.send_wait;
         self.push_until(peer, message, deadline).await
     }
@@ -176,7 +182,7 @@ impl Route<'_> {
         for link in self.plain_links() {
             match link.queue.try_push(self.lane, message.clone()) {
                 Ok(()) => report.queued += 1,
-                Err((PushError::Full, _)) => {
+                Err((PushError::Full | PushError::Stalled, _)) => {
                     self.count_drop(&link);
                     self.skip(&mut report);
                 }
@@ -201,7 +207,12 @@ impl Route<'_> {
         for (peer, reliable) in &self.shared.reliable {
             match reliable.push(self.lane, message.clone()) {
                 Ok(()) => report.queued += 1,
-                Err(_) => waiting.push(*peer),
+                Err((StreamRefusal::Full, _)) => waiting.push(*peer),
+                // Stalled (or no such channel): no wait would help.
+                Err(_) => {
+                    self.refused_full(*peer);
+                    self.skip(&mut report);
+                }
             }
         }
         for link in self.plain_links() {
@@ -212,13 +223,18 @@ impl Route<'_> {
                         waiting.push(*peer);
                     }
                 }
+                // A stalled peer costs a broadcast nothing but the refusal.
+                Err((PushError::Stalled, _)) => {
+                    self.count_drop(&link);
+                    self.skip(&mut report);
+                }
                 Err((PushError::Closed, _)) => {}
             }
         }
         for peer in waiting {
             match self.push_until(peer, message.clone(), deadline).await {
                 Ok(()) => report.queued += 1,
-                Err(NetworkError::Full(_)) => self.skip(&mut report),
+                Err(SendError::Full(_)) => self.skip(&mut report),
                 Err(_) => report.disconnected += 1,
             }
         }

@@ -7,6 +7,7 @@ pub(crate) mod bans;
 pub(crate) mod departures;
 mod event;
 pub(crate) mod redial;
+pub(crate) mod registry;
 pub(crate) mod stalls;
 pub(crate) mod tiebreak;
 

@@ -1,0 +1,820 @@
+//! The node's registry, pure: every decision the node actor makes about connections and peers.
+//! Which inbound connections to accept, which authenticated connection becomes a peer's (limits,
+//! bans, the duplicate tie-break), what a closed connection means (a held departure, a
+//! `Disconnected` event, a redial, a ban for misbehaviour or repeated stalls), bans and unbans,
+//! and when to dial. It works over plain facts (ids, directions, addresses, dial sequence
+//! numbers) and `now`; it returns [`Effect`]s for the actor to apply to the shared maps and the
+//! event channel. Nothing here holds a socket, spawns a task or reads a clock.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::bans::Bans;
+use super::departures::HeldDepartures;
+use super::redial::{Dial, Redialer};
+use super::stalls::Stalls;
+use super::tiebreak::{Candidate, keep_new_connection, next_dial_seq};
+use super::{BanReason, NetworkEvent};
+use crate::identity::PeerId;
+use crate::session::rate::TokenBucket;
+use crate::session::{ConnectionId, Direction, DisconnectReason};
+
+/// Most remote IPs whose handshake rate is tracked; beyond it, buckets idle for a while go.
+const MAX_RATE_BUCKETS: usize = 4096;
+
+/// Most departures held back at once; beyond it, departures are reported at once.
+pub(crate) const MAX_HELD_DEPARTURES: usize = 4096;
+
+/// What the registry knows of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnFacts {
+    pub(crate) id: ConnectionId,
+    pub(crate) direction: Direction,
+    pub(crate) addr: SocketAddr,
+    /// The dialer's sequence number (ours for outbound; the peer's, from the handshake, for
+    /// inbound). 0 until known.
+    pub(crate) dial_seq: u64,
+}
+
+impl ConnFacts {
+    fn candidate(&self) -> Candidate {
+        Candidate {
+            direction: self.direction,
+            dial_seq: self.dial_seq,
+        }
+    }
+}
+
+/// The limits the registry enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_inbound: usize,
+    pub(crate) max_inbound_per_ip: usize,
+    pub(crate) handshakes_per_ip_per_sec: u64,
+    pub(crate) ban_duration: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_stalls_per_ip: u32,
+    pub(crate) stall_window: Duration,
+}
+
+/// Why an inbound connection was refused before its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    BannedIp,
+    PerIp,
+    HandshakeRate,
+}
+
+impl Refusal {
+    /// The label counted in `NetworkStats::inbound_refused`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::BannedIp => "banned_ip",
+            Self::PerIp => "per_ip",
+            Self::HandshakeRate => "handshake_rate",
+        }
+    }
+}
+
+/// The answer to an authenticated connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Keep it: it is now the peer's connection.
+    Open,
+    /// Close it gracefully for this reason (duplicate, limit, ban, shutdown).
+    Close(DisconnectReason),
+}
+
+/// Something the actor must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Senders now reach `peer` through connection `conn`.
+    Publish { peer: PeerId, conn: ConnectionId },
+    /// Senders no longer reach `peer` (its connection `conn` is gone or going).
+    Unpublish { peer: PeerId, conn: ConnectionId },
+    /// Close connection `conn` gracefully (flush, goodbye) for `reason`.
+    Close {
+        conn: ConnectionId,
+        reason: DisconnectReason,
+    },
+    /// Report this to the application.
+    Emit(NetworkEvent),
+}
+
+/// The node's registry; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    local: PeerId,
+    limits: Limits,
+    /// Every connection in any state (each holds a connection slot, so this is bounded).
+    connections: HashMap<ConnectionId, ConnFacts>,
+    /// The connection senders use for each peer.
+    open: HashMap<PeerId, ConnFacts>,
+    bans: Bans,
+    departures: HeldDepartures,
+    redial: Redialer,
+    /// New-connection rate per remote IP, with when each bucket was last used.
+    handshake_rates: HashMap<IpAddr, (TokenBucket, Instant)>,
+    stalls: Stalls,
+    /// The sequence number of our latest dial (see [`next_dial_seq`]).
+    last_dial_seq: u64,
+    /// Set by [`Registry::shutdown`]: closing connections no longer redial, hold or ban.
+    stopping: bool,
+}
+
+impl Registry {
+    pub(crate) fn new(local: PeerId, limits: Limits, redial: Redialer) -> Self {
+        Self {
+            local,
+            limits,
+            connections: HashMap::new(),
+            open: HashMap::new(),
+            bans: Bans::new(),
+            departures: HeldDepartures::new(limits.handshake_timeout, MAX_HELD_DEPARTURES),
+            redial,
+            handshake_rates: HashMap::new(),
+            stalls: Stalls::new(limits.max_stalls_per_ip, limits.stall_window),
+            last_dial_seq: 0,
+            stopping: false,
+        }
+    }
+
+    /// Whether `peer` is one to stay connected to.
+    pub(crate) fn is_persistent(&self, peer: PeerId) -> bool {
+        self.redial.is_persistent(peer)
+    }
+
+    /// Whether `peer` has an open connection.
+    pub(crate) fn is_open(&self, peer: PeerId) -> bool {
+        self.open.contains_key(&peer)
+    }
+
+    /// Decides whether to take an inbound connection from `ip` before any handshake work.
+    ///
+    /// # Errors
+    /// The [`Refusal`]: a banned IP, too many connections from it, or over its handshake rate.
+    pub(crate) fn accept(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if self.bans.ip_banned(&ip, now) {
+            return Err(Refusal::BannedIp);
+        }
+        let from_ip = self
+            .connections
+            .values()
+            .filter(|c| c.direction == Direction::Inbound && c.addr.ip() == ip)
+            .count();
+        if from_ip >= self.limits.max_inbound_per_ip {
+            return Err(Refusal::PerIp);
+        }
+        if !self.handshake_allowed(ip, now) {
+            return Err(Refusal::HandshakeRate);
+        }
+        Ok(())
+    }
+
+    /// Takes a token from `ip`'s handshake bucket. The map is bounded: when full, buckets idle
+    /// for longer than it takes them to refill (one second) are forgotten, then, if still full,
+    /// the new IP shares the fate of being refused until room appears.
+    fn handshake_allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let rate = self.limits.handshakes_per_ip_per_sec;
+        if rate == 0 {
+            return true;
+        }
+        if !self.handshake_rates.contains_key(&ip) && self.handshake_rates.len() >= MAX_RATE_BUCKETS
+        {
+            self.handshake_rates
+                .retain(|_, (_, used)| now.saturating_duration_since(*used).as_secs() < 1);
+            if self.handshake_rates.len() >= MAX_RATE_BUCKETS {
+                return false;
+            }
+        }
+        let (bucket, used) = self
+            .handshake_rates
+            .entry(ip)
+            .or_insert_with(|| (TokenBucket::new(rate, rate, now), now));
+        *used = now;
+        bucket.try_take(1, now)
+    }
+
+    /// The sequence number for our next dial (`unix_micros`: the wall clock, see
+    /// [`next_dial_seq`]).
+    pub(crate) fn next_dial_seq(&mut self, unix_micros: u64) -> u64 {
+        self.last_dial_seq = next_dial_seq(self.last_dial_seq, unix_micros);
+        self.last_dial_seq
+    }
+
+    /// A connection task was started (dialing or accepted).
+    pub(crate) fn opened(&mut self, facts: ConnFacts) {
+        self.connections.insert(facts.id, facts);
+    }
+
+    /// Connection `facts.id`, just proven to be `peer` (with `facts.dial_seq` now known),
+    /// asks to become the peer's connection.
+    pub(crate) fn admit(
+        &mut self,
+        facts: ConnFacts,
+        peer: PeerId,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) -> Admission {
+        self.connections.insert(facts.id, facts);
+        let admission = self.decide(facts, peer, now, out);
+        if matches!(
+            admission,
+            Admission::Open | Admission::Close(DisconnectReason::Duplicate)
+        ) {
+            // The peer is reached (through this or the other connection): dial backoff resets.
+            self.redial.dial_succeeded(facts.id);
+        }
+        admission
+    }
+
+    fn decide(
+        &mut self,
+        facts: ConnFacts,
+        peer: PeerId,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) -> Admission {
+        if self.bans.peer_banned(&peer, now) {
+            return Admission::Close(DisconnectReason::Banned);
+        }
+        let persistent = self.redial.is_persistent(peer);
+        if facts.direction == Direction::Inbound && !persistent && !self.open.contains_key(&peer) {
+            let open_inbound = self
+                .open
+                .iter()
+                .filter(|(id, c)| {
+                    c.direction == Direction::Inbound && !self.redial.is_persistent(**id)
+                })
+                .count();
+            if open_inbound >= self.limits.max_inbound {
+                return Admission::Close(DisconnectReason::InboundLimit);
+            }
+        }
+        let replaced = match self.open.get(&peer) {
+            None => None,
+            Some(existing) => {
+                if !keep_new_connection(self.local, peer, existing.candidate(), facts.candidate()) {
+                    return Admission::Close(DisconnectReason::Duplicate);
+                }
+                Some(*existing)
+            }
+        };
+        self.open.insert(peer, facts);
+        out.push(Effect::Publish {
+            peer,
+            conn: facts.id,
+        });
+        match replaced {
+            Some(old) => out.push(Effect::Close {
+                conn: old.id,
+                reason: DisconnectReason::Duplicate,
+            }),
+            // The replacement of a connection the remote closed as a duplicate: the
+            // application never heard the peer leave, so it hears nothing now either.
+            None if self.departures.release(peer) => {}
+            None => out.push(Effect::Emit(NetworkEvent::Connected {
+                peer,
+                addr: facts.addr,
+                direction: facts.direction,
+            })),
+        }
+        Admission::Open
+    }
+
+    /// Connection `conn` (proven to be `peer`, if it got that far) has ended for `reason`,
+    /// with all its tasks. `random` jitters the redial.
+    pub(crate) fn closed(
+        &mut self,
+        conn: ConnectionId,
+        peer: Option<PeerId>,
+        reason: &DisconnectReason,
+        now: Instant,
+        random: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let shutting_down = self.stopping;
+        let facts = self.connections.remove(&conn);
+        if !shutting_down {
+            self.redial.dial_closed(conn, now, random);
+        }
+        let Some(peer) = peer else {
+            return;
+        };
+        if self.open.get(&peer).is_some_and(|c| c.id == conn) {
+            self.open.remove(&peer);
+            out.push(Effect::Unpublish { peer, conn });
+            if shutting_down || !self.departures.hold(peer, reason, now) {
+                out.push(Effect::Emit(NetworkEvent::Disconnected {
+                    peer,
+                    reason: reason.clone(),
+                }));
+            }
+            if !shutting_down {
+                self.redial.peer_lost(peer, now, random);
+            }
+        }
+        if shutting_down {
+            return;
+        }
+        let ip = facts.map(|f| f.addr.ip());
+        match reason {
+            DisconnectReason::WriteStalled => {
+                // Persistent peers are the operator's own choice: they are cut and redialed,
+                // never banned for stalling.
+                if let Some(ip) = ip.filter(|_| !self.redial.is_persistent(peer)) {
+                    if self.stalls.record(ip, now) {
+                        let stalls = self.limits.max_stalls_per_ip;
+                        let duration = self.limits.ban_duration;
+                        self.ban(
+                            peer,
+                            Some(ip),
+                            duration,
+                            BanReason::Stalled { stalls },
+                            now,
+                            out,
+                        );
+                    }
+                }
+            }
+            DisconnectReason::Misbehaviour { score } => {
+                let duration = self.limits.ban_duration;
+                let reason = BanReason::Misbehaviour { score: *score };
+                self.ban(peer, ip, duration, reason, now, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Bans `peer` (and `ip`, unless the peer is persistent) for `duration`, closing its
+    /// connection.
+    pub(crate) fn ban(
+        &mut self,
+        peer: PeerId,
+        ip: Option<IpAddr>,
+        duration: Duration,
+        reason: BanReason,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let until = now + duration;
+        self.bans.ban_peer(peer, until, now);
+        if let Some(ip) = ip.filter(|_| !self.redial.is_persistent(peer)) {
+            self.bans.ban_ip(ip, until, now);
+        }
+        self.remove_peer(peer, DisconnectReason::Banned, out);
+        out.push(Effect::Emit(NetworkEvent::Banned {
+            peer,
+            duration,
+            reason,
+        }));
+    }
+
+    /// Lifts `peer`'s ban; returns whether it was banned.
+    pub(crate) fn unban(&mut self, peer: PeerId) -> bool {
+        self.bans.unban_peer(&peer)
+    }
+
+    /// The application disconnects `peer`; returns whether it counted the peer as connected.
+    /// A persistent peer is redialed (a ban keeps one away).
+    pub(crate) fn disconnect(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        random: u64,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let was_connected = self.remove_peer(peer, DisconnectReason::Requested, out);
+        if was_connected {
+            self.redial.peer_lost(peer, now, random);
+        }
+        was_connected
+    }
+
+    /// Ends the local side's relation with `peer` for `reason`: closes its connection
+    /// gracefully, or drops its held departure, and reports `Disconnected`. Returns whether the
+    /// application counted the peer as connected.
+    fn remove_peer(
+        &mut self,
+        peer: PeerId,
+        reason: DisconnectReason,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let was_connected = match self.open.remove(&peer) {
+            Some(facts) => {
+                out.push(Effect::Unpublish {
+                    peer,
+                    conn: facts.id,
+                });
+                out.push(Effect::Close {
+                    conn: facts.id,
+                    reason: reason.clone(),
+                });
+                true
+            }
+            None => self.departures.release(peer),
+        };
+        if was_connected {
+            out.push(Effect::Emit(NetworkEvent::Disconnected { peer, reason }));
+        }
+        was_connected
+    }
+
+    /// When the registry next needs `due` to be called (a dial or a held departure).
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        match (self.redial.next_due(), self.departures.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Reports held departures whose replacement never came, and returns the dials due at
+    /// `now` (a banned persistent peer's dial is postponed until its ban ends). Each returned
+    /// dial must be reported back with [`Registry::dial_started`].
+    pub(crate) fn due(&mut self, now: Instant, out: &mut Vec<Effect>) -> Vec<Dial> {
+        for (peer, reason) in self.departures.take_due(now) {
+            out.push(Effect::Emit(NetworkEvent::Disconnected { peer, reason }));
+        }
+        let open = &self.open;
+        let dials = self.redial.due(now, |p| open.contains_key(&p));
+        let mut ready = Vec::with_capacity(dials.len());
+        for dial in dials {
+            if let Some(until) = dial
+                .expected
+                .and_then(|peer| self.bans.peer_banned_until(&peer, now))
+            {
+                self.redial.postpone(dial, until);
+                continue;
+            }
+            ready.push(dial);
+        }
+        ready
+    }
+
+    /// A due dial started as connection `conn`; returns whether it is a redial.
+    pub(crate) fn dial_started(&mut self, dial: Dial, conn: ConnectionId) -> bool {
+        self.redial.started(dial, conn)
+    }
+
+    /// Shutdown: every peer the application counts as connected leaves with `Shutdown`, and
+    /// from now on closing connections are only forgotten.
+    pub(crate) fn shutdown(&mut self, out: &mut Vec<Effect>) {
+        self.stopping = true;
+        for (peer, facts) in self.open.drain() {
+            out.push(Effect::Unpublish {
+                peer,
+                conn: facts.id,
+            });
+            out.push(Effect::Emit(NetworkEvent::Disconnected {
+                peer,
+                reason: DisconnectReason::Shutdown,
+            }));
+        }
+        for (peer, _) in self.departures.drain() {
+            out.push(Effect::Emit(NetworkEvent::Disconnected {
+                peer,
+                reason: DisconnectReason::Shutdown,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Keypair;
+    use crate::codec::GoodbyeReason;
+    use crate::peers::backoff::Backoff;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn limits() -> Limits {
+        Limits {
+            max_inbound: 2,
+            max_inbound_per_ip: 3,
+            handshakes_per_ip_per_sec: 5,
+            ban_duration: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(10),
+            max_stalls_per_ip: 2,
+            stall_window: Duration::from_secs(600),
+        }
+    }
+
+    struct World {
+        registry: Registry,
+        local: PeerId,
+        now: Instant,
+        next: u64,
+        out: Vec<Effect>,
+    }
+
+    impl World {
+        fn new(persistent: &[(SocketAddr, PeerId)]) -> Self {
+            let local = Keypair::generate().peer_id();
+            let now = Instant::now();
+            let backoff = Backoff {
+                base: Duration::from_millis(200),
+                cap: Duration::from_secs(5),
+                jitter_permille: 0,
+            };
+            let redial = Redialer::new(persistent.iter().copied(), [], backoff, now);
+            Self {
+                registry: Registry::new(local, limits(), redial),
+                local,
+                now,
+                next: 0,
+                out: Vec::new(),
+            }
+        }
+
+        fn conn(&mut self, direction: Direction, ip: [u8; 4], dial_seq: u64) -> ConnFacts {
+            self.next += 1;
+            let facts = ConnFacts {
+                id: ConnectionId(self.next),
+                direction,
+                addr: SocketAddr::from((ip, 4000 + self.next as u16)),
+                dial_seq,
+            };
+            self.registry.opened(facts);
+            facts
+        }
+
+        fn admit(&mut self, facts: ConnFacts, peer: PeerId) -> Admission {
+            self.out.clear();
+            self.registry.admit(facts, peer, self.now, &mut self.out)
+        }
+
+        fn close(&mut self, facts: ConnFacts, peer: PeerId, reason: DisconnectReason) {
+            self.out.clear();
+            self.registry
+                .closed(facts.id, Some(peer), &reason, self.now, 0, &mut self.out);
+        }
+
+        fn events(&self) -> Vec<NetworkEvent> {
+            self.out
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Emit(event) => Some(event.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_simultaneous_dial_keeps_the_connection_dialed_by_the_larger_id_on_both_sides() {
+        let (a, b) = (Keypair::generate().peer_id(), Keypair::generate().peer_id());
+        // Two worlds: node a and node b, each with the two connections between them.
+        let mut wa = World::new(&[]);
+        wa.local = a;
+        wa.registry.local = a;
+        let mut wb = World::new(&[]);
+        wb.registry.local = b;
+        let a_out = wa.conn(Direction::Outbound, [10, 0, 0, 2], 5);
+        let a_in = wa.conn(Direction::Inbound, [10, 0, 0, 2], 7);
+        let b_in = wb.conn(Direction::Inbound, [10, 0, 0, 1], 5);
+        let b_out = wb.conn(Direction::Outbound, [10, 0, 0, 1], 7);
+        // Each side finishes the handshakes in the opposite order.
+        assert_eq!(wa.admit(a_out, b), Admission::Open);
+        let a_second = wa.admit(a_in, b);
+        assert_eq!(wb.admit(b_out, a), Admission::Open);
+        let b_second = wb.admit(b_in, a);
+        // a's outbound is b's inbound: both keep it when a > b, both keep the other otherwise.
+        let keep_a_dialed = a > b;
+        assert_eq!(a_second == Admission::Open, !keep_a_dialed);
+        assert_eq!(b_second == Admission::Open, keep_a_dialed);
+        // The kept connection was announced once per side.
+        assert!(wa.events().is_empty() && wb.events().is_empty());
+    }
+
+    #[test]
+    fn a_newer_dial_from_the_same_side_replaces_the_old_one_quietly() {
+        let mut w = World::new(&[]);
+        let peer = Keypair::generate().peer_id();
+        let old = w.conn(Direction::Inbound, [10, 0, 0, 2], 100);
+        assert_eq!(w.admit(old, peer), Admission::Open);
+        assert_eq!(w.events().len(), 1, "Connected once");
+        let new = w.conn(Direction::Inbound, [10, 0, 0, 2], 200);
+        assert_eq!(w.admit(new, peer), Admission::Open);
+        assert!(w.out.contains(&Effect::Close {
+            conn: old.id,
+            reason: DisconnectReason::Duplicate
+        }));
+        assert!(w.events().is_empty(), "no second Connected");
+        // The old one closing later says nothing: it is no longer the peer's connection.
+        w.close(old, peer, DisconnectReason::Duplicate);
+        assert!(w.out.is_empty());
+        // An older number arriving late loses.
+        let stale = w.conn(Direction::Inbound, [10, 0, 0, 2], 150);
+        assert_eq!(
+            w.admit(stale, peer),
+            Admission::Close(DisconnectReason::Duplicate)
+        );
+    }
+
+    #[test]
+    fn a_departure_caused_by_the_remotes_duplicate_goodbye_is_held_for_its_replacement() {
+        let mut w = World::new(&[]);
+        let peer = Keypair::generate().peer_id();
+        let first = w.conn(Direction::Outbound, [10, 0, 0, 2], 1);
+        w.admit(first, peer);
+        w.close(
+            first,
+            peer,
+            DisconnectReason::RemoteGoodbye(GoodbyeReason::Duplicate),
+        );
+        assert!(w.events().is_empty(), "held, not reported");
+        let second = w.conn(Direction::Inbound, [10, 0, 0, 2], 9);
+        assert_eq!(w.admit(second, peer), Admission::Open);
+        assert!(w.events().is_empty(), "no Connected either: it never left");
+        // Without a replacement the departure is reported once the hold expires.
+        w.close(
+            second,
+            peer,
+            DisconnectReason::RemoteGoodbye(GoodbyeReason::Duplicate),
+        );
+        assert!(w.events().is_empty());
+        w.out.clear();
+        w.registry.due(w.now + 11 * SEC, &mut w.out);
+        assert!(matches!(
+            w.events()[..],
+            [NetworkEvent::Disconnected { peer: p, .. }] if p == peer
+        ));
+    }
+
+    #[test]
+    fn the_inbound_limit_spares_persistent_peers_and_known_peers() {
+        let validator = Keypair::generate().peer_id();
+        let mut w = World::new(&[(SocketAddr::from(([10, 0, 0, 9], 1)), validator)]);
+        for _ in 0..2 {
+            let c = w.conn(Direction::Inbound, [10, 0, 0, 2], 1);
+            assert_eq!(w.admit(c, Keypair::generate().peer_id()), Admission::Open);
+        }
+        let third = w.conn(Direction::Inbound, [10, 0, 0, 3], 1);
+        assert_eq!(
+            w.admit(third, Keypair::generate().peer_id()),
+            Admission::Close(DisconnectReason::InboundLimit)
+        );
+        let v = w.conn(Direction::Inbound, [10, 0, 0, 9], 1);
+        assert_eq!(w.admit(v, validator), Admission::Open);
+    }
+
+    #[test]
+    fn accept_checks_bans_connections_per_ip_and_the_handshake_rate_on_a_hand_moved_clock() {
+        let mut w = World::new(&[]);
+        let ip: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..3 {
+            assert_eq!(w.registry.accept(ip, w.now), Ok(()));
+            w.conn(Direction::Inbound, [10, 0, 0, 2], 0);
+        }
+        assert_eq!(w.registry.accept(ip, w.now), Err(Refusal::PerIp));
+        // Another IP: its own count, but the same rate (5 per second, burst 5).
+        let other: IpAddr = [10, 0, 0, 3].into();
+        for _ in 0..5 {
+            assert_eq!(w.registry.accept(other, w.now), Ok(()));
+        }
+        assert_eq!(w.registry.accept(other, w.now), Err(Refusal::HandshakeRate));
+        assert_eq!(w.registry.accept(other, w.now + SEC), Ok(()));
+        // Closing a connection frees its per-IP place.
+        let first = ConnectionId(1);
+        w.registry
+            .closed(first, None, &DisconnectReason::Eof, w.now, 0, &mut w.out);
+        assert_eq!(w.registry.accept(ip, w.now + SEC), Ok(()));
+    }
+
+    #[test]
+    fn misbehaviour_bans_the_peer_and_its_ip_until_the_ban_ends() {
+        let mut w = World::new(&[]);
+        let evil = Keypair::generate().peer_id();
+        let c = w.conn(Direction::Inbound, [10, 0, 0, 66], 1);
+        w.admit(c, evil);
+        w.close(c, evil, DisconnectReason::Misbehaviour { score: 100 });
+        let events = w.events();
+        assert!(matches!(events[0], NetworkEvent::Disconnected { .. }));
+        assert!(matches!(
+            events[1],
+            NetworkEvent::Banned {
+                reason: BanReason::Misbehaviour { score: 100 },
+                ..
+            }
+        ));
+        let ip: IpAddr = [10, 0, 0, 66].into();
+        assert_eq!(w.registry.accept(ip, w.now), Err(Refusal::BannedIp));
+        let again = w.conn(Direction::Inbound, [10, 0, 0, 67], 2);
+        assert_eq!(
+            w.admit(again, evil),
+            Admission::Close(DisconnectReason::Banned)
+        );
+        let later = w.now + Duration::from_secs(601);
+        assert_eq!(w.registry.accept(ip, later), Ok(()));
+    }
+
+    #[test]
+    fn repeated_stalls_from_one_ip_ban_it_but_never_a_persistent_peer() {
+        let validator = Keypair::generate().peer_id();
+        let mut w = World::new(&[(SocketAddr::from(([10, 0, 0, 9], 1)), validator)]);
+        for attempt in 1..=2 {
+            let peer = Keypair::generate().peer_id();
+            let c = w.conn(Direction::Inbound, [10, 0, 0, 5], attempt);
+            w.admit(c, peer);
+            w.close(c, peer, DisconnectReason::WriteStalled);
+            let banned = w.events().iter().any(|e| {
+                matches!(
+                    e,
+                    NetworkEvent::Banned {
+                        reason: BanReason::Stalled { stalls: 2 },
+                        ..
+                    }
+                )
+            });
+            assert_eq!(banned, attempt == 2, "attempt {attempt}");
+        }
+        for attempt in 1..=5 {
+            let c = w.conn(Direction::Outbound, [10, 0, 0, 9], attempt);
+            w.admit(c, validator);
+            w.close(c, validator, DisconnectReason::WriteStalled);
+            assert!(
+                !w.events()
+                    .iter()
+                    .any(|e| matches!(e, NetworkEvent::Banned { .. }))
+            );
+        }
+    }
+
+    #[test]
+    fn a_lost_persistent_peer_is_redialed_unless_banned() {
+        let validator = Keypair::generate().peer_id();
+        let addr = SocketAddr::from(([10, 0, 0, 9], 1));
+        let mut w = World::new(&[(addr, validator)]);
+        let now = w.now;
+        let dials = w.registry.due(now, &mut w.out);
+        assert_eq!(dials.len(), 1);
+        let c = w.conn(Direction::Outbound, [10, 0, 0, 9], 1);
+        assert!(!w.registry.dial_started(dials[0], c.id), "the first dial");
+        w.admit(c, validator);
+        assert!(
+            w.registry.due(now + 60 * SEC, &mut w.out).is_empty(),
+            "connected"
+        );
+        w.close(c, validator, DisconnectReason::Eof);
+        let next = w.registry.next_due().unwrap();
+        let dials = w.registry.due(next, &mut w.out);
+        assert_eq!(dials.len(), 1, "redialed after its backoff");
+        let c2 = w.conn(Direction::Outbound, [10, 0, 0, 9], 2);
+        assert!(w.registry.dial_started(dials[0], c2.id));
+        // Banned: the next dial waits for the ban to end.
+        w.out.clear();
+        w.registry.ban(
+            validator,
+            None,
+            100 * SEC,
+            BanReason::Application,
+            next,
+            &mut w.out,
+        );
+        w.registry.closed(
+            c2.id,
+            Some(validator),
+            &DisconnectReason::Eof,
+            next,
+            0,
+            &mut w.out,
+        );
+        let soon = w.registry.next_due().unwrap();
+        assert!(w.registry.due(soon, &mut w.out).is_empty(), "postponed");
+        let after = w.registry.next_due().unwrap();
+        assert!(after >= next + 100 * SEC);
+        assert_eq!(w.registry.due(after, &mut w.out).len(), 1);
+    }
+
+    #[test]
+    fn disconnect_and_shutdown_report_each_connected_peer_once() {
+        let mut w = World::new(&[]);
+        let (p, q) = (Keypair::generate().peer_id(), Keypair::generate().peer_id());
+        let cp = w.conn(Direction::Outbound, [10, 0, 0, 2], 1);
+        let cq = w.conn(Direction::Outbound, [10, 0, 0, 3], 2);
+        w.admit(cp, p);
+        w.admit(cq, q);
+        w.out.clear();
+        assert!(w.registry.disconnect(p, w.now, 0, &mut w.out));
+        assert!(w.out.contains(&Effect::Close {
+            conn: cp.id,
+            reason: DisconnectReason::Requested
+        }));
+        assert!(
+            !w.registry.disconnect(p, w.now, 0, &mut w.out),
+            "already gone"
+        );
+        w.out.clear();
+        w.registry.shutdown(&mut w.out);
+        assert_eq!(
+            w.events(),
+            vec![NetworkEvent::Disconnected {
+                peer: q,
+                reason: DisconnectReason::Shutdown
+            }]
+        );
+        assert!(!w.registry.is_open(q));
+    }
+}
