@@ -113,12 +113,7 @@ impl SendQueue {
         }
     }
 
-    fn try_push_locked(
-        state: &mut State,
-        lane: usize,
-        message: Bytes,
-        now: Instant,
-    ) -> Result<(), Refused> {
+    fn try_push_locked(state: &mut State, lane: usize, message: Bytes) -> Result<(), Refused> {
         if state.closed || state.goodbye.is_some() {
             return Err((PushError::Closed, message));
         }
@@ -130,8 +125,9 @@ impl SendQueue {
             .push(lane, message)
             .map_err(|(refusal, message)| {
                 match refusal {
+                    // The clock is read only when the lane is full, never on the hot path.
                     Refusal::Full => {
-                        state.full_since.get_or_insert(now);
+                        state.full_since.get_or_insert_with(Instant::now);
                     }
                     // Callers resolve lanes from the channel table the queue was built from.
                     Refusal::NoSuchChannel => {}
@@ -143,7 +139,7 @@ impl SendQueue {
     /// Queues an encoded message on lane `lane` without waiting; a refused message is handed
     /// back.
     pub(crate) fn try_push(&self, lane: usize, message: Bytes) -> Result<(), Refused> {
-        Self::try_push_locked(&mut self.state.lock(), lane, message, Instant::now())?;
+        Self::try_push_locked(&mut self.state.lock(), lane, message)?;
         self.writer_wake.notify_one();
         Ok(())
     }

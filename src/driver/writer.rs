@@ -73,6 +73,7 @@ impl Writer {
         let queue = &self.shared.queue;
         let mut batch = Batch::default();
         let mut reliable = Taken::default();
+        let mut counts = vec![(0u64, 0u64); self.channel_ids.len()];
         loop {
             queue.take_batch(self.batch_bytes, &mut batch);
             if batch.closed {
@@ -105,18 +106,21 @@ impl Writer {
                 }))?;
             }
             let reliable_pending = !reliable.pieces.is_empty();
-            self.write_pieces(stream, encoder, &mut batch.data).await?;
-            self.write_pieces(stream, encoder, &mut reliable.pieces)
+            self.write_pieces(stream, encoder, &mut batch.data, &mut counts)
+                .await?;
+            self.write_pieces(stream, encoder, &mut reliable.pieces, &mut counts)
                 .await?;
             // The goodbye goes out once the reliable streams have nothing left to write either.
             if let Some(reason) = batch.goodbye.take().filter(|_| !reliable_pending) {
                 encoder.push_control(&encode_control(&ControlMessage::Goodbye { reason }))?;
                 self.flush(stream, encoder).await?;
+                self.publish(&mut counts);
                 // Half-close: the peer reads our goodbye, then EOF; we keep reading its rest.
                 let _ = stream.shutdown().await;
                 return Ok(reason);
             }
             self.flush(stream, encoder).await?;
+            self.publish(&mut counts);
             if queue.full_for().is_some_and(|d| d >= self.write_timeout) {
                 return Err(Fault::End(WriteEnd::Failed(DisconnectReason::WriteStalled)));
             }
@@ -130,6 +134,7 @@ impl Writer {
         stream: &mut W,
         encoder: &mut FrameEncoder,
         pieces: &mut Vec<Piece>,
+        counts: &mut [(u64, u64)],
     ) -> Result<(), Fault> {
         for piece in pieces.drain(..) {
             let channel = self.channel_ids.get(piece.lane).copied().unwrap_or(0);
@@ -150,17 +155,31 @@ impl Writer {
                 encoder.push_message_on(channel, &piece.message, 0, 0)?;
             }
             if piece.completes() {
-                let len = piece.message.len() as u64;
-                let stats = &self.shared.stats;
-                stats.messages_out.fetch_add(1, Relaxed);
-                stats.bytes_out.fetch_add(len, Relaxed);
-                if let Some(c) = stats.channels.get(piece.lane) {
-                    c.messages_out.fetch_add(1, Relaxed);
-                    c.bytes_out.fetch_add(len, Relaxed);
+                // Counted per batch, not per message: atomics on the hot path cost.
+                if let Some(c) = counts.get_mut(piece.lane) {
+                    c.0 += 1;
+                    c.1 += piece.message.len() as u64;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Publishes the messages and bytes written per channel since the last call.
+    fn publish(&self, counts: &mut [(u64, u64)]) {
+        let stats = &self.shared.stats;
+        for (lane, c) in counts.iter_mut().enumerate() {
+            if c.0 == 0 {
+                continue;
+            }
+            stats.messages_out.fetch_add(c.0, Relaxed);
+            stats.bytes_out.fetch_add(c.1, Relaxed);
+            if let Some(channel) = stats.channels.get(lane) {
+                channel.messages_out.fetch_add(c.0, Relaxed);
+                channel.bytes_out.fetch_add(c.1, Relaxed);
+            }
+            *c = (0, 0);
+        }
     }
 
     /// Seals the open frame and writes everything buffered, giving up after `write_timeout`

@@ -103,13 +103,16 @@ impl Route<'_> {
         &self,
         peer: PeerId,
         message: Bytes,
-        deadline: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<(), SendError> {
         let message = match self.try_push(peer, message) {
             Ok(()) => return Ok(()),
             Err((Refusal::NotConnected, _)) => return Err(SendError::NotConnected(peer)),
             Err((Refusal::Full, message)) => message,
         };
+        // The clock is read only once a wait is needed, never on the hot path.
+        let deadline =
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.shared.send_wait);
         let outcome = if let Some(reliable) = self.shared.reliable.get(&peer) {
             match reliable.push_wait(self.lane, message, deadline).await {
                 Ok(()) => Ok(()),
@@ -150,8 +153,7 @@ impl Route<'_> {
 
     /// Pushes, waiting at most `send_wait` for room.
     pub(crate) async fn send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
-        let deadline = tokio::time::Instant::now() + self.shared.send_wait;
-        self.push_until(peer, message, deadline).await
+        self.push_until(peer, message, None).await
     }
 
     /// Open connections of peers that are not persistent (persistent peers' messages go through
@@ -201,7 +203,6 @@ impl Route<'_> {
     /// waited for together, until one shared deadline `send_wait` away, then skipped and
     /// counted. So a broadcast takes at most about `send_wait` however many peers are stalled.
     pub(crate) async fn broadcast(&self, message: &Bytes) -> BroadcastReport {
-        let deadline = tokio::time::Instant::now() + self.shared.send_wait;
         let mut report = BroadcastReport::default();
         let mut waiting = Vec::new();
         for (peer, reliable) in &self.shared.reliable {
@@ -231,6 +232,10 @@ impl Route<'_> {
                 Err((PushError::Closed, _)) => {}
             }
         }
+        if waiting.is_empty() {
+            return report;
+        }
+        let deadline = Some(tokio::time::Instant::now() + self.shared.send_wait);
         for peer in waiting {
             match self.push_until(peer, message.clone(), deadline).await {
                 Ok(()) => report.queued += 1,

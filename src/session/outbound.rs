@@ -1,9 +1,12 @@
 //! Outbound ordering for one connection, pure: per-channel lanes of encoded messages, and the
 //! deficit-round-robin [`Scheduler`] that decides which channel's bytes go next.
 //!
-//! The writer never takes a whole large message at once: it takes *pieces* of at most
-//! [`QUANTUM`] bytes, and asks the scheduler again after each, so a critical message queued
-//! behind a 16 MiB block part waits for at most one piece of it.
+//! With several channels the writer never takes a whole large message at once: it takes
+//! *pieces* of at most [`QUANTUM`] bytes, and asks the scheduler again after each, so a critical
+//! message queued behind a 16 MiB block part waits for at most one piece of it. With one channel
+//! there is nothing to preempt, so a piece is a whole message (the frame encoder still splits
+//! what does not fit in a frame), and a message that fits in a frame reaches the receiver as one
+//! record it can hand on without copying.
 
 use std::collections::VecDeque;
 
@@ -14,6 +17,9 @@ use super::channel::QUANTUM;
 /// Deficit round robin over channel indices, higher weights served first within a round.
 #[derive(Debug, Clone)]
 pub(crate) struct Scheduler {
+    /// The largest piece of one message taken at a time: [`QUANTUM`] with several channels,
+    /// unbounded with one.
+    piece: usize,
     /// Quanta per round, by channel index.
     weights: Vec<i64>,
     /// Bytes each channel may still send this round; may dip below zero by at most one piece.
@@ -27,6 +33,11 @@ impl Scheduler {
         let mut order: Vec<usize> = (0..weights.len()).collect();
         order.sort_by_key(|&i| (std::cmp::Reverse(weights[i]), i));
         Self {
+            piece: if weights.len() > 1 {
+                QUANTUM
+            } else {
+                usize::MAX
+            },
             weights: weights.iter().map(|&w| w.max(1) as i64).collect(),
             deficit: vec![0; weights.len()],
             order,
@@ -65,6 +76,11 @@ impl Scheduler {
         }
         // Unreachable: after a round every busy channel has a positive deficit.
         self.order.iter().copied().find(|&lane| busy(lane))
+    }
+
+    /// The largest piece of one message to take at a time.
+    pub(crate) fn piece(&self) -> usize {
+        self.piece
     }
 
     /// `bytes` of channel `lane` went out.
@@ -172,7 +188,9 @@ impl Lanes {
                 break;
             };
             let start = lane.front_offset;
-            let end = (start + QUANTUM).min(front.len());
+            let end = start
+                .saturating_add(self.scheduler.piece())
+                .min(front.len());
             let piece_len = end - start;
             if end == front.len() {
                 let len = front.len();

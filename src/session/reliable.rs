@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::channel::QUANTUM;
 use super::outbound::{Piece, Scheduler};
 
 /// What the writer should send next: resume markers, then pieces of messages in order.
@@ -100,9 +99,16 @@ impl ReliableBuffer {
         self.cursor < self.unacked.len()
     }
 
-    /// Takes the next piece (at most [`QUANTUM`] bytes) of the next unsent message; returns
+    /// Takes the next piece (at most 64 KiB) of the next unsent message; returns
     /// `(resume, piece)` where `resume` is `Some(first_seq)` when the numbering restarts here.
+    #[cfg(test)]
     pub(crate) fn take_piece(&mut self, lane: usize) -> Option<(Option<u64>, Piece)> {
+        self.take_piece_of(lane, super::channel::QUANTUM)
+    }
+
+    /// Takes the next piece (at most `piece` bytes) of the next unsent message, as
+    /// `take_piece` does.
+    fn take_piece_of(&mut self, lane: usize, piece: usize) -> Option<(Option<u64>, Piece)> {
         let message = self.unacked.get(self.cursor)?.clone();
         let resume = if self.needs_resume {
             self.needs_resume = false;
@@ -111,7 +117,7 @@ impl ReliableBuffer {
             None
         };
         let start = self.partial;
-        let end = (start + QUANTUM).min(message.len());
+        let end = start.saturating_add(piece).min(message.len());
         if end == message.len() {
             self.cursor += 1;
             self.partial = 0;
@@ -227,7 +233,8 @@ impl ReliableSet {
             else {
                 break;
             };
-            let Some((resume, piece)) = self.buffers[lane].take_piece(lane) else {
+            let limit = self.scheduler.piece();
+            let Some((resume, piece)) = self.buffers[lane].take_piece_of(lane, limit) else {
                 break;
             };
             if let Some(first_seq) = resume {
@@ -325,6 +332,7 @@ impl RecvSeq {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::channel::QUANTUM;
 
     fn m(i: u8) -> Bytes {
         Bytes::from(vec![i])
