@@ -25,7 +25,9 @@ use crate::identity::PeerId;
 use crate::peers::registry::Admission;
 use crate::session::channel::QUANTUM;
 use crate::session::inbound::{InboundSession, LaneLimits};
+use crate::session::liveness::Tick;
 use crate::session::reliable::RecvSeq;
+use crate::session::state::closing_path;
 use crate::session::{Direction, DisconnectReason, SocketState};
 use parking_lot::Mutex;
 
@@ -300,8 +302,11 @@ impl SocketTask {
                 _ = ticker.tick() => {
                     // The reader never waits on the application, so silence here is the peer's
                     // (or the link's), not a local stall.
-                    if self.shared.idle_for() >= idle_timeout {
-                        break Ended::Idle;
+                    let open = self.shared.state.get() == SocketState::Open;
+                    match self.shared.liveness_tick(idle_timeout, open) {
+                        Tick::Idle => break Ended::Idle,
+                        Tick::Ping { nonce } => self.shared.ping(nonce),
+                        Tick::Wait => {}
                     }
                     // A persistent peer that reads but never acknowledges fills its streams;
                     // past `write_timeout` without an acknowledgement it counts as stalled.
@@ -312,9 +317,6 @@ impl SocketTask {
                         .is_some_and(|d| d >= config.write_timeout)
                     {
                         break Ended::Stalled;
-                    }
-                    if self.shared.state.get() == SocketState::Open {
-                        self.shared.ping();
                     }
                 }
             }
@@ -390,23 +392,9 @@ impl SocketTask {
 
     /// Moves to `Closing`, through `Errored` when the reason is a fault.
     fn enter_closing(&self, reason: &DisconnectReason) {
-        let state = self.shared.state.get();
-        if matches!(state, SocketState::Closing | SocketState::Closed) {
-            return;
+        for &next in closing_path(self.shared.state.get(), reason) {
+            self.shared.state.set(next);
         }
-        let fault = matches!(
-            reason,
-            DisconnectReason::Io(_)
-                | DisconnectReason::Codec(_)
-                | DisconnectReason::Misbehaviour { .. }
-                | DisconnectReason::WriteStalled
-                | DisconnectReason::IdleTimeout
-                | DisconnectReason::Eof
-        );
-        if fault {
-            self.shared.state.set(SocketState::Errored);
-        }
-        self.shared.state.set(SocketState::Closing);
     }
 }
 

@@ -15,6 +15,7 @@ use super::stats::SocketStats;
 use crate::config::Config;
 use crate::identity::{Keypair, PeerId};
 use crate::session::channel::ChannelTable;
+use crate::session::liveness::{self, Tick};
 use crate::session::{ConnectionId, ConnectionInfo, Direction, DisconnectReason, StateCell};
 
 /// What a socket shares with the network actor and with senders. The socket task is the only
@@ -80,17 +81,18 @@ impl SocketShared {
         self.last_rx_micros.store(self.now_micros(), Relaxed);
     }
 
-    /// How long since bytes last arrived (or since the socket opened).
-    pub(crate) fn idle_for(&self) -> Duration {
-        Duration::from_micros(
-            self.now_micros()
-                .saturating_sub(self.last_rx_micros.load(Relaxed)),
+    /// What a liveness tick calls for now (see `session::liveness`).
+    pub(crate) fn liveness_tick(&self, idle_timeout: Duration, open: bool) -> Tick {
+        liveness::on_tick(
+            self.now_micros(),
+            self.last_rx_micros.load(Relaxed),
+            idle_timeout,
+            open,
         )
     }
 
     /// Queues a ping ahead of data, remembering its nonce for the round-trip measurement.
-    pub(crate) fn ping(&self) {
-        let nonce = self.now_micros().max(1);
+    pub(crate) fn ping(&self, nonce: u64) {
         self.stats.ping_nonce.store(nonce, Relaxed);
         if self
             .queue
@@ -102,8 +104,8 @@ impl SocketShared {
 
     /// Records a pong; only one echoing the last ping's nonce counts.
     pub(crate) fn pong(&self, nonce: u64) {
-        if nonce != 0 && nonce == self.stats.ping_nonce.load(Relaxed) {
-            let rtt = self.now_micros().saturating_sub(nonce).max(1);
+        let outstanding = self.stats.ping_nonce.load(Relaxed);
+        if let Some(rtt) = liveness::round_trip(outstanding, nonce, self.now_micros()) {
             self.stats.rtt_micros.store(rtt, Relaxed);
             self.stats.pongs_received.fetch_add(1, Relaxed);
         }

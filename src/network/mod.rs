@@ -548,6 +548,8 @@ mod tests {
     fn handles_are_send_sync_static() {
         assert_send_sync::<Network<bytes::Bytes>>();
         assert_send_sync::<Inbox<bytes::Bytes>>();
+        assert_send_sync::<Channel<bytes::Bytes>>();
+        assert_send_sync::<Encoded<bytes::Bytes>>();
         assert_send_sync::<NetworkEvent>();
     }
 }

@@ -5,10 +5,11 @@
 pub(crate) mod channel;
 pub(crate) mod inbound;
 mod info;
+pub(crate) mod liveness;
 pub(crate) mod outbound;
 pub(crate) mod rate;
 pub(crate) mod reliable;
-mod state;
+pub(crate) mod state;
 
 use crate::codec::{CodecError, GoodbyeReason};
 use crate::handshake::HandshakeError;
@@ -91,6 +92,20 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    /// Whether this ending is a fault (the connection passes through `Errored`), as opposed to
+    /// a close someone asked for (shutdown, disconnect, duplicate, goodbye, limits, bans).
+    pub(crate) fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Io(_)
+                | Self::Codec(_)
+                | Self::Misbehaviour { .. }
+                | Self::WriteStalled
+                | Self::IdleTimeout
+                | Self::Eof
+        )
+    }
+
     pub(crate) fn from_handshake(error: &HandshakeError) -> Self {
         Self::Handshake(error.label())
     }

@@ -97,10 +97,49 @@ impl StateCell {
     }
 }
 
+/// The states a connection in `current` passes through when it starts closing for `reason`:
+/// through `Errored` for a fault, then `Closing`; nothing if it is closing or closed already.
+pub(crate) fn closing_path(
+    current: SocketState,
+    reason: &super::DisconnectReason,
+) -> &'static [SocketState] {
+    match current {
+        SocketState::Closing | SocketState::Closed => &[],
+        _ if reason.is_fault() => &[SocketState::Errored, SocketState::Closing],
+        _ => &[SocketState::Closing],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::SocketState::*;
     use super::*;
+    use crate::codec::GoodbyeReason;
+    use crate::session::DisconnectReason;
+
+    #[test]
+    fn faults_close_through_errored_and_closing_happens_once() {
+        let eof = DisconnectReason::Eof;
+        let asked = DisconnectReason::RemoteGoodbye(GoodbyeReason::Shutdown);
+        assert_eq!(closing_path(Open, &eof), &[Errored, Closing]);
+        assert_eq!(closing_path(Open, &asked), &[Closing]);
+        assert_eq!(
+            closing_path(Authenticated, &DisconnectReason::Duplicate),
+            &[Closing]
+        );
+        assert!(closing_path(Closing, &eof).is_empty());
+        assert!(closing_path(Closed, &asked).is_empty());
+        // Every path is legal from where it starts.
+        for from in [Open, Authenticated, Authenticating] {
+            for reason in [&eof, &asked] {
+                let mut at = from;
+                for &next in closing_path(from, reason) {
+                    assert!(at.can_become(next), "{at:?} -> {next:?}");
+                    at = next;
+                }
+            }
+        }
+    }
 
     const ALL: [SocketState; 8] = [
         Opening,
