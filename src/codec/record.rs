@@ -151,7 +151,12 @@ impl RecordDecoder {
             return Some(Inbound::Violation(Violation::MalformedRecord));
         }
         let channel = body.get_u16();
-        let Ok(index) = self.channels.binary_search_by_key(&channel, |c| c.0) else {
+        let found = match self.channels.as_slice() {
+            // The common case, one channel: no search.
+            [(only, ..)] => (*only == channel).then_some(0),
+            _ => self.channels.binary_search_by_key(&channel, |c| c.0).ok(),
+        };
+        let Some(index) = found else {
             return Some(Inbound::Violation(Violation::UnknownChannel(channel)));
         };
         let (_, max, assembly) = &mut self.channels[index];

@@ -88,7 +88,7 @@ impl Reader {
         actions: &mut Vec<Action>,
         tally: &mut [Tally],
     ) -> Option<Stop> {
-        let (score, rejected) = (self.session.score, self.session.rejected);
+        let (score, rejected) = (self.session.score(), self.session.rejected());
         let stop = {
             let recv = self.recv.clone();
             let mut recv = recv.lock();
@@ -110,14 +110,14 @@ impl Reader {
             self.apply(action);
         }
         let stats = &self.shared.stats;
-        if self.session.score > score {
-            tracing::debug!(peer = %self.peer, score = self.session.score, "rejected inbound records");
+        if self.session.score() > score {
+            tracing::debug!(peer = %self.peer, score = self.session.score(), "rejected inbound records");
             stats
                 .misbehaviour
-                .fetch_add(self.session.score - score, Relaxed);
+                .fetch_add(self.session.score() - score, Relaxed);
             stats
                 .rejected
-                .fetch_add(self.session.rejected - rejected, Relaxed);
+                .fetch_add(self.session.rejected() - rejected, Relaxed);
         }
         for (lane, t) in tally.iter_mut().enumerate() {
             if *t == Tally::default() {

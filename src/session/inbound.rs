@@ -87,14 +87,18 @@ struct LaneState {
 #[derive(Debug)]
 pub(crate) struct InboundSession {
     records: RecordDecoder,
-    /// Reused between frames, so decoding a frame allocates nothing once warm.
-    items: Vec<Record>,
+    judge: Judge,
+}
+
+/// Everything but the record decoder, so records are judged as the decoder yields them.
+#[derive(Debug)]
+struct Judge {
     lanes: Vec<LaneState>,
     budget: u64,
     /// Misbehaviour points charged on this connection.
-    pub(crate) score: u64,
+    score: u64,
     /// Records rejected on this connection.
-    pub(crate) rejected: u64,
+    rejected: u64,
 }
 
 impl InboundSession {
@@ -104,32 +108,32 @@ impl InboundSession {
             lanes.iter().map(|l| (l.id, l.max_message_size)).collect();
         Self {
             records: RecordDecoder::with_channels(&decoder_limits),
-            items: Vec::new(),
-            lanes: lanes
-                .iter()
-                .map(|l| LaneState {
-                    id: l.id,
-                    seq: None,
-                    pending_rewind: None,
-                    message_rate: TokenBucket::new(l.messages_per_sec, l.messages_per_sec, now),
-                    byte_rate: TokenBucket::new(l.bytes_per_sec, l.bytes_per_sec, now),
-                })
-                .collect(),
-            budget: u64::from(budget),
-            score: 0,
-            rejected: 0,
+            judge: Judge {
+                lanes: lanes
+                    .iter()
+                    .map(|l| LaneState {
+                        id: l.id,
+                        seq: None,
+                        pending_rewind: None,
+                        message_rate: TokenBucket::new(l.messages_per_sec, l.messages_per_sec, now),
+                        byte_rate: TokenBucket::new(l.bytes_per_sec, l.bytes_per_sec, now),
+                    })
+                    .collect(),
+                budget: u64::from(budget),
+                score: 0,
+                rejected: 0,
+            },
         }
     }
 
-    fn lane_of(&self, channel: u16) -> Option<usize> {
-        self.lanes.iter().position(|l| l.id == channel)
+    /// Misbehaviour points charged on this connection.
+    pub(crate) fn score(&self) -> u64 {
+        self.judge.score
     }
 
-    /// Charges a violation; returns a stop when the budget is spent.
-    fn charge(&mut self, violation: &Violation) -> Option<Stop> {
-        self.rejected += 1;
-        self.score += u64::from(violation.cost());
-        (self.score >= self.budget).then_some(Stop::Misbehaviour(self.score))
+    /// Records rejected on this connection.
+    pub(crate) fn rejected(&self) -> u64 {
+        self.judge.rejected
     }
 
     /// Handles one frame's plaintext. `recv` holds our position in the peer's reliable stream
@@ -145,24 +149,22 @@ impl InboundSession {
         out: &mut Vec<Action>,
         tally: &mut [Tally],
     ) -> Option<Stop> {
-        let mut items = std::mem::take(&mut self.items);
-        self.records
-            .decode_frame(plaintext, &mut |item| items.push(item));
+        let (records, judge) = (&mut self.records, &mut self.judge);
         let mut stop = None;
-        for item in items.drain(..) {
+        records.decode_frame(plaintext, &mut |item| {
             if stop.is_some() {
-                break;
+                // Nothing after a stop is acted on.
+                return;
             }
             stop = match item {
                 Record::Message { channel, bytes } => {
-                    self.on_message(channel, bytes, now, recv, deliver, tally)
+                    judge.on_message(channel, bytes, now, recv, deliver, tally)
                 }
-                Record::Control(body) => self.on_control(&body, recv, out),
-                Record::Violation(violation) => self.charge(&violation),
+                Record::Control(body) => judge.on_control(&body, recv, out),
+                Record::Violation(violation) => judge.charge(&violation),
             };
-        }
-        self.items = items;
-        for (lane, state) in self.lanes.iter_mut().enumerate() {
+        });
+        for (lane, state) in self.judge.lanes.iter_mut().enumerate() {
             if state.seq.is_some() {
                 if let Some(position) = recv.get(lane) {
                     // Acknowledge only what reached the inbox; coalesced with any ack not sent.
@@ -185,9 +187,26 @@ impl InboundSession {
     /// The read task could not queue the rewind request for `lane` (control lane full): keep it
     /// for the next frame.
     pub(crate) fn rewind_not_sent(&mut self, channel: u16, from: u64) {
-        if let Some(lane) = self.lane_of(channel) {
-            self.lanes[lane].pending_rewind.get_or_insert(from);
+        if let Some(lane) = self.judge.lane_of(channel) {
+            self.judge.lanes[lane].pending_rewind.get_or_insert(from);
         }
+    }
+}
+
+impl Judge {
+    /// Charges a violation; returns a stop when the budget is spent.
+    fn charge(&mut self, violation: &Violation) -> Option<Stop> {
+        self.rejected += 1;
+        self.score += u64::from(violation.cost());
+        (self.score >= self.budget).then_some(Stop::Misbehaviour(self.score))
+    }
+
+    fn lane_of(&self, channel: u16) -> Option<usize> {
+        // The default channel is always index 0.
+        if channel == 0 {
+            return Some(0);
+        }
+        self.lanes.iter().position(|l| l.id == channel)
     }
 
     fn on_message(
@@ -477,7 +496,7 @@ mod tests {
         // Undecodable (10) and an undeclared channel (1): still open.
         let (_, stop, _) = h.frame(Frame::default().message(VOTES, &[]).message(9, &[1]));
         assert_eq!(stop, None);
-        assert_eq!((h.session.score, h.session.rejected), (11, 2));
+        assert_eq!((h.session.score(), h.session.rejected()), (11, 2));
         // An ack on an undeclared channel (1), then undecodable (10) twice: 32 passes 30.
         let (_, stop, _) = h.frame(
             Frame::default()
