@@ -10,77 +10,29 @@ use crate::handshake::HandshakeError;
 use crate::identity::PeerId;
 
 /// Any error of the [`crate::Network`] API: what each operation's own error type converts into,
-/// for code that propagates several kinds with `?`.
+/// for code that propagates several kinds with `?`. Match on the operation's own type (inside
+/// each variant) for the details.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetworkError {
     /// The network has shut down (or is shutting down).
     #[error("network is shut down")]
     Closed,
-    /// No open connection to this peer.
-    #[error("peer {0} is not connected")]
-    NotConnected(PeerId),
-    /// The peer's send queue (or persistent-peer stream) on this channel is full (`try_send`),
-    /// or stayed full for `send_wait` (`send`); the message was not queued.
-    #[error("send queue to {0} is full")]
-    Full(PeerId),
-    /// The message could not be encoded or is larger than `max_message_size`.
+    /// Starting the node failed.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A dial failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A send failed.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// Opening a channel failed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// A message could not be encoded (for example by `broadcast`).
     #[error(transparent)]
     Codec(#[from] CodecError),
-    /// The handshake with a dialed address failed.
-    #[error("handshake with {addr} failed: {source}")]
-    Handshake {
-        /// The dialed address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: HandshakeError,
-    },
-    /// The TCP dial failed.
-    #[error("dial {addr} failed: {source}")]
-    Dial {
-        /// The dialed address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The TCP dial did not finish within `connect_timeout`.
-    #[error("dial {addr} timed out")]
-    DialTimeout {
-        /// The dialed address.
-        addr: SocketAddr,
-    },
-    /// `max_outbound` connections are already open or opening.
-    #[error("outbound connection limit reached")]
-    OutboundLimit,
-    /// The connection closed before it opened.
-    #[error("connection to {addr} closed before it opened: {reason}")]
-    ConnectionClosed {
-        /// The dialed address.
-        addr: SocketAddr,
-        /// Why.
-        reason: crate::session::DisconnectReason,
-    },
-    /// Binding the listen address failed.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// [`crate::Network::channel`] named a channel the config did not declare.
-    #[error("channel {0} is not declared; add it with Config::channel before start")]
-    UnknownChannel(u16),
-    /// [`crate::Network::channel`] named a channel already opened (each opens once; clone the
-    /// returned `Channel` to share it). Channel 0 is opened by `start`.
-    #[error("channel {0} is already open; clone its Channel handle instead")]
-    ChannelOpen(u16),
-    /// A configuration value is unusable.
-    #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
 }
 
 /// Why [`crate::Network::start`] failed.
@@ -182,50 +134,6 @@ pub enum ChannelError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("network is shut down")]
 pub struct ShutDown;
-
-impl From<StartError> for NetworkError {
-    fn from(e: StartError) -> Self {
-        match e {
-            StartError::InvalidConfig(what) => Self::InvalidConfig(what),
-            StartError::Bind { addr, source } => Self::Bind { addr, source },
-        }
-    }
-}
-
-impl From<ConnectError> for NetworkError {
-    fn from(e: ConnectError) -> Self {
-        match e {
-            ConnectError::Closed => Self::Closed,
-            ConnectError::Dial { addr, source } => Self::Dial { addr, source },
-            ConnectError::DialTimeout { addr } => Self::DialTimeout { addr },
-            ConnectError::Handshake { addr, source } => Self::Handshake { addr, source },
-            ConnectError::OutboundLimit => Self::OutboundLimit,
-            ConnectError::ConnectionClosed { addr, reason } => {
-                Self::ConnectionClosed { addr, reason }
-            }
-        }
-    }
-}
-
-impl From<SendError> for NetworkError {
-    fn from(e: SendError) -> Self {
-        match e {
-            SendError::NotConnected(peer) => Self::NotConnected(peer),
-            SendError::Full(peer) => Self::Full(peer),
-            SendError::Codec(e) => Self::Codec(e),
-        }
-    }
-}
-
-impl From<ChannelError> for NetworkError {
-    fn from(e: ChannelError) -> Self {
-        match e {
-            ChannelError::UnknownChannel(id) => Self::UnknownChannel(id),
-            ChannelError::ChannelOpen(id) => Self::ChannelOpen(id),
-            ChannelError::Closed => Self::Closed,
-        }
-    }
-}
 
 impl From<ShutDown> for NetworkError {
     fn from(_: ShutDown) -> Self {

@@ -153,7 +153,13 @@ impl Route<'_> {
 
     /// Pushes, waiting at most `send_wait` for room.
     pub(crate) async fn send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
-        self.push_until(peer, message, None).await
+        match self.try_push(peer, message) {
+            Ok(()) => Ok(()),
+            Err((Refusal::NotConnected, _)) => Err(SendError::NotConnected(peer)),
+            // The waiting path is boxed, so the future of every send stays small: only a send
+            // that has to wait pays for the allocation.
+            Err((Refusal::Full, message)) => Box::pin(self.push_until(peer, message, None)).await,
+        }
     }
 
     /// Open connections of peers that are not persistent (persistent peers' messages go through
@@ -168,29 +174,52 @@ impl Route<'_> {
             .collect()
     }
 
-    /// Queues to every connected and every persistent peer without waiting; a full peer is
-    /// skipped and counted.
-    pub(crate) fn try_broadcast(&self, message: &Bytes) -> BroadcastReport {
-        let mut report = BroadcastReport::default();
+    /// Offers `message` once to every persistent and every connected peer. A peer with room
+    /// gets it; a stalled one is skipped and counted; a full one goes to `waiting` when the
+    /// caller will wait for it, and is skipped and counted otherwise.
+    fn offer(
+        &self,
+        message: &Bytes,
+        report: &mut BroadcastReport,
+        mut waiting: Option<&mut Vec<PeerId>>,
+    ) {
         for (peer, reliable) in &self.shared.reliable {
-            match reliable.push(self.lane, message.clone()) {
-                Ok(()) => report.queued += 1,
-                Err(_) => {
+            match (reliable.push(self.lane, message.clone()), waiting.as_mut()) {
+                (Ok(()), _) => report.queued += 1,
+                (Err((StreamRefusal::Full, _)), Some(waiting)) => waiting.push(*peer),
+                // Stalled, or nobody waits: no refusal is silent.
+                (Err(_), _) => {
                     self.refused_full(*peer);
-                    self.skip(&mut report);
+                    self.skip(report);
                 }
             }
         }
         for link in self.plain_links() {
-            match link.queue.try_push(self.lane, message.clone()) {
-                Ok(()) => report.queued += 1,
-                Err((PushError::Full | PushError::Stalled, _)) => {
-                    self.count_drop(&link);
-                    self.skip(&mut report);
+            match (
+                link.queue.try_push(self.lane, message.clone()),
+                waiting.as_mut(),
+            ) {
+                (Ok(()), _) => report.queued += 1,
+                (Err((PushError::Full, _)), Some(waiting)) => {
+                    if let Some(peer) = link.peer.get() {
+                        waiting.push(*peer);
+                    }
                 }
-                Err((PushError::Closed, _)) => {}
+                (Err((PushError::Closed, _)), _) => {}
+                // A stalled peer costs a broadcast nothing but the refusal.
+                (Err(_), _) => {
+                    self.count_drop(&link);
+                    self.skip(report);
+                }
             }
         }
+    }
+
+    /// Queues to every connected and every persistent peer without waiting; a full peer is
+    /// skipped and counted.
+    pub(crate) fn try_broadcast(&self, message: &Bytes) -> BroadcastReport {
+        let mut report = BroadcastReport::default();
+        self.offer(message, &mut report, None);
         report
     }
 
@@ -205,33 +234,7 @@ impl Route<'_> {
     pub(crate) async fn broadcast(&self, message: &Bytes) -> BroadcastReport {
         let mut report = BroadcastReport::default();
         let mut waiting = Vec::new();
-        for (peer, reliable) in &self.shared.reliable {
-            match reliable.push(self.lane, message.clone()) {
-                Ok(()) => report.queued += 1,
-                Err((StreamRefusal::Full, _)) => waiting.push(*peer),
-                // Stalled (or no such channel): no wait would help.
-                Err(_) => {
-                    self.refused_full(*peer);
-                    self.skip(&mut report);
-                }
-            }
-        }
-        for link in self.plain_links() {
-            match link.queue.try_push(self.lane, message.clone()) {
-                Ok(()) => report.queued += 1,
-                Err((PushError::Full, _)) => {
-                    if let Some(peer) = link.peer.get() {
-                        waiting.push(*peer);
-                    }
-                }
-                // A stalled peer costs a broadcast nothing but the refusal.
-                Err((PushError::Stalled, _)) => {
-                    self.count_drop(&link);
-                    self.skip(&mut report);
-                }
-                Err((PushError::Closed, _)) => {}
-            }
-        }
+        self.offer(message, &mut report, Some(&mut waiting));
         if waiting.is_empty() {
             return report;
         }

@@ -7,6 +7,7 @@ pub(crate) mod inbound;
 mod info;
 pub(crate) mod liveness;
 pub(crate) mod outbound;
+pub(crate) mod queue;
 pub(crate) mod rate;
 pub(crate) mod reliable;
 pub(crate) mod state;
