@@ -65,8 +65,8 @@ pub struct NetworkStats {
     pub handshakes_ok: u64,
     /// Failed handshakes by reason (see [`crate::handshake::HandshakeError::label`]).
     pub handshake_failures: BTreeMap<&'static str, u64>,
-    /// Per-peer copies skipped by a broadcast because that peer's queue was full (`try_*`) or
-    /// stayed full for `send_wait` (waiting broadcast).
+    /// Per-peer copies skipped by a broadcast because that peer's queue was full (`try_*`),
+    /// stayed full for `send_wait` (waiting broadcast), or was already marked stalled.
     pub broadcast_skipped_full: u64,
     /// Waiting sends (`send`, `broadcast`) that gave up on a peer after `send_wait`.
     pub send_wait_expired: u64,
