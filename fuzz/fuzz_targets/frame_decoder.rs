@@ -236,7 +236,10 @@ fn push_piece(encoder: &mut FrameEncoder, pending: &mut Pending, expected: &mut 
             }));
         }
     } else if reached == len {
-        expected.push(Inbound::Message(Bytes::from(pending.message.clone())));
+        expected.push(Inbound::Message {
+            channel: 0,
+            bytes: Bytes::from(pending.message.clone()),
+        });
     }
 }
 
