@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use peerwire::Backoff;
-use peerwire::{Config, Inbox, Keypair, Network, PeerId};
+use peerwire::{Config, DisconnectReason, Inbox, Keypair, Network, NetworkEvent, PeerId};
 
 fn quick_backoff() -> Backoff {
     Backoff {
@@ -258,4 +258,67 @@ async fn replacing_the_connection_mid_stream_keeps_exactly_once_in_order() {
     assert!(b_in.try_recv().is_err(), "no duplicates");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The attack from outside that froze a node before: a persistent peer that reads everything
+/// but never acknowledges. Its streams fill; the node's broadcasts keep reaching an honest peer
+/// (each waits for the full one at most `send_wait`, once); after `write_timeout` without an
+/// acknowledgement the node cuts it as stalled, keeps what it never acknowledged for its return,
+/// and is not banned for it; shutdown then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_peer_that_never_acknowledges_stalls_nobody() {
+    let evil_key = Keypair::generate();
+    let evil_id = evil_key.peer_id();
+    // Its listed address is dead: it only ever comes in by dialing us.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let cfg = config()
+        .persistent_peer(dead_addr, evil_id)
+        .offline_queue_capacity(50)
+        .send_wait(Duration::from_millis(50))
+        .write_timeout(Duration::from_millis(600))
+        .ping_interval(Duration::from_millis(100))
+        .idle_timeout(Duration::from_secs(10));
+    let (hub, _hub_in) = node(cfg).await;
+    let (honest, mut honest_in) = node(config()).await;
+    honest.connect(hub.local_addr()).await.unwrap();
+    let mut evil = RawPeer::connect_as(hub.local_addr(), "peerwire-test", evil_key).await;
+    eventually("both connected", || hub.peers().len() == 2).await;
+    let mut events = hub.events();
+    // It reads everything (so its socket never fills) and answers nothing.
+    let reader = tokio::spawn(async move { evil.closed_by_remote().await });
+    for i in 0..200u32 {
+        let report = hub.broadcast(&numbered(i, 32)).await.unwrap();
+        assert_eq!(report.queued + report.skipped_full, 2);
+    }
+    let got = recv_n(&mut honest_in, 200).await;
+    assert_eq!(
+        got.iter().map(|(_, m)| number_of(m)).collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>(),
+        "the honest peer got every broadcast"
+    );
+    let gone = next_event(
+        &mut events,
+        |e| matches!(e, NetworkEvent::Disconnected { peer, .. } if *peer == evil_id),
+    )
+    .await;
+    assert_eq!(
+        gone,
+        NetworkEvent::Disconnected {
+            peer: evil_id,
+            reason: DisconnectReason::WriteStalled
+        }
+    );
+    assert!(reader.await.unwrap(), "the node closed the connection");
+    // Nothing it accepted is lost: the stream keeps it for the peer's return.
+    assert_eq!(hub.pending(evil_id).unwrap().messages, 50);
+    assert_eq!(hub.stats().stalled_disconnects, 1);
+    assert_eq!(
+        hub.stats().bans,
+        0,
+        "a persistent peer is not banned for stalling"
+    );
+    soon("shutdown", hub.shutdown()).await;
+    honest.shutdown().await;
 }

@@ -98,8 +98,16 @@ pub struct RawPeer {
 
 impl RawPeer {
     pub async fn connect(addr: std::net::SocketAddr, network_id: &str) -> Self {
+        Self::connect_as(addr, network_id, Keypair::generate()).await
+    }
+
+    /// Like `connect`, with a given identity (for example one the node knows as persistent).
+    pub async fn connect_as(
+        addr: std::net::SocketAddr,
+        network_id: &str,
+        keypair: Keypair,
+    ) -> Self {
         use peerwire::handshake::{HandshakeParams, perform};
-        let keypair = Keypair::generate();
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let params = HandshakeParams {
             network_id: network_id.into(),
