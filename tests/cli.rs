@@ -338,3 +338,55 @@ fn persistent_peer_and_metrics_endpoint() {
     assert!(a2.terminate().success());
     assert!(b.terminate().success());
 }
+
+/// `peerwire probe` on loopback: the receiver reports latency and per-channel throughput, both
+/// ends exit 0, and a bad combination of options says what to do.
+#[test]
+fn probe_reports_latency_and_throughput_per_channel() {
+    let mut receiver = Proc::spawn("receiver", &["probe", "--listen", "127.0.0.1:0"], false);
+    let addr = receiver.value("probe listening on");
+    let mut sender = Proc::spawn(
+        "sender",
+        &[
+            "probe",
+            "--connect",
+            &addr,
+            "--duration",
+            "1",
+            "--bulk-size",
+            "65536",
+        ],
+        false,
+    );
+    let report = receiver.line("report", |l| l.starts_with("probe report:"));
+    let field = |name: &str| -> f64 {
+        report
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {report}"))
+    };
+    // One critical message every 10 ms for a second, plus the last one.
+    assert!(field("critical_messages") >= 20.0, "{report}");
+    assert!(
+        field("critical_p99_ms") >= field("critical_p50_ms"),
+        "{report}"
+    );
+    assert!(field("bulk_mbit_s") > 0.0, "{report}");
+    assert!(sender.wait(TIMEOUT).success());
+    assert!(receiver.wait(TIMEOUT).success());
+    let mut both = Proc::spawn(
+        "both",
+        &["probe", "--listen", "127.0.0.1:0", "--connect", &addr],
+        false,
+    );
+    assert!(!both.wait(TIMEOUT).success());
+    assert!(
+        both.stderr
+            .lock()
+            .unwrap()
+            .contains("give exactly one of --listen ADDR (receiver) or --connect ADDR (sender)"),
+        "{}",
+        both.stderr.lock().unwrap()
+    );
+}
