@@ -123,12 +123,12 @@ impl FrameEncoder {
         let whole = record::HEADER_LEN + record::CHANNEL_LEN + message.len();
         if offset == 0 && end == message.len() && whole <= self.max_plaintext {
             self.ensure_room(whole)?;
-            record::put_header(
+            record::put_data_header(
                 &mut self.out,
                 RecordKind::Message,
                 record::CHANNEL_LEN + message.len(),
+                channel,
             );
-            self.out.put_u16(channel);
             self.out.extend_from_slice(message);
             return Ok(message.len());
         }
@@ -142,8 +142,7 @@ impl FrameEncoder {
         };
         let room = self.ensure_room(record::HEADER_LEN + prefix + 1)?;
         let take = (room - record::HEADER_LEN - prefix).min(end.saturating_sub(offset));
-        record::put_header(&mut self.out, kind, prefix + take);
-        self.out.put_u16(channel);
+        record::put_data_header(&mut self.out, kind, prefix + take, channel);
         if offset == 0 {
             // Message sizes are bounded by `max_message_size` (well under 4 GiB) before they reach
             // the encoder, so the cast cannot truncate.
