@@ -147,6 +147,9 @@ impl RecordDecoder {
         }
     }
 
+    // Inlined: the decoded item is then built where the caller uses it instead of being
+    // copied out (a measurable share of the per-message cost for small messages).
+    #[inline]
     fn record(&mut self, kind: u8, mut body: BytesMut) -> Option<Inbound> {
         if kind == RecordKind::Control as u8 {
             return Some(Inbound::Control(body.freeze()));
