@@ -97,19 +97,15 @@ impl Route<'_> {
             })
     }
 
-    /// Pushes, waiting for room if the peer's queue is full, until `deadline`; then the
-    /// message is refused for that peer and counted.
+    /// After a push was refused because the peer's queue was full: waits for room until
+    /// `deadline` (the waits below try again first), then refuses the message for that peer
+    /// and counts it.
     async fn push_until(
         &self,
         peer: PeerId,
         message: Bytes,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(), SendError> {
-        let message = match self.try_push(peer, message) {
-            Ok(()) => return Ok(()),
-            Err((Refusal::NotConnected, _)) => return Err(SendError::NotConnected(peer)),
-            Err((Refusal::Full, message)) => message,
-        };
         // The clock is read only once a wait is needed, never on the hot path.
         let deadline =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.shared.send_wait);
