@@ -123,14 +123,6 @@ impl Reader {
             if *t == Tally::default() {
                 continue;
             }
-            stats.messages_in.fetch_add(t.messages, Relaxed);
-            stats.bytes_in.fetch_add(t.bytes, Relaxed);
-            stats
-                .dropped_inbox_full
-                .fetch_add(t.dropped_inbox_full, Relaxed);
-            stats
-                .dropped_rate_limited
-                .fetch_add(t.dropped_rate_limited, Relaxed);
             if let Some(c) = stats.channels.get(lane) {
                 c.messages_in.fetch_add(t.messages, Relaxed);
                 c.bytes_in.fetch_add(t.bytes, Relaxed);

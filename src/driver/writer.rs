@@ -172,8 +172,6 @@ impl Writer {
             if c.0 == 0 {
                 continue;
             }
-            stats.messages_out.fetch_add(c.0, Relaxed);
-            stats.bytes_out.fetch_add(c.1, Relaxed);
             if let Some(channel) = stats.channels.get(lane) {
                 channel.messages_out.fetch_add(c.0, Relaxed);
                 channel.bytes_out.fetch_add(c.1, Relaxed);

@@ -47,7 +47,6 @@ pub(crate) struct Route<'a> {
 
 impl Route<'_> {
     fn count_drop(&self, link: &SocketShared) {
-        link.stats.dropped_queue_full.fetch_add(1, Relaxed);
         if let Some(c) = link.stats.channels.get(self.lane) {
             c.dropped_queue_full.fetch_add(1, Relaxed);
         }
