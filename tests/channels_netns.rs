@@ -11,6 +11,7 @@
 //! Needs root, `ip`, `tc` (with `tbf`) and `/dev/net/tun`; without them each test prints
 //! `skipped: ...` and returns. The namespaces and TUN devices carry the test process id and are
 //! removed by a guard, also on panic; no traffic leaves them. `--nocapture` shows the reports.
+#![cfg(feature = "cli")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // The shared child and emulator modules carry helpers only the chaos tests use.
 #![allow(dead_code)]

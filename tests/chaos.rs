@@ -20,6 +20,7 @@
 //! Without them each test prints `skipped: ...` to stderr and returns. Run with `--nocapture` to
 //! see the progress notes (measured round trips and the impairment's counters among them); set
 //! `PEERWIRE_CHAOS_LOGS=DIR` to keep every node's full output in `DIR`.
+#![cfg(feature = "cli")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;

@@ -1,4 +1,5 @@
 //! The `peerwire` program end to end: the demo, and two chat nodes in separate processes.
+#![cfg(feature = "cli")]
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers: a panic with the child's output is the failure report"

@@ -1,6 +1,7 @@
 //! A `peerwire node` with a peer that completes the handshake and then never reads (as an
 //! attacker with a fresh identity would): the node keeps broadcasting its input to its other
 //! peer without pausing for the stalled one, and cuts the stalled one after `write_timeout`.
+#![cfg(feature = "cli")]
 
 mod common;
 
