@@ -106,7 +106,7 @@ async fn start_node() -> (Network<Bytes>, Inbox<Bytes>) {
 }
 
 /// Spawns a task that drains `inbox` with `recv_many` and publishes the running total.
-fn count_inbox(mut inbox: Inbox<Bytes>) -> watch::Receiver<u64> {
+fn count_inbox(inbox: Inbox<Bytes>) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0);
     tokio::spawn(async move {
         let mut buf = Vec::with_capacity(RECV_BATCH);
@@ -434,7 +434,7 @@ fn rtt(c: &mut Criterion, rt: &Runtime) {
     // peerwire: A sends, B's echo task sends each message back to its sender.
     let (a, b, b_id, a_inbox) = rt.block_on(async {
         let (a, a_inbox) = start_node().await;
-        let (b, mut b_inbox) = start_node().await;
+        let (b, b_inbox) = start_node().await;
         let b_id = a.connect(b.local_addr()).await.unwrap();
         wait_connected(&b, a.local_peer_id()).await;
         let echo = b.clone();
@@ -454,7 +454,7 @@ fn rtt(c: &mut Criterion, rt: &Runtime) {
     group.bench_function(BenchmarkId::new("peerwire", "64B"), |bench| {
         bench.iter_custom(|iters| {
             let (a, message) = (a.clone(), message.clone());
-            let mut inbox = a_inbox.take().unwrap();
+            let inbox = a_inbox.take().unwrap();
             let (inbox, batch, total) = rt
                 .block_on(rt.spawn(async move {
                     let mut batch = Vec::with_capacity(iters as usize);

@@ -47,7 +47,7 @@ pub mod protocols;
 mod session;
 
 pub use config::{Config, PersistentPeer};
-pub use driver::inbox::{Inbox, TryRecvError};
+pub use driver::inbox::{Inbox, RecvTimeoutError, TryRecvError};
 pub use driver::shared::NetworkStats;
 pub use error::{ChannelError, ConnectError, NetworkError, SendError, ShutDown, StartError};
 pub use identity::{Keypair, PeerId};

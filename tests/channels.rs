@@ -76,7 +76,7 @@ async fn critical_keeps_flowing_while_the_application_ignores_bulk() {
 async fn persistent_delivery_is_exactly_once_in_order_per_channel_with_a_slow_bulk_reader() {
     let (b, _b_in) = node(channels()).await;
     let (_, mut b_votes) = b.channel::<u32>(VOTES).unwrap();
-    let (_, mut b_parts) = b.channel::<u32>(PARTS).unwrap();
+    let (_, b_parts) = b.channel::<u32>(PARTS).unwrap();
     let (a, _a_in) = node(channels().persistent_peer(b.local_addr(), b.local_peer_id())).await;
     let (a_votes, _) = a.channel::<u32>(VOTES).unwrap();
     let (a_parts, _) = a.channel::<u32>(PARTS).unwrap();

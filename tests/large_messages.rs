@@ -23,8 +23,8 @@ async fn one_mib_and_max_size_messages_arrive_intact() {
         )
     };
     let one_mib = pattern(1 << 20, 3);
-    // A Bytes message encodes as a varint length (4 bytes here) plus the bytes.
-    let max_payload = pattern(MAX - 4, 7);
+    // A Bytes message is raw: its body is the bytes themselves, with no length prefix.
+    let max_payload = pattern(MAX, 7);
     assert_eq!(a.encode(&max_payload).unwrap().len(), MAX);
     a.send(b_id, &one_mib).await.unwrap();
     a.send(b_id, &max_payload).await.unwrap();
@@ -34,7 +34,7 @@ async fn one_mib_and_max_size_messages_arrive_intact() {
     assert!(got[1].1 == max_payload, "max-size message corrupted");
     assert_eq!(&got[2].1[..], b"tail");
 
-    let too_big = pattern(MAX - 3, 1);
+    let too_big = pattern(MAX + 1, 1);
     let err = a.send(b_id, &too_big).await.unwrap_err();
     assert!(matches!(
         err,

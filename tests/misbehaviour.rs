@@ -9,12 +9,13 @@ use peerwire::{DisconnectReason, NetworkEvent, SocketState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_message_is_rejected_counted_and_socket_stays_open() {
-    let (net, mut inbox) = node(config()).await;
+    let (net, inbox) = typed_node(config()).await;
     let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
     eventually("evil connected", || net.is_connected(evil.id())).await;
-    // A Bytes message is a varint length then bytes: claim 200 bytes, supply 3.
+    // A typed Vec<u8> is a varint length then bytes: claim 200 bytes, supply 3.
     evil.send_encoded(&[0xc8, 0x01, 1, 2, 3]).await.unwrap();
-    evil.send(&Bytes::from_static(b"after")).await.unwrap();
+    let after = peerwire::codec::encode_message(&b"after".to_vec(), 100).unwrap();
+    evil.send_encoded(&after).await.unwrap();
     let (from, msg) = soon("good message", inbox.recv()).await.unwrap();
     assert_eq!((from, &msg[..]), (evil.id(), &b"after"[..]));
     // Counters are published once per frame, just after its messages reach the inbox.
@@ -31,7 +32,7 @@ async fn undecodable_message_is_rejected_counted_and_socket_stays_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_message_is_rejected_without_closing() {
-    let (net, mut inbox) = node(config().max_message_size(1000)).await;
+    let (net, inbox) = node(config().max_message_size(1000)).await;
     let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
     eventually("evil connected", || net.is_connected(evil.id())).await;
     evil.send(&Bytes::from(vec![1u8; 50_000])).await.unwrap();
@@ -46,8 +47,8 @@ async fn oversize_message_is_rejected_without_closing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaviour_budget_closes_the_socket_while_others_are_served() {
-    let (net, mut inbox) = node(config().misbehaviour_budget(50)).await;
-    let (honest, _honest_in) = node(config()).await;
+    let (net, inbox) = typed_node(config().misbehaviour_budget(50)).await;
+    let (honest, _honest_in) = typed_node(config()).await;
     let mut events = net.events();
     honest.connect(net.local_addr()).await.unwrap();
     let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
@@ -56,11 +57,14 @@ async fn misbehaviour_budget_closes_the_socket_while_others_are_served() {
         // Each undecodable message costs 10 points; the fifth spends the budget of 50.
         evil.send_encoded(&[0xff, 0xff, 0xff]).await.unwrap();
         honest
-            .send(net.local_peer_id(), &numbered(1, 8))
+            .send(net.local_peer_id(), &numbered(1, 8).to_vec())
             .await
             .unwrap();
     }
-    let got = recv_n(&mut inbox, 4).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(soon("honest message", inbox.recv()).await.unwrap());
+    }
     assert!(got.iter().all(|(from, _)| *from == honest.local_peer_id()));
     assert!(net.is_connected(evil.id()), "under budget: still open");
     evil.send_encoded(&[0xff, 0xff, 0xff]).await.unwrap();
@@ -78,7 +82,7 @@ async fn misbehaviour_budget_closes_the_socket_while_others_are_served() {
     );
     assert!(evil.closed_by_remote().await);
     honest
-        .send(net.local_peer_id(), &numbered(2, 8))
+        .send(net.local_peer_id(), &numbered(2, 8).to_vec())
         .await
         .unwrap();
     let (from, _) = soon("honest after ban", inbox.recv()).await.unwrap();
@@ -152,7 +156,7 @@ async fn corrupted_frame_closes_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_flood_beyond_the_rate_limit_is_dropped_then_banned() {
-    let (net, mut inbox) = node(
+    let (net, inbox) = node(
         config()
             .max_inbound_messages_per_sec(200)
             .misbehaviour_budget(100),

@@ -64,7 +64,7 @@ async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_every_handle_shuts_down() {
-    let (a, mut a_in) = node(config()).await;
+    let (a, a_in) = node(config()).await;
     let (b, _b_in) = node(config()).await;
     a.connect(b.local_addr()).await.unwrap();
     let mut events = b.events();

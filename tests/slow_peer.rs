@@ -16,7 +16,7 @@ async fn stalled_reader_is_disconnected_without_stalling_the_broadcaster() {
         .send_queue_bytes(1 << 20)
         .write_timeout(Duration::from_millis(800));
     let (hub, _hub_in) = node(cfg.clone()).await;
-    let (fast, mut fast_in) = node(config()).await;
+    let (fast, fast_in) = node(config()).await;
     fast.connect(hub.local_addr()).await.unwrap();
     // The stalled peer completes the handshake and then never reads a byte.
     let stalled = RawPeer::connect(hub.local_addr(), "peerwire-test").await;

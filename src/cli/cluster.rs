@@ -214,7 +214,7 @@ fn add(acc: NodeCounters, stats: &PeerStats) -> NodeCounters {
 /// keeps the shared atomics off the per-message path.
 async fn receive(
     net: Network<DemoMsg>,
-    mut inbox: Inbox<DemoMsg>,
+    inbox: Inbox<DemoMsg>,
     tally: Arc<Tally>,
     pongs: Option<mpsc::Sender<u64>>,
     payload_size: usize,

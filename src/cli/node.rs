@@ -205,7 +205,7 @@ fn print_event(event: &NetworkEvent) {
 }
 
 /// Prints every received message as `<sender>: <text>` until the inbox closes.
-async fn print_messages(mut inbox: Inbox<Bytes>) {
+async fn print_messages(inbox: Inbox<Bytes>) {
     while let Some((from, message)) = inbox.recv().await {
         println!("{from}: {}", printable(&message));
     }

@@ -66,8 +66,8 @@ async fn receive(args: ProbeArgs) -> Result<()> {
         config = config.listen(listen);
     }
     let (net, _inbox) = Network::<Bytes>::start(config, Keypair::try_generate()?).await?;
-    let (_, mut beats) = net.channel::<Beat>(CRITICAL)?;
-    let (_, mut parts) = net.channel::<Bytes>(BULK)?;
+    let (_, beats) = net.channel::<Beat>(CRITICAL)?;
+    let (_, parts) = net.channel::<Bytes>(BULK)?;
     println!("probe listening on {}", net.local_addr());
     let mut latencies = Vec::new();
     let (mut critical_bytes, mut bulk_bytes) = (0u64, 0u64);

@@ -116,6 +116,45 @@ pub fn decode_message<M: DeserializeOwned>(bytes: &[u8]) -> Result<M, Violation>
     }
 }
 
+/// Whether `M` is [`Bytes`], whose messages go on the wire as themselves: the record body is
+/// the bytes, with no serializer framing, and the receiver gets them without a copy.
+pub fn is_raw<M: 'static>() -> bool {
+    std::any::TypeId::of::<M>() == std::any::TypeId::of::<Bytes>()
+}
+
+/// Encodes a message body: a [`Bytes`] message is its own body (a reference-counted clone, no
+/// copy); any other type is serialized with [`encode_message`].
+///
+/// # Errors
+/// As [`encode_message`]; [`CodecError::MessageTooLarge`] for raw bytes longer than `max`.
+pub fn encode_body<M: Serialize + 'static>(message: &M, max: usize) -> Result<Bytes, CodecError> {
+    // Resolved at compile time per type: the check costs nothing on either path.
+    if let Some(raw) = (message as &dyn std::any::Any).downcast_ref::<Bytes>() {
+        if raw.len() > max {
+            return Err(CodecError::MessageTooLarge {
+                len: raw.len(),
+                max,
+            });
+        }
+        return Ok(raw.clone());
+    }
+    encode_message(message, max)
+}
+
+/// Decodes a message body, the inverse of [`encode_body`]: for [`Bytes`] the body itself (any
+/// bytes are a valid message), for any other type [`decode_message`].
+///
+/// # Errors
+/// As [`decode_message`].
+pub fn decode_body<M: DeserializeOwned + 'static>(body: Bytes) -> Result<M, Violation> {
+    let mut raw: Option<M> = None;
+    if let Some(slot) = (&mut raw as &mut dyn std::any::Any).downcast_mut::<Option<Bytes>>() {
+        *slot = Some(body);
+        return raw.ok_or_else(|| Violation::Undecodable("raw body lost".into()));
+    }
+    decode_message(&body)
+}
+
 /// Serializes a control message.
 pub fn encode_control(message: &ControlMessage) -> Bytes {
     // Control messages are plain enums of integers; serializing them into a Vec cannot fail.

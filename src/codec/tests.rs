@@ -241,3 +241,22 @@ proptest! {
         let _ = decode_message::<(u64, String, Vec<u8>)>(&data);
     }
 }
+
+#[test]
+fn raw_bytes_are_their_own_body_and_typed_messages_keep_postcard() {
+    let raw = Bytes::from_static(b"\x00\xffborsh bytes");
+    let body = encode_body(&raw, 64).unwrap();
+    assert_eq!(body, raw, "no length prefix, no re-encoding");
+    assert_eq!(body.as_ptr(), raw.as_ptr(), "the same memory, not a copy");
+    let back: Bytes = decode_body(body.clone()).unwrap();
+    assert_eq!(back.as_ptr(), body.as_ptr(), "decoded without a copy");
+    assert!(matches!(
+        encode_body(&raw, 3),
+        Err(CodecError::MessageTooLarge { len, max: 3 }) if len == raw.len()
+    ));
+    // A Vec<u8> is a typed message: postcard's length prefix stays.
+    let typed = encode_body(&raw.to_vec(), 64).unwrap();
+    assert_eq!(typed.len(), raw.len() + 1);
+    assert_eq!(decode_body::<Vec<u8>>(typed).unwrap(), raw.to_vec());
+    assert!(is_raw::<Bytes>() && !is_raw::<Vec<u8>>());
+}

@@ -7,21 +7,28 @@
 //! per peer and channel as `dropped_inbox_full` (a persistent peer resends them, see
 //! `session::inbound`).
 //!
+//! An inbox is one bounded queue under a mutex, with two ways to wait on it: a tokio `Notify`
+//! for tasks and a condition variable for plain threads. So the receiving handle is `&self`,
+//! cloneable (several tasks or threads may take from one channel) and usable outside tokio
+//! (`recv_timeout`, `blocking_recv`), which a consensus engine's synchronous loop needs.
+//!
 //! Decoding runs on the read task, in parallel per peer, through the channel's [`Slot`]: once
 //! the application has opened the channel with its message type, the slot holds a typed sink
 //! that decodes and pushes. Before that, the slot keeps the raw bytes in a backlog (within the
-//! same bounds), which the typed [`Inbox`] decodes first when it is opened, so what arrives
-//! early is neither lost nor reordered.
+//! same bounds), decoded into the typed inbox when the channel is opened, so what arrives early
+//! is neither lost nor reordered.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
-use crate::codec::decode_message;
+use crate::codec::{decode_body, is_raw};
 use crate::identity::PeerId;
 use crate::session::inbound::Delivered;
 
@@ -42,124 +49,322 @@ pub enum TryRecvError {
     Closed,
 }
 
-/// Bytes that arrived on a channel before the application opened it.
-struct Backlog<M> {
-    /// Decodes the channel's type (fixed when the channel was opened).
-    decode: fn(&[u8]) -> Option<M>,
-    rx: mpsc::Receiver<Delivery<Bytes>>,
-    bytes: Arc<AtomicUsize>,
-    /// Backlog messages that did not decode as the channel's type (dropped and counted).
-    undecodable: Arc<AtomicU64>,
+/// Why [`Inbox::recv_timeout`] returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No message arrived within the timeout.
+    #[error("no message within the timeout")]
+    Timeout,
+    /// The network has shut down and every message has been received.
+    #[error("network is shut down")]
+    Closed,
+}
+
+struct State<M> {
+    items: VecDeque<Delivery<M>>,
+    /// Encoded bytes of `items`.
+    bytes: usize,
+    /// No message will be pushed any more (the network is gone).
+    closed: bool,
+    /// Threads blocked in `recv_timeout`/`blocking_recv`.
+    sleepers: usize,
+}
+
+/// One channel's bounded queue, shared by the sink that fills it and every receiving handle.
+struct Queue<M> {
+    state: Mutex<State<M>>,
+    /// Wakes tasks waiting in `recv`.
+    ready: Notify,
+    /// Wakes threads waiting in `recv_timeout`/`blocking_recv`.
+    ready_sync: Condvar,
+    capacity: usize,
+    max_bytes: usize,
+}
+
+/// What one attempt to take a message found.
+enum Took<T> {
+    Item(T),
+    Empty,
+    Closed,
+}
+
+impl<M> Queue<M> {
+    fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+                sleepers: 0,
+            }),
+            ready: Notify::new(),
+            ready_sync: Condvar::new(),
+            capacity: capacity.max(1),
+            max_bytes,
+        }
+    }
+
+    /// Pushes without waiting; `size` is the encoded size, charged against the byte bound (one
+    /// message always fits an empty inbox, so a bound below the largest message cannot wedge a
+    /// channel).
+    fn push(&self, peer: PeerId, message: M, size: usize) -> Result<(), DeliverError> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(DeliverError::Closed);
+        }
+        let over_bytes = !state.items.is_empty() && state.bytes + size > self.max_bytes;
+        if state.items.len() >= self.capacity || over_bytes {
+            return Err(DeliverError::Full);
+        }
+        state.bytes += size;
+        state.items.push_back(Delivery {
+            peer,
+            message,
+            size,
+        });
+        let sleepers = state.sleepers;
+        drop(state);
+        self.wake(sleepers);
+        Ok(())
+    }
+
+    /// Wakes one waiting task (or stores the wake-up for the next one) and, if threads sleep,
+    /// one thread. A woken receiver that leaves messages behind wakes the next one in turn.
+    fn wake(&self, sleepers: usize) {
+        self.ready.notify_one();
+        if sleepers > 0 {
+            self.ready_sync.notify_one();
+        }
+    }
+
+    /// Takes up to `limit` messages into `out` under one lock.
+    fn take(&self, out: &mut Vec<(PeerId, M)>, limit: usize) -> Took<()> {
+        let mut state = self.state.lock();
+        let n = state.items.len().min(limit);
+        if n == 0 {
+            return if state.closed {
+                Took::Closed
+            } else {
+                Took::Empty
+            };
+        }
+        let mut bytes = 0;
+        out.extend(state.items.drain(..n).map(|d| {
+            bytes += d.size;
+            (d.peer, d.message)
+        }));
+        state.bytes -= bytes;
+        let (left, sleepers) = (state.items.len(), state.sleepers);
+        drop(state);
+        if left > 0 {
+            self.wake(sleepers);
+        }
+        Took::Item(())
+    }
+
+    fn take_one(&self) -> Took<(PeerId, M)> {
+        let mut state = self.state.lock();
+        match state.items.pop_front() {
+            Some(d) => {
+                state.bytes -= d.size;
+                let (left, sleepers) = (state.items.len(), state.sleepers);
+                drop(state);
+                if left > 0 {
+                    self.wake(sleepers);
+                }
+                Took::Item((d.peer, d.message))
+            }
+            None if state.closed => Took::Closed,
+            None => Took::Empty,
+        }
+    }
+
+    /// Blocks the calling thread until a message, the close, or `deadline`.
+    fn take_blocking(&self, deadline: Option<Instant>) -> Result<(PeerId, M), RecvTimeoutError> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(d) = state.items.pop_front() {
+                state.bytes -= d.size;
+                let (left, sleepers) = (state.items.len(), state.sleepers);
+                drop(state);
+                if left > 0 {
+                    self.wake(sleepers);
+                }
+                return Ok((d.peer, d.message));
+            }
+            if state.closed {
+                return Err(RecvTimeoutError::Closed);
+            }
+            state.sleepers += 1;
+            let timed_out = match deadline {
+                Some(deadline) => self.ready_sync.wait_until(&mut state, deadline).timed_out(),
+                None => {
+                    self.ready_sync.wait(&mut state);
+                    false
+                }
+            };
+            state.sleepers -= 1;
+            if timed_out && state.items.is_empty() {
+                return Err(if state.closed {
+                    RecvTimeoutError::Closed
+                } else {
+                    RecvTimeoutError::Timeout
+                });
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_waiters();
+        // A stored wake-up too, for a task between its check and its wait.
+        self.ready.notify_one();
+        self.ready_sync.notify_all();
+    }
+
+    fn len(&self) -> usize {
+        self.state.lock().items.len()
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
 }
 
 /// Receives `(sender, message)` pairs on one channel from every peer, in per-peer order.
 ///
-/// `recv` returns `None` once the network has shut down and the inbox is drained.
+/// Cheap to clone: clones take from the same inbox (each message goes to one of them), so
+/// several tasks or threads can serve one channel. All methods take `&self`. `recv` waits in a
+/// task; `recv_timeout` and `blocking_recv` wait in a plain thread (outside any tokio runtime),
+/// `try_recv` never waits. Every way returns `None`/`Closed` once the network has shut down and
+/// the inbox is drained.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), peerwire::NetworkError> {
+/// use std::time::Duration;
+/// use peerwire::{Config, Keypair, Network, RecvTimeoutError};
+/// let config = Config::default().network_id("doc-inbox");
+/// let (a, _) = Network::<u64>::start(config.clone(), Keypair::generate()).await?;
+/// let (b, inbox) = Network::<u64>::start(config, Keypair::generate()).await?;
+/// a.connect(b.local_addr()).await?;
+/// a.send(b.local_peer_id(), &7).await?;
+/// // A thread with no runtime takes the message, waiting at most a second for it.
+/// let engine = std::thread::spawn(move || inbox.recv_timeout(Duration::from_secs(5)));
+/// let got = tokio::task::spawn_blocking(move || engine.join()).await.unwrap().unwrap();
+/// assert_eq!(got, Ok((a.local_peer_id(), 7)));
+/// # let _ = RecvTimeoutError::Timeout;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Inbox<M> {
-    rx: mpsc::Receiver<Delivery<M>>,
-    bytes: Arc<AtomicUsize>,
-    backlog: Option<Backlog<M>>,
+    queue: Arc<Queue<M>>,
+}
+
+impl<M> Clone for Inbox<M> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
 }
 
 impl<M> std::fmt::Debug for Inbox<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.queue.state.lock();
         f.debug_struct("Inbox")
-            .field("queued", &self.rx.len())
-            .field("bytes", &self.bytes.load(Ordering::Relaxed))
-            .field("backlog", &self.backlog.as_ref().map(|b| b.rx.len()))
+            .field("queued", &state.items.len())
+            .field("bytes", &state.bytes)
+            .field("closed", &state.closed)
             .finish()
     }
 }
 
 impl<M> Inbox<M> {
-    fn take(&self, d: Delivery<M>) -> (PeerId, M) {
-        self.bytes.fetch_sub(d.size, Ordering::Relaxed);
-        (d.peer, d.message)
-    }
-
-    /// The next message of the backlog (what arrived before the channel was opened), if any.
-    fn next_early(&mut self) -> Option<(PeerId, M)> {
-        let backlog = self.backlog.as_mut()?;
-        loop {
-            match backlog.rx.try_recv() {
-                Ok(d) => {
-                    backlog.bytes.fetch_sub(d.size, Ordering::Relaxed);
-                    match (backlog.decode)(&d.message) {
-                        Some(message) => return Some((d.peer, message)),
-                        None => {
-                            backlog.undecodable.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                // No sender is left once the channel is open: the backlog is done.
-                Err(_) => {
-                    self.backlog = None;
-                    return None;
-                }
-            }
-        }
-    }
-
     /// Waits for the next message.
     ///
     /// # Cancel safety
     /// Cancel safe: no message is lost if the future is dropped.
-    pub async fn recv(&mut self) -> Option<(PeerId, M)> {
-        if let Some(early) = self.next_early() {
-            return Some(early);
+    pub async fn recv(&self) -> Option<(PeerId, M)> {
+        loop {
+            match self.queue.take_one() {
+                Took::Item(item) => return Some(item),
+                Took::Closed => return None,
+                Took::Empty => {}
+            }
+            // Registered before looking again, so a push in between is not missed.
+            let notified = self.queue.ready.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            match self.queue.take_one() {
+                Took::Item(item) => return Some(item),
+                Took::Closed => return None,
+                Took::Empty => notified.await,
+            }
         }
-        let d = self.rx.recv().await?;
-        Some(self.take(d))
     }
 
-    /// Takes the next message without waiting, for engines with a synchronous loop.
+    /// Takes the next message without waiting.
     ///
     /// # Errors
     /// [`TryRecvError::Empty`] when nothing is waiting, [`TryRecvError::Closed`] after shutdown.
-    pub fn try_recv(&mut self) -> Result<(PeerId, M), TryRecvError> {
-        if let Some(early) = self.next_early() {
-            return Ok(early);
-        }
-        match self.rx.try_recv() {
-            Ok(d) => Ok(self.take(d)),
-            Err(mpsc::error::TryRecvError::Empty) => Err(TryRecvError::Empty),
-            Err(mpsc::error::TryRecvError::Disconnected) => Err(TryRecvError::Closed),
+    pub fn try_recv(&self) -> Result<(PeerId, M), TryRecvError> {
+        match self.queue.take_one() {
+            Took::Item(item) => Ok(item),
+            Took::Empty => Err(TryRecvError::Empty),
+            Took::Closed => Err(TryRecvError::Closed),
         }
     }
 
-    /// Waits for at least one message, then moves up to `limit` into `out`; returns how many
-    /// (0 only after shutdown). Cheaper per message than `recv` under load.
+    /// Blocks the calling thread until a message arrives or `timeout` passes. For threads
+    /// outside tokio (a synchronous consensus loop); inside a runtime it would block a worker.
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`], or [`RecvTimeoutError::Closed`] after shutdown.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<(PeerId, M), RecvTimeoutError> {
+        self.queue.take_blocking(Some(
+            Instant::now() + timeout.min(Duration::from_secs(1 << 32)),
+        ))
+    }
+
+    /// Blocks the calling thread until a message arrives; `None` after shutdown. For threads
+    /// outside tokio, like [`Inbox::recv_timeout`].
+    pub fn blocking_recv(&self) -> Option<(PeerId, M)> {
+        self.queue.take_blocking(None).ok()
+    }
+
+    /// Waits for at least one message, then moves up to `limit` into `out` under one lock;
+    /// returns how many (0 only after shutdown, or when `limit` is 0). Cheaper per message
+    /// than `recv` under load.
     ///
     /// # Cancel safety
     /// Cancel safe.
-    pub async fn recv_many(&mut self, out: &mut Vec<(PeerId, M)>, limit: usize) -> usize {
-        let mut early = 0;
-        while early < limit {
-            match self.next_early() {
-                Some(item) => {
-                    out.push(item);
-                    early += 1;
-                }
-                None => break,
+    pub async fn recv_many(&self, out: &mut Vec<(PeerId, M)>, limit: usize) -> usize {
+        if limit == 0 {
+            return 0;
+        }
+        let before = out.len();
+        loop {
+            match self.queue.take(out, limit) {
+                Took::Item(()) => return out.len() - before,
+                Took::Closed => return 0,
+                Took::Empty => {}
+            }
+            let notified = self.queue.ready.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            match self.queue.take(out, limit) {
+                Took::Item(()) => return out.len() - before,
+                Took::Closed => return 0,
+                Took::Empty => notified.await,
             }
         }
-        if early > 0 {
-            return early;
-        }
-        let mut batch = Vec::with_capacity(limit.min(1024));
-        let n = self.rx.recv_many(&mut batch, limit).await;
-        let mut bytes = 0;
-        out.extend(batch.into_iter().map(|d| {
-            bytes += d.size;
-            (d.peer, d.message)
-        }));
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        n
     }
 
     /// Messages waiting now.
     pub fn len(&self) -> usize {
-        self.rx.len() + self.backlog.as_ref().map_or(0, |b| b.rx.len())
+        self.queue.len()
     }
 
     /// Whether no message is waiting now.
@@ -175,57 +380,6 @@ pub(crate) enum DeliverError {
     Closed,
 }
 
-/// The sending half of one inbox.
-struct InboxSender<M> {
-    tx: mpsc::Sender<Delivery<M>>,
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-}
-
-impl<M> InboxSender<M> {
-    /// Pushes without waiting; `size` is the encoded size, charged against the byte bound.
-    fn try_deliver(&self, peer: PeerId, message: M, size: usize) -> Result<(), DeliverError> {
-        if self.bytes.load(Ordering::Relaxed) + size > self.max_bytes {
-            return if self.tx.is_closed() {
-                Err(DeliverError::Closed)
-            } else {
-                Err(DeliverError::Full)
-            };
-        }
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        match self.tx.try_send(Delivery {
-            peer,
-            message,
-            size,
-        }) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.bytes.fetch_sub(size, Ordering::Relaxed);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => Err(DeliverError::Full),
-                    mpsc::error::TrySendError::Closed(_) => Err(DeliverError::Closed),
-                }
-            }
-        }
-    }
-}
-
-fn channel<M>(
-    capacity: usize,
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-) -> (InboxSender<M>, mpsc::Receiver<Delivery<M>>) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    (
-        InboxSender {
-            tx,
-            bytes,
-            max_bytes,
-        },
-        rx,
-    )
-}
-
 impl From<Result<(), DeliverError>> for Delivered {
     fn from(result: Result<(), DeliverError>) -> Self {
         match result {
@@ -236,41 +390,55 @@ impl From<Result<(), DeliverError>> for Delivered {
     }
 }
 
-/// Decodes and delivers one channel's messages on the read task.
-trait Sink: Send + Sync {
-    fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered;
+/// The filling side of one inbox; dropping it closes the inbox (receivers drain, then see the
+/// close).
+struct InboxSender<M> {
+    queue: Arc<Queue<M>>,
 }
 
-impl<M: DeserializeOwned + Send> Sink for InboxSender<M> {
-    fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered {
-        match decode_message::<M>(&bytes) {
-            Ok(message) => self.try_deliver(peer, message, bytes.len()).into(),
-            Err(violation) => Delivered::Undecodable(violation),
-        }
+impl<M> Drop for InboxSender<M> {
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 
-/// A backlog before its type is known.
-struct RawBacklog {
-    rx: mpsc::Receiver<Delivery<Bytes>>,
-    undecodable: Arc<AtomicU64>,
+/// Decodes and delivers one channel's messages on the read task.
+trait Sink: Send + Sync {
+    fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered;
+    /// Whether delivered bodies are kept as they are (raw [`Bytes`] channels), so a small one
+    /// must not pin a large receive buffer.
+    fn keeps_bodies(&self) -> bool;
+}
+
+impl<M: DeserializeOwned + Send + 'static> Sink for InboxSender<M> {
+    fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered {
+        let size = bytes.len();
+        match decode_body::<M>(bytes) {
+            Ok(message) => self.queue.push(peer, message, size).into(),
+            Err(violation) => Delivered::Undecodable(violation),
+        }
+    }
+
+    fn keeps_bodies(&self) -> bool {
+        is_raw::<M>()
+    }
 }
 
 /// One channel's delivery point, shared by every reader; see the module docs.
 pub(crate) struct Slot {
     typed: OnceLock<Box<dyn Sink>>,
-    /// Until the channel is opened: the backlog's sender, and its receiver to hand over.
-    raw: Mutex<Option<(InboxSender<Bytes>, RawBacklog)>>,
+    /// Until the channel is opened: the backlog of raw bodies.
+    raw: Mutex<Option<InboxSender<Bytes>>>,
     capacity: usize,
     max_bytes: usize,
-    bytes: Arc<AtomicUsize>,
+    /// Backlog messages that did not decode as the channel's type when it was opened (dropped).
+    undecodable: AtomicU64,
 }
 
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
             .field("open", &self.typed.get().is_some())
-            .field("bytes", &self.bytes.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -279,18 +447,14 @@ impl Slot {
     /// A channel slot bounded by `capacity` messages and `max_bytes` encoded bytes, keeping a
     /// backlog until it is opened.
     pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = channel::<Bytes>(capacity, bytes.clone(), max_bytes);
-        let backlog = RawBacklog {
-            rx,
-            undecodable: Arc::new(AtomicU64::new(0)),
-        };
         Self {
             typed: OnceLock::new(),
-            raw: Mutex::new(Some((tx, backlog))),
+            raw: Mutex::new(Some(InboxSender {
+                queue: Arc::new(Queue::new(capacity, max_bytes)),
+            })),
             capacity,
             max_bytes,
-            bytes,
+            undecodable: AtomicU64::new(0),
         }
     }
 
@@ -299,45 +463,63 @@ impl Slot {
         capacity: usize,
         max_bytes: usize,
     ) -> (Self, Inbox<M>) {
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = channel::<M>(capacity, bytes.clone(), max_bytes);
-        let typed = OnceLock::new();
-        let _ = typed.set(Box::new(tx) as Box<dyn Sink>);
         let slot = Self {
-            typed,
+            typed: OnceLock::new(),
             raw: Mutex::new(None),
             capacity,
             max_bytes,
-            bytes: bytes.clone(),
+            undecodable: AtomicU64::new(0),
         };
-        let inbox = Inbox {
-            rx,
-            bytes,
-            backlog: None,
-        };
+        let inbox = slot.open::<M>().unwrap_or_else(|| Inbox {
+            queue: Arc::new(Queue::new(capacity, max_bytes)),
+        });
         (slot, inbox)
     }
 
     /// Opens the channel for message type `M`: from now on readers decode into the returned
-    /// inbox, which first yields the backlog. `None` if it was opened before.
+    /// inbox, which first holds the backlog, decoded. `None` if it was opened before.
     pub(crate) fn open<M: DeserializeOwned + Send + 'static>(&self) -> Option<Inbox<M>> {
+        if self.typed.get().is_some() {
+            return None;
+        }
         let mut raw = self.raw.lock();
-        let (raw_tx, backlog) = raw.take()?;
-        let (tx, rx) = channel::<M>(self.capacity, self.bytes.clone(), self.max_bytes);
-        // Installed before the backlog's sender goes, under the lock readers take for the
-        // backlog: each reader's later messages go to the typed inbox, after its earlier ones.
-        let _ = self.typed.set(Box::new(tx));
-        drop(raw_tx);
-        Some(Inbox {
-            rx,
-            bytes: self.bytes.clone(),
-            backlog: Some(Backlog {
-                decode: |bytes| decode_message::<M>(bytes).ok(),
-                rx: backlog.rx,
-                bytes: self.bytes.clone(),
-                undecodable: backlog.undecodable,
-            }),
-        })
+        let queue = Arc::new(Queue::<M>::new(self.capacity, self.max_bytes));
+        if let Some(backlog) = raw.take() {
+            // Decoded under the lock readers take for the backlog: a reader's later messages
+            // go to the typed inbox after its earlier ones.
+            let mut early = backlog.queue.state.lock();
+            let mut typed = queue.state.lock();
+            for d in early.items.drain(..) {
+                match decode_body::<M>(d.message) {
+                    Ok(message) => {
+                        typed.bytes += d.size;
+                        typed.items.push_back(Delivery {
+                            peer: d.peer,
+                            message,
+                            size: d.size,
+                        });
+                    }
+                    Err(_) => {
+                        self.undecodable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            early.bytes = 0;
+        }
+        let sink = InboxSender {
+            queue: queue.clone(),
+        };
+        if self.typed.set(Box::new(sink)).is_err() {
+            return None;
+        }
+        Some(Inbox { queue })
+    }
+
+    /// Whether a body handed to this slot may be kept as it is (a raw channel, or a backlog):
+    /// then a small body should be copied out of the receive buffer first, see
+    /// `reader::Compactor`.
+    pub(crate) fn keeps_bodies(&self) -> bool {
+        self.typed.get().is_none_or(|sink| sink.keeps_bodies())
     }
 
     /// Hands one encoded message from `peer` to the channel.
@@ -348,19 +530,19 @@ impl Slot {
         let raw = self.raw.lock();
         match (raw.as_ref(), self.typed.get()) {
             (_, Some(sink)) => sink.deliver(peer, bytes),
-            (Some((tx, _)), None) => {
+            (Some(backlog), None) => {
                 let size = bytes.len();
-                tx.try_deliver(peer, bytes, size).into()
+                backlog.queue.push(peer, bytes, size).into()
             }
             // Opened and typed is set before raw is taken, so this cannot be reached.
             (None, None) => Delivered::Closed,
         }
     }
 
-    /// Encoded bytes waiting in this channel's inbox (and backlog).
+    /// Encoded bytes waiting in this channel's backlog.
     #[cfg(test)]
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+    fn backlog_bytes(&self) -> usize {
+        self.raw.lock().as_ref().map_or(0, |b| b.queue.bytes())
     }
 }
 
@@ -378,7 +560,7 @@ mod tests {
     fn bounded_by_count_and_bytes_and_reports_closed() {
         let peer = Keypair::generate().peer_id();
         let slot = Slot::new(2, 4);
-        let mut rx = slot.open::<u8>().unwrap();
+        let rx = slot.open::<u8>().unwrap();
         assert!(slot.open::<u8>().is_none(), "a channel opens once");
         assert_eq!(slot.deliver(peer, enc(1)), Delivered::Ok);
         assert_eq!(slot.deliver(peer, enc(2)), Delivered::Ok);
@@ -386,11 +568,13 @@ mod tests {
         assert_eq!(rx.try_recv(), Ok((peer, 1)));
         assert_eq!(rx.try_recv(), Ok((peer, 2)));
         let big = Slot::new(8, 5);
-        let mut vec_rx = big.open::<Vec<u8>>().unwrap();
+        let vec_rx = big.open::<Vec<u8>>().unwrap();
         let vec_enc = |n: usize| encode_message(&vec![7u8; n], 100).unwrap();
         assert_eq!(big.deliver(peer, vec_enc(2)), Delivered::Ok); // 3 bytes
         assert_eq!(big.deliver(peer, vec_enc(2)), Delivered::Full); // 6 > 5 bytes
         assert_eq!(vec_rx.try_recv(), Ok((peer, vec![7, 7])));
+        // One message always fits an empty inbox, whatever its size.
+        assert_eq!(big.deliver(peer, vec_enc(9)), Delivered::Ok);
         assert_eq!(slot.deliver(peer, enc(3)), Delivered::Ok);
         assert!(matches!(
             slot.deliver(peer, Bytes::from_static(&[])),
@@ -400,12 +584,17 @@ mod tests {
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         drop(slot);
         assert_eq!(rx.try_recv(), Err(TryRecvError::Closed));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Err(RecvTimeoutError::Closed)
+        );
     }
 
     #[test]
     fn messages_before_open_wait_in_the_backlog_in_order() {
         let peer = Keypair::generate().peer_id();
         let slot = Slot::new(3, 100);
+        assert!(slot.keeps_bodies(), "a backlog keeps bodies");
         assert_eq!(slot.deliver(peer, enc(1)), Delivered::Ok);
         assert_eq!(slot.deliver(peer, enc(2)), Delivered::Ok);
         assert_eq!(
@@ -417,11 +606,81 @@ mod tests {
             Delivered::Full,
             "backlog bounded too"
         );
-        let mut rx = slot.open::<u8>().unwrap();
+        assert_eq!(slot.backlog_bytes(), 4);
+        let rx = slot.open::<u8>().unwrap();
+        assert!(!slot.keeps_bodies(), "a typed channel decodes");
         assert_eq!(slot.deliver(peer, enc(3)), Delivered::Ok);
         let got: Vec<u8> = std::iter::from_fn(|| rx.try_recv().ok().map(|(_, m)| m)).collect();
         // The undecodable early message is dropped (and counted), the rest keep their order.
         assert_eq!(got, vec![1, 2, 3]);
-        assert_eq!(slot.bytes(), 0);
+        assert_eq!(slot.undecodable.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.queue.bytes(), 0);
+    }
+
+    #[test]
+    fn a_raw_channel_keeps_bodies_and_hands_them_over_as_they_are() {
+        let peer = Keypair::generate().peer_id();
+        let slot = Slot::new(4, 100);
+        let rx = slot.open::<Bytes>().unwrap();
+        assert!(slot.keeps_bodies());
+        let body = Bytes::from_static(b"\x00anything");
+        assert_eq!(slot.deliver(peer, body.clone()), Delivered::Ok);
+        let (_, got) = rx.try_recv().unwrap();
+        assert_eq!(got.as_ptr(), body.as_ptr(), "no copy");
+    }
+
+    #[test]
+    fn clones_share_one_inbox_and_threads_wait_with_a_timeout() {
+        let peer = Keypair::generate().peer_id();
+        let slot = Slot::new(8, 100);
+        let rx = slot.open::<u8>().unwrap();
+        let other = rx.clone();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
+        let waiter = std::thread::spawn(move || other.recv_timeout(Duration::from_secs(30)));
+        // Whether the thread is asleep yet or not, the message reaches it.
+        assert_eq!(slot.deliver(peer, enc(5)), Delivered::Ok);
+        assert_eq!(waiter.join().unwrap(), Ok((peer, 5)));
+        assert!(rx.is_empty(), "each message goes to one receiver");
+        let blocked = {
+            let rx = rx.clone();
+            std::thread::spawn(move || rx.blocking_recv())
+        };
+        drop(slot);
+        assert_eq!(
+            blocked.join().unwrap(),
+            None,
+            "the close wakes a blocked thread"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_waiting_in_recv_is_woken_by_a_push_and_by_the_close() {
+        let peer = Keypair::generate().peer_id();
+        let slot = Arc::new(Slot::new(8, 100));
+        let rx = slot.open::<u8>().unwrap();
+        let waiting = tokio::spawn({
+            let rx = rx.clone();
+            async move { rx.recv().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(slot.deliver(peer, enc(4)), Delivered::Ok);
+        assert_eq!(waiting.await.unwrap(), Some((peer, 4)));
+        for v in 0..3 {
+            assert_eq!(slot.deliver(peer, enc(v)), Delivered::Ok);
+        }
+        let mut out = Vec::new();
+        assert_eq!(rx.recv_many(&mut out, 2).await, 2);
+        assert_eq!(rx.recv_many(&mut out, 8).await, 1);
+        assert_eq!(out.iter().map(|(_, v)| *v).collect::<Vec<_>>(), [0, 1, 2]);
+        let waiting = tokio::spawn({
+            let rx = rx.clone();
+            async move { rx.recv().await }
+        });
+        tokio::task::yield_now().await;
+        drop(slot);
+        assert_eq!(waiting.await.unwrap(), None);
     }
 }

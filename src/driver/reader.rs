@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -46,12 +46,15 @@ impl Reader {
         let mut frames = FrameDecoder::new(opener);
         let mut actions = Vec::new();
         let mut tally = vec![Tally::default(); self.slots.len()];
+        let mut compactor = Compactor::new(self.read_chunk_size);
         loop {
             loop {
                 match frames.decode(&mut buf) {
                     Ok(Some(plaintext)) => {
                         self.shared.stats.frames_in.fetch_add(1, Relaxed);
-                        if let Some(stop) = self.frame(plaintext, &mut actions, &mut tally) {
+                        if let Some(stop) =
+                            self.frame(plaintext, &mut actions, &mut tally, &mut compactor)
+                        {
                             return Some(match stop {
                                 Stop::Goodbye(r) => DisconnectReason::RemoteGoodbye(r),
                                 Stop::Misbehaviour(score) => {
@@ -87,6 +90,7 @@ impl Reader {
         plaintext: BytesMut,
         actions: &mut Vec<Action>,
         tally: &mut [Tally],
+        compactor: &mut Compactor,
     ) -> Option<Stop> {
         let (score, rejected) = (self.session.score(), self.session.rejected());
         let stop = {
@@ -94,6 +98,7 @@ impl Reader {
             let mut recv = recv.lock();
             let (peer, slots) = (self.peer, &self.slots);
             let mut deliver = |lane: usize, bytes| match slots.get(lane) {
+                Some(slot) if slot.keeps_bodies() => slot.deliver(peer, compactor.compact(bytes)),
                 Some(slot) => slot.deliver(peer, bytes),
                 None => crate::session::inbound::Delivered::Closed,
             };
@@ -164,5 +169,75 @@ impl Reader {
             }
             Action::Ack { lane, next } => self.shared.queue.set_ack(lane, next),
         }
+    }
+}
+
+/// Where a small body that the application will keep (a raw [`Bytes`] channel, or a channel's
+/// backlog) is copied before delivery.
+///
+/// A body handed over as a slice of its frame keeps the whole receive buffer it was read into
+/// alive: a 64-byte message held in an inbox would pin a 64 KiB chunk, and an inbox of them
+/// thousands of times its byte bound. So bodies below half a read chunk are copied into a shared
+/// arena, packed densely (one allocation per arena, not per message), and only larger bodies,
+/// whose buffer is mostly theirs, go through without a copy. Memory pinned by kept bodies is then
+/// at most about twice their bytes, which the inbox bounds.
+#[derive(Debug)]
+pub(crate) struct Compactor {
+    arena: BytesMut,
+    /// Bodies this long or longer are delivered as slices of their frame.
+    slice_from: usize,
+}
+
+/// Size of one arena.
+const ARENA: usize = 64 * 1024;
+
+impl Compactor {
+    pub(crate) fn new(read_chunk_size: usize) -> Self {
+        Self {
+            arena: BytesMut::new(),
+            slice_from: (read_chunk_size / 2).max(ARENA / 2),
+        }
+    }
+
+    /// The body to deliver: itself if large, else a copy in the arena.
+    pub(crate) fn compact(&mut self, body: Bytes) -> Bytes {
+        if body.len() >= self.slice_from {
+            return body;
+        }
+        if self.arena.capacity() < body.len() {
+            // The old arena lives on only in the bodies cut from it.
+            self.arena = BytesMut::with_capacity(ARENA.max(body.len()));
+        }
+        self.arena.extend_from_slice(&body);
+        self.arena.split().freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bodies_are_packed_into_an_arena_and_large_ones_pass_through() {
+        let mut compactor = Compactor::new(64 * 1024);
+        let frame = Bytes::from(vec![7u8; 64 * 1024]);
+        let small = compactor.compact(frame.slice(10..74));
+        assert_eq!(&small[..], &frame[10..74]);
+        assert_ne!(
+            small.as_ptr(),
+            frame[10..].as_ptr(),
+            "copied out of the frame"
+        );
+        let next = compactor.compact(frame.slice(100..164));
+        // Packed: the second body sits right after the first in the same arena.
+        assert_eq!(next.as_ptr(), small.as_ptr().wrapping_add(64));
+        let large = compactor.compact(frame.slice(..40 * 1024));
+        assert_eq!(large.as_ptr(), frame.as_ptr(), "a large body is not copied");
+        // A full arena is replaced, not grown: earlier bodies keep their bytes.
+        for _ in 0..2000 {
+            let body = compactor.compact(frame.slice(0..64));
+            assert_eq!(&body[..], &[7u8; 64][..]);
+        }
+        assert_eq!(&small[..], &frame[10..74]);
     }
 }

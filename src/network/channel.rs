@@ -42,7 +42,7 @@ impl<T> std::fmt::Debug for Channel<T> {
     }
 }
 
-impl<T: Serialize> Channel<T> {
+impl<T: Serialize + 'static> Channel<T> {
     pub(crate) fn new(shared: Arc<Shared>, lane: usize, id: ChannelId) -> Self {
         Self {
             shared,

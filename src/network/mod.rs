@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use crate::codec::CodecError;
-use crate::codec::encode_message;
+use crate::codec::encode_body;
 use crate::config::Config;
 use crate::driver::inbox::{Inbox, Slot};
 use crate::driver::link::SocketContext;
@@ -181,7 +181,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
     }
 }
 
-impl<M: Serialize> Network<M> {
+impl<M: Serialize + 'static> Network<M> {
     /// This node's proven identity.
     pub fn local_peer_id(&self) -> PeerId {
         self.shared.local_id
@@ -502,10 +502,10 @@ pub struct Encoded<M> {
 impl<M> Encoded<M> {
     fn new(message: &M, max: usize) -> Result<Self, CodecError>
     where
-        M: Serialize,
+        M: Serialize + 'static,
     {
         Ok(Self {
-            bytes: encode_message(message, max)?,
+            bytes: encode_body(message, max)?,
             _message: PhantomData,
         })
     }
