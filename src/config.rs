@@ -160,6 +160,11 @@ pub struct Config {
     /// one-way latency beside a saturating bulk channel measured 44 ms with 32 KiB and 54 ms
     /// with 128 KiB; see BENCHMARKS.md).
     pub tcp_notsent_lowat: u32,
+    /// Whether the default channel delivers to this node itself: `send` to the local
+    /// [`PeerId`] and every `broadcast` also put the message in the local inbox, tagged with the
+    /// local id, in order with this node's other sends to itself (most consensus engines expect
+    /// their own votes back). Off by default; per channel with [`ChannelSpec::deliver_to_self`].
+    pub deliver_to_self: bool,
 }
 
 impl Default for Config {
@@ -201,6 +206,7 @@ impl Default for Config {
             max_stalls_per_ip: 3,
             stall_window: Duration::from_secs(600),
             tcp_notsent_lowat: 32 * 1024,
+            deliver_to_self: false,
         }
     }
 }
@@ -235,6 +241,8 @@ setters! {
     inbox_capacity: usize,
     /// Sets [`Config::inbox_bytes`].
     inbox_bytes: usize,
+    /// Sets [`Config::deliver_to_self`].
+    deliver_to_self: bool,
     /// Sets [`Config::event_capacity`].
     event_capacity: usize,
     /// Sets [`Config::max_inbound`].
@@ -334,6 +342,7 @@ impl Config {
             .max_message_size(self.max_message_size)
             .max_inbound_messages_per_sec(self.max_inbound_messages_per_sec)
             .max_inbound_bytes_per_sec(self.max_inbound_bytes_per_sec)
+            .deliver_to_self(self.deliver_to_self)
     }
 
     /// Every channel, by dense index (0 is the default channel).

@@ -51,6 +51,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The blocking façade could not start its runtime (threads or OS resources exhausted).
+    #[error("cannot start the network's runtime: {0}; check the process's thread and file limits")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Why [`crate::Network::connect`] or [`crate::Network::connect_to`] failed.

@@ -34,6 +34,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 pub mod codec;
 mod config;
 mod driver;
@@ -52,7 +53,7 @@ pub use driver::shared::NetworkStats;
 pub use error::{ChannelError, ConnectError, NetworkError, SendError, ShutDown, StartError};
 pub use identity::{Keypair, PeerId};
 pub use metrics::prometheus_text;
-pub use network::{BroadcastReport, Channel, Encoded, Network, Pending};
+pub use network::{BroadcastReport, Channel, Encoded, Network, Pending, Skipped};
 pub use peers::backoff::Backoff;
 pub use peers::{BanReason, NetworkEvent};
 pub use session::{

@@ -107,6 +107,11 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
             "Messages refused because a persistent peer's stream was full while it was away.",
             stats.offline_full,
         ),
+        (
+            "peerwire_self_inbox_full_total",
+            "Messages to this node itself (deliver_to_self) dropped because its inbox was full.",
+            stats.self_inbox_full,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");

@@ -31,6 +31,16 @@ async fn stalled_reader_is_disconnected_without_stalling_the_broadcaster() {
     while hub.is_connected(stalled.id()) {
         let report = hub.try_broadcast(&payload).unwrap();
         skipped += report.skipped_full;
+        // Every skip names the peer and why: only the stalled one, for a full queue.
+        assert_eq!(report.skipped.len(), report.skipped_full);
+        assert!(
+            report
+                .skipped
+                .iter()
+                .all(|s| *s == (stalled.id(), peerwire::Skipped::QueueFull)),
+            "{:?}",
+            report.skipped
+        );
         // The fast peer keeps receiving while the other one is stuck.
         while fast_in.try_recv().is_ok() {
             delivered_to_fast += 1;

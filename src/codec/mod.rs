@@ -82,6 +82,9 @@ pub enum ControlMessage {
         /// First sequence number to resend.
         from: u64,
     },
+    /// The sender has admitted this connection: its application now sees us as connected.
+    /// The first record each side sends after admission; the dialer's `connect` returns on it.
+    Welcome,
 }
 
 /// Serializes an application message, refusing one larger than `max` bytes.

@@ -19,6 +19,7 @@ use super::link::{SocketContext, SocketShared};
 use super::reader::Reader;
 use super::stream::Reliable;
 use super::writer::{WriteEnd, Writer};
+use crate::codec::ControlMessage;
 use crate::error::ConnectError;
 use crate::handshake::{self, Established, HandshakeError, HandshakeParams};
 use crate::identity::PeerId;
@@ -49,6 +50,8 @@ pub(crate) enum SocketEvent {
         peer: PeerId,
         reply: oneshot::Sender<(Admission, Streams)>,
     },
+    /// The peer admitted the connection (its welcome arrived).
+    Welcomed { shared: Arc<SocketShared> },
     /// The connection is closed and all its tasks have ended. `error` is set when it never
     /// opened, for the caller of `connect`.
     Closed {
@@ -234,6 +237,8 @@ impl SocketTask {
         match admission {
             Admission::Open => {
                 self.shared.state.set(SocketState::Open);
+                // First out: tells the peer we publish it now (its `connect` returns on it).
+                self.shared.queue.push_control(ControlMessage::Welcome);
                 if let Some(reliable) = &streams.reliable {
                     // This connection now carries the stream: it resends what is unacknowledged.
                     reliable.attach(&self.shared);
@@ -295,8 +300,17 @@ impl SocketTask {
         let mut ticker =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Only a dialer's caller waits for the welcome.
+        let mut await_welcome = self.shared.direction == Direction::Outbound;
         let first = loop {
             tokio::select! {
+                () = self.shared.welcomed.notified(), if await_welcome => {
+                    await_welcome = false;
+                    let _ = self
+                        .to_network
+                        .send(SocketEvent::Welcomed { shared: self.shared.clone() })
+                        .await;
+                }
                 read_end = &mut reader => break Ended::Reader(read_end),
                 write_end = &mut writer => break Ended::Writer(write_end),
                 _ = ticker.tick() => {

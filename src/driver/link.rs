@@ -43,6 +43,8 @@ pub(crate) struct SocketShared {
     pub(crate) opened_at: Instant,
     /// When bytes last arrived, in microseconds since `opened_at`.
     pub(crate) last_rx_micros: AtomicU64,
+    /// Signalled when the peer's welcome arrives (it admitted the connection).
+    pub(crate) welcomed: tokio::sync::Notify,
 }
 
 impl SocketShared {
@@ -58,6 +60,7 @@ impl SocketShared {
             direction,
             addr,
             peer: OnceLock::new(),
+            welcomed: tokio::sync::Notify::new(),
             listen_addr: OnceLock::new(),
             dial_seq: OnceLock::new(),
             state: StateCell::new(),

@@ -23,6 +23,7 @@ use super::inbox::Slot;
 use super::link::{SocketContext, SocketShared};
 use super::listener::{self, Accepted};
 use super::shared::Shared;
+use crate::codec::GoodbyeReason;
 use crate::error::ConnectError;
 use crate::identity::PeerId;
 use crate::peers::backoff::jitter_sample;
@@ -63,6 +64,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<bool>,
     },
     Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+    /// Cut every connection at once, without a goodbye or a flush (a simulated crash).
+    Abort {
         reply: oneshot::Sender<()>,
     },
 }
@@ -159,6 +164,7 @@ impl NetworkActor {
 
     async fn run(mut self) {
         let mut waiters = Vec::new();
+        let mut graceful = true;
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -168,6 +174,11 @@ impl NetworkActor {
                         waiters.push(reply);
                         break;
                     }
+                    Some(Command::Abort { reply }) => {
+                        waiters.push(reply);
+                        graceful = false;
+                        break;
+                    }
                     Some(command) => self.command(command),
                 },
                 Some(event) = self.socket_events.recv() => self.socket_event(event, false),
@@ -175,7 +186,7 @@ impl NetworkActor {
                 () = sleep_until_due(self.registry.next_due()) => self.due(),
             }
         }
-        self.shutdown(&mut waiters).await;
+        self.shutdown(&mut waiters, graceful).await;
         for waiter in waiters {
             let _ = waiter.send(());
         }
@@ -268,7 +279,7 @@ impl NetworkActor {
             Command::Unban { peer, reply } => {
                 let _ = reply.send(self.registry.unban(peer));
             }
-            Command::Shutdown { reply } => {
+            Command::Shutdown { reply } | Command::Abort { reply } => {
                 let _ = reply.send(());
             }
         }
@@ -384,7 +395,15 @@ impl NetworkActor {
                 if admission == Admission::Close(DisconnectReason::InboundLimit) {
                     self.shared.counters.inbound_refused("max_inbound");
                 }
-                if let Some(waiter) = self.pending.remove(&shared.id) {
+                // An open connection answers the caller once the peer's welcome says the peer
+                // admitted it too (or fails it when it closes first).
+                let answer_now = admission != Admission::Open;
+                let waiter = if answer_now {
+                    self.pending.remove(&shared.id)
+                } else {
+                    None
+                };
+                if let Some(waiter) = waiter {
                     let _ = waiter.send(match &admission {
                         Admission::Open | Admission::Close(DisconnectReason::Duplicate) => {
                             // A duplicate lost the tie-break: the peer is connected through the
@@ -405,6 +424,13 @@ impl NetworkActor {
                 // The connection may have been cancelled meanwhile; then it closes on its own.
                 let _ = reply.send((admission, streams));
             }
+            SocketEvent::Welcomed { shared } => {
+                if let (Some(waiter), Some(peer)) =
+                    (self.pending.remove(&shared.id), shared.peer.get())
+                {
+                    let _ = waiter.send(Ok(*peer));
+                }
+            }
             SocketEvent::Closed {
                 shared,
                 reason,
@@ -417,11 +443,26 @@ impl NetworkActor {
                 if reason == DisconnectReason::WriteStalled && !shutting_down {
                     self.shared.counters.stalled_disconnects.inc();
                 }
+                // A dial that lost the duplicate tie-break on the remote's side: the peer is
+                // connected through the winning connection, which is what the caller asked for.
+                let duplicate = matches!(
+                    reason,
+                    DisconnectReason::Duplicate
+                        | DisconnectReason::RemoteGoodbye(GoodbyeReason::Duplicate)
+                );
+                let through_other =
+                    shared.peer.get().copied().filter(|peer| {
+                        duplicate && error.is_none() && self.registry.is_open(*peer)
+                    });
                 if let Some(waiter) = self.pending.remove(&shared.id) {
-                    let _ = waiter.send(Err(error.unwrap_or(ConnectError::ConnectionClosed {
-                        addr: shared.addr,
-                        reason: reason.clone(),
-                    })));
+                    if let Some(peer) = through_other {
+                        let _ = waiter.send(Ok(peer));
+                    } else {
+                        let _ = waiter.send(Err(error.unwrap_or(ConnectError::ConnectionClosed {
+                            addr: shared.addr,
+                            reason: reason.clone(),
+                        })));
+                    }
                 }
                 self.registry.closed(
                     shared.id,
@@ -457,16 +498,22 @@ impl NetworkActor {
     }
 
     /// Stop accepting, say goodbye to every peer, flush within `shutdown_timeout`, then cut what
-    /// is left and join every task.
-    async fn shutdown(&mut self, waiters: &mut Vec<oneshot::Sender<()>>) {
+    /// is left and join every task. Not `graceful` (an abort): cut every connection at once,
+    /// with no goodbye and no flush, as a killed process would.
+    async fn shutdown(&mut self, waiters: &mut Vec<oneshot::Sender<()>>, graceful: bool) {
         self.listener_cancel.cancel();
         let _ = (&mut self.listener).await;
         self.accepted.close();
         while let Ok(accepted) = self.accepted.try_recv() {
             drop(accepted); // closes the stream before any handshake
         }
+        let mut cut = false;
+        if !graceful {
+            cut = true;
+            self.root.cancel();
+        }
         let sockets: Vec<_> = self.shared.connections.read().values().cloned().collect();
-        for socket in sockets {
+        for socket in sockets.into_iter().filter(|_| graceful) {
             if matches!(socket.state.get(), SocketState::Open | SocketState::Closing) {
                 socket.close_gracefully(DisconnectReason::Shutdown);
             } else {
@@ -482,13 +529,17 @@ impl NetworkActor {
         }
         self.tracker.close();
         let deadline = tokio::time::Instant::now() + self.ctx.config.shutdown_timeout;
-        let mut cut = false;
         loop {
             tokio::select! {
                 () = self.tracker.wait() => break,
                 Some(event) = self.socket_events.recv() => self.socket_event(event, true),
                 command = self.commands.recv(), if !self.commands.is_closed() => match command {
                     Some(Command::Shutdown { reply }) => waiters.push(reply),
+                    Some(Command::Abort { reply }) => {
+                        waiters.push(reply);
+                        cut = true;
+                        self.root.cancel();
+                    }
                     Some(Command::Connect { reply, .. }) => { let _ = reply.send(Err(ConnectError::Closed)); }
                     Some(Command::Disconnect { reply, .. }) => { let _ = reply.send(false); }
                     Some(Command::Unban { reply, .. }) => { let _ = reply.send(false); }

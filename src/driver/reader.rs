@@ -168,6 +168,7 @@ impl Reader {
                 }
             }
             Action::Ack { lane, next } => self.shared.queue.set_ack(lane, next),
+            Action::Welcomed => self.shared.welcomed.notify_one(),
         }
     }
 }

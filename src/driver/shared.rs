@@ -42,6 +42,7 @@ pub(crate) struct Counters {
     pub(crate) reconnects: Counter,
     pub(crate) bans: Counter,
     pub(crate) offline_full: Counter,
+    pub(crate) self_inbox_full: Counter,
     pub(crate) inbound_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -81,6 +82,8 @@ pub struct NetworkStats {
     /// Messages refused by `try_send`/`try_broadcast` because a persistent peer's reliable
     /// buffer was full while the peer was away.
     pub offline_full: u64,
+    /// Messages to this node itself (`deliver_to_self`) dropped because its inbox was full.
+    pub self_inbox_full: u64,
     /// Inbound connections refused by a limit, by reason (`per_ip`, `max_inbound`).
     pub inbound_refused: BTreeMap<&'static str, u64>,
     /// Connections in any state now.
@@ -126,6 +129,7 @@ impl Shared {
             reconnects: self.counters.reconnects.get(),
             bans: self.counters.bans.get(),
             offline_full: self.counters.offline_full.get(),
+            self_inbox_full: self.counters.self_inbox_full.get(),
             inbound_refused: self.counters.inbound_refused.lock().clone(),
             connections: self.connections.read().len(),
             peers: self.peers.read().len(),

@@ -179,7 +179,7 @@ fn a_peer_of_the_previous_version_gets_a_typed_refusal() {
             theirs: 2
         })
     ));
-    assert_eq!(PROTOCOL_VERSION, 3, "channels need version 3");
+    assert_eq!(PROTOCOL_VERSION, 4, "the welcome needs version 4");
 }
 
 #[test]

@@ -32,8 +32,8 @@ use crate::identity::{Keypair, PeerId};
 use crate::peers::{NetworkEvent, backoff};
 use crate::session::{ChannelId, ConnectionInfo};
 pub use channel::Channel;
-pub use send::BroadcastReport;
 use send::Route;
+pub use send::{BroadcastReport, Skipped};
 
 /// A handle to a running peer-to-peer network node.
 ///
@@ -181,17 +181,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
     }
 }
 
-impl<M: Serialize + 'static> Network<M> {
-    /// This node's proven identity.
-    pub fn local_peer_id(&self) -> PeerId {
-        self.shared.local_id
-    }
-
-    /// The address the listener is bound to (with the real port when the config said port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
-    }
-
+impl<M> Network<M> {
     async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -204,16 +194,53 @@ impl<M: Serialize + 'static> Network<M> {
         rx.await.map_err(|_| ShutDown)
     }
 
-    /// Dials `addr`, runs the handshake, and returns the proven id of whoever answered once the
-    /// connection is open (or once the peer is connected through a concurrent connection that
-    /// won the duplicate tie-break).
+    /// Shuts the node down: stop accepting, say goodbye to every peer, flush queued messages for
+    /// up to `shutdown_timeout`, close every connection and join every task. Afterwards the inbox
+    /// yields the messages already received, then `None`. Calling it again returns at once.
+    pub async fn shutdown(&self) {
+        let _ = self.request(|reply| Command::Shutdown { reply }).await;
+        let actor = self.shared.actor.lock().take();
+        if let Some(actor) = actor {
+            let _ = actor.await;
+        }
+    }
+
+    /// Crashes the node, for tests of crash faults inside one process: stops accepting and
+    /// drops every connection at once, with no goodbye and no flush, as a killed process would
+    /// (peers see the connection end without a goodbye and, for persistent peers, redial and
+    /// resend what this node never acknowledged). Everything queued here is lost, as in a
+    /// crash. Afterwards the handle behaves as after [`Network::shutdown`]; a node started again
+    /// with the same key and address is a restarted process.
+    pub async fn abort(&self) {
+        let _ = self.request(|reply| Command::Abort { reply }).await;
+        let actor = self.shared.actor.lock().take();
+        if let Some(actor) = actor {
+            let _ = actor.await;
+        }
+    }
+}
+
+impl<M: Serialize + 'static> Network<M> {
+    /// This node's proven identity.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.shared.local_id
+    }
+
+    /// The address the listener is bound to (with the real port when the config said port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Dials `addr`, runs the handshake, and returns the proven id of whoever answered once
+    /// both sides have admitted the connection: the remote's welcome has arrived, so the remote
+    /// already counts us as connected (its `is_connected` is true, and a `send` from either side
+    /// right after this returns is delivered). Also returns when the peer is connected through a
+    /// concurrent connection that won the duplicate tie-break.
     ///
     /// # Errors
-    /// Dial, timeout, handshake and limit errors; [`ConnectError::Closed`] after shutdown.
-    ///
-    /// The remote registers the connection when its own side of the handshake completes, which
-    /// can be a moment after this returns; watch its `events()` or `is_connected` if it must
-    /// send first.
+    /// Dial, timeout, handshake and limit errors; [`ConnectError::ConnectionClosed`] when the
+    /// remote refused or closed the connection before welcoming it (the reason says why);
+    /// [`ConnectError::Closed`] after shutdown.
     ///
     /// # Cancel safety
     /// Dropping the future does not stop the dial; the connection may still open.
@@ -280,17 +307,6 @@ impl<M: Serialize + 'static> Network<M> {
     /// [`ShutDown`] after shutdown.
     pub async fn unban(&self, peer: PeerId) -> Result<bool, ShutDown> {
         self.request(|reply| Command::Unban { peer, reply }).await
-    }
-
-    /// Shuts the node down: stop accepting, say goodbye to every peer, flush queued messages for
-    /// up to `shutdown_timeout`, close every connection and join every task. Afterwards the inbox
-    /// yields the messages already received, then `None`. Calling it again returns at once.
-    pub async fn shutdown(&self) {
-        let _ = self.request(|reply| Command::Shutdown { reply }).await;
-        let actor = self.shared.actor.lock().take();
-        if let Some(actor) = actor {
-            let _ = actor.await;
-        }
     }
 
     fn route(&self) -> Route<'_> {

@@ -16,12 +16,13 @@ use crate::driver::shared::Shared;
 use crate::driver::stream::StreamRefusal;
 use crate::error::SendError;
 use crate::identity::PeerId;
+use crate::session::inbound::Delivered;
 
 /// The outcome of a broadcast.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BroadcastReport {
-    /// Peers the message was queued to.
+    /// Peers the message was queued to (this node too, when the channel delivers to itself).
     pub queued: usize,
     /// Peers skipped because their queue on this channel was full (`try_broadcast`), or stayed
     /// full for `send_wait` or was already stalled (`broadcast`). Counted in
@@ -29,6 +30,22 @@ pub struct BroadcastReport {
     pub skipped_full: usize,
     /// Peers that disconnected while the broadcast waited for room (`broadcast` only).
     pub disconnected: usize,
+    /// Every peer that did not get the message, and why. Empty, and never allocated, when
+    /// every peer got it.
+    pub skipped: Vec<(PeerId, Skipped)>,
+}
+
+/// Why a broadcast skipped a peer (see [`BroadcastReport::skipped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Skipped {
+    /// Its queue on the channel was full, stayed full for `send_wait`, or is marked stalled;
+    /// for this node itself (`deliver_to_self`), its inbox was full.
+    QueueFull,
+    /// Its connection was closing.
+    Closing,
+    /// It disconnected while the broadcast waited for room.
+    NotConnected,
 }
 
 /// Why a non-blocking push was refused.
@@ -46,6 +63,32 @@ pub(crate) struct Route<'a> {
 }
 
 impl Route<'_> {
+    /// Whether this channel delivers sends to the local peer, and broadcasts, to this node.
+    fn delivers_to_self(&self) -> bool {
+        self.shared.channels.spec(self.lane).deliver_to_self
+    }
+
+    /// Puts `message` in this node's own inbox for the channel, tagged with the local id,
+    /// without waiting (the inbox is drained by the caller's own application).
+    fn deliver_self(&self, message: Bytes) -> Result<(), SendError> {
+        let local = self.shared.local_id;
+        let Some(slots) = self.shared.slots.upgrade() else {
+            return Err(SendError::NotConnected(local));
+        };
+        match slots
+            .get(self.lane)
+            .map(|slot| slot.deliver(local, message))
+        {
+            Some(Delivered::Ok) => Ok(()),
+            Some(Delivered::Full) => {
+                self.shared.counters.self_inbox_full.inc();
+                Err(SendError::Full(local))
+            }
+            // Closed after shutdown; a message of the channel's own type always decodes.
+            _ => Err(SendError::NotConnected(local)),
+        }
+    }
+
     fn count_drop(&self, link: &SocketShared) {
         if let Some(c) = link.stats.channels.get(self.lane) {
             c.dropped_queue_full.fetch_add(1, Relaxed);
@@ -86,6 +129,9 @@ impl Route<'_> {
 
     /// A `try_*` send: refusal for a full queue is a drop, counted on the peer.
     pub(crate) fn try_send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
+        if peer == self.shared.local_id && self.delivers_to_self() {
+            return self.deliver_self(message);
+        }
         self.try_push(peer, message)
             .map_err(|(refusal, _)| match refusal {
                 Refusal::Full => {
@@ -148,6 +194,9 @@ impl Route<'_> {
 
     /// Pushes, waiting at most `send_wait` for room.
     pub(crate) async fn send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
+        if peer == self.shared.local_id && self.delivers_to_self() {
+            return self.deliver_self(message);
+        }
         match self.try_push(peer, message) {
             Ok(()) => Ok(()),
             Err((Refusal::NotConnected, _)) => Err(SendError::NotConnected(peer)),
@@ -178,6 +227,13 @@ impl Route<'_> {
         report: &mut BroadcastReport,
         mut waiting: Option<&mut Vec<PeerId>>,
     ) {
+        if self.delivers_to_self() {
+            // First, so this node sees its own broadcast in the order it made them.
+            match self.deliver_self(message.clone()) {
+                Ok(()) => report.queued += 1,
+                Err(_) => self.skip(report, self.shared.local_id, Skipped::QueueFull),
+            }
+        }
         for (peer, reliable) in &self.shared.reliable {
             match (reliable.push(self.lane, message.clone()), waiting.as_mut()) {
                 (Ok(()), _) => report.queued += 1,
@@ -185,7 +241,7 @@ impl Route<'_> {
                 // Stalled, or nobody waits: no refusal is silent.
                 (Err(_), _) => {
                     self.refused_full(*peer);
-                    self.skip(report);
+                    self.skip(report, *peer, Skipped::QueueFull);
                 }
             }
         }
@@ -200,11 +256,17 @@ impl Route<'_> {
                         waiting.push(*peer);
                     }
                 }
-                (Err((PushError::Closed, _)), _) => {}
+                (Err((PushError::Closed, _)), _) => {
+                    if let Some(peer) = link.peer.get() {
+                        report.skipped.push((*peer, Skipped::Closing));
+                    }
+                }
                 // A stalled peer costs a broadcast nothing but the refusal.
                 (Err(_), _) => {
                     self.count_drop(&link);
-                    self.skip(report);
+                    if let Some(peer) = link.peer.get() {
+                        self.skip(report, *peer, Skipped::QueueFull);
+                    }
                 }
             }
         }
@@ -218,9 +280,11 @@ impl Route<'_> {
         report
     }
 
-    fn skip(&self, report: &mut BroadcastReport) {
+    /// Records a peer skipped for a full queue (or inbox).
+    fn skip(&self, report: &mut BroadcastReport, peer: PeerId, why: Skipped) {
         self.shared.counters.broadcast_skipped_full.inc();
         report.skipped_full += 1;
+        report.skipped.push((peer, why));
     }
 
     /// Queues to every connected and every persistent peer; peers whose queue is full are
@@ -237,8 +301,11 @@ impl Route<'_> {
         for peer in waiting {
             match self.push_until(peer, message.clone(), deadline).await {
                 Ok(()) => report.queued += 1,
-                Err(SendError::Full(_)) => self.skip(&mut report),
-                Err(_) => report.disconnected += 1,
+                Err(SendError::Full(_)) => self.skip(&mut report, peer, Skipped::QueueFull),
+                Err(_) => {
+                    report.disconnected += 1;
+                    report.skipped.push((peer, Skipped::NotConnected));
+                }
             }
         }
         report

@@ -114,6 +114,9 @@ pub struct ChannelSpec {
     pub max_inbound_messages_per_sec: u64,
     /// Inbound encoded bytes per second per connection on this channel, same policy.
     pub max_inbound_bytes_per_sec: u64,
+    /// Whether `send` to the local peer and every `broadcast` on this channel also deliver to
+    /// this node's own inbox (tagged with the local id). Off by default.
+    pub deliver_to_self: bool,
 }
 
 impl ChannelSpec {
@@ -130,6 +133,7 @@ impl ChannelSpec {
             // cannot make us decode without bound.
             max_inbound_messages_per_sec: 1_000_000,
             max_inbound_bytes_per_sec: 1 << 30,
+            deliver_to_self: false,
         }
     }
 
@@ -179,6 +183,7 @@ spec_setters! {
     max_message_size: usize,
     max_inbound_messages_per_sec: u64,
     max_inbound_bytes_per_sec: u64,
+    deliver_to_self: bool,
 }
 
 /// The configured channels, sorted by id, with the default channel at index 0.

@@ -39,6 +39,8 @@ pub(crate) enum Action {
     Rewind { lane: usize, from: u64 },
     /// Acknowledge the peer's stream on `lane`: everything before `next` was delivered.
     Ack { lane: usize, next: u64 },
+    /// The peer has admitted the connection.
+    Welcomed,
 }
 
 /// Why the connection must stop reading.
@@ -292,6 +294,7 @@ impl Judge {
                 out.push(Action::Send(ControlMessage::Pong { nonce }))
             }
             ControlMessage::Pong { nonce } => out.push(Action::Pong(nonce)),
+            ControlMessage::Welcome => out.push(Action::Welcomed),
             ControlMessage::Resume {
                 channel,
                 incarnation,
