@@ -20,6 +20,9 @@
 //! - `broadcast/peerwire/SIZE`: one hub and 8 peers (9 nodes); the hub `broadcast().await`s N
 //!   messages and waits until every peer has delivered all N. Throughput: messages delivered to
 //!   each peer per second.
+//! - `broadcast/plain_tcp_8_peers/SIZE`: the baseline: one task feeds each message to 8 plain
+//!   TCP connections in turn (`FramedWrite`, 256 KiB buffers), flushes them at the end of the
+//!   batch, and waits until every receiving end has counted all N.
 //! - `broadcast_stalled/{peerwire_7_peers,peerwire_7_peers_and_1_stalled}/1KiB`: the same with 7
 //!   reading peers, alone and then beside an 8th peer that completed the handshake and never
 //!   reads a byte (its hub has a 10-minute `write_timeout`, so the stalled peer stays connected
@@ -656,6 +659,91 @@ fn broadcast(c: &mut Criterion, rt: &Runtime) {
     });
 }
 
+/// The plain baseline of a broadcast: one hub task feeding each message to 8 plain TCP
+/// connections in turn (each a `FramedWrite` with a 256 KiB buffer), flushing all at the end
+/// of a batch; a counting task per receiving end.
+struct PlainStar {
+    sinks: Option<Vec<PlainSink>>,
+    _streams: Vec<PlainStream>,
+    received: Vec<watch::Receiver<u64>>,
+    expected: u64,
+}
+
+impl PlainStar {
+    fn start(rt: &Runtime) -> Self {
+        rt.block_on(async {
+            let mut sinks = Vec::new();
+            let mut streams = Vec::new();
+            let mut received = Vec::new();
+            for _ in 0..BROADCAST_PEERS {
+                let (tx, rx) = watch::channel(0u64);
+                let (stream, sink) = plain_connect(|frames, _sink| async move {
+                    let mut chunks = frames.ready_chunks(RECV_BATCH);
+                    let mut total = 0u64;
+                    while let Some(chunk) = chunks.next().await {
+                        assert!(chunk.iter().all(Result::is_ok), "plain frame error");
+                        total += chunk.len() as u64;
+                        tx.send_replace(total);
+                    }
+                })
+                .await;
+                sinks.push(sink);
+                streams.push(stream);
+                received.push(rx);
+            }
+            Self {
+                sinks: Some(sinks),
+                _streams: streams,
+                received,
+                expected: 0,
+            }
+        })
+    }
+
+    fn run(&mut self, rt: &Runtime, iters: u64, n: u64, message: &Bytes) -> Duration {
+        let mut sinks = self.sinks.take().unwrap();
+        let message = message.clone();
+        let mut received = self.received.clone();
+        let mut target = self.expected;
+        self.expected += iters * n;
+        let (sinks, elapsed) = rt
+            .block_on(rt.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    for _ in 0..n {
+                        for sink in &mut sinks {
+                            sink.feed(message.clone()).await.unwrap();
+                        }
+                    }
+                    for sink in &mut sinks {
+                        SinkExt::<Bytes>::flush(sink).await.unwrap();
+                    }
+                    target += n;
+                    for rx in &mut received {
+                        wait_total(rx, target).await;
+                    }
+                }
+                (sinks, start.elapsed())
+            }))
+            .unwrap();
+        self.sinks = Some(sinks);
+        elapsed
+    }
+}
+
+fn broadcast_plain(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("broadcast");
+    let mut star = PlainStar::start(rt);
+    for (size, label, n) in BROADCAST {
+        let message = payload(size);
+        group.throughput(Throughput::Elements(n));
+        group.bench_function(BenchmarkId::new("plain_tcp_8_peers", label), |b| {
+            b.iter_custom(|iters| star.run(rt, iters, n, &message));
+        });
+    }
+    group.finish();
+}
+
 fn broadcast_stalled(c: &mut Criterion, rt: &Runtime) {
     let mut group = c.benchmark_group("broadcast_stalled");
     let (size, label, n) = BROADCAST[0];
@@ -695,6 +783,7 @@ fn main() {
     one_way(&mut c, &rt);
     rtt(&mut c, &rt);
     broadcast(&mut c, &rt);
+    broadcast_plain(&mut c, &rt);
     broadcast_stalled(&mut c, &rt);
     c.final_summary();
 }

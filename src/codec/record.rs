@@ -15,7 +15,7 @@
 //! arrive, so a lying total length allocates nothing. A channel the decoder was not given is a
 //! violation.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::Violation;
 
@@ -76,6 +76,71 @@ pub enum Inbound {
     Violation(Violation),
 }
 
+/// One item decoded from a frame, its body lent from the frame (see
+/// [`RecordDecoder::decode_borrowed`]).
+#[derive(Debug)]
+pub enum Record<'f> {
+    /// A complete application message on `channel`.
+    Message {
+        /// The channel id.
+        channel: u16,
+        /// The encoded message.
+        body: Body<'f>,
+    },
+    /// The encoded bytes of a control message.
+    Control(&'f [u8]),
+    /// The peer broke a record rule; counted against it, the stream continues.
+    Violation(Violation),
+}
+
+/// A message body: a range of the frame's plaintext, or a message reassembled from fragments.
+#[derive(Debug)]
+pub enum Body<'f> {
+    /// Bytes `start..end` of `frame`.
+    Frame {
+        /// The frame's plaintext.
+        frame: &'f Bytes,
+        /// First byte.
+        start: usize,
+        /// One past the last byte.
+        end: usize,
+    },
+    /// A reassembled message.
+    Owned(Bytes),
+}
+
+impl Body<'_> {
+    /// The body's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Frame { frame, start, end } => &frame[*start..*end],
+            Self::Owned(bytes) => bytes,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Frame { start, end, .. } => end - start,
+            Self::Owned(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The body as owned bytes: a slice of the frame (no copy; it keeps the frame's buffer
+    /// alive), or the reassembled message.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Self::Frame { frame, start, end } => frame.slice(start..end),
+            Self::Owned(bytes) => bytes,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Assembly {
     Idle,
@@ -125,23 +190,43 @@ impl RecordDecoder {
             .sum()
     }
 
-    /// Decodes every record of one frame plaintext, in order, into `out`.
-    pub fn decode_frame(&mut self, mut frame: BytesMut, out: &mut impl FnMut(Inbound)) {
-        while !frame.is_empty() {
-            if frame.len() < HEADER_LEN {
-                out(Inbound::Violation(Violation::MalformedRecord));
+    /// Decodes every record of one frame plaintext, in order, into `out`, each message as
+    /// owned [`Bytes`] (slices of the frame, no copy). See [`RecordDecoder::decode_borrowed`].
+    pub fn decode_frame(&mut self, frame: BytesMut, out: &mut impl FnMut(Inbound)) {
+        let frame = frame.freeze();
+        self.decode_borrowed(&frame, &mut |record| {
+            out(match record {
+                Record::Message { channel, body } => Inbound::Message {
+                    channel,
+                    bytes: body.into_bytes(),
+                },
+                Record::Control(body) => Inbound::Control(frame.slice_ref(body)),
+                Record::Violation(violation) => Inbound::Violation(violation),
+            });
+        });
+    }
+
+    /// Decodes every record of one frame plaintext, in order, into `out`, lending each body
+    /// from the frame: a consumer that decodes or copies a small message never touches the
+    /// frame's reference count, and one that keeps a large message takes a slice of it.
+    pub fn decode_borrowed<'f>(&mut self, frame: &'f Bytes, out: &mut impl FnMut(Record<'f>)) {
+        let mut at = 0;
+        while at < frame.len() {
+            let rest = &frame[at..];
+            if rest.len() < HEADER_LEN {
+                out(Record::Violation(Violation::MalformedRecord));
                 return;
             }
-            let kind = frame[0];
-            let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-            if len > frame.len() - HEADER_LEN {
+            let kind = rest[0];
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            if len > rest.len() - HEADER_LEN {
                 // The rest of this frame cannot be parsed; the next frame starts clean.
-                out(Inbound::Violation(Violation::MalformedRecord));
+                out(Record::Violation(Violation::MalformedRecord));
                 return;
             }
-            frame.advance(HEADER_LEN);
-            let body = frame.split_to(len);
-            if let Some(item) = self.record(kind, body) {
+            let start = at + HEADER_LEN;
+            at = start + len;
+            if let Some(item) = self.record(frame, kind, start, at) {
                 out(item);
             }
         }
@@ -150,9 +235,15 @@ impl RecordDecoder {
     // Inlined: the decoded item is then built where the caller uses it instead of being
     // copied out (a measurable share of the per-message cost for small messages).
     #[inline]
-    fn record(&mut self, kind: u8, mut body: BytesMut) -> Option<Inbound> {
+    fn record<'f>(
+        &mut self,
+        frame: &'f Bytes,
+        kind: u8,
+        mut start: usize,
+        end: usize,
+    ) -> Option<Record<'f>> {
         if kind == RecordKind::Control as u8 {
-            return Some(Inbound::Control(body.freeze()));
+            return Some(Record::Control(&frame[start..end]));
         }
         if ![
             RecordKind::Message as u8,
@@ -161,85 +252,94 @@ impl RecordDecoder {
         ]
         .contains(&kind)
         {
-            return Some(Inbound::Violation(Violation::UnknownKind(kind)));
+            return Some(Record::Violation(Violation::UnknownKind(kind)));
         }
-        if body.len() < CHANNEL_LEN {
-            return Some(Inbound::Violation(Violation::MalformedRecord));
+        if end - start < CHANNEL_LEN {
+            return Some(Record::Violation(Violation::MalformedRecord));
         }
-        let channel = u16::from_be_bytes([body[0], body[1]]);
-        body.advance(CHANNEL_LEN);
+        let channel = u16::from_be_bytes([frame[start], frame[start + 1]]);
+        start += CHANNEL_LEN;
         let found = match self.channels.as_slice() {
             // The common case, one channel: no search.
             [(only, ..)] => (*only == channel).then_some(0),
             _ => self.channels.binary_search_by_key(&channel, |c| c.0).ok(),
         };
         let Some(index) = found else {
-            return Some(Inbound::Violation(Violation::UnknownChannel(channel)));
+            return Some(Record::Violation(Violation::UnknownChannel(channel)));
         };
         let (_, max, assembly) = &mut self.channels[index];
         let max = *max;
-        let message = |bytes: Bytes| Some(Inbound::Message { channel, bytes });
+        let len = end - start;
+        let message = |body: Body<'f>| Some(Record::Message { channel, body });
         match kind {
             k if k == RecordKind::Message as u8 => {
                 if !matches!(assembly, Assembly::Idle) {
                     *assembly = Assembly::Idle;
-                    return Some(Inbound::Violation(Violation::FragmentOutOfSequence));
+                    return Some(Record::Violation(Violation::FragmentOutOfSequence));
                 }
-                if body.len() > max {
-                    return Some(Inbound::Violation(Violation::Oversize {
-                        len: body.len(),
-                        max,
-                    }));
+                if len > max {
+                    return Some(Record::Violation(Violation::Oversize { len, max }));
                 }
-                message(body.freeze())
+                message(Body::Frame { frame, start, end })
             }
             k if k == RecordKind::Start as u8 => {
                 if !matches!(assembly, Assembly::Idle) {
                     *assembly = Assembly::Idle;
-                    return Some(Inbound::Violation(Violation::FragmentOutOfSequence));
+                    return Some(Record::Violation(Violation::FragmentOutOfSequence));
                 }
-                if body.len() < START_PREFIX_LEN {
-                    return Some(Inbound::Violation(Violation::MalformedRecord));
+                if len < START_PREFIX_LEN {
+                    return Some(Record::Violation(Violation::MalformedRecord));
                 }
-                let total = body.get_u32() as usize;
-                if body.len() > total {
-                    return Some(Inbound::Violation(Violation::MalformedRecord));
+                let total = u32::from_be_bytes([
+                    frame[start],
+                    frame[start + 1],
+                    frame[start + 2],
+                    frame[start + 3],
+                ]) as usize;
+                start += START_PREFIX_LEN;
+                let len = end - start;
+                if len > total {
+                    return Some(Record::Violation(Violation::MalformedRecord));
                 }
                 if total > max {
                     *assembly = Assembly::Skipping {
-                        remaining: total - body.len(),
+                        remaining: total - len,
                     };
-                    return Some(Inbound::Violation(Violation::Oversize { len: total, max }));
+                    return Some(Record::Violation(Violation::Oversize { len: total, max }));
                 }
-                if body.len() == total {
-                    return message(body.freeze());
+                if len == total {
+                    return message(Body::Frame { frame, start, end });
                 }
-                *assembly = Assembly::Collecting { total, buf: body };
+                // Grown only as fragments arrive: a lying total allocates nothing more.
+                *assembly = Assembly::Collecting {
+                    total,
+                    buf: BytesMut::from(&frame[start..end]),
+                };
                 None
             }
             _ => match assembly {
-                Assembly::Idle => Some(Inbound::Violation(Violation::FragmentOutOfSequence)),
+                Assembly::Idle => Some(Record::Violation(Violation::FragmentOutOfSequence)),
                 Assembly::Skipping { remaining } => {
-                    if body.len() > *remaining {
+                    if len > *remaining {
                         *assembly = Assembly::Idle;
-                        return Some(Inbound::Violation(Violation::MalformedRecord));
+                        return Some(Record::Violation(Violation::MalformedRecord));
                     }
-                    *remaining -= body.len();
+                    *remaining -= len;
                     if *remaining == 0 {
                         *assembly = Assembly::Idle;
                     }
                     None
                 }
                 Assembly::Collecting { total, buf } => {
-                    if buf.len() + body.len() > *total {
+                    if buf.len() + len > *total {
                         *assembly = Assembly::Idle;
-                        return Some(Inbound::Violation(Violation::MalformedRecord));
+                        return Some(Record::Violation(Violation::MalformedRecord));
                     }
-                    buf.extend_from_slice(&body);
+                    buf.extend_from_slice(&frame[start..end]);
                     if buf.len() == *total {
                         let done = std::mem::take(buf).freeze();
                         *assembly = Assembly::Idle;
-                        return message(done);
+                        return message(Body::Owned(done));
                     }
                     None
                 }

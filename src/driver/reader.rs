@@ -16,6 +16,7 @@ use super::stream::Reliable;
 use crate::codec::ControlMessage;
 use crate::codec::cipher::Opener;
 use crate::codec::frame::FrameDecoder;
+use crate::codec::record::Body;
 use crate::identity::PeerId;
 use crate::session::DisconnectReason;
 use crate::session::inbound::{Action, InboundSession, Stop, Tally};
@@ -97,9 +98,10 @@ impl Reader {
             let recv = self.recv.clone();
             let mut recv = recv.lock();
             let (peer, slots) = (self.peer, &self.slots);
-            let mut deliver = |lane: usize, bytes| match slots.get(lane) {
-                Some(slot) if slot.keeps_bodies() => slot.deliver(peer, compactor.compact(bytes)),
-                Some(slot) => slot.deliver(peer, bytes),
+            let mut deliver = |lane: usize, body: Body<'_>| match slots.get(lane) {
+                Some(slot) if slot.keeps_bodies() => slot.deliver(peer, compactor.compact(body)),
+                // Decoded straight from the frame: no reference to it is taken.
+                Some(slot) => slot.deliver_slice(peer, body.as_slice()),
                 None => crate::session::inbound::Delivered::Closed,
             };
             self.session.on_frame(
@@ -200,16 +202,16 @@ impl Compactor {
         }
     }
 
-    /// The body to deliver: itself if large, else a copy in the arena.
-    pub(crate) fn compact(&mut self, body: Bytes) -> Bytes {
+    /// The body to deliver: a slice of its frame if large, else a copy in the arena.
+    pub(crate) fn compact(&mut self, body: Body<'_>) -> Bytes {
         if body.len() >= self.slice_from {
-            return body;
+            return body.into_bytes();
         }
         if self.arena.capacity() < body.len() {
             // The old arena lives on only in the bodies cut from it.
             self.arena = BytesMut::with_capacity(ARENA.max(body.len()));
         }
-        self.arena.extend_from_slice(&body);
+        self.arena.extend_from_slice(body.as_slice());
         self.arena.split().freeze()
     }
 }
@@ -222,22 +224,27 @@ mod tests {
     fn small_bodies_are_packed_into_an_arena_and_large_ones_pass_through() {
         let mut compactor = Compactor::new(64 * 1024);
         let frame = Bytes::from(vec![7u8; 64 * 1024]);
-        let small = compactor.compact(frame.slice(10..74));
+        let body = |start, end| Body::Frame {
+            frame: &frame,
+            start,
+            end,
+        };
+        let small = compactor.compact(body(10, 74));
         assert_eq!(&small[..], &frame[10..74]);
         assert_ne!(
             small.as_ptr(),
             frame[10..].as_ptr(),
             "copied out of the frame"
         );
-        let next = compactor.compact(frame.slice(100..164));
+        let next = compactor.compact(body(100, 164));
         // Packed: the second body sits right after the first in the same arena.
         assert_eq!(next.as_ptr(), small.as_ptr().wrapping_add(64));
-        let large = compactor.compact(frame.slice(..40 * 1024));
+        let large = compactor.compact(body(0, 40 * 1024));
         assert_eq!(large.as_ptr(), frame.as_ptr(), "a large body is not copied");
         // A full arena is replaced, not grown: earlier bodies keep their bytes.
         for _ in 0..2000 {
-            let body = compactor.compact(frame.slice(0..64));
-            assert_eq!(&body[..], &[7u8; 64][..]);
+            let kept = compactor.compact(body(0, 64));
+            assert_eq!(&kept[..], &[7u8; 64][..]);
         }
         assert_eq!(&small[..], &frame[10..74]);
     }

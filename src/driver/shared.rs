@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::inbox::Slot;
 use super::link::SocketShared;
 use super::stream::Reliable;
-use crate::identity::PeerId;
+use crate::identity::{PeerId, PeerMap};
 use crate::peers::NetworkEvent;
 use crate::session::ConnectionId;
 use crate::session::channel::ChannelTable;
@@ -105,14 +105,14 @@ pub(crate) struct Shared {
     /// How long a waiting send may wait for one peer (see `Config::send_wait`).
     pub(crate) send_wait: std::time::Duration,
     /// The open connection of each peer: what `send` and `broadcast` use.
-    pub(crate) peers: RwLock<HashMap<PeerId, Arc<SocketShared>>>,
+    pub(crate) peers: RwLock<PeerMap<Arc<SocketShared>>>,
     /// Every connection in any state, for observation.
     pub(crate) connections: RwLock<HashMap<ConnectionId, Arc<SocketShared>>>,
     pub(crate) events: broadcast::Sender<NetworkEvent>,
     pub(crate) counters: Counters,
     /// The reliable stream of each persistent peer (fixed at start), used whether or not the
     /// peer is connected.
-    pub(crate) reliable: HashMap<PeerId, Arc<Reliable>>,
+    pub(crate) reliable: PeerMap<Arc<Reliable>>,
     /// The actor task, joined by the first `shutdown` call.
     pub(crate) actor: Mutex<Option<JoinHandle<()>>>,
 }

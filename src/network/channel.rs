@@ -6,8 +6,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Encoded;
-use super::send::{BroadcastReport, Route};
+use super::send::{BroadcastReport, Route, Started};
 use crate::codec::CodecError;
+use crate::codec::encode_body;
 use crate::driver::shared::Shared;
 use crate::error::SendError;
 use crate::identity::PeerId;
@@ -85,8 +86,12 @@ impl<T: Serialize + 'static> Channel<T> {
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before completing, the message was not queued.
     pub async fn send(&self, peer: PeerId, message: &T) -> Result<(), SendError> {
-        let encoded = self.encode(message)?;
-        self.route().send(peer, encoded.bytes).await
+        let max = self.shared.channels.spec(self.lane).max_message_size;
+        match self.route().start_send(peer, encode_body(message, max)?) {
+            Ok(()) => Ok(()),
+            Err(Started::Refused(error)) => Err(error),
+            Err(Started::Wait(bytes)) => self.route().wait_send(peer, bytes).await,
+        }
     }
 
     /// [`Channel::send`] for an already encoded message.

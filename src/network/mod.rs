@@ -32,8 +32,8 @@ use crate::identity::{Keypair, PeerId};
 use crate::peers::{NetworkEvent, backoff};
 use crate::session::{ChannelId, ConnectionInfo};
 pub use channel::Channel;
-use send::Route;
 pub use send::{BroadcastReport, Skipped};
+use send::{Route, Started};
 
 /// A handle to a running peer-to-peer network node.
 ///
@@ -378,8 +378,12 @@ impl<M: Serialize + 'static> Network<M> {
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before completing, the message was not queued.
     pub async fn send(&self, peer: PeerId, message: &M) -> Result<(), SendError> {
-        let encoded = self.encode(message)?;
-        self.route().send(peer, encoded.bytes).await
+        let max = self.shared.channels.spec(0).max_message_size;
+        match self.route().start_send(peer, encode_body(message, max)?) {
+            Ok(()) => Ok(()),
+            Err(Started::Refused(error)) => Err(error),
+            Err(Started::Wait(bytes)) => self.route().wait_send(peer, bytes).await,
+        }
     }
 
     /// [`Network::send`] for an already encoded message.

@@ -48,6 +48,15 @@ pub enum Skipped {
     NotConnected,
 }
 
+/// How the non-waiting part of a send ended, when it did not queue the message.
+#[derive(Debug)]
+pub(crate) enum Started {
+    /// Refused for good (not connected, own inbox full, closed).
+    Refused(SendError),
+    /// The peer's queue is full: the message back, to wait with.
+    Wait(Bytes),
+}
+
 /// Why a non-blocking push was refused.
 #[derive(Debug, Clone, Copy)]
 enum Refusal {
@@ -194,16 +203,31 @@ impl Route<'_> {
 
     /// Pushes, waiting at most `send_wait` for room.
     pub(crate) async fn send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
+        match self.start_send(peer, message) {
+            Ok(()) => Ok(()),
+            Err(Started::Refused(error)) => Err(error),
+            Err(Started::Wait(message)) => self.wait_send(peer, message).await,
+        }
+    }
+
+    /// The part of a waiting send that never waits: queued, refused for good, or handed back
+    /// because the peer's queue is full. Not async, so the message goes from the caller
+    /// straight into the queue without passing through a future's state.
+    pub(crate) fn start_send(&self, peer: PeerId, message: Bytes) -> Result<(), Started> {
         if peer == self.shared.local_id && self.delivers_to_self() {
-            return self.deliver_self(message);
+            return self.deliver_self(message).map_err(Started::Refused);
         }
         match self.try_push(peer, message) {
             Ok(()) => Ok(()),
-            Err((Refusal::NotConnected, _)) => Err(SendError::NotConnected(peer)),
-            // The waiting path is boxed, so the future of every send stays small: only a send
-            // that has to wait pays for the allocation.
-            Err((Refusal::Full, message)) => Box::pin(self.push_until(peer, message, None)).await,
+            Err((Refusal::NotConnected, _)) => Err(Started::Refused(SendError::NotConnected(peer))),
+            Err((Refusal::Full, message)) => Err(Started::Wait(message)),
         }
+    }
+
+    /// The rest of a send whose peer's queue was full: waits at most `send_wait`. Boxed, so
+    /// the future of every send stays small: only a send that has to wait pays for it.
+    pub(crate) async fn wait_send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
+        Box::pin(self.push_until(peer, message, None)).await
     }
 
     /// Open connections of peers that are not persistent (persistent peers' messages go through

@@ -6,11 +6,11 @@
 
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::rate::TokenBucket;
 use super::reliable::{RecvSeq, Verdict};
-use crate::codec::record::{Inbound as Record, RecordDecoder};
+use crate::codec::record::{Body, Record, RecordDecoder};
 use crate::codec::{ControlMessage, GoodbyeReason, Violation, decode_control};
 
 /// What became of one message handed to the application's sink.
@@ -147,22 +147,23 @@ impl InboundSession {
         plaintext: BytesMut,
         now: Instant,
         recv: &mut [RecvSeq],
-        deliver: &mut dyn FnMut(usize, Bytes) -> Delivered,
+        deliver: &mut dyn FnMut(usize, Body<'_>) -> Delivered,
         out: &mut Vec<Action>,
         tally: &mut [Tally],
     ) -> Option<Stop> {
         let (records, judge) = (&mut self.records, &mut self.judge);
         let mut stop = None;
-        records.decode_frame(plaintext, &mut |item| {
+        let frame = plaintext.freeze();
+        records.decode_borrowed(&frame, &mut |item| {
             if stop.is_some() {
                 // Nothing after a stop is acted on.
                 return;
             }
             stop = match item {
-                Record::Message { channel, bytes } => {
-                    judge.on_message(channel, bytes, now, recv, deliver, tally)
+                Record::Message { channel, body } => {
+                    judge.on_message(channel, body, now, recv, deliver, tally)
                 }
-                Record::Control(body) => judge.on_control(&body, recv, out),
+                Record::Control(body) => judge.on_control(body, recv, out),
                 Record::Violation(violation) => judge.charge(&violation),
             };
         });
@@ -214,10 +215,10 @@ impl Judge {
     fn on_message(
         &mut self,
         channel: u16,
-        bytes: Bytes,
+        bytes: Body<'_>,
         now: Instant,
         recv: &mut [RecvSeq],
-        deliver: &mut dyn FnMut(usize, Bytes) -> Delivered,
+        deliver: &mut dyn FnMut(usize, Body<'_>) -> Delivered,
         tally: &mut [Tally],
     ) -> Option<Stop> {
         // The record decoder only yields channels it was given, which are ours.
@@ -388,11 +389,11 @@ mod tests {
             let mut out = Vec::new();
             let mut tally = vec![Tally::default(); 3];
             let (full, delivered) = (&self.full, &mut self.delivered);
-            let mut deliver = |lane: usize, bytes: Bytes| {
+            let mut deliver = |lane: usize, body: Body<'_>| {
                 if full.contains(&lane) {
                     return Delivered::Full;
                 }
-                match bytes.first() {
+                match body.as_slice().first() {
                     Some(&b) => {
                         delivered.push((lane, b));
                         Delivered::Ok
