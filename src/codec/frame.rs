@@ -47,7 +47,8 @@ impl FrameEncoder {
     pub fn with_frame_size(sealer: Sealer, max_plaintext: usize) -> Self {
         Self {
             sealer,
-            out: BytesMut::with_capacity(64 * 1024),
+            // Grown as batches need it: an idle connection keeps 4 KiB, not a full batch.
+            out: BytesMut::with_capacity(4 * 1024),
             open_frame: None,
             sealed_frames: 0,
             max_plaintext: max_plaintext.clamp(64, MAX_FRAME_PLAINTEXT),

@@ -367,7 +367,11 @@ impl NetworkActor {
             expected_peer: None,
             _slot: Some(accepted.slot),
         };
-        self.tracker.spawn(task.run(Some(accepted.stream)));
+        let fut = task.run(Some(accepted.stream));
+        if std::env::var_os("PW_SIZES").is_some() {
+            eprintln!("socket task future: {} bytes", std::mem::size_of_val(&fut));
+        }
+        self.tracker.spawn(fut);
     }
 
     fn socket_event(&mut self, event: SocketEvent, shutting_down: bool) {

@@ -48,6 +48,9 @@ impl Reader {
         let mut actions = Vec::new();
         let mut tally = vec![Tally::default(); self.slots.len()];
         let mut compactor = Compactor::new(self.read_chunk_size);
+        // Reads start small and double while they fill what was reserved, up to a chunk: an
+        // idle connection (pings, acks) holds a few KiB instead of a whole read chunk.
+        let mut want = MIN_READ.min(self.read_chunk_size);
         loop {
             loop {
                 match frames.decode(&mut buf) {
@@ -69,9 +72,9 @@ impl Reader {
                     Err(e) => return Some(DisconnectReason::Codec(e)),
                 }
             }
-            buf.reserve(self.read_chunk_size);
+            buf.reserve(want);
             let read = {
-                let mut limited = (&mut buf).limit(self.read_chunk_size);
+                let mut limited = (&mut buf).limit(want);
                 tokio::select! {
                     biased;
                     () = self.shared.cancel.cancelled() => return None,
@@ -80,7 +83,10 @@ impl Reader {
             };
             match read {
                 Ok(0) => return Some(DisconnectReason::Eof),
-                Ok(_) => self.shared.touch(),
+                Ok(n) => {
+                    self.shared.touch();
+                    want = next_read_size(want, n, self.read_chunk_size);
+                }
                 Err(e) => return Some(DisconnectReason::Io(e.kind())),
             }
         }
@@ -175,6 +181,21 @@ impl Reader {
     }
 }
 
+/// The first read's size, and the smallest.
+const MIN_READ: usize = 4 * 1024;
+
+/// The next read's size after a read of `got` bytes into `want`: double when it filled what was
+/// reserved (more is waiting), halve when it used under a quarter, within `MIN_READ..=max`.
+fn next_read_size(want: usize, got: usize, max: usize) -> usize {
+    if got >= want {
+        (want * 2).min(max)
+    } else if got < want / 4 {
+        (want / 2).max(MIN_READ).min(max)
+    } else {
+        want
+    }
+}
+
 /// Where a small body that the application will keep (a raw [`Bytes`] channel, or a channel's
 /// backlog) is copied before delivery.
 ///
@@ -219,6 +240,18 @@ impl Compactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_grow_while_full_and_shrink_when_mostly_empty() {
+        let max = 64 * 1024;
+        assert_eq!(next_read_size(4096, 4096, max), 8192);
+        assert_eq!(next_read_size(32 * 1024, 32 * 1024, max), max);
+        assert_eq!(next_read_size(max, max, max), max, "never above a chunk");
+        assert_eq!(next_read_size(max, 100, max), 32 * 1024);
+        assert_eq!(next_read_size(4096, 10, max), 4096, "never below the minimum");
+        assert_eq!(next_read_size(8192, 4000, max), 8192, "half full: kept");
+        assert_eq!(next_read_size(4096, 4096, 2048), 2048, "a chunk below the minimum");
+    }
 
     #[test]
     fn small_bodies_are_packed_into_an_arena_and_large_ones_pass_through() {
