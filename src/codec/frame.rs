@@ -55,6 +55,14 @@ impl FrameEncoder {
         }
     }
 
+    /// Frees the output buffer if nothing is buffered, so an idle connection holds none; the
+    /// next record allocates a small one again.
+    pub fn release_idle(&mut self) {
+        if self.out.is_empty() && self.open_frame.is_none() {
+            self.out = BytesMut::new();
+        }
+    }
+
     /// Bytes buffered so far (sealed frames plus the open one).
     pub fn buffered(&self) -> usize {
         self.out.len()
@@ -64,6 +72,10 @@ impl FrameEncoder {
         let start = match self.open_frame {
             Some(start) => start,
             None => {
+                if self.out.capacity() == 0 {
+                    // After `release_idle`: one small allocation, grown as batches need it.
+                    self.out.reserve(4 * 1024);
+                }
                 let start = self.out.len();
                 self.out.put_u32(0); // patched by `close_frame`
                 self.open_frame = Some(start);

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::tcp::OwnedReadHalf;
 
 use super::inbox::Slot;
 use super::link::SocketShared;
@@ -38,9 +38,9 @@ pub(crate) struct Reader {
 
 impl Reader {
     /// Runs until the connection ends; returns why, or `None` when cancelled.
-    pub(crate) async fn run<R: AsyncRead + Unpin>(
+    pub(crate) async fn run(
         mut self,
-        mut stream: R,
+        stream: OwnedReadHalf,
         mut buf: BytesMut,
         opener: Opener,
     ) -> Option<DisconnectReason> {
@@ -72,21 +72,29 @@ impl Reader {
                     Err(e) => return Some(DisconnectReason::Codec(e)),
                 }
             }
-            buf.reserve(want);
-            let read = {
-                let mut limited = (&mut buf).limit(want);
-                tokio::select! {
-                    biased;
-                    () = self.shared.cancel.cancelled() => return None,
-                    r = stream.read_buf(&mut limited) => r,
-                }
+            if buf.is_empty() && want == MIN_READ {
+                // Idle (small reads, nothing partial): hold no buffer while waiting; the read
+                // below allocates one when bytes are there.
+                buf = BytesMut::new();
+            }
+            let ready = tokio::select! {
+                biased;
+                () = self.shared.cancel.cancelled() => return None,
+                r = stream.readable() => r,
             };
+            if let Err(e) = ready {
+                return Some(DisconnectReason::Io(e.kind()));
+            }
+            buf.reserve(want);
+            let read = stream.try_read_buf(&mut (&mut buf).limit(want));
             match read {
                 Ok(0) => return Some(DisconnectReason::Eof),
                 Ok(n) => {
                     self.shared.touch();
                     want = next_read_size(want, n, self.read_chunk_size);
                 }
+                // Readiness was spurious: wait again.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Some(DisconnectReason::Io(e.kind())),
             }
         }
@@ -248,9 +256,17 @@ mod tests {
         assert_eq!(next_read_size(32 * 1024, 32 * 1024, max), max);
         assert_eq!(next_read_size(max, max, max), max, "never above a chunk");
         assert_eq!(next_read_size(max, 100, max), 32 * 1024);
-        assert_eq!(next_read_size(4096, 10, max), 4096, "never below the minimum");
+        assert_eq!(
+            next_read_size(4096, 10, max),
+            4096,
+            "never below the minimum"
+        );
         assert_eq!(next_read_size(8192, 4000, max), 8192, "half full: kept");
-        assert_eq!(next_read_size(4096, 4096, 2048), 2048, "a chunk below the minimum");
+        assert_eq!(
+            next_read_size(4096, 4096, 2048),
+            2048,
+            "a chunk below the minimum"
+        );
     }
 
     #[test]

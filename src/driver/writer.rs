@@ -88,6 +88,8 @@ impl Writer {
                 && batch.goodbye.is_none()
                 && reliable.is_empty()
             {
+                // Nothing to write: an idle connection keeps no output buffer.
+                encoder.release_idle();
                 tokio::select! {
                     biased;
                     () = self.shared.cancel.cancelled() => return Err(Fault::End(WriteEnd::Stopped)),

@@ -230,18 +230,6 @@ impl Route<'_> {
         Box::pin(self.push_until(peer, message, None)).await
     }
 
-    /// Open connections of peers that are not persistent (persistent peers' messages go through
-    /// their reliable streams, connected or not).
-    fn plain_links(&self) -> Vec<Arc<SocketShared>> {
-        self.shared
-            .peers
-            .read()
-            .iter()
-            .filter(|(id, _)| !self.shared.reliable.contains_key(id))
-            .map(|(_, link)| link.clone())
-            .collect()
-    }
-
     /// Offers `message` once to every persistent and every connected peer. A peer with room
     /// gets it; a stalled one is skipped and counted; a full one goes to `waiting` when the
     /// caller will wait for it, and is skipped and counted otherwise.
@@ -269,7 +257,14 @@ impl Route<'_> {
                 }
             }
         }
-        for link in self.plain_links() {
+        // Under the map's read lock (every push here is non-blocking): no vector of links and
+        // no reference counting per peer per broadcast. Persistent peers were served above,
+        // through their reliable streams.
+        let peers = self.shared.peers.read();
+        let plain = peers
+            .iter()
+            .filter(|(id, _)| !self.shared.reliable.contains_key(id));
+        for (_, link) in plain {
             match (
                 link.queue.try_push(self.lane, message.clone()),
                 waiting.as_mut(),
@@ -287,7 +282,7 @@ impl Route<'_> {
                 }
                 // A stalled peer costs a broadcast nothing but the refusal.
                 (Err(_), _) => {
-                    self.count_drop(&link);
+                    self.count_drop(link);
                     if let Some(peer) = link.peer.get() {
                         self.skip(report, *peer, Skipped::QueueFull);
                     }
