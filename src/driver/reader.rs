@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::inbox::Slot;
@@ -40,7 +41,7 @@ impl Reader {
     /// Runs until the connection ends; returns why, or `None` when cancelled.
     pub(crate) async fn run(
         mut self,
-        stream: OwnedReadHalf,
+        mut stream: OwnedReadHalf,
         mut buf: BytesMut,
         opener: Opener,
     ) -> Option<DisconnectReason> {
@@ -51,14 +52,20 @@ impl Reader {
         // Reads start small and double while they fill what was reserved, up to a chunk: an
         // idle connection (pings, acks) holds a few KiB instead of a whole read chunk.
         let mut want = MIN_READ.min(self.read_chunk_size);
+        // Whether the frames of the last read carried application messages.
+        let mut data = false;
         loop {
             loop {
                 match frames.decode(&mut buf) {
                     Ok(Some(plaintext)) => {
                         self.shared.stats.frames_in.fetch_add(1, Relaxed);
-                        if let Some(stop) =
-                            self.frame(plaintext, &mut actions, &mut tally, &mut compactor)
-                        {
+                        if let Some(stop) = self.frame(
+                            plaintext,
+                            &mut actions,
+                            &mut tally,
+                            &mut compactor,
+                            &mut data,
+                        ) {
                             return Some(match stop {
                                 Stop::Goodbye(r) => DisconnectReason::RemoteGoodbye(r),
                                 Stop::Misbehaviour(score) => {
@@ -72,29 +79,36 @@ impl Reader {
                     Err(e) => return Some(DisconnectReason::Codec(e)),
                 }
             }
-            if buf.is_empty() && want == MIN_READ {
-                // Idle (small reads, nothing partial): hold no buffer while waiting; the read
-                // below allocates one when bytes are there.
+            if buf.is_empty() && !data && want == MIN_READ {
+                // Idle (only control traffic, small reads, nothing partial): hold no buffer
+                // while waiting for bytes; the read below allocates one when they are there. A
+                // connection carrying messages keeps its buffer and reads as usual.
                 buf = BytesMut::new();
+                let ready = tokio::select! {
+                    biased;
+                    () = self.shared.cancel.cancelled() => return None,
+                    r = stream.readable() => r,
+                };
+                if let Err(e) = ready {
+                    return Some(DisconnectReason::Io(e.kind()));
+                }
             }
-            let ready = tokio::select! {
-                biased;
-                () = self.shared.cancel.cancelled() => return None,
-                r = stream.readable() => r,
-            };
-            if let Err(e) = ready {
-                return Some(DisconnectReason::Io(e.kind()));
-            }
+            data = false;
             buf.reserve(want);
-            let read = stream.try_read_buf(&mut (&mut buf).limit(want));
+            let read = {
+                let mut limited = (&mut buf).limit(want);
+                tokio::select! {
+                    biased;
+                    () = self.shared.cancel.cancelled() => return None,
+                    r = stream.read_buf(&mut limited) => r,
+                }
+            };
             match read {
                 Ok(0) => return Some(DisconnectReason::Eof),
                 Ok(n) => {
                     self.shared.touch();
                     want = next_read_size(want, n, self.read_chunk_size);
                 }
-                // Readiness was spurious: wait again.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Some(DisconnectReason::Io(e.kind())),
             }
         }
@@ -106,6 +120,7 @@ impl Reader {
         actions: &mut Vec<Action>,
         tally: &mut [Tally],
         compactor: &mut Compactor,
+        data: &mut bool,
     ) -> Option<Stop> {
         let (score, rejected) = (self.session.score(), self.session.rejected());
         let stop = {
@@ -144,6 +159,7 @@ impl Reader {
             if *t == Tally::default() {
                 continue;
             }
+            *data = true;
             if let Some(c) = stats.channels.get(lane) {
                 c.messages_in.fetch_add(t.messages, Relaxed);
                 c.bytes_in.fetch_add(t.bytes, Relaxed);

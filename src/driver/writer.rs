@@ -74,6 +74,8 @@ impl Writer {
         let mut batch = Batch::default();
         let mut reliable = Taken::default();
         let mut counts = vec![(0u64, 0u64); self.channel_ids.len()];
+        // Whether the last batch written carried application messages.
+        let mut data = false;
         loop {
             queue.take_batch(self.batch_bytes, &mut batch);
             if batch.closed {
@@ -88,14 +90,19 @@ impl Writer {
                 && batch.goodbye.is_none()
                 && reliable.is_empty()
             {
-                // Nothing to write: an idle connection keeps no output buffer.
-                encoder.release_idle();
+                if !data {
+                    // Nothing to write after control traffic only (pings, pongs): an idle
+                    // connection keeps no output buffer. One carrying messages keeps it, so it
+                    // is not reallocated and regrown for every burst.
+                    encoder.release_idle();
+                }
                 tokio::select! {
                     biased;
                     () = self.shared.cancel.cancelled() => return Err(Fault::End(WriteEnd::Stopped)),
                     () = queue.wait_for_work() => continue,
                 }
             }
+            data = !batch.data.is_empty() || !reliable.is_empty();
             for control in batch.control.drain(..) {
                 encoder.push_control(&encode_control(&control))?;
             }
