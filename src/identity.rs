@@ -183,20 +183,14 @@ impl Keypair {
     /// # Errors
     /// I/O errors, a malformed existing file, or no randomness for a new key.
     pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
+        match std::fs::read(path) {
+            Ok(contents) => {
                 let malformed = || IdentityError::MalformedKeyFile {
                     path: path.display().to_string(),
                 };
-                let text = text.trim();
-                if text.len() != 64 {
-                    return Err(malformed());
-                }
-                let mut secret = [0u8; 32];
-                for (i, byte) in secret.iter_mut().enumerate() {
-                    *byte =
-                        u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| malformed())?;
-                }
+                // Parsed as bytes, never sliced as text: a file of multi-byte characters is
+                // malformed, not a panic on a character boundary.
+                let secret = parse_hex_secret(contents.trim_ascii()).ok_or_else(malformed)?;
                 Ok(Self::from_secret_bytes(&secret))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -221,6 +215,19 @@ impl Keypair {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The 32 bytes written as exactly 64 hex digits, or `None`.
+fn parse_hex_secret(digits: &[u8]) -> Option<[u8; 32]> {
+    if digits.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut secret = [0u8; 32];
+    for (byte, pair) in secret.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(secret)
 }
 
 /// A map keyed by [`PeerId`] for the send path, where SipHash over 32 bytes was about 5 % of the
@@ -280,6 +287,47 @@ impl std::hash::Hasher for PeerHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_file_of_any_bytes_is_read_or_refused_never_a_panic() {
+        let dir = std::env::temp_dir().join(format!("peerwire-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("odd.key");
+        // 64 bytes whose 2-byte slices fall inside multi-byte characters.
+        let tricky = format!("a{}a", "é".repeat(31));
+        assert_eq!(tricky.len(), 64);
+        let cases: Vec<Vec<u8>> = vec![
+            tricky.into_bytes(),
+            vec![0xff; 64],
+            b"zz".repeat(32),
+            b"+1".repeat(32),
+            b"00".repeat(31),
+            Vec::new(),
+        ];
+        for contents in cases {
+            std::fs::write(&path, &contents).unwrap();
+            assert!(
+                matches!(
+                    Keypair::load_or_create(&path),
+                    Err(IdentityError::MalformedKeyFile { .. })
+                ),
+                "{contents:?}"
+            );
+        }
+        let key = Keypair::generate();
+        let hex: String = key
+            .secret_bytes()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        std::fs::write(&path, format!("  {hex}\n")).unwrap();
+        assert_eq!(
+            Keypair::load_or_create(&path).unwrap().peer_id(),
+            key.peer_id(),
+            "upper-case hex and surrounding whitespace are accepted"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn peer_hashing_is_stable_per_map_keyed_per_map_and_spreads_ids() {
