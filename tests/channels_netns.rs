@@ -9,7 +9,7 @@
 //!   channel at least 1/16 of the throughput.
 //!
 //! Needs root, `ip`, `tc` (with `tbf`) and `/dev/net/tun`; without them each test prints
-//! `skipped: ...` and returns. The namespaces and TUN devices carry the test process id and are
+//! `skipped: ...` and returns (a failure when `PEERWIRE_REQUIRE_CHAOS` is set, as in CI). The namespaces and TUN devices carry the test process id and are
 //! removed by a guard, also on panic; no traffic leaves them. `--nocapture` shows the reports.
 #![cfg(feature = "cli")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 mod child;
 #[path = "common/link_emulator.rs"]
 mod link_emulator;
+#[path = "common/skip.rs"]
+mod skip;
 
 use link_emulator::LinkEmulator;
 
@@ -193,7 +195,7 @@ fn value(report: &[(String, f64)], key: &str) -> f64 {
 #[test]
 fn critical_latency_stays_low_while_bulk_saturates_a_slow_link() {
     if let Some(why) = unsupported() {
-        eprintln!("skipped: {why}");
+        skip::skip(&why);
         return;
     }
     let link = Link::create("lat", 31).unwrap();
@@ -221,7 +223,7 @@ fn critical_latency_stays_low_while_bulk_saturates_a_slow_link() {
 #[test]
 fn a_critical_flood_leaves_bulk_its_share() {
     if let Some(why) = unsupported() {
-        eprintln!("skipped: {why}");
+        skip::skip(&why);
         return;
     }
     let link = Link::create("share", 32).unwrap();

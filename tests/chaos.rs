@@ -17,7 +17,8 @@
 //! process that was killed are removed by a later run (once ten minutes old).
 //!
 //! Needs root, `ip` (iproute2, with `ip netns`), `tc` and, for the emulator, `/dev/net/tun`.
-//! Without them each test prints `skipped: ...` to stderr and returns. Run with `--nocapture` to
+//! Without them each test prints `skipped: ...` to stderr and returns, unless
+//! `PEERWIRE_REQUIRE_CHAOS` is set (CI sets it): then a skip fails the test. Run with `--nocapture` to
 //! see the progress notes (measured round trips and the impairment's counters among them); set
 //! `PEERWIRE_CHAOS_LOGS=DIR` to keep every node's full output in `DIR`.
 #![cfg(feature = "cli")]
@@ -39,6 +40,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
 mod child;
 #[path = "common/link_emulator.rs"]
 mod link_emulator;
+#[path = "common/skip.rs"]
+mod skip;
 
 use link_emulator::LinkEmulator;
 /// Bound for any one awaited event ("soon"); generous, the tests never assert speed.
@@ -321,13 +324,13 @@ impl Lab {
     /// creates the node keys, or prints why the test is skipped and returns `None`.
     fn create(test: &str, subnet: u8, n: usize) -> Option<Self> {
         if let Some(reason) = unsupported() {
-            eprintln!("skipped: {reason}");
+            skip::skip(&reason);
             return None;
         }
         let impairment = match Impairment::available() {
             Ok(how) => how,
             Err(reason) => {
-                eprintln!("skipped: {reason}");
+                skip::skip(&reason);
                 return None;
             }
         };
