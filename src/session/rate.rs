@@ -38,7 +38,11 @@ impl TokenBucket {
         if self.rate == 0 {
             return true;
         }
-        self.refill(now);
+        // Every message of a frame is judged at the same instant: refill once, not per message
+        // (the 128-bit arithmetic was a measurable share of a small message's cost).
+        if now > self.last {
+            self.refill(now);
+        }
         let need = u128::from(n) * SCALE;
         if self.scaled >= need {
             self.scaled -= need;
