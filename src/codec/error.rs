@@ -74,6 +74,17 @@ pub enum Violation {
     /// A data record on a channel this node did not declare.
     #[error("message on undeclared channel {0}")]
     UnknownChannel(u16),
+    /// Control messages beyond the connection's control rate (all control records, or pings
+    /// alone); ignored, not answered.
+    #[error("control rate limit exceeded")]
+    ControlRateLimited,
+    /// A resend request while an earlier one on the same channel is still deferred (an honest
+    /// peer waits for the resume marker before asking again).
+    #[error("resend requested again before the last one was answered")]
+    ExcessRewind,
+    /// A sequence number so large that counting on would wrap (no honest stream gets there).
+    #[error("sequence number would wrap")]
+    SequenceOverflow,
 }
 
 impl Violation {
@@ -88,6 +99,8 @@ impl Violation {
             // charged lightly (every record, fragments included), so it cannot flood us with
             // undeliverable bytes for ever, yet a few stray messages do not cost it the link.
             Self::UnknownChannel(_) => 1,
+            Self::ControlRateLimited | Self::ExcessRewind => 1,
+            Self::SequenceOverflow => 25,
         }
     }
 
@@ -102,6 +115,9 @@ impl Violation {
             Self::FragmentOutOfSequence => "fragment_out_of_sequence",
             Self::UnknownChannel(_) => "unknown_channel",
             Self::RateLimited => "rate_limited",
+            Self::ControlRateLimited => "control_rate_limited",
+            Self::ExcessRewind => "excess_rewind",
+            Self::SequenceOverflow => "sequence_overflow",
         }
     }
 }

@@ -87,6 +87,10 @@ impl Reader {
                 let ready = tokio::select! {
                     biased;
                     () = self.shared.cancel.cancelled() => return None,
+                    () = sleep_until(self.session.next_deadline()) => {
+                        self.poll_session(&mut actions);
+                        continue;
+                    }
                     r = stream.readable() => r,
                 };
                 if let Err(e) = ready {
@@ -100,6 +104,10 @@ impl Reader {
                 tokio::select! {
                     biased;
                     () = self.shared.cancel.cancelled() => return None,
+                    () = sleep_until(self.session.next_deadline()) => {
+                        self.poll_session(&mut actions);
+                        continue;
+                    }
                     r = stream.read_buf(&mut limited) => r,
                 }
             };
@@ -111,6 +119,14 @@ impl Reader {
                 }
                 Err(e) => return Some(DisconnectReason::Io(e.kind())),
             }
+        }
+    }
+
+    /// Runs the session's timed work (deferred resend requests) and applies what it decided.
+    fn poll_session(&mut self, actions: &mut Vec<Action>) {
+        self.session.poll(std::time::Instant::now(), actions);
+        for action in actions.drain(..) {
+            self.apply(action);
         }
     }
 
@@ -202,6 +218,14 @@ impl Reader {
             Action::Ack { lane, next } => self.shared.queue.set_ack(lane, next),
             Action::Welcomed => self.shared.welcomed.notify_one(),
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -72,6 +72,19 @@ pub(crate) struct LaneLimits {
     pub(crate) bytes_per_sec: u64,
 }
 
+/// Control records accepted per second per connection (burst: one second's worth). Far above an
+/// honest peer's (at most a pong, a resume, an ack and a rewind per channel per frame of ours),
+/// but a flood of them is cut: each one over the rate is ignored and charged a point.
+pub(crate) const CONTROL_PER_SEC: u64 = 200_000;
+/// Pings answered per second per connection (an honest peer pings every `ping_interval`).
+pub(crate) const PINGS_PER_SEC: u64 = 10;
+/// Least time between two resends a peer can ask for on one channel: a second request within
+/// it waits until it passes (an honest peer asks once per resume marker, so never sooner than
+/// a round trip), and further requests meanwhile are charged. Bounds what a resend storm costs.
+pub(crate) const REWIND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Largest first sequence number a `Resume` may carry: counting on from it can never wrap.
+pub(crate) const MAX_FIRST_SEQ: u64 = u64::MAX / 2;
+
 #[derive(Debug)]
 struct LaneState {
     id: u16,
@@ -83,6 +96,10 @@ struct LaneState {
     pending_rewind: Option<u64>,
     message_rate: TokenBucket,
     byte_rate: TokenBucket,
+    /// When a resend request on this channel was last passed on.
+    last_rewind: Option<Instant>,
+    /// A resend request waiting for `REWIND_INTERVAL` to pass since the last one.
+    deferred_rewind: Option<u64>,
 }
 
 /// The inbound state of one connection.
@@ -96,6 +113,8 @@ pub(crate) struct InboundSession {
 #[derive(Debug)]
 struct Judge {
     lanes: Vec<LaneState>,
+    control_rate: TokenBucket,
+    ping_rate: TokenBucket,
     budget: u64,
     /// Misbehaviour points charged on this connection.
     score: u64,
@@ -119,8 +138,12 @@ impl InboundSession {
                         pending_rewind: None,
                         message_rate: TokenBucket::new(l.messages_per_sec, l.messages_per_sec, now),
                         byte_rate: TokenBucket::new(l.bytes_per_sec, l.bytes_per_sec, now),
+                        last_rewind: None,
+                        deferred_rewind: None,
                     })
                     .collect(),
+                control_rate: TokenBucket::new(CONTROL_PER_SEC, CONTROL_PER_SEC, now),
+                ping_rate: TokenBucket::new(PINGS_PER_SEC, PINGS_PER_SEC, now),
                 budget: u64::from(budget),
                 score: 0,
                 rejected: 0,
@@ -163,7 +186,7 @@ impl InboundSession {
                 Record::Message { channel, body } => {
                     judge.on_message(channel, body, now, recv, deliver, tally)
                 }
-                Record::Control(body) => judge.on_control(body, recv, out),
+                Record::Control(body) => judge.on_control(body, now, recv, out),
                 Record::Violation(violation) => judge.charge(&violation),
             };
         });
@@ -184,7 +207,24 @@ impl InboundSession {
                 }));
             }
         }
+        self.judge.due_rewinds(now, out);
         stop
+    }
+
+    /// When [`InboundSession::poll`] must run next, if ever: a deferred resend request's time.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.judge
+            .lanes
+            .iter()
+            .filter(|l| l.deferred_rewind.is_some())
+            .filter_map(|l| l.last_rewind.map(|last| last + REWIND_INTERVAL))
+            .min()
+    }
+
+    /// Passes on the deferred resend requests that are due at `now` (the read task calls it at
+    /// [`InboundSession::next_deadline`], so none waits for the peer's next frame).
+    pub(crate) fn poll(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.judge.due_rewinds(now, out);
     }
 
     /// The read task could not queue the rewind request for `lane` (control lane full): keep it
@@ -202,6 +242,23 @@ impl Judge {
         self.rejected += 1;
         self.score += u64::from(violation.cost());
         (self.score >= self.budget).then_some(Stop::Misbehaviour(self.score))
+    }
+
+    /// Deferred resend requests whose interval has passed go to the stream now.
+    fn due_rewinds(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for (lane, state) in self.lanes.iter_mut().enumerate() {
+            let Some(from) = state.deferred_rewind else {
+                continue;
+            };
+            if state
+                .last_rewind
+                .is_none_or(|last| now.saturating_duration_since(last) >= REWIND_INTERVAL)
+            {
+                state.deferred_rewind = None;
+                state.last_rewind = Some(now);
+                out.push(Action::Rewind { lane, from });
+            }
+        }
     }
 
     fn lane_of(&self, channel: u16) -> Option<usize> {
@@ -226,7 +283,9 @@ impl Judge {
         let state = &mut self.lanes[lane];
         let verdict = match state.seq {
             Some(seq) => {
-                state.seq = Some(seq + 1);
+                // Checked: a Resume is bounded by MAX_FIRST_SEQ, so this never runs out, but a
+                // wrap must never be possible.
+                state.seq = seq.checked_add(1);
                 recv.get_mut(lane)
                     .map_or(Verdict::Deliver, |r| r.judge(seq))
             }
@@ -281,9 +340,13 @@ impl Judge {
     fn on_control(
         &mut self,
         body: &[u8],
+        now: Instant,
         recv: &mut [RecvSeq],
         out: &mut Vec<Action>,
     ) -> Option<Stop> {
+        if !self.control_rate.try_take(1, now) {
+            return self.charge(&Violation::ControlRateLimited);
+        }
         let message = match decode_control(body) {
             Ok(message) => message,
             Err(violation) => return self.charge(&violation),
@@ -292,7 +355,10 @@ impl Judge {
             ControlMessage::Goodbye { reason } => return Some(Stop::Goodbye(reason)),
             // Answered ahead of data; if the control lane is full the pinger retries.
             ControlMessage::Ping { nonce } => {
-                out.push(Action::Send(ControlMessage::Pong { nonce }))
+                if !self.ping_rate.try_take(1, now) {
+                    return self.charge(&Violation::ControlRateLimited);
+                }
+                out.push(Action::Send(ControlMessage::Pong { nonce }));
             }
             ControlMessage::Pong { nonce } => out.push(Action::Pong(nonce)),
             ControlMessage::Welcome => out.push(Action::Welcomed),
@@ -304,6 +370,9 @@ impl Judge {
                 let Some(lane) = self.lane_of(channel) else {
                     return self.charge(&Violation::UnknownChannel(channel));
                 };
+                if first_seq > MAX_FIRST_SEQ {
+                    return self.charge(&Violation::SequenceOverflow);
+                }
                 if let Some(position) = recv.get_mut(lane) {
                     position.resume(incarnation, first_seq);
                 }
@@ -313,10 +382,30 @@ impl Judge {
                 Some(lane) => out.push(Action::Acked { lane, next }),
                 None => return self.charge(&Violation::UnknownChannel(channel)),
             },
-            ControlMessage::Rewind { channel, from } => match self.lane_of(channel) {
-                Some(lane) => out.push(Action::Rewind { lane, from }),
-                None => return self.charge(&Violation::UnknownChannel(channel)),
-            },
+            ControlMessage::Rewind { channel, from } => {
+                let Some(lane) = self.lane_of(channel) else {
+                    return self.charge(&Violation::UnknownChannel(channel));
+                };
+                let state = &mut self.lanes[lane];
+                let due = state
+                    .last_rewind
+                    .is_none_or(|last| now.saturating_duration_since(last) >= REWIND_INTERVAL);
+                if state.deferred_rewind.is_some() {
+                    // Asked again while the last request still waits: an honest peer waits for
+                    // the resume marker, which has not been sent.
+                    let earliest = state.deferred_rewind.map_or(from, |d| d.min(from));
+                    state.deferred_rewind = Some(earliest);
+                    return self.charge(&Violation::ExcessRewind);
+                }
+                if due {
+                    state.last_rewind = Some(now);
+                    out.push(Action::Rewind { lane, from });
+                } else {
+                    // Too soon after the last resend: kept, and passed on once the interval
+                    // has passed (at a later frame), so an honest request is never lost.
+                    state.deferred_rewind = Some(from);
+                }
+            }
         }
         None
     }
@@ -572,5 +661,125 @@ mod tests {
         );
         assert_eq!(stop, Some(Stop::Goodbye(GoodbyeReason::Shutdown)));
         assert!(h.delivered.is_empty());
+    }
+
+    fn pongs(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Send(ControlMessage::Pong { .. })))
+            .count()
+    }
+
+    fn rewinds(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Rewind { from, .. } => Some(*from),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ping_flood_is_answered_at_the_ping_rate_charged_and_cut() {
+        let mut h = Harness::new(0, 100);
+        let mut frame = Frame::default();
+        for nonce in 0..(PINGS_PER_SEC + 5) {
+            frame = frame.control(ControlMessage::Ping { nonce });
+        }
+        let (actions, stop, _) = h.frame(frame);
+        assert_eq!(
+            pongs(&actions),
+            PINGS_PER_SEC as usize,
+            "the rest is not answered"
+        );
+        assert_eq!(h.session.score(), 5, "each unanswered ping costs a point");
+        assert_eq!(stop, None);
+        // A second later the rate allows pings again; a flood spends the budget and is cut.
+        h.now += Duration::from_secs(1);
+        let mut frame = Frame::default();
+        for nonce in 0..200 {
+            frame = frame.control(ControlMessage::Ping { nonce });
+        }
+        let (actions, stop, _) = h.frame(frame);
+        assert_eq!(pongs(&actions), PINGS_PER_SEC as usize);
+        assert_eq!(stop, Some(Stop::Misbehaviour(100)));
+    }
+
+    #[test]
+    fn control_records_beyond_the_control_rate_are_charged() {
+        let mut h = Harness::new(0, u32::MAX);
+        let mut frame = Frame::default();
+        for next in 0..(CONTROL_PER_SEC + 3) {
+            frame = frame.control(ControlMessage::Ack { channel: 0, next });
+        }
+        let (actions, _, _) = h.frame(frame);
+        let acked = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Acked { .. }))
+            .count();
+        assert_eq!(acked, CONTROL_PER_SEC as usize);
+        assert_eq!(h.session.score(), 3);
+    }
+
+    #[test]
+    fn resend_requests_are_spaced_and_a_storm_is_charged_but_none_is_lost() {
+        let mut h = Harness::new(0, 1000);
+        let rewind = |from| ControlMessage::Rewind {
+            channel: VOTES,
+            from,
+        };
+        let (actions, _, _) = h.frame(Frame::default().control(rewind(5)));
+        assert_eq!(rewinds(&actions), vec![5], "the first is passed on at once");
+        // Within the interval: kept for later, not charged (an honest peer may ask again one
+        // round trip later on a fast link).
+        h.now += REWIND_INTERVAL / 4;
+        let (actions, _, _) = h.frame(Frame::default().control(rewind(7)));
+        assert!(rewinds(&actions).is_empty());
+        assert_eq!(h.session.score(), 0);
+        // Asking again while that one waits is a storm: charged, folded into the earliest.
+        let mut storm = Frame::default();
+        for from in [3, 9, 4] {
+            storm = storm.control(rewind(from));
+        }
+        let (actions, _, _) = h.frame(storm);
+        assert!(rewinds(&actions).is_empty());
+        assert_eq!(h.session.score(), 3);
+        // Due when the interval has passed since the last one passed on: at that deadline the
+        // read task polls, with no frame from the peer needed.
+        let first = h.now - REWIND_INTERVAL / 4;
+        assert_eq!(h.session.next_deadline(), Some(first + REWIND_INTERVAL));
+        let mut polled = Vec::new();
+        h.session.poll(first + REWIND_INTERVAL / 2, &mut polled);
+        assert!(polled.is_empty(), "not yet due");
+        h.session.poll(first + REWIND_INTERVAL, &mut polled);
+        assert_eq!(rewinds(&polled), vec![3]);
+        assert_eq!(h.session.next_deadline(), None);
+        // A frame after that finds nothing deferred.
+        h.now += REWIND_INTERVAL;
+        let (actions, _, _) = h.frame(Frame::default().control(ControlMessage::Ack {
+            channel: 0,
+            next: 0,
+        }));
+        assert!(rewinds(&actions).is_empty());
+    }
+
+    #[test]
+    fn a_resume_that_would_wrap_is_charged_and_ignored() {
+        let mut h = Harness::new(0, 1000);
+        let (_, stop, _) = h.frame(
+            Frame::default()
+                .control(ControlMessage::Resume {
+                    channel: VOTES,
+                    incarnation: 1,
+                    first_seq: u64::MAX,
+                })
+                .message(VOTES, &[1]),
+        );
+        assert_eq!(stop, None);
+        assert_eq!(h.session.score(), Violation::SequenceOverflow.cost().into());
+        // Ignored: the stream is not numbered from there, so nothing counts on from u64::MAX.
+        assert_eq!(h.session.judge.lanes[1].seq, None);
+        assert_eq!(h.delivered, vec![(1, 1)]);
     }
 }
