@@ -70,6 +70,10 @@ struct State<M> {
     abandoned: bool,
     /// Threads blocked in `recv_timeout`/`blocking_recv`.
     sleepers: usize,
+    /// Places and bytes reserved by read tasks' [`Stager`]s for messages they are staging:
+    /// counted against the bounds, so staged batches never overshoot them.
+    reserved: usize,
+    reserved_bytes: usize,
 }
 
 /// One channel's bounded queue, shared by the sink that fills it and every receiving handle.
@@ -101,6 +105,8 @@ impl<M> Queue<M> {
                 closed: false,
                 abandoned: false,
                 sleepers: 0,
+                reserved: 0,
+                reserved_bytes: 0,
             }),
             ready: Notify::new(),
             ready_sync: Condvar::new(),
@@ -118,8 +124,9 @@ impl<M> Queue<M> {
         if state.closed || state.abandoned {
             return Err(DeliverError::Closed);
         }
-        let over_bytes = !state.items.is_empty() && state.bytes + size > self.max_bytes;
-        if state.items.len() >= self.capacity || over_bytes {
+        let empty = state.items.is_empty() && state.reserved == 0;
+        let over_bytes = !empty && state.bytes + state.reserved_bytes + size > self.max_bytes;
+        if state.items.len() + state.reserved >= self.capacity || over_bytes {
             return Err(DeliverError::Full);
         }
         let was_empty = state.items.is_empty();
@@ -427,8 +434,168 @@ impl<M> Drop for InboxSender<M> {
     }
 }
 
+/// Places a stager reserves at a time (one lock per this many messages at most).
+const RESERVE: usize = 256;
+/// Bytes a stager reserves at a time (more when one message is larger).
+const RESERVE_BYTES: usize = 1 << 20;
+
+/// One read task's batch for one channel: a frame's messages are decoded into it and handed to
+/// the inbox under one lock when the frame is done, instead of a lock (and a possible wake-up)
+/// per message. Room is reserved in the inbox first, so whether each message fits is decided at
+/// once, exactly as if it had been pushed alone.
+pub(crate) trait Stage: Send {
+    /// Stages a body the channel keeps as it is (a raw channel).
+    fn stage_bytes(&mut self, peer: PeerId, bytes: Bytes) -> Delivered;
+    /// Stages a body borrowed from its frame (a typed channel decodes it in place).
+    fn stage_slice(&mut self, peer: PeerId, body: &[u8]) -> Delivered;
+    /// Whether the channel keeps bodies as they are (see [`Slot::keeps_bodies`]).
+    fn keeps_bodies(&self) -> bool;
+    /// Hands everything staged to the inbox and returns the unused reservation; `false` when
+    /// the inbox is closed (what was staged is dropped).
+    fn flush(&mut self) -> bool;
+}
+
+struct Stager<M> {
+    queue: Arc<Queue<M>>,
+    staged: Vec<Delivery<M>>,
+    staged_bytes: usize,
+    /// Places and bytes reserved and not used yet.
+    room: usize,
+    room_bytes: usize,
+}
+
+impl<M> Stager<M> {
+    fn new(queue: Arc<Queue<M>>) -> Self {
+        Self {
+            queue,
+            staged: Vec::new(),
+            staged_bytes: 0,
+            room: 0,
+            room_bytes: 0,
+        }
+    }
+
+    /// Reserves room for at least one message of `size` bytes.
+    fn reserve(&mut self, size: usize) -> Result<(), DeliverError> {
+        let queue = &self.queue;
+        let mut state = queue.state.lock();
+        if state.closed || state.abandoned {
+            return Err(DeliverError::Closed);
+        }
+        // Give back what is left first, so the accounting is only staged + room.
+        state.reserved -= self.room;
+        state.reserved_bytes -= self.room_bytes;
+        self.room = 0;
+        self.room_bytes = 0;
+        let free = queue
+            .capacity
+            .saturating_sub(state.items.len() + state.reserved);
+        let free_bytes = queue
+            .max_bytes
+            .saturating_sub(state.bytes + state.reserved_bytes);
+        // One message always fits an empty inbox, whatever its size.
+        let empty = state.items.is_empty() && state.reserved == 0;
+        if free == 0 || (free_bytes < size && !empty) {
+            return Err(DeliverError::Full);
+        }
+        // An eighth of what is free, so read tasks staging at once share the last places
+        // instead of one holding them unused (which would refuse messages that fit).
+        self.room = (free / 8).clamp(1, RESERVE);
+        self.room_bytes = if free_bytes >= size {
+            (free_bytes / 8).clamp(size, RESERVE_BYTES.max(size))
+        } else {
+            size
+        };
+        state.reserved += self.room;
+        state.reserved_bytes += self.room_bytes;
+        Ok(())
+    }
+
+    fn stage(&mut self, peer: PeerId, message: M, size: usize) -> Delivered {
+        if self.room == 0 || self.room_bytes < size {
+            if let Err(e) = self.reserve(size) {
+                return Err(e).into();
+            }
+        }
+        self.room -= 1;
+        self.room_bytes -= size;
+        self.staged_bytes += size;
+        self.staged.push(Delivery {
+            peer,
+            message,
+            size,
+        });
+        Delivered::Ok
+    }
+
+    fn flush_staged(&mut self) -> bool {
+        if self.staged.is_empty() && self.room == 0 && self.room_bytes == 0 {
+            return true;
+        }
+        let mut state = self.queue.state.lock();
+        state.reserved -= self.staged.len() + self.room;
+        state.reserved_bytes -= self.staged_bytes + self.room_bytes;
+        self.room = 0;
+        self.room_bytes = 0;
+        let added = self.staged_bytes;
+        self.staged_bytes = 0;
+        if state.closed || state.abandoned {
+            self.staged.clear();
+            return false;
+        }
+        if self.staged.is_empty() {
+            return true;
+        }
+        let was_empty = state.items.is_empty();
+        state.bytes += added;
+        state.items.extend(self.staged.drain(..));
+        let sleepers = state.sleepers;
+        drop(state);
+        if was_empty {
+            self.queue.wake(sleepers);
+        }
+        true
+    }
+}
+
+impl<M> Drop for Stager<M> {
+    fn drop(&mut self) {
+        self.flush_staged();
+    }
+}
+
+impl<M: DeserializeOwned + Send + 'static> Stage for Stager<M> {
+    fn stage_bytes(&mut self, peer: PeerId, bytes: Bytes) -> Delivered {
+        let size = bytes.len();
+        match decode_body::<M>(bytes) {
+            Ok(message) => self.stage(peer, message, size),
+            Err(violation) => Delivered::Undecodable(violation),
+        }
+    }
+
+    fn stage_slice(&mut self, peer: PeerId, body: &[u8]) -> Delivered {
+        if is_raw::<M>() {
+            return self.stage_bytes(peer, Bytes::copy_from_slice(body));
+        }
+        match decode_message::<M>(body) {
+            Ok(message) => self.stage(peer, message, body.len()),
+            Err(violation) => Delivered::Undecodable(violation),
+        }
+    }
+
+    fn keeps_bodies(&self) -> bool {
+        is_raw::<M>()
+    }
+
+    fn flush(&mut self) -> bool {
+        self.flush_staged()
+    }
+}
+
 /// Decodes and delivers one channel's messages on the read task.
 trait Sink: Send + Sync {
+    /// A batch for one read task.
+    fn stager(&self) -> Box<dyn Stage>;
     fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered;
     /// Delivers a body borrowed from its frame (typed channels decode it in place).
     fn deliver_slice(&self, peer: PeerId, body: &[u8]) -> Delivered;
@@ -438,6 +605,10 @@ trait Sink: Send + Sync {
 }
 
 impl<M: DeserializeOwned + Send + 'static> Sink for InboxSender<M> {
+    fn stager(&self) -> Box<dyn Stage> {
+        Box::new(Stager::new(self.queue.clone()))
+    }
+
     fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered {
         let size = bytes.len();
         match decode_body::<M>(bytes) {
@@ -550,6 +721,12 @@ impl Slot {
             return None;
         }
         Some(Inbox { queue })
+    }
+
+    /// A batch for one read task, once the channel is open (before, messages go to the backlog
+    /// one by one).
+    pub(crate) fn stager(&self) -> Option<Box<dyn Stage>> {
+        self.typed.get().map(|sink| sink.stager())
     }
 
     /// Whether a body handed to this slot may be kept as it is (a raw channel, or a backlog):
@@ -742,5 +919,70 @@ mod tests {
         tokio::task::yield_now().await;
         drop(slot);
         assert_eq!(waiting.await.unwrap(), None);
+    }
+
+    #[test]
+    fn staged_batches_keep_the_bounds_exact_and_arrive_in_order() {
+        let (a, b) = (Keypair::generate().peer_id(), Keypair::generate().peer_id());
+        let slot = Slot::new(5, 100);
+        assert!(
+            slot.stager().is_none(),
+            "no batch before the channel is open"
+        );
+        let rx = slot.open::<u8>().unwrap();
+        let (mut sa, mut sb) = (slot.stager().unwrap(), slot.stager().unwrap());
+        // Two read tasks stage at once: together they never get more than 5 places.
+        let mut ok = 0;
+        for v in 0..4 {
+            ok += usize::from(sa.stage_slice(a, &enc(v)) == Delivered::Ok);
+            ok += usize::from(sb.stage_slice(b, &enc(10 + v)) == Delivered::Ok);
+        }
+        assert_eq!(ok, 5);
+        // A direct push sees the reserved places as taken.
+        assert_eq!(slot.deliver(a, enc(99)), Delivered::Full);
+        assert!(rx.is_empty(), "nothing visible before the flush");
+        assert!(sa.flush() && sb.flush());
+        let got: Vec<(PeerId, u8)> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got.len(), 5);
+        let from_a: Vec<u8> = got
+            .iter()
+            .filter(|(p, _)| *p == a)
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(
+            from_a.windows(2).all(|w| w[0] < w[1]),
+            "per-peer order kept: {from_a:?}"
+        );
+        // Unused reservations were returned: the inbox takes five again.
+        for v in 0..5 {
+            assert_eq!(sa.stage_slice(a, &enc(v)), Delivered::Ok);
+        }
+        assert_eq!(sa.stage_slice(a, &enc(5)), Delivered::Full);
+        assert!(sa.flush());
+        assert_eq!(rx.len(), 5);
+        // An undecodable body is the sender's fault, not a place taken.
+        assert!(matches!(sb.stage_slice(b, &[]), Delivered::Undecodable(_)));
+        // A closed inbox: the batch is dropped and the reader told.
+        while rx.try_recv().is_ok() {}
+        assert_eq!(sb.stage_slice(b, &enc(1)), Delivered::Ok);
+        drop(rx);
+        assert!(!sb.flush());
+    }
+
+    #[test]
+    fn one_large_message_fits_an_empty_inbox_through_a_batch_too() {
+        let peer = Keypair::generate().peer_id();
+        let slot = Slot::new(8, 4);
+        let rx = slot.open::<Vec<u8>>().unwrap();
+        let mut stager = slot.stager().unwrap();
+        let big = encode_message(&vec![1u8; 50], 100).unwrap();
+        assert_eq!(stager.stage_slice(peer, &big), Delivered::Ok);
+        assert_eq!(
+            stager.stage_slice(peer, &big),
+            Delivered::Full,
+            "the byte bound holds"
+        );
+        assert!(stager.flush());
+        assert_eq!(rx.try_recv().unwrap().1.len(), 50);
     }
 }

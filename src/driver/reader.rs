@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
-use super::inbox::Slot;
+use super::inbox::{Slot, Stage};
 use super::link::SocketShared;
 use super::stream::Reliable;
 use crate::codec::ControlMessage;
@@ -20,7 +20,7 @@ use crate::codec::frame::FrameDecoder;
 use crate::codec::record::Body;
 use crate::identity::PeerId;
 use crate::session::DisconnectReason;
-use crate::session::inbound::{Action, InboundSession, Stop, Tally};
+use crate::session::inbound::{Action, Delivered, InboundSession, Stop, Tally};
 use crate::session::reliable::RecvSeq;
 
 pub(crate) struct Reader {
@@ -48,7 +48,10 @@ impl Reader {
         let mut frames = FrameDecoder::new(opener);
         let mut actions = Vec::new();
         let mut tally = vec![Tally::default(); self.slots.len()];
-        let mut compactor = Compactor::new(self.read_chunk_size);
+        let mut handoff = Handoff {
+            compactor: Compactor::new(self.read_chunk_size),
+            stagers: (0..self.slots.len()).map(|_| None).collect(),
+        };
         // Reads start small and double while they fill what was reserved, up to a chunk: an
         // idle connection (pings, acks) holds a few KiB instead of a whole read chunk.
         let mut want = MIN_READ.min(self.read_chunk_size);
@@ -59,13 +62,9 @@ impl Reader {
                 match frames.decode(&mut buf) {
                     Ok(Some(plaintext)) => {
                         self.shared.stats.frames_in.fetch_add(1, Relaxed);
-                        if let Some(stop) = self.frame(
-                            plaintext,
-                            &mut actions,
-                            &mut tally,
-                            &mut compactor,
-                            &mut data,
-                        ) {
+                        if let Some(stop) =
+                            self.frame(plaintext, &mut actions, &mut tally, &mut handoff, &mut data)
+                        {
                             return Some(match stop {
                                 Stop::Goodbye(r) => DisconnectReason::RemoteGoodbye(r),
                                 Stop::Misbehaviour(score) => {
@@ -135,7 +134,7 @@ impl Reader {
         plaintext: BytesMut,
         actions: &mut Vec<Action>,
         tally: &mut [Tally],
-        compactor: &mut Compactor,
+        handoff: &mut Handoff,
         data: &mut bool,
     ) -> Option<Stop> {
         let (score, rejected) = (self.session.score(), self.session.rejected());
@@ -143,22 +142,45 @@ impl Reader {
             let recv = self.recv.clone();
             let mut recv = recv.lock();
             let (peer, slots) = (self.peer, &self.slots);
-            let mut deliver = |lane: usize, body: Body<'_>| match slots.get(lane) {
-                Some(slot) if slot.keeps_bodies() => slot.deliver(peer, compactor.compact(body)),
-                // Decoded straight from the frame: no reference to it is taken.
-                Some(slot) => slot.deliver_slice(peer, body.as_slice()),
-                None => crate::session::inbound::Delivered::Closed,
+            let Handoff { compactor, stagers } = handoff;
+            let mut deliver = |lane: usize, body: Body<'_>| {
+                let (Some(slot), Some(stager)) = (slots.get(lane), stagers.get_mut(lane)) else {
+                    return Delivered::Closed;
+                };
+                if stager.is_none() {
+                    *stager = slot.stager();
+                }
+                match stager {
+                    // Staged: the frame's messages reach the inbox together, below.
+                    Some(s) if s.keeps_bodies() => s.stage_bytes(peer, compactor.compact(body)),
+                    // Decoded straight from the frame: no reference to it is taken.
+                    Some(s) => s.stage_slice(peer, body.as_slice()),
+                    // Not opened yet: into the backlog, one by one.
+                    None if slot.keeps_bodies() => slot.deliver(peer, compactor.compact(body)),
+                    None => slot.deliver_slice(peer, body.as_slice()),
+                }
             };
-            self.session.on_frame(
+            let stop = self.session.on_frame(
                 plaintext,
                 std::time::Instant::now(),
                 &mut recv,
                 &mut deliver,
                 actions,
                 tally,
-            )
+            );
+            // One lock per channel per frame; before the acknowledgements go out, so they
+            // cover only what is in the inbox.
+            let mut closed = false;
+            for stager in stagers.iter_mut().flatten() {
+                closed |= !stager.flush();
+            }
+            stop.or(closed.then_some(Stop::InboxClosed))
         };
         for action in actions.drain(..) {
+            // An inbox that closed under the batch got nothing: acknowledge nothing.
+            if stop == Some(Stop::InboxClosed) && matches!(action, Action::Ack { .. }) {
+                continue;
+            }
             self.apply(action);
         }
         let stats = &self.shared.stats;
@@ -219,6 +241,13 @@ impl Reader {
             Action::Welcomed => self.shared.welcomed.notify_one(),
         }
     }
+}
+
+/// How a read task hands messages over: the arena for kept small bodies, and a batch per opened
+/// channel.
+struct Handoff {
+    compactor: Compactor,
+    stagers: Vec<Option<Box<dyn Stage>>>,
 }
 
 /// Sleeps until `deadline`, or forever when there is none.
