@@ -49,7 +49,9 @@ impl Reader {
         let mut actions = Vec::new();
         let mut tally = vec![Tally::default(); self.slots.len()];
         let mut handoff = Handoff {
-            compactor: Compactor::new(self.read_chunk_size),
+            compactors: (0..self.slots.len())
+                .map(|_| Compactor::new(self.read_chunk_size))
+                .collect(),
             stagers: (0..self.slots.len()).map(|_| None).collect(),
         };
         // Reads start small and double while they fill what was reserved, up to a chunk: an
@@ -142,9 +144,16 @@ impl Reader {
             let recv = self.recv.clone();
             let mut recv = recv.lock();
             let (peer, slots) = (self.peer, &self.slots);
-            let Handoff { compactor, stagers } = handoff;
+            let Handoff {
+                compactors,
+                stagers,
+            } = handoff;
             let mut deliver = |lane: usize, body: Body<'_>| {
-                let (Some(slot), Some(stager)) = (slots.get(lane), stagers.get_mut(lane)) else {
+                let (Some(slot), Some(stager), Some(compactor)) = (
+                    slots.get(lane),
+                    stagers.get_mut(lane),
+                    compactors.get_mut(lane),
+                ) else {
                     return Delivered::Closed;
                 };
                 if stager.is_none() {
@@ -243,10 +252,13 @@ impl Reader {
     }
 }
 
-/// How a read task hands messages over: the arena for kept small bodies, and a batch per opened
-/// channel.
+/// How a read task hands messages over, per channel: the arena for kept small bodies, and a
+/// batch once the channel is open.
 struct Handoff {
-    compactor: Compactor,
+    /// One arena per channel: a channel's inbox is first in, first out, so its arenas are freed
+    /// in order as the application takes the messages (one arena shared by a fast and a slow
+    /// channel could be pinned whole by one slow message).
+    compactors: Vec<Compactor>,
     stagers: Vec<Option<Box<dyn Stage>>>,
 }
 
@@ -280,8 +292,10 @@ fn next_read_size(want: usize, got: usize, max: usize) -> usize {
 /// alive: a 64-byte message held in an inbox would pin a 64 KiB chunk, and an inbox of them
 /// thousands of times its byte bound. So bodies below half a read chunk are copied into a shared
 /// arena, packed densely (one allocation per arena, not per message), and only larger bodies,
-/// whose buffer is mostly theirs, go through without a copy. Memory pinned by kept bodies is then
-/// at most about twice their bytes, which the inbox bounds.
+/// whose buffer is mostly theirs, go through without a copy. Each channel has its own arena and
+/// its inbox is first in, first out, so arenas are freed in order: memory pinned by kept bodies is
+/// the bytes the inbox holds (which it bounds) plus at most one partly used arena per read task
+/// and channel.
 #[derive(Debug)]
 pub(crate) struct Compactor {
     arena: BytesMut,
