@@ -140,6 +140,9 @@ impl Reader {
         data: &mut bool,
     ) -> Option<Stop> {
         let (score, rejected) = (self.session.score(), self.session.rejected());
+        let rtt = self.shared.stats.rtt_micros.load(Relaxed);
+        self.session
+            .set_rewind_interval(crate::session::inbound::rewind_interval(rtt));
         let stop = {
             let recv = self.recv.clone();
             let mut recv = recv.lock();

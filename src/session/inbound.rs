@@ -78,10 +78,23 @@ pub(crate) struct LaneLimits {
 pub(crate) const CONTROL_PER_SEC: u64 = 200_000;
 /// Pings answered per second per connection (an honest peer pings every `ping_interval`).
 pub(crate) const PINGS_PER_SEC: u64 = 10;
-/// Least time between two resends a peer can ask for on one channel: a second request within
-/// it waits until it passes (an honest peer asks once per resume marker, so never sooner than
-/// a round trip), and further requests meanwhile are charged. Bounds what a resend storm costs.
-pub(crate) const REWIND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Least time between two resends a peer can ask for on one channel, before a round trip has
+/// been measured: a second request within it waits until it passes, and further requests
+/// meanwhile are charged. Once the round trip is known it is twice that (see
+/// [`rewind_interval`]): an honest peer asks once per resume marker, so never sooner than a round
+/// trip, and a resend storm gets at most one resend of the same data per round trip.
+pub(crate) const REWIND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The spacing of resend requests for a connection whose measured round trip is `rtt_micros`
+/// (0: not measured yet): twice the round trip, within 1 ms and 100 ms.
+pub(crate) fn rewind_interval(rtt_micros: u64) -> std::time::Duration {
+    use std::time::Duration;
+    if rtt_micros == 0 {
+        return REWIND_INTERVAL;
+    }
+    Duration::from_micros(rtt_micros.saturating_mul(2))
+        .clamp(Duration::from_millis(1), Duration::from_millis(100))
+}
 /// Largest first sequence number a `Resume` may carry: counting on from it can never wrap.
 pub(crate) const MAX_FIRST_SEQ: u64 = u64::MAX / 2;
 
@@ -113,6 +126,8 @@ pub(crate) struct InboundSession {
 #[derive(Debug)]
 struct Judge {
     lanes: Vec<LaneState>,
+    /// Least time between two resends passed on per channel (see [`rewind_interval`]).
+    rewind_interval: std::time::Duration,
     control_rate: TokenBucket,
     ping_rate: TokenBucket,
     budget: u64,
@@ -142,6 +157,7 @@ impl InboundSession {
                         deferred_rewind: None,
                     })
                     .collect(),
+                rewind_interval: REWIND_INTERVAL,
                 control_rate: TokenBucket::new(CONTROL_PER_SEC, CONTROL_PER_SEC, now),
                 ping_rate: TokenBucket::new(PINGS_PER_SEC, PINGS_PER_SEC, now),
                 budget: u64::from(budget),
@@ -211,13 +227,20 @@ impl InboundSession {
         stop
     }
 
+    /// Sets the spacing of resend requests (the read task passes [`rewind_interval`] of the
+    /// connection's measured round trip).
+    pub(crate) fn set_rewind_interval(&mut self, interval: std::time::Duration) {
+        self.judge.rewind_interval = interval;
+    }
+
     /// When [`InboundSession::poll`] must run next, if ever: a deferred resend request's time.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let interval = self.judge.rewind_interval;
         self.judge
             .lanes
             .iter()
             .filter(|l| l.deferred_rewind.is_some())
-            .filter_map(|l| l.last_rewind.map(|last| last + REWIND_INTERVAL))
+            .filter_map(|l| l.last_rewind.map(|last| last + interval))
             .min()
     }
 
@@ -246,13 +269,14 @@ impl Judge {
 
     /// Deferred resend requests whose interval has passed go to the stream now.
     fn due_rewinds(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let interval = self.rewind_interval;
         for (lane, state) in self.lanes.iter_mut().enumerate() {
             let Some(from) = state.deferred_rewind else {
                 continue;
             };
             if state
                 .last_rewind
-                .is_none_or(|last| now.saturating_duration_since(last) >= REWIND_INTERVAL)
+                .is_none_or(|last| now.saturating_duration_since(last) >= interval)
             {
                 state.deferred_rewind = None;
                 state.last_rewind = Some(now);
@@ -386,10 +410,11 @@ impl Judge {
                 let Some(lane) = self.lane_of(channel) else {
                     return self.charge(&Violation::UnknownChannel(channel));
                 };
+                let interval = self.rewind_interval;
                 let state = &mut self.lanes[lane];
                 let due = state
                     .last_rewind
-                    .is_none_or(|last| now.saturating_duration_since(last) >= REWIND_INTERVAL);
+                    .is_none_or(|last| now.saturating_duration_since(last) >= interval);
                 if state.deferred_rewind.is_some() {
                     // Asked again while the last request still waits: an honest peer waits for
                     // the resume marker, which has not been sent.
@@ -762,6 +787,33 @@ mod tests {
             next: 0,
         }));
         assert!(rewinds(&actions).is_empty());
+    }
+
+    #[test]
+    fn resends_are_spaced_by_twice_the_round_trip_within_bounds() {
+        assert_eq!(rewind_interval(0), REWIND_INTERVAL, "not measured yet");
+        assert_eq!(rewind_interval(100), Duration::from_millis(1), "the floor");
+        assert_eq!(rewind_interval(20_000), Duration::from_millis(40));
+        assert_eq!(
+            rewind_interval(u64::MAX),
+            Duration::from_millis(100),
+            "the ceiling"
+        );
+        let mut h = Harness::new(0, 1000);
+        h.session.set_rewind_interval(Duration::from_millis(40));
+        let rewind = |from| ControlMessage::Rewind {
+            channel: VOTES,
+            from,
+        };
+        let (actions, _, _) = h.frame(Frame::default().control(rewind(1)));
+        assert_eq!(rewinds(&actions), vec![1]);
+        h.now += Duration::from_millis(39);
+        let (actions, _, _) = h.frame(Frame::default().control(rewind(2)));
+        assert!(rewinds(&actions).is_empty(), "deferred");
+        assert_eq!(
+            h.session.next_deadline(),
+            Some(h.now + Duration::from_millis(1))
+        );
     }
 
     #[test]
