@@ -9,6 +9,9 @@
 //!   for 64 B and 1 KiB, decimal bytes per second for 64 KiB and 1 MiB.
 //! - `one_way/peerwire_send_encoded/SIZE`: the same with one message encoded once up front and
 //!   queued with `send_encoded` (no per-message serialization on the sending side).
+//! - `one_way/peerwire_reliable/SIZE`: as `peerwire_send`, with B a persistent peer of A, so
+//!   every message goes through A's reliable stream (numbered, kept until B acknowledges it) and
+//!   B judges its sequence numbers: the path validators use.
 //! - `one_way/plain_tcp/SIZE`: the baseline: `FramedWrite<_, LengthDelimitedCodec>` fed N
 //!   messages then flushed, a `FramedRead` on the other end counting frames. No encryption, no
 //!   actor, no queues. The write buffer's back-pressure boundary is raised to 256 KiB to match
@@ -260,6 +263,32 @@ impl PeerwirePair {
         })
     }
 
+    /// A pair where `a` keeps `b` as a persistent peer: every message goes through `a`'s
+    /// reliable stream (numbered, buffered until acknowledged), as a validator's do.
+    fn start_reliable(rt: &Runtime) -> Self {
+        rt.block_on(async {
+            let (b, b_inbox) = start_node().await;
+            let b_id = b.local_peer_id();
+            let (a, a_inbox) = Network::start(
+                config().persistent_peer(b.local_addr(), b_id),
+                Keypair::generate(),
+            )
+            .await
+            .unwrap();
+            wait_connected(&a, b_id).await;
+            wait_connected(&b, a.local_peer_id()).await;
+            let received = count_inbox(b_inbox);
+            Self {
+                a,
+                b,
+                b_id,
+                _a_inbox: a_inbox,
+                received,
+                expected: 0,
+            }
+        })
+    }
+
     /// One timed run of `iters` batches of `n` messages; returns the elapsed time.
     fn run(
         &mut self,
@@ -414,6 +443,24 @@ fn one_way(c: &mut Criterion, rt: &Runtime) {
         }
     }
     pair.shutdown(rt);
+
+    // The reliable path (a persistent peer), beside the best-effort one.
+    let mut reliable = PeerwirePair::start_reliable(rt);
+    for (size, label, n) in ONE_WAY {
+        let message = payload(size);
+        group.throughput(throughput(size, n));
+        let before = sum_stats(&reliable.a);
+        group.bench_function(BenchmarkId::new("peerwire_reliable", label), |b| {
+            b.iter_custom(|iters| reliable.run(rt, iters, n, &message, false));
+        });
+        check_case(
+            &format!("one_way/peerwire_reliable/{label}"),
+            &reliable.a,
+            &[&reliable.b],
+            before,
+        );
+    }
+    reliable.shutdown(rt);
 
     let mut plain = PlainPair::start(rt);
     for (size, label, n) in ONE_WAY {
