@@ -90,3 +90,28 @@ async fn inbound_limit_refuses_others_but_never_a_persistent_peer() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_outbound_refuses_a_dial_beyond_it_until_a_slot_frees() {
+    let (a, _a_in) = node(config().max_outbound(1)).await;
+    let (b, _b_in) = node(config()).await;
+    let (c, _c_in) = node(config()).await;
+    let b_id = soon("first dial", a.connect(b.local_addr())).await.unwrap();
+    // The one outbound slot is held for as long as that connection lives.
+    let refused = soon("second dial", a.connect(c.local_addr())).await;
+    assert!(
+        matches!(refused, Err(peerwire::ConnectError::OutboundLimit)),
+        "{refused:?}"
+    );
+    assert!(!c.is_connected(a.local_peer_id()));
+    // Closing it frees the slot (once its task has ended).
+    assert!(a.disconnect(b_id).await.unwrap());
+    eventually("slot freed", || a.connections().is_empty()).await;
+    let c_id = soon("dial after the slot freed", a.connect(c.local_addr()))
+        .await
+        .unwrap();
+    assert_eq!(c_id, c.local_peer_id());
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+}

@@ -656,6 +656,36 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_rate_limit_drops_and_charges_what_exceeds_it() {
+        let mut h = Harness::new(0, 1000);
+        let limits: Vec<LaneLimits> = lanes(0)
+            .into_iter()
+            .map(|l| LaneLimits {
+                bytes_per_sec: 100,
+                ..l
+            })
+            .collect();
+        h.session = InboundSession::new(&limits, 1000, h.now);
+        let body = |first: u8| vec![first; 60];
+        // 100 bytes a second, burst 100: the first 60-byte message passes, the second does not.
+        let (_, _, tally) = h.frame(
+            Frame::default()
+                .message(VOTES, &body(1))
+                .message(VOTES, &body(2)),
+        );
+        assert_eq!(h.delivered, vec![(1, 1)]);
+        assert_eq!(tally[1].dropped_rate_limited, 1);
+        assert_eq!(h.session.score(), Violation::RateLimited.cost().into());
+        // Each channel has its own byte budget.
+        h.frame(Frame::default().message(PARTS, &body(3)));
+        assert_eq!(h.delivered, vec![(1, 1), (2, 3)]);
+        // 0.2 s later 20 bytes are back: 40 + 20 = 60 is enough again.
+        h.now += Duration::from_millis(200);
+        h.frame(Frame::default().message(VOTES, &body(4)));
+        assert_eq!(h.delivered, vec![(1, 1), (2, 3), (1, 4)]);
+    }
+
+    #[test]
     fn control_goes_to_actions_and_goodbye_stops() {
         let mut h = Harness::new(0, 100);
         let (out, stop, _) = h.frame(
