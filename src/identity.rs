@@ -330,6 +330,28 @@ mod tests {
     }
 
     #[test]
+    fn verification_is_strict_a_small_order_key_cannot_sign_everything() {
+        use ed25519_dalek::Verifier;
+        // The identity point as a public key, and the signature (R = identity, s = 0): it
+        // satisfies the plain verification equation for every message.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut signature = [0u8; 64];
+        signature[0] = 1;
+        let key = VerifyingKey::from_bytes(&identity).unwrap();
+        let dalek_signature = ed25519_dalek::Signature::from_bytes(&signature);
+        assert!(
+            key.verify(b"any message", &dalek_signature).is_ok(),
+            "the plain check accepts it, so this input tells strict from plain"
+        );
+        let peer = PeerId::from_bytes(identity);
+        assert!(matches!(
+            peer.verify(b"any message", &signature),
+            Err(IdentityError::BadSignature)
+        ));
+    }
+
+    #[test]
     fn peer_hashing_is_stable_per_map_keyed_per_map_and_spreads_ids() {
         use std::hash::BuildHasher;
         let ids: Vec<PeerId> = (0..1024).map(|_| Keypair::generate().peer_id()).collect();

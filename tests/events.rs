@@ -1,0 +1,43 @@
+//! Event subscribers: bounded, and one that falls behind is told how many events it missed
+//! instead of holding memory or stalling the node.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a panic with the value is the test's report"
+)]
+
+mod common;
+
+use common::*;
+use peerwire::NetworkEvent;
+use tokio::sync::broadcast::error::RecvError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_subscriber_is_told_how_many_events_it_missed() {
+    let (hub, _hub_in) = node(config().event_capacity(2)).await;
+    let mut events = hub.events();
+    let mut leaves = Vec::new();
+    for _ in 0..5 {
+        let (leaf, leaf_in) = node(config()).await;
+        hub.connect(leaf.local_addr()).await.unwrap();
+        leaves.push((leaf, leaf_in));
+    }
+    // Five Connected events into a buffer of two: the three oldest are gone, and said so.
+    let first = soon("the first recv", events.recv()).await;
+    assert_eq!(first, Err(RecvError::Lagged(3)));
+    // The newest two are kept, and nothing else is buffered.
+    for _ in 0..2 {
+        let event = soon("a kept event", events.recv()).await.unwrap();
+        assert!(matches!(event, NetworkEvent::Connected { .. }), "{event:?}");
+    }
+    assert!(matches!(
+        events.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+    // The node was never held up by the subscriber: every connection is open.
+    assert_eq!(hub.peers().len(), 5);
+    hub.shutdown().await;
+    for (leaf, _) in leaves {
+        leaf.shutdown().await;
+    }
+}
