@@ -711,6 +711,29 @@ mod tests {
     }
 
     #[test]
+    fn a_misbehaving_persistent_peer_is_banned_by_id_but_its_ip_stays_open() {
+        let validator = Keypair::generate().peer_id();
+        let mut w = World::new(&[(SocketAddr::from(([10, 0, 0, 8], 1)), validator)]);
+        let c = w.conn(Direction::Inbound, [10, 0, 0, 8], 1);
+        w.admit(c, validator);
+        w.close(c, validator, DisconnectReason::Misbehaviour { score: 100 });
+        assert!(
+            w.events()
+                .iter()
+                .any(|e| matches!(e, NetworkEvent::Banned { .. }))
+        );
+        // Other nodes behind that address (a shared host, NAT) are not refused...
+        let ip: IpAddr = [10, 0, 0, 8].into();
+        assert_eq!(w.registry.accept(ip, w.now), Ok(()));
+        // ...but the peer itself is, by id, until the ban ends.
+        let again = w.conn(Direction::Inbound, [10, 0, 0, 8], 2);
+        assert_eq!(
+            w.admit(again, validator),
+            Admission::Close(DisconnectReason::Banned)
+        );
+    }
+
+    #[test]
     fn repeated_stalls_from_one_ip_ban_it_but_never_a_persistent_peer() {
         let validator = Keypair::generate().peer_id();
         let mut w = World::new(&[(SocketAddr::from(([10, 0, 0, 9], 1)), validator)]);
