@@ -40,6 +40,30 @@ pub(crate) enum Command {
     /// run `--listen ADDR` on one end and `--connect ADDR` on the other (same host, as the
     /// latency is read from the wall clock); the listener prints the report.
     Probe(ProbeArgs),
+    /// Write a new key file (mode 0600) and print its peer id. Refuses to overwrite a file.
+    Keygen(KeygenArgs),
+    /// Print the peer id of a key file; with `--listen`, also `ID@ADDR`, the form
+    /// `--persistent` takes.
+    Id(IdArgs),
+}
+
+/// Options of `peerwire keygen`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KeygenArgs {
+    /// Where to write the new key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+}
+
+/// Options of `peerwire id`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct IdArgs {
+    /// The key file to read.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    /// The address the node listens on (or is reached at), to print `ID@ADDR`.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
 }
 
 /// Options of `peerwire probe`.
@@ -160,5 +184,40 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Node(args) => node::run(args).await,
         Command::Probe(args) => probe::run(args).await,
+        Command::Keygen(args) => keygen(&args),
+        Command::Id(args) => id(&args),
     }
+}
+
+/// `peerwire keygen`: a new key, never over an existing file.
+fn keygen(args: &KeygenArgs) -> Result<()> {
+    if args.key.exists() {
+        return Err(format!(
+            "{} already exists; keygen never overwrites a key (remove it first, or choose another \
+             path)",
+            args.key.display()
+        )
+        .into());
+    }
+    let keypair = peerwire::Keypair::load_or_create(&args.key)?;
+    println!("{}", keypair.peer_id());
+    Ok(())
+}
+
+/// `peerwire id`: the peer id of an existing key file.
+fn id(args: &IdArgs) -> Result<()> {
+    if !args.key.exists() {
+        return Err(format!(
+            "no key file at {}; create one with `peerwire keygen --key {}`",
+            args.key.display(),
+            args.key.display()
+        )
+        .into());
+    }
+    let id = peerwire::Keypair::load_or_create(&args.key)?.peer_id();
+    println!("{id}");
+    if let Some(addr) = args.listen {
+        println!("{id}@{addr}");
+    }
+    Ok(())
 }

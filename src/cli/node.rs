@@ -1,6 +1,6 @@
 //! `peerwire node`: one long-running chat node. Spawns a dialer task per `--peer`, a task
 //! printing connection events and a task printing received messages, and reads stdin on a
-//! plain thread; SIGINT or SIGTERM shuts it down gracefully.
+//! plain thread; SIGINT, SIGTERM or SIGHUP shuts it down gracefully.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,7 +23,7 @@ const STDIN_CAPACITY: usize = 64;
 /// Time the printing tasks get to finish after the network has shut down.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs the node until SIGINT or SIGTERM.
+/// Runs the node until SIGINT, SIGTERM or SIGHUP.
 pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let keypair = match &args.key {
         Some(path) => Keypair::load_or_create(path)
@@ -243,13 +243,16 @@ fn read_stdin_lines() -> mpsc::Receiver<String> {
     rx
 }
 
-/// SIGINT and SIGTERM (Ctrl-C only on non-Unix), registered when created.
+/// SIGINT, SIGTERM and SIGHUP (Ctrl-C only on non-Unix), registered when created: each shuts
+/// the node down gracefully (a closed terminal sends SIGHUP, which must not skip the goodbye).
 #[derive(Debug)]
 struct ShutdownSignal {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignal {
@@ -260,6 +263,7 @@ impl ShutdownSignal {
             Ok(Self {
                 interrupt: signal(SignalKind::interrupt())?,
                 terminate: signal(SignalKind::terminate())?,
+                hangup: signal(SignalKind::hangup())?,
             })
         }
         #[cfg(not(unix))]
@@ -273,6 +277,7 @@ impl ShutdownSignal {
             tokio::select! {
                 _ = self.interrupt.recv() => "SIGINT",
                 _ = self.terminate.recv() => "SIGTERM",
+                _ = self.hangup.recv() => "SIGHUP",
             }
         }
         #[cfg(not(unix))]
