@@ -451,3 +451,90 @@ fn sighup_shuts_a_node_down_gracefully() {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn malformed_peer_flags_are_refused_at_start_with_the_expected_form() {
+    for (flag, value, hint) in [
+        ("--peer", "127.0.0.1", "has no port"),
+        ("--peer", "foo:bar", "is not a port"),
+        ("--persistent", "foo@127.0.0.1:7001", "not a valid peer id"),
+        ("--persistent", "127.0.0.1:7001", "has no '@'"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["node", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains(hint) && stderr.contains("HOST:PORT"),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_peer_flag_redials_after_the_peer_restarts() {
+    let dir = TempDir::new("redial");
+    let a_key = dir.file("a.key");
+    let mut a = Proc::spawn(
+        "node a",
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            &a_key,
+            "--network-id",
+            "t",
+        ],
+        false,
+    );
+    let a_id = a.value("peer id:");
+    let a_addr = a.value("listening on:");
+    let mut b = Proc::spawn(
+        "node b",
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--network-id",
+            "t",
+            "--peer",
+            &a_addr,
+        ],
+        false,
+    );
+    let joined = format!("peer joined: {a_id}");
+    b.line("A joining", |l| l.starts_with(&joined));
+    assert!(a.terminate().success());
+    // A again, same key and address: B, which only has `--peer`, connects again by itself.
+    let mut a2 = Proc::spawn(
+        "node a again",
+        &[
+            "node",
+            "--listen",
+            &a_addr,
+            "--key",
+            &a_key,
+            "--network-id",
+            "t",
+        ],
+        false,
+    );
+    assert_eq!(a2.value("peer id:"), a_id);
+    // A second "peer joined" line from B, after the first.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if b.seen.iter().filter(|l| l.starts_with(&joined)).count() >= 2 {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match b.lines.recv_timeout(left) {
+            Ok(line) => b.seen.push(line),
+            Err(_) => b.fail("did not reconnect to the restarted peer"),
+        }
+    }
+    assert!(a2.terminate().success());
+    assert!(b.terminate().success());
+}

@@ -129,8 +129,9 @@ pub(crate) struct NodeArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(crate) listen: SocketAddr,
-    /// A peer to dial, as HOST:PORT; retried every second until connected. Repeatable.
-    #[arg(long = "peer", value_name = "ADDR")]
+    /// A peer to dial, as HOST:PORT: dialed every second until connected, and again whenever
+    /// the connection is lost, for as long as the node runs. Repeatable.
+    #[arg(long = "peer", value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub(crate) peers: Vec<String>,
     /// Key file holding this node's identity; created (mode 0600) if missing. Without it the
     /// node gets a fresh identity on every run.
@@ -144,7 +145,7 @@ pub(crate) struct NodeArgs {
     pub(crate) max_message_size: Option<usize>,
     /// A peer to stay connected to, as PEER_ID@HOST:PORT: dialed at start, its identity checked,
     /// and redialed by the library with backoff whenever it is away. Repeatable.
-    #[arg(long = "persistent", value_name = "ID@ADDR")]
+    #[arg(long = "persistent", value_name = "ID@HOST:PORT", value_parser = parse_persistent)]
     pub(crate) persistent: Vec<String>,
     /// Serve Prometheus metrics on this address at GET /metrics.
     #[arg(long, value_name = "ADDR")]
@@ -157,6 +158,36 @@ pub(crate) struct NodeArgs {
     /// allowed); must exceed the ping interval [default: the library's, 20 s].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Checks the form HOST:PORT (the host is resolved when dialing, so a name may come up later).
+fn parse_host_port(text: &str) -> std::result::Result<String, String> {
+    let expected = "expected HOST:PORT, for example 127.0.0.1:7001 or node-a.example:7001";
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(text.to_owned());
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} has no port; {expected}"))?;
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{text:?} has no host; {expected}"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(text.to_owned()),
+        _ => Err(format!("{port:?} is not a port (1-65535); {expected}")),
+    }
+}
+
+/// Checks the form PEER_ID@HOST:PORT, the peer id as `peerwire id` prints it.
+fn parse_persistent(text: &str) -> std::result::Result<String, String> {
+    let expected = "expected PEER_ID@HOST:PORT (`peerwire id --key FILE --listen ADDR` prints it)";
+    let (id, addr) = text
+        .split_once('@')
+        .ok_or_else(|| format!("{text:?} has no '@'; {expected}"))?;
+    id.parse::<peerwire::PeerId>()
+        .map_err(|e| format!("{id:?}: {e}; {expected}"))?;
+    parse_host_port(addr)?;
+    Ok(text.to_owned())
 }
 
 /// Parses a positive, finite number of seconds such as `2` or `0.5`.

@@ -82,7 +82,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let message_printer = tokio::spawn(print_messages(inbox));
     let mut dialers = JoinSet::new();
     for peer in args.peers {
-        dialers.spawn(dial_until_connected(net.clone(), peer));
+        dialers.spawn(keep_connected(net.clone(), peer));
     }
     let mut lines = read_stdin_lines();
     let mut stdin_open = true;
@@ -138,21 +138,71 @@ async fn broadcast_line(net: &Network<Bytes>, line: String) {
     }
 }
 
-/// Dials `peer` every [`REDIAL_INTERVAL`] until a connection opens (or the node shuts down).
-async fn dial_until_connected(net: Network<Bytes>, peer: String) {
+/// Failed attempts between two warnings about the same `--peer` (one a second: a summary every
+/// half minute, so an unreachable peer cannot flood the log).
+const WARN_EVERY: u64 = 30;
+
+/// Keeps a connection to `peer` (a `--peer` flag) for as long as the node runs: dials every
+/// [`REDIAL_INTERVAL`] until connected, and again whenever that connection is lost. Failures are
+/// logged at WARN with the flag, the address and the reason, the first time and then once per
+/// [`WARN_EVERY`] attempts.
+async fn keep_connected(net: Network<Bytes>, peer: String) {
+    let mut failures = 0u64;
     loop {
-        match resolve(&peer).await {
+        // Subscribed before dialing, so a loss right after connecting is not missed.
+        let mut events = net.events();
+        let failure = match resolve(&peer).await {
             Ok(addr) => match net.connect(addr).await {
                 Ok(id) => {
-                    tracing::info!(%addr, peer = %id, "connected");
-                    return;
+                    tracing::info!(%addr, peer = %id, "connected (--peer {peer})");
+                    failures = 0;
+                    if !wait_for_loss(&net, &mut events, id).await {
+                        return;
+                    }
+                    tracing::info!(peer = %id, "lost --peer {peer}; redialing");
+                    continue;
                 }
                 Err(peerwire::ConnectError::Closed) => return,
-                Err(e) => tracing::debug!(%addr, error = %e, "dial failed; retrying"),
+                Err(e) => e.to_string(),
             },
-            Err(e) => tracing::debug!(peer, error = %e, "cannot resolve; retrying"),
+            Err(e) => format!("cannot resolve: {e}"),
+        };
+        failures += 1;
+        if failures == 1 || failures % WARN_EVERY == 0 {
+            tracing::warn!(
+                attempts = failures,
+                "cannot connect to --peer {peer}: {failure}; retrying every {} s",
+                REDIAL_INTERVAL.as_secs()
+            );
+        } else {
+            tracing::debug!(attempts = failures, "--peer {peer}: {failure}");
         }
         tokio::time::sleep(REDIAL_INTERVAL).await;
+    }
+}
+
+/// Waits until `peer` disconnects; `false` when the node is shutting down instead.
+async fn wait_for_loss(
+    net: &Network<Bytes>,
+    events: &mut broadcast::Receiver<NetworkEvent>,
+    peer: PeerId,
+) -> bool {
+    loop {
+        match events.recv().await {
+            Ok(NetworkEvent::Disconnected {
+                peer: gone,
+                reason: peerwire::DisconnectReason::Shutdown,
+            }) if gone == peer => return false,
+            Ok(NetworkEvent::Disconnected { peer: gone, .. }) if gone == peer => return true,
+            Ok(_) => {}
+            // Missed events: look at the peer map instead.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if !net.is_connected(peer) {
+                    return true;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
     }
 }
 
