@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
@@ -181,20 +181,29 @@ impl<M> Queue<M> {
         Took::Item(())
     }
 
+    /// Takes the front message with the lock held, releases the lock and wakes the next
+    /// receiver if messages are left; an empty queue hands the lock back.
+    fn pop<'a>(
+        &self,
+        mut state: MutexGuard<'a, State<M>>,
+    ) -> Result<(PeerId, M), MutexGuard<'a, State<M>>> {
+        let Some(d) = state.items.pop_front() else {
+            return Err(state);
+        };
+        state.bytes -= d.size;
+        let (left, sleepers) = (state.items.len(), state.sleepers);
+        drop(state);
+        if left > 0 {
+            self.wake(sleepers);
+        }
+        Ok((d.peer, d.message))
+    }
+
     fn take_one(&self) -> Took<(PeerId, M)> {
-        let mut state = self.state.lock();
-        match state.items.pop_front() {
-            Some(d) => {
-                state.bytes -= d.size;
-                let (left, sleepers) = (state.items.len(), state.sleepers);
-                drop(state);
-                if left > 0 {
-                    self.wake(sleepers);
-                }
-                Took::Item((d.peer, d.message))
-            }
-            None if state.closed => Took::Closed,
-            None => Took::Empty,
+        match self.pop(self.state.lock()) {
+            Ok(item) => Took::Item(item),
+            Err(state) if state.closed => Took::Closed,
+            Err(_) => Took::Empty,
         }
     }
 
@@ -202,15 +211,10 @@ impl<M> Queue<M> {
     fn take_blocking(&self, deadline: Option<Instant>) -> Result<(PeerId, M), RecvTimeoutError> {
         let mut state = self.state.lock();
         loop {
-            if let Some(d) = state.items.pop_front() {
-                state.bytes -= d.size;
-                let (left, sleepers) = (state.items.len(), state.sleepers);
-                drop(state);
-                if left > 0 {
-                    self.wake(sleepers);
-                }
-                return Ok((d.peer, d.message));
-            }
+            state = match self.pop(state) {
+                Ok(item) => return Ok(item),
+                Err(state) => state,
+            };
             if state.closed {
                 return Err(RecvTimeoutError::Closed);
             }
@@ -319,8 +323,14 @@ impl<M> Inbox<M> {
     /// # Cancel safety
     /// Cancel safe: no message is lost if the future is dropped.
     pub async fn recv(&self) -> Option<(PeerId, M)> {
+        self.wait_for(|| self.queue.take_one()).await
+    }
+
+    /// Runs `attempt` until it finds something (or the close), waiting on the queue's task
+    /// waker in between.
+    async fn wait_for<T>(&self, mut attempt: impl FnMut() -> Took<T>) -> Option<T> {
         loop {
-            match self.queue.take_one() {
+            match attempt() {
                 Took::Item(item) => return Some(item),
                 Took::Closed => return None,
                 Took::Empty => {}
@@ -329,7 +339,7 @@ impl<M> Inbox<M> {
             let notified = self.queue.ready.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            match self.queue.take_one() {
+            match attempt() {
                 Took::Item(item) => return Some(item),
                 Took::Closed => return None,
                 Took::Empty => notified.await,
@@ -377,20 +387,9 @@ impl<M> Inbox<M> {
             return 0;
         }
         let before = out.len();
-        loop {
-            match self.queue.take(out, limit) {
-                Took::Item(()) => return out.len() - before,
-                Took::Closed => return 0,
-                Took::Empty => {}
-            }
-            let notified = self.queue.ready.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            match self.queue.take(out, limit) {
-                Took::Item(()) => return out.len() - before,
-                Took::Closed => return 0,
-                Took::Empty => notified.await,
-            }
+        match self.wait_for(|| self.queue.take(out, limit)).await {
+            Some(()) => out.len() - before,
+            None => 0,
         }
     }
 
