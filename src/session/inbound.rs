@@ -115,6 +115,14 @@ struct LaneState {
     deferred_rewind: Option<u64>,
 }
 
+impl LaneState {
+    /// Whether a resend request may be passed on at `now`: `interval` since the last one.
+    fn rewind_due(&self, now: Instant, interval: std::time::Duration) -> bool {
+        self.last_rewind
+            .is_none_or(|last| now.saturating_duration_since(last) >= interval)
+    }
+}
+
 /// The inbound state of one connection.
 #[derive(Debug)]
 pub(crate) struct InboundSession {
@@ -274,10 +282,7 @@ impl Judge {
             let Some(from) = state.deferred_rewind else {
                 continue;
             };
-            if state
-                .last_rewind
-                .is_none_or(|last| now.saturating_duration_since(last) >= interval)
-            {
+            if state.rewind_due(now, interval) {
                 state.deferred_rewind = None;
                 state.last_rewind = Some(now);
                 out.push(Action::Rewind { lane, from });
@@ -412,9 +417,7 @@ impl Judge {
                 };
                 let interval = self.rewind_interval;
                 let state = &mut self.lanes[lane];
-                let due = state
-                    .last_rewind
-                    .is_none_or(|last| now.saturating_duration_since(last) >= interval);
+                let due = state.rewind_due(now, interval);
                 if state.deferred_rewind.is_some() {
                     // Asked again while the last request still waits: an honest peer waits for
                     // the resume marker, which has not been sent.
