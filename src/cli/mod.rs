@@ -146,7 +146,7 @@ pub(crate) struct NodeArgs {
     /// A peer to stay connected to, as PEER_ID@HOST:PORT: dialed at start, its identity checked,
     /// and redialed by the library with backoff whenever it is away. Repeatable.
     #[arg(long = "persistent", value_name = "ID@HOST:PORT", value_parser = parse_persistent)]
-    pub(crate) persistent: Vec<String>,
+    pub(crate) persistent: Vec<(peerwire::PeerId, String)>,
     /// Serve Prometheus metrics on this address at GET /metrics.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
@@ -178,16 +178,17 @@ fn parse_host_port(text: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// Checks the form PEER_ID@HOST:PORT, the peer id as `peerwire id` prints it.
-fn parse_persistent(text: &str) -> std::result::Result<String, String> {
+/// Parses PEER_ID@HOST:PORT, the peer id as `peerwire id` prints it; the address is resolved
+/// when the node starts.
+fn parse_persistent(text: &str) -> std::result::Result<(peerwire::PeerId, String), String> {
     let expected = "expected PEER_ID@HOST:PORT (`peerwire id --key FILE --listen ADDR` prints it)";
     let (id, addr) = text
         .split_once('@')
         .ok_or_else(|| format!("{text:?} has no '@'; {expected}"))?;
-    id.parse::<peerwire::PeerId>()
+    let id = id
+        .parse::<peerwire::PeerId>()
         .map_err(|e| format!("{id:?}: {e}; {expected}"))?;
-    parse_host_port(addr)?;
-    Ok(text.to_owned())
+    Ok((id, parse_host_port(addr)?))
 }
 
 /// Parses a positive, finite number of seconds such as `2` or `0.5`.

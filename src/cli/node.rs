@@ -42,17 +42,11 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     if let Some(timeout) = args.idle_timeout {
         config.idle_timeout = timeout;
     }
-    for spec in &args.persistent {
-        let (id, addr) = spec
-            .split_once('@')
-            .ok_or_else(|| format!("--persistent {spec}: expected PEER_ID@HOST:PORT"))?;
-        let id: PeerId = id
-            .parse()
-            .map_err(|e| format!("--persistent {spec}: {e}"))?;
-        let addr = resolve(addr)
+    for (id, addr) in &args.persistent {
+        let resolved = resolve(addr)
             .await
-            .map_err(|e| format!("--persistent {spec}: {e}"))?;
-        config = config.persistent_peer(addr, id);
+            .map_err(|e| format!("--persistent {id}@{addr}: {e}"))?;
+        config = config.persistent_peer(resolved, *id);
     }
     // Register before announcing the address, so a signal sent as soon as the node is visibly
     // up still shuts it down gracefully instead of killing it.
