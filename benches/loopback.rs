@@ -366,6 +366,17 @@ where
     plain_halves(client)
 }
 
+/// The plain receiving end: counts frames as they arrive and publishes the running total.
+async fn count_frames(frames: PlainStream, tx: watch::Sender<u64>) {
+    let mut chunks = frames.ready_chunks(RECV_BATCH);
+    let mut total = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        assert!(chunk.iter().all(Result::is_ok), "plain frame error");
+        total += chunk.len() as u64;
+        tx.send_replace(total);
+    }
+}
+
 struct PlainPair {
     sink: Option<PlainSink>,
     _stream: PlainStream,
@@ -377,18 +388,7 @@ impl PlainPair {
     fn start(rt: &Runtime) -> Self {
         rt.block_on(async {
             let (tx, received) = watch::channel(0u64);
-            let (stream, sink) = plain_connect(|frames, _sink| async move {
-                let mut chunks = frames.ready_chunks(RECV_BATCH);
-                let mut total = 0u64;
-                while let Some(chunk) = chunks.next().await {
-                    for frame in &chunk {
-                        assert!(frame.is_ok(), "plain frame error");
-                    }
-                    total += chunk.len() as u64;
-                    tx.send_replace(total);
-                }
-            })
-            .await;
+            let (stream, sink) = plain_connect(|frames, _sink| count_frames(frames, tx)).await;
             Self {
                 sink: Some(sink),
                 _stream: stream,
@@ -423,13 +423,17 @@ impl PlainPair {
     }
 }
 
-fn one_way(c: &mut Criterion, rt: &Runtime) {
-    let mut group = c.benchmark_group("one_way");
-    let mut pair = PeerwirePair::start(rt);
+/// Every one-way size over `pair`, once per `(name, encoded)` case, each checked for drops.
+fn one_way_cases(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    pair: &mut PeerwirePair,
+    cases: &[(&str, bool)],
+) {
     for (size, label, n) in ONE_WAY {
         let message = payload(size);
         group.throughput(throughput(size, n));
-        for (name, encoded) in [("peerwire_send", false), ("peerwire_send_encoded", true)] {
+        for &(name, encoded) in cases {
             let before = sum_stats(&pair.a);
             group.bench_function(BenchmarkId::new(name, label), |b| {
                 b.iter_custom(|iters| pair.run(rt, iters, n, &message, encoded));
@@ -442,24 +446,23 @@ fn one_way(c: &mut Criterion, rt: &Runtime) {
             );
         }
     }
+}
+
+fn one_way(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("one_way");
+    let mut pair = PeerwirePair::start(rt);
+    let cases = [("peerwire_send", false), ("peerwire_send_encoded", true)];
+    one_way_cases(&mut group, rt, &mut pair, &cases);
     pair.shutdown(rt);
 
     // The reliable path (a persistent peer), beside the best-effort one.
     let mut reliable = PeerwirePair::start_reliable(rt);
-    for (size, label, n) in ONE_WAY {
-        let message = payload(size);
-        group.throughput(throughput(size, n));
-        let before = sum_stats(&reliable.a);
-        group.bench_function(BenchmarkId::new("peerwire_reliable", label), |b| {
-            b.iter_custom(|iters| reliable.run(rt, iters, n, &message, false));
-        });
-        check_case(
-            &format!("one_way/peerwire_reliable/{label}"),
-            &reliable.a,
-            &[&reliable.b],
-            before,
-        );
-    }
+    one_way_cases(
+        &mut group,
+        rt,
+        &mut reliable,
+        &[("peerwire_reliable", false)],
+    );
     reliable.shutdown(rt);
 
     let mut plain = PlainPair::start(rt);
@@ -724,16 +727,7 @@ impl PlainStar {
             let mut received = Vec::new();
             for _ in 0..BROADCAST_PEERS {
                 let (tx, rx) = watch::channel(0u64);
-                let (stream, sink) = plain_connect(|frames, _sink| async move {
-                    let mut chunks = frames.ready_chunks(RECV_BATCH);
-                    let mut total = 0u64;
-                    while let Some(chunk) = chunks.next().await {
-                        assert!(chunk.iter().all(Result::is_ok), "plain frame error");
-                        total += chunk.len() as u64;
-                        tx.send_replace(total);
-                    }
-                })
-                .await;
+                let (stream, sink) = plain_connect(|frames, _sink| count_frames(frames, tx)).await;
                 sinks.push(sink);
                 streams.push(stream);
                 received.push(rx);
