@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub(crate) slots: std::sync::Weak<[Slot]>,
     /// How long a waiting send may wait for one peer (see `Config::send_wait`).
     pub(crate) send_wait: std::time::Duration,
+    /// How long a ban imposed by a protocol above the face lasts (see `Config::ban_duration`).
+    pub(crate) ban_duration: std::time::Duration,
     /// The open connection of each peer: what `send` and `broadcast` use.
     pub(crate) peers: RwLock<PeerMap<Arc<SocketShared>>>,
     /// Every connection in any state, for observation.

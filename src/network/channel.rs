@@ -65,6 +65,11 @@ impl<T: Serialize + 'static> Channel<T> {
         self.id
     }
 
+    /// The largest encoded message this channel carries.
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.shared.channels.spec(self.lane).max_message_size
+    }
+
     /// Encodes a message once, for sending to many peers with the `*_encoded` methods.
     ///
     /// # Errors

@@ -154,6 +154,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             channels: channels.clone(),
             slots: Arc::downgrade(&slots),
             send_wait: config.send_wait,
+            ban_duration: config.ban_duration,
             peers: Default::default(),
             connections: Default::default(),
             events,
@@ -181,7 +182,58 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
     }
 }
 
+/// What a protocol above the face may use of the node besides its channels: the peers'
+/// standing, the events, and a ban for a peer that breaks the protocol. Holds the actor's
+/// command queue weakly, so a protocol task never keeps a dropped node alive.
+#[derive(Debug, Clone)]
+pub(crate) struct ProtocolFace {
+    commands: mpsc::WeakSender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl ProtocolFace {
+    /// Whether `peer` is a persistent peer (its messages survive cuts and restarts).
+    pub(crate) fn is_persistent(&self, peer: PeerId) -> bool {
+        self.shared.reliable.contains_key(&peer)
+    }
+
+    /// Whether `peer` has an open connection now.
+    pub(crate) fn is_connected(&self, peer: PeerId) -> bool {
+        self.shared.peers.read().contains_key(&peer)
+    }
+
+    /// Subscribes to the node's events.
+    pub(crate) fn events(&self) -> broadcast::Receiver<NetworkEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Bans `peer` for `Config::ban_duration` (reason: the application's request), without
+    /// waiting. Returns false when the node is gone or its command queue is full.
+    pub(crate) fn ban(&self, peer: PeerId) -> bool {
+        let Some(commands) = self.commands.upgrade() else {
+            return false;
+        };
+        // The reply is not awaited: a ban takes effect in the actor's own time.
+        let (reply, _) = oneshot::channel();
+        commands
+            .try_send(Command::Ban {
+                peer,
+                duration: self.shared.ban_duration,
+                reply,
+            })
+            .is_ok()
+    }
+}
+
 impl<M> Network<M> {
+    /// The handle a protocol above the face keeps (see [`ProtocolFace`]).
+    pub(crate) fn protocol_face(&self) -> ProtocolFace {
+        ProtocolFace {
+            commands: self.commands.downgrade(),
+            shared: self.shared.clone(),
+        }
+    }
+
     async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
