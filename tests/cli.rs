@@ -538,3 +538,87 @@ fn a_peer_flag_redials_after_the_peer_restarts() {
     assert!(a2.terminate().success());
     assert!(b.terminate().success());
 }
+
+/// Starts a node with stdin open for commands; returns it with its id and address.
+fn kv_node(name: &'static str, listen: &str, extra: &[&str]) -> (Proc, String, String) {
+    let mut args = vec!["node", "--listen", listen, "--network-id", "kv"];
+    args.extend_from_slice(extra);
+    let mut node = Proc::spawn(name, &args, true);
+    let id = node.value("peer id:");
+    let addr = node.value("listening on:");
+    (node, id, addr)
+}
+
+#[test]
+fn get_asks_a_peer_which_answers_from_its_own_store() {
+    let (mut a, a_id, a_addr) = kv_node("node a", "127.0.0.1:0", &[]);
+    let (mut b, b_id, _) = kv_node("node b", "127.0.0.1:0", &["--peer", &a_addr]);
+    a.line("b joining", |l| {
+        l.starts_with(&format!("peer joined: {b_id}"))
+    });
+    a.write_line("/put color deep blue");
+    a.line("the put", |l| l == "stored color");
+    b.write_line(&format!("/get {a_id} color"));
+    b.line("the answer", |l| l == format!("{a_id} color = deep blue"));
+    b.write_line(&format!("/get {a_id} shape"));
+    b.line("not found", |l| l == format!("{a_id} shape not found"));
+    // B's own store is separate: A asking B finds nothing.
+    a.write_line(&format!("/get {b_id} color"));
+    a.line("not found at b", |l| l == format!("{b_id} color not found"));
+    // A peer that is not connected (here: itself) is an error, not a hang.
+    b.write_line(&format!("/get {b_id} color"));
+    b.line("the error", |l| {
+        l == format!("{b_id} color: peer is not connected; connect first")
+    });
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
+#[test]
+fn replicate_delivers_puts_made_while_the_replica_was_down_once_it_is_back() {
+    let dir = TempDir::new("replicate");
+    let b_key = dir.file("b.key");
+    let (mut b, b_id, b_addr) = kv_node("replica b", "127.0.0.1:0", &["--key", &b_key]);
+    let (mut a, _a_id, _) = kv_node("node a", "127.0.0.1:0", &["--peer", &b_addr]);
+    a.line("b joining", |l| {
+        l.starts_with(&format!("peer joined: {b_id}"))
+    });
+    a.write_line(&format!("/replicate {b_id}"));
+    a.line("replicating", |l| {
+        l.starts_with("replicating every later /put")
+    });
+    a.write_line("/put k1 first");
+    a.line("k1 acknowledged", |l| {
+        l == format!("{b_id} acknowledged k1")
+    });
+    b.line("k1 arrived", |l| l.ends_with("replicated k1 here"));
+
+    // B goes away; puts made meanwhile wait for it.
+    assert!(b.terminate().success());
+    a.line("b leaving", |l| {
+        l.starts_with(&format!("peer left: {b_id}"))
+    });
+    a.write_line("/put k2 second");
+    a.write_line("/put k3 third");
+    a.line("k2 waiting", |l| l.starts_with("replication of k2 to"));
+
+    // B again, same key and address: A redials it (--peer) and the waiting puts arrive, in
+    // order, each acknowledged.
+    let (mut b2, b2_id, _) = kv_node("replica b again", &b_addr, &["--key", &b_key]);
+    assert_eq!(b2_id, b_id);
+    a.line("k2 acknowledged", |l| {
+        l == format!("{b_id} acknowledged k2")
+    });
+    a.line("k3 acknowledged", |l| {
+        l == format!("{b_id} acknowledged k3")
+    });
+    let k2 = b2.line("k2 arrived", |l| l.ends_with("replicated k2 here"));
+    let k3 = b2.line("k3 arrived", |l| l.ends_with("replicated k3 here"));
+    let position = |line: &str| b2.seen.iter().position(|l| l == line).unwrap();
+    assert!(position(&k2) < position(&k3), "k3 arrived before k2");
+    // The replica answers from what it was sent.
+    a.write_line(&format!("/get {b_id} k3"));
+    a.line("k3 at b", |l| l == format!("{b_id} k3 = third"));
+    assert!(a.terminate().success());
+    assert!(b2.terminate().success());
+}

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod demo;
+mod kv;
 mod metrics;
 mod node;
 mod probe;
@@ -34,7 +35,8 @@ pub(crate) enum Command {
     /// Start a local cluster on 127.0.0.1, push traffic through it, verify delivery and print
     /// throughput and latency.
     Demo(DemoArgs),
-    /// Run one node: broadcast stdin lines to every peer, print what peers send.
+    /// Run one node: broadcast stdin lines to every peer, print what peers send; keep a small
+    /// key-value store (`/put KEY VALUE`, `/get PEER_ID KEY`, `/replicate PEER_ID`).
     Node(NodeArgs),
     /// Measure how a critical channel fares beside a saturated bulk channel over a real link:
     /// run `--listen ADDR` on one end and `--connect ADDR` on the other (same host, as the

@@ -1,6 +1,7 @@
-//! `peerwire node`: one long-running chat node. Spawns a dialer task per `--peer`, a task
-//! printing connection events and a task printing received messages, and reads stdin on a
-//! plain thread; SIGINT, SIGTERM or SIGHUP shuts it down gracefully.
+//! `peerwire node`: one long-running chat node with a small key-value store (`kv.rs`). Spawns
+//! a dialer task per `--peer`, a task printing connection events and a task printing received
+//! messages, and reads stdin on a plain thread: `/` lines are store commands, other lines go to
+//! every peer. SIGINT, SIGTERM or SIGHUP shuts it down gracefully.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -51,11 +52,14 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     // Register before announcing the address, so a signal sent as soon as the node is visibly
     // up still shuts it down gracefully instead of killing it.
     let mut shutdown = ShutdownSignal::new()?;
+    let config = super::kv::declare(config);
     let (net, inbox) = Network::<Bytes>::start(config, keypair).await?;
+    let mut kv = super::kv::Kv::start(&net)?;
     // Subscribe before any dial so that no join is missed.
     let events = net.events();
     println!("peer id: {}", net.local_peer_id());
     println!("listening on: {}", net.local_addr());
+    println!("{}", super::kv::usage());
 
     let stop_printing = CancellationToken::new();
     let metrics = match args.metrics {
@@ -88,7 +92,16 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
                 break;
             }
             line = lines.recv(), if stdin_open => match line {
-                Some(line) => broadcast_line(&net, line).await,
+                Some(line) => {
+                    let text = line.trim_end_matches(['\r', '\n']);
+                    if text.starts_with('/') {
+                        if !kv.command(text) {
+                            println!("unknown command; {}", super::kv::usage());
+                        }
+                    } else {
+                        broadcast_line(&net, line).await;
+                    }
+                }
                 None => {
                     // Keep running without stdin, e.g. when started in the background.
                     tracing::debug!("stdin closed");
@@ -99,6 +112,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     }
 
     dialers.abort_all();
+    kv.stop().await;
     net.shutdown().await;
     stop_printing.cancel();
     if let Some(metrics) = metrics {
@@ -257,7 +271,7 @@ async fn print_messages(inbox: Inbox<Bytes>) {
 
 /// Lossy UTF-8 with control characters escaped, so a peer cannot forge extra output lines or
 /// send terminal escape sequences.
-fn printable(message: &[u8]) -> String {
+pub(crate) fn printable(message: &[u8]) -> String {
     let mut text = String::with_capacity(message.len());
     for c in String::from_utf8_lossy(message).chars() {
         if c.is_control() {
