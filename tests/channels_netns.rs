@@ -1,4 +1,4 @@
-//! Channels on a real, slow link: two `peerwire probe` processes in their own network
+//! Channels (and requests) on a real, slow link: two `peerwire probe` processes in their own network
 //! namespaces, joined by the userspace link emulator (25 ms one-way delay, no loss) with a
 //! `tbf` rate limit of 100 Mbit/s on each node's `eth0`.
 //!
@@ -7,6 +7,9 @@
 //!   percentile (one shared queue would hold each behind megabytes of block parts: seconds).
 //! - A critical flood (16 KiB messages, as fast as the channel takes them) leaves the bulk
 //!   channel at least 1/16 of the throughput.
+//!
+//! - A 1 KiB request is answered within the link's round trip plus 2 ms (median), and a 64 B
+//!   request beside a saturating bulk channel stays within 90 ms at the 99th percentile.
 //!
 //! Needs root, `ip`, `tc` (with `tbf`) and `/dev/net/tun`; without them each test prints
 //! `skipped: ...` and returns (a failure when `PEERWIRE_REQUIRE_CHAOS` is set, as in CI). The namespaces and TUN devices carry the test process id and are
@@ -118,6 +121,17 @@ impl Drop for Link {
 
 /// Runs the probe across the link and returns the receiver's report as key/value pairs.
 fn probe(link: &Link, subnet: u8, sender_args: &[&str]) -> Vec<(String, f64)> {
+    probe_report(link, subnet, sender_args, Side::Receiver)
+}
+
+/// Which end prints the report the test reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Receiver,
+    Sender,
+}
+
+fn probe_report(link: &Link, subnet: u8, sender_args: &[&str], side: Side) -> Vec<(String, f64)> {
     let listen = format!("10.214.{subnet}.2:{PORT}");
     let mut receiver = Command::new("ip");
     // TCP opens its congestion window over the first round trips, and whatever sits in the
@@ -160,9 +174,13 @@ fn probe(link: &Link, subnet: u8, sender_args: &[&str]) -> Vec<(String, f64)> {
         ])
         .args(sender_args);
     let mut sender = child::spawn_collected(sender, Stdio::null());
+    let (lines, prefix) = match side {
+        Side::Receiver => (&receiver.lines, "probe report:"),
+        Side::Sender => (&sender.lines, "probe rpc report:"),
+    };
     let report = loop {
-        match receiver.lines.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.starts_with("probe report:") => break line,
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.starts_with(prefix) => break line,
             Ok(_) => continue,
             Err(_) => panic!(
                 "no report after {:?}; receiver: {}; sender: {}",
@@ -175,7 +193,7 @@ fn probe(link: &Link, subnet: u8, sender_args: &[&str]) -> Vec<(String, f64)> {
     let _ = sender.child.wait();
     eprintln!("{report}");
     report
-        .trim_start_matches("probe report:")
+        .trim_start_matches(prefix)
         .split_whitespace()
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=')?;
@@ -248,4 +266,66 @@ fn a_critical_flood_leaves_bulk_its_share() {
     );
     let share = bulk / (bulk + critical);
     assert!(share >= 1.0 / 16.0, "bulk share {share:.3}: {report:?}");
+}
+
+#[test]
+fn a_request_takes_one_round_trip_on_a_slow_link() {
+    if let Some(why) = unsupported() {
+        skip::skip(&why);
+        return;
+    }
+    let link = Link::create("rpc", 33).unwrap();
+    let report = probe_report(
+        &link,
+        33,
+        &[
+            "--duration",
+            "1",
+            "--bulk-size",
+            "0",
+            "--critical-size",
+            "1024",
+            "--requests",
+            "100",
+        ],
+        Side::Sender,
+    );
+    assert_eq!(value(&report, "requests"), 100.0, "{report:?}");
+    // The link's round trip is 50 ms: a request costs that and almost nothing more.
+    let p50 = value(&report, "rpc_p50_ms");
+    assert!(
+        p50 <= 52.0,
+        "request p50 {p50} ms on a 50 ms link: {report:?}"
+    );
+}
+
+#[test]
+fn a_request_keeps_its_latency_beside_a_saturating_bulk_channel() {
+    if let Some(why) = unsupported() {
+        skip::skip(&why);
+        return;
+    }
+    let link = Link::create("rpcbulk", 34).unwrap();
+    let report = probe_report(
+        &link,
+        34,
+        &[
+            "--duration",
+            "4",
+            "--bulk-size",
+            "1048576",
+            "--critical-size",
+            "64",
+            "--warmup",
+            "1",
+            "--requests",
+            "40",
+        ],
+        Side::Sender,
+    );
+    assert_eq!(value(&report, "requests"), 40.0, "{report:?}");
+    // One round trip (50 ms) plus queueing behind at most a frame of bulk data in the
+    // shaper and the socket, as for critical messages; one shared queue would add seconds.
+    let p99 = value(&report, "rpc_p99_ms");
+    assert!(p99 <= 90.0, "request p99 {p99} ms beside bulk: {report:?}");
 }

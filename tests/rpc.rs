@@ -489,3 +489,50 @@ where
     }
     out
 }
+
+/// This process's resident set, in bytes (Linux; `None` elsewhere).
+fn resident() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_streamed_answer_holds_memory_to_its_window() {
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 4096; // 1 GiB
+    let (a, b) = pair().await;
+    let config = protocol().stream_window(16);
+    let (client, _) = a.rpc::<u32, Bytes>(config.clone()).unwrap();
+    let (_, server) = b.rpc::<u32, Bytes>(config).unwrap();
+    serve(server, |request| async move {
+        // One chunk allocated once and sent by reference: the server itself holds no copies.
+        let chunk = Bytes::from(vec![0x5a; CHUNK]);
+        let mut sink = request.respond_stream().unwrap();
+        for _ in 0..CHUNKS {
+            sink.send(&chunk).await.unwrap();
+        }
+        sink.finish().await.unwrap();
+    });
+    let Some(before) = resident() else {
+        return; // no /proc: nothing to measure on this platform
+    };
+    let mut stream = client.request_stream(b.local_peer_id(), &0).await.unwrap();
+    let (mut bytes, mut peak) = (0usize, before);
+    while let Some(chunk) = soon("a chunk", stream.next()).await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.iter().all(|&x| x == 0x5a));
+        bytes += chunk.len();
+        peak = peak.max(resident().unwrap_or(0));
+    }
+    assert_eq!(bytes, CHUNK * CHUNKS);
+    // The window is 16 chunks of 256 KiB each side (4 MiB each, 8 MiB with credit in flight);
+    // buffers and the allocator add some. Unbounded, the growth would approach 1 GiB.
+    let growth = peak.saturating_sub(before);
+    assert!(
+        growth < 96 << 20,
+        "resident memory grew by {} MiB while streaming 1 GiB",
+        growth >> 20
+    );
+}

@@ -100,9 +100,14 @@ pub(crate) struct ProbeArgs {
     #[arg(long, value_name = "BYTES")]
     pub(crate) notsent_lowat: Option<u32>,
     /// Leave out critical messages received in the first SECS seconds (TCP's start-up) from
-    /// the latency figures.
+    /// the latency figures; with `--requests`, the sender waits this long before the first.
     #[arg(long, default_value = "0", value_name = "SECS", value_parser = parse_secs_or_zero)]
     pub(crate) warmup: Duration,
+    /// Instead of critical messages, send N requests of `--critical-size` bytes one after
+    /// another (each answered with as many bytes) and print their round-trip percentiles on
+    /// the sender: `probe rpc report: ...`.
+    #[arg(long, value_name = "N")]
+    pub(crate) requests: Option<u64>,
 }
 
 /// Options of `peerwire demo`.

@@ -7,6 +7,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use peerwire::protocols::rpc::RpcConfig;
 use peerwire::{ChannelSpec, Config, Keypair, Network, NetworkEvent, SendError};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,8 @@ use super::{ProbeArgs, Result};
 
 const CRITICAL: u16 = 1;
 const BULK: u16 = 2;
+/// The request protocol's channel (`--requests`), as urgent as the critical one.
+const RPC: u16 = 3;
 /// Pause before retrying a send refused because the link is saturated.
 const RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -41,6 +44,7 @@ fn config(args: &ProbeArgs) -> Config {
     config
         .network_id(args.network_id.clone())
         .channel(CRITICAL, ChannelSpec::critical())
+        .channel(RPC, ChannelSpec::critical())
         .channel(
             BULK,
             ChannelSpec::bulk()
@@ -68,6 +72,16 @@ async fn receive(args: ProbeArgs) -> Result<()> {
     let (net, _inbox) = Network::<Bytes>::start(config, Keypair::try_generate()?).await?;
     let (_, beats) = net.channel::<Beat>(CRITICAL)?;
     let (_, parts) = net.channel::<Bytes>(BULK)?;
+    // Answers every request with as many bytes as it carried.
+    let (_rpc_client, mut rpc) = net.rpc::<Bytes, Bytes>(RpcConfig::new(RPC))?;
+    let echo = tokio::spawn(async move {
+        while let Some(request) = rpc.recv().await {
+            let answer = request.body().clone();
+            if let Err(e) = request.respond(&answer) {
+                tracing::warn!("probe: answer not sent: {e}");
+            }
+        }
+    });
     println!("probe listening on {}", net.local_addr());
     let mut latencies = Vec::new();
     let (mut critical_bytes, mut bulk_bytes) = (0u64, 0u64);
@@ -114,6 +128,40 @@ async fn receive(args: ProbeArgs) -> Result<()> {
         elapsed
     );
     net.shutdown().await;
+    echo.abort();
+    Ok(())
+}
+
+/// Percentile `p` of sorted microseconds, in milliseconds.
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// `--requests N`: N requests one after another; prints their round-trip percentiles.
+async fn requests(net: &Network<Bytes>, peer: peerwire::PeerId, n: u64, size: usize) -> Result<()> {
+    let (client, _server) = net.rpc::<Bytes, Bytes>(RpcConfig::new(RPC))?;
+    let body = Bytes::from(vec![1u8; size]);
+    let mut rtts = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        let answer = client.request(peer, &body).await?;
+        if answer.len() != size {
+            return Err(format!("probe: answer of {} bytes, expected {size}", answer.len()).into());
+        }
+        rtts.push(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+    rtts.sort_unstable();
+    println!(
+        "probe rpc report: requests={} rpc_p50_ms={:.2} rpc_p99_ms={:.2} rpc_max_ms={:.2}",
+        rtts.len(),
+        percentile_ms(&rtts, 0.5),
+        percentile_ms(&rtts, 0.99),
+        percentile_ms(&rtts, 1.0)
+    );
     Ok(())
 }
 
@@ -147,7 +195,12 @@ async fn send(args: ProbeArgs) -> Result<()> {
     let pad = Bytes::from(vec![1u8; args.critical_size.saturating_sub(24)]);
     let mut ticker = tokio::time::interval(args.critical_interval);
     let mut seq = 0u64;
-    while tokio::time::Instant::now() < until {
+    if let Some(n) = args.requests {
+        // On the sender, the warm-up delays the requests past TCP's start-up.
+        tokio::time::sleep(args.warmup).await;
+        requests(&net, peer, n, args.critical_size).await?;
+    }
+    while args.requests.is_none() && tokio::time::Instant::now() < until {
         if !args.flood {
             ticker.tick().await;
         }
