@@ -354,7 +354,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    // Inside a worker task, as an engine's own task would be: driven from `block_on`'s
+    // thread, every wake-up would cross threads and the round trips would measure that.
+    let body = rt.spawn(async {
         let p = pair().await;
         let (one_way, one_way_inbox) = p.a.channel::<Bytes>(ONE_WAY).unwrap();
         // The one-way stream goes from A to B: B's inbox counts. Reopen on B.
@@ -430,4 +432,5 @@ fn main() {
         p.a.shutdown().await;
         p.b.shutdown().await;
     });
+    rt.block_on(body).unwrap();
 }

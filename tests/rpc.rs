@@ -536,3 +536,41 @@ async fn a_one_gib_streamed_answer_holds_memory_to_its_window() {
         growth >> 20
     );
 }
+
+#[tokio::test]
+async fn a_peer_that_breaks_the_request_protocol_is_charged_then_banned() {
+    let (b, _) = node(rpc_config()).await;
+    let (client, _server) = b
+        .rpc::<u32, u32>(protocol().misbehaviour_budget(4))
+        .unwrap();
+    let mut events = b.events();
+    let mut raw = RawPeer::connect(b.local_addr(), "peerwire-test").await;
+    let raw_id = raw.id();
+    eventually("the raw peer admitted", || b.is_connected(raw_id)).await;
+    let bad: [&[u8]; 4] = [
+        b"",                             // shorter than any header
+        &[9, 0, 0, 0, 0, 0, 0, 0, 0],    // unknown frame kind
+        &[3, 1, 0, 0, 0, 0, 0, 0, 0, 0], // a cancel with a trailing byte
+        &[1, 0xe7, 3, 0, 0, 0, 0, 0, 0], // an answer to request 999, never made
+    ];
+    for frame in bad {
+        raw.encoder
+            .push_message_on(RPC, frame, 0, frame.len())
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+    let banned = soon("the ban", async {
+        loop {
+            match events.recv().await.unwrap() {
+                peerwire::NetworkEvent::Banned { peer, reason, .. } if peer == raw_id => {
+                    return reason;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(banned, peerwire::BanReason::Application);
+    assert_eq!(client.stats().violations, 4);
+    assert!(raw.closed_by_remote().await);
+}

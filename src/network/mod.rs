@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use crate::codec::CodecError;
 use crate::codec::encode_body;
 use crate::config::Config;
-use crate::driver::inbox::{Inbox, Slot};
+use crate::driver::inbox::{Handler, Inbox, Slot};
 use crate::driver::link::SocketContext;
 use crate::driver::node::{Command, NetworkActor};
 use crate::driver::queue::LaneSpec;
@@ -408,6 +408,37 @@ impl<M: Serialize + 'static> Network<M> {
             .open::<T>()
             .ok_or(ChannelError::ChannelOpen(id))?;
         Ok((Channel::new(self.shared.clone(), lane, id), inbox))
+    }
+
+    /// A sending handle for raw bytes on channel `id`, without opening its receiving side (a
+    /// protocol opens that with [`Network::open_handler`]).
+    pub(crate) fn raw_sender(&self, id: ChannelId) -> Result<Channel<Bytes>, ChannelError> {
+        let lane = self
+            .shared
+            .channels
+            .index(id)
+            .ok_or(ChannelError::UnknownChannel(id))?;
+        Ok(Channel::new(self.shared.clone(), lane, id))
+    }
+
+    /// Opens channel `id`'s receiving side for a protocol's [`Handler`], which then gets every
+    /// message on the peers' read tasks (its backlog first).
+    pub(crate) fn open_handler(
+        &self,
+        id: ChannelId,
+        handler: Arc<dyn Handler>,
+    ) -> Result<(), ChannelError> {
+        let lane = self
+            .shared
+            .channels
+            .index(id)
+            .ok_or(ChannelError::UnknownChannel(id))?;
+        let slots = self.shared.slots.upgrade().ok_or(ChannelError::Closed)?;
+        if slots[lane].open_handler(handler) {
+            Ok(())
+        } else {
+            Err(ChannelError::ChannelOpen(id))
+        }
     }
 
     /// Encodes a message once, for sending to many peers with the `*_encoded` methods.

@@ -1,5 +1,5 @@
-//! Protocols on top of the network's face: request/response, topic gossip, discovery, swarm
-//! distribution. None has landed yet; this module holds the contract each will follow.
+//! Protocols on top of the network's face: request/response ([`rpc`]) has landed; topic
+//! gossip, discovery and swarm distribution will follow the same contract.
 //!
 //! # The contract
 //! - A protocol is a pure state machine plus at most one task. The state machine takes the

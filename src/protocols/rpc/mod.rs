@@ -322,18 +322,19 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
         Q: Serialize + DeserializeOwned + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
-        let (requests, request_inbox) = self.channel::<bytes::Bytes>(config.channel)?;
-        let streams = match config.stream_channel {
-            Some(id) if id != config.channel => Some(self.channel::<bytes::Bytes>(id)?),
+        let (request_id, stream_id) = (config.channel, config.stream_channel);
+        let requests = self.raw_sender(request_id)?;
+        let streams = match stream_id {
+            Some(id) if id != request_id => Some(self.raw_sender(id)?),
             _ => None,
         };
-        let (inner, server_rx) = task::spawn(
-            config,
-            self.protocol_face(),
-            requests,
-            request_inbox,
-            streams,
-        );
+        let separate = streams.is_some();
+        let (inner, server_rx, handler) =
+            task::spawn(config, self.protocol_face(), requests, streams);
+        self.open_handler(request_id, handler.clone())?;
+        if let (true, Some(id)) = (separate, stream_id) {
+            self.open_handler(id, handler)?;
+        }
         Ok((
             RpcClient::new(inner.clone()),
             RpcServer::new(inner, server_rx),

@@ -1,7 +1,7 @@
 //! The request protocol's driver: the state the handles share (the core and the waiters
-//! keyed by its ids) and the one task that feeds it frames, connection events and time.
-//! The task owns nothing the handles need to finish: it ends when every handle is gone or the
-//! network shuts down, and then every waiter sees [`RequestError::Closed`](super::RequestError).
+//! keyed by its ids), the handler that feeds it frames on the peers' read tasks, and the one
+//! task that feeds it connection events and time. The task ends when every handle is gone or
+//! the node ends, and then every waiter sees [`RequestError::Closed`](super::RequestError).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::RpcConfig;
 use super::core::{Core, Failure, Limits, Output};
 use super::wire::{self, Frame};
-use crate::driver::inbox::Inbox;
+use crate::driver::inbox::Handler;
 use crate::identity::PeerId;
 use crate::network::{Channel, ProtocolFace};
 use crate::peers::NetworkEvent;
@@ -204,13 +204,28 @@ impl Drop for Alive {
     }
 }
 
+/// What the channels' slots hold: every frame of the protocol's channels goes to the core on
+/// the peer's read task (no hop through an inbox and a task). When the node ends, the slots
+/// drop their handlers and the `_tether` with them, which tells the task to stop.
+struct FrameHandler {
+    inner: Arc<Inner>,
+    _tether: Arc<oneshot::Sender<()>>,
+}
+
+impl Handler for FrameHandler {
+    fn handle(&self, batch: &mut Vec<(PeerId, Bytes)>) {
+        frames(&self.inner, batch);
+    }
+}
+
+/// Builds the protocol's state and its task; returns the handles' anchor, the server queue and
+/// the handler to open the channels with (one handler serves both).
 pub(super) fn spawn(
     config: RpcConfig,
     face: ProtocolFace,
     requests: Channel<Bytes>,
-    request_inbox: Inbox<Bytes>,
-    streams: Option<(Channel<Bytes>, Inbox<Bytes>)>,
-) -> (Arc<Alive>, mpsc::Receiver<Delivery>) {
+    streams: Option<Channel<Bytes>>,
+) -> (Arc<Alive>, mpsc::Receiver<Delivery>, Arc<dyn Handler>) {
     let limits = Limits {
         max_outbound_per_peer: config.max_outbound_requests.max(1),
         max_inbound_per_peer: config.max_inbound_requests.max(1),
@@ -221,10 +236,7 @@ pub(super) fn spawn(
         budget: config.misbehaviour_budget.max(1),
     };
     let (server_tx, server_rx) = mpsc::channel(limits.max_inbound_total);
-    let (stream_channel, stream_inbox) = match streams {
-        Some((channel, inbox)) => (channel, Some(inbox)),
-        None => (requests.clone(), None),
-    };
+    let stream_channel = streams.unwrap_or_else(|| requests.clone());
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
             core: Core::new(limits),
@@ -244,20 +256,22 @@ pub(super) fn spawn(
         frames_dropped: AtomicU64::new(0),
     });
     let events = inner.face.events();
-    // Owned by the handles through `stop`: the task ends when they are all dropped or the
-    // network's inboxes end, and it joins nothing of its own.
-    tokio::spawn(run(inner.clone(), request_inbox, stream_inbox, events));
-    (Arc::new(Alive(inner)), server_rx)
+    let (tether, node_gone) = oneshot::channel();
+    let handler = Arc::new(FrameHandler {
+        inner: inner.clone(),
+        _tether: Arc::new(tether),
+    });
+    // Ends by itself: when every handle is dropped (`stop`) or the node ends (`node_gone`);
+    // it joins nothing of its own.
+    tokio::spawn(run(inner.clone(), node_gone, events));
+    (Arc::new(Alive(inner)), server_rx, handler)
 }
 
 async fn run(
     inner: Arc<Inner>,
-    requests: Inbox<Bytes>,
-    streams: Option<Inbox<Bytes>>,
+    mut node_gone: oneshot::Receiver<()>,
     mut events: tokio::sync::broadcast::Receiver<NetworkEvent>,
 ) {
-    let mut batch = Vec::with_capacity(64);
-    let mut stream_batch = Vec::with_capacity(64);
     loop {
         let deadline = {
             let mut state = inner.state.lock();
@@ -273,23 +287,7 @@ async fn run(
         tokio::select! {
             biased;
             () = inner.stop.cancelled() => break,
-            n = requests.recv_many(&mut batch, 64) => {
-                if n == 0 {
-                    break;
-                }
-                frames(&inner, &mut batch);
-            }
-            n = async {
-                match &streams {
-                    Some(inbox) => inbox.recv_many(&mut stream_batch, 64).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if n == 0 {
-                    break;
-                }
-                frames(&inner, &mut stream_batch);
-            }
+            _ = &mut node_gone => break,
             event = events.recv() => match event {
                 Ok(NetworkEvent::Connected { peer, .. }) => {
                     inner.with(|state, out| state.core.on_connected(peer, out));
