@@ -13,12 +13,12 @@
 //! - `plain_tcp/64_in_flight`: the baseline: 64 requests kept outstanding on one plain TCP
 //!   socket (a writer task and a reader task), each answered by an echo: requests per second.
 //! - `stream/rpc`: one `request_stream` answered with `STREAM_CHUNKS` chunks of 64 KiB on a bulk
-//!   channel (window 16): MB/s, against `stream/one_way` (the same bytes with `Channel::send`
+//!   channel (window 16, or `RPC_WINDOW`): MB/s, against `stream/one_way` (the same bytes with `Channel::send`
 //!   on the same bulk channel) and `stream/plain_tcp`.
 //! - `rpc/1_in_flight_beside_stream`: `rpc/1_in_flight` on the high channel while a stream
 //!   runs on the bulk channel of the same connection: head-of-line blocking shows here.
 //!
-//! Run: `cargo bench --bench rpc`.
+//! Run: `cargo bench --bench rpc` (`RPC_WINDOW=N` sets the stream window, default 16).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -62,6 +62,15 @@ fn protocol() -> RpcConfig {
     RpcConfig::new(RPC)
         .stream_channel(BULK)
         .max_inbound_requests(IN_FLIGHT)
+        .stream_window(window())
+}
+
+/// The stream window: 16 chunks (the default), or `RPC_WINDOW`.
+fn window() -> u32 {
+    std::env::var("RPC_WINDOW")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(16)
 }
 
 struct Pair {
@@ -422,7 +431,8 @@ fn main() {
             rate, busy.0, busy.1, plain_rate, rate / plain_rate
         );
         println!(
-            "| streamed answer, 64 KiB chunks, window 16 | {:.0} MB/s | {:.0} MB/s (one-way peerwire: {:.0} MB/s) | {:.2} (vs one-way {:.2}) |",
+            "| streamed answer, 64 KiB chunks, window {} | {:.0} MB/s | {:.0} MB/s (one-way peerwire: {:.0} MB/s) | {:.2} (vs one-way {:.2}) |",
+            window(),
             stream, plain_mb, one_way_mb, stream / plain_mb, stream / one_way_mb
         );
         println!(

@@ -574,3 +574,16 @@ async fn a_peer_that_breaks_the_request_protocol_is_charged_then_banned() {
     assert_eq!(client.stats().violations, 4);
     assert!(raw.closed_by_remote().await);
 }
+
+/// Compile-time: the handles cross tasks (a request answered from another task, a client
+/// shared by many).
+#[test]
+fn handles_can_move_between_tasks() {
+    fn shared<T: Send + Sync + 'static>() {}
+    fn moved<T: Send + 'static>() {}
+    shared::<peerwire::protocols::rpc::RpcClient<u32, u32>>();
+    moved::<RpcServer<u32, u32>>();
+    moved::<Request<u32, u32>>();
+    moved::<peerwire::protocols::rpc::ResponseSink<u32>>();
+    moved::<peerwire::protocols::rpc::ResponseStream<u32>>();
+}

@@ -17,7 +17,7 @@
 //!     .channel(KV, ChannelSpec::high());
 //! let (a, _) = Network::<String>::start(config.clone(), Keypair::generate()).await?;
 //! let (b, _) = Network::<String>::start(config, Keypair::generate()).await?;
-//! let (client, _) = a.rpc::<String, u64>(RpcConfig::new(KV))?;
+//! let (client, _) = a.rpc::<String, u64>(KV)?;
 //! let (_, mut server) = b.rpc::<String, u64>(RpcConfig::new(KV))?;
 //! tokio::spawn(async move {
 //!     while let Some(request) = server.recv().await {
@@ -156,6 +156,13 @@ impl RpcConfig {
     pub fn misbehaviour_budget(mut self, points: u32) -> Self {
         self.misbehaviour_budget = points;
         self
+    }
+}
+
+/// `net.rpc::<Q, A>(CHANNEL)`: defaults, on one channel.
+impl From<ChannelId> for RpcConfig {
+    fn from(channel: ChannelId) -> Self {
+        Self::new(channel)
     }
 }
 
@@ -305,7 +312,8 @@ pub struct RpcStats {
 
 impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
     /// Opens a request protocol with requests of type `Q` and answers of type `A` on the
-    /// channels of `config` (declared in [`crate::Config`]). Returns the client (cheap to
+    /// channels of `config` (declared in [`crate::Config`]; a bare channel id means
+    /// [`RpcConfig::new`] on it). Returns the client (cheap to
     /// clone) and the server, on which requests from peers arrive.
     ///
     /// Both types may be [`bytes::Bytes`], sent as raw bytes like on a channel.
@@ -316,12 +324,13 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
     #[allow(clippy::type_complexity)]
     pub fn rpc<Q, A>(
         &self,
-        config: RpcConfig,
+        config: impl Into<RpcConfig>,
     ) -> Result<(RpcClient<Q, A>, RpcServer<Q, A>), ChannelError>
     where
         Q: Serialize + DeserializeOwned + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
+        let config = config.into();
         let (request_id, stream_id) = (config.channel, config.stream_channel);
         let requests = self.raw_sender(request_id)?;
         let streams = match stream_id {
