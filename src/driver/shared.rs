@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     pub(crate) send_wait: std::time::Duration,
     /// How long a ban imposed by a protocol above the face lasts (see `Config::ban_duration`).
     pub(crate) ban_duration: std::time::Duration,
+    /// The node's identity, for protocols that sign what they originate (gossip).
+    pub(crate) keypair: crate::identity::Keypair,
     /// The open connection of each peer: what `send` and `broadcast` use.
     pub(crate) peers: RwLock<PeerMap<Arc<SocketShared>>>,
     /// Every connection in any state, for observation.

@@ -155,6 +155,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             slots: Arc::downgrade(&slots),
             send_wait: config.send_wait,
             ban_duration: config.ban_duration,
+            keypair: keypair.clone(),
             peers: Default::default(),
             connections: Default::default(),
             events,
@@ -192,6 +193,21 @@ pub(crate) struct ProtocolFace {
 }
 
 impl ProtocolFace {
+    /// This node's id.
+    pub(crate) fn local_peer_id(&self) -> PeerId {
+        self.shared.local_id
+    }
+
+    /// Signs `message` with this node's key.
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.shared.keypair.sign(message)
+    }
+
+    /// Connected peers now.
+    pub(crate) fn connected(&self) -> Vec<PeerId> {
+        self.shared.peers.read().keys().copied().collect()
+    }
+
     /// Whether `peer` is a persistent peer (its messages survive cuts and restarts).
     pub(crate) fn is_persistent(&self, peer: PeerId) -> bool {
         self.shared.reliable.contains_key(&peer)

@@ -11,4 +11,5 @@
 //!   queues and inbox. It never reaches into the driver.
 //! - Everything it keeps (pending requests, seen caches, address books) is bounded, with a
 //!   stated policy and a counter when full; everything it receives is hostile.
+pub mod gossip;
 pub mod rpc;

@@ -1,0 +1,220 @@
+//! Gossip's messages and the identity of a publication. Pure: the id is a hash, the signature
+//! is checked by the caller with the origin's key.
+//!
+//! Wire form: postcard of [`Wire`] (the payload inside as raw bytes). A publication's id is
+//! `SHA-256("peerwire-gossip-id-v1" ‖ len(topic) ‖ topic ‖ origin ‖ seq ‖ payload)`, cut to 20
+//! bytes; the origin signs `"peerwire-gossip-sig-v1" ‖ id`. So a relay can neither alter a
+//! publication (the id changes) nor make one up (no signature), and the same payload published
+//! twice by one origin is two publications (its `seq` differs).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::identity::PeerId;
+
+/// A publication's id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MsgId(pub [u8; 20]);
+
+impl std::fmt::Debug for MsgId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for MsgId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One publication as it travels: signed by its origin, unchanged by relays.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Publication {
+    pub(crate) topic: String,
+    pub(crate) origin: PeerId,
+    /// The origin's counter: tells apart equal payloads published twice.
+    pub(crate) seq: u64,
+    pub(crate) payload: Bytes,
+    #[serde(with = "signature_bytes")]
+    pub(crate) signature: [u8; 64],
+}
+
+impl std::fmt::Debug for Publication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publication")
+            .field("topic", &self.topic)
+            .field("origin", &self.origin)
+            .field("seq", &self.seq)
+            .field("len", &self.payload.len())
+            .finish()
+    }
+}
+
+impl Publication {
+    /// The id the content determines.
+    pub(crate) fn id(&self) -> MsgId {
+        id_of(&self.topic, &self.origin, self.seq, &self.payload)
+    }
+}
+
+/// A publication's id from its parts.
+pub(crate) fn id_of(topic: &str, origin: &PeerId, seq: u64, payload: &[u8]) -> MsgId {
+    let mut hash = Sha256::new();
+    hash.update(b"peerwire-gossip-id-v1");
+    hash.update((topic.len() as u64).to_le_bytes());
+    hash.update(topic.as_bytes());
+    hash.update(origin.as_bytes());
+    hash.update(seq.to_le_bytes());
+    hash.update(payload);
+    let digest = hash.finalize();
+    let mut id = [0u8; 20];
+    id.copy_from_slice(&digest[..20]);
+    MsgId(id)
+}
+
+/// What the origin signs for publication `id`.
+pub(crate) fn signed_bytes(id: &MsgId) -> [u8; 42] {
+    let mut out = [0u8; 42];
+    out[..22].copy_from_slice(b"peerwire-gossip-sig-v1");
+    out[22..].copy_from_slice(&id.0);
+    out
+}
+
+/// Gossip's messages between neighbours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Wire {
+    /// The sender takes part in these topics (subscribed or relaying).
+    Join { topics: Vec<String> },
+    /// The sender left these topics.
+    Leave { topics: Vec<String> },
+    /// A whole publication (eager push, or an answer to `Graft`/`Want`), with the hops it made
+    /// and whether its path left the tree (an answer to a fetch, or forwarded from one): a
+    /// duplicate of such a copy says the tree was slow, not that it has a cycle.
+    Push {
+        hops: u8,
+        detour: bool,
+        publication: Publication,
+    },
+    /// The sender has these publications of `topic` (lazy push), each with the hops its copy
+    /// made.
+    IHave {
+        topic: String,
+        ids: Vec<(MsgId, u8)>,
+    },
+    /// Send me these, and push me `topic` eagerly from now on (repairs the tree).
+    Graft { topic: String, ids: Vec<MsgId> },
+    /// Send me these; the tree stays as it is (large publications, announced before pushed).
+    Want { topic: String, ids: Vec<MsgId> },
+    /// Stop pushing me `topic` eagerly; announce instead.
+    Prune { topic: String },
+}
+
+mod signature_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(sig)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let bytes: &[u8] = Deserialize::deserialize(d)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_message, encode_message};
+
+    fn publication(payload: &'static [u8]) -> Publication {
+        Publication {
+            topic: "doc/1".into(),
+            origin: PeerId::from_bytes([3; 32]),
+            seq: 7,
+            payload: Bytes::from_static(payload),
+            signature: [9; 64],
+        }
+    }
+
+    #[test]
+    fn the_id_covers_topic_origin_seq_and_payload() {
+        let base = publication(b"hello");
+        let id = base.id();
+        let mut other = base.clone();
+        other.topic = "doc/2".into();
+        assert_ne!(other.id(), id);
+        let mut other = base.clone();
+        other.origin = PeerId::from_bytes([4; 32]);
+        assert_ne!(other.id(), id);
+        let mut other = base.clone();
+        other.seq = 8;
+        assert_ne!(other.id(), id);
+        assert_ne!(publication(b"hellp").id(), id);
+        // The signature is not part of the id (it is checked against it).
+        let mut other = base.clone();
+        other.signature = [0; 64];
+        assert_eq!(other.id(), id);
+        // Topic boundaries are unambiguous.
+        assert_ne!(
+            id_of("ab", &base.origin, 1, b"c"),
+            id_of("a", &base.origin, 1, b"bc")
+        );
+    }
+
+    #[test]
+    fn every_message_survives_postcard() {
+        let messages = vec![
+            Wire::Join {
+                topics: vec!["a".into(), "b".into()],
+            },
+            Wire::Leave {
+                topics: vec!["a".into()],
+            },
+            Wire::Push {
+                hops: 3,
+                detour: true,
+                publication: publication(b"payload"),
+            },
+            Wire::IHave {
+                topic: "a".into(),
+                ids: vec![(MsgId([1; 20]), 1), (MsgId([2; 20]), 9)],
+            },
+            Wire::Graft {
+                topic: "a".into(),
+                ids: vec![MsgId([1; 20])],
+            },
+            Wire::Want {
+                topic: "a".into(),
+                ids: vec![],
+            },
+            Wire::Prune { topic: "a".into() },
+        ];
+        for message in messages {
+            let bytes = encode_message(&message, 1 << 20).unwrap();
+            assert_eq!(decode_message::<Wire>(&bytes).unwrap(), message);
+        }
+        let mut bad = encode_message(
+            &Wire::Push {
+                hops: 0,
+                detour: false,
+                publication: publication(b""),
+            },
+            1 << 20,
+        )
+        .unwrap()
+        .to_vec();
+        bad.truncate(bad.len() - 1);
+        assert!(decode_message::<Wire>(&bad).is_err());
+    }
+}
