@@ -622,3 +622,57 @@ fn replicate_delivers_puts_made_while_the_replica_was_down_once_it_is_back() {
     assert!(a.terminate().success());
     assert!(b2.terminate().success());
 }
+
+#[test]
+fn a_topic_crosses_a_relaying_node_and_shows_its_publisher() {
+    let (mut a, a_id, a_addr) = kv_node("node a", "127.0.0.1:0", &[]);
+    let (mut b, b_id, b_addr) = kv_node("relay b", "127.0.0.1:0", &["--peer", &a_addr]);
+    let (mut c, c_id, _) = kv_node("node c", "127.0.0.1:0", &["--peer", &b_addr]);
+    a.line("b joining", |l| {
+        l.starts_with(&format!("peer joined: {b_id}"))
+    });
+    c.line("b joining", |l| {
+        l.starts_with(&format!("peer joined: {b_id}"))
+    });
+    a.write_line("/sub doc");
+    b.write_line("/relay doc");
+    c.write_line("/sub doc");
+    a.line("subscribed", |l| l == "subscribed to doc");
+    b.line("relaying", |l| l == "relaying doc");
+    c.line("subscribed", |l| l == "subscribed to doc");
+    // A and C are not connected: C hears A through B. Publish until the topic's neighbours
+    // know each other (joining opens nothing and buffers nothing).
+    let mut heard = None;
+    for i in 0..40 {
+        a.write_line(&format!("/pub doc hello {i}"));
+        let deadline = Instant::now() + Duration::from_millis(250);
+        while Instant::now() < deadline && heard.is_none() {
+            if let Ok(line) = c.lines.recv_timeout(Duration::from_millis(50)) {
+                c.seen.push(line.clone());
+                if line.starts_with("[doc] ") {
+                    heard = Some(line);
+                }
+            }
+        }
+        if heard.is_some() {
+            break;
+        }
+    }
+    let heard = heard.unwrap_or_else(|| c.fail("no publication from a"));
+    assert!(
+        heard.starts_with(&format!("[doc] {a_id}: hello ")),
+        "shows the publisher, not the relay: {heard}"
+    );
+    // And back.
+    c.write_line("/pub doc and back");
+    a.line("c's publication", |l| {
+        l == format!("[doc] {c_id}: and back")
+    });
+    assert!(a.terminate().success());
+    assert!(c.terminate().success());
+    assert!(b.terminate().success());
+    assert!(
+        !b.seen.iter().any(|l| l.starts_with("[doc]")),
+        "the relay printed the topic"
+    );
+}

@@ -6,6 +6,7 @@ mod kv;
 mod metrics;
 mod node;
 mod probe;
+mod pubsub;
 mod report;
 
 use std::net::SocketAddr;
@@ -36,7 +37,8 @@ pub(crate) enum Command {
     /// throughput and latency.
     Demo(DemoArgs),
     /// Run one node: broadcast stdin lines to every peer, print what peers send; keep a small
-    /// key-value store (`/put KEY VALUE`, `/get PEER_ID KEY`, `/replicate PEER_ID`).
+    /// key-value store (`/put KEY VALUE`, `/get PEER_ID KEY`, `/replicate PEER_ID`); publish
+    /// and subscribe to topics over many hops (`/sub`, `/unsub`, `/relay`, `/pub TOPIC TEXT`).
     Node(NodeArgs),
     /// Measure how a critical channel fares beside a saturated bulk channel over a real link:
     /// run `--listen ADDR` on one end and `--connect ADDR` on the other (same host, as the

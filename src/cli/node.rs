@@ -52,9 +52,10 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     // Register before announcing the address, so a signal sent as soon as the node is visibly
     // up still shuts it down gracefully instead of killing it.
     let mut shutdown = ShutdownSignal::new()?;
-    let config = super::kv::declare(config);
+    let config = super::pubsub::declare(super::kv::declare(config));
     let (net, inbox) = Network::<Bytes>::start(config, keypair).await?;
     let mut kv = super::kv::Kv::start(&net)?;
+    let mut pubsub = super::pubsub::PubSub::start(&net)?;
     // Subscribe before any dial so that no join is missed.
     let events = net.events();
     println!("peer id: {}", net.local_peer_id());
@@ -95,7 +96,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
                 Some(line) => {
                     let text = line.trim_end_matches(['\r', '\n']);
                     if text.starts_with('/') {
-                        if !kv.command(text) {
+                        if !kv.command(text) && !pubsub.command(text) {
                             println!("unknown command; {}", super::kv::usage());
                         }
                     } else {
@@ -113,6 +114,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
 
     dialers.abort_all();
     kv.stop().await;
+    pubsub.stop().await;
     net.shutdown().await;
     stop_printing.cancel();
     if let Some(metrics) = metrics {

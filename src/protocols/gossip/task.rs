@@ -323,6 +323,38 @@ impl Gossip {
         })
     }
 
+    /// Publishes `message` on `topic`, which this node must have joined (subscribed or
+    /// relayed); see [`Topic::publish`].
+    ///
+    /// # Errors
+    /// As [`Topic::publish`].
+    pub fn publish<T: Serialize + 'static>(
+        &self,
+        topic: &str,
+        message: &T,
+    ) -> Result<MsgId, PublishError> {
+        let inner = self.inner();
+        let max = inner.config.max_payload;
+        let payload = encode_body(message, max).map_err(|e| PublishError::TooLarge {
+            len: match e {
+                crate::codec::CodecError::MessageTooLarge { len, .. } => len,
+                _ => usize::MAX,
+            },
+            max,
+        })?;
+        let origin = inner.face.local_peer_id();
+        let seq = inner.seq.fetch_add(1, Relaxed);
+        let id = wire::id_of(topic, &origin, seq, &payload);
+        let publication = Publication {
+            topic: topic.to_owned(),
+            origin,
+            seq,
+            payload,
+            signature: inner.face.sign(&wire::signed_bytes(&id)),
+        };
+        inner.with(|state, out| state.core.publish(publication, Instant::now(), out))
+    }
+
     /// Leaves `topic` (its subscription, if any, ends).
     pub fn unsubscribe(&self, topic: &str) {
         self.inner().with(|state, out| {
@@ -403,23 +435,10 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Topic<T> {
     /// # Cancel safety
     /// Cancel safe: it completes without waiting.
     pub async fn publish(&self, message: &T) -> Result<MsgId, PublishError> {
-        let inner = &self.alive.0;
-        let max = inner.config.max_payload;
-        let payload = encode_body(message, max).map_err(|_| PublishError::TooLarge {
-            len: usize::MAX,
-            max,
-        })?;
-        let origin = inner.face.local_peer_id();
-        let seq = inner.seq.fetch_add(1, Relaxed);
-        let id = wire::id_of(&self.name, &origin, seq, &payload);
-        let publication = Publication {
-            topic: self.name.clone(),
-            origin,
-            seq,
-            payload,
-            signature: inner.face.sign(&wire::signed_bytes(&id)),
-        };
-        inner.with(|state, out| state.core.publish(publication, Instant::now(), out))
+        Gossip {
+            alive: self.alive.clone(),
+        }
+        .publish(&self.name, message)
     }
 
     /// The next publication of this topic (never one this node published); `None` once gossip
