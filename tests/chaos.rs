@@ -16,6 +16,13 @@
 //! deletes the namespaces on drop, also when a test panics, and namespaces left behind by a test
 //! process that was killed are removed by a later run (once ten minutes old).
 //!
+//! The gossip test runs 32 nodes on 20 ms links without loss, each dialing a ring neighbour and
+//! two random ones (degree about 6), all subscribed to one topic: every publication reaches
+//! every node, with one publisher and with eight, the copies each node receives per
+//! publication are counted from the nodes' `/stats`, large publications are fetched once, and
+//! after 8 nodes are killed the survivors still get everything. It prints the machine's CPU
+//! share during the measurement and says so when the two cores were saturated.
+//!
 //! Needs root, `ip` (iproute2, with `ip netns`), `tc` and, for the emulator, `/dev/net/tun`.
 //! Without them each test prints `skipped: ...` to stderr and returns, unless
 //! `PEERWIRE_REQUIRE_CHAOS` is set (CI sets it): then a skip fails the test. Run with `--nocapture` to
@@ -58,6 +65,16 @@ const METRICS_PORT: u16 = 9100;
 const METRICS_ADDR: &str = "0.0.0.0:9100";
 /// If set, a directory where every node's full stdout and stderr are written at the end.
 const LOGS_ENV: &str = "PEERWIRE_CHAOS_LOGS";
+
+/// The gossip test measures copies that depend on nodes keeping up with 20 ms links: it runs
+/// alone (write), the other tests together (read), so their load never skews its figures.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_machine() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Makes probe names unique among the tests of one process.
 static PROBES: AtomicUsize = AtomicUsize::new(0);
@@ -317,12 +334,20 @@ struct Lab {
     impairment: Impairment,
     /// The userspace link emulator joining the nodes, when they are wired to it.
     emulator: Option<LinkEmulator>,
+    /// Every link's one-way delay and random loss (percent).
+    delay: Duration,
+    loss: u32,
 }
 
 impl Lab {
     /// Builds `n` namespaces joined by impaired links (100 ms delay, 5% loss each way) and
     /// creates the node keys, or prints why the test is skipped and returns `None`.
     fn create(test: &str, subnet: u8, n: usize) -> Option<Self> {
+        Self::create_with(test, subnet, n, DELAY, LOSS_PERCENT)
+    }
+
+    /// [`Lab::create`] with another impairment.
+    fn create_with(test: &str, subnet: u8, n: usize, delay: Duration, loss: u32) -> Option<Self> {
         if let Some(reason) = unsupported() {
             skip::skip(&reason);
             return None;
@@ -351,6 +376,8 @@ impl Lab {
             started: Instant::now(),
             impairment,
             emulator: None,
+            delay,
+            loss,
         };
         if impairment == Impairment::Emulated {
             lab.create_emulated(n);
@@ -399,7 +426,7 @@ impl Lab {
         let devices: Vec<String> = (0..n)
             .map(|i| format!("pw{}s{}e{}", std::process::id(), self.subnet, i + 1))
             .collect();
-        let emulator = LinkEmulator::start(&devices, [10, 213, self.subnet], DELAY, LOSS_PERCENT)
+        let emulator = LinkEmulator::start(&devices, [10, 213, self.subnet], self.delay, self.loss)
             .unwrap_or_else(|e| self.fail(&format!("cannot start the link emulator: {e}")));
         self.emulator = Some(emulator);
         for (i, device) in devices.iter().enumerate() {
@@ -411,9 +438,10 @@ impl Lab {
             self.configure_node(i);
         }
         self.note(&format!(
-            "{n} namespaces joined by the userspace link emulator ({} ms delay, {LOSS_PERCENT}% \
-             loss per packet), 10.213.{}.0/24",
-            DELAY.as_millis(),
+            "{n} namespaces joined by the userspace link emulator ({} ms delay, {}% loss per \
+             packet), 10.213.{}.0/24",
+            self.delay.as_millis(),
+            self.loss,
             self.subnet
         ));
     }
@@ -467,8 +495,8 @@ impl Lab {
 
     /// Puts `tc netem delay 100ms loss 5%` on every node's interface.
     fn netem_all(&self) {
-        let delay = format!("{}ms", DELAY.as_millis());
-        let loss = format!("{LOSS_PERCENT}%");
+        let delay = format!("{}ms", self.delay.as_millis());
+        let loss = format!("{}%", self.loss);
         for i in 0..self.nodes.len() {
             let ns = self.namespace(i);
             self.sh(
@@ -915,6 +943,7 @@ fn without_index(expected: &[(usize, Vec<String>, usize)]) -> Vec<(usize, Vec<St
 /// other node prints each exactly once, in order per sender.
 #[test]
 fn lossy_slow_links_lose_nothing() {
+    let _machine = shared_machine();
     const NODES: usize = 4;
     const LINES: usize = 200;
     let Some(mut lab) = Lab::create("lossy", 1, NODES) else {
@@ -989,6 +1018,7 @@ fn lossy_slow_links_lose_nothing() {
 /// both directions.
 #[test]
 fn partitioned_node_heals_and_loses_nothing() {
+    let _machine = shared_machine();
     const NODES: usize = 4;
     const PART: usize = NODES - 1;
     const BATCH: usize = 30;
@@ -1065,6 +1095,7 @@ fn partitioned_node_heals_and_loses_nothing() {
 /// had not yet acknowledged when it died; nothing sent after the kill may be missing or doubled.
 #[test]
 fn killed_node_restarts_and_is_reconnected() {
+    let _machine = shared_machine();
     const NODES: usize = 4;
     const VICTIM: usize = 1;
     const BATCH: usize = 30;
@@ -1171,4 +1202,282 @@ fn killed_node_restarts_and_is_reconnected() {
         lab.check(i, &all_from_others(&sent, i));
     }
     lab.note("all checks passed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gossip across 32 processes
+
+/// CPU used by the whole machine between two readings of `/proc/stat`, as a share of all cores.
+fn cpu_busy() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The links of a connected graph on `n` nodes: a ring plus two random chords per node (degree
+/// about 6), from a fixed seed.
+fn gossip_graph(n: usize) -> Vec<(usize, usize)> {
+    let mut state = 0x9e37_79b9_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut edges: Vec<(usize, usize)> = (0..n)
+        .map(|i| (i.min((i + 1) % n), i.max((i + 1) % n)))
+        .collect();
+    for i in 0..n {
+        let mut added = 0;
+        while added < 2 {
+            let j = (next() % n as u64) as usize;
+            let edge = (i.min(j), i.max(j));
+            if j != i && !edges.contains(&edge) {
+                edges.push(edge);
+                added += 1;
+            }
+        }
+    }
+    edges
+}
+
+/// Whether the nodes in `alive` stay connected over `edges`.
+fn connected(edges: &[(usize, usize)], alive: &[bool]) -> bool {
+    let Some(start) = alive.iter().position(|a| *a) else {
+        return true;
+    };
+    let mut seen = vec![false; alive.len()];
+    seen[start] = true;
+    let mut stack = vec![start];
+    while let Some(a) = stack.pop() {
+        for &(x, y) in edges {
+            let b = if x == a {
+                y
+            } else if y == a {
+                x
+            } else {
+                continue;
+            };
+            if alive[b] && !seen[b] {
+                seen[b] = true;
+                stack.push(b);
+            }
+        }
+    }
+    (0..alive.len()).all(|i| !alive[i] || seen[i])
+}
+
+impl Lab {
+    /// Waits until every node in `receivers` printed `[t] <origin's id>: <text>` for every text.
+    fn wait_published(&mut self, receivers: &[usize], origin: usize, texts: &[String]) {
+        let id = self.ids[origin].clone();
+        for &i in receivers {
+            let want: Vec<String> = texts.iter().map(|t| format!("[t] {id}: {t}")).collect();
+            self.wait_until(
+                i,
+                &format!("{} publications of n{}", texts.len(), origin + 1),
+                0,
+                |lines| want.iter().all(|w| lines.contains(w)),
+            );
+        }
+    }
+
+    /// Node `i`'s gossip counters for topic `t` (`/stats t`).
+    fn gossip_stats(&mut self, i: usize) -> HashMap<String, u64> {
+        let from = self.mark(i);
+        self.send(i, "/stats t");
+        self.wait_line(i, from, "its stats", |l| l.starts_with("stats t: "));
+        let node = self.node(i);
+        let line = node.seen[from..]
+            .iter()
+            .find(|l| l.starts_with("stats t: "))
+            .cloned()
+            .unwrap();
+        line.trim_start_matches("stats t: ")
+            .split_whitespace()
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Copies received per node per publication since `before` (first copies and duplicates
+    /// over first copies), summed over `nodes`.
+    fn copies_since(&mut self, nodes: &[usize], before: &[HashMap<String, u64>]) -> f64 {
+        let (mut first, mut dup, mut repairs, mut prunes) = (0u64, 0u64, 0u64, 0u64);
+        for &i in nodes {
+            let now = self.gossip_stats(i);
+            first += now["received"] - before[i]["received"];
+            dup += now["duplicates"] - before[i]["duplicates"];
+            repairs += now["repairs"] - before[i]["repairs"];
+            prunes += now["prunes"] - before[i]["prunes"];
+        }
+        self.note(&format!(
+            "{first} first copies, {dup} duplicates, {repairs} fetches, {prunes} prunes"
+        ));
+        if repairs > 0 {
+            for &i in nodes {
+                let now = self.gossip_stats(i);
+                if now["repairs"] > before[i]["repairs"] {
+                    self.note(&format!("n{} fetched: {now:?}", i + 1));
+                }
+            }
+        }
+        (first + dup) as f64 / first.max(1) as f64
+    }
+}
+
+#[test]
+fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
+    let _alone = MACHINE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    const N: usize = 32;
+    let Some(mut lab) = Lab::create_with("gossip", 40, N, Duration::from_millis(20), 0) else {
+        return;
+    };
+    let edges = gossip_graph(N);
+    for i in 0..N {
+        let peers: Vec<String> = edges
+            .iter()
+            .filter(|(a, _)| *a == i)
+            .flat_map(|(_, b)| ["--peer".to_owned(), lab.addr(*b)])
+            .collect();
+        let extra: Vec<&str> = peers.iter().map(String::as_str).collect();
+        lab.start(i, false, &extra);
+    }
+    for &(a, b) in &edges {
+        lab.wait_joined(a, b, 0);
+    }
+    lab.note(&format!("{} links up", edges.len()));
+    for i in 0..N {
+        lab.send(i, "/sub t");
+    }
+    for i in 0..N {
+        lab.wait_line(i, 0, "its subscription", |l| l == "subscribed to t");
+    }
+    // Joins cross one link (20 ms); give them a few round trips.
+    thread::sleep(Duration::from_millis(500));
+    let all: Vec<usize> = (0..N).collect();
+    let others: Vec<usize> = (1..N).collect();
+    // Warm-up: the first publication floods every link, and its duplicates prune the links
+    // down to a tree; the figures are for the steady state after it. Each warm-up publication
+    // waits for the previous one to arrive everywhere.
+    for k in 0..3 {
+        let text = format!("warmup-{k}");
+        lab.send(0, &format!("/pub t {text}"));
+        lab.wait_published(&others, 0, &[text]);
+    }
+    let cpu_start = cpu_busy();
+    let before: Vec<_> = (0..N).map(|i| lab.gossip_stats(i)).collect();
+
+    // One publisher.
+    let texts: Vec<String> = (0..30).map(|k| format!("one-{k}")).collect();
+    for text in &texts {
+        lab.send(0, &format!("/pub t {text}"));
+        thread::sleep(Duration::from_millis(20));
+    }
+    lab.wait_published(&others, 0, &texts);
+    let one = lab.copies_since(&others, &before);
+
+    // Eight publishers at once.
+    let before: Vec<_> = (0..N).map(|i| lab.gossip_stats(i)).collect();
+    let publishers: Vec<usize> = (0..8).map(|k| k * 4).collect();
+    let mut sent = HashMap::new();
+    for round in 0..10 {
+        for &p in &publishers {
+            let text = format!("many-{p}-{round}");
+            lab.send(p, &format!("/pub t {text}"));
+            sent.entry(p).or_insert_with(Vec::new).push(text);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    for &p in &publishers {
+        let receivers: Vec<usize> = all.iter().copied().filter(|&i| i != p).collect();
+        lab.wait_published(&receivers, p, &sent[&p]);
+    }
+    let many = lab.copies_since(&all, &before);
+    let (busy0, total0) = cpu_start;
+    let (busy1, total1) = cpu_busy();
+    let cpu = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+    lab.note(&format!(
+        "copies per node per publication: {one:.2} with one publisher, {many:.2} with eight; \
+         machine CPU {:.0}% of 2 cores meanwhile{}",
+        cpu * 100.0,
+        if cpu > 0.9 {
+            " (saturated: figures are CPU-bound, not network-bound)"
+        } else {
+            ""
+        }
+    ));
+    assert!(
+        one <= 1.2,
+        "{one:.2} copies per node per publication with one publisher"
+    );
+    assert!(
+        many <= 2.0,
+        "{many:.2} copies per node per publication with eight publishers"
+    );
+
+    // Large publications (over `eager_max`, 64 KiB) are announced and fetched: about one copy
+    // per node, not one per link of the tree.
+    let before: Vec<_> = (0..N).map(|i| lab.gossip_stats(i)).collect();
+    let big: Vec<String> = (0..3)
+        .map(|k| format!("big-{k}-{}", "x".repeat(256 * 1024)))
+        .collect();
+    for text in &big {
+        lab.send(0, &format!("/pub t {text}"));
+    }
+    lab.wait_published(&others, 0, &big);
+    let large = lab.copies_since(&others, &before);
+    lab.note(&format!(
+        "copies per node per 256 KiB publication: {large:.2}"
+    ));
+    assert!(
+        large <= 1.1,
+        "{large:.2} copies per node per large publication"
+    );
+
+    // Kill 8 nodes, chosen so that the survivors stay connected.
+    let mut alive = vec![true; N];
+    let mut killed = Vec::new();
+    for candidate in (1..N).rev() {
+        if killed.len() == 8 {
+            break;
+        }
+        alive[candidate] = false;
+        if connected(&edges, &alive) {
+            killed.push(candidate);
+        } else {
+            alive[candidate] = true;
+        }
+    }
+    for &k in &killed {
+        lab.kill(k);
+    }
+    lab.note(&format!("killed {killed:?}"));
+    thread::sleep(Duration::from_secs(2));
+    let survivors: Vec<usize> = (0..N).filter(|&i| alive[i]).collect();
+    let texts: Vec<String> = (0..10).map(|k| format!("after-{k}")).collect();
+    for text in &texts {
+        lab.send(0, &format!("/pub t {text}"));
+        thread::sleep(Duration::from_millis(20));
+    }
+    let receivers: Vec<usize> = survivors.iter().copied().filter(|&i| i != 0).collect();
+    lab.wait_published(&receivers, 0, &texts);
+    lab.note(&format!(
+        "every one of {} survivors got the publications made after the kill",
+        receivers.len()
+    ));
+    lab.stop_all();
 }

@@ -1,7 +1,7 @@
 //! The node program's topic commands, on gossip: `/sub TOPIC` prints every publication of the
 //! topic as `[TOPIC] ORIGIN_ID: TEXT` (the publisher's id, not the relay's), `/unsub TOPIC`,
 //! `/relay TOPIC` carries a topic without printing it (a node between publishers and
-//! subscribers), `/pub TOPIC TEXT` publishes. Spawns one printing task per subscription.
+//! subscribers), `/pub TOPIC TEXT` publishes, `/stats TOPIC` prints the topic's counters. Spawns one printing task per subscription.
 
 use std::collections::HashMap;
 
@@ -60,7 +60,30 @@ impl PubSub {
                     Err(e) => println!("/pub {topic}: {e}"),
                 }
             }
-            (Some("/sub" | "/unsub" | "/relay" | "/pub"), _, _) => println!("{}", usage()),
+            (Some("/stats"), Some(topic), None) => match self.gossip.stats(topic.trim()) {
+                Some(s) => println!(
+                    "stats {}: eager={} lazy={} published={} received={} delivered={} \
+                     duplicates={} announced={} repairs={} prunes={} eager_bytes={} \
+                     lazy_bytes={} dropped={}",
+                    topic.trim(),
+                    self.gossip.links(topic.trim()).0,
+                    self.gossip.links(topic.trim()).1,
+                    s.published,
+                    s.received,
+                    s.delivered,
+                    s.duplicates,
+                    s.announced,
+                    s.repairs,
+                    s.prunes,
+                    s.eager_bytes,
+                    s.lazy_bytes,
+                    s.dropped
+                ),
+                None => println!("/stats {topic}: not joined"),
+            },
+            (Some("/sub" | "/unsub" | "/relay" | "/pub" | "/stats"), _, _) => {
+                println!("{}", usage())
+            }
             _ => return false,
         }
         true
@@ -87,7 +110,7 @@ impl PubSub {
 }
 
 pub(crate) fn usage() -> &'static str {
-    "/sub TOPIC, /unsub TOPIC, /relay TOPIC, /pub TOPIC TEXT"
+    "/sub TOPIC, /unsub TOPIC, /relay TOPIC, /pub TOPIC TEXT, /stats TOPIC"
 }
 
 /// Prints every publication of one topic, and accepts it (so it is forwarded on).

@@ -305,7 +305,6 @@ impl Core {
                 }
             }
         }
-        self.topics.insert(topic.to_owned(), state);
         for peer in self.neighbours.keys() {
             out.push(Output::Send {
                 peer: *peer,
@@ -313,7 +312,17 @@ impl Core {
                     topics: vec![topic.to_owned()],
                 },
             });
+            // Lazy at both ends (after the join, which the neighbour handles first).
+            if state.lazy.contains(peer) {
+                out.push(Output::Send {
+                    peer: *peer,
+                    wire: Wire::Prune {
+                        topic: topic.to_owned(),
+                    },
+                });
+            }
         }
+        self.topics.insert(topic.to_owned(), state);
         Ok(())
     }
 
@@ -544,7 +553,15 @@ impl Core {
                     if state.eager.len() < self.limits.eager_degree {
                         state.eager.insert(peer);
                     } else {
+                        // Full: lazy, and the neighbour is told, so the link is lazy at both
+                        // ends (a link eager on one side only carries publications one way).
                         state.lazy.insert(peer);
+                        out.push(Output::Send {
+                            peer,
+                            wire: Wire::Prune {
+                                topic: topic.clone(),
+                            },
+                        });
                     }
                 }
             }
@@ -687,6 +704,12 @@ impl Core {
             state.fetch_streak += 1;
         } else {
             state.fetch_streak = 0;
+            // A neighbour pushing along the tree is part of it: the link becomes eager on our
+            // side too (views can differ: the eager cap at join time, a prune that crossed a
+            // push), so publications from our side use it as well.
+            if !detour && state.lazy.remove(&peer) {
+                state.eager.insert(peer);
+            }
         }
         if state.deliver {
             if self.pending.len() >= limits.max_pending_validation {

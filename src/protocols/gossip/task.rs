@@ -371,8 +371,13 @@ impl Gossip {
 
     /// Neighbours taking part in `topic` (the eager and lazy links of its tree).
     pub fn neighbours(&self, topic: &str) -> usize {
-        let (eager, lazy) = self.inner().state.lock().core.links(topic);
+        let (eager, lazy) = self.links(topic);
         eager + lazy
+    }
+
+    /// `topic`'s neighbours by role: (eager: sent publications whole, lazy: sent their ids).
+    pub fn links(&self, topic: &str) -> (usize, usize) {
+        self.inner().state.lock().core.links(topic)
     }
 
     /// Counters of `topic`, if joined.
