@@ -195,6 +195,8 @@ struct Node {
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// When each publication line was printed (read).
+    stamped: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Node {
@@ -210,6 +212,7 @@ impl Node {
             stdin,
             lines,
             stderr,
+            stamped,
         } = child::spawn_collected(command, Stdio::piped());
         Self {
             name,
@@ -218,6 +221,7 @@ impl Node {
             lines,
             seen: Vec::new(),
             stderr,
+            stamped,
         }
     }
 
@@ -1277,6 +1281,35 @@ fn connected(edges: &[(usize, usize)], alive: &[bool]) -> bool {
 }
 
 impl Lab {
+    /// For each publication (when the test wrote it to its publisher, the line receivers print,
+    /// the publisher), the time until 99% of the other running nodes printed it; p50 and p99.
+    fn reach_times(&self, sent_at: &[(Instant, String, usize)]) -> (Duration, Duration) {
+        let mut reach: Vec<Duration> = sent_at
+            .iter()
+            .map(|(at, line, p)| {
+                let mut arrivals: Vec<Instant> = (0..self.nodes.len())
+                    .filter(|i| i != p)
+                    .filter_map(|i| {
+                        let node = self.nodes[i].as_ref()?;
+                        let stamped = node.stamped.lock().unwrap();
+                        stamped.iter().find(|(_, l)| l == line).map(|(t, _)| *t)
+                    })
+                    .collect();
+                arrivals.sort();
+                let others = self.nodes.iter().flatten().count() - 1;
+                let needed =
+                    ((others as f64 * 0.99).ceil() as usize).clamp(1, arrivals.len().max(1));
+                arrivals
+                    .get(needed - 1)
+                    .map_or(Duration::MAX, |t| t.saturating_duration_since(*at))
+            })
+            .collect();
+        reach.sort();
+        let p50 = reach[reach.len() / 2];
+        let p99 = reach[(reach.len() * 99).div_ceil(100) - 1];
+        (p50, p99)
+    }
+
     /// Waits until every node in `receivers` printed `[t] <origin's id>: <text>` for every text.
     fn wait_published(&mut self, receivers: &[usize], origin: usize, texts: &[String]) {
         let id = self.ids[origin].clone();
@@ -1325,7 +1358,7 @@ impl Lab {
         self.note(&format!(
             "{first} first copies, {dup} duplicates, {repairs} fetches, {prunes} prunes"
         ));
-        if repairs > 0 {
+        if dup > 0 {
             for &i in nodes {
                 let now = self.gossip_stats(i);
                 if now["repairs"] > before[i]["repairs"] {
@@ -1383,20 +1416,30 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
 
     // One publisher.
     let texts: Vec<String> = (0..30).map(|k| format!("one-{k}")).collect();
+    let mut sent_at = Vec::new();
     for text in &texts {
+        sent_at.push((Instant::now(), format!("[t] {}: {text}", lab.ids[0]), 0));
         lab.send(0, &format!("/pub t {text}"));
         thread::sleep(Duration::from_millis(20));
     }
     lab.wait_published(&others, 0, &texts);
+    let (p50, p99) = lab.reach_times(&sent_at);
+    lab.note(&format!(
+        "time to reach 99% of the nodes: p50 {} ms, p99 {} ms (one publisher, 30 publications)",
+        p50.as_millis(),
+        p99.as_millis()
+    ));
     let one = lab.copies_since(&others, &before);
 
     // Eight publishers at once.
     let before: Vec<_> = (0..N).map(|i| lab.gossip_stats(i)).collect();
     let publishers: Vec<usize> = (0..8).map(|k| k * 4).collect();
     let mut sent = HashMap::new();
+    let mut sent_at = Vec::new();
     for round in 0..10 {
         for &p in &publishers {
             let text = format!("many-{p}-{round}");
+            sent_at.push((Instant::now(), format!("[t] {}: {text}", lab.ids[p]), p));
             lab.send(p, &format!("/pub t {text}"));
             sent.entry(p).or_insert_with(Vec::new).push(text);
         }
@@ -1406,6 +1449,12 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
         let receivers: Vec<usize> = all.iter().copied().filter(|&i| i != p).collect();
         lab.wait_published(&receivers, p, &sent[&p]);
     }
+    let (p50, p99) = lab.reach_times(&sent_at);
+    lab.note(&format!(
+        "time to reach 99% of the nodes: p50 {} ms, p99 {} ms (eight publishers, 80 publications)",
+        p50.as_millis(),
+        p99.as_millis()
+    ));
     let many = lab.copies_since(&all, &before);
     let (busy0, total0) = cpu_start;
     let (busy1, total1) = cpu_busy();

@@ -49,6 +49,7 @@ impl Proc {
             stdin,
             lines,
             stderr,
+            ..
         } = child::spawn_collected(command, stdin);
         Self {
             name,

@@ -8,6 +8,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Instant;
 
 /// A started child with its output being collected.
 pub(crate) struct Collected {
@@ -17,6 +18,10 @@ pub(crate) struct Collected {
     pub(crate) lines: Receiver<String>,
     /// Everything written to stderr so far.
     pub(crate) stderr: Arc<Mutex<String>>,
+    /// When each stdout line starting with `[` (a gossip publication) was read, for latency
+    /// measurements.
+    #[allow(dead_code, reason = "read by the gossip test only; the other crates share the module")]
+    pub(crate) stamped: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 /// Starts `command` with piped stdout and stderr (stdin as the command set it, default piped).
@@ -29,8 +34,13 @@ pub(crate) fn spawn_collected(mut command: Command, stdin: Stdio) -> Collected {
         .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, lines) = mpsc::channel();
+    let stamped = Arc::new(Mutex::new(Vec::new()));
+    let stamps = stamped.clone();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with('[') {
+                stamps.lock().unwrap().push((Instant::now(), line.clone()));
+            }
             if tx.send(line).is_err() {
                 break;
             }
@@ -52,5 +62,6 @@ pub(crate) fn spawn_collected(mut command: Command, stdin: Stdio) -> Collected {
         child,
         lines,
         stderr,
+        stamped,
     }
 }
