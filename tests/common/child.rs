@@ -20,7 +20,10 @@ pub(crate) struct Collected {
     pub(crate) stderr: Arc<Mutex<String>>,
     /// When each stdout line starting with `[` (a gossip publication) was read, for latency
     /// measurements.
-    #[allow(dead_code, reason = "read by the gossip test only; the other crates share the module")]
+    #[allow(
+        dead_code,
+        reason = "read by the gossip test only; the other crates share the module"
+    )]
     pub(crate) stamped: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 

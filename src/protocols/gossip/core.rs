@@ -484,7 +484,7 @@ impl Core {
         peer: PeerId,
         wire: Wire,
         now: Instant,
-        verify: &dyn Fn(&Publication, &MsgId) -> bool,
+        verify: &mut dyn FnMut(&Publication, &MsgId) -> bool,
         out: &mut Vec<Output>,
     ) {
         if !self.neighbours.contains_key(&peer) {
@@ -584,7 +584,7 @@ impl Core {
         detour: bool,
         publication: Publication,
         now: Instant,
-        verify: &dyn Fn(&Publication, &MsgId) -> bool,
+        verify: &mut dyn FnMut(&Publication, &MsgId) -> bool,
         out: &mut Vec<Output>,
     ) {
         let limits = self.limits.clone();

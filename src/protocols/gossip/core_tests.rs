@@ -34,7 +34,7 @@ fn node(peers: &[u8], now: Instant) -> Core {
                 topics: vec!["t".into()],
             },
             now,
-            &yes,
+            &mut yes,
             &mut out,
         );
     }
@@ -67,7 +67,7 @@ fn a_new_publication_is_delivered_then_forwarded_only_when_accepted() {
         peer(1),
         push(publication(9, 1, 10), 1, false),
         now,
-        &yes,
+        &mut yes,
         &mut out,
     );
     let Some(Output::Deliver {
@@ -97,14 +97,14 @@ fn no_verdict_in_time_counts_as_ignore_and_reject_charges_the_relay() {
         peer(1),
         push(publication(9, 1, 10), 1, false),
         now,
-        &yes,
+        &mut yes,
         &mut out,
     );
     core.on_wire(
         peer(1),
         push(publication(9, 2, 10), 1, false),
         now,
-        &yes,
+        &mut yes,
         &mut out,
     );
     let ids: Vec<MsgId> = out
@@ -146,7 +146,7 @@ fn a_duplicate_along_the_tree_prunes_the_longer_link_but_a_detour_prunes_nothing
         peer(1),
         push(publication(9, 1, 10), 3, false),
         now,
-        &yes,
+        &mut yes,
         &mut out,
     );
     out.clear();
@@ -155,7 +155,7 @@ fn a_duplicate_along_the_tree_prunes_the_longer_link_but_a_detour_prunes_nothing
         peer(2),
         push(publication(9, 1, 10), 5, false),
         now,
-        &yes,
+        &mut yes,
         &mut out,
     );
     assert_eq!(
@@ -169,7 +169,7 @@ fn a_duplicate_along_the_tree_prunes_the_longer_link_but_a_detour_prunes_nothing
         peer(3),
         push(publication(9, 1, 10), 1, false),
         now,
-        &yes,
+        &mut yes,
         &mut out,
     );
     assert_eq!(
@@ -182,7 +182,7 @@ fn a_duplicate_along_the_tree_prunes_the_longer_link_but_a_detour_prunes_nothing
         peer(3),
         push(publication(9, 2, 10), 1, false),
         now,
-        &yes,
+        &mut yes,
         &mut out,
     );
     out.clear();
@@ -190,7 +190,7 @@ fn a_duplicate_along_the_tree_prunes_the_longer_link_but_a_detour_prunes_nothing
         peer(2),
         push(publication(9, 2, 10), 9, true),
         now,
-        &yes,
+        &mut yes,
         &mut out,
     );
     assert!(sends(&out).is_empty());
@@ -207,7 +207,7 @@ fn an_announced_publication_is_fetched_after_the_timeout_and_a_broken_tree_is_gr
         peer(1),
         Wire::Prune { topic: "t".into() },
         t0,
-        &yes,
+        &mut yes,
         &mut out,
     );
     let timeout = Limits::for_tests().graft_timeout;
@@ -222,7 +222,7 @@ fn an_announced_publication_is_fetched_after_the_timeout_and_a_broken_tree_is_gr
                 ids: vec![(id, 2)],
             },
             at,
-            &yes,
+            &mut yes,
             &mut out,
         );
         core.poll(at + timeout / 2, &mut out);
@@ -242,7 +242,7 @@ fn an_announced_publication_is_fetched_after_the_timeout_and_a_broken_tree_is_gr
             peer(1),
             push(publication(9, seq, 10), 3, true),
             at + timeout,
-            &yes,
+            &mut yes,
             &mut out,
         );
         at += timeout * 2;
@@ -279,7 +279,7 @@ fn large_publications_are_announced_then_fetched_at_once() {
     assert!(matches!(announced[..], [(_, Wire::IHave { .. })]));
     // The receiver asks at once, without grafting; the sender answers with the publication.
     let mut asked = Vec::new();
-    receiver.on_wire(peer(1), announced[0].1.clone(), now, &yes, &mut asked);
+    receiver.on_wire(peer(1), announced[0].1.clone(), now, &mut yes, &mut asked);
     receiver.poll(now, &mut asked);
     let want = sends(&asked);
     assert_eq!(
@@ -293,7 +293,7 @@ fn large_publications_are_announced_then_fetched_at_once() {
         )]
     );
     let mut served = Vec::new();
-    sender.on_wire(peer(2), want[0].1.clone(), now, &yes, &mut served);
+    sender.on_wire(peer(2), want[0].1.clone(), now, &mut yes, &mut served);
     assert!(matches!(&sends(&served)[..], [(_, Wire::Push { .. })]));
 }
 
@@ -336,7 +336,13 @@ fn joins_and_publications_are_bounded() {
     core.on_connected(peer(5), now, &mut out);
     out.clear();
     let many = (0..3).map(|i| format!("x{i}")).collect();
-    core.on_wire(peer(5), Wire::Join { topics: many }, now, &yes, &mut out);
+    core.on_wire(
+        peer(5),
+        Wire::Join { topics: many },
+        now,
+        &mut yes,
+        &mut out,
+    );
     assert!(matches!(out[..], [Output::Charge { points: 1, .. }]));
     // Leaving tells the neighbours.
     out.clear();

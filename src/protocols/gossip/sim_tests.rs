@@ -162,7 +162,7 @@ impl Sim {
                         *self.pushes.entry(publication.id()).or_default() += 1;
                     }
                     let mut out = Vec::new();
-                    self.nodes[to].on_wire(id_of(from), wire, self.now, &|_, _| true, &mut out);
+                    self.nodes[to].on_wire(id_of(from), wire, self.now, &mut |_, _| true, &mut out);
                     self.apply(to, out);
                 }
                 Event::Tick { node } => {

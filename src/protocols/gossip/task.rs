@@ -21,7 +21,7 @@ use super::core::{Core, JoinError, Output, PublishError, TopicStats, Verdict};
 use super::wire::{self, MsgId, Publication, Wire};
 use crate::codec::{decode_body, decode_message, encode_body, encode_message};
 use crate::driver::inbox::Inbox;
-use crate::identity::{PeerId, PeerMap};
+use crate::identity::{PeerId, PeerMap, VerifierCache};
 use crate::network::{Channel, ProtocolFace};
 use crate::peers::NetworkEvent;
 
@@ -41,6 +41,7 @@ struct State {
     /// Topics joined with [`Gossip::relay`]: they stay joined when their subscription ends.
     relayed: HashSet<String>,
     scores: PeerMap<u32>,
+    verifier: VerifierCache,
     armed: Option<Instant>,
 }
 
@@ -160,6 +161,7 @@ pub(super) fn spawn(
             subscriptions: HashMap::new(),
             relayed: HashSet::new(),
             scores: PeerMap::default(),
+            verifier: VerifierCache::default(),
             armed: None,
         }),
         config,
@@ -238,19 +240,20 @@ async fn run(
     inner.state.lock().subscriptions.clear();
 }
 
-fn verify(publication: &Publication, id: &MsgId) -> bool {
-    publication
-        .origin
-        .verify(&wire::signed_bytes(id), &publication.signature)
-        .is_ok()
-}
-
 fn frames(inner: &Inner, batch: &mut Vec<(PeerId, Bytes)>) {
     let now = Instant::now();
     inner.with(|state, out| {
+        let State { core, verifier, .. } = state;
+        let mut verify = |publication: &Publication, id: &MsgId| {
+            verifier.verify(
+                &publication.origin,
+                &wire::signed_bytes(id),
+                &publication.signature,
+            )
+        };
         for (peer, bytes) in batch.drain(..) {
             match decode_message::<Wire>(&bytes) {
-                Ok(wire) => state.core.on_wire(peer, wire, now, &verify, out),
+                Ok(wire) => core.on_wire(peer, wire, now, &mut verify, out),
                 Err(_) => out.push(Output::Charge {
                     peer,
                     points: 1,
