@@ -183,6 +183,9 @@ struct Cached {
     publication: Publication,
 }
 
+/// Requests for one announced publication before it is given up (counted as dropped).
+const MAX_ASKS: u8 = 4;
+
 /// Publications in a row fetched on announcement (the tree's copy late or absent) before a
 /// fetch also grafts: a slow tree is left alone, a broken one is repaired.
 const FETCHES_BEFORE_GRAFT: u32 = 3;
@@ -208,6 +211,8 @@ struct Missing {
     large: bool,
     /// A request for it is out.
     asked: bool,
+    /// Requests sent for it so far.
+    asks: u8,
 }
 
 #[derive(Debug)]
@@ -784,6 +789,7 @@ impl Core {
                             due,
                             large,
                             asked: false,
+                            asks: 0,
                         },
                     );
                 }
@@ -886,19 +892,28 @@ impl Core {
                 if missing.due > now {
                     continue;
                 }
+                if missing.asks >= MAX_ASKS {
+                    continue; // given up below
+                }
                 if let Some(announcer) = missing.announcers.pop_front() {
                     missing.asked = true;
+                    missing.asks += 1;
                     asks.entry((announcer, missing.large || !graft))
                         .or_default()
                         .push(*id);
-                    // One request out per id at a time; the next announcer is asked only if
+                    // One request out per id at a time; the next announcer (or this one again,
+                    // when it is the only one: its answer may just be late) is asked only if
                     // this one does not deliver in time.
+                    missing.announcers.push_back(announcer);
                     missing.due = now + limits.graft_timeout;
                 }
             }
+            let before = state.missing.len();
             state
                 .missing
-                .retain(|_, m| m.due > now || !m.announcers.is_empty());
+                .retain(|_, m| m.due > now || (!m.announcers.is_empty() && m.asks < MAX_ASKS));
+            // Publications asked for MAX_ASKS times without an answer are given up.
+            state.stats.dropped += (before - state.missing.len()) as u64;
             for ((peer, fetch_only), ids) in asks {
                 state.stats.repairs += ids.len() as u64;
                 let wire = if fetch_only {
