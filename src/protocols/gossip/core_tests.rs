@@ -357,3 +357,39 @@ fn joins_and_publications_are_bounded() {
         )]
     );
 }
+
+#[test]
+fn a_late_answer_is_asked_for_again_then_given_up() {
+    let t0 = Instant::now();
+    let mut core = node(&[1], t0);
+    let mut out = Vec::new();
+    core.on_wire(
+        peer(1),
+        Wire::Prune { topic: "t".into() },
+        t0,
+        &mut yes,
+        &mut out,
+    );
+    let id = publication(9, 1, 10).id();
+    core.on_wire(
+        peer(1),
+        Wire::IHave {
+            topic: "t".into(),
+            ids: vec![(id, 2)],
+        },
+        t0,
+        &mut yes,
+        &mut out,
+    );
+    let timeout = Limits::for_tests().graft_timeout;
+    let mut asked = 0;
+    for k in 1..=6u32 {
+        out.clear();
+        core.poll(t0 + timeout * k, &mut out);
+        asked += sends(&out).len();
+    }
+    // The only announcer is asked 4 times (its answer may be late), then the id is given up.
+    assert_eq!(asked, 4);
+    assert_eq!(core.stats("t").unwrap().dropped, 1);
+    assert_eq!(core.next_deadline(), None);
+}
