@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::node::printable;
+use super::text::printable;
 
 /// The channel the store's requests travel on (high priority: a `/get` is interactive).
 const KV_CHANNEL: u16 = 1;

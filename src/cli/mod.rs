@@ -8,6 +8,7 @@ mod node;
 mod probe;
 mod pubsub;
 mod report;
+mod text;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::text::printable;
 use super::{NodeArgs, Result};
 
 /// Pause between dial attempts to a peer that is not reachable yet.
@@ -271,20 +272,6 @@ async fn print_messages(inbox: Inbox<Bytes>) {
     }
 }
 
-/// Lossy UTF-8 with control characters escaped, so a peer cannot forge extra output lines or
-/// send terminal escape sequences.
-pub(crate) fn printable(message: &[u8]) -> String {
-    let mut text = String::with_capacity(message.len());
-    for c in String::from_utf8_lossy(message).chars() {
-        if c.is_control() {
-            text.extend(c.escape_default());
-        } else {
-            text.push(c);
-        }
-    }
-    text
-}
-
 /// Reads stdin lines on a dedicated thread.
 ///
 /// Not `tokio::io::stdin`: its blocking read cannot be cancelled, so the runtime could not shut
@@ -348,17 +335,5 @@ impl ShutdownSignal {
             }
             "Ctrl-C"
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn printable_escapes_control_characters_only() {
-        assert_eq!(printable("héllo wörld".as_bytes()), "héllo wörld");
-        assert_eq!(printable(b"a\nb: forged\x1b[2J"), "a\\nb: forged\\u{1b}[2J");
-        assert_eq!(printable(b"bad \xff utf8"), "bad \u{fffd} utf8");
     }
 }

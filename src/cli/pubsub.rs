@@ -10,7 +10,7 @@ use peerwire::protocols::gossip::{Gossip, Topic};
 use peerwire::{ChannelSpec, Config, Network};
 use tokio::task::JoinHandle;
 
-use super::node::printable;
+use super::text::printable;
 
 /// The channel gossip travels on.
 const GOSSIP_CHANNEL: u16 = 2;
