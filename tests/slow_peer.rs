@@ -31,13 +31,20 @@ async fn stalled_reader_is_disconnected_without_stalling_the_broadcaster() {
     while hub.is_connected(stalled.id()) {
         let report = hub.try_broadcast(&payload).unwrap();
         skipped += report.skipped_full;
-        // Every skip names the peer and why: only the stalled one, for a full queue.
-        assert_eq!(report.skipped.len(), report.skipped_full);
+        // Every skip names the peer and why: only the stalled one, for a full queue, or, in
+        // the moment between the write timeout closing it and its departure, for closing.
+        let full = report
+            .skipped
+            .iter()
+            .filter(|s| s.1 == peerwire::Skipped::QueueFull)
+            .count();
+        assert_eq!(full, report.skipped_full);
         assert!(
             report
                 .skipped
                 .iter()
-                .all(|s| *s == (stalled.id(), peerwire::Skipped::QueueFull)),
+                .all(|s| *s == (stalled.id(), peerwire::Skipped::QueueFull)
+                    || *s == (stalled.id(), peerwire::Skipped::Closing)),
             "{:?}",
             report.skipped
         );
