@@ -1,9 +1,11 @@
 //! The node's policy over all its peers, as pure rules: the duplicate tie-break, held departures,
-//! bans, the redial schedule and its backoff, and the events reported to the application.
+//! bans, the redial schedule and its backoff, the address book, and the events reported to the
+//! application.
 //! Nothing here holds a socket or reads a clock: callers pass `now`.
 
 pub(crate) mod backoff;
 pub(crate) mod bans;
+pub(crate) mod book;
 pub(crate) mod departures;
 mod event;
 pub(crate) mod redial;
