@@ -1,6 +1,6 @@
 //! The node's policy over all its peers, as pure rules: the duplicate tie-break, held departures,
-//! bans, the redial schedule and its backoff, the address book, and the events reported to the
-//! application.
+//! bans, the redial schedule and its backoff, the address book, signed peer records, and the
+//! events reported to the application.
 //! Nothing here holds a socket or reads a clock: callers pass `now`.
 
 pub(crate) mod backoff;
@@ -8,6 +8,7 @@ pub(crate) mod bans;
 pub(crate) mod book;
 pub(crate) mod departures;
 mod event;
+pub(crate) mod record;
 pub(crate) mod redial;
 pub(crate) mod registry;
 pub(crate) mod stalls;
