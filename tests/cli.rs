@@ -424,6 +424,20 @@ fn keygen_writes_a_private_key_and_id_reads_it_back() {
     let again = run(&["keygen", "--key", &key]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    // A node refuses a key that others can read, and says how to fix it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let open = run(&["node", "--key", &key, "--listen", "127.0.0.1:0"]);
+        assert!(!open.status.success(), "{open:?}");
+        let said = String::from_utf8_lossy(&open.stderr);
+        assert!(
+            said.contains("can be read by other users") && said.contains("chmod 600"),
+            "{said}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let missing = dir.file("missing.key");
     let none = run(&["id", "--key", &missing]);
     assert!(!none.status.success());

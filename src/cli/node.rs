@@ -28,8 +28,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the node until SIGINT, SIGTERM or SIGHUP.
 pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let keypair = match &args.key {
-        Some(path) => Keypair::load_or_create(path)
-            .map_err(|e| format!("key file {}: {e}", path.display()))?,
+        Some(path) => {
+            let keypair = Keypair::load_or_create(path)
+                .map_err(|e| format!("key file {}: {e}", path.display()))?;
+            private_to_owner(path)?;
+            keypair
+        }
         None => Keypair::try_generate()?,
     };
     let mut config = Config::default()
@@ -130,6 +134,32 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         tracing::warn!("printing tasks did not finish after shutdown");
     }
     tracing::info!("shut down");
+    Ok(())
+}
+
+/// Refuses a key file that others on the machine can read (as ssh refuses a private key):
+/// whoever reads it can be this node. Says how to fix it.
+fn private_to_owner(path: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("key file {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "key file {} can be read by other users (mode {:o}); make it private with \
+                 `chmod 600 {}` and start again",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )
+            .into());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 
