@@ -108,6 +108,9 @@ pub(crate) struct Shared {
     pub(crate) ban_duration: std::time::Duration,
     /// The node's identity, for protocols that sign what they originate (gossip).
     pub(crate) keypair: crate::identity::Keypair,
+    /// The address peers should dial this node at (`Config::advertised_addr`, else the bound
+    /// one), for the records discovery signs.
+    pub(crate) advertised_addr: SocketAddr,
     /// The open connection of each peer: what `send` and `broadcast` use.
     pub(crate) peers: RwLock<PeerMap<Arc<SocketShared>>>,
     /// Every connection in any state, for observation.

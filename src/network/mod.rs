@@ -156,6 +156,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             send_wait: config.send_wait,
             ban_duration: config.ban_duration,
             keypair: keypair.clone(),
+            advertised_addr: config.advertised_addr.unwrap_or(local_addr),
             peers: Default::default(),
             connections: Default::default(),
             events,
@@ -221,6 +222,43 @@ impl ProtocolFace {
     /// Subscribes to the node's events.
     pub(crate) fn events(&self) -> broadcast::Receiver<NetworkEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// This node's signed record: its id and the address peers dial it at. `None` cannot
+    /// happen (one address, no name: within every bound), but is not worth a panic.
+    pub(crate) fn own_record(&self) -> Option<crate::peers::record::PeerRecord> {
+        let addr = self.shared.advertised_addr;
+        crate::peers::record::PeerRecord::sign(&self.shared.keypair, vec![addr], 1, None, None).ok()
+    }
+
+    /// The address of `peer`'s open connection.
+    pub(crate) fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
+        self.shared
+            .peers
+            .read()
+            .get(&peer)
+            .map(|socket| socket.addr)
+    }
+
+    /// Dials `addr`, which must prove to be `expected`.
+    pub(crate) async fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: PeerId,
+    ) -> Result<PeerId, ConnectError> {
+        let commands = self.commands.upgrade().ok_or(ConnectError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        commands
+            .send(Command::Connect {
+                addr,
+                expected: Some(expected),
+                reply,
+            })
+            .await
+            .map_err(|_| ConnectError::Closed)?;
+        // Dropping the strong sender before waiting: a dial never keeps the node alive.
+        drop(commands);
+        rx.await.map_err(|_| ConnectError::Closed)?
     }
 
     /// Bans `peer` for `Config::ban_duration` (reason: the application's request), without

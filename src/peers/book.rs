@@ -13,8 +13,8 @@
 //! - selection picks tried or new with even odds, then an entry uniformly: no recency bias,
 //!   so a flood of fresh addresses does not push out what worked.
 //!
-//! Not wired yet: peer exchange and the durable node state (issue 12) will feed and persist
-//! it; until then only its tests use it.
+//! Fed by peer exchange (`protocols::discovery`); the durable node state (issue 12) will
+//! persist it. Some of its queries serve only the tests so far.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -356,6 +356,11 @@ impl Book {
             .iter()
             .filter_map(|id| self.entries.get(id).map(|e| (*id, e.addr)))
             .collect()
+    }
+
+    /// Whether `id` is in the book.
+    pub(crate) fn contains(&self, id: &PeerId) -> bool {
+        self.entries.contains_key(id)
     }
 
     /// Entries held.

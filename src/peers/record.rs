@@ -3,8 +3,8 @@
 //! neighbour that passes a record on can drop it, but not forge or alter it: the record
 //! verifies only against the key its id is. Pure.
 //!
-//! Not wired yet: registration and peer exchange (issue 12) will carry these; until then only
-//! the tests use them.
+//! Carried by peer exchange (`protocols::discovery`); registration (issue 12) will carry them
+//! too. Some accessors serve only the tests so far.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

@@ -11,5 +11,6 @@
 //!   queues and inbox. It never reaches into the driver.
 //! - Everything it keeps (pending requests, seen caches, address books) is bounded, with a
 //!   stated policy and a counter when full; everything it receives is hostile.
+pub mod discovery;
 pub mod gossip;
 pub mod rpc;

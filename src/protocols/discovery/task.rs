@@ -1,0 +1,305 @@
+//! Peer exchange's driver: one task that answers requests, asks new neighbours, verifies what
+//! they send into the address book and dials from it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::DiscoveryConfig;
+use crate::identity::PeerId;
+use crate::network::ProtocolFace;
+use crate::peers::NetworkEvent;
+use crate::peers::book::{Book, BookLimits};
+use crate::peers::record::PeerRecord;
+use crate::protocols::rpc::{Request, RpcClient, RpcServer};
+
+/// A request for peers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Ask {
+    max: u16,
+}
+
+/// The answer: the answering node's own record first, then a sample of those it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Peers {
+    records: Vec<PeerRecord>,
+}
+
+/// Refusal code: asked again too soon.
+const TOO_SOON: u32 = 429;
+
+#[derive(Debug)]
+struct State {
+    book: Book,
+    /// The signed record of each peer in the book (bounded by the book's capacity).
+    records: HashMap<PeerId, PeerRecord>,
+    /// When each connected peer last asked us.
+    asked_at: HashMap<PeerId, Instant>,
+    rng: u64,
+}
+
+impl State {
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    config: DiscoveryConfig,
+    face: ProtocolFace,
+    own: Option<PeerRecord>,
+    stop: CancellationToken,
+}
+
+/// Peer exchange on one node: keep it alive while discovery should run. From
+/// [`crate::Network::discovery`].
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    inner: Arc<Inner>,
+    _alive: Arc<StopOnDrop>,
+}
+
+#[derive(Debug)]
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl Discovery {
+    /// The peers in the address book, with the address each signed.
+    pub fn known(&self) -> Vec<(PeerId, SocketAddr)> {
+        let state = self.inner.state.lock();
+        let mut known: Vec<_> = state
+            .records
+            .values()
+            .filter_map(|r| r.addrs().first().map(|a| (r.id(), *a)))
+            .collect();
+        known.sort();
+        known
+    }
+
+    /// The peers most recently reached by dialing, newest first: dial these first after a
+    /// restart.
+    pub fn anchors(&self) -> Vec<(PeerId, SocketAddr)> {
+        self.inner.state.lock().book.anchors()
+    }
+}
+
+pub(super) fn spawn(
+    config: DiscoveryConfig,
+    face: ProtocolFace,
+    client: RpcClient<Ask, Peers>,
+    server: RpcServer<Ask, Peers>,
+) -> Discovery {
+    let local = face.local_peer_id();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let mut key = [0u8; 32];
+    // A secret bucket key per node; a weak one (time) only if the OS has no randomness.
+    if getrandom::fill(&mut key).is_err() {
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+    }
+    let own = face.own_record();
+    let stop = CancellationToken::new();
+    let inner = Arc::new(Inner {
+        state: Mutex::new(State {
+            book: Book::new(
+                local,
+                key,
+                BookLimits {
+                    max_per_source: config.max_per_source,
+                    max_per_24: config.max_per_24,
+                    max_per_16: config.max_per_16,
+                    ..BookLimits::default()
+                },
+            ),
+            records: HashMap::new(),
+            asked_at: HashMap::new(),
+            rng: seed,
+        }),
+        config,
+        face,
+        own,
+        stop: stop.clone(),
+    });
+    let events = inner.face.events();
+    let connected = inner.face.connected();
+    tokio::spawn(run(inner.clone(), client, server, events, connected));
+    Discovery {
+        inner,
+        _alive: Arc::new(StopOnDrop(stop)),
+    }
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    client: RpcClient<Ask, Peers>,
+    mut server: RpcServer<Ask, Peers>,
+    mut events: tokio::sync::broadcast::Receiver<NetworkEvent>,
+    connected: Vec<PeerId>,
+) {
+    let mut tick = tokio::time::interval(inner.config.interval);
+    let mut exchanges = tokio::task::JoinSet::new();
+    let mut dials = tokio::task::JoinSet::new();
+    for peer in connected {
+        exchanges.spawn(exchange(inner.clone(), client.clone(), peer));
+    }
+    loop {
+        tokio::select! {
+            () = inner.stop.cancelled() => break,
+            request = server.recv() => match request {
+                Some(request) => answer(&inner, request),
+                None => break,
+            },
+            event = events.recv() => match event {
+                Ok(NetworkEvent::Connected { peer, .. }) => {
+                    exchanges.spawn(exchange(inner.clone(), client.clone(), peer));
+                }
+                Ok(NetworkEvent::Disconnected { peer, .. }) => {
+                    inner.state.lock().asked_at.remove(&peer);
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            },
+            _ = tick.tick() => {
+                while exchanges.try_join_next().is_some() {}
+                while dials.try_join_next().is_some() {}
+                if dials.is_empty() {
+                    if let Some((peer, addr)) = pick(&inner) {
+                        dials.spawn(dial(inner.clone(), peer, addr));
+                    }
+                }
+            }
+        }
+    }
+    exchanges.abort_all();
+    dials.abort_all();
+}
+
+/// Answers a request: our record, then a random sample of what we hold.
+fn answer(inner: &Inner, request: Request<Ask, Peers>) {
+    let peer = request.peer();
+    let now = Instant::now();
+    let mut state = inner.state.lock();
+    if let Some(at) = state.asked_at.get(&peer) {
+        if now.saturating_duration_since(*at) < inner.config.min_request_interval {
+            drop(state);
+            let _ = request.reject(TOO_SOON);
+            return;
+        }
+    }
+    state.asked_at.insert(peer, now);
+    let max = usize::from(request.body().max)
+        .min(inner.config.max_answer)
+        .max(1);
+    let mut records: Vec<PeerRecord> = inner.own.iter().cloned().collect();
+    let mut others: Vec<PeerRecord> = state
+        .records
+        .values()
+        .filter(|r| r.id() != peer)
+        .cloned()
+        .collect();
+    // A partial shuffle: the first `max - 1` are a uniform sample.
+    for i in 0..others.len().min(max - 1) {
+        let j = i + (state.next() as usize) % (others.len() - i);
+        others.swap(i, j);
+    }
+    records.extend(others.into_iter().take(max - 1));
+    drop(state);
+    // The asker may have gone: nothing to do then.
+    let _ = request.respond(&Peers { records });
+}
+
+/// Asks `peer` for peers and takes a sample of its answer into the book.
+async fn exchange(inner: Arc<Inner>, client: RpcClient<Ask, Peers>, peer: PeerId) {
+    let max = u16::try_from(inner.config.max_answer).unwrap_or(u16::MAX);
+    let Ok(answer) = client.request(peer, &Ask { max }).await else {
+        return;
+    };
+    let source = inner.face.peer_addr(peer).map(|a| a.ip());
+    let mut records = answer.records;
+    records.truncate(inner.config.max_answer);
+    let local = inner.face.local_peer_id();
+    let mut state = inner.state.lock();
+    // The answerer's own record is taken whenever it verifies; the others are sampled.
+    let mut taken = 0;
+    let mut seen = HashSet::new();
+    let len = records.len();
+    for i in 0..len {
+        let j = i + (state.next() as usize) % (len - i);
+        records.swap(i, j);
+    }
+    records.sort_by_key(|r| r.id() != peer);
+    for record in records {
+        if record.id() == local || !seen.insert(record.id()) || record.verify().is_err() {
+            continue;
+        }
+        let own = record.id() == peer;
+        if !own && taken >= inner.config.accept_per_answer {
+            continue;
+        }
+        let Some(addr) = record.addrs().first().copied() else {
+            continue;
+        };
+        let newer = state
+            .records
+            .get(&record.id())
+            .is_none_or(|old| record.supersedes(old));
+        if !newer {
+            continue;
+        }
+        if state.book.add(record.id(), addr, source).is_ok()
+            || state.records.contains_key(&record.id())
+        {
+            if !own {
+                taken += 1;
+            }
+            state.records.insert(record.id(), record);
+        }
+    }
+    // Records the book no longer holds are dropped, so the map stays within its bounds.
+    let State { book, records, .. } = &mut *state;
+    records.retain(|id, _| book.contains(id));
+}
+
+/// A book entry to dial while under the target, not connected and not ourselves.
+fn pick(inner: &Inner) -> Option<(PeerId, SocketAddr)> {
+    let connected = inner.face.connected();
+    if connected.len() >= inner.config.target_peers {
+        return None;
+    }
+    let mut state = inner.state.lock();
+    for _ in 0..8 {
+        let (coin, pick) = (state.next(), state.next());
+        let (peer, addr) = state.book.select(coin, pick)?;
+        if !connected.contains(&peer) {
+            return Some((peer, addr));
+        }
+    }
+    None
+}
+
+async fn dial(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr) {
+    let result = inner.face.dial(addr, peer).await;
+    let mut state = inner.state.lock();
+    match result {
+        Ok(_) => state.book.reached(peer, addr),
+        Err(_) => state.book.failed(&peer),
+    }
+}

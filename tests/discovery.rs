@@ -1,0 +1,56 @@
+//! Peer exchange over loopback: nodes that know only a seed find and connect to each other.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use peerwire::ChannelSpec;
+use peerwire::protocols::discovery::DiscoveryConfig;
+
+const PEX: u16 = 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_that_know_only_a_seed_connect_to_each_other() {
+    const N: usize = 8;
+    let cfg = config().channel(PEX, ChannelSpec::high());
+    let (seed, _) = node(cfg.clone()).await;
+    // Every node is on 127.0.0.1: the book's network caps (made for the Internet) are raised.
+    let pex = || {
+        DiscoveryConfig::new(PEX)
+            .target_peers(N)
+            .subnet_caps(64, 64, 64)
+    };
+    let seed_discovery = seed.discovery(pex()).unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..N {
+        let (net, inbox) = node(cfg.clone()).await;
+        let discovery = net.discovery(pex()).unwrap();
+        net.connect(seed.local_addr()).await.unwrap();
+        nodes.push((net, inbox, discovery));
+    }
+    // Each node ends up connected to the seed and to the 7 others, which it was never told.
+    for (net, _, _) in &nodes {
+        eventually("a full mesh through peer exchange", || {
+            net.peers().len() == N
+        })
+        .await;
+    }
+    // What the seed holds is what the nodes signed: each id with its listening address. (On
+    // loopback every entry falls in the same bucket, so a few collide and are not kept.)
+    let known = seed_discovery.known();
+    let real: Vec<_> = nodes
+        .iter()
+        .map(|(net, _, _)| (net.local_peer_id(), net.local_addr()))
+        .collect();
+    assert!(
+        known.len() >= N / 2,
+        "the seed holds {} of {N}",
+        known.len()
+    );
+    for entry in &known {
+        assert!(real.contains(entry), "{entry:?} is no node's record");
+    }
+    // Nodes that dialed others keep them as anchors.
+    assert!(nodes.iter().any(|(_, _, d)| !d.anchors().is_empty()));
+}
