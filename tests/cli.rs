@@ -691,3 +691,31 @@ fn a_topic_crosses_a_relaying_node_and_shows_its_publisher() {
         "the relay printed the topic"
     );
 }
+
+#[test]
+fn nodes_given_one_peer_find_each_other_and_list_them() {
+    let (mut a, a_id, a_addr) = kv_node("seed a", "127.0.0.1:0", &["--discover"]);
+    let (mut b, b_id, b_addr) =
+        kv_node("node b", "127.0.0.1:0", &["--discover", "--peer", &a_addr]);
+    let (mut c, c_id, c_addr) =
+        kv_node("node c", "127.0.0.1:0", &["--discover", "--peer", &a_addr]);
+    // B and C only know A; peer exchange tells each of the other, and one dials.
+    let joined_c = format!("peer joined: {c_id}");
+    b.line("c joining", |l| l.starts_with(&joined_c));
+    let joined_b = format!("peer joined: {b_id}");
+    c.line("b joining", |l| l.starts_with(&joined_b));
+    c.write_line("/peers");
+    c.line("a listed", |l| {
+        l == format!("peer {a_id} {a_addr} connected")
+    });
+    c.line("b listed", |l| {
+        l == format!("peer {b_id} {b_addr} connected")
+    });
+    b.write_line("/peers");
+    b.line("c listed", |l| {
+        l == format!("peer {c_id} {c_addr} connected")
+    });
+    for node in [&mut a, &mut b, &mut c] {
+        assert!(node.terminate().success());
+    }
+}

@@ -181,7 +181,7 @@ impl Kv {
 }
 
 pub(crate) fn usage() -> &'static str {
-    "commands: /put KEY VALUE, /get PEER_ID KEY, /replicate PEER_ID, /sub TOPIC, /unsub TOPIC, /relay TOPIC, /pub TOPIC TEXT, /stats TOPIC; any other line is sent to every peer"
+    "commands: /put KEY VALUE, /get PEER_ID KEY, /replicate PEER_ID, /sub TOPIC, /unsub TOPIC, /relay TOPIC, /pub TOPIC TEXT, /stats TOPIC, /peers; any other line is sent to every peer"
 }
 
 /// Answers peers' requests from the local store.

@@ -160,6 +160,11 @@ pub(crate) struct NodeArgs {
     /// Serve Prometheus metrics on this address at GET /metrics.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
+    /// Find other nodes through the connected ones (peer exchange) and connect to up to 8;
+    /// `/peers` lists them. Off by default: without it the node keeps exactly the
+    /// connections it is given.
+    #[arg(long)]
+    pub(crate) discover: bool,
     /// How often each connection sends a ping, in seconds (fractions allowed)
     /// [default: the library's, 5 s].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]

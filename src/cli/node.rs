@@ -22,6 +22,9 @@ const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
 /// Lines read from stdin but not yet broadcast; the reader thread waits when it is full.
 const STDIN_CAPACITY: usize = 64;
 
+/// The channel peer exchange runs on.
+const DISCOVERY_CHANNEL: u16 = 3;
+
 /// Time the printing tasks get to finish after the network has shut down.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -57,10 +60,17 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     // Register before announcing the address, so a signal sent as soon as the node is visibly
     // up still shuts it down gracefully instead of killing it.
     let mut shutdown = ShutdownSignal::new()?;
-    let config = super::pubsub::declare(super::kv::declare(config));
+    let config = super::pubsub::declare(super::kv::declare(config))
+        .channel(DISCOVERY_CHANNEL, peerwire::ChannelSpec::high());
     let (net, inbox) = Network::<Bytes>::start(config, keypair).await?;
     let mut kv = super::kv::Kv::start(&net)?;
     let mut pubsub = super::pubsub::PubSub::start(&net)?;
+    // Peer exchange (--discover): a node given one --peer finds the others through it.
+    let discovery = if args.discover {
+        Some(net.discovery(DISCOVERY_CHANNEL)?)
+    } else {
+        None
+    };
     // Subscribe before any dial so that no join is missed.
     let events = net.events();
     println!("peer id: {}", net.local_peer_id());
@@ -101,7 +111,9 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
                 Some(line) => {
                     let text = line.trim_end_matches(['\r', '\n']);
                     if text.starts_with('/') {
-                        if !kv.command(text) && !pubsub.command(text) {
+                        if text.trim() == "/peers" {
+                            print_peers(&net, discovery.as_ref());
+                        } else if !kv.command(text) && !pubsub.command(text) {
                             println!("unknown command; {}", super::kv::usage());
                         }
                     } else {
@@ -135,6 +147,34 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// `/peers`: every peer known (from peer exchange, with `--discover`) or connected, with its address and whether
+/// it is connected now.
+fn print_peers(
+    net: &Network<Bytes>,
+    discovery: Option<&peerwire::protocols::discovery::Discovery>,
+) {
+    let mut rows: std::collections::BTreeMap<PeerId, (String, bool)> = discovery
+        .map(peerwire::protocols::discovery::Discovery::known)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, addr)| (id, (addr.to_string(), false)))
+        .collect();
+    for info in net.peers() {
+        let Some(peer) = info.peer else { continue };
+        // The address it listens on, if it said; else the connection's.
+        let addr = info.listen_addr.unwrap_or(info.addr);
+        let row = rows.entry(peer).or_insert_with(|| (addr.to_string(), true));
+        row.1 = true;
+    }
+    if rows.is_empty() {
+        println!("no peers known");
+    }
+    for (id, (addr, connected)) in rows {
+        let state = if connected { "connected" } else { "known" };
+        println!("peer {id} {addr} {state}");
+    }
 }
 
 /// Refuses a key file that others on the machine can read (as ssh refuses a private key):
