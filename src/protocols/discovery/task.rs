@@ -41,6 +41,8 @@ struct State {
     records: HashMap<PeerId, PeerRecord>,
     /// When each connected peer last asked us.
     asked_at: HashMap<PeerId, Instant>,
+    /// When we last asked each connected peer.
+    we_asked: HashMap<PeerId, Instant>,
     rng: u64,
 }
 
@@ -131,6 +133,7 @@ pub(super) fn spawn(
             ),
             records: HashMap::new(),
             asked_at: HashMap::new(),
+            we_asked: HashMap::new(),
             rng: seed,
         }),
         config,
@@ -172,7 +175,9 @@ async fn run(
                     exchanges.spawn(exchange(inner.clone(), client.clone(), peer));
                 }
                 Ok(NetworkEvent::Disconnected { peer, .. }) => {
-                    inner.state.lock().asked_at.remove(&peer);
+                    let mut state = inner.state.lock();
+                    state.asked_at.remove(&peer);
+                    state.we_asked.remove(&peer);
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => break,
@@ -181,8 +186,17 @@ async fn run(
                 while exchanges.try_join_next().is_some() {}
                 while dials.try_join_next().is_some() {}
                 if dials.is_empty() {
-                    if let Some((peer, addr)) = pick(&inner) {
-                        dials.spawn(dial(inner.clone(), peer, addr));
+                    match pick(&inner) {
+                        Some((peer, addr)) => {
+                            dials.spawn(dial(inner.clone(), peer, addr));
+                        }
+                        // Under the target with nothing new to dial: ask a neighbour again
+                        // (what it knows may have grown since the connection opened).
+                        None => {
+                            if let Some(peer) = ask_again(&inner) {
+                                exchanges.spawn(exchange(inner.clone(), client.clone(), peer));
+                            }
+                        }
                     }
                 }
             }
@@ -226,8 +240,30 @@ fn answer(inner: &Inner, request: Request<Ask, Peers>) {
     let _ = request.respond(&Peers { records });
 }
 
+/// A connected neighbour not asked for `min_request_interval` (so it will not refuse), while
+/// the node is under its target.
+fn ask_again(inner: &Inner) -> Option<PeerId> {
+    let connected = inner.face.connected();
+    if connected.is_empty() || connected.len() >= inner.config.target_peers {
+        return None;
+    }
+    let now = Instant::now();
+    let mut state = inner.state.lock();
+    let start = (state.next() as usize) % connected.len();
+    let wait = inner.config.min_request_interval;
+    (0..connected.len())
+        .map(|k| connected[(start + k) % connected.len()])
+        .find(|peer| {
+            state
+                .we_asked
+                .get(peer)
+                .is_none_or(|at| now.saturating_duration_since(*at) > wait)
+        })
+}
+
 /// Asks `peer` for peers and takes a sample of its answer into the book.
 async fn exchange(inner: Arc<Inner>, client: RpcClient<Ask, Peers>, peer: PeerId) {
+    inner.state.lock().we_asked.insert(peer, Instant::now());
     let max = u16::try_from(inner.config.max_answer).unwrap_or(u16::MAX);
     let Ok(answer) = client.request(peer, &Ask { max }).await else {
         return;
