@@ -85,11 +85,9 @@ async fn persistent_peer_is_dialed_at_start_and_redialed_after_restart() {
     };
     let (a, _ai) = node(config().persistent_peer(b_addr, b_id).backoff(backoff)).await;
     let mut events = a.events();
-    next_event(
-        &mut events,
-        |e| matches!(e, NetworkEvent::Connected { peer, .. } if *peer == b_id),
-    )
-    .await;
+    // The dial starts with the node, so its `Connected` may come before this subscription:
+    // wait on the state, not on the event.
+    eventually("a connected to b", || a.is_connected(b_id)).await;
     // b goes away; a keeps trying while nothing listens there.
     b.shutdown().await;
     next_disconnect(&mut events).await;
