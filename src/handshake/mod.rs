@@ -110,7 +110,7 @@ struct Payload {
     version: u16,
     network_id: String,
     identity: [u8; 32],
-    #[serde(with = "signature_bytes")]
+    #[serde(with = "crate::identity::signature_bytes")]
     signature: [u8; 64],
     listen_addr: Option<SocketAddr>,
     /// The initiator's dial sequence number; 0 from the responder.
@@ -122,21 +122,6 @@ struct Identity {
     peer: PeerId,
     listen_addr: Option<SocketAddr>,
     dial_seq: u64,
-}
-
-mod signature_bytes {
-    //! serde for `[u8; 64]` (serde's array impls stop at 32).
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let bytes: &[u8] = Deserialize::deserialize(d)?;
-        <[u8; 64]>::try_from(bytes)
-            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64"))
-    }
 }
 
 /// The result of a finished handshake: who the peer is, proven, and the session keys.

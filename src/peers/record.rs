@@ -35,7 +35,7 @@ struct Body {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PeerRecord {
     body: Body,
-    #[serde(with = "serde_bytes_64")]
+    #[serde(with = "crate::identity::signature_bytes")]
     signature: [u8; 64],
 }
 
@@ -136,21 +136,6 @@ impl PeerRecord {
     /// Whether this record replaces `other`: the same node, a higher sequence number.
     pub(crate) fn supersedes(&self, other: &Self) -> bool {
         self.body.id == other.body.id && self.body.seq > other.body.seq
-    }
-}
-
-mod serde_bytes_64 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(sig)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let bytes: &[u8] = Deserialize::deserialize(d)?;
-        bytes
-            .try_into()
-            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64 bytes"))
     }
 }
 

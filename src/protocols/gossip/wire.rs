@@ -43,7 +43,7 @@ pub(crate) struct Publication {
     /// The origin's counter: tells apart equal payloads published twice.
     pub(crate) seq: u64,
     pub(crate) payload: Bytes,
-    #[serde(with = "signature_bytes")]
+    #[serde(with = "crate::identity::signature_bytes")]
     pub(crate) signature: [u8; 64],
 }
 
@@ -115,21 +115,6 @@ pub(crate) enum Wire {
     Want { topic: String, ids: Vec<MsgId> },
     /// Stop pushing me `topic` eagerly; announce instead.
     Prune { topic: String },
-}
-
-mod signature_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(sig)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let bytes: &[u8] = Deserialize::deserialize(d)?;
-        bytes
-            .try_into()
-            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64 bytes"))
-    }
 }
 
 #[cfg(test)]
