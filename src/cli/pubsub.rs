@@ -61,24 +61,27 @@ impl PubSub {
                 }
             }
             (Some("/stats"), Some(topic), None) => match self.gossip.stats(topic.trim()) {
-                Some(s) => println!(
-                    "stats {}: eager={} lazy={} published={} received={} delivered={} \
+                Some(s) => {
+                    let (eager, lazy) = self.gossip.links(topic.trim());
+                    println!(
+                        "stats {}: eager={} lazy={} published={} received={} delivered={} \
                      duplicates={} announced={} repairs={} prunes={} eager_bytes={} \
                      lazy_bytes={} dropped={}",
-                    topic.trim(),
-                    self.gossip.links(topic.trim()).0,
-                    self.gossip.links(topic.trim()).1,
-                    s.published,
-                    s.received,
-                    s.delivered,
-                    s.duplicates,
-                    s.announced,
-                    s.repairs,
-                    s.prunes,
-                    s.eager_bytes,
-                    s.lazy_bytes,
-                    s.dropped
-                ),
+                        topic.trim(),
+                        eager,
+                        lazy,
+                        s.published,
+                        s.received,
+                        s.delivered,
+                        s.duplicates,
+                        s.announced,
+                        s.repairs,
+                        s.prunes,
+                        s.eager_bytes,
+                        s.lazy_bytes,
+                        s.dropped
+                    );
+                }
                 None => println!("/stats {topic}: not joined"),
             },
             (Some("/sub" | "/unsub" | "/relay" | "/pub" | "/stats"), _, _) => {

@@ -14,3 +14,12 @@
 pub mod discovery;
 pub mod gossip;
 pub mod rpc;
+
+/// Sleeps until `deadline`, or forever without one: the timer branch of a protocol task's
+/// `select!`, armed with its core's next deadline.
+pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -678,33 +678,18 @@ impl Core {
         }
         let fetched = state.missing.remove(&id).is_some_and(|m| m.asked);
         let detour = detour || fetched;
+        // Remembered either way: a copy that made too many hops is not taken again either.
+        let seen = Seen {
+            detour,
+            hops,
+            from: Some(peer),
+        };
+        remember(state, &limits, id, now, seen);
         if hops >= limits.max_hops {
             state.stats.dropped += 1;
-            remember(
-                state,
-                &limits,
-                id,
-                now,
-                Seen {
-                    detour,
-                    hops,
-                    from: Some(peer),
-                },
-            );
             return;
         }
         state.stats.received += 1;
-        remember(
-            state,
-            &limits,
-            id,
-            now,
-            Seen {
-                detour,
-                hops,
-                from: Some(peer),
-            },
-        );
         if fetched {
             state.fetch_streak += 1;
         } else {

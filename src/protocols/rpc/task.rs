@@ -278,12 +278,7 @@ async fn run(
             state.armed = state.core.next_deadline();
             state.armed
         };
-        let sleep = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = crate::protocols::sleep_until(deadline);
         tokio::select! {
             biased;
             () = inner.stop.cancelled() => break,
