@@ -49,7 +49,7 @@ mod session;
 
 pub use config::{Config, PersistentPeer};
 pub use driver::inbox::{Inbox, RecvTimeoutError, TryRecvError};
-pub use driver::shared::NetworkStats;
+pub use driver::shared::{NetworkStats, Totals};
 pub use error::{ChannelError, ConnectError, NetworkError, SendError, ShutDown, StartError};
 pub use identity::{Keypair, PeerId};
 pub use metrics::prometheus_text;

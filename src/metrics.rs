@@ -3,18 +3,59 @@
 
 use std::fmt::Write;
 
+use std::collections::BTreeMap;
+
 use crate::driver::shared::NetworkStats;
-use crate::session::ConnectionInfo;
+use crate::handshake::HandshakeError;
+use crate::session::{ConnectionInfo, DisconnectReason};
+
+/// Every reason an inbound connection is refused (`NetworkStats::inbound_refused`).
+const INBOUND_REFUSALS: [&str; 5] = [
+    "banned_ip",
+    "per_ip",
+    "handshake_rate",
+    "handshakes_per_ip",
+    "max_inbound",
+];
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A counter family with one series per `reason`.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a str, u64)>,
+) {
+    family(out, name, "counter", help);
+    for (reason, n) in series {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+    }
+}
+
 /// Renders node stats and per-peer connection snapshots as Prometheus text (format 0.0.4).
+///
+/// Node-wide series never go down while the node runs (totals include connections that have
+/// ended), every labelled reason is present from the start at 0, and per-peer series are
+/// labelled by peer id only, so a reconnect from a new port continues the same series.
 pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String {
     let mut out = String::with_capacity(4096);
-    let node: [(&str, &str, &str, u64); 6] = [
+    family(
+        &mut out,
+        "peerwire_build_info",
+        "gauge",
+        "Always 1; the labels name the build.",
+    );
+    let _ = writeln!(
+        out,
+        "peerwire_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let t = &stats.totals;
+    let node: [(&str, &str, &str, u64); 13] = [
         (
             "peerwire_peers",
             "gauge",
@@ -51,74 +92,104 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
             "Bans imposed.",
             stats.bans,
         ),
+        (
+            "peerwire_messages_received_total",
+            "counter",
+            "Application messages received from all peers, past and present.",
+            t.messages_in,
+        ),
+        (
+            "peerwire_messages_sent_total",
+            "counter",
+            "Application messages written to all peers, past and present.",
+            t.messages_out,
+        ),
+        (
+            "peerwire_bytes_received_total",
+            "counter",
+            "Encoded application bytes received from all peers, past and present.",
+            t.bytes_in,
+        ),
+        (
+            "peerwire_bytes_sent_total",
+            "counter",
+            "Encoded application bytes written to all peers, past and present.",
+            t.bytes_out,
+        ),
+        (
+            "peerwire_misbehaviour_points_total",
+            "counter",
+            "Misbehaviour points charged to all peers, past and present.",
+            t.misbehaviour_points,
+        ),
+        (
+            "peerwire_write_stalls_total",
+            "counter",
+            "Connections closed because the peer stopped reading or acknowledging.",
+            stats.stalled_disconnects,
+        ),
+        (
+            "peerwire_broadcast_skipped_full_total",
+            "counter",
+            "Per-peer broadcast copies skipped because the queue was full.",
+            stats.broadcast_skipped_full,
+        ),
     ];
     for (name, kind, help, value) in node {
         family(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
-    family(
+    let dropped = [
+        ("inbox_full", t.dropped_inbox_full),
+        ("queue_full", t.dropped_queue_full),
+        ("on_close", t.dropped_on_close),
+        ("rate_limited", t.dropped_rate_limited),
+        ("offline_full", stats.offline_full),
+        ("self_inbox_full", stats.self_inbox_full),
+    ];
+    labelled(
+        &mut out,
+        "peerwire_dropped_total",
+        "Messages dropped, by reason (all peers, past and present).",
+        dropped.into_iter(),
+    );
+    let reasons = |known: &[&'static str], seen: &BTreeMap<&'static str, u64>| {
+        let mut all: BTreeMap<&'static str, u64> = known.iter().map(|r| (*r, 0)).collect();
+        all.extend(seen.iter().map(|(r, n)| (*r, *n)));
+        all
+    };
+    labelled(
+        &mut out,
+        "peerwire_disconnects_total",
+        "Connections ended, by reason.",
+        reasons(&DisconnectReason::LABELS, &stats.disconnects).into_iter(),
+    );
+    labelled(
         &mut out,
         "peerwire_handshake_failures_total",
-        "counter",
         "Failed handshakes by reason.",
+        reasons(&HandshakeError::LABELS, &stats.handshake_failures).into_iter(),
     );
-    for (reason, n) in &stats.handshake_failures {
-        let _ = writeln!(
-            out,
-            "peerwire_handshake_failures_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
-    family(
+    labelled(
         &mut out,
         "peerwire_inbound_refused_total",
-        "counter",
         "Inbound connections refused by a limit, by reason.",
+        reasons(&INBOUND_REFUSALS, &stats.inbound_refused).into_iter(),
     );
-    for (reason, n) in &stats.inbound_refused {
-        let _ = writeln!(
-            out,
-            "peerwire_inbound_refused_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
     family(
         &mut out,
-        "peerwire_broadcast_skipped_full_total",
+        "peerwire_send_wait_expired_total",
         "counter",
-        "Per-peer broadcast copies skipped because the queue was full.",
+        "Waiting sends that gave up on a peer after send_wait.",
     );
     let _ = writeln!(
         out,
-        "peerwire_broadcast_skipped_full_total {}",
-        stats.broadcast_skipped_full
+        "peerwire_send_wait_expired_total {}",
+        stats.send_wait_expired
     );
-    for (name, help, value) in [
-        (
-            "peerwire_send_wait_expired_total",
-            "Waiting sends that gave up on a peer after send_wait.",
-            stats.send_wait_expired,
-        ),
-        (
-            "peerwire_stalled_disconnects_total",
-            "Connections closed because the peer stopped reading or acknowledging.",
-            stats.stalled_disconnects,
-        ),
-        (
-            "peerwire_offline_full_total",
-            "Messages refused because a persistent peer's stream was full while it was away.",
-            stats.offline_full,
-        ),
-        (
-            "peerwire_self_inbox_full_total",
-            "Messages to this node itself (deliver_to_self) dropped because its inbox was full.",
-            stats.self_inbox_full,
-        ),
-    ] {
-        family(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {value}");
-    }
 
     type Field = fn(&ConnectionInfo) -> u64;
-    let per_peer: [(&str, &str, &str, Field); 10] = [
+    let per_peer: [(&str, &str, &str, Field); 9] = [
         (
             "peerwire_peer_messages_in_total",
             "counter",
@@ -170,26 +241,26 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
         ("peerwire_peer_pings_total", "counter", "Pings sent.", |p| {
             p.stats.pings_sent
         }),
-        (
-            "peerwire_peer_rtt_microseconds",
-            "gauge",
-            "Last measured round-trip time (0 until known).",
-            |p| {
-                p.stats
-                    .rtt
-                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            },
-        ),
     ];
     for (name, kind, help, field) in per_peer {
         family(&mut out, name, kind, help);
         for p in peers {
             let Some(id) = p.peer else { continue };
+            let _ = writeln!(out, "{name}{{peer=\"{id}\"}} {}", field(p));
+        }
+    }
+    family(
+        &mut out,
+        "peerwire_peer_rtt_seconds",
+        "gauge",
+        "Last measured round-trip time; absent until the first pong.",
+    );
+    for p in peers {
+        if let (Some(id), Some(rtt)) = (p.peer, p.stats.rtt) {
             let _ = writeln!(
                 out,
-                "{name}{{peer=\"{id}\",addr=\"{}\"}} {}",
-                p.addr,
-                field(p)
+                "peerwire_peer_rtt_seconds{{peer=\"{id}\"}} {}",
+                rtt.as_secs_f64()
             );
         }
     }
@@ -294,6 +365,9 @@ mod tests {
             ..NetworkStats::default()
         };
         stats.handshake_failures.insert("timeout", 3);
+        stats.disconnects.insert("eof", 4);
+        stats.totals.messages_in = 1000;
+        stats.totals.dropped_inbox_full = 6;
         let id = Keypair::generate().peer_id();
         let peer_stats = PeerStats {
             messages_in: 42,
@@ -323,14 +397,24 @@ mod tests {
         assert!(text.contains("peerwire_bans_total 2\n"));
         assert!(text.contains("peerwire_handshake_failures_total{reason=\"timeout\"} 3\n"));
         assert!(text.contains(&format!(
-            "peerwire_peer_messages_in_total{{peer=\"{id}\",addr=\"127.0.0.1:9\"}} 42\n"
+            "peerwire_peer_messages_in_total{{peer=\"{id}\"}} 42\n"
         )));
         assert!(text.contains(&format!(
             "peerwire_peer_dropped_total{{peer=\"{id}\",reason=\"inbox_full\"}} 5\n"
         )));
         assert!(text.contains(&format!(
-            "peerwire_peer_rtt_microseconds{{peer=\"{id}\",addr=\"127.0.0.1:9\"}} 250\n"
+            "peerwire_peer_rtt_seconds{{peer=\"{id}\"}} 0.00025\n"
         )));
+        // Per-peer series carry no address: a reconnect from a new port is the same series.
+        assert!(!text.contains("addr="));
+        assert!(text.contains("peerwire_build_info{version=\""));
+        // Reasons never seen are there at 0; seen ones carry their count.
+        assert!(text.contains("peerwire_handshake_failures_total{reason=\"bad_signature\"} 0\n"));
+        assert!(text.contains("peerwire_disconnects_total{reason=\"write_stalled\"} 0\n"));
+        assert!(text.contains("peerwire_disconnects_total{reason=\"eof\"} 4\n"));
+        assert!(text.contains("peerwire_inbound_refused_total{reason=\"per_ip\"} 0\n"));
+        assert!(text.contains("peerwire_dropped_total{reason=\"inbox_full\"} 6\n"));
+        assert!(text.contains("peerwire_messages_received_total 1000\n"));
         // Every sample line belongs to a declared family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

@@ -544,13 +544,13 @@ impl Lab {
             &["netns", "exec", &self.namespace(i), "bash", "-c", &fetch],
         )
         .unwrap_or_else(|e| self.fail(&format!("cannot read n{}'s metrics: {e}", i + 1)));
-        // peerwire_peer_rtt_microseconds{peer="ID",addr="IP:PORT"} MICROS
+        // peerwire_peer_rtt_seconds{peer="ID"} SECONDS
         text.lines()
-            .filter_map(|l| l.strip_prefix("peerwire_peer_rtt_microseconds{peer=\""))
+            .filter_map(|l| l.strip_prefix("peerwire_peer_rtt_seconds{peer=\""))
             .filter_map(|l| {
                 let (peer, rest) = l.split_once('"')?;
-                let micros = rest.rsplit(' ').next()?.parse::<u64>().ok()?;
-                Some((peer.to_owned(), Duration::from_micros(micros)))
+                let seconds = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+                Some((peer.to_owned(), Duration::try_from_secs_f64(seconds).ok()?))
             })
             .collect()
     }

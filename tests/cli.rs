@@ -280,7 +280,7 @@ fn persistent_peer_and_metrics_endpoint() {
             "--network-id",
             "m",
         ],
-        false,
+        true,
     );
     let a_id = a.value("peer id:");
     let a_addr = a.value("listening on:");
@@ -308,22 +308,59 @@ fn persistent_peer_and_metrics_endpoint() {
         .trim_start_matches("http://")
         .trim_end_matches("/metrics")
         .to_owned();
-    let scrape = |path: &str| {
+    let request = |method: &str, path: &str| {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         text
     };
+    let scrape = |path: &str| request("GET", path);
+    // Idle clients that never send a request do not hold up a scrape.
+    let idle: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
     let text = scrape("/metrics");
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("peerwire_peers 1"), "{text}");
     assert!(text.contains(&format!("peerwire_peer_messages_in_total{{peer=\"{a_id}\"")));
+    assert!(text.contains("peerwire_disconnects_total{reason=\"write_stalled\"} 0"));
+    drop(idle);
+    let head = request("HEAD", "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(!head.contains("peerwire_peers"), "HEAD has no body: {head}");
+    assert!(scrape("/healthz").ends_with("ok\n"));
     assert!(scrape("/other").starts_with("HTTP/1.1 404"));
+    assert!(request("POST", "/metrics").starts_with("HTTP/1.1 405"));
+    // A's messages are counted node-wide, and the total keeps its value once A has left.
+    for i in 0..3 {
+        a.write_line(&format!("hello {i}"));
+        b.line("a line from A", |l| l.contains(&format!("hello {i}")));
+    }
+    let received = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("peerwire_messages_received_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no received total in {text}"))
+    };
+    let before = received(&scrape("/metrics"));
+    assert!(before >= 3, "{before}");
     assert!(a.terminate().success());
     b.line("A leaving", |l| {
         l.starts_with(&format!("peer left: {a_id}"))
     });
+    let after = scrape("/metrics");
+    assert!(after.contains("peerwire_peers 0"), "{after}");
+    assert!(received(&after) >= before, "{after}");
+    assert!(
+        !after.contains(&format!("{{peer=\"{a_id}\"}}")),
+        "A's own series are gone"
+    );
     // A comes back with the same key on the same address: B redials it by itself.
     let mut a2 = Proc::spawn(
         "node a again",

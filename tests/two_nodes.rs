@@ -66,6 +66,18 @@ async fn two_nodes_send_both_ways_in_order() {
         }
     );
     eventually("b sees a leave", || !b.is_connected(a.local_peer_id())).await;
+    // Node-wide totals keep what the departed connection carried, and say why it ended.
+    eventually("a's connection is gone", || a.connections().is_empty()).await;
+    let stats = a.stats();
+    assert_eq!(stats.totals.messages_in, u64::from(N));
+    assert_eq!(stats.totals.messages_out, u64::from(N));
+    assert_eq!(stats.disconnects.get("requested"), Some(&1));
+    assert!(
+        a.metrics_text()
+            .contains(&format!("peerwire_messages_received_total {N}\n"))
+    );
+    eventually("b's connection is gone", || b.connections().is_empty()).await;
+    assert_eq!(b.stats().totals.messages_in, u64::from(N));
     a.shutdown().await;
     b.shutdown().await;
     assert!(a_in.recv().await.is_none());

@@ -440,7 +440,17 @@ impl NetworkActor {
                 reason,
                 error,
             } => {
-                self.shared.connections.write().remove(&shared.id);
+                {
+                    let mut live = self.shared.connections.write();
+                    live.remove(&shared.id);
+                    // Folded while the lock is held, so a scrape never misses or doubles it.
+                    self.shared
+                        .counters
+                        .departed
+                        .lock()
+                        .add(&shared.stats.snapshot(0, 0));
+                }
+                self.shared.counters.disconnected(reason.label());
                 if let Some(ConnectError::Handshake { source, .. }) = &error {
                     self.shared.counters.handshake_failed(source.label());
                 }

@@ -15,8 +15,8 @@ use super::link::SocketShared;
 use super::stream::Reliable;
 use crate::identity::{PeerId, PeerMap};
 use crate::peers::NetworkEvent;
-use crate::session::ConnectionId;
 use crate::session::channel::ChannelTable;
+use crate::session::{ConnectionId, PeerStats};
 
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -44,6 +44,11 @@ pub(crate) struct Counters {
     pub(crate) offline_full: Counter,
     pub(crate) self_inbox_full: Counter,
     pub(crate) inbound_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections ended, by [`DisconnectReason::label`].
+    pub(crate) disconnects: Mutex<BTreeMap<&'static str, u64>>,
+    /// The traffic of connections that have ended, folded in when each is removed from
+    /// `Shared::connections` (under its write lock), so node-wide totals survive peer churn.
+    pub(crate) departed: Mutex<Totals>,
 }
 
 impl Counters {
@@ -53,6 +58,50 @@ impl Counters {
 
     pub(crate) fn inbound_refused(&self, label: &'static str) {
         *self.inbound_refused.lock().entry(label).or_default() += 1;
+    }
+
+    pub(crate) fn disconnected(&self, label: &'static str) {
+        *self.disconnects.lock().entry(label).or_default() += 1;
+    }
+}
+
+/// Node-wide traffic totals: every connection this node has had, open or ended. Counters only
+/// grow, whatever peers come and go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Totals {
+    /// Application messages received.
+    pub messages_in: u64,
+    /// Encoded application bytes received.
+    pub bytes_in: u64,
+    /// Application messages written.
+    pub messages_out: u64,
+    /// Encoded application bytes written.
+    pub bytes_out: u64,
+    /// Misbehaviour points charged to peers.
+    pub misbehaviour_points: u64,
+    /// Inbound messages dropped because the application inbox was full.
+    pub dropped_inbox_full: u64,
+    /// Outbound messages refused because a peer's send queue was full.
+    pub dropped_queue_full: u64,
+    /// Outbound messages still queued when their connection closed without flushing them.
+    pub dropped_on_close: u64,
+    /// Inbound messages dropped for exceeding a peer's rate limit.
+    pub dropped_rate_limited: u64,
+}
+
+impl Totals {
+    /// Adds one connection's counters.
+    pub(crate) fn add(&mut self, s: &PeerStats) {
+        self.messages_in += s.messages_in;
+        self.bytes_in += s.bytes_in;
+        self.messages_out += s.messages_out;
+        self.bytes_out += s.bytes_out;
+        self.misbehaviour_points += s.misbehaviour;
+        self.dropped_inbox_full += s.dropped_inbox_full;
+        self.dropped_queue_full += s.dropped_queue_full;
+        self.dropped_on_close += s.dropped_on_close;
+        self.dropped_rate_limited += s.dropped_rate_limited;
     }
 }
 
@@ -86,6 +135,11 @@ pub struct NetworkStats {
     pub self_inbox_full: u64,
     /// Inbound connections refused by a limit, by reason (`per_ip`, `max_inbound`).
     pub inbound_refused: BTreeMap<&'static str, u64>,
+    /// Connections ended, by reason (see [`crate::DisconnectReason`]; `handshake` covers every
+    /// failed handshake, detailed in `handshake_failures`).
+    pub disconnects: BTreeMap<&'static str, u64>,
+    /// Traffic over every connection this node has had, open or ended.
+    pub totals: Totals,
     /// Connections in any state now.
     pub connections: usize,
     /// Peers with an open connection now.
@@ -126,6 +180,16 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn stats(&self) -> NetworkStats {
+        // Read under the connections lock, which a closing connection's fold also holds: a
+        // connection is counted either live or departed, never both or neither.
+        let (totals, connections) = {
+            let live = self.connections.read();
+            let mut totals = *self.counters.departed.lock();
+            for socket in live.values() {
+                totals.add(&socket.stats.snapshot(0, 0));
+            }
+            (totals, live.len())
+        };
         NetworkStats {
             inbound_accepted: self.counters.inbound_accepted.get(),
             handshakes_ok: self.counters.handshakes_ok.get(),
@@ -138,7 +202,9 @@ impl Shared {
             offline_full: self.counters.offline_full.get(),
             self_inbox_full: self.counters.self_inbox_full.get(),
             inbound_refused: self.counters.inbound_refused.lock().clone(),
-            connections: self.connections.read().len(),
+            disconnects: self.counters.disconnects.lock().clone(),
+            totals,
+            connections,
             peers: self.peers.read().len(),
         }
     }

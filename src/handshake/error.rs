@@ -71,7 +71,25 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    /// A short stable label, used as a metrics key.
+    /// Every [`HandshakeError::label`], so a metric can show each reason from the start.
+    pub const LABELS: [&'static str; 14] = [
+        "noise",
+        "message_too_large",
+        "low_order_key",
+        "bad_payload",
+        "bad_signature",
+        "version_mismatch",
+        "network_mismatch",
+        "peer_mismatch",
+        "self_connection",
+        "unexpected_message",
+        "bad_params",
+        "timeout",
+        "closed",
+        "io",
+    ];
+
+    /// A short stable name for metrics and logs (one of [`HandshakeError::LABELS`]).
     pub fn label(&self) -> &'static str {
         match self {
             Self::Noise(_) => "noise",

@@ -93,6 +93,44 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    /// Every [`DisconnectReason::label`], so a metric can show each reason from the start.
+    pub const LABELS: [&'static str; 14] = [
+        "requested",
+        "shutdown",
+        "remote_goodbye",
+        "eof",
+        "io",
+        "codec",
+        "misbehaviour",
+        "write_stalled",
+        "idle_timeout",
+        "duplicate",
+        "banned",
+        "inbound_limit",
+        "handshake",
+        "inbox_closed",
+    ];
+
+    /// A short stable name for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Shutdown => "shutdown",
+            Self::RemoteGoodbye(_) => "remote_goodbye",
+            Self::Eof => "eof",
+            Self::Io(_) => "io",
+            Self::Codec(_) => "codec",
+            Self::Misbehaviour { .. } => "misbehaviour",
+            Self::WriteStalled => "write_stalled",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Duplicate => "duplicate",
+            Self::Banned => "banned",
+            Self::InboundLimit => "inbound_limit",
+            Self::Handshake(_) => "handshake",
+            Self::InboxClosed => "inbox_closed",
+        }
+    }
+
     /// Whether this ending is a fault (the connection passes through `Errored`), as opposed to
     /// a close someone asked for (shutdown, disconnect, duplicate, goodbye, limits, bans).
     pub(crate) fn is_fault(&self) -> bool {
