@@ -76,9 +76,28 @@ pub struct Config {
     /// for capacity: the accept loop holds `max_inbound` plus one slot per persistent peer, and
     /// further accepts wait in the kernel backlog. Default 128.
     pub max_inbound: usize,
-    /// Connections (any state) from one IP address at once; a further one is closed right after
-    /// `accept`, before any handshake work. Default 16.
+    /// Inbound connections from one IP address that have finished their handshake, at once; a
+    /// further one is closed right after `accept`, before any handshake work (or at admission,
+    /// when several finish together). Connections still in their handshake do not count here:
+    /// they have `max_handshakes_per_ip`. Persistent peers are not refused by it at admission.
+    /// Default 16.
     pub max_inbound_per_ip: usize,
+    /// Inbound connections from one IP address still in their handshake. When that many are,
+    /// a new one from the IP takes the place of the oldest (which is cut, counted as
+    /// `inbound_refused{reason="handshakes_per_ip"}`), so strangers holding connections open
+    /// without authenticating cannot lock a peer on the same IP out: its handshake takes a
+    /// round trip, theirs never finishes. Default 16.
+    pub max_handshakes_per_ip: usize,
+    /// Time an inbound connection gets to complete its handshake; shorter than
+    /// `handshake_timeout` (which bounds our dials), since an honest dialer answers in a round
+    /// trip and an idle stranger should not keep a place for long. Default 3 s.
+    pub inbound_handshake_timeout: Duration,
+    /// Bytes of partly received large messages held at once, across all connections: each
+    /// connection may hold one partial message per channel of up to `max_message_size`, so
+    /// without a node-wide bound many fresh identities could make the node hold gigabytes. A
+    /// fragment that would go past it is refused: its message is skipped (counted as
+    /// `rejected`) and the sender is charged as for an oversize message. Default 256 MiB.
+    pub max_reassembly_bytes: usize,
     /// New inbound connections (handshakes) accepted per second from one IP address, with a
     /// burst of the same size; beyond it a connection is closed right after `accept`. 0 means
     /// unlimited. Default 20.
@@ -185,6 +204,9 @@ impl Default for Config {
             event_capacity: 128,
             max_inbound: 128,
             max_inbound_per_ip: 16,
+            max_handshakes_per_ip: 16,
+            inbound_handshake_timeout: Duration::from_secs(3),
+            max_reassembly_bytes: 256 * 1024 * 1024,
             max_handshakes_per_ip_per_sec: 20,
             max_outbound: 128,
             max_concurrent_handshakes: 64,
@@ -254,6 +276,12 @@ setters! {
     max_inbound_per_ip: usize,
     /// Sets [`Config::max_handshakes_per_ip_per_sec`].
     max_handshakes_per_ip_per_sec: u64,
+    /// Sets [`Config::max_handshakes_per_ip`].
+    max_handshakes_per_ip: usize,
+    /// Sets [`Config::inbound_handshake_timeout`].
+    inbound_handshake_timeout: Duration,
+    /// Sets [`Config::max_reassembly_bytes`].
+    max_reassembly_bytes: usize,
     /// Sets [`Config::max_outbound`].
     max_outbound: usize,
     /// Sets [`Config::max_concurrent_handshakes`].
@@ -382,6 +410,8 @@ impl Config {
             ("max_inbound", self.max_inbound),
             ("max_outbound", self.max_outbound),
             ("max_inbound_per_ip", self.max_inbound_per_ip),
+            ("max_handshakes_per_ip", self.max_handshakes_per_ip),
+            ("max_reassembly_bytes", self.max_reassembly_bytes),
             ("offline_queue_capacity", self.offline_queue_capacity),
             ("offline_queue_bytes", self.offline_queue_bytes),
             ("max_concurrent_handshakes", self.max_concurrent_handshakes),
@@ -393,6 +423,7 @@ impl Config {
         }
         for (name, value) in [
             ("handshake_timeout", self.handshake_timeout),
+            ("inbound_handshake_timeout", self.inbound_handshake_timeout),
             ("connect_timeout", self.connect_timeout),
             ("write_timeout", self.write_timeout),
             ("ping_interval", self.ping_interval),

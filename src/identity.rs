@@ -231,6 +231,23 @@ impl Keypair {
         self.signing.sign(message).to_bytes()
     }
 
+    /// Parses the contents of a key file as [`Keypair::load_or_create`] writes it: 64 hex
+    /// digits, optionally surrounded by ASCII whitespace. Anything else is `None`, never a
+    /// panic (the key-file fuzz target holds it to that).
+    ///
+    /// ```
+    /// use peerwire::Keypair;
+    /// let hex = "01".repeat(32) + "\n";
+    /// let key = Keypair::from_key_file(hex.as_bytes());
+    /// assert_eq!(key.map(|k| k.secret_bytes()), Some([1u8; 32]));
+    /// assert!(Keypair::from_key_file("a\u{e9}a".as_bytes()).is_none());
+    /// ```
+    pub fn from_key_file(contents: &[u8]) -> Option<Self> {
+        // Parsed as bytes, never sliced as text: a file of multi-byte characters is malformed,
+        // not a panic on a character boundary.
+        parse_hex_secret(contents.trim_ascii()).map(|secret| Self::from_secret_bytes(&secret))
+    }
+
     /// Loads the keypair stored at `path`, or creates one and writes it there with owner-only
     /// permissions (0600) when the file does not exist.
     ///
@@ -244,10 +261,7 @@ impl Keypair {
                 let malformed = || IdentityError::MalformedKeyFile {
                     path: path.display().to_string(),
                 };
-                // Parsed as bytes, never sliced as text: a file of multi-byte characters is
-                // malformed, not a panic on a character boundary.
-                let secret = parse_hex_secret(contents.trim_ascii()).ok_or_else(malformed)?;
-                Ok(Self::from_secret_bytes(&secret))
+                Self::from_key_file(&contents).ok_or_else(malformed)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::try_generate()?;

@@ -55,7 +55,7 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
         env!("CARGO_PKG_VERSION")
     );
     let t = &stats.totals;
-    let node: [(&str, &str, &str, u64); 13] = [
+    let node: [(&str, &str, &str, u64); 15] = [
         (
             "peerwire_peers",
             "gauge",
@@ -127,6 +127,18 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
             "counter",
             "Connections closed because the peer stopped reading or acknowledging.",
             stats.stalled_disconnects,
+        ),
+        (
+            "peerwire_reassembly_bytes",
+            "gauge",
+            "Bytes of partly received large messages held, across connections.",
+            stats.reassembly_bytes as u64,
+        ),
+        (
+            "peerwire_reassembly_refused_total",
+            "counter",
+            "Fragments refused past max_reassembly_bytes (the rest of each message skipped).",
+            stats.reassembly_refused,
         ),
         (
             "peerwire_broadcast_skipped_full_total",

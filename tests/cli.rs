@@ -608,6 +608,10 @@ fn get_asks_a_peer_which_answers_from_its_own_store() {
     a.line("b joining", |l| {
         l.starts_with(&format!("peer joined: {b_id}"))
     });
+    // Both sides: A admits B a moment before B hears A's welcome.
+    b.line("a joining", |l| {
+        l.starts_with(&format!("peer joined: {a_id}"))
+    });
     a.write_line("/put color deep blue");
     a.line("the put", |l| l == "stored color");
     b.write_line(&format!("/get {a_id} color"));

@@ -73,7 +73,7 @@ async fn a_full_own_inbox_refuses_and_counts_and_names_itself() {
     assert_eq!(a.stats().self_inbox_full, 2);
     assert!(
         a.metrics_text()
-            .contains("peerwire_self_inbox_full_total 2")
+            .contains("peerwire_dropped_total{reason=\"self_inbox_full\"} 2")
     );
     assert_eq!(number_of(&a_in.try_recv().unwrap().1), 0);
     a.shutdown().await;

@@ -78,7 +78,7 @@ async fn self_connection_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_dropped_at_handshake_timeout() {
-    let (a, _ai) = node(config().handshake_timeout(Duration::from_millis(300))).await;
+    let (a, _ai) = node(config().inbound_handshake_timeout(Duration::from_millis(300))).await;
     let mut silent = tokio::net::TcpStream::connect(a.local_addr())
         .await
         .unwrap();

@@ -67,3 +67,56 @@ async fn full_inbox_drops_and_counts_without_stalling_the_socket() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The reassembly budget: peers that each start a large message and never finish it cannot
+/// make the node hold more than `max_reassembly_bytes` together. The fragment past the budget
+/// is refused (counted, charged) and the rest of its message skipped; peers sending whole small
+/// messages are served meanwhile, and the budget comes back when the hoarders leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_messages_from_many_peers_stay_within_the_node_wide_budget() {
+    const BUDGET: usize = 1 << 20;
+    let cfg = config()
+        .max_message_size(4 << 20)
+        .max_reassembly_bytes(BUDGET);
+    let (x, mut x_in) = node(cfg.clone()).await;
+    let big = vec![9u8; 4 << 20];
+    // Each hoarder sends the first 600 KiB of a 4 MiB message, then nothing more.
+    let mut hoarders = Vec::new();
+    for _ in 0..4 {
+        let mut raw = RawPeer::connect(x.local_addr(), "peerwire-test").await;
+        let mut offset = 0;
+        while offset < 600 * 1024 {
+            offset = raw.encoder.push_message(&big, offset).unwrap();
+        }
+        raw.flush().await.unwrap();
+        hoarders.push(raw);
+    }
+    eventually("fragments refused past the budget", || {
+        x.stats().reassembly_refused >= 1
+    })
+    .await;
+    let stats = x.stats();
+    assert!(stats.reassembly_bytes <= BUDGET, "{stats:?}");
+    // Two hoarders fit (1.2 MiB does not): the other two were refused and charged.
+    assert!(stats.reassembly_bytes >= 600 * 1024, "{stats:?}");
+    assert!(stats.totals.misbehaviour_points >= 2, "{stats:?}");
+    // Whole messages from an honest peer are served throughout.
+    let (honest, _hi) = node(cfg).await;
+    let x_id = soon("honest connects", honest.connect(x.local_addr()))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        honest.send(x_id, &numbered(i, 100)).await.unwrap();
+    }
+    let got = recv_n(&mut x_in, 10).await;
+    assert!(got.iter().all(|(from, _)| *from == honest.local_peer_id()));
+    // The hoarders leave: what they held is given back, and a large message fits again.
+    drop(hoarders);
+    eventually("budget given back", || x.stats().reassembly_bytes == 0).await;
+    let large = Bytes::from(vec![5u8; 900 * 1024]);
+    honest.send(x_id, &large).await.unwrap();
+    let (_, m) = soon("large message", x_in.recv()).await.unwrap();
+    assert_eq!(m, large);
+    honest.shutdown().await;
+    x.shutdown().await;
+}

@@ -10,25 +10,18 @@ use peerwire::codec::GoodbyeReason;
 use peerwire::{DisconnectReason, Keypair, Network, NetworkEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_ip_cap_refuses_extra_connections_before_the_handshake() {
-    let (x, _xi) = node(
-        config()
-            .max_inbound_per_ip(2)
-            .handshake_timeout(Duration::from_millis(800)),
-    )
-    .await;
-    // Two silent clients hold this IP's quota until their handshakes time out.
-    let _s1 = tokio::net::TcpStream::connect(x.local_addr())
-        .await
-        .unwrap();
-    let _s2 = tokio::net::TcpStream::connect(x.local_addr())
-        .await
-        .unwrap();
-    eventually("two pending", || x.connections().len() == 2).await;
+async fn per_ip_cap_counts_proven_peers_and_refuses_more_before_the_handshake() {
+    let (x, _xi) = node(config().max_inbound_per_ip(2)).await;
+    // Two peers from 127.0.0.1 fill the IP's places.
     let (a, _ai) = node(config()).await;
+    let (b, _bi) = node(config()).await;
+    soon("a connects", a.connect(x.local_addr())).await.unwrap();
+    soon("b connects", b.connect(x.local_addr())).await.unwrap();
+    eventually("both proven", || x.peers().len() == 2).await;
+    let (c, _ci) = node(config()).await;
     assert!(
-        a.connect(x.local_addr()).await.is_err(),
-        "third from the same IP is refused"
+        soon("c connects", c.connect(x.local_addr())).await.is_err(),
+        "a third from the same IP is refused"
     );
     assert!(
         x.stats()
@@ -38,12 +31,88 @@ async fn per_ip_cap_refuses_extra_connections_before_the_handshake() {
             .unwrap_or(0)
             >= 1
     );
-    // Once the silent ones are dropped at the handshake timeout, the honest node gets in.
-    eventually("quota freed", || x.connections().is_empty()).await;
-    soon("honest connect", a.connect(x.local_addr()))
+    // When one leaves, its place is free again.
+    assert!(a.disconnect(x.local_peer_id()).await.unwrap());
+    eventually("a gone", || x.peers().len() == 1).await;
+    soon("c connects now", c.connect(x.local_addr()))
         .await
         .unwrap();
-    a.shutdown().await;
+    for n in [a, b, c, x] {
+        n.shutdown().await;
+    }
+}
+
+/// The same-IP lock-out: strangers on a peer's IP keep 40 connections open without ever
+/// sending a handshake message, reopening each as it is cut. They used to fill the IP's places
+/// so the peer was refused for as long as they kept at it; now only proven connections take
+/// those places, strangers share a bound of their own in which a silent connection makes room
+/// for a new one, and the peer's handshake (one round trip) gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_that_never_authenticate_cannot_lock_out_a_peer_on_their_ip() {
+    use tokio::io::AsyncReadExt;
+    // The strangers stay within the IP's handshake rate (40 reopened at most every 250 ms:
+    // 160/s of 200/s). One that opens connections faster than the rate starves new
+    // connections from its IP, the peer's included: nothing tells them apart before a
+    // handshake (the peer's open connection is not affected).
+    let (x, _xi) = node(
+        config()
+            .max_inbound_per_ip(4)
+            .max_handshakes_per_ip_per_sec(200),
+    )
+    .await;
+    let target = x.local_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut strangers = Vec::new();
+    for _ in 0..40 {
+        let stop = stop.clone();
+        strangers.push(tokio::spawn(async move {
+            let mut reopened = 0u32;
+            while !stop.is_cancelled() {
+                let Ok(mut s) = tokio::net::TcpStream::connect(target).await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let mut buf = [0u8; 64];
+                // Hold it, silent, until the node cuts it (or the test ends).
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = s.read(&mut buf) => reopened += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            reopened
+        }));
+    }
+    eventually("strangers hold the handshake places", || {
+        x.connections().len() >= 8
+    })
+    .await;
+    // An honest peer from the same IP, three times over, while the strangers keep at it.
+    for _ in 0..3 {
+        let (honest, honest_in) = node(config()).await;
+        let id = soon("honest peer connects", honest.connect(target))
+            .await
+            .unwrap();
+        assert_eq!(id, x.local_peer_id());
+        x.send(honest.local_peer_id(), &numbered(1, 10))
+            .await
+            .unwrap();
+        let (from, _) = soon("served", honest_in.recv()).await.unwrap();
+        assert_eq!(from, x.local_peer_id());
+        honest.shutdown().await;
+    }
+    stop.cancel();
+    let mut cut = 0;
+    for s in strangers {
+        cut += s.await.unwrap();
+    }
+    assert!(cut > 0, "strangers were cut to make room");
+    let refused = x.stats().inbound_refused;
+    assert!(
+        refused.get("handshakes_per_ip").copied().unwrap_or(0) >= 3,
+        "{refused:?}"
+    );
+    assert_eq!(refused.get("per_ip"), None, "{refused:?}");
     x.shutdown().await;
 }
 

@@ -95,7 +95,7 @@ async fn misbehaviour_budget_closes_the_socket_while_others_are_served() {
 async fn raw_garbage_gets_nothing_through_and_others_are_served() {
     use tokio::io::AsyncWriteExt;
     let (net, mut inbox) =
-        node(config().handshake_timeout(std::time::Duration::from_secs(2))).await;
+        node(config().inbound_handshake_timeout(std::time::Duration::from_secs(2))).await;
     let (honest, _h) = node(config()).await;
     honest.connect(net.local_addr()).await.unwrap();
     let mut clients = Vec::new();

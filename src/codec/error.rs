@@ -85,6 +85,10 @@ pub enum Violation {
     /// A sequence number so large that counting on would wrap (no honest stream gets there).
     #[error("sequence number would wrap")]
     SequenceOverflow,
+    /// A fragment of a large message that would take the node's reassembly memory past
+    /// `max_reassembly_bytes`; the rest of that message is skipped unread.
+    #[error("node-wide reassembly budget spent")]
+    ReassemblyBudget,
 }
 
 impl Violation {
@@ -101,6 +105,9 @@ impl Violation {
             Self::UnknownChannel(_) => 1,
             Self::ControlRateLimited | Self::ExcessRewind => 1,
             Self::SequenceOverflow => 25,
+            // Honest peers meet it too when many send large messages at once: charged lightly,
+            // so only a peer that keeps starting messages it cannot finish is cut.
+            Self::ReassemblyBudget => 2,
         }
     }
 
@@ -118,6 +125,7 @@ impl Violation {
             Self::ControlRateLimited => "control_rate_limited",
             Self::ExcessRewind => "excess_rewind",
             Self::SequenceOverflow => "sequence_overflow",
+            Self::ReassemblyBudget => "reassembly_budget",
         }
     }
 }

@@ -15,6 +15,9 @@
 //! arrive, so a lying total length allocates nothing. A channel the decoder was not given is a
 //! violation.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
 use bytes::{Bytes, BytesMut};
 
 use super::Violation;
@@ -155,11 +158,77 @@ enum Assembly {
     },
 }
 
+/// A node-wide bound on the bytes of partly received messages, shared by every connection's
+/// [`RecordDecoder`]: without it each connection may hold one message per channel of up to
+/// `max_message_size`, and many fresh identities could make the node hold gigabytes.
+#[derive(Debug)]
+pub struct ReassemblyBudget {
+    limit: usize,
+    held: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl ReassemblyBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            held: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes held now, across all decoders sharing the budget.
+    pub fn held(&self) -> usize {
+        self.held.load(Relaxed)
+    }
+
+    /// Fragments refused so far (each skipped the rest of its message).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
+    }
+
+    fn try_take(&self, n: usize) -> bool {
+        let taken = self
+            .held
+            .fetch_update(Relaxed, Relaxed, |held| {
+                held.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok();
+        if !taken {
+            self.refused.fetch_add(1, Relaxed);
+        }
+        taken
+    }
+
+    fn give_back(&self, n: usize) {
+        self.held.fetch_sub(n, Relaxed);
+    }
+}
+
 /// Reassembles records from successive frame plaintexts.
 #[derive(Debug)]
 pub struct RecordDecoder {
     /// Known channel ids, sorted, each with its largest message size and its reassembly.
     channels: Vec<(u16, usize, Assembly)>,
+    /// Where the bytes of partly received messages are charged, if anywhere.
+    budget: Option<Arc<ReassemblyBudget>>,
+}
+
+impl Drop for RecordDecoder {
+    fn drop(&mut self) {
+        for (_, _, assembly) in &mut self.channels {
+            reset(assembly, self.budget.as_deref());
+        }
+    }
+}
+
+/// Ends a reassembly, giving its bytes back to the budget.
+fn reset(assembly: &mut Assembly, budget: Option<&ReassemblyBudget>) {
+    if let (Assembly::Collecting { buf, .. }, Some(budget)) = (&*assembly, budget) {
+        budget.give_back(buf.len());
+    }
+    *assembly = Assembly::Idle;
 }
 
 impl RecordDecoder {
@@ -176,7 +245,16 @@ impl RecordDecoder {
             .collect();
         channels.sort_by_key(|c| c.0);
         channels.dedup_by_key(|c| c.0);
-        Self { channels }
+        Self {
+            channels,
+            budget: None,
+        }
+    }
+
+    /// Charges the bytes of partly received messages to `budget`: a fragment that would go past
+    /// it yields [`Violation::ReassemblyBudget`] and the rest of its message is skipped.
+    pub fn set_budget(&mut self, budget: Arc<ReassemblyBudget>) {
+        self.budget = Some(budget);
     }
 
     /// Bytes currently held for messages in reassembly (at most each channel's maximum size).
@@ -267,6 +345,7 @@ impl RecordDecoder {
         let Some(index) = found else {
             return Some(Record::Violation(Violation::UnknownChannel(channel)));
         };
+        let budget = self.budget.as_deref();
         let (_, max, assembly) = &mut self.channels[index];
         let max = *max;
         let len = end - start;
@@ -274,7 +353,7 @@ impl RecordDecoder {
         match kind {
             k if k == RecordKind::Message as u8 => {
                 if !matches!(assembly, Assembly::Idle) {
-                    *assembly = Assembly::Idle;
+                    reset(assembly, budget);
                     return Some(Record::Violation(Violation::FragmentOutOfSequence));
                 }
                 if len > max {
@@ -284,7 +363,7 @@ impl RecordDecoder {
             }
             k if k == RecordKind::Start as u8 => {
                 if !matches!(assembly, Assembly::Idle) {
-                    *assembly = Assembly::Idle;
+                    reset(assembly, budget);
                     return Some(Record::Violation(Violation::FragmentOutOfSequence));
                 }
                 if len < START_PREFIX_LEN {
@@ -310,6 +389,12 @@ impl RecordDecoder {
                 if len == total {
                     return message(Body::Frame { frame, start, end });
                 }
+                if budget.is_some_and(|b| !b.try_take(len)) {
+                    *assembly = Assembly::Skipping {
+                        remaining: total - len,
+                    };
+                    return Some(Record::Violation(Violation::ReassemblyBudget));
+                }
                 // Grown only as fragments arrive: a lying total allocates nothing more.
                 *assembly = Assembly::Collecting {
                     total,
@@ -332,12 +417,24 @@ impl RecordDecoder {
                 }
                 Assembly::Collecting { total, buf } => {
                     if buf.len() + len > *total {
-                        *assembly = Assembly::Idle;
+                        reset(assembly, budget);
                         return Some(Record::Violation(Violation::MalformedRecord));
+                    }
+                    if budget.is_some_and(|b| !b.try_take(len)) {
+                        let remaining = *total - buf.len() - len;
+                        reset(assembly, budget);
+                        if remaining > 0 {
+                            *assembly = Assembly::Skipping { remaining };
+                        }
+                        return Some(Record::Violation(Violation::ReassemblyBudget));
                     }
                     buf.extend_from_slice(&frame[start..end]);
                     if buf.len() == *total {
                         let done = std::mem::take(buf).freeze();
+                        if let Some(budget) = budget {
+                            // The message leaves reassembly for the inbox, bounded there.
+                            budget.give_back(done.len());
+                        }
                         *assembly = Assembly::Idle;
                         return message(Body::Owned(done));
                     }

@@ -121,6 +121,66 @@ fn oversize_message_is_rejected_skipped_and_stream_continues() {
     assert_eq!(messages_of(&items), vec![vec![7u8; 20]]);
 }
 
+/// Decodes `stream` with decoders sharing one budget, one decoder per part of `parts` (each a
+/// whole encoded stream); returns the decoders (still holding what they hold) and their items.
+fn decode_sharing(
+    budget: &std::sync::Arc<record::ReassemblyBudget>,
+    parts: &[&[u8]],
+) -> (Vec<RecordDecoder>, Vec<Vec<Inbound>>) {
+    let mut decoders = Vec::new();
+    let mut all = Vec::new();
+    for part in parts {
+        let mut frames = FrameDecoder::new(Opener::new(&KEY));
+        let mut records = RecordDecoder::new(1 << 20);
+        records.set_budget(budget.clone());
+        let mut buf = BytesMut::from(*part);
+        let mut items = Vec::new();
+        while let Some(plain) = frames.decode(&mut buf).unwrap() {
+            records.decode_frame(plain, &mut |i| items.push(i));
+        }
+        decoders.push(records);
+        all.push(items);
+    }
+    (decoders, all)
+}
+
+#[test]
+fn partial_messages_are_charged_to_a_shared_budget_and_given_back() {
+    let budget = record::ReassemblyBudget::new(10_000);
+    // The first 6,000 bytes of a 50,000-byte message, twice: the second passes the budget.
+    let whole = encode_stream(&[vec![1u8; 50_000]], 512);
+    let partial = &whole[..6_500];
+    let (decoders, items) = decode_sharing(&budget, &[partial, partial]);
+    assert!(items[0].is_empty(), "{:?}", items[0]);
+    assert_eq!(
+        items[1],
+        vec![Inbound::Violation(Violation::ReassemblyBudget)]
+    );
+    assert!(
+        budget.held() <= 10_000 && budget.held() > 5_000,
+        "{}",
+        budget.held()
+    );
+    assert_eq!(budget.refused(), 1);
+    // A decoder that goes (its connection closed) gives its bytes back.
+    drop(decoders);
+    assert_eq!(budget.held(), 0);
+    // A refused message is skipped to its end; a message that completes gives its bytes back.
+    let two = encode_stream(&[vec![2u8; 9_000], vec![3u8; 8_000]], 512);
+    let (decoders, items) = decode_sharing(&budget, &[&two]);
+    assert_eq!(
+        messages_of(&items[0]),
+        vec![vec![2u8; 9_000], vec![3u8; 8_000]]
+    );
+    assert_eq!(budget.held(), 0);
+    drop(decoders);
+    let small = record::ReassemblyBudget::new(4_000);
+    let (_decoders, items) = decode_sharing(&small, &[&two]);
+    assert_eq!(items[0][0], Inbound::Violation(Violation::ReassemblyBudget));
+    assert!(messages_of(&items[0]).is_empty(), "{:?}", items[0]);
+    assert_eq!(small.held(), 0);
+}
+
 #[test]
 fn oversize_frame_length_is_rejected_before_allocation() {
     let mut buf = BytesMut::new();

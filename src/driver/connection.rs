@@ -164,7 +164,11 @@ impl SocketTask {
             reason: DisconnectReason::from_handshake(&source),
             error: ConnectError::Handshake { addr, source },
         };
-        let deadline = Instant::now() + config.handshake_timeout;
+        let timeout = match self.shared.direction {
+            Direction::Inbound => config.inbound_handshake_timeout,
+            Direction::Outbound => config.handshake_timeout,
+        };
+        let deadline = Instant::now() + timeout;
         let params = HandshakeParams {
             network_id: config.network_id.clone(),
             listen_addr: Some(self.ctx.advertised_addr),
@@ -181,7 +185,14 @@ impl SocketTask {
                 .acquire()
                 .await
                 .map_err(|_| HandshakeError::Closed)?;
-            handshake::perform(&mut stream, &self.ctx.keypair, params, initiator).await
+            handshake::perform_observed(
+                &mut stream,
+                &self.ctx.keypair,
+                params,
+                initiator,
+                &self.shared.handshake_progressed,
+            )
+            .await
         });
         let outcome = tokio::select! {
             () = self.shared.cancel.cancelled() => return Err(cancelled()),
@@ -272,11 +283,20 @@ impl SocketTask {
                 peer,
                 slots: self.slots.clone(),
                 read_chunk_size: config.read_chunk_size,
-                session: InboundSession::new(
-                    &lanes,
-                    config.misbehaviour_budget,
-                    std::time::Instant::now(),
-                ),
+                session: {
+                    let mut session = InboundSession::new(
+                        &lanes,
+                        config.misbehaviour_budget,
+                        std::time::Instant::now(),
+                    );
+                    // Persistent peers are the operator's own and their streams are reliable:
+                    // a message skipped for the budget would have to be resent, so their
+                    // reassembly is bounded per connection only.
+                    if streams.reliable.is_none() {
+                        session.set_reassembly_budget(self.ctx.reassembly.clone());
+                    }
+                    session
+                },
                 recv: streams.recv.clone(),
                 reliable: streams.reliable.clone(),
             }

@@ -45,6 +45,9 @@ pub(crate) struct SocketShared {
     pub(crate) last_rx_micros: AtomicU64,
     /// Signalled when the peer's welcome arrives (it admitted the connection).
     pub(crate) welcomed: tokio::sync::Notify,
+    /// Set once the first handshake message from the other side was read and accepted (see
+    /// `handshake::perform_observed`).
+    pub(crate) handshake_progressed: std::sync::atomic::AtomicBool,
 }
 
 impl SocketShared {
@@ -61,6 +64,7 @@ impl SocketShared {
             addr,
             peer: OnceLock::new(),
             welcomed: tokio::sync::Notify::new(),
+            handshake_progressed: std::sync::atomic::AtomicBool::new(false),
             listen_addr: OnceLock::new(),
             dial_seq: OnceLock::new(),
             state: StateCell::new(),
@@ -166,4 +170,6 @@ pub(crate) struct SocketContext {
     pub(crate) advertised_addr: SocketAddr,
     /// At most `max_concurrent_handshakes` handshakes at once.
     pub(crate) handshakes: Arc<Semaphore>,
+    /// Node-wide bound on partly received messages (`max_reassembly_bytes`).
+    pub(crate) reassembly: Arc<crate::codec::record::ReassemblyBudget>,
 }

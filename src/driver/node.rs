@@ -28,7 +28,7 @@ use crate::error::ConnectError;
 use crate::identity::PeerId;
 use crate::peers::backoff::jitter_sample;
 use crate::peers::redial::Redialer;
-use crate::peers::registry::{Admission, ConnFacts, Effect, Limits, Registry};
+use crate::peers::registry::{Admission, ConnFacts, Effect, Limits, Registry, Taken};
 use crate::peers::{BanReason, NetworkEvent};
 use crate::session::reliable::RecvSeq;
 use crate::session::{ConnectionId, Direction, DisconnectReason, SocketState};
@@ -127,6 +127,7 @@ impl NetworkActor {
         let limits = Limits {
             max_inbound: config.max_inbound,
             max_inbound_per_ip: config.max_inbound_per_ip,
+            max_handshakes_per_ip: config.max_handshakes_per_ip,
             handshakes_per_ip_per_sec: config.max_handshakes_per_ip_per_sec,
             ban_duration: config.ban_duration,
             handshake_timeout: config.handshake_timeout,
@@ -312,12 +313,15 @@ impl NetworkActor {
         let socket = self.new_socket(Direction::Outbound, addr);
         let dial_seq = self.registry.next_dial_seq(unix_micros());
         let _ = socket.dial_seq.set(dial_seq);
-        self.registry.opened(ConnFacts {
-            id: socket.id,
-            direction: Direction::Outbound,
-            addr,
-            dial_seq,
-        });
+        self.registry.opened(
+            ConnFacts {
+                id: socket.id,
+                direction: Direction::Outbound,
+                addr,
+                dial_seq,
+            },
+            Instant::now(),
+        );
         let id = socket.id;
         let task = SocketTask {
             shared: socket,
@@ -346,18 +350,40 @@ impl NetworkActor {
 
     fn spawn_inbound(&mut self, accepted: Accepted) {
         let ip = accepted.addr.ip();
-        if let Err(refusal) = self.registry.accept(ip, Instant::now()) {
-            self.shared.counters.inbound_refused(refusal.label());
-            tracing::debug!(%ip, ?refusal, "inbound connection refused");
-            return; // dropping the stream closes it; dropping the slot frees it
+        let now = Instant::now();
+        let shared = &self.shared;
+        let progressed = |id| {
+            shared.connections.read().get(&id).is_some_and(|s| {
+                s.handshake_progressed
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+        };
+        let taken = match self.registry.accept(ip, now, progressed) {
+            Ok(taken) => taken,
+            Err(refusal) => {
+                self.shared.counters.inbound_refused(refusal.label());
+                tracing::debug!(%ip, ?refusal, "inbound connection refused");
+                return; // dropping the stream closes it; dropping the slot frees it
+            }
+        };
+        if let Some(evict) = taken.evict {
+            self.shared.counters.inbound_refused(Taken::EVICTED);
+            let socket = self.shared.connections.read().get(&evict).cloned();
+            if let Some(socket) = socket {
+                tracing::debug!(%ip, "oldest unfinished handshake from this IP cut for a new one");
+                socket.cancel.cancel();
+            }
         }
         let socket = self.new_socket(Direction::Inbound, accepted.addr);
-        self.registry.opened(ConnFacts {
-            id: socket.id,
-            direction: Direction::Inbound,
-            addr: accepted.addr,
-            dial_seq: 0,
-        });
+        self.registry.opened(
+            ConnFacts {
+                id: socket.id,
+                direction: Direction::Inbound,
+                addr: accepted.addr,
+                dial_seq: 0,
+            },
+            now,
+        );
         self.shared.counters.inbound_accepted.inc();
         let task = SocketTask {
             shared: socket,

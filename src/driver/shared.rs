@@ -140,6 +140,12 @@ pub struct NetworkStats {
     pub disconnects: BTreeMap<&'static str, u64>,
     /// Traffic over every connection this node has had, open or ended.
     pub totals: Totals,
+    /// Bytes of partly received large messages held now, across connections (at most
+    /// `Config::max_reassembly_bytes`).
+    pub reassembly_bytes: usize,
+    /// Fragments refused because they would have gone past `Config::max_reassembly_bytes`
+    /// (each skipped the rest of its message, and was charged to its sender).
+    pub reassembly_refused: u64,
     /// Connections in any state now.
     pub connections: usize,
     /// Peers with an open connection now.
@@ -176,6 +182,8 @@ pub(crate) struct Shared {
     pub(crate) reliable: PeerMap<Arc<Reliable>>,
     /// The actor task, joined by the first `shutdown` call.
     pub(crate) actor: Mutex<Option<JoinHandle<()>>>,
+    /// Node-wide bound on partly received messages, shared by every connection's decoder.
+    pub(crate) reassembly: Arc<crate::codec::record::ReassemblyBudget>,
 }
 
 impl Shared {
@@ -203,6 +211,8 @@ impl Shared {
             self_inbox_full: self.counters.self_inbox_full.get(),
             inbound_refused: self.counters.inbound_refused.lock().clone(),
             disconnects: self.counters.disconnects.lock().clone(),
+            reassembly_bytes: self.reassembly.held(),
+            reassembly_refused: self.reassembly.refused(),
             totals,
             connections,
             peers: self.peers.read().len(),

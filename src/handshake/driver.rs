@@ -1,6 +1,8 @@
 //! Drives a [`Handshake`] over any async byte stream. No timeout here: the caller wraps the call
 //! in `handshake_timeout`, so a slow peer cannot hold it open.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -63,6 +65,20 @@ pub async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
     params: HandshakeParams,
     initiator: bool,
 ) -> Result<(Box<Established>, BytesMut), HandshakeError> {
+    perform_observed(stream, keypair, params, initiator, &AtomicBool::new(false)).await
+}
+
+/// [`perform`], setting `progressed` once the first message from the other side has been
+/// read and accepted: a dialer that does so is doing a handshake, not holding a connection
+/// open (the node keeps such connections over silent ones when an IP's handshake places are
+/// full).
+pub(crate) async fn perform_observed<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    keypair: &Keypair,
+    params: HandshakeParams,
+    initiator: bool,
+    progressed: &AtomicBool,
+) -> Result<(Box<Established>, BytesMut), HandshakeError> {
     let mut buf = BytesMut::with_capacity(MAX_HANDSHAKE_MESSAGE);
     let mut hs = if initiator {
         let (hs, msg1) = Handshake::initiator(keypair, params)?;
@@ -74,6 +90,7 @@ pub async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let message = receive(stream, &mut buf).await?;
         let progress = hs.read(&message)?;
+        progressed.store(true, Relaxed);
         if let Some(reply) = progress.send {
             send(stream, &reply).await?;
         }

@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use driver::perform;
+pub(crate) use driver::perform_observed;
 pub use error::HandshakeError;
 
 use crate::codec::cipher::{Opener, Sealer};

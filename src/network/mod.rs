@@ -163,8 +163,10 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             counters: Counters::default(),
             reliable,
             actor: Default::default(),
+            reassembly: crate::codec::record::ReassemblyBudget::new(config.max_reassembly_bytes),
         });
         let ctx = Arc::new(SocketContext {
+            reassembly: shared.reassembly.clone(),
             advertised_addr: config.advertised_addr.unwrap_or(local_addr),
             handshakes: Arc::new(Semaphore::new(config.max_concurrent_handshakes)),
             keypair,

@@ -51,6 +51,7 @@ impl ConnFacts {
 pub(crate) struct Limits {
     pub(crate) max_inbound: usize,
     pub(crate) max_inbound_per_ip: usize,
+    pub(crate) max_handshakes_per_ip: usize,
     pub(crate) handshakes_per_ip_per_sec: u64,
     pub(crate) ban_duration: Duration,
     pub(crate) handshake_timeout: Duration,
@@ -64,6 +65,29 @@ pub(crate) enum Refusal {
     BannedIp,
     PerIp,
     HandshakeRate,
+}
+
+/// An inbound connection in its handshake.
+#[derive(Debug, Clone, Copy)]
+struct Handshaking {
+    ip: IpAddr,
+    since: Instant,
+    /// Cut to make room for a newer one; no longer counts against the IP.
+    evicted: bool,
+}
+
+/// An inbound connection the registry takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// A connection from the same IP still in its handshake, to be cut to make room: the
+    /// oldest one, once `max_handshakes_per_ip` are in their handshake. Counted under the
+    /// label [`Taken::EVICTED`].
+    pub(crate) evict: Option<ConnectionId>,
+}
+
+impl Taken {
+    /// The `NetworkStats::inbound_refused` label of an eviction.
+    pub(crate) const EVICTED: &'static str = "handshakes_per_ip";
 }
 
 impl Refusal {
@@ -114,6 +138,11 @@ pub(crate) struct Registry {
     bans: Bans,
     departures: HeldDepartures,
     redial: Redialer,
+    /// Inbound connections still in their handshake, with when each was accepted. They have
+    /// their own per-IP bound, so strangers that never finish a handshake cannot take the
+    /// places of peers that do (`max_inbound_per_ip` counts proven connections only).
+    /// An evicted one stays here, marked, until its task ends.
+    handshaking: HashMap<ConnectionId, Handshaking>,
     /// New-connection rate per remote IP, with when each bucket was last used.
     handshake_rates: HashMap<IpAddr, (TokenBucket, Instant)>,
     stalls: Stalls,
@@ -133,6 +162,7 @@ impl Registry {
             bans: Bans::new(),
             departures: HeldDepartures::new(limits.handshake_timeout, MAX_HELD_DEPARTURES),
             redial,
+            handshaking: HashMap::new(),
             handshake_rates: HashMap::new(),
             stalls: Stalls::new(limits.max_stalls_per_ip, limits.stall_window),
             last_dial_seq: 0,
@@ -151,25 +181,65 @@ impl Registry {
     }
 
     /// Decides whether to take an inbound connection from `ip` before any handshake work.
+    /// When `max_handshakes_per_ip` connections from `ip` are still in their handshake, the
+    /// oldest of them makes room (see [`Taken::evict`]): a peer that completes its
+    /// handshake in a round trip gets through however many idle strangers share its IP.
     ///
     /// # Errors
-    /// The [`Refusal`]: a banned IP, too many connections from it, or over its handshake rate.
-    pub(crate) fn accept(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+    /// The [`Refusal`]: a banned IP, `max_inbound_per_ip` proven connections from it, or over
+    /// its handshake rate.
+    pub(crate) fn accept(
+        &mut self,
+        ip: IpAddr,
+        now: Instant,
+        progressed: impl Fn(ConnectionId) -> bool,
+    ) -> Result<Taken, Refusal> {
         if self.bans.ip_banned(&ip, now) {
             return Err(Refusal::BannedIp);
         }
-        let from_ip = self
-            .connections
-            .values()
-            .filter(|c| c.direction == Direction::Inbound && c.addr.ip() == ip)
-            .count();
-        if from_ip >= self.limits.max_inbound_per_ip {
+        if self.proven_from(ip, None) >= self.limits.max_inbound_per_ip {
             return Err(Refusal::PerIp);
         }
         if !self.handshake_allowed(ip, now) {
             return Err(Refusal::HandshakeRate);
         }
-        Ok(())
+        // The victim: the oldest connection that has sent no valid handshake message yet, or
+        // failing that the oldest of all. Silent strangers make room for each other; a dialer
+        // that answers (an honest peer does in one round trip) is cut only when every place
+        // is taken by connections that answered too, which costs the stranger a handshake
+        // message per connection within the IP's handshake rate.
+        let mut in_handshake = 0;
+        let mut oldest: Option<(bool, Instant, ConnectionId)> = None;
+        for (id, h) in &self.handshaking {
+            if h.ip == ip && !h.evicted {
+                in_handshake += 1;
+                let key = (progressed(*id), h.since, *id);
+                if oldest.is_none_or(|o| key < o) {
+                    oldest = Some(key);
+                }
+            }
+        }
+        let evict = oldest
+            .filter(|_| in_handshake >= self.limits.max_handshakes_per_ip.max(1))
+            .map(|(_, _, id)| id);
+        if let Some(h) = evict.and_then(|id| self.handshaking.get_mut(&id)) {
+            // It no longer counts against the IP, nor as proven, until its task ends.
+            h.evicted = true;
+        }
+        Ok(Taken { evict })
+    }
+
+    /// Inbound connections from `ip` that finished their handshake, besides `except`.
+    fn proven_from(&self, ip: IpAddr, except: Option<ConnectionId>) -> usize {
+        self.connections
+            .values()
+            .filter(|c| {
+                c.direction == Direction::Inbound
+                    && c.addr.ip() == ip
+                    && Some(c.id) != except
+                    && !self.handshaking.contains_key(&c.id)
+            })
+            .count()
     }
 
     /// Takes a token from `ip`'s handshake bucket. The map is bounded: when full, buckets idle
@@ -203,9 +273,18 @@ impl Registry {
         self.last_dial_seq
     }
 
-    /// A connection task was started (dialing or accepted).
-    pub(crate) fn opened(&mut self, facts: ConnFacts) {
+    /// A connection task was started (dialing or accepted) at `now`.
+    pub(crate) fn opened(&mut self, facts: ConnFacts, now: Instant) {
         self.connections.insert(facts.id, facts);
+        if facts.direction == Direction::Inbound {
+            let ip = facts.addr.ip();
+            let h = Handshaking {
+                ip,
+                since: now,
+                evicted: false,
+            };
+            self.handshaking.insert(facts.id, h);
+        }
     }
 
     /// Connection `facts.id`, just proven to be `peer` (with `facts.dial_seq` now known),
@@ -218,6 +297,7 @@ impl Registry {
         out: &mut Vec<Effect>,
     ) -> Admission {
         self.connections.insert(facts.id, facts);
+        self.handshaking.remove(&facts.id);
         let admission = self.decide(facts, peer, now, out);
         if matches!(
             admission,
@@ -240,6 +320,13 @@ impl Registry {
             return Admission::Close(DisconnectReason::Banned);
         }
         let persistent = self.redial.is_persistent(peer);
+        if facts.direction == Direction::Inbound
+            && !persistent
+            && self.proven_from(facts.addr.ip(), Some(facts.id)) >= self.limits.max_inbound_per_ip
+        {
+            // Several handshakes from one IP finished together past its cap.
+            return Admission::Close(DisconnectReason::InboundLimit);
+        }
         if facts.direction == Direction::Inbound && !persistent && !self.open.contains_key(&peer) {
             let open_inbound = self
                 .open
@@ -296,6 +383,7 @@ impl Registry {
     ) {
         let shutting_down = self.stopping;
         let facts = self.connections.remove(&conn);
+        self.handshaking.remove(&conn);
         if !shutting_down {
             self.redial.dial_closed(conn, now, random);
         }
@@ -493,6 +581,7 @@ mod tests {
         Limits {
             max_inbound: 2,
             max_inbound_per_ip: 3,
+            max_handshakes_per_ip: 2,
             handshakes_per_ip_per_sec: 5,
             ban_duration: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(10),
@@ -536,7 +625,7 @@ mod tests {
                 addr: SocketAddr::from((ip, 4000 + self.next as u16)),
                 dial_seq,
             };
-            self.registry.opened(facts);
+            self.registry.opened(facts, self.now);
             facts
         }
 
@@ -660,27 +749,114 @@ mod tests {
         assert_eq!(w.admit(v, validator), Admission::Open);
     }
 
+    const TAKEN: Result<Taken, Refusal> = Ok(Taken { evict: None });
+
     #[test]
     fn accept_checks_bans_connections_per_ip_and_the_handshake_rate_on_a_hand_moved_clock() {
         let mut w = World::new(&[]);
+        w.registry.limits.max_inbound = 100;
         let ip: IpAddr = [10, 0, 0, 2].into();
         for _ in 0..3 {
-            assert_eq!(w.registry.accept(ip, w.now), Ok(()));
-            w.conn(Direction::Inbound, [10, 0, 0, 2], 0);
+            assert_eq!(w.registry.accept(ip, w.now, |_| false), TAKEN);
+            let c = w.conn(Direction::Inbound, [10, 0, 0, 2], 0);
+            w.admit(c, Keypair::generate().peer_id());
         }
-        assert_eq!(w.registry.accept(ip, w.now), Err(Refusal::PerIp));
+        assert_eq!(w.registry.accept(ip, w.now, |_| false), Err(Refusal::PerIp));
         // Another IP: its own count, but the same rate (5 per second, burst 5).
         let other: IpAddr = [10, 0, 0, 3].into();
         for _ in 0..5 {
-            assert_eq!(w.registry.accept(other, w.now), Ok(()));
+            assert_eq!(w.registry.accept(other, w.now, |_| false), TAKEN);
         }
-        assert_eq!(w.registry.accept(other, w.now), Err(Refusal::HandshakeRate));
-        assert_eq!(w.registry.accept(other, w.now + SEC), Ok(()));
+        assert_eq!(
+            w.registry.accept(other, w.now, |_| false),
+            Err(Refusal::HandshakeRate)
+        );
+        assert_eq!(w.registry.accept(other, w.now + SEC, |_| false), TAKEN);
         // Closing a connection frees its per-IP place.
         let first = ConnectionId(1);
         w.registry
             .closed(first, None, &DisconnectReason::Eof, w.now, 0, &mut w.out);
-        assert_eq!(w.registry.accept(ip, w.now + SEC), Ok(()));
+        assert_eq!(w.registry.accept(ip, w.now + SEC, |_| false), TAKEN);
+    }
+
+    #[test]
+    fn strangers_in_their_handshake_cannot_lock_out_a_peer_from_their_ip() {
+        let mut w = World::new(&[]);
+        w.registry.limits.max_inbound = 100;
+        // Strangers as fast as they like: the handshake rate is a separate limit.
+        w.registry.limits.handshakes_per_ip_per_sec = 0;
+        let ip: IpAddr = [10, 0, 0, 9].into();
+        // Two strangers open connections and never send a handshake message: the IP's
+        // handshake bound (2) is full, but neither counts against the proven cap (3).
+        let mut strangers = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(w.registry.accept(ip, w.now, |_| false), TAKEN);
+            strangers.push(w.conn(Direction::Inbound, [10, 0, 0, 9], 0).id);
+            w.now += Duration::from_millis(10);
+        }
+        // The honest peer's connection takes the oldest stranger's place...
+        let taken = w.registry.accept(ip, w.now, |_| false).unwrap();
+        assert_eq!(taken.evict, Some(strangers.remove(0)));
+        let honest = w.conn(Direction::Inbound, [10, 0, 0, 9], 1);
+        // ...and once its first handshake message is in, strangers that keep arriving make
+        // room among themselves, however many, however fast.
+        let answered = |id: ConnectionId| id == honest.id;
+        for _ in 0..20 {
+            w.now += Duration::from_millis(1);
+            let taken = w.registry.accept(ip, w.now, answered).unwrap();
+            assert_eq!(taken.evict, Some(strangers.remove(0)));
+            strangers.push(w.conn(Direction::Inbound, [10, 0, 0, 9], 0).id);
+        }
+        assert_eq!(
+            w.admit(honest, Keypair::generate().peer_id()),
+            Admission::Open
+        );
+        // Only when every place holds a connection that answered does the oldest of them go.
+        let all = |_: ConnectionId| true;
+        w.now += SEC;
+        assert_eq!(w.registry.accept(ip, w.now, all), TAKEN);
+        w.conn(Direction::Inbound, [10, 0, 0, 9], 0);
+        let before = w.now;
+        let newest = w.registry.accept(ip, before, all).unwrap();
+        assert_eq!(newest.evict, Some(strangers[0]));
+        // Proven connections alone count against max_inbound_per_ip: two more peers fill it.
+        for seq in 2..4 {
+            w.now += SEC;
+            assert!(w.registry.accept(ip, w.now, all).is_ok());
+            let c = w.conn(Direction::Inbound, [10, 0, 0, 9], seq);
+            assert_eq!(w.admit(c, Keypair::generate().peer_id()), Admission::Open);
+        }
+        w.now += SEC;
+        assert_eq!(w.registry.accept(ip, w.now, all), Err(Refusal::PerIp));
+    }
+
+    #[test]
+    fn handshakes_finishing_together_past_the_ip_cap_are_refused_at_admission() {
+        let mut w = World::new(&[]);
+        w.registry.limits.max_inbound = 100;
+        // Four connections from one IP get through accept before any proves a peer (cap 3):
+        // the fourth to finish is refused.
+        let conns: Vec<_> = (0..4)
+            .map(|i| {
+                w.now += Duration::from_millis(300);
+                let _ = w.registry.accept([10, 0, 0, 8].into(), w.now, |_| false);
+                w.conn(Direction::Inbound, [10, 0, 0, 8], i)
+            })
+            .collect();
+        let mut admissions = Vec::new();
+        for c in conns {
+            admissions.push(w.admit(c, Keypair::generate().peer_id()));
+        }
+        // The handshake bound (2) evicted the oldest two in accept; the test admits all four
+        // anyway, as if each had finished before its eviction: only the cap decides here.
+        assert_eq!(
+            admissions[..3],
+            [Admission::Open, Admission::Open, Admission::Open]
+        );
+        assert_eq!(
+            admissions[3],
+            Admission::Close(DisconnectReason::InboundLimit)
+        );
     }
 
     #[test]
@@ -700,14 +876,17 @@ mod tests {
             }
         ));
         let ip: IpAddr = [10, 0, 0, 66].into();
-        assert_eq!(w.registry.accept(ip, w.now), Err(Refusal::BannedIp));
+        assert_eq!(
+            w.registry.accept(ip, w.now, |_| false),
+            Err(Refusal::BannedIp)
+        );
         let again = w.conn(Direction::Inbound, [10, 0, 0, 67], 2);
         assert_eq!(
             w.admit(again, evil),
             Admission::Close(DisconnectReason::Banned)
         );
         let later = w.now + Duration::from_secs(601);
-        assert_eq!(w.registry.accept(ip, later), Ok(()));
+        assert_eq!(w.registry.accept(ip, later, |_| false), TAKEN);
     }
 
     #[test]
@@ -724,7 +903,7 @@ mod tests {
         );
         // Other nodes behind that address (a shared host, NAT) are not refused...
         let ip: IpAddr = [10, 0, 0, 8].into();
-        assert_eq!(w.registry.accept(ip, w.now), Ok(()));
+        assert_eq!(w.registry.accept(ip, w.now, |_| false), TAKEN);
         // ...but the peer itself is, by id, until the ban ends.
         let again = w.conn(Direction::Inbound, [10, 0, 0, 8], 2);
         assert_eq!(

@@ -185,6 +185,14 @@ impl InboundSession {
         self.judge.rejected
     }
 
+    /// Charges this connection's partly received messages to the node-wide `budget`.
+    pub(crate) fn set_reassembly_budget(
+        &mut self,
+        budget: std::sync::Arc<crate::codec::record::ReassemblyBudget>,
+    ) {
+        self.records.set_budget(budget);
+    }
+
     /// Handles one frame's plaintext. `recv` holds our position in the peer's reliable stream
     /// per channel index (shared with the peer's other connections); `deliver` hands one
     /// message to channel index `lane`'s sink. Effects go to `out`, counters to `tally` (by
