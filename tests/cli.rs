@@ -760,3 +760,169 @@ fn nodes_given_one_peer_find_each_other_and_list_them() {
         assert!(node.terminate().success());
     }
 }
+
+/// Runs the program to completion with extra environment variables; returns exit code, stdout
+/// and stderr.
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    // The test's own environment must not leak settings into the child.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PEERWIRE_") {
+            command.env_remove(key);
+        }
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `peerwire init` writes a file `node --config` reads back; then the file, `PEERWIRE_*`
+/// variables and flags are merged in that order of precedence, for the program's options and
+/// for library settings alike.
+#[test]
+fn config_file_environment_and_flags_take_precedence_in_that_order() {
+    let dir = TempDir::new("config");
+    let path = dir.file("node.toml");
+    let (code, out, _) = run_with_env(&["init", "--config", &path], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("wrote"), "{out}");
+    let (code, _, err) = run_with_env(&["init", "--config", &path], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists"), "{err}");
+    // The template reads back as the defaults.
+    let (code, out, err) = run_with_env(&["node", "--config", &path, "--print-config"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("idle_timeout = \"20s\""), "{out}");
+    assert!(out.contains("network_id = \"peerwire\""), "{out}");
+
+    std::fs::write(
+        &path,
+        "[node]\nlisten = \"127.0.0.1:7301\"\nnetwork_id = \"from-file\"\n\
+         peers = [\"127.0.0.1:7302\"]\n\
+         [network]\nidle_timeout = \"30s\"\nping_interval = \"2s\"\nmax_message_size = 1000\n",
+    )
+    .unwrap();
+    let print = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["node", "--config", &path, "--print-config"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run_with_env(&args, env);
+        assert_eq!(code, Some(0), "{err}");
+        out
+    };
+    let file_only = print(&[], &[]);
+    for line in [
+        "listen = \"127.0.0.1:7301\"",
+        "network_id = \"from-file\"",
+        "peers = [\"127.0.0.1:7302\"]",
+        "idle_timeout = \"30s\"",
+        "ping_interval = \"2s\"",
+        "max_message_size = 1000",
+    ] {
+        assert!(
+            file_only.lines().any(|l| l == line),
+            "{line} in\n{file_only}"
+        );
+    }
+    let env = [
+        ("PEERWIRE_NETWORK_ID", "from-env"),
+        ("PEERWIRE_IDLE_TIMEOUT", "40s"),
+        ("PEERWIRE_LISTEN", "127.0.0.1:7303"),
+    ];
+    let with_env = print(&[], &env);
+    assert!(with_env.contains("network_id = \"from-env\""), "{with_env}");
+    assert!(with_env.contains("idle_timeout = \"40s\""), "{with_env}");
+    assert!(
+        with_env.contains("listen = \"127.0.0.1:7303\""),
+        "{with_env}"
+    );
+    assert!(with_env.contains("ping_interval = \"2s\""), "{with_env}");
+    let with_flags = print(
+        &["--idle-timeout", "50", "--listen", "127.0.0.1:7304"],
+        &env,
+    );
+    assert!(
+        with_flags.contains("idle_timeout = \"50s\""),
+        "{with_flags}"
+    );
+    assert!(
+        with_flags.contains("listen = \"127.0.0.1:7304\""),
+        "{with_flags}"
+    );
+    assert!(
+        with_flags.contains("network_id = \"from-env\""),
+        "{with_flags}"
+    );
+
+    // Mistakes name the file (or variable), the setting and what to do, and exit 2.
+    std::fs::write(&path, "[network]\nidle_timeot = \"30s\"\n").unwrap();
+    let (code, _, err) = run_with_env(&["node", "--config", &path], &[]);
+    assert_eq!(code, Some(2), "a usage error: {err}");
+    assert!(
+        err.contains("node.toml") && err.contains("idle_timeot"),
+        "{err}"
+    );
+    assert!(err.contains("peerwire init"), "{err}");
+    std::fs::write(&path, "[node]\nlisten = \"nowhere\"\n").unwrap();
+    let (code, _, err) = run_with_env(&["node", "--config", &path], &[]);
+    assert_eq!(code, Some(2), "a usage error: {err}");
+    assert!(
+        err.contains("[node] listen") && err.contains("nowhere"),
+        "{err}"
+    );
+    let (code, _, err) = run_with_env(
+        &["node", "--print-config"],
+        &[("PEERWIRE_WRITE_TIMEOUT", "forever")],
+    );
+    assert_eq!(code, Some(2), "a usage error: {err}");
+    assert!(
+        err.contains("PEERWIRE_WRITE_TIMEOUT") && err.contains("forever"),
+        "{err}"
+    );
+    let missing = dir.file("missing.toml");
+    let (code, _, err) = run_with_env(&["node", "--config", &missing], &[]);
+    assert_eq!(code, Some(2), "a usage error: {err}");
+    assert!(
+        err.contains("missing.toml") && err.contains("peerwire init"),
+        "{err}"
+    );
+}
+
+/// `--log-format json` writes one JSON object per log line; `--log-level` filters, and a bad
+/// filter is refused with the form expected.
+#[test]
+fn log_flags_choose_the_format_and_the_level() {
+    // An unreachable --peer is logged at WARN as soon as the first dial fails.
+    let mut json = Proc::spawn(
+        "json logs",
+        &["--log-format", "json", "node", "--peer", "127.0.0.1:1"],
+        false,
+    );
+    json.value("listening on:");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let err = json.stderr.lock().unwrap().clone();
+        if let Some(line) = err.lines().find(|l| l.contains("127.0.0.1:1")) {
+            assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+            assert!(line.contains("\"level\":\"WARN\""), "{line}");
+            break;
+        }
+        if Instant::now() > deadline {
+            json.fail("no JSON warning about the unreachable peer");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(json.terminate().success());
+    let (code, _, err) = run_with_env(&["--log-level", "peerwire=loud", "node"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--log-level") && err.contains("peerwire=debug"),
+        "{err}"
+    );
+}

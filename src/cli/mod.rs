@@ -1,6 +1,7 @@
 //! Command-line interface: the clap argument types and the dispatch to each subcommand.
 
 mod cluster;
+mod config_file;
 mod demo;
 mod kv;
 mod metrics;
@@ -8,6 +9,7 @@ mod node;
 mod probe;
 mod pubsub;
 mod report;
+mod settings;
 mod text;
 
 use std::net::SocketAddr;
@@ -19,6 +21,19 @@ use clap::{Args, Parser, Subcommand};
 /// Error type of the program: every failure ends up as one line on stderr and a non-zero exit.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// A mistake in how the program was started (a flag, a variable, the config file): the
+/// program exits with 2, as for a bad flag.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// Result with the program's [`Error`].
 pub(crate) type Result<T> = std::result::Result<T, Error>;
 
@@ -29,6 +44,59 @@ pub(crate) struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Log filter on stderr: a level (error, warn, info, debug, trace) or RUST_LOG-style
+    /// directives such as `peerwire=debug,info`. Without it: PEERWIRE_LOG_LEVEL, then the
+    /// config file's `log_level`, then RUST_LOG, then `info`.
+    #[arg(long, global = true, value_name = "FILTER", env = "PEERWIRE_LOG_LEVEL")]
+    pub(crate) log_level: Option<String>,
+    /// Log line format on stderr: `text` or `json` (one JSON object per line)
+    /// [default: the config file's `log_format`, else text].
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        env = "PEERWIRE_LOG_FORMAT"
+    )]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Cli {
+    /// The log filter and format: flags and environment first, then the node's config file.
+    pub(crate) fn logging(&self) -> std::result::Result<(Option<String>, LogFormat), String> {
+        let file = match &self.command {
+            Command::Node(args) => match &args.config {
+                Some(path) => Some(config_file::ConfigFile::load(path)?),
+                None => None,
+            },
+            _ => None,
+        };
+        let node = file.as_ref().map(|f| &f.node);
+        let level = self
+            .log_level
+            .clone()
+            .or_else(|| node.and_then(|n| n.log_level.clone()));
+        let format = match (self.log_format, node.and_then(|n| n.log_format.as_deref())) {
+            (Some(format), _) => format,
+            (None, None | Some("text")) => LogFormat::Text,
+            (None, Some("json")) => LogFormat::Json,
+            (None, Some(other)) => {
+                return Err(format!(
+                    "config file: [node] log_format = {other:?}; expected \"text\" or \"json\""
+                ));
+            }
+        };
+        Ok((level, format))
+    }
 }
 
 /// The subcommands.
@@ -50,6 +118,17 @@ pub(crate) enum Command {
     /// Print the peer id of a key file; with `--listen`, also `ID@ADDR`, the form
     /// `--persistent` takes.
     Id(IdArgs),
+    /// Write a config file for `peerwire node --config FILE`: every option, each with its
+    /// meaning, environment variable and default. Refuses to overwrite a file.
+    Init(InitArgs),
+}
+
+/// Options of `peerwire init`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct InitArgs {
+    /// Where to write the config file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
 }
 
 /// Options of `peerwire keygen`.
@@ -133,37 +212,45 @@ pub(crate) struct DemoArgs {
     pub(crate) pings: u64,
 }
 
-/// Options of `peerwire node`.
+/// Options of `peerwire node`. Each may also come from the environment (`PEERWIRE_*`, shown
+/// below) or the config file's `[node]` table; flags win over the environment, which wins over
+/// the file. Library settings without a flag are in the file's `[network]` table or their
+/// `PEERWIRE_<NAME>` variables (`peerwire init --config FILE` lists them all).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct NodeArgs {
-    /// Address to listen on (port 0 picks a free port; the bound address is printed).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub(crate) listen: SocketAddr,
+    /// Read options and library settings from this TOML file (`peerwire init` writes one).
+    #[arg(long, value_name = "FILE", env = "PEERWIRE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the bound address is printed)
+    /// [default: 127.0.0.1:0].
+    #[arg(long, env = "PEERWIRE_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
     /// A peer to dial, as HOST:PORT: dialed every second until connected, and again whenever
-    /// the connection is lost, for as long as the node runs. Repeatable.
-    #[arg(long = "peer", value_name = "HOST:PORT", value_parser = parse_host_port)]
+    /// the connection is lost, for as long as the node runs. Repeatable (comma-separated in the
+    /// environment).
+    #[arg(long = "peer", value_name = "HOST:PORT", value_parser = parse_host_port, env = "PEERWIRE_PEERS", value_delimiter = ',')]
     pub(crate) peers: Vec<String>,
     /// Key file holding this node's identity; created (mode 0600) if missing. Without it the
     /// node gets a fresh identity on every run.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "PEERWIRE_KEY")]
     pub(crate) key: Option<PathBuf>,
-    /// Network id; nodes with a different id refuse each other.
-    #[arg(long, default_value = "peerwire")]
-    pub(crate) network_id: String,
+    /// Network id; nodes with a different id refuse each other [default: peerwire].
+    #[arg(long, env = "PEERWIRE_NETWORK_ID")]
+    pub(crate) network_id: Option<String>,
     /// Largest message, sent or received, in bytes [default: the library's, 16 MiB].
     #[arg(long, value_name = "BYTES")]
     pub(crate) max_message_size: Option<usize>,
     /// A peer to stay connected to, as PEER_ID@HOST:PORT: dialed at start, its identity checked,
     /// and redialed by the library with backoff whenever it is away. Repeatable.
-    #[arg(long = "persistent", value_name = "ID@HOST:PORT", value_parser = parse_persistent)]
+    #[arg(long = "persistent", value_name = "ID@HOST:PORT", value_parser = parse_persistent, env = "PEERWIRE_PERSISTENT", value_delimiter = ',')]
     pub(crate) persistent: Vec<(peerwire::PeerId, String)>,
-    /// Serve Prometheus metrics on this address at GET /metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics on this address at /metrics (GET or HEAD), and /healthz.
+    #[arg(long, value_name = "ADDR", env = "PEERWIRE_METRICS")]
     pub(crate) metrics: Option<SocketAddr>,
     /// Find other nodes through the connected ones (peer exchange) and connect to up to 8;
     /// `/peers` lists them. Off by default: without it the node keeps exactly the
     /// connections it is given.
-    #[arg(long)]
+    #[arg(long, env = "PEERWIRE_DISCOVER")]
     pub(crate) discover: bool,
     /// How often each connection sends a ping, in seconds (fractions allowed)
     /// [default: the library's, 5 s].
@@ -173,6 +260,131 @@ pub(crate) struct NodeArgs {
     /// allowed); must exceed the ping interval [default: the library's, 20 s].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub(crate) idle_timeout: Option<Duration>,
+    /// Print the settings the node would run with (file, environment and flags merged), as a
+    /// config file, and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+}
+
+/// What `peerwire node` runs with, once flags, environment and config file are merged.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeOptions {
+    pub(crate) peers: Vec<String>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) persistent: Vec<(peerwire::PeerId, String)>,
+    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) discover: bool,
+    /// The library configuration, listen address and network id included.
+    pub(crate) config: peerwire::Config,
+}
+
+impl NodeOptions {
+    /// The merged settings as a config file (`--print-config`).
+    pub(crate) fn to_toml(&self) -> String {
+        let list = |items: Vec<String>| {
+            let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+            format!("[{}]", quoted.join(", "))
+        };
+        let mut out = format!(
+            "[node]\nlisten = \"{}\"\nnetwork_id = {:?}\n",
+            self.config.listen, self.config.network_id
+        );
+        if let Some(key) = &self.key {
+            out.push_str(&format!("key = {:?}\n", key.display().to_string()));
+        }
+        out.push_str(&format!("peers = {}\n", list(self.peers.clone())));
+        let persistent = self
+            .persistent
+            .iter()
+            .map(|(id, addr)| format!("{id}@{addr}"))
+            .collect();
+        out.push_str(&format!("persistent = {}\n", list(persistent)));
+        if let Some(metrics) = self.metrics {
+            out.push_str(&format!("metrics = \"{metrics}\"\n"));
+        }
+        out.push_str(&format!("discover = {}\n\n[network]\n", self.discover));
+        out.push_str(&settings::current_network_table(&self.config));
+        out
+    }
+}
+
+impl NodeArgs {
+    /// Merges defaults, the config file, `PEERWIRE_*` variables and flags, in that order.
+    /// Every error names where the bad value came from and the form expected.
+    pub(crate) fn resolve(&self) -> std::result::Result<NodeOptions, String> {
+        let (file, source) = match &self.config {
+            Some(path) => (
+                config_file::ConfigFile::load(path)?,
+                format!("--config {}", path.display()),
+            ),
+            None => (config_file::ConfigFile::default(), String::new()),
+        };
+        let node = &file.node;
+        let mut config = peerwire::Config::default();
+        file.apply_network(&mut config, &source)?;
+        settings::apply_env(&mut config)?;
+        let from_file = |what: &str, e: String| format!("{source}: [node] {what}: {e}");
+        config.listen = match (self.listen, &node.listen) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => text.parse().map_err(|_| {
+                from_file(
+                    "listen",
+                    format!("{text:?} is not an address such as 127.0.0.1:7001"),
+                )
+            })?,
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        config.network_id = self
+            .network_id
+            .clone()
+            .or_else(|| node.network_id.clone())
+            .unwrap_or_else(|| "peerwire".to_owned());
+        if let Some(max) = self.max_message_size {
+            config.max_message_size = max;
+        }
+        if let Some(interval) = self.ping_interval {
+            config.ping_interval = interval;
+        }
+        if let Some(timeout) = self.idle_timeout {
+            config.idle_timeout = timeout;
+        }
+        let peers = if self.peers.is_empty() {
+            let listed = node.peers.clone().unwrap_or_default();
+            for peer in &listed {
+                parse_host_port(peer).map_err(|e| from_file("peers", e))?;
+            }
+            listed
+        } else {
+            self.peers.clone()
+        };
+        let persistent = if self.persistent.is_empty() {
+            let mut parsed = Vec::new();
+            for text in node.persistent.iter().flatten() {
+                parsed.push(parse_persistent(text).map_err(|e| from_file("persistent", e))?);
+            }
+            parsed
+        } else {
+            self.persistent.clone()
+        };
+        let metrics = match (self.metrics, &node.metrics) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) if !text.is_empty() => Some(text.parse().map_err(|_| {
+                from_file(
+                    "metrics",
+                    format!("{text:?} is not an address such as 127.0.0.1:9100"),
+                )
+            })?),
+            (None, _) => None,
+        };
+        Ok(NodeOptions {
+            peers,
+            key: self.key.clone().or_else(|| node.key.clone()),
+            persistent,
+            metrics,
+            discover: self.discover || node.discover.unwrap_or(false),
+            config,
+        })
+    }
 }
 
 /// Checks the form HOST:PORT (the host is resolved when dialing, so a name may come up later).
@@ -233,6 +445,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Probe(args) => probe::run(args).await,
         Command::Keygen(args) => keygen(&args),
         Command::Id(args) => id(&args),
+        Command::Init(args) => init(&args),
     }
 }
 
@@ -248,6 +461,33 @@ fn keygen(args: &KeygenArgs) -> Result<()> {
     }
     let keypair = peerwire::Keypair::load_or_create(&args.key)?;
     println!("{}", keypair.peer_id());
+    Ok(())
+}
+
+/// `peerwire init`: a commented config file, never over an existing file.
+fn init(args: &InitArgs) -> Result<()> {
+    let path = &args.config;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                format!(
+                    "{} already exists; init never overwrites a file (remove it first, or choose \
+                     another path)",
+                    path.display()
+                )
+            } else {
+                format!("cannot write {}: {e}", path.display())
+            }
+        })?;
+    std::io::Write::write_all(&mut file, config_file::template().as_bytes())?;
+    println!(
+        "wrote {}; edit it, then run `peerwire node --config {}`",
+        path.display(),
+        path.display()
+    );
     Ok(())
 }
 

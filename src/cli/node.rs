@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use peerwire::{Config, Direction, Inbox, Keypair, Network, NetworkEvent, PeerId};
+use peerwire::{Direction, Inbox, Keypair, Network, NetworkEvent, PeerId};
 use tokio::net::lookup_host;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
@@ -30,6 +30,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the node until SIGINT, SIGTERM or SIGHUP.
 pub(crate) async fn run(args: NodeArgs) -> Result<()> {
+    let print_config = args.print_config;
+    let args = args.resolve().map_err(super::Usage)?;
+    if print_config {
+        print!("{}", args.to_toml());
+        return Ok(());
+    }
     let keypair = match &args.key {
         Some(path) => {
             let keypair = Keypair::load_or_create(path)
@@ -39,18 +45,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         }
         None => Keypair::try_generate()?,
     };
-    let mut config = Config::default()
-        .listen(args.listen)
-        .network_id(args.network_id.clone());
-    if let Some(max) = args.max_message_size {
-        config.max_message_size = max;
-    }
-    if let Some(interval) = args.ping_interval {
-        config.ping_interval = interval;
-    }
-    if let Some(timeout) = args.idle_timeout {
-        config.idle_timeout = timeout;
-    }
+    let mut config = args.config.clone();
     for (id, addr) in &args.persistent {
         let resolved = resolve(addr)
             .await
