@@ -18,41 +18,23 @@ pub(crate) trait Value: Sized {
     fn toml(&self) -> String;
 }
 
-impl Value for usize {
-    fn parse(text: &str) -> Result<Self, String> {
-        text.trim()
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("{text:?} is not a whole number"))
-    }
-    fn toml(&self) -> String {
-        self.to_string()
-    }
+/// Whole numbers, with `_` allowed as a separator (`16_777_216`).
+macro_rules! whole_number {
+    ($($t:ty),*) => { $(
+        impl Value for $t {
+            fn parse(text: &str) -> Result<Self, String> {
+                text.trim().replace('_', "").parse().map_err(|_| {
+                    format!("{text:?} is not a whole number from 0 to {}", <$t>::MAX)
+                })
+            }
+            fn toml(&self) -> String {
+                self.to_string()
+            }
+        }
+    )* };
 }
 
-impl Value for u64 {
-    fn parse(text: &str) -> Result<Self, String> {
-        text.trim()
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("{text:?} is not a whole number"))
-    }
-    fn toml(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Value for u32 {
-    fn parse(text: &str) -> Result<Self, String> {
-        text.trim()
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("{text:?} is not a whole number up to {}", Self::MAX))
-    }
-    fn toml(&self) -> String {
-        self.to_string()
-    }
-}
+whole_number!(usize, u64, u32);
 
 impl Value for bool {
     fn parse(text: &str) -> Result<Self, String> {
