@@ -55,7 +55,7 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
         env!("CARGO_PKG_VERSION")
     );
     let t = &stats.totals;
-    let node: [(&str, &str, &str, u64); 15] = [
+    let node: [(&str, &str, &str, u64); 16] = [
         (
             "peerwire_peers",
             "gauge",
@@ -127,6 +127,12 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
             "counter",
             "Connections closed because the peer stopped reading or acknowledging.",
             stats.stalled_disconnects,
+        ),
+        (
+            "peerwire_identity_conflicts_total",
+            "counter",
+            "Signs of two nodes using one identity (see NetworkStats::identity_conflicts).",
+            stats.identity_conflicts,
         ),
         (
             "peerwire_reassembly_bytes",

@@ -926,3 +926,45 @@ fn log_flags_choose_the_format_and_the_level() {
         "{err}"
     );
 }
+
+/// The refusing side speaks too: a node of another network dialing in is logged at WARN on the
+/// node it dials (once per kind per half minute, however often it retries), with its address
+/// and the reason.
+#[test]
+fn a_refused_handshake_is_logged_on_the_refusing_side() {
+    let mut a = Proc::spawn(
+        "node a",
+        &["node", "--listen", "127.0.0.1:0", "--network-id", "left"],
+        false,
+    );
+    let a_addr = a.value("listening on:");
+    let mut b = Proc::spawn(
+        "node b",
+        &["node", "--network-id", "right", "--peer", &a_addr],
+        false,
+    );
+    b.value("listening on:");
+    let deadline = Instant::now() + TIMEOUT;
+    let warned = |p: &Proc| {
+        p.stderr
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("handshake failed"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    while warned(&a).is_empty() {
+        if Instant::now() > deadline {
+            a.fail("no WARN line about the refused handshake");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    // B keeps retrying every second; A's log does not grow with it.
+    thread::sleep(Duration::from_millis(2500));
+    let lines = warned(&a);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("network_mismatch"), "{lines:?}");
+    assert!(b.terminate().success());
+    assert!(a.terminate().success());
+}

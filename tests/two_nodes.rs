@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use peerwire::{Direction, DisconnectReason, NetworkEvent, SocketState};
+use peerwire::{Direction, DisconnectReason, Network, NetworkEvent, SocketState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_send_both_ways_in_order() {
@@ -82,4 +82,44 @@ async fn two_nodes_send_both_ways_in_order() {
     b.shutdown().await;
     assert!(a_in.recv().await.is_none());
     assert!(b_in.recv().await.is_none());
+}
+
+/// Two nodes started with one key (a copied key file, two processes) keep replacing each other
+/// at every peer; both sides notice: the peer sees its connection replaced by one advertising
+/// another address, and the twin that lost sees its connection closed as a duplicate with no
+/// replacement of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_with_one_key_are_reported_as_an_identity_conflict() {
+    let key = peerwire::Keypair::generate();
+    // A short handshake timeout bounds how long the loser's departure is held.
+    let twin_config = || config().handshake_timeout(std::time::Duration::from_secs(1));
+    let (x, _xi) = node(config()).await;
+    let (first, _fi) = Network::<bytes::Bytes>::start(twin_config(), key.clone())
+        .await
+        .unwrap();
+    let (second, _si) = Network::<bytes::Bytes>::start(twin_config(), key)
+        .await
+        .unwrap();
+    soon("first twin connects", first.connect(x.local_addr()))
+        .await
+        .unwrap();
+    eventually("x sees the first twin", || {
+        x.is_connected(first.local_peer_id())
+    })
+    .await;
+    soon("second twin connects", second.connect(x.local_addr()))
+        .await
+        .unwrap();
+    eventually("x notices", || x.stats().identity_conflicts >= 1).await;
+    assert!(
+        x.metrics_text()
+            .contains("peerwire_identity_conflicts_total 1")
+    );
+    eventually("the replaced twin notices", || {
+        first.stats().identity_conflicts + second.stats().identity_conflicts >= 1
+    })
+    .await;
+    for n in [first, second, x] {
+        n.shutdown().await;
+    }
 }

@@ -27,6 +27,7 @@ use crate::codec::GoodbyeReason;
 use crate::error::ConnectError;
 use crate::identity::PeerId;
 use crate::peers::backoff::jitter_sample;
+use crate::peers::log_summary::{self, Kind, LogSummary};
 use crate::peers::redial::Redialer;
 use crate::peers::registry::{Admission, ConnFacts, Effect, Limits, Registry, Taken};
 use crate::peers::{BanReason, NetworkEvent};
@@ -97,6 +98,8 @@ pub(crate) struct NetworkActor {
     recv_states: HashMap<PeerId, Arc<parking_lot::Mutex<Vec<RecvSeq>>>>,
     /// Effects returned by the registry, applied and cleared after each call.
     effects: Vec<Effect>,
+    /// Refusals and failures logged once per kind per window (floods stay a few lines).
+    log: LogSummary,
 }
 
 impl NetworkActor {
@@ -158,6 +161,7 @@ impl NetworkActor {
             pending: HashMap::new(),
             recv_states: HashMap::new(),
             effects: Vec::new(),
+            log: LogSummary::default(),
         };
         *shared.actor.lock() = Some(tokio::spawn(actor.run()));
         commands_tx
@@ -185,6 +189,7 @@ impl NetworkActor {
                 Some(event) = self.socket_events.recv() => self.socket_event(event, false),
                 Some(accepted) = self.accepted.recv() => self.spawn_inbound(accepted),
                 () = sleep_until_due(self.registry.next_due()) => self.due(),
+                () = sleep_until_due(self.log.next_due()) => self.log_due(),
             }
         }
         self.shutdown(&mut waiters, graceful).await;
@@ -212,6 +217,9 @@ impl NetworkActor {
                 Effect::Close { conn, reason } => {
                     let socket = self.shared.connections.read().get(&conn).cloned();
                     if let Some(socket) = socket {
+                        if reason == DisconnectReason::Duplicate {
+                            self.check_identity(&socket);
+                        }
                         socket.close_gracefully(reason);
                     }
                 }
@@ -222,6 +230,21 @@ impl NetworkActor {
                         }
                         NetworkEvent::Disconnected { peer, reason } => {
                             tracing::debug!(%peer, %reason, "peer disconnected");
+                            if *reason == DisconnectReason::RemoteGoodbye(GoodbyeReason::Duplicate)
+                            {
+                                // Held for a replacement of ours that never came: the peer
+                                // kept another connection that proved our identity.
+                                self.shared.counters.identity_conflicts.inc();
+                                let peer = *peer;
+                                self.say(("identity conflict", "replaced_by_twin"), || {
+                                    tracing::warn!(
+                                        %peer,
+                                        "peer closed our connection as a duplicate of another \
+                                         one with this node's identity: is a second process using \
+                                         this key file? Each will keep replacing the other"
+                                    );
+                                });
+                            }
                         }
                         NetworkEvent::Banned {
                             peer,
@@ -229,7 +252,7 @@ impl NetworkActor {
                             reason,
                         } => {
                             self.shared.counters.bans.inc();
-                            tracing::info!(%peer, ?reason, ?duration, "peer banned");
+                            tracing::warn!(%peer, ?reason, ?duration, "peer banned");
                         }
                     }
                     // No subscriber is normal; a lagging subscriber is told how many it missed.
@@ -348,6 +371,92 @@ impl NetworkActor {
         }
     }
 
+    /// Logs through the summary: `say` runs for the first event of `kind` in its window.
+    fn say(&mut self, kind: Kind, say: impl FnOnce()) {
+        if self.log.note(kind, Instant::now()) {
+            say();
+        }
+    }
+
+    /// One line per kind of event left out of the log in the window that just ended.
+    fn log_due(&mut self) {
+        for ((what, why), left_out) in self.log.due(Instant::now()) {
+            tracing::warn!(
+                reason = why,
+                "{left_out} more like the last \"{what}\" ({why}) in the last {} s",
+                log_summary::WINDOW.as_secs()
+            );
+        }
+    }
+
+    /// What a closed connection tells the operator: failed dials and handshakes, and peers cut
+    /// for misbehaving or stalling. Normal endings (goodbyes, duplicates, shutdown) say nothing.
+    fn log_closed(
+        &mut self,
+        shared: &SocketShared,
+        reason: &DisconnectReason,
+        error: Option<&ConnectError>,
+    ) {
+        let addr = shared.addr;
+        let direction = shared.direction;
+        let peer = shared.peer.get().copied();
+        match error {
+            Some(ConnectError::Handshake { source, .. }) => {
+                let label = source.label();
+                self.say(("handshake failed", label), || {
+                    tracing::warn!(%addr, ?direction, reason = label, "handshake failed: {source}");
+                });
+            }
+            Some(e @ (ConnectError::Dial { .. } | ConnectError::DialTimeout { .. })) => {
+                self.say(("dial failed", "unreachable"), || {
+                    tracing::warn!(%addr, "{e}");
+                });
+            }
+            _ => {}
+        }
+        if let (
+            Some(peer),
+            DisconnectReason::Misbehaviour { .. }
+            | DisconnectReason::WriteStalled
+            | DisconnectReason::Codec(_)
+            | DisconnectReason::IdleTimeout,
+        ) = (peer, reason)
+        {
+            let label = reason.label();
+            self.say(("peer cut", label), || {
+                tracing::warn!(%peer, %addr, reason = label, "connection closed: {reason}");
+            });
+        }
+    }
+
+    /// A connection of `old`'s peer is being replaced: if the new one advertises another
+    /// listen address, two nodes may be proving the same identity (one key file, two
+    /// processes), and they will keep replacing each other.
+    fn check_identity(&mut self, old: &SocketShared) {
+        let Some(peer) = old.peer.get().copied() else {
+            return;
+        };
+        let new = self.shared.peers.read().get(&peer).cloned();
+        let (Some(Some(was)), Some(Some(now))) = (
+            old.listen_addr.get().copied(),
+            new.and_then(|n| n.listen_addr.get().copied()),
+        ) else {
+            return;
+        };
+        if was != now {
+            self.shared.counters.identity_conflicts.inc();
+            self.say(("identity conflict", "two_addresses"), || {
+                tracing::warn!(
+                    %peer,
+                    %was,
+                    %now,
+                    "peer replaced its connection with one advertising another address: if this \
+                     repeats, two processes are using one key file"
+                );
+            });
+        }
+    }
+
     fn spawn_inbound(&mut self, accepted: Accepted) {
         let ip = accepted.addr.ip();
         let now = Instant::now();
@@ -361,8 +470,16 @@ impl NetworkActor {
         let taken = match self.registry.accept(ip, now, progressed) {
             Ok(taken) => taken,
             Err(refusal) => {
-                self.shared.counters.inbound_refused(refusal.label());
-                tracing::debug!(%ip, ?refusal, "inbound connection refused");
+                let label = refusal.label();
+                self.shared.counters.inbound_refused(label);
+                self.say(("inbound connection refused", label), || {
+                    tracing::warn!(
+                        %ip,
+                        reason = label,
+                        "inbound connection refused before its handshake: {}",
+                        refusal.explain()
+                    );
+                });
                 return; // dropping the stream closes it; dropping the slot frees it
             }
         };
@@ -370,9 +487,15 @@ impl NetworkActor {
             self.shared.counters.inbound_refused(Taken::EVICTED);
             let socket = self.shared.connections.read().get(&evict).cloned();
             if let Some(socket) = socket {
-                tracing::debug!(%ip, "oldest unfinished handshake from this IP cut for a new one");
                 socket.cancel.cancel();
             }
+            self.say(("inbound connection refused", Taken::EVICTED), || {
+                tracing::warn!(
+                    %ip,
+                    "max_handshakes_per_ip connections from this IP are in their handshake: the \
+                     oldest silent one was cut for a new one (strangers holding connections open?)"
+                );
+            });
         }
         let socket = self.new_socket(Direction::Inbound, accepted.addr);
         self.registry.opened(
@@ -479,6 +602,9 @@ impl NetworkActor {
                 self.shared.counters.disconnected(reason.label());
                 if let Some(ConnectError::Handshake { source, .. }) = &error {
                     self.shared.counters.handshake_failed(source.label());
+                }
+                if !shutting_down {
+                    self.log_closed(&shared, &reason, error.as_ref());
                 }
                 if reason == DisconnectReason::WriteStalled && !shutting_down {
                     self.shared.counters.stalled_disconnects.inc();

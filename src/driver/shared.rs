@@ -43,6 +43,7 @@ pub(crate) struct Counters {
     pub(crate) bans: Counter,
     pub(crate) offline_full: Counter,
     pub(crate) self_inbox_full: Counter,
+    pub(crate) identity_conflicts: Counter,
     pub(crate) inbound_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Connections ended, by [`DisconnectReason::label`].
     pub(crate) disconnects: Mutex<BTreeMap<&'static str, u64>>,
@@ -133,6 +134,10 @@ pub struct NetworkStats {
     pub offline_full: u64,
     /// Messages to this node itself (`deliver_to_self`) dropped because its inbox was full.
     pub self_inbox_full: u64,
+    /// Signs that two nodes prove the same identity (one key file used by two processes): a
+    /// peer replaced its connection with one advertising another address, or a peer closed
+    /// ours as a duplicate and kept another connection claiming our identity.
+    pub identity_conflicts: u64,
     /// Inbound connections refused by a limit, by reason (`per_ip`, `max_inbound`).
     pub inbound_refused: BTreeMap<&'static str, u64>,
     /// Connections ended, by reason (see [`crate::DisconnectReason`]; `handshake` covers every
@@ -209,6 +214,7 @@ impl Shared {
             bans: self.counters.bans.get(),
             offline_full: self.counters.offline_full.get(),
             self_inbox_full: self.counters.self_inbox_full.get(),
+            identity_conflicts: self.counters.identity_conflicts.get(),
             inbound_refused: self.counters.inbound_refused.lock().clone(),
             disconnects: self.counters.disconnects.lock().clone(),
             reassembly_bytes: self.reassembly.held(),

@@ -8,6 +8,7 @@ pub(crate) mod bans;
 pub(crate) mod book;
 pub(crate) mod departures;
 mod event;
+pub(crate) mod log_summary;
 pub(crate) mod record;
 pub(crate) mod redial;
 pub(crate) mod registry;

@@ -91,6 +91,23 @@ impl Taken {
 }
 
 impl Refusal {
+    /// What the refusal means and what to do about it, for the log.
+    pub(crate) fn explain(self) -> &'static str {
+        match self {
+            Self::BannedIp => {
+                "the IP is banned (misbehaviour or repeated stalls; see ban_duration)"
+            }
+            Self::PerIp => {
+                "max_inbound_per_ip authenticated connections from this IP are open (raise it for \
+                 many nodes behind one address)"
+            }
+            Self::HandshakeRate => {
+                "over max_handshakes_per_ip_per_sec new connections from this IP (raise it for \
+                 many nodes behind one address)"
+            }
+        }
+    }
+
     /// The label counted in `NetworkStats::inbound_refused`.
     pub(crate) fn label(self) -> &'static str {
         match self {
