@@ -30,12 +30,32 @@ async fn eight_nodes_that_know_only_a_seed_connect_to_each_other() {
         nodes.push((net, inbox, discovery));
     }
     // Each node ends up connected to the seed and to the 7 others, which it was never told.
-    for (net, _, _) in &nodes {
-        eventually("a full mesh through peer exchange", || {
-            net.peers().len() == N
-        })
-        .await;
+    // Polled rather than `eventually`, so that a failure shows every node's view.
+    let deadline = tokio::time::Instant::now() + SOON;
+    while nodes.iter().any(|(net, _, _)| net.peers().len() != N)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    let views: Vec<String> = nodes
+        .iter()
+        .map(|(net, _, d)| {
+            let s = net.stats();
+            format!(
+                "{} peers, {} known, refused {:?}, handshake failures {:?}, disconnects {:?}",
+                net.peers().len(),
+                d.known().len(),
+                s.inbound_refused,
+                s.handshake_failures,
+                s.disconnects
+            )
+        })
+        .collect();
+    assert!(
+        nodes.iter().all(|(net, _, _)| net.peers().len() == N),
+        "not a full mesh through peer exchange:\n{}",
+        views.join("\n")
+    );
     // What the seed holds is what the nodes signed: each id with its listening address. (On
     // loopback every entry falls in the same bucket, so a few collide and are not kept.)
     let known = seed_discovery.known();

@@ -52,14 +52,16 @@ async fn full_inbox_drops_and_counts_without_stalling_the_socket() {
     for i in 0..50 {
         a.send(b_id, &numbered(i, 16)).await.unwrap();
     }
-    // The application reads nothing yet; 40 of 50 must be dropped and counted.
+    // The application reads nothing yet. One address may fill three quarters of the inbox
+    // (the last quarter is kept for other senders): 8 of 10 places, so 42 of 50 are dropped
+    // and counted.
     eventually("drops counted", || {
         b.peers()
             .first()
-            .is_some_and(|p| p.stats.dropped_inbox_full == 40 && p.stats.messages_in == 50)
+            .is_some_and(|p| p.stats.dropped_inbox_full == 42 && p.stats.messages_in == 50)
     })
     .await;
-    let kept = recv_n(&mut b_in, 10).await;
+    let kept = recv_n(&mut b_in, 8).await;
     assert_eq!(number_of(&kept[0].1), 0);
     // The connection still works, pings and all: a new message is delivered now there is room.
     a.send(b_id, &numbered(99, 16)).await.unwrap();

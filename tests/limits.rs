@@ -184,3 +184,49 @@ async fn max_outbound_refuses_a_dial_beyond_it_until_a_slot_frees() {
         n.shutdown().await;
     }
 }
+
+/// The shared inbox: eight connections from one address flood a node whose application is not
+/// reading, each under the per-connection rate limit. They used to fill the inbox so that an
+/// honest peer's messages were dropped; now an address keeps to its share of the inbox's last
+/// quarter, the drops past it are counted and charged to the flooders, and every message of
+/// the honest peer (another address) arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_many_connections_of_one_address_leaves_room_for_an_honest_peer() {
+    let (x, x_in) = node(config().inbox_capacity(1000)).await;
+    let mut flooders = Vec::new();
+    for _ in 0..8 {
+        let mut raw =
+            RawPeer::connect_from([127, 0, 0, 2].into(), x.local_addr(), "peerwire-test").await;
+        for i in 0..1000 {
+            raw.encoder.push_message(&numbered(i, 16), 0).unwrap();
+        }
+        raw.flush().await.unwrap();
+        flooders.push(raw);
+    }
+    eventually("the flood fills its share", || x_in.len() >= 750).await;
+    eventually("the flood's drops are counted", || {
+        x.stats().totals.dropped_inbox_full >= 7000
+    })
+    .await;
+    // The honest peer, from 127.0.0.1, sends after the flood.
+    let (honest, _hi) = node(config()).await;
+    let x_id = soon("honest connects", honest.connect(x.local_addr()))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        honest.send(x_id, &numbered(i, 16)).await.unwrap();
+    }
+    eventually("the honest messages are in", || x_in.len() >= 850).await;
+    let mut from_honest = Vec::new();
+    while let Ok((from, m)) = x_in.try_recv() {
+        if from == honest.local_peer_id() {
+            from_honest.push(number_of(&m));
+        }
+    }
+    assert_eq!(from_honest, (0..100).collect::<Vec<_>>());
+    let stats = x.stats();
+    // 8,000 sent, 750 taken: the rest dropped, a point charged per 256.
+    assert!(stats.totals.misbehaviour_points >= 20, "{stats:?}");
+    honest.shutdown().await;
+    x.shutdown().await;
+}

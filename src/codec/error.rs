@@ -89,6 +89,10 @@ pub enum Violation {
     /// `max_reassembly_bytes`; the rest of that message is skipped unread.
     #[error("node-wide reassembly budget spent")]
     ReassemblyBudget,
+    /// Messages dropped because the sender's address held its share of a full inbox (charged
+    /// once per many drops, see `session::inbound`).
+    #[error("over its share of the inbox")]
+    InboxShare,
 }
 
 impl Violation {
@@ -108,6 +112,7 @@ impl Violation {
             // Honest peers meet it too when many send large messages at once: charged lightly,
             // so only a peer that keeps starting messages it cannot finish is cut.
             Self::ReassemblyBudget => 2,
+            Self::InboxShare => 1,
         }
     }
 
@@ -126,6 +131,7 @@ impl Violation {
             Self::ExcessRewind => "excess_rewind",
             Self::SequenceOverflow => "sequence_overflow",
             Self::ReassemblyBudget => "reassembly_budget",
+            Self::InboxShare => "inbox_share",
         }
     }
 }

@@ -34,8 +34,71 @@ use crate::session::inbound::Delivered;
 
 struct Delivery<M> {
     peer: PeerId,
+    source: Source,
     message: M,
     size: usize,
+}
+
+/// Where messages come from, for the inbox's fair shares: the sending connection's IP address
+/// (identities cost nothing to make; addresses do), hashed once per connection.
+pub(crate) type Source = u64;
+
+/// The source of this node's own messages (`deliver_to_self`); [`source_of`] never returns it.
+pub(crate) const LOCAL: Source = 0;
+
+/// The [`Source`] of messages from a connection with `ip`.
+pub(crate) fn source_of(ip: std::net::IpAddr) -> Source {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut hasher);
+    hasher.finish() | 1
+}
+
+/// What one source holds in an inbox: messages waiting or reserved, and their bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    count: usize,
+    bytes: usize,
+}
+
+/// The inbox's sources with what each holds; entries go when they reach zero, so the map is
+/// bounded by the sources with messages waiting (at most the connections). Keyed by the source
+/// itself, already a hash: every message taken updates it, so it must cost next to nothing.
+type Holders = std::collections::HashMap<Source, Held, std::hash::BuildHasherDefault<SourceHasher>>;
+
+/// Passes a [`Source`] through as its own hash.
+#[derive(Default)]
+struct SourceHasher(u64);
+
+impl std::hash::Hasher for SourceHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in, to stay correct.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+fn hold(holders: &mut Holders, source: Source, count: usize, bytes: usize) {
+    let held = holders.entry(source).or_default();
+    held.count += count;
+    held.bytes += bytes;
+}
+
+fn release(holders: &mut Holders, source: Source, count: usize, bytes: usize) {
+    if let Some(held) = holders.get_mut(&source) {
+        held.count = held.count.saturating_sub(count);
+        held.bytes = held.bytes.saturating_sub(bytes);
+        if held.count == 0 && held.bytes == 0 {
+            holders.remove(&source);
+        }
+    }
 }
 
 /// Why [`Inbox::try_recv`] returned nothing.
@@ -74,6 +137,36 @@ struct State<M> {
     /// counted against the bounds, so staged batches never overshoot them.
     reserved: usize,
     reserved_bytes: usize,
+    /// What each source holds (waiting and reserved), for the fair shares.
+    holders: Holders,
+}
+
+impl<M> State<M> {
+    /// Whether `source` is past its fair share. Only the last quarter of the inbox is shared
+    /// out: once it is three quarters full (by count or bytes), each of the N sources holding
+    /// anything may hold at most 1/(N+1) of it, so there is always room for one more. One
+    /// sender, or many connections from one address, cannot take the inbox from the others,
+    /// nor from a sender that arrives when it is full of theirs; alone, a sender has three
+    /// quarters of it.
+    fn over_share(&self, source: Source, size: usize, capacity: usize, max_bytes: usize) -> bool {
+        let used = self.items.len() + self.reserved;
+        let used_bytes = self.bytes + self.reserved_bytes;
+        if used * 4 < capacity * 3 && used_bytes / 4 * 4 < max_bytes / 4 * 3 {
+            return false;
+        }
+        let held = self.holders.get(&source).copied().unwrap_or_default();
+        let active = self.holders.len() + usize::from(held.count == 0 && held.bytes == 0);
+        let parts = active + 1;
+        held.count >= capacity / parts || (held.bytes > 0 && held.bytes + size > max_bytes / parts)
+    }
+
+    /// Takes the front message and releases its hold.
+    fn pop_front(&mut self) -> Option<Delivery<M>> {
+        let d = self.items.pop_front()?;
+        self.bytes -= d.size;
+        release(&mut self.holders, d.source, 1, d.size);
+        Some(d)
+    }
 }
 
 /// One channel's bounded queue, shared by the sink that fills it and every receiving handle.
@@ -107,6 +200,7 @@ impl<M> Queue<M> {
                 sleepers: 0,
                 reserved: 0,
                 reserved_bytes: 0,
+                holders: Holders::default(),
             }),
             ready: Notify::new(),
             ready_sync: Condvar::new(),
@@ -119,7 +213,13 @@ impl<M> Queue<M> {
     /// Pushes without waiting; `size` is the encoded size, charged against the byte bound (one
     /// message always fits an empty inbox, so a bound below the largest message cannot wedge a
     /// channel).
-    fn push(&self, peer: PeerId, message: M, size: usize) -> Result<(), DeliverError> {
+    fn push(
+        &self,
+        peer: PeerId,
+        source: Source,
+        message: M,
+        size: usize,
+    ) -> Result<(), DeliverError> {
         let mut state = self.state.lock();
         if state.closed || state.abandoned {
             return Err(DeliverError::Closed);
@@ -129,10 +229,15 @@ impl<M> Queue<M> {
         if state.items.len() + state.reserved >= self.capacity || over_bytes {
             return Err(DeliverError::Full);
         }
+        if state.over_share(source, size, self.capacity, self.max_bytes) {
+            return Err(DeliverError::OverShare);
+        }
         let was_empty = state.items.is_empty();
         state.bytes += size;
+        hold(&mut state.holders, source, 1, size);
         state.items.push_back(Delivery {
             peer,
+            source,
             message,
             size,
         });
@@ -167,12 +272,12 @@ impl<M> Queue<M> {
                 Took::Empty
             };
         }
-        let mut bytes = 0;
-        out.extend(state.items.drain(..n).map(|d| {
-            bytes += d.size;
-            (d.peer, d.message)
-        }));
-        state.bytes -= bytes;
+        out.reserve(n);
+        for _ in 0..n {
+            if let Some(d) = state.pop_front() {
+                out.push((d.peer, d.message));
+            }
+        }
         let (left, sleepers) = (state.items.len(), state.sleepers);
         drop(state);
         if left > 0 {
@@ -187,10 +292,9 @@ impl<M> Queue<M> {
         &self,
         mut state: MutexGuard<'a, State<M>>,
     ) -> Result<(PeerId, M), MutexGuard<'a, State<M>>> {
-        let Some(d) = state.items.pop_front() else {
+        let Some(d) = state.pop_front() else {
             return Err(state);
         };
-        state.bytes -= d.size;
         let (left, sleepers) = (state.items.len(), state.sleepers);
         drop(state);
         if left > 0 {
@@ -302,6 +406,7 @@ impl<M> Drop for Inbox<M> {
             state.abandoned = true;
             state.items.clear();
             state.bytes = 0;
+            state.holders.clear();
         }
     }
 }
@@ -408,6 +513,8 @@ impl<M> Inbox<M> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DeliverError {
     Full,
+    /// The inbox is under pressure and the source holds its share (see `State::over_share`).
+    OverShare,
     Closed,
 }
 
@@ -416,6 +523,7 @@ impl From<Result<(), DeliverError>> for Delivered {
         match result {
             Ok(()) => Self::Ok,
             Err(DeliverError::Full) => Self::Full,
+            Err(DeliverError::OverShare) => Self::OverShare,
             Err(DeliverError::Closed) => Self::Closed,
         }
     }
@@ -443,7 +551,8 @@ const RESERVE_BYTES: usize = 1 << 20;
 /// per message. Room is reserved in the inbox first, so whether each message fits is decided at
 /// once, exactly as if it had been pushed alone.
 pub(crate) trait Stage: Send {
-    /// Stages a body the channel keeps as it is (a raw channel).
+    /// Stages a body the channel keeps as it is (a raw channel). A stager belongs to one
+    /// connection, so every message it stages has the source it was made with.
     fn stage_bytes(&mut self, peer: PeerId, bytes: Bytes) -> Delivered;
     /// Stages a body borrowed from its frame (a typed channel decodes it in place).
     fn stage_slice(&mut self, peer: PeerId, body: &[u8]) -> Delivered;
@@ -456,6 +565,8 @@ pub(crate) trait Stage: Send {
 
 struct Stager<M> {
     queue: Arc<Queue<M>>,
+    /// The connection's source: its reservations and messages count towards that share.
+    source: Source,
     staged: Vec<Delivery<M>>,
     staged_bytes: usize,
     /// Places and bytes reserved and not used yet.
@@ -464,9 +575,10 @@ struct Stager<M> {
 }
 
 impl<M> Stager<M> {
-    fn new(queue: Arc<Queue<M>>) -> Self {
+    fn new(queue: Arc<Queue<M>>, source: Source) -> Self {
         Self {
             queue,
+            source,
             staged: Vec::new(),
             staged_bytes: 0,
             room: 0,
@@ -484,6 +596,7 @@ impl<M> Stager<M> {
         // Give back what is left first, so the accounting is only staged + room.
         state.reserved -= self.room;
         state.reserved_bytes -= self.room_bytes;
+        release(&mut state.holders, self.source, self.room, self.room_bytes);
         self.room = 0;
         self.room_bytes = 0;
         let free = queue
@@ -497,9 +610,19 @@ impl<M> Stager<M> {
         if free == 0 || (free_bytes < size && !empty) {
             return Err(DeliverError::Full);
         }
+        if state.over_share(self.source, size, queue.capacity, queue.max_bytes) {
+            return Err(DeliverError::OverShare);
+        }
         // An eighth of what is free, so read tasks staging at once share the last places
-        // instead of one holding them unused (which would refuse messages that fit).
-        self.room = (free / 8).clamp(1, RESERVE);
+        // instead of one holding them unused (which would refuse messages that fit). Near the
+        // shared quarter, one place at a time, so the share is checked for every message.
+        let pressured = (state.items.len() + state.reserved) * 2 >= queue.capacity
+            || (state.bytes + state.reserved_bytes) / 2 >= queue.max_bytes / 4;
+        self.room = if pressured {
+            1
+        } else {
+            (free / 8).clamp(1, RESERVE)
+        };
         self.room_bytes = if free_bytes >= size {
             (free_bytes / 8).clamp(size, RESERVE_BYTES.max(size))
         } else {
@@ -507,6 +630,7 @@ impl<M> Stager<M> {
         };
         state.reserved += self.room;
         state.reserved_bytes += self.room_bytes;
+        hold(&mut state.holders, self.source, self.room, self.room_bytes);
         Ok(())
     }
 
@@ -521,6 +645,7 @@ impl<M> Stager<M> {
         self.staged_bytes += size;
         self.staged.push(Delivery {
             peer,
+            source: self.source,
             message,
             size,
         });
@@ -534,11 +659,14 @@ impl<M> Stager<M> {
         let mut state = self.queue.state.lock();
         state.reserved -= self.staged.len() + self.room;
         state.reserved_bytes -= self.staged_bytes + self.room_bytes;
+        // The staged messages keep their hold as they become items; the unused room goes.
+        release(&mut state.holders, self.source, self.room, self.room_bytes);
         self.room = 0;
         self.room_bytes = 0;
         let added = self.staged_bytes;
         self.staged_bytes = 0;
         if state.closed || state.abandoned {
+            release(&mut state.holders, self.source, self.staged.len(), added);
             self.staged.clear();
             return false;
         }
@@ -604,20 +732,20 @@ pub(crate) trait Handler: Send + Sync {
 struct HandlerSink(Arc<dyn Handler>);
 
 impl Sink for HandlerSink {
-    fn stager(&self) -> Box<dyn Stage> {
+    fn stager(&self, _source: Source) -> Box<dyn Stage> {
         Box::new(HandlerStager {
             handler: self.0.clone(),
             staged: Vec::new(),
         })
     }
 
-    fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered {
+    fn deliver(&self, peer: PeerId, _source: Source, bytes: Bytes) -> Delivered {
         self.0.handle(&mut vec![(peer, bytes)]);
         Delivered::Ok
     }
 
-    fn deliver_slice(&self, peer: PeerId, body: &[u8]) -> Delivered {
-        self.deliver(peer, Bytes::copy_from_slice(body))
+    fn deliver_slice(&self, peer: PeerId, source: Source, body: &[u8]) -> Delivered {
+        self.deliver(peer, source, Bytes::copy_from_slice(body))
     }
 
     fn keeps_bodies(&self) -> bool {
@@ -662,35 +790,35 @@ impl Stage for HandlerStager {
 
 /// Decodes and delivers one channel's messages on the read task.
 trait Sink: Send + Sync {
-    /// A batch for one read task.
-    fn stager(&self) -> Box<dyn Stage>;
-    fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered;
+    /// A batch for one read task, whose messages come from `source`.
+    fn stager(&self, source: Source) -> Box<dyn Stage>;
+    fn deliver(&self, peer: PeerId, source: Source, bytes: Bytes) -> Delivered;
     /// Delivers a body borrowed from its frame (typed channels decode it in place).
-    fn deliver_slice(&self, peer: PeerId, body: &[u8]) -> Delivered;
+    fn deliver_slice(&self, peer: PeerId, source: Source, body: &[u8]) -> Delivered;
     /// Whether delivered bodies are kept as they are (raw [`Bytes`] channels), so a small one
     /// must not pin a large receive buffer.
     fn keeps_bodies(&self) -> bool;
 }
 
 impl<M: DeserializeOwned + Send + 'static> Sink for InboxSender<M> {
-    fn stager(&self) -> Box<dyn Stage> {
-        Box::new(Stager::new(self.queue.clone()))
+    fn stager(&self, source: Source) -> Box<dyn Stage> {
+        Box::new(Stager::new(self.queue.clone(), source))
     }
 
-    fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered {
+    fn deliver(&self, peer: PeerId, source: Source, bytes: Bytes) -> Delivered {
         let size = bytes.len();
         match decode_body::<M>(bytes) {
-            Ok(message) => self.queue.push(peer, message, size).into(),
+            Ok(message) => self.queue.push(peer, source, message, size).into(),
             Err(violation) => Delivered::Undecodable(violation),
         }
     }
 
-    fn deliver_slice(&self, peer: PeerId, body: &[u8]) -> Delivered {
+    fn deliver_slice(&self, peer: PeerId, source: Source, body: &[u8]) -> Delivered {
         if is_raw::<M>() {
-            return self.deliver(peer, Bytes::copy_from_slice(body));
+            return self.deliver(peer, source, Bytes::copy_from_slice(body));
         }
         match decode_message::<M>(body) {
-            Ok(message) => self.queue.push(peer, message, body.len()).into(),
+            Ok(message) => self.queue.push(peer, source, message, body.len()).into(),
             Err(violation) => Delivered::Undecodable(violation),
         }
     }
@@ -765,12 +893,15 @@ impl Slot {
             // go to the typed inbox after its earlier ones.
             let mut early = backlog.queue.state.lock();
             let mut typed = queue.state.lock();
+            early.holders.clear();
             for d in early.items.drain(..) {
                 match decode_body::<M>(d.message) {
                     Ok(message) => {
                         typed.bytes += d.size;
+                        hold(&mut typed.holders, d.source, 1, d.size);
                         typed.items.push_back(Delivery {
                             peer: d.peer,
+                            source: d.source,
                             message,
                             size: d.size,
                         });
@@ -803,6 +934,7 @@ impl Slot {
             let mut early: Vec<(PeerId, Bytes)> = {
                 let mut state = backlog.queue.state.lock();
                 state.bytes = 0;
+                state.holders.clear();
                 state.items.drain(..).map(|d| (d.peer, d.message)).collect()
             };
             handler.handle(&mut early);
@@ -816,8 +948,8 @@ impl Slot {
 
     /// A batch for one read task, once the channel is open (before, messages go to the backlog
     /// one by one).
-    pub(crate) fn stager(&self) -> Option<Box<dyn Stage>> {
-        self.typed.get().map(|sink| sink.stager())
+    pub(crate) fn stager(&self, source: Source) -> Option<Box<dyn Stage>> {
+        self.typed.get().map(|sink| sink.stager(source))
     }
 
     /// Whether a body handed to this slot may be kept as it is (a raw channel, or a backlog):
@@ -827,17 +959,17 @@ impl Slot {
         self.typed.get().is_none_or(|sink| sink.keeps_bodies())
     }
 
-    /// Hands one encoded message from `peer` to the channel.
-    pub(crate) fn deliver(&self, peer: PeerId, bytes: Bytes) -> Delivered {
+    /// Hands one encoded message from `peer` (at `source`) to the channel.
+    pub(crate) fn deliver(&self, peer: PeerId, source: Source, bytes: Bytes) -> Delivered {
         if let Some(sink) = self.typed.get() {
-            return sink.deliver(peer, bytes);
+            return sink.deliver(peer, source, bytes);
         }
         let raw = self.raw.lock();
         match (raw.as_ref(), self.typed.get()) {
-            (_, Some(sink)) => sink.deliver(peer, bytes),
+            (_, Some(sink)) => sink.deliver(peer, source, bytes),
             (Some(backlog), None) => {
                 let size = bytes.len();
-                backlog.queue.push(peer, bytes, size).into()
+                backlog.queue.push(peer, source, bytes, size).into()
             }
             // Opened and typed is set before raw is taken, so this cannot be reached.
             (None, None) => Delivered::Closed,
@@ -846,10 +978,10 @@ impl Slot {
 
     /// Hands one encoded message from `peer` to the channel, borrowed from its frame: a typed
     /// channel decodes it in place; a channel that keeps bodies gets a copy.
-    pub(crate) fn deliver_slice(&self, peer: PeerId, body: &[u8]) -> Delivered {
+    pub(crate) fn deliver_slice(&self, peer: PeerId, source: Source, body: &[u8]) -> Delivered {
         match self.typed.get() {
-            Some(sink) => sink.deliver_slice(peer, body),
-            None => self.deliver(peer, Bytes::copy_from_slice(body)),
+            Some(sink) => sink.deliver_slice(peer, source, body),
+            None => self.deliver(peer, source, Bytes::copy_from_slice(body)),
         }
     }
 
@@ -863,6 +995,9 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The source of the tests' messages (one address; fairness has its own test).
+    const SRC: Source = 7;
     use crate::Keypair;
     use crate::codec::encode_message;
 
@@ -885,15 +1020,15 @@ mod tests {
         let peer = Keypair::generate().peer_id();
         let slot = Slot::new(8, 1000);
         let m = |b: u8| Bytes::from(vec![b]);
-        assert_eq!(slot.deliver(peer, m(1)), Delivered::Ok);
-        assert_eq!(slot.deliver(peer, m(2)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, m(1)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, m(2)), Delivered::Ok);
         let recorder = Arc::new(Recorder::default());
         assert!(slot.open_handler(recorder.clone()));
         assert!(!slot.open_handler(recorder.clone()), "a channel opens once");
         assert!(slot.open::<u8>().is_none());
         assert_eq!(slot.backlog_bytes(), 0);
-        assert_eq!(slot.deliver(peer, m(3)), Delivered::Ok);
-        let mut stager = slot.stager().unwrap();
+        assert_eq!(slot.deliver(peer, SRC, m(3)), Delivered::Ok);
+        let mut stager = slot.stager(SRC).unwrap();
         assert_eq!(stager.stage_slice(peer, &[4]), Delivered::Ok);
         assert_eq!(stager.stage_bytes(peer, m(5)), Delivered::Ok);
         // Staged messages reach the handler together, when the frame is done.
@@ -904,27 +1039,71 @@ mod tests {
     }
 
     #[test]
+    fn a_flooding_address_gets_its_share_and_the_others_keep_theirs() {
+        let (flooder, honest) = (Keypair::generate().peer_id(), Keypair::generate().peer_id());
+        let (flood, calm) = (
+            source_of([10, 0, 0, 1].into()),
+            source_of([10, 0, 0, 2].into()),
+        );
+        let slot = Slot::new(100, 1 << 20);
+        let rx = slot.open::<u8>().unwrap();
+        // Alone, the flooder may fill three quarters of the inbox; the last quarter is shared.
+        let mut stager = slot.stager(flood).unwrap();
+        let mut taken = 0;
+        while stager.stage_slice(flooder, &[1]) == Delivered::Ok {
+            taken += 1;
+        }
+        assert_eq!(stager.stage_slice(flooder, &[1]), Delivered::OverShare);
+        assert!(stager.flush());
+        assert_eq!(taken, 75);
+        // The honest address arrives at an inbox full of the flood: it gets in, up to its own
+        // share (a third, with two addresses), or until the inbox is full.
+        let mut honest_in = 0;
+        while slot.deliver(honest, calm, enc(2)) == Delivered::Ok {
+            honest_in += 1;
+        }
+        assert_eq!(honest_in, 25, "the last quarter");
+        assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::Full);
+        // The application drains half: below three quarters, both get in again.
+        for _ in 0..50 {
+            rx.try_recv().unwrap();
+        }
+        assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::Ok);
+        assert_eq!(slot.deliver(honest, calm, enc(2)), Delivered::Ok);
+        let mut from_honest = 0;
+        while let Ok((peer, m)) = rx.try_recv() {
+            if peer == honest {
+                assert_eq!(m, 2);
+                from_honest += 1;
+            }
+        }
+        assert_eq!(from_honest, 26);
+        // Drained, the shares are forgotten: the flooder may fill it again.
+        assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::Ok);
+    }
+
+    #[test]
     fn bounded_by_count_and_bytes_and_reports_closed() {
         let peer = Keypair::generate().peer_id();
         let slot = Slot::new(2, 4);
         let rx = slot.open::<u8>().unwrap();
         assert!(slot.open::<u8>().is_none(), "a channel opens once");
-        assert_eq!(slot.deliver(peer, enc(1)), Delivered::Ok);
-        assert_eq!(slot.deliver(peer, enc(2)), Delivered::Ok);
-        assert_eq!(slot.deliver(peer, enc(9)), Delivered::Full); // count
+        assert_eq!(slot.deliver(peer, SRC, enc(1)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(2)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(9)), Delivered::Full); // count
         assert_eq!(rx.try_recv(), Ok((peer, 1)));
         assert_eq!(rx.try_recv(), Ok((peer, 2)));
         let big = Slot::new(8, 5);
         let vec_rx = big.open::<Vec<u8>>().unwrap();
         let vec_enc = |n: usize| encode_message(&vec![7u8; n], 100).unwrap();
-        assert_eq!(big.deliver(peer, vec_enc(2)), Delivered::Ok); // 3 bytes
-        assert_eq!(big.deliver(peer, vec_enc(2)), Delivered::Full); // 6 > 5 bytes
+        assert_eq!(big.deliver(peer, SRC, vec_enc(2)), Delivered::Ok); // 3 bytes
+        assert_eq!(big.deliver(peer, SRC, vec_enc(2)), Delivered::Full); // 6 > 5 bytes
         assert_eq!(vec_rx.try_recv(), Ok((peer, vec![7, 7])));
         // One message always fits an empty inbox, whatever its size.
-        assert_eq!(big.deliver(peer, vec_enc(9)), Delivered::Ok);
-        assert_eq!(slot.deliver(peer, enc(3)), Delivered::Ok);
+        assert_eq!(big.deliver(peer, SRC, vec_enc(9)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(3)), Delivered::Ok);
         assert!(matches!(
-            slot.deliver(peer, Bytes::from_static(&[])),
+            slot.deliver(peer, SRC, Bytes::from_static(&[])),
             Delivered::Undecodable(_)
         ));
         assert_eq!(rx.try_recv(), Ok((peer, 3)));
@@ -942,21 +1121,21 @@ mod tests {
         let peer = Keypair::generate().peer_id();
         let slot = Slot::new(3, 100);
         assert!(slot.keeps_bodies(), "a backlog keeps bodies");
-        assert_eq!(slot.deliver(peer, enc(1)), Delivered::Ok);
-        assert_eq!(slot.deliver(peer, enc(2)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(1)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(2)), Delivered::Ok);
         assert_eq!(
-            slot.deliver(peer, Bytes::from_static(&[1, 2])),
+            slot.deliver(peer, SRC, Bytes::from_static(&[1, 2])),
             Delivered::Ok
         );
         assert_eq!(
-            slot.deliver(peer, enc(9)),
+            slot.deliver(peer, SRC, enc(9)),
             Delivered::Full,
             "backlog bounded too"
         );
         assert_eq!(slot.backlog_bytes(), 4);
         let rx = slot.open::<u8>().unwrap();
         assert!(!slot.keeps_bodies(), "a typed channel decodes");
-        assert_eq!(slot.deliver(peer, enc(3)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(3)), Delivered::Ok);
         let got: Vec<u8> = std::iter::from_fn(|| rx.try_recv().ok().map(|(_, m)| m)).collect();
         // The undecodable early message is dropped (and counted), the rest keep their order.
         assert_eq!(got, vec![1, 2, 3]);
@@ -971,7 +1150,7 @@ mod tests {
         let rx = slot.open::<Bytes>().unwrap();
         assert!(slot.keeps_bodies());
         let body = Bytes::from_static(b"\x00anything");
-        assert_eq!(slot.deliver(peer, body.clone()), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, body.clone()), Delivered::Ok);
         let (_, got) = rx.try_recv().unwrap();
         assert_eq!(got.as_ptr(), body.as_ptr(), "no copy");
     }
@@ -984,7 +1163,7 @@ mod tests {
         let dropped = rx.clone();
         drop(dropped);
         assert_eq!(
-            slot.deliver(peer, enc(1)),
+            slot.deliver(peer, SRC, enc(1)),
             Delivered::Ok,
             "another receiver is left"
         );
@@ -996,7 +1175,7 @@ mod tests {
         );
         let waiter = std::thread::spawn(move || other.recv_timeout(Duration::from_secs(30)));
         // Whether the thread is asleep yet or not, the message reaches it.
-        assert_eq!(slot.deliver(peer, enc(5)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(5)), Delivered::Ok);
         assert_eq!(waiter.join().unwrap(), Ok((peer, 5)));
         assert!(rx.is_empty(), "each message goes to one receiver");
         let blocked = {
@@ -1012,9 +1191,9 @@ mod tests {
         // Dropping every receiver closes the channel for the readers.
         let slot = Slot::new(8, 100);
         let rx = slot.open::<u8>().unwrap();
-        assert_eq!(slot.deliver(peer, enc(1)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(1)), Delivered::Ok);
         drop(rx);
-        assert_eq!(slot.deliver(peer, enc(2)), Delivered::Closed);
+        assert_eq!(slot.deliver(peer, SRC, enc(2)), Delivered::Closed);
     }
 
     #[tokio::test]
@@ -1027,10 +1206,10 @@ mod tests {
             async move { rx.recv().await }
         });
         tokio::task::yield_now().await;
-        assert_eq!(slot.deliver(peer, enc(4)), Delivered::Ok);
+        assert_eq!(slot.deliver(peer, SRC, enc(4)), Delivered::Ok);
         assert_eq!(waiting.await.unwrap(), Some((peer, 4)));
         for v in 0..3 {
-            assert_eq!(slot.deliver(peer, enc(v)), Delivered::Ok);
+            assert_eq!(slot.deliver(peer, SRC, enc(v)), Delivered::Ok);
         }
         let mut out = Vec::new();
         assert_eq!(rx.recv_many(&mut out, 2).await, 2);
@@ -1050,21 +1229,29 @@ mod tests {
         let (a, b) = (Keypair::generate().peer_id(), Keypair::generate().peer_id());
         let slot = Slot::new(5, 100);
         assert!(
-            slot.stager().is_none(),
+            slot.stager(SRC).is_none(),
             "no batch before the channel is open"
         );
         let rx = slot.open::<u8>().unwrap();
-        let (mut sa, mut sb) = (slot.stager().unwrap(), slot.stager().unwrap());
-        // Two read tasks stage at once: together they never get more than 5 places.
+        let (mut sa, mut sb) = (slot.stager(SRC).unwrap(), slot.stager(SRC).unwrap());
+        // Two read tasks of one address stage at once: together they get the four places up
+        // to the shared last quarter (the fifth is kept for another address), never more.
         let mut ok = 0;
         for v in 0..4 {
             ok += usize::from(sa.stage_slice(a, &enc(v)) == Delivered::Ok);
             ok += usize::from(sb.stage_slice(b, &enc(10 + v)) == Delivered::Ok);
         }
-        assert_eq!(ok, 5);
-        // A direct push sees the reserved places as taken.
-        assert_eq!(slot.deliver(a, enc(99)), Delivered::Full);
-        assert!(rx.is_empty(), "nothing visible before the flush");
+        assert_eq!(ok, 4);
+        // A direct push sees the reserved places as taken: the address is at its share, and
+        // another address gets the last place, then the inbox is full.
+        assert_eq!(slot.deliver(a, SRC, enc(99)), Delivered::OverShare);
+        assert_eq!(slot.deliver(b, SRC + 2, enc(98)), Delivered::Ok);
+        assert_eq!(slot.deliver(b, SRC + 4, enc(97)), Delivered::Full);
+        assert_eq!(
+            rx.len(),
+            1,
+            "staged messages are not visible before the flush"
+        );
         assert!(sa.flush() && sb.flush());
         let got: Vec<(PeerId, u8)> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(got.len(), 5);
@@ -1077,13 +1264,13 @@ mod tests {
             from_a.windows(2).all(|w| w[0] < w[1]),
             "per-peer order kept: {from_a:?}"
         );
-        // Unused reservations were returned: the inbox takes five again.
-        for v in 0..5 {
+        // Unused reservations were returned: the inbox takes four from the address again.
+        for v in 0..4 {
             assert_eq!(sa.stage_slice(a, &enc(v)), Delivered::Ok);
         }
-        assert_eq!(sa.stage_slice(a, &enc(5)), Delivered::Full);
+        assert_eq!(sa.stage_slice(a, &enc(5)), Delivered::OverShare);
         assert!(sa.flush());
-        assert_eq!(rx.len(), 5);
+        assert_eq!(rx.len(), 4);
         // An undecodable body is the sender's fault, not a place taken.
         assert!(matches!(sb.stage_slice(b, &[]), Delivered::Undecodable(_)));
         // A closed inbox: the batch is dropped and the reader told.
@@ -1098,7 +1285,7 @@ mod tests {
         let peer = Keypair::generate().peer_id();
         let slot = Slot::new(8, 4);
         let rx = slot.open::<Vec<u8>>().unwrap();
-        let mut stager = slot.stager().unwrap();
+        let mut stager = slot.stager(SRC).unwrap();
         let big = encode_message(&vec![1u8; 50], 100).unwrap();
         assert_eq!(stager.stage_slice(peer, &big), Delivered::Ok);
         assert_eq!(

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
-use super::inbox::{Slot, Stage};
+use super::inbox::{Slot, Stage, source_of};
 use super::link::SocketShared;
 use super::stream::Reliable;
 use crate::codec::ControlMessage;
@@ -147,6 +147,7 @@ impl Reader {
             let recv = self.recv.clone();
             let mut recv = recv.lock();
             let (peer, slots) = (self.peer, &self.slots);
+            let source = source_of(self.shared.addr.ip());
             let Handoff {
                 compactors,
                 stagers,
@@ -160,7 +161,7 @@ impl Reader {
                     return Delivered::Closed;
                 };
                 if stager.is_none() {
-                    *stager = slot.stager();
+                    *stager = slot.stager(source);
                 }
                 match stager {
                     // Staged: the frame's messages reach the inbox together, below.
@@ -168,8 +169,10 @@ impl Reader {
                     // Decoded straight from the frame: no reference to it is taken.
                     Some(s) => s.stage_slice(peer, body.as_slice()),
                     // Not opened yet: into the backlog, one by one.
-                    None if slot.keeps_bodies() => slot.deliver(peer, compactor.compact(body)),
-                    None => slot.deliver_slice(peer, body.as_slice()),
+                    None if slot.keeps_bodies() => {
+                        slot.deliver(peer, source, compactor.compact(body))
+                    }
+                    None => slot.deliver_slice(peer, source, body.as_slice()),
                 }
             };
             let stop = self.session.on_frame(

@@ -86,10 +86,10 @@ impl Route<'_> {
         };
         match slots
             .get(self.lane)
-            .map(|slot| slot.deliver(local, message))
+            .map(|slot| slot.deliver(local, crate::driver::inbox::LOCAL, message))
         {
             Some(Delivered::Ok) => Ok(()),
-            Some(Delivered::Full) => {
+            Some(Delivered::Full | Delivered::OverShare) => {
                 self.shared.counters.self_inbox_full.inc();
                 Err(SendError::Full(local))
             }

@@ -20,6 +20,8 @@ pub(crate) enum Delivered {
     Ok,
     /// The channel's inbox is full; dropped.
     Full,
+    /// The inbox is under pressure and the sender's address holds its fair share; dropped.
+    OverShare,
     /// The application is gone; nothing can be delivered any more.
     Closed,
     /// The bytes are not a message of the channel's type (the sender's fault).
@@ -76,6 +78,8 @@ pub(crate) struct LaneLimits {
 /// honest peer's (at most a pong, a resume, an ack and a rewind per channel per frame of ours),
 /// but a flood of them is cut: each one over the rate is ignored and charged a point.
 pub(crate) const CONTROL_PER_SEC: u64 = 200_000;
+/// Messages dropped past the sender's inbox share per misbehaviour point charged.
+pub(crate) const OVER_SHARE_PER_POINT: u64 = 256;
 /// Pings answered per second per connection (an honest peer pings every `ping_interval`).
 pub(crate) const PINGS_PER_SEC: u64 = 10;
 /// Least time between two resends a peer can ask for on one channel, before a round trip has
@@ -143,6 +147,8 @@ struct Judge {
     score: u64,
     /// Records rejected on this connection.
     rejected: u64,
+    /// Messages dropped because this sender's address was past its share of the inbox.
+    over_share: u64,
 }
 
 impl InboundSession {
@@ -171,6 +177,7 @@ impl InboundSession {
                 budget: u64::from(budget),
                 score: 0,
                 rejected: 0,
+                over_share: 0,
             },
         }
     }
@@ -355,6 +362,23 @@ impl Judge {
                     t.dropped_inbox_full += 1;
                 }
                 self.undelivered(lane, recv);
+                None
+            }
+            Delivered::OverShare => {
+                if let Some(t) = tally.get_mut(lane) {
+                    t.messages += 1;
+                    t.bytes += len as u64;
+                    t.dropped_inbox_full += 1;
+                }
+                let sequenced = self.lanes[lane].seq.is_some();
+                self.undelivered(lane, recv);
+                // A sequenced (persistent) peer gets it again by resend; anyone else is
+                // flooding past its share while the application lags: charged a point per
+                // OVER_SHARE_PER_POINT drops, so a burst costs little and a flood its link.
+                self.over_share += 1;
+                if !sequenced && self.over_share % OVER_SHARE_PER_POINT == 0 {
+                    return self.charge(&Violation::InboxShare);
+                }
                 None
             }
             Delivered::Closed => Some(Stop::InboxClosed),

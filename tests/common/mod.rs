@@ -112,8 +112,29 @@ impl RawPeer {
         network_id: &str,
         keypair: Keypair,
     ) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self::handshake(stream, network_id, keypair).await
+    }
+
+    /// Like `connect`, from another loopback address (`127.0.0.2`...), so the node sees
+    /// another IP.
+    pub async fn connect_from(
+        local: std::net::Ipv4Addr,
+        addr: std::net::SocketAddr,
+        network_id: &str,
+    ) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((local, 0).into()).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        Self::handshake(stream, network_id, Keypair::generate()).await
+    }
+
+    async fn handshake(
+        mut stream: tokio::net::TcpStream,
+        network_id: &str,
+        keypair: Keypair,
+    ) -> Self {
         use peerwire::handshake::{HandshakeParams, perform};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let params = HandshakeParams {
             network_id: network_id.into(),
             listen_addr: None,
