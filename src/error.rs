@@ -102,6 +102,22 @@ pub enum ConnectError {
 
 /// Why a send (`send`, `try_send` and their `*_encoded` forms, on [`crate::Network`] or a
 /// [`crate::Channel`]) failed. The message was not queued.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), peerwire::NetworkError> {
+/// use peerwire::{Config, Keypair, Network, SendError};
+/// let (net, _) = Network::<Vec<u8>>::start(Config::default().max_message_size(1024), Keypair::generate()).await?;
+/// let stranger = Keypair::generate().peer_id();
+/// match net.try_send(stranger, &vec![0u8; 16]) {
+///     Err(SendError::NotConnected(peer)) => assert_eq!(peer, stranger),
+///     other => panic!("{other:?}"),
+/// }
+/// // Too large for the channel: refused before anything is queued.
+/// assert!(matches!(net.encode(&vec![0u8; 4096]), Err(peerwire::codec::CodecError::MessageTooLarge { .. })));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {

@@ -8,7 +8,16 @@
 //!   `peers`, `events`, `disconnect`, `shutdown`.
 //! - [`Inbox`] delivers every application message as `(PeerId, M)`, the sender proven by the
 //!   handshake.
-//! - [`codec`] and [`handshake`] are the pure protocol core, usable without sockets.
+//! - [`Config`] holds every setting with its default (the table is in the README); errors are
+//!   one type per operation ([`StartError`], [`ConnectError`], [`SendError`], ...).
+//! - [`NetworkEvent`]s tell who joined, left and was banned; [`Network::stats`] and
+//!   [`Network::metrics_text`] count everything.
+//! - [`blocking`] is the same node for a synchronous loop; [`protocols`] holds request/response,
+//!   topic gossip and peer exchange.
+//! - [`codec`] and [`handshake`] are internal: public for the fuzz targets, not a stable API.
+//!
+//! Runnable programs: `examples/async_engine.rs` and `examples/sync_engine.rs`
+//! (`cargo run --example sync_engine`).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -1,6 +1,12 @@
 //! The wire codec: pure types that turn messages into sealed frames and back, with no sockets,
 //! tasks or clocks, so every rule is tested directly.
 //!
+//! **Internal.** Public so the fuzz targets (`fuzz/`) and the wire-level tests can drive it,
+//! not as part of the supported API: an application uses [`crate::Network`] and never needs
+//! it. Its types may change between releases without notice. The errors an application can
+//! meet are [`CodecError`] (inside [`crate::SendError::Codec`]) and [`Violation`] (what a
+//! peer was charged for).
+//!
 //! Layers, outermost first:
 //! 1. [`frame`]: `[u32 BE length][AES-256-GCM ciphertext][tag]`, length checked before buffering.
 //! 2. [`record`]: records inside a frame's plaintext (whole messages, fragments of large ones,

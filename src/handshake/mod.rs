@@ -1,6 +1,11 @@
 //! The connection handshake, as a pure state machine ([`Handshake`]) and a thin async driver
 //! ([`perform`]).
 //!
+//! **Internal.** Public so the fuzz targets and the wire-level tests can play a peer, not as
+//! part of the supported API: [`crate::Network`] runs it for every connection. The types may
+//! change between releases without notice; [`HandshakeError`] is what an application sees,
+//! inside [`crate::ConnectError::Handshake`].
+//!
 //! Pattern: `Noise_XX_25519_AESGCM_SHA256` with the prologue [`PROLOGUE`], three messages:
 //!
 //! ```text

@@ -5,7 +5,32 @@ use std::net::SocketAddr;
 use crate::identity::PeerId;
 use crate::session::{Direction, DisconnectReason};
 
-/// Something that happened to a peer.
+/// Something that happened to a peer, from [`crate::Network::events`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), peerwire::NetworkError> {
+/// use peerwire::{Config, Keypair, Network, NetworkEvent};
+/// let config = Config::default().network_id("doc-events");
+/// let (a, _) = Network::<u64>::start(config.clone(), Keypair::generate()).await?;
+/// let (b, _) = Network::<u64>::start(config, Keypair::generate()).await?;
+/// // Subscribe before connecting, so the event cannot be missed.
+/// let mut events = a.events();
+/// a.connect(b.local_addr()).await?;
+/// loop {
+///     match events.recv().await {
+///         Ok(NetworkEvent::Connected { peer, .. }) => {
+///             assert_eq!(peer, b.local_peer_id());
+///             break;
+///         }
+///         Ok(other) => println!("{other:?}"),
+///         // A subscriber that falls behind is told how many events it missed.
+///         Err(e) => println!("{e}"),
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NetworkEvent {
