@@ -614,15 +614,10 @@ impl<M> Stager<M> {
             return Err(DeliverError::OverShare);
         }
         // An eighth of what is free, so read tasks staging at once share the last places
-        // instead of one holding them unused (which would refuse messages that fit). Near the
-        // shared quarter, one place at a time, so the share is checked for every message.
-        let pressured = (state.items.len() + state.reserved) * 2 >= queue.capacity
-            || (state.bytes + state.reserved_bytes) / 2 >= queue.max_bytes / 4;
-        self.room = if pressured {
-            1
-        } else {
-            (free / 8).clamp(1, RESERVE)
-        };
+        // instead of one holding them unused (which would refuse messages that fit). The
+        // share is checked once per reservation: a source may overshoot it by one
+        // reservation, an eighth of what was free.
+        self.room = (free / 8).clamp(1, RESERVE);
         self.room_bytes = if free_bytes >= size {
             (free_bytes / 8).clamp(size, RESERVE_BYTES.max(size))
         } else {
@@ -1055,14 +1050,15 @@ mod tests {
         }
         assert_eq!(stager.stage_slice(flooder, &[1]), Delivered::OverShare);
         assert!(stager.flush());
-        assert_eq!(taken, 75);
+        // Three quarters, overshot by at most one reservation (an eighth of what was free).
+        assert!((75..=78).contains(&taken), "{taken}");
         // The honest address arrives at an inbox full of the flood: it gets in, up to its own
         // share (a third, with two addresses), or until the inbox is full.
         let mut honest_in = 0;
         while slot.deliver(honest, calm, enc(2)) == Delivered::Ok {
             honest_in += 1;
         }
-        assert_eq!(honest_in, 25, "the last quarter");
+        assert_eq!(honest_in, 100 - taken, "the rest of the last quarter");
         assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::Full);
         // The application drains half: below three quarters, both get in again.
         for _ in 0..50 {
@@ -1077,7 +1073,7 @@ mod tests {
                 from_honest += 1;
             }
         }
-        assert_eq!(from_honest, 26);
+        assert_eq!(from_honest, honest_in + 1);
         // Drained, the shares are forgotten: the flooder may fill it again.
         assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::Ok);
     }
