@@ -156,6 +156,12 @@ pub struct Config {
     /// Per-connection inbound rate limit in encoded bytes per second, same policy.
     /// Default 1 GiB/s.
     pub max_inbound_bytes_per_sec: u64,
+    /// Node-wide inbound rate limit per remote IP address, in application messages per second
+    /// on all channels and connections from it together (burst one second's worth), so many
+    /// connections from one address, each under its own limit, cannot flood together. Same
+    /// policy: dropped, counted as rate-limited and charged 1 point. Persistent peers are not
+    /// counted. 0 means unlimited. Default 2,000,000.
+    pub max_inbound_messages_per_sec_per_ip: u64,
     /// The channels besides the default one, declared with [`Config::channel`]. The default
     /// channel (0) takes its bounds from the top-level fields (`send_queue_*`, `inbox_*`,
     /// `max_message_size`, `max_inbound_*`) with [`Priority::Normal`], unless declared here.
@@ -226,6 +232,7 @@ impl Default for Config {
             ban_duration: Duration::from_secs(600),
             max_inbound_messages_per_sec: 1_000_000,
             max_inbound_bytes_per_sec: 1 << 30,
+            max_inbound_messages_per_sec_per_ip: 2_000_000,
             channels: Vec::new(),
             send_wait: Duration::from_millis(100),
             max_stalls_per_ip: 3,
@@ -314,6 +321,8 @@ setters! {
     max_inbound_messages_per_sec: u64,
     /// Sets [`Config::max_inbound_bytes_per_sec`].
     max_inbound_bytes_per_sec: u64,
+    /// Sets [`Config::max_inbound_messages_per_sec_per_ip`].
+    max_inbound_messages_per_sec_per_ip: u64,
     /// Sets [`Config::send_wait`].
     send_wait: Duration,
     /// Sets [`Config::max_stalls_per_ip`].

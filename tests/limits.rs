@@ -230,3 +230,74 @@ async fn a_flood_from_many_connections_of_one_address_leaves_room_for_an_honest_
     honest.shutdown().await;
     x.shutdown().await;
 }
+
+/// The per-address budget: eight connections from one address, each within its own rate
+/// limit, together send eight times the address's budget. What passes the budget is dropped,
+/// counted and charged (so the flooders are cut), and an honest peer on another address is
+/// served in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_of_one_address_share_its_message_budget() {
+    let (x, x_in) = node(
+        config()
+            .max_inbound_messages_per_sec(1000)
+            .max_inbound_messages_per_sec_per_ip(1000),
+    )
+    .await;
+    // All connected first: the first to spend its misbehaviour budget gets the address banned.
+    let mut flooders = Vec::new();
+    for _ in 0..8 {
+        flooders.push(
+            RawPeer::connect_from([127, 0, 0, 3].into(), x.local_addr(), "peerwire-test").await,
+        );
+    }
+    for raw in &mut flooders {
+        // Each within its connection's burst of 1000.
+        for i in 0..900 {
+            raw.encoder.push_message(&numbered(i, 16), 0).unwrap();
+        }
+        // A flooder already cut cannot send the rest; that is the point.
+        let _ = raw.flush().await;
+    }
+    // Past the address's budget every message is dropped and charged a point: a flooder with
+    // 100 messages past it spends its misbehaviour budget and is cut. (The budget's first
+    // second may cover one flooder's 900 whole, in the chunks it drew first.)
+    let cut = || {
+        x.stats()
+            .disconnects
+            .get("misbehaviour")
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + SOON;
+    while cut() < 7 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = x.stats();
+    assert!(cut() >= 7, "{s:?}");
+    let from_flood = x_in.len();
+    // The address's one-second burst (1000, give or take a chunk per connection still held),
+    // not 7,200.
+    assert!(from_flood <= 1000 + 8 * 256, "{from_flood}");
+    let (honest, _hi) = node(config()).await;
+    let x_id = soon("honest connects", honest.connect(x.local_addr()))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        honest.send(x_id, &numbered(i, 16)).await.unwrap();
+    }
+    eventually("the honest messages are in", || {
+        x_in.len() >= from_flood + 100
+    })
+    .await;
+    let honest_got = std::iter::from_fn(|| x_in.try_recv().ok())
+        .filter(|(from, _)| *from == honest.local_peer_id())
+        .count();
+    assert_eq!(honest_got, 100);
+    assert!(
+        x.stats().totals.dropped_rate_limited >= 7 * 100,
+        "{:?}",
+        x.stats()
+    );
+    honest.shutdown().await;
+    x.shutdown().await;
+}

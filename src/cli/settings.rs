@@ -172,6 +172,7 @@ settings! {
     ban_duration: Duration = "How long a misbehaving peer (and its IP, unless persistent) stays banned.",
     max_inbound_messages_per_sec: u64 = "Per connection: application messages per second (burst one second); 0 means unlimited.",
     max_inbound_bytes_per_sec: u64 = "Per connection: encoded bytes per second; 0 means unlimited.",
+    max_inbound_messages_per_sec_per_ip: u64 = "Per remote address, all its connections together: messages per second; 0 means unlimited.",
     max_reassembly_bytes: usize = "Node-wide: bytes of partly received large messages held at once.",
     send_wait: Duration = "Longest a waiting send waits for room for one peer.",
     max_stalls_per_ip: u32 = "Stalled connections from one IP within stall_window before it is banned; 0 disables.",

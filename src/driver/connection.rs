@@ -294,6 +294,9 @@ impl SocketTask {
                     // reassembly is bounded per connection only.
                     if streams.reliable.is_none() {
                         session.set_reassembly_budget(self.ctx.reassembly.clone());
+                        if let Some(budget) = self.ctx.ip_budget(self.shared.addr.ip()) {
+                            session.set_ip_budget(budget);
+                        }
                     }
                     session
                 },

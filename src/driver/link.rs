@@ -172,4 +172,39 @@ pub(crate) struct SocketContext {
     pub(crate) handshakes: Arc<Semaphore>,
     /// Node-wide bound on partly received messages (`max_reassembly_bytes`).
     pub(crate) reassembly: Arc<crate::codec::record::ReassemblyBudget>,
+    /// Each remote address's message budget (`max_inbound_messages_per_sec_per_ip`), shared
+    /// by its connections; held weakly, so an address's entry goes with its last connection.
+    pub(crate) ip_budgets: parking_lot::Mutex<
+        std::collections::HashMap<
+            std::net::IpAddr,
+            std::sync::Weak<crate::session::rate::IpBudget>,
+        >,
+    >,
+}
+
+impl SocketContext {
+    /// The message budget of `ip`, shared with its other connections; `None` when unlimited.
+    pub(crate) fn ip_budget(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> Option<Arc<crate::session::rate::IpBudget>> {
+        let rate = self.config.max_inbound_messages_per_sec_per_ip;
+        if rate == 0 {
+            return None;
+        }
+        let mut budgets = self.ip_budgets.lock();
+        if let Some(budget) = budgets.get(&ip).and_then(std::sync::Weak::upgrade) {
+            return Some(budget);
+        }
+        // Bounded by the connections: entries whose last connection is gone are dropped here.
+        if budgets.len() >= 1024 {
+            budgets.retain(|_, b| b.strong_count() > 0);
+        }
+        let budget = Arc::new(crate::session::rate::IpBudget::new(
+            rate,
+            std::time::Instant::now(),
+        ));
+        budgets.insert(ip, Arc::downgrade(&budget));
+        Some(budget)
+    }
 }

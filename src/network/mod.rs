@@ -166,6 +166,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             reassembly: crate::codec::record::ReassemblyBudget::new(config.max_reassembly_bytes),
         });
         let ctx = Arc::new(SocketContext {
+            ip_budgets: Default::default(),
             reassembly: shared.reassembly.clone(),
             advertised_addr: config.advertised_addr.unwrap_or(local_addr),
             handshakes: Arc::new(Semaphore::new(config.max_concurrent_handshakes)),

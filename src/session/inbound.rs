@@ -149,6 +149,8 @@ struct Judge {
     rejected: u64,
     /// Messages dropped because this sender's address was past its share of the inbox.
     over_share: u64,
+    /// This connection's draw on its address's node-wide message budget, if any.
+    ip: Option<crate::session::rate::IpAllowance>,
 }
 
 impl InboundSession {
@@ -178,6 +180,7 @@ impl InboundSession {
                 score: 0,
                 rejected: 0,
                 over_share: 0,
+                ip: None,
             },
         }
     }
@@ -190,6 +193,11 @@ impl InboundSession {
     /// Records rejected on this connection.
     pub(crate) fn rejected(&self) -> u64 {
         self.judge.rejected
+    }
+
+    /// Draws this connection's messages from its address's node-wide budget too.
+    pub(crate) fn set_ip_budget(&mut self, budget: std::sync::Arc<crate::session::rate::IpBudget>) {
+        self.judge.ip = Some(crate::session::rate::IpAllowance::new(budget));
     }
 
     /// Charges this connection's partly received messages to the node-wide `budget`.
@@ -340,7 +348,11 @@ impl Judge {
             return None;
         }
         let len = bytes.len();
-        if !(state.message_rate.try_take(1, now) && state.byte_rate.try_take(len as u64, now)) {
+        let from_ip = self.ip.as_mut().is_none_or(|ip| ip.try_take(now));
+        if !(from_ip
+            && state.message_rate.try_take(1, now)
+            && state.byte_rate.try_take(len as u64, now))
+        {
             if let Some(t) = tally.get_mut(lane) {
                 t.dropped_rate_limited += 1;
             }

@@ -53,10 +53,96 @@ impl TokenBucket {
     }
 }
 
+/// Messages a connection takes from its address's [`IpBudget`] at once: one lock per this
+/// many messages, not per message. A connection may hold that many tokens unused.
+pub(crate) const IP_CHUNK: u64 = 256;
+
+/// One address's inbound message budget, shared by every connection from it, so many
+/// connections, each under its own limit, cannot flood together. Connections take tokens in
+/// chunks of [`IP_CHUNK`].
+#[derive(Debug)]
+pub(crate) struct IpBudget {
+    bucket: parking_lot::Mutex<TokenBucket>,
+}
+
+impl IpBudget {
+    /// `rate` messages per second from one address, burst one second's worth; 0 is unlimited.
+    pub(crate) fn new(rate: u64, now: Instant) -> Self {
+        Self {
+            bucket: parking_lot::Mutex::new(TokenBucket::new(rate, rate, now)),
+        }
+    }
+
+    /// Takes up to `want` tokens; returns how many were granted (0 when spent).
+    pub(crate) fn take_up_to(&self, want: u64, now: Instant) -> u64 {
+        let mut bucket = self.bucket.lock();
+        if bucket.rate == 0 {
+            return want;
+        }
+        if now > bucket.last {
+            bucket.refill(now);
+        }
+        let granted = (bucket.scaled / SCALE).min(u128::from(want));
+        bucket.scaled -= granted * SCALE;
+        u64::try_from(granted).unwrap_or(0)
+    }
+}
+
+/// A connection's draw on its address's [`IpBudget`].
+#[derive(Debug)]
+pub(crate) struct IpAllowance {
+    budget: std::sync::Arc<IpBudget>,
+    left: u64,
+}
+
+impl IpAllowance {
+    pub(crate) fn new(budget: std::sync::Arc<IpBudget>) -> Self {
+        Self { budget, left: 0 }
+    }
+
+    /// Takes one message's token, drawing a new chunk when the last is spent.
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
+        if self.left == 0 {
+            self.left = self.budget.take_up_to(IP_CHUNK, now);
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn connections_of_one_address_share_its_budget_in_chunks() {
+        let t0 = Instant::now();
+        let budget = std::sync::Arc::new(IpBudget::new(1000, t0));
+        let mut conns: Vec<IpAllowance> =
+            (0..8).map(|_| IpAllowance::new(budget.clone())).collect();
+        // Eight connections take turns: together they get the address's 1000, not 8 × 1000.
+        let mut taken = 0;
+        for _ in 0..1000 {
+            for c in &mut conns {
+                taken += usize::from(c.try_take(t0));
+            }
+        }
+        assert_eq!(taken, 1000);
+        // A second later the address has 1000 more, shared the same way (each connection
+        // tries long enough to spend the chunks it drew).
+        let t1 = t0 + Duration::from_secs(1);
+        let more: usize = (0..8 * 300)
+            .map(|i| usize::from(conns[i % 8].try_take(t1)))
+            .sum();
+        assert_eq!(more, 1000);
+        // Unlimited: always granted.
+        let mut free = IpAllowance::new(std::sync::Arc::new(IpBudget::new(0, t0)));
+        assert!((0..10_000).all(|_| free.try_take(t0)));
+    }
 
     #[test]
     fn allows_burst_then_the_rate() {
