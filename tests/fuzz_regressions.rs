@@ -12,10 +12,15 @@
 
 #[path = "../fuzz/fuzz_targets/common/mod.rs"]
 mod common;
+#[cfg(feature = "cli")]
+#[path = "../fuzz/harness/config_file.rs"]
+mod config_file;
 #[path = "../fuzz/harness/frame_decoder.rs"]
 mod frame_decoder;
 #[path = "../fuzz/harness/handshake_responder.rs"]
 mod handshake_responder;
+#[path = "../fuzz/harness/key_file.rs"]
+mod key_file;
 #[path = "../fuzz/harness/message_decoder.rs"]
 mod message_decoder;
 
@@ -70,4 +75,16 @@ fn message_decoder_seeds_and_kept_inputs_hold() {
 #[test]
 fn handshake_responder_seeds_and_kept_inputs_hold() {
     replay("handshake_responder", handshake_responder::run);
+}
+
+#[test]
+fn key_file_seeds_and_kept_inputs_hold() {
+    replay("key_file", key_file::run);
+}
+
+/// The program's config parser is compiled only with the program (`cli` feature).
+#[cfg(feature = "cli")]
+#[test]
+fn config_file_seeds_and_kept_inputs_hold() {
+    replay("config_file", config_file::run);
 }

@@ -1,0 +1,10 @@
+//! Fuzz target `key_file`: the input and its properties are in `../harness/key_file.rs`
+//! (shared with `tests/fuzz_regressions.rs`, which replays the seeds under `cargo test`).
+
+#![no_main]
+
+mod common;
+#[path = "../harness/key_file.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::run(data));
