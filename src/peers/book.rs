@@ -180,6 +180,22 @@ impl Book {
         (bucket, slot)
     }
 
+    /// The first free slot of `bucket` in `table`, from `slot` on (wrapping). Probing the whole
+    /// bucket keeps a small network on one subnet (whose entries all share a bucket) from
+    /// losing entries to collisions (the loopback discovery test lost a peer's address that
+    /// way); a bucket still holds at most its size, and which bucket an entry lands in (by
+    /// source and address network) is what bounds an attacker, not the slot.
+    fn free_slot(
+        &self,
+        table: &[Vec<Option<PeerId>>],
+        (bucket, slot): (usize, usize),
+    ) -> Option<usize> {
+        let size = self.limits.bucket_size;
+        (0..size)
+            .map(|i| (slot + i) % size)
+            .find(|s| table[bucket][*s].is_none())
+    }
+
     fn tried_place(&self, id: &PeerId, addr: SocketAddr) -> (usize, usize) {
         let bucket = self.hash(&[b"tried", &net_bytes(narrow(addr.ip()))]) % self.tried.len();
         let slot = self.hash(&[b"slot", &(bucket as u64).to_le_bytes(), id.as_bytes()])
@@ -217,14 +233,23 @@ impl Book {
         if self.per_16.get(&n16).copied().unwrap_or(0) >= self.limits.max_per_16 {
             return Err(Refused::PerSubnet16);
         }
-        let (bucket, slot) = self.new_place(&id, addr, source);
-        if let Some(occupant) = self.new[bucket][slot] {
-            let failing = self.entries.get(&occupant).is_some_and(|e| e.failures >= 3);
-            if !failing {
-                return Err(Refused::SlotTaken);
+        let (bucket, home) = self.new_place(&id, addr, source);
+        let slot = match self.free_slot(&self.new, (bucket, home)) {
+            Some(free) => free,
+            None => {
+                let occupant = self.new[bucket][home];
+                let failing = occupant
+                    .and_then(|o| self.entries.get(&o))
+                    .is_some_and(|e| e.failures >= 3);
+                if !failing {
+                    return Err(Refused::SlotTaken);
+                }
+                if let Some(occupant) = occupant {
+                    self.remove(&occupant);
+                }
+                home
             }
-            self.remove(&occupant);
-        }
+        };
         self.new[bucket][slot] = Some(id);
         self.count(addr, source, 1);
         self.entries.insert(
@@ -286,10 +311,16 @@ impl Book {
         if !entry.tried {
             let (bucket, slot) = entry.place;
             self.new[bucket][slot] = None;
-            let place = self.tried_place(&id, entry.addr);
-            if let Some(occupant) = self.tried[place.0][place.1] {
-                self.demote(occupant);
-            }
+            let home = self.tried_place(&id, entry.addr);
+            let place = match self.free_slot(&self.tried, home) {
+                Some(free) => (home.0, free),
+                None => {
+                    if let Some(occupant) = self.tried[home.0][home.1] {
+                        self.demote(occupant);
+                    }
+                    home
+                }
+            };
             self.tried[place.0][place.1] = Some(id);
             if let Some(e) = self.entries.get_mut(&id) {
                 e.tried = true;
@@ -308,11 +339,12 @@ impl Book {
         let Some(entry) = self.entries.get(&id).cloned() else {
             return;
         };
-        let place = self.new_place(&id, entry.addr, entry.source);
-        if self.new[place.0][place.1].is_some() {
+        let home = self.new_place(&id, entry.addr, entry.source);
+        let Some(free) = self.free_slot(&self.new, home) else {
             self.remove(&id);
             return;
-        }
+        };
+        let place = (home.0, free);
         self.new[place.0][place.1] = Some(id);
         if let Some(e) = self.entries.get_mut(&id) {
             e.tried = false;
