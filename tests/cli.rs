@@ -482,26 +482,43 @@ fn keygen_writes_a_private_key_and_id_reads_it_back() {
     assert!(!std::path::Path::new(&missing).exists());
 }
 
+/// SIGINT, SIGTERM and SIGHUP each shut a node down gracefully: exit 0, the log names the
+/// signal, and a connected peer hears a goodbye (not a cut connection).
 #[test]
-fn sighup_shuts_a_node_down_gracefully() {
-    let mut a = Proc::spawn(
-        "node",
-        &["node", "--listen", "127.0.0.1:0", "--network-id", "t"],
+fn every_stop_signal_shuts_a_node_down_gracefully() {
+    let mut b = Proc::spawn(
+        "witness",
+        &["node", "--listen", "127.0.0.1:0", "--network-id", "sig"],
         false,
     );
-    let _ = a.value("listening on:");
-    let status = a.signal("-HUP");
-    if !status.success() {
-        a.fail(&format!("exited with {status} on SIGHUP"));
-    }
-    // The log line names the signal (stderr is collected by a thread: wait for it to drain).
-    let deadline = Instant::now() + TIMEOUT;
-    while !a.stderr.lock().unwrap().contains("SIGHUP") {
-        if Instant::now() > deadline {
-            a.fail("the shutdown log does not name SIGHUP");
+    let b_addr = b.value("listening on:");
+    for (signal, name) in [("-INT", "SIGINT"), ("-TERM", "SIGTERM"), ("-HUP", "SIGHUP")] {
+        let mut a = Proc::spawn(
+            "node",
+            &["node", "--network-id", "sig", "--peer", &b_addr],
+            false,
+        );
+        let a_id = a.value("peer id:");
+        b.line("a joining", |l| {
+            l.starts_with(&format!("peer joined: {a_id}"))
+        });
+        let status = a.signal(signal);
+        if !status.success() {
+            a.fail(&format!("exited with {status} on {name}"));
         }
-        thread::sleep(Duration::from_millis(20));
+        // The log line names the signal (stderr is collected by a thread: wait for it).
+        let deadline = Instant::now() + TIMEOUT;
+        while !a.stderr.lock().unwrap().contains(name) {
+            if Instant::now() > deadline {
+                a.fail(&format!("the shutdown log does not name {name}"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // The peer was told: a goodbye for shutdown, not an end of stream.
+        let left = b.line("a leaving", |l| l.starts_with(&format!("peer left: {a_id}")));
+        assert!(left.contains("goodbye") && left.contains("Shutdown"), "{name}: {left}");
     }
+    assert!(b.terminate().success());
 }
 
 #[test]
