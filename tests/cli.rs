@@ -515,8 +515,13 @@ fn every_stop_signal_shuts_a_node_down_gracefully() {
             thread::sleep(Duration::from_millis(20));
         }
         // The peer was told: a goodbye for shutdown, not an end of stream.
-        let left = b.line("a leaving", |l| l.starts_with(&format!("peer left: {a_id}")));
-        assert!(left.contains("goodbye") && left.contains("Shutdown"), "{name}: {left}");
+        let left = b.line("a leaving", |l| {
+            l.starts_with(&format!("peer left: {a_id}"))
+        });
+        assert!(
+            left.contains("goodbye") && left.contains("Shutdown"),
+            "{name}: {left}"
+        );
     }
     assert!(b.terminate().success());
 }
@@ -983,5 +988,34 @@ fn a_refused_handshake_is_logged_on_the_refusing_side() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("network_mismatch"), "{lines:?}");
     assert!(b.terminate().success());
+    assert!(a.terminate().success());
+}
+
+/// A `--peer` that is the node's own address is refused once, with what to do, and not dialed
+/// again (it would be the same node every second).
+#[test]
+fn a_peer_flag_naming_the_node_itself_is_refused_once() {
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut a = Proc::spawn(
+        "node",
+        &["node", "--listen", &listen, "--peer", &listen],
+        false,
+    );
+    a.value("listening on:");
+    let deadline = Instant::now() + TIMEOUT;
+    while !a.stderr.lock().unwrap().contains("own address") {
+        if Instant::now() > deadline {
+            a.fail("no message about dialing itself");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Long enough for two more attempts at the old pace of one a second: none comes.
+    thread::sleep(Duration::from_millis(2500));
+    let err = a.stderr.lock().unwrap().clone();
+    assert_eq!(err.matches("own address").count(), 1, "{err}");
+    assert!(!err.contains("retrying"), "{err}");
     assert!(a.terminate().success());
 }

@@ -239,6 +239,18 @@ async fn keep_connected(net: Network<Bytes>, peer: String) {
                     continue;
                 }
                 Err(peerwire::ConnectError::Closed) => return,
+                Err(peerwire::ConnectError::Handshake {
+                    source: peerwire::handshake::HandshakeError::SelfConnection,
+                    ..
+                }) => {
+                    // Dialing again would find the same node: say so once and stop.
+                    tracing::warn!(
+                        %addr,
+                        "--peer {peer} is this node's own address; not dialing it (remove the \
+                         flag, or give the address of another node)"
+                    );
+                    return;
+                }
                 Err(e) => e.to_string(),
             },
             Err(e) => format!("cannot resolve: {e}"),
