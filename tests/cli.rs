@@ -1019,3 +1019,52 @@ fn a_peer_flag_naming_the_node_itself_is_refused_once() {
     assert!(!err.contains("retrying"), "{err}");
     assert!(a.terminate().success());
 }
+
+/// A `--persistent` peer whose address answers with another key is no longer silent: the
+/// dialing node logs the expected and the proven id at WARN.
+#[test]
+fn a_persistent_peer_with_the_wrong_key_is_logged() {
+    let mut a = Proc::spawn(
+        "node a",
+        &["node", "--listen", "127.0.0.1:0", "--network-id", "k"],
+        false,
+    );
+    let a_id = a.value("peer id:");
+    let a_addr = a.value("listening on:");
+    // Another node's id, at a's address.
+    let mut other = Proc::spawn(
+        "node c",
+        &["node", "--listen", "127.0.0.1:0", "--network-id", "k"],
+        false,
+    );
+    let other_id = other.value("peer id:");
+    let mut b = Proc::spawn(
+        "node b",
+        &[
+            "node",
+            "--network-id",
+            "k",
+            "--persistent",
+            &format!("{other_id}@{a_addr}"),
+        ],
+        false,
+    );
+    b.value("listening on:");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let err = b.stderr.lock().unwrap().clone();
+        if let Some(line) = err.lines().find(|l| l.contains("handshake failed")) {
+            assert!(line.contains("WARN"), "{line}");
+            assert!(line.contains(&other_id) && line.contains(&a_id), "{line}");
+            assert!(line.contains("peer_mismatch"), "{line}");
+            break;
+        }
+        if Instant::now() > deadline {
+            b.fail("no warning about the wrong key");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    for p in [&mut b, &mut other, &mut a] {
+        assert!(p.terminate().success());
+    }
+}

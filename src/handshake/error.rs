@@ -43,7 +43,10 @@ pub enum HandshakeError {
         theirs: String,
     },
     /// The dialed node proved a different identity than expected.
-    #[error("expected peer {expected}, but the remote proved {actual}")]
+    #[error(
+        "expected peer {expected}, but the remote proved {actual} (a wrong id in the \
+         configuration, or another node now at that address)"
+    )]
     PeerMismatch {
         /// The id we dialed for.
         expected: PeerId,
