@@ -29,6 +29,11 @@ pub struct PersistentPeer {
 /// read chunk; for the node: each channel's `inbox_bytes` of messages waiting for the
 /// application. The default channel's bounds are the top-level fields below.
 ///
+/// # Every field
+#[doc = include_str!("../docs/configuration.md")]
+///
+/// # Example
+///
 /// ```
 /// use std::time::Duration;
 /// let config = peerwire::Config::default()
