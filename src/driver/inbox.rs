@@ -142,22 +142,31 @@ struct State<M> {
 }
 
 impl<M> State<M> {
-    /// Whether `source` is past its fair share. Only the last quarter of the inbox is shared
-    /// out: once it is three quarters full (by count or bytes), each of the N sources holding
-    /// anything may hold at most 1/(N+1) of it, so there is always room for one more. One
-    /// sender, or many connections from one address, cannot take the inbox from the others,
-    /// nor from a sender that arrives when it is full of theirs; alone, a sender has three
-    /// quarters of it.
+    /// Whether `source` is past its fair share (see [`State::share_left`]).
     fn over_share(&self, source: Source, size: usize, capacity: usize, max_bytes: usize) -> bool {
-        let used = self.items.len() + self.reserved;
-        let used_bytes = self.bytes + self.reserved_bytes;
-        if used * 4 < capacity * 3 && used_bytes / 4 * 4 < max_bytes / 4 * 3 {
-            return false;
-        }
+        let (places, bytes) = self.share_left(source, capacity, max_bytes);
+        places == 0 || bytes < size
+    }
+
+    /// Places and bytes `source` may still take. Each of the N sources holding messages (this
+    /// one counted) may hold three quarters of the inbox divided by N, by count and by bytes:
+    /// alone, three quarters; together, never more than three quarters, so a sender arriving
+    /// at an inbox full of others' messages always finds a quarter of it, and one address (one
+    /// peer, or many connections from one IP) cannot take the others' part. A source holding
+    /// nothing may take a message of any size, as an empty inbox takes one.
+    fn share_left(&self, source: Source, capacity: usize, max_bytes: usize) -> (usize, usize) {
         let held = self.holders.get(&source).copied().unwrap_or_default();
         let active = self.holders.len() + usize::from(held.count == 0 && held.bytes == 0);
-        let parts = active + 1;
-        held.count >= capacity / parts || (held.bytes > 0 && held.bytes + size > max_bytes / parts)
+        let active = active.max(1);
+        let line = capacity - capacity / 4;
+        let line_bytes = max_bytes - max_bytes / 4;
+        let places = (line / active).max(1).saturating_sub(held.count);
+        let bytes = if held.bytes == 0 {
+            usize::MAX
+        } else {
+            (line_bytes / active).saturating_sub(held.bytes)
+        };
+        (places, bytes)
     }
 
     /// Takes the front message and releases its hold.
@@ -614,10 +623,11 @@ impl<M> Stager<M> {
             return Err(DeliverError::OverShare);
         }
         // An eighth of what is free, so read tasks staging at once share the last places
-        // instead of one holding them unused (which would refuse messages that fit). The
-        // share is checked once per reservation: a source may overshoot it by one
-        // reservation, an eighth of what was free.
-        self.room = (free / 8).clamp(1, RESERVE);
+        // instead of one holding them unused (which would refuse messages that fit), and no
+        // more than the source's share has left, so a reservation never takes another
+        // sender's part.
+        let (places, _) = state.share_left(self.source, queue.capacity, queue.max_bytes);
+        self.room = (free / 8).clamp(1, RESERVE).min(places).max(1);
         self.room_bytes = if free_bytes >= size {
             (free_bytes / 8).clamp(size, RESERVE_BYTES.max(size))
         } else {
@@ -1052,8 +1062,8 @@ mod tests {
         assert!(stager.flush());
         // Three quarters, overshot by at most one reservation (an eighth of what was free).
         assert!((75..=78).contains(&taken), "{taken}");
-        // The honest address arrives at an inbox full of the flood: it gets in, up to its own
-        // share (a third, with two addresses), or until the inbox is full.
+        // The honest address arrives at an inbox the flood has filled to three quarters: it
+        // gets the last quarter (its share, three quarters halved, is more).
         let mut honest_in = 0;
         while slot.deliver(honest, calm, enc(2)) == Delivered::Ok {
             honest_in += 1;
