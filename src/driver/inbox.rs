@@ -142,21 +142,38 @@ struct State<M> {
 }
 
 impl<M> State<M> {
-    /// Whether `source` is past its fair share (see [`State::share_left`]).
-    fn over_share(&self, source: Source, size: usize, capacity: usize, max_bytes: usize) -> bool {
+    /// Whether `source` is past its fair share (see [`State::share_left`]), and if so how to
+    /// refuse it: a source alone is refused as by a full inbox (not charged: nobody else is
+    /// kept out), one among others as over its share (charged, see `session::inbound`).
+    fn over_share(
+        &self,
+        source: Source,
+        size: usize,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> Option<DeliverError> {
         let (places, bytes) = self.share_left(source, capacity, max_bytes);
-        places == 0 || bytes < size
+        if places > 0 && bytes >= size {
+            return None;
+        }
+        let alone = self.holders.len() + usize::from(!self.holders.contains_key(&source)) <= 1;
+        Some(if alone {
+            DeliverError::Full
+        } else {
+            DeliverError::OverShare
+        })
     }
 
-    /// Places and bytes `source` may still take. Each of the N sources holding messages (this
-    /// one counted) may hold three quarters of the inbox divided by N, by count and by bytes:
-    /// alone, three quarters; together, never more than three quarters, so a sender arriving
-    /// at an inbox full of others' messages always finds a quarter of it, and one address (one
-    /// peer, or many connections from one IP) cannot take the others' part. A source holding
-    /// nothing may take a message of any size, as an empty inbox takes one.
+    /// Places and bytes `source` may still take. The N sources holding messages (this one
+    /// counted, and any refused for a full inbox since it last emptied) may each hold three
+    /// quarters of the inbox divided by N, by count and by bytes: alone, three quarters;
+    /// together, never more than three quarters. So a sender arriving at an inbox full of
+    /// others' messages always finds room, and one address (one peer, or many connections
+    /// from one IP) cannot take the others' part. A source holding nothing may take a message
+    /// of any size, as an empty inbox takes one.
     fn share_left(&self, source: Source, capacity: usize, max_bytes: usize) -> (usize, usize) {
         let held = self.holders.get(&source).copied().unwrap_or_default();
-        let active = self.holders.len() + usize::from(held.count == 0 && held.bytes == 0);
+        let active = self.holders.len() + usize::from(!self.holders.contains_key(&source));
         let active = active.max(1);
         let line = capacity - capacity / 4;
         let line_bytes = max_bytes - max_bytes / 4;
@@ -169,12 +186,24 @@ impl<M> State<M> {
         (places, bytes)
     }
 
-    /// Takes the front message and releases its hold.
+    /// Takes the front message and releases its hold. An empty inbox forgets the sources
+    /// that were waiting for room (see [`State::refused_full`]).
     fn pop_front(&mut self) -> Option<Delivery<M>> {
         let d = self.items.pop_front()?;
         self.bytes -= d.size;
         release(&mut self.holders, d.source, 1, d.size);
+        if self.items.is_empty() && self.reserved == 0 {
+            self.holders.retain(|_, h| h.count > 0 || h.bytes > 0);
+        }
         Some(d)
+    }
+
+    /// `source` found the inbox full: it counts among the sources sharing it from now on
+    /// (holding nothing yet), so the next places freed are not all taken by a sender that was
+    /// alone, until it has its share or the inbox empties.
+    fn refused_full(&mut self, source: Source) -> DeliverError {
+        self.holders.entry(source).or_default();
+        DeliverError::Full
     }
 }
 
@@ -236,10 +265,10 @@ impl<M> Queue<M> {
         let empty = state.items.is_empty() && state.reserved == 0;
         let over_bytes = !empty && state.bytes + state.reserved_bytes + size > self.max_bytes;
         if state.items.len() + state.reserved >= self.capacity || over_bytes {
-            return Err(DeliverError::Full);
+            return Err(state.refused_full(source));
         }
-        if state.over_share(source, size, self.capacity, self.max_bytes) {
-            return Err(DeliverError::OverShare);
+        if let Some(refusal) = state.over_share(source, size, self.capacity, self.max_bytes) {
+            return Err(refusal);
         }
         let was_empty = state.items.is_empty();
         state.bytes += size;
@@ -617,10 +646,11 @@ impl<M> Stager<M> {
         // One message always fits an empty inbox, whatever its size.
         let empty = state.items.is_empty() && state.reserved == 0;
         if free == 0 || (free_bytes < size && !empty) {
-            return Err(DeliverError::Full);
+            return Err(state.refused_full(self.source));
         }
-        if state.over_share(self.source, size, queue.capacity, queue.max_bytes) {
-            return Err(DeliverError::OverShare);
+        if let Some(refusal) = state.over_share(self.source, size, queue.capacity, queue.max_bytes)
+        {
+            return Err(refusal);
         }
         // An eighth of what is free, so read tasks staging at once share the last places
         // instead of one holding them unused (which would refuse messages that fit), and no
@@ -1052,30 +1082,35 @@ mod tests {
         );
         let slot = Slot::new(100, 1 << 20);
         let rx = slot.open::<u8>().unwrap();
-        // Alone, the flooder may fill three quarters of the inbox; the last quarter is shared.
+        // Alone, the flooder may fill three quarters of the inbox; past them it is refused as
+        // by a full inbox (not charged: nobody else is kept out).
         let mut stager = slot.stager(flood).unwrap();
         let mut taken = 0;
         while stager.stage_slice(flooder, &[1]) == Delivered::Ok {
             taken += 1;
         }
-        assert_eq!(stager.stage_slice(flooder, &[1]), Delivered::OverShare);
+        assert_eq!(stager.stage_slice(flooder, &[1]), Delivered::Full);
         assert!(stager.flush());
-        // Three quarters, overshot by at most one reservation (an eighth of what was free).
-        assert!((75..=78).contains(&taken), "{taken}");
-        // The honest address arrives at an inbox the flood has filled to three quarters: it
-        // gets the last quarter (its share, three quarters halved, is more).
+        assert_eq!(taken, 75);
+        // The honest address arrives: it gets the last quarter (its share, three quarters
+        // halved, is more), and the flood, now among others, is refused as over its share.
         let mut honest_in = 0;
         while slot.deliver(honest, calm, enc(2)) == Delivered::Ok {
             honest_in += 1;
         }
-        assert_eq!(honest_in, 100 - taken, "the rest of the last quarter");
+        assert_eq!(honest_in, 25);
         assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::Full);
-        // The application drains half: below three quarters, both get in again.
         for _ in 0..50 {
             rx.try_recv().unwrap();
         }
         assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::Ok);
         assert_eq!(slot.deliver(honest, calm, enc(2)), Delivered::Ok);
+        // Two share three quarters, 37 each: the flood (26) may take 11 more, then it is over
+        // its share.
+        for _ in 0..11 {
+            assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::Ok);
+        }
+        assert_eq!(slot.deliver(flooder, flood, enc(1)), Delivered::OverShare);
         let mut from_honest = 0;
         while let Ok((peer, m)) = rx.try_recv() {
             if peer == honest {
@@ -1240,17 +1275,17 @@ mod tests {
         );
         let rx = slot.open::<u8>().unwrap();
         let (mut sa, mut sb) = (slot.stager(SRC).unwrap(), slot.stager(SRC).unwrap());
-        // Two read tasks of one address stage at once: together they get the four places up
-        // to the shared last quarter (the fifth is kept for another address), never more.
+        // Two read tasks of one address stage at once: together they get the four places of
+        // its three quarters (the fifth is kept for another address), never more.
         let mut ok = 0;
         for v in 0..4 {
             ok += usize::from(sa.stage_slice(a, &enc(v)) == Delivered::Ok);
             ok += usize::from(sb.stage_slice(b, &enc(10 + v)) == Delivered::Ok);
         }
         assert_eq!(ok, 4);
-        // A direct push sees the reserved places as taken: the address is at its share, and
-        // another address gets the last place, then the inbox is full.
-        assert_eq!(slot.deliver(a, SRC, enc(99)), Delivered::OverShare);
+        // A direct push sees the reserved places as taken: the address, alone, is refused as
+        // by a full inbox; another address gets the last place, then the inbox is full.
+        assert_eq!(slot.deliver(a, SRC, enc(99)), Delivered::Full);
         assert_eq!(slot.deliver(b, SRC + 2, enc(98)), Delivered::Ok);
         assert_eq!(slot.deliver(b, SRC + 4, enc(97)), Delivered::Full);
         assert_eq!(
@@ -1274,7 +1309,7 @@ mod tests {
         for v in 0..4 {
             assert_eq!(sa.stage_slice(a, &enc(v)), Delivered::Ok);
         }
-        assert_eq!(sa.stage_slice(a, &enc(5)), Delivered::OverShare);
+        assert_eq!(sa.stage_slice(a, &enc(5)), Delivered::Full);
         assert!(sa.flush());
         assert_eq!(rx.len(), 4);
         // An undecodable body is the sender's fault, not a place taken.
