@@ -302,6 +302,7 @@ impl SocketTask {
                 },
                 recv: streams.recv.clone(),
                 reliable: streams.reliable.clone(),
+                source: super::inbox::source_of(self.shared.addr.ip()),
             }
             .run(read_half, leftover, opener),
         );

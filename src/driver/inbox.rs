@@ -156,8 +156,7 @@ impl<M> State<M> {
         if places > 0 && bytes >= size {
             return None;
         }
-        let alone = self.holders.len() + usize::from(!self.holders.contains_key(&source)) <= 1;
-        Some(if alone {
+        Some(if self.sharers(source) <= 1 {
             DeliverError::Full
         } else {
             DeliverError::OverShare
@@ -173,8 +172,7 @@ impl<M> State<M> {
     /// of any size, as an empty inbox takes one.
     fn share_left(&self, source: Source, capacity: usize, max_bytes: usize) -> (usize, usize) {
         let held = self.holders.get(&source).copied().unwrap_or_default();
-        let active = self.holders.len() + usize::from(!self.holders.contains_key(&source));
-        let active = active.max(1);
+        let active = self.sharers(source);
         let line = capacity - capacity / 4;
         let line_bytes = max_bytes - max_bytes / 4;
         let places = (line / active).max(1).saturating_sub(held.count);
@@ -184,6 +182,12 @@ impl<M> State<M> {
             (line_bytes / active).saturating_sub(held.bytes)
         };
         (places, bytes)
+    }
+
+    /// The sources sharing the inbox, `source` counted: those in `holders` (holding messages,
+    /// or refused for a full inbox), plus `source` if it is not among them.
+    fn sharers(&self, source: Source) -> usize {
+        self.holders.len() + usize::from(!self.holders.contains_key(&source))
     }
 
     /// Takes the front message and releases its hold. An empty inbox forgets the sources

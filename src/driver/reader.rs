@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
-use super::inbox::{Slot, Stage, source_of};
+use super::inbox::{Slot, Source, Stage};
 use super::link::SocketShared;
 use super::stream::Reliable;
 use crate::codec::ControlMessage;
@@ -35,6 +35,8 @@ pub(crate) struct Reader {
     pub(crate) recv: Arc<Mutex<Vec<RecvSeq>>>,
     /// Our reliable streams to this peer, if it is a persistent peer (for its acks and rewinds).
     pub(crate) reliable: Option<Arc<Reliable>>,
+    /// The connection's address as an inbox share source (`inbox::source_of`, hashed once).
+    pub(crate) source: Source,
 }
 
 impl Reader {
@@ -146,8 +148,7 @@ impl Reader {
         let stop = {
             let recv = self.recv.clone();
             let mut recv = recv.lock();
-            let (peer, slots) = (self.peer, &self.slots);
-            let source = source_of(self.shared.addr.ip());
+            let (peer, slots, source) = (self.peer, &self.slots, self.source);
             let Handoff {
                 compactors,
                 stagers,

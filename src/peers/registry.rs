@@ -225,20 +225,20 @@ impl Registry {
         // that answers (an honest peer does in one round trip) is cut only when every place
         // is taken by connections that answered too, which costs the stranger a handshake
         // message per connection within the IP's handshake rate.
-        let mut in_handshake = 0;
-        let mut oldest: Option<(bool, Instant, ConnectionId)> = None;
-        for (id, h) in &self.handshaking {
-            if h.ip == ip && !h.evicted {
-                in_handshake += 1;
-                let key = (progressed(*id), h.since, *id);
-                if oldest.is_none_or(|o| key < o) {
-                    oldest = Some(key);
-                }
-            }
-        }
-        let evict = oldest
-            .filter(|_| in_handshake >= self.limits.max_handshakes_per_ip.max(1))
-            .map(|(_, _, id)| id);
+        // Asked only when a place must be freed: the caller's `progressed` takes a lock.
+        let from_ip = || {
+            self.handshaking
+                .iter()
+                .filter(move |(_, h)| h.ip == ip && !h.evicted)
+        };
+        let evict = if from_ip().count() >= self.limits.max_handshakes_per_ip.max(1) {
+            from_ip()
+                .map(|(id, h)| (progressed(*id), h.since, *id))
+                .min()
+                .map(|(_, _, id)| id)
+        } else {
+            None
+        };
         if let Some(h) = evict.and_then(|id| self.handshaking.get_mut(&id)) {
             // It no longer counts against the IP, nor as proven, until its task ends.
             h.evicted = true;

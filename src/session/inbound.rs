@@ -367,16 +367,7 @@ impl Judge {
                 }
                 None
             }
-            Delivered::Full => {
-                if let Some(t) = tally.get_mut(lane) {
-                    t.messages += 1;
-                    t.bytes += len as u64;
-                    t.dropped_inbox_full += 1;
-                }
-                self.undelivered(lane, recv);
-                None
-            }
-            Delivered::OverShare => {
+            dropped @ (Delivered::Full | Delivered::OverShare) => {
                 if let Some(t) = tally.get_mut(lane) {
                     t.messages += 1;
                     t.bytes += len as u64;
@@ -384,9 +375,12 @@ impl Judge {
                 }
                 let sequenced = self.lanes[lane].seq.is_some();
                 self.undelivered(lane, recv);
-                // A sequenced (persistent) peer gets it again by resend; anyone else is
-                // flooding past its share while the application lags: charged a point per
-                // OVER_SHARE_PER_POINT drops, so a burst costs little and a flood its link.
+                if dropped == Delivered::Full {
+                    return None;
+                }
+                // Past its share: a sequenced (persistent) peer gets it again by resend; anyone
+                // else is flooding past its share while the application lags, charged a point
+                // per OVER_SHARE_PER_POINT drops, so a burst costs little and a flood its link.
                 self.over_share += 1;
                 if !sequenced && self.over_share % OVER_SHARE_PER_POINT == 0 {
                     return self.charge(&Violation::InboxShare);

@@ -51,6 +51,19 @@ impl TokenBucket {
             false
         }
     }
+
+    /// Takes up to `want` whole tokens; returns how many it took (0 when spent).
+    pub(crate) fn take_up_to(&mut self, want: u64, now: Instant) -> u64 {
+        if self.rate == 0 {
+            return want;
+        }
+        if now > self.last {
+            self.refill(now);
+        }
+        let taken = (self.scaled / SCALE).min(u128::from(want));
+        self.scaled -= taken * SCALE;
+        u64::try_from(taken).unwrap_or(0)
+    }
 }
 
 /// Messages a connection takes from its address's [`IpBudget`] at once: one lock per this
@@ -75,16 +88,7 @@ impl IpBudget {
 
     /// Takes up to `want` tokens; returns how many were granted (0 when spent).
     pub(crate) fn take_up_to(&self, want: u64, now: Instant) -> u64 {
-        let mut bucket = self.bucket.lock();
-        if bucket.rate == 0 {
-            return want;
-        }
-        if now > bucket.last {
-            bucket.refill(now);
-        }
-        let granted = (bucket.scaled / SCALE).min(u128::from(want));
-        bucket.scaled -= granted * SCALE;
-        u64::try_from(granted).unwrap_or(0)
+        self.bucket.lock().take_up_to(want, now)
     }
 }
 
