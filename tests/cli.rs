@@ -93,6 +93,21 @@ impl Proc {
         }
     }
 
+    /// Waits for a stderr line (already written or new) that satisfies `pred`; stderr is
+    /// collected by a thread, so log lines arrive a little after the event.
+    fn stderr_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(line) = self.stderr.lock().unwrap().lines().find(|l| pred(l)) {
+                return line.to_owned();
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("no {what} on stderr within 20 s"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The text after `prefix` on the first line starting with it.
     fn value(&mut self, prefix: &str) -> String {
         let line = self.line(prefix, |l| l.starts_with(prefix));
@@ -506,14 +521,10 @@ fn every_stop_signal_shuts_a_node_down_gracefully() {
         if !status.success() {
             a.fail(&format!("exited with {status} on {name}"));
         }
-        // The log line names the signal (stderr is collected by a thread: wait for it).
-        let deadline = Instant::now() + TIMEOUT;
-        while !a.stderr.lock().unwrap().contains(name) {
-            if Instant::now() > deadline {
-                a.fail(&format!("the shutdown log does not name {name}"));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        // The log line names the signal.
+        a.stderr_line(&format!("shutdown line naming {name}"), |l| {
+            l.contains(name)
+        });
         // The peer was told: a goodbye for shutdown, not an end of stream.
         let left = b.line("a leaving", |l| {
             l.starts_with(&format!("peer left: {a_id}"))
@@ -927,19 +938,11 @@ fn log_flags_choose_the_format_and_the_level() {
         false,
     );
     json.value("listening on:");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let err = json.stderr.lock().unwrap().clone();
-        if let Some(line) = err.lines().find(|l| l.contains("127.0.0.1:1")) {
-            assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
-            assert!(line.contains("\"level\":\"WARN\""), "{line}");
-            break;
-        }
-        if Instant::now() > deadline {
-            json.fail("no JSON warning about the unreachable peer");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let line = json.stderr_line("JSON warning about the unreachable peer", |l| {
+        l.contains("127.0.0.1:1")
+    });
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"level\":\"WARN\""), "{line}");
     assert!(json.terminate().success());
     let (code, _, err) = run_with_env(&["--log-level", "peerwire=loud", "node"], &[]);
     assert_eq!(code, Some(2));
@@ -966,22 +969,17 @@ fn a_refused_handshake_is_logged_on_the_refusing_side() {
         false,
     );
     b.value("listening on:");
-    let deadline = Instant::now() + TIMEOUT;
+    let refused = |l: &str| l.contains("WARN") && l.contains("handshake failed");
+    a.stderr_line("WARN line about the refused handshake", refused);
     let warned = |p: &Proc| {
         p.stderr
             .lock()
             .unwrap()
             .lines()
-            .filter(|l| l.contains("WARN") && l.contains("handshake failed"))
+            .filter(|l| refused(l))
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    while warned(&a).is_empty() {
-        if Instant::now() > deadline {
-            a.fail("no WARN line about the refused handshake");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
     // B keeps retrying every second; A's log does not grow with it.
     thread::sleep(Duration::from_millis(2500));
     let lines = warned(&a);
@@ -1005,13 +1003,9 @@ fn a_peer_flag_naming_the_node_itself_is_refused_once() {
         false,
     );
     a.value("listening on:");
-    let deadline = Instant::now() + TIMEOUT;
-    while !a.stderr.lock().unwrap().contains("own address") {
-        if Instant::now() > deadline {
-            a.fail("no message about dialing itself");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    a.stderr_line("message about dialing itself", |l| {
+        l.contains("own address")
+    });
     // Long enough for two more attempts at the old pace of one a second: none comes.
     thread::sleep(Duration::from_millis(2500));
     let err = a.stderr.lock().unwrap().clone();
@@ -1050,20 +1044,12 @@ fn a_persistent_peer_with_the_wrong_key_is_logged() {
         false,
     );
     b.value("listening on:");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let err = b.stderr.lock().unwrap().clone();
-        if let Some(line) = err.lines().find(|l| l.contains("handshake failed")) {
-            assert!(line.contains("WARN"), "{line}");
-            assert!(line.contains(&other_id) && line.contains(&a_id), "{line}");
-            assert!(line.contains("peer_mismatch"), "{line}");
-            break;
-        }
-        if Instant::now() > deadline {
-            b.fail("no warning about the wrong key");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    let line = b.stderr_line("warning about the wrong key", |l| {
+        l.contains("handshake failed")
+    });
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&other_id) && line.contains(&a_id), "{line}");
+    assert!(line.contains("peer_mismatch"), "{line}");
     for p in [&mut b, &mut other, &mut a] {
         assert!(p.terminate().success());
     }
