@@ -7,16 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::driver::shared::NetworkStats;
 use crate::handshake::HandshakeError;
+use crate::peers::registry::INBOUND_REFUSALS;
 use crate::session::{ConnectionInfo, DisconnectReason};
-
-/// Every reason an inbound connection is refused (`NetworkStats::inbound_refused`).
-const INBOUND_REFUSALS: [&str; 5] = [
-    "banned_ip",
-    "per_ip",
-    "handshake_rate",
-    "handshakes_per_ip",
-    "max_inbound",
-];
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -374,6 +366,124 @@ mod tests {
     use crate::Keypair;
     use crate::session::Direction;
     use crate::session::{PeerStats, SocketState};
+
+    /// The labels of `values` are exactly `list`, each once: a reason missing from a list
+    /// would have no series until first seen, and one listed twice would render twice.
+    fn same_labels(list: &[&str], values: impl IntoIterator<Item = &'static str>) {
+        let mut labels: Vec<&str> = values.into_iter().collect();
+        let mut listed = list.to_vec();
+        labels.sort_unstable();
+        listed.sort_unstable();
+        let mut distinct = listed.clone();
+        distinct.dedup();
+        assert_eq!(distinct, listed, "a label is listed twice");
+        assert_eq!(labels, listed, "the list and the variants disagree");
+    }
+
+    #[test]
+    fn every_disconnect_reason_is_listed_once() {
+        use crate::codec::{CodecError, GoodbyeReason};
+        let all = [
+            DisconnectReason::Requested,
+            DisconnectReason::Shutdown,
+            DisconnectReason::RemoteGoodbye(GoodbyeReason::Banned),
+            DisconnectReason::Eof,
+            DisconnectReason::Io(std::io::ErrorKind::BrokenPipe),
+            DisconnectReason::Codec(CodecError::NonceExhausted),
+            DisconnectReason::Misbehaviour { score: 7 },
+            DisconnectReason::WriteStalled,
+            DisconnectReason::IdleTimeout,
+            DisconnectReason::Duplicate,
+            DisconnectReason::Banned,
+            DisconnectReason::InboundLimit,
+            DisconnectReason::Handshake("timeout"),
+            DisconnectReason::InboxClosed,
+        ];
+        // A new variant stops this from compiling until it is added above.
+        for reason in &all {
+            match reason {
+                DisconnectReason::Requested
+                | DisconnectReason::Shutdown
+                | DisconnectReason::RemoteGoodbye(_)
+                | DisconnectReason::Eof
+                | DisconnectReason::Io(_)
+                | DisconnectReason::Codec(_)
+                | DisconnectReason::Misbehaviour { .. }
+                | DisconnectReason::WriteStalled
+                | DisconnectReason::IdleTimeout
+                | DisconnectReason::Duplicate
+                | DisconnectReason::Banned
+                | DisconnectReason::InboundLimit
+                | DisconnectReason::Handshake(_)
+                | DisconnectReason::InboxClosed => {}
+            }
+        }
+        same_labels(&DisconnectReason::LABELS, all.iter().map(|r| r.label()));
+    }
+
+    #[test]
+    fn every_handshake_error_is_listed_once() {
+        let id = Keypair::from_secret_bytes(&[3; 32]).peer_id();
+        let all = [
+            HandshakeError::Noise(snow::Error::Decrypt),
+            HandshakeError::MessageTooLarge { len: 2, max: 1 },
+            HandshakeError::LowOrderKey,
+            HandshakeError::BadPayload,
+            HandshakeError::BadSignature,
+            HandshakeError::VersionMismatch { ours: 1, theirs: 2 },
+            HandshakeError::NetworkMismatch {
+                ours: "a".into(),
+                theirs: "b".into(),
+            },
+            HandshakeError::PeerMismatch {
+                expected: id,
+                actual: id,
+            },
+            HandshakeError::SelfConnection,
+            HandshakeError::UnexpectedMessage,
+            HandshakeError::BadParams(String::new()),
+            HandshakeError::Timeout,
+            HandshakeError::Closed,
+            HandshakeError::Io(std::io::ErrorKind::ConnectionReset.into()),
+        ];
+        // A new variant stops this from compiling until it is added above.
+        for error in &all {
+            match error {
+                HandshakeError::Noise(_)
+                | HandshakeError::MessageTooLarge { .. }
+                | HandshakeError::LowOrderKey
+                | HandshakeError::BadPayload
+                | HandshakeError::BadSignature
+                | HandshakeError::VersionMismatch { .. }
+                | HandshakeError::NetworkMismatch { .. }
+                | HandshakeError::PeerMismatch { .. }
+                | HandshakeError::SelfConnection
+                | HandshakeError::UnexpectedMessage
+                | HandshakeError::BadParams(_)
+                | HandshakeError::Timeout
+                | HandshakeError::Closed
+                | HandshakeError::Io(_) => {}
+            }
+        }
+        same_labels(&HandshakeError::LABELS, all.iter().map(|e| e.label()));
+    }
+
+    #[test]
+    fn every_inbound_refusal_is_listed_once() {
+        use crate::peers::registry::{MAX_INBOUND, Refusal, Taken};
+        let refusals = [Refusal::BannedIp, Refusal::PerIp, Refusal::HandshakeRate];
+        // A new variant stops this from compiling until it is added above.
+        for refusal in refusals {
+            match refusal {
+                Refusal::BannedIp | Refusal::PerIp | Refusal::HandshakeRate => {}
+            }
+        }
+        let labels = refusals.iter().map(|r| r.label());
+        same_labels(
+            &INBOUND_REFUSALS,
+            labels.chain([Taken::EVICTED, MAX_INBOUND]),
+        );
+    }
 
     #[test]
     fn renders_totals_reasons_and_per_peer_series() {

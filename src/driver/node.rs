@@ -29,7 +29,7 @@ use crate::identity::PeerId;
 use crate::peers::backoff::jitter_sample;
 use crate::peers::log_summary::{self, Kind, LogSummary};
 use crate::peers::redial::Redialer;
-use crate::peers::registry::{Admission, ConnFacts, Effect, Limits, Registry, Taken};
+use crate::peers::registry::{Admission, ConnFacts, Effect, Limits, MAX_INBOUND, Registry, Taken};
 use crate::peers::{BanReason, NetworkEvent};
 use crate::session::reliable::RecvSeq;
 use crate::session::{ConnectionId, Direction, DisconnectReason, SocketState};
@@ -546,7 +546,7 @@ impl NetworkActor {
                     admission
                 };
                 if admission == Admission::Close(DisconnectReason::InboundLimit) {
-                    self.shared.counters.inbound_refused("max_inbound");
+                    self.shared.counters.inbound_refused(MAX_INBOUND);
                 }
                 // An open connection answers the caller once the peer's welcome says the peer
                 // admitted it too (or fails it when it closes first).

@@ -93,7 +93,7 @@ impl HandshakeError {
     ];
 
     /// A short stable name for metrics and logs (one of [`HandshakeError::LABELS`]).
-    pub fn label(&self) -> &'static str {
+    pub const fn label(&self) -> &'static str {
         match self {
             Self::Noise(_) => "noise",
             Self::MessageTooLarge { .. } => "message_too_large",

@@ -90,6 +90,20 @@ impl Taken {
     pub(crate) const EVICTED: &'static str = "handshakes_per_ip";
 }
 
+/// The `NetworkStats::inbound_refused` label of a connection refused after its handshake
+/// because `max_inbound` peers are open.
+pub(crate) const MAX_INBOUND: &str = "max_inbound";
+
+/// Every `NetworkStats::inbound_refused` label, so a metric shows each from the start:
+/// the [`Refusal`]s, an eviction and the `max_inbound` refusal.
+pub(crate) const INBOUND_REFUSALS: [&str; 5] = [
+    Refusal::BannedIp.label(),
+    Refusal::PerIp.label(),
+    Refusal::HandshakeRate.label(),
+    Taken::EVICTED,
+    MAX_INBOUND,
+];
+
 impl Refusal {
     /// What the refusal means and what to do about it, for the log.
     pub(crate) fn explain(self) -> &'static str {
@@ -109,7 +123,7 @@ impl Refusal {
     }
 
     /// The label counted in `NetworkStats::inbound_refused`.
-    pub(crate) fn label(self) -> &'static str {
+    pub(crate) const fn label(self) -> &'static str {
         match self {
             Self::BannedIp => "banned_ip",
             Self::PerIp => "per_ip",

@@ -94,25 +94,26 @@ pub enum DisconnectReason {
 
 impl DisconnectReason {
     /// Every [`DisconnectReason::label`], so a metric can show each reason from the start.
+    /// (A test checks it names every variant once.)
     pub const LABELS: [&'static str; 14] = [
-        "requested",
-        "shutdown",
-        "remote_goodbye",
-        "eof",
-        "io",
-        "codec",
-        "misbehaviour",
-        "write_stalled",
-        "idle_timeout",
-        "duplicate",
-        "banned",
-        "inbound_limit",
-        "handshake",
-        "inbox_closed",
+        Self::Requested.label(),
+        Self::Shutdown.label(),
+        Self::RemoteGoodbye(GoodbyeReason::Shutdown).label(),
+        Self::Eof.label(),
+        Self::Io(std::io::ErrorKind::Other).label(),
+        Self::Codec(CodecError::Authentication).label(),
+        Self::Misbehaviour { score: 0 }.label(),
+        Self::WriteStalled.label(),
+        Self::IdleTimeout.label(),
+        Self::Duplicate.label(),
+        Self::Banned.label(),
+        Self::InboundLimit.label(),
+        Self::Handshake("").label(),
+        Self::InboxClosed.label(),
     ];
 
-    /// A short stable name for metrics and logs.
-    pub fn label(&self) -> &'static str {
+    /// A short stable name for metrics and logs (one of [`DisconnectReason::LABELS`]).
+    pub const fn label(&self) -> &'static str {
         match self {
             Self::Requested => "requested",
             Self::Shutdown => "shutdown",
