@@ -108,6 +108,25 @@ impl Proc {
         }
     }
 
+    /// Waits until `n` stdout lines in all satisfy `pred` (for events that repeat, such as a
+    /// peer joining again after a restart).
+    fn lines_counted(&mut self, what: &str, n: usize, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.seen.iter().filter(|l| pred(l)).count() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => self.fail(&format!("fewer than {n} lines of {what} within 20 s")),
+            }
+        }
+    }
+
+    /// Waits until `peer` has joined `n` times in all.
+    fn joined(&mut self, peer: &str, n: usize) {
+        let prefix = format!("peer joined: {peer}");
+        self.lines_counted(&prefix.clone(), n, |l| l.starts_with(&prefix));
+    }
+
     /// The text after `prefix` on the first line starting with it.
     fn value(&mut self, prefix: &str) -> String {
         let line = self.line(prefix, |l| l.starts_with(prefix));
@@ -590,8 +609,7 @@ fn a_peer_flag_redials_after_the_peer_restarts() {
         ],
         false,
     );
-    let joined = format!("peer joined: {a_id}");
-    b.line("A joining", |l| l.starts_with(&joined));
+    b.joined(&a_id, 1);
     assert!(a.terminate().success());
     // A again, same key and address: B, which only has `--peer`, connects again by itself.
     let mut a2 = Proc::spawn(
@@ -609,19 +627,95 @@ fn a_peer_flag_redials_after_the_peer_restarts() {
     );
     assert_eq!(a2.value("peer id:"), a_id);
     // A second "peer joined" line from B, after the first.
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if b.seen.iter().filter(|l| l.starts_with(&joined)).count() >= 2 {
-            break;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match b.lines.recv_timeout(left) {
-            Ok(line) => b.seen.push(line),
-            Err(_) => b.fail("did not reconnect to the restarted peer"),
-        }
-    }
+    b.joined(&a_id, 2);
     assert!(a2.terminate().success());
     assert!(b.terminate().success());
+}
+
+/// The README's three-node chat: A alone, B with `--peer A`, C with `--peer A --peer B`. Each
+/// line typed reaches the two others, before and after B restarts and after A restarts (same
+/// key, same address); nobody is told the peers again.
+#[test]
+fn a_three_node_chat_survives_a_restart_of_any_node() {
+    let dir = TempDir::new("three");
+    let key = |name: &str| dir.file(&format!("{name}.key"));
+    let start = |name: &'static str, listen: &str, peers: &[&str]| {
+        let key = key(name);
+        let mut args = vec![
+            "node",
+            "--listen",
+            listen,
+            "--key",
+            &key,
+            "--network-id",
+            "t",
+        ];
+        for peer in peers {
+            args.extend(["--peer", peer]);
+        }
+        Proc::spawn(name, &args, true)
+    };
+    let mut a = start("a", "127.0.0.1:0", &[]);
+    let a_id = a.value("peer id:");
+    let a_addr = a.value("listening on:");
+    let mut b = start("b", "127.0.0.1:0", &[&a_addr]);
+    let b_id = b.value("peer id:");
+    let b_addr = b.value("listening on:");
+    let mut c = start("c", "127.0.0.1:0", &[&a_addr, &b_addr]);
+    let c_id = c.value("peer id:");
+
+    // Every node types a line; both others print it with the sender's id.
+    let round = |nodes: &mut [(&mut Proc, &str)], n: usize| {
+        for i in 0..nodes.len() {
+            let text = format!("round {n} from {}", nodes[i].0.name);
+            let from = nodes[i].1.to_owned();
+            nodes[i].0.write_line(&text);
+            for (j, (other, _)) in nodes.iter_mut().enumerate() {
+                if j != i {
+                    let expected = format!("{from}: {text}");
+                    other.line(&expected.clone(), |l| l == expected);
+                }
+            }
+        }
+    };
+
+    for (node, peers) in [
+        (&mut a, [&b_id, &c_id]),
+        (&mut b, [&a_id, &c_id]),
+        (&mut c, [&a_id, &b_id]),
+    ] {
+        for peer in peers {
+            node.joined(peer, 1);
+        }
+    }
+    round(&mut [(&mut a, &a_id), (&mut b, &b_id), (&mut c, &c_id)], 1);
+
+    // B restarts: it dials A itself, and C redials it.
+    assert!(b.terminate().success());
+    let mut b = start("b", &b_addr, &[&a_addr]);
+    assert_eq!(b.value("peer id:"), b_id);
+    a.joined(&b_id, 2);
+    c.joined(&b_id, 2);
+    b.joined(&a_id, 1);
+    b.joined(&c_id, 1);
+    round(&mut [(&mut a, &a_id), (&mut b, &b_id), (&mut c, &c_id)], 2);
+
+    // A restarts with no `--peer` at all: B and C redial it.
+    assert!(a.terminate().success());
+    let mut a = start("a", &a_addr, &[]);
+    assert_eq!(a.value("peer id:"), a_id);
+    a.joined(&b_id, 1);
+    a.joined(&c_id, 1);
+    b.joined(&a_id, 2);
+    c.joined(&a_id, 2);
+    round(&mut [(&mut a, &a_id), (&mut b, &b_id), (&mut c, &c_id)], 3);
+
+    for node in [&mut a, &mut b, &mut c] {
+        let status = node.terminate();
+        if !status.success() {
+            node.fail(&format!("exited with {status} on SIGTERM"));
+        }
+    }
 }
 
 /// Starts a node with stdin open for commands; returns it with its id and address.
