@@ -234,6 +234,26 @@ impl ProtocolFace {
         crate::peers::record::PeerRecord::sign(&self.shared.keypair, vec![addr], 1, None, None).ok()
     }
 
+    /// This node's record with a name, a state hash and a sequence number.
+    ///
+    /// # Errors
+    /// A name longer than the record allows.
+    pub(crate) fn signed_record(
+        &self,
+        seq: u64,
+        name: Option<String>,
+        state_hash: Option<[u8; 32]>,
+    ) -> Result<crate::peers::record::PeerRecord, crate::peers::record::RecordError> {
+        let addr = self.shared.advertised_addr;
+        crate::peers::record::PeerRecord::sign(
+            &self.shared.keypair,
+            vec![addr],
+            seq,
+            name,
+            state_hash,
+        )
+    }
+
     /// The address of `peer`'s open connection.
     pub(crate) fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
         self.shared

@@ -13,6 +13,7 @@
 //!   stated policy and a counter when full; everything it receives is hostile.
 pub mod discovery;
 pub mod gossip;
+pub mod registry;
 pub mod rpc;
 
 /// Sleeps until `deadline`, or forever without one: the timer branch of a protocol task's
