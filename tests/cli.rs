@@ -1148,3 +1148,112 @@ fn a_persistent_peer_with_the_wrong_key_is_logged() {
         assert!(p.terminate().success());
     }
 }
+
+/// The README's registry walk-through: a registry and three named nodes that were given no
+/// peers. Each learns the others, connects to them, asks one by name, sees a state change and
+/// a departure; a node with another compatibility value is refused and exits with both values.
+#[test]
+fn named_nodes_find_each_other_through_a_registry() {
+    let mut registry = Proc::spawn(
+        "registry",
+        &[
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--network-id",
+            "t",
+            "--heartbeat",
+            "0.2",
+        ],
+        false,
+    );
+    let at = registry.value("registry:");
+    let at = at.split_whitespace().next().unwrap().to_owned();
+    let start = |name: &'static str| {
+        let mut node = Proc::spawn(
+            name,
+            &[
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--network-id",
+                "t",
+                "--registry",
+                &at,
+                "--name",
+                name,
+            ],
+            true,
+        );
+        let id = node.value("peer id:");
+        (node, id)
+    };
+    let (mut a, a_id) = start("a");
+    let (mut b, b_id) = start("b");
+    let (mut c, c_id) = start("c");
+    for (node, others) in [
+        (&mut a, [(&b_id, "b"), (&c_id, "c")]),
+        (&mut b, [(&a_id, "a"), (&c_id, "c")]),
+        (&mut c, [(&a_id, "a"), (&b_id, "b")]),
+    ] {
+        for (id, name) in others {
+            let listed = format!("member joined: {id} {name} ");
+            node.line(&listed.clone(), |l| l.starts_with(&listed));
+            // Connected to it too, though no --peer named it.
+            node.joined(id, 1);
+        }
+    }
+
+    // A query by name: c asks "a", which answers from its own store.
+    a.write_line("/put color blue");
+    a.line("the put", |l| l == "stored color");
+    c.write_line("/get a color");
+    let answer = format!("{a_id} color = blue");
+    c.line("a's answer", |l| l == answer);
+
+    // b's state changes: the others are told.
+    b.write_line("/state schema v2");
+    let updated = format!("member updated: {b_id} b ");
+    a.line("b's new state", |l| {
+        l.starts_with(&updated) && !l.ends_with("state -")
+    });
+    c.line("b's new state", |l| {
+        l.starts_with(&updated) && !l.ends_with("state -")
+    });
+
+    // c stops: deregistered, so the others hear it from the registry.
+    assert!(c.terminate().success());
+    let left = format!("member left: {c_id}");
+    a.line("c leaving the list", |l| l == left);
+    b.line("c leaving the list", |l| l == left);
+    registry.line("c leaving the list", |l| l == left);
+
+    // Another compatibility value: refused, with both values, and the node exits.
+    let mut odd = Proc::spawn(
+        "odd",
+        &[
+            "node",
+            "--network-id",
+            "t",
+            "--registry",
+            &at,
+            "--compat",
+            "5",
+        ],
+        false,
+    );
+    let status = odd.wait(TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{status}");
+    let reason = odd.stderr_line("the refusal", |l| l.contains("refused this node"));
+    assert!(
+        reason.contains("compatibility value 0, this node 5"),
+        "{reason}"
+    );
+
+    for node in [&mut a, &mut b, &mut registry] {
+        let status = node.terminate();
+        if !status.success() {
+            node.fail(&format!("exited with {status} on SIGTERM"));
+        }
+    }
+}

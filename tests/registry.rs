@@ -225,3 +225,42 @@ async fn nodes_register_again_with_a_restarted_registry() {
         assert_eq!(n.members.status(), MembershipStatus::Registered);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_ask_to_connect_form_a_mesh_from_the_list() {
+    let (reg_net, _registry) = registry_at(free_addr(), &Keypair::generate(), 0).await;
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let (net, inbox) = node(cfg()).await;
+        let members = net
+            .membership(
+                MembershipConfig::new(REG, reg_net.local_addr(), reg_net.local_peer_id())
+                    .name(format!("m{i}"))
+                    .connect_members(true),
+            )
+            .unwrap();
+        nodes.push(Node {
+            net,
+            _inbox: inbox,
+            members,
+        });
+    }
+    // Each is connected to the registry and to the three others it was never given.
+    for n in &nodes {
+        for other in &nodes {
+            if other.net.local_peer_id() != n.net.local_peer_id() {
+                let id = other.net.local_peer_id();
+                eventually("connected to a listed node", || n.net.is_connected(id)).await;
+            }
+        }
+    }
+    // Without the option, the list is only known.
+    let (reg2, _registry2) = registry_at(free_addr(), &Keypair::generate(), 0).await;
+    let (x, y) = (member(&reg2, "x").await, member(&reg2, "y").await);
+    eventually("x lists y", || x.members.resolve("y").is_some()).await;
+    eventually("y lists x", || y.members.resolve("x").is_some()).await;
+    // A heartbeat later (when a connecting member would dial again), still not connected.
+    tokio::time::sleep(3 * BEAT).await;
+    assert!(!x.net.is_connected(y.net.local_peer_id()));
+    assert_eq!(x.net.peers().len(), 1, "connected to the registry only");
+}

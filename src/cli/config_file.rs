@@ -23,6 +23,9 @@ pub(crate) struct NodeSection {
     pub(crate) persistent: Option<Vec<String>>,
     pub(crate) metrics: Option<String>,
     pub(crate) discover: Option<bool>,
+    pub(crate) registry: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) compat: Option<u64>,
     pub(crate) log_level: Option<String>,
     pub(crate) log_format: Option<String>,
 }
@@ -104,6 +107,14 @@ pub(crate) fn template() -> String {
          # metrics = \"127.0.0.1:9100\"\n\
          # Find other nodes through connected ones (peer exchange). Env PEERWIRE_DISCOVER.\n\
          # discover = false\n\
+         # A registry to register with, ID@HOST:PORT (`peerwire registry` prints it). Env\n\
+         # PEERWIRE_REGISTRY.\n\
+         # registry = \"<id>@registry.example:7000\"\n\
+         # The name to register under, unique in the registry. Env PEERWIRE_NAME.\n\
+         # name = \"node-a\"\n\
+         # The application's compatibility value; the registry refuses another one. Env\n\
+         # PEERWIRE_COMPAT.\n\
+         # compat = 0\n\
          # Log filter: a level (error, warn, info, debug, trace) or RUST_LOG-style directives.\n\
          # Env PEERWIRE_LOG_LEVEL; RUST_LOG is used when neither is set.\n\
          # log_level = \"info\"\n\

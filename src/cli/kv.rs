@@ -109,18 +109,22 @@ impl Kv {
     }
 
     /// Runs one `/` command line; returns false if it is not one of the store's commands.
-    pub(crate) fn command(&mut self, line: &str) -> bool {
+    /// `names` turns a registered name into a peer id (with `--registry`).
+    pub(crate) fn command(&mut self, line: &str, names: &dyn Fn(&str) -> Option<PeerId>) -> bool {
+        let peer_of = |text: &str| text.parse::<PeerId>().or_else(|e| names(text).ok_or(e));
         let mut words = line.splitn(3, ' ');
         let (command, first, rest) = (words.next(), words.next(), words.next());
         match (command, first, rest) {
             (Some("/put"), Some(key), Some(value)) => self.put(key, value),
-            (Some("/get"), Some(peer), Some(key)) => match peer.parse::<PeerId>() {
+            (Some("/get"), Some(peer), Some(key)) => match peer_of(peer) {
                 Ok(peer) => self.get(peer, key.trim().to_owned()),
-                Err(e) => println!("/get: {peer} is not a peer id ({e})"),
+                Err(e) => println!("/get: {peer} is neither a peer id ({e}) nor a registered name"),
             },
-            (Some("/replicate"), Some(peer), None) => match peer.trim().parse::<PeerId>() {
+            (Some("/replicate"), Some(peer), None) => match peer_of(peer.trim()) {
                 Ok(peer) => self.replicate(peer),
-                Err(e) => println!("/replicate: {peer} is not a peer id ({e})"),
+                Err(e) => {
+                    println!("/replicate: {peer} is neither a peer id ({e}) nor a registered name");
+                }
             },
             (Some("/put" | "/get" | "/replicate" | "/help"), _, _) => println!("{}", usage()),
             _ => return false,
@@ -181,7 +185,7 @@ impl Kv {
 }
 
 pub(crate) fn usage() -> &'static str {
-    "commands: /put KEY VALUE, /get PEER_ID KEY, /replicate PEER_ID, /sub TOPIC, /unsub TOPIC, /relay TOPIC, /pub TOPIC TEXT, /stats TOPIC, /peers; any other line is sent to every peer"
+    "commands: /put KEY VALUE, /get PEER KEY, /replicate PEER (PEER: an id, or a name with --registry), /sub TOPIC, /unsub TOPIC, /relay TOPIC, /pub TOPIC TEXT, /stats TOPIC, /state TEXT, /peers; any other line is sent to every peer"
 }
 
 /// Answers peers' requests from the local store.

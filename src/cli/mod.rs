@@ -118,6 +118,10 @@ pub(crate) enum Command {
     /// Print the peer id of a key file; with `--listen`, also `ID@ADDR`, the form
     /// `--persistent` takes.
     Id(IdArgs),
+    /// Run a registry: nodes started with `--registry ID@ADDR` register with it (it dials each
+    /// back before listing it), learn every listed node and their names, and are dropped
+    /// after 3 silent heartbeats or at once when they stop.
+    Registry(RegistryArgs),
     /// Write a config file for `peerwire node --config FILE`: every option, each with its
     /// meaning, environment variable and default. Refuses to overwrite a file.
     Init(InitArgs),
@@ -260,10 +264,46 @@ pub(crate) struct NodeArgs {
     /// allowed); must exceed the ping interval [default: the library's, 20 s].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub(crate) idle_timeout: Option<Duration>,
+    /// A registry to register with, as REGISTRY_ID@HOST:PORT (`peerwire registry` prints it):
+    /// the node is listed once the registry has dialed it back, learns every other listed
+    /// node, and accepts their names wherever it accepts a peer id.
+    #[arg(long, value_name = "ID@HOST:PORT", value_parser = parse_persistent, env = "PEERWIRE_REGISTRY")]
+    pub(crate) registry: Option<(peerwire::PeerId, String)>,
+    /// The name to register under (with `--registry`; unique in the registry, at most 64
+    /// bytes).
+    #[arg(long, env = "PEERWIRE_NAME")]
+    pub(crate) name: Option<String>,
+    /// The application's compatibility value (with `--registry`); a registry running another
+    /// value refuses the node, which then stops [default: 0].
+    #[arg(long, value_name = "N", env = "PEERWIRE_COMPAT")]
+    pub(crate) compat: Option<u64>,
     /// Print the settings the node would run with (file, environment and flags merged), as a
     /// config file, and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
+}
+
+/// Options of `peerwire registry`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RegistryArgs {
+    /// Address to listen on [default: 127.0.0.1:7000].
+    #[arg(long, env = "PEERWIRE_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Key file holding the registry's identity; created (mode 0600) if missing. Keep it: nodes
+    /// name the registry by the id it proves.
+    #[arg(long, value_name = "FILE", env = "PEERWIRE_KEY")]
+    pub(crate) key: Option<PathBuf>,
+    /// Network id; nodes with a different id cannot register [default: peerwire].
+    #[arg(long, env = "PEERWIRE_NETWORK_ID")]
+    pub(crate) network_id: Option<String>,
+    /// The application's compatibility value; nodes with another value are refused with both
+    /// values named [default: 0].
+    #[arg(long, value_name = "N", env = "PEERWIRE_COMPAT", default_value_t = 0)]
+    pub(crate) compat: u64,
+    /// How often nodes send a heartbeat, in seconds (fractions allowed); a node silent for 3
+    /// of them is dropped [default: 1].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) heartbeat: Option<Duration>,
 }
 
 /// What `peerwire node` runs with, once flags, environment and config file are merged.
@@ -274,6 +314,9 @@ pub(crate) struct NodeOptions {
     pub(crate) persistent: Vec<(peerwire::PeerId, String)>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) discover: bool,
+    pub(crate) registry: Option<(peerwire::PeerId, String)>,
+    pub(crate) name: Option<String>,
+    pub(crate) compat: u64,
     /// The library configuration, listen address and network id included.
     pub(crate) config: peerwire::Config,
 }
@@ -302,7 +345,14 @@ impl NodeOptions {
         if let Some(metrics) = self.metrics {
             out.push_str(&format!("metrics = \"{metrics}\"\n"));
         }
-        out.push_str(&format!("discover = {}\n\n[network]\n", self.discover));
+        out.push_str(&format!("discover = {}\n", self.discover));
+        if let Some((id, addr)) = &self.registry {
+            out.push_str(&format!("registry = \"{id}@{addr}\"\n"));
+        }
+        if let Some(name) = &self.name {
+            out.push_str(&format!("name = {name:?}\n"));
+        }
+        out.push_str(&format!("compat = {}\n\n[network]\n", self.compat));
         out.push_str(&settings::current_network_table(&self.config));
         out
     }
@@ -376,7 +426,23 @@ impl NodeArgs {
             })?),
             (None, _) => None,
         };
+        let registry = match (&self.registry, &node.registry) {
+            (Some(registry), _) => Some(registry.clone()),
+            (None, Some(text)) => {
+                Some(parse_persistent(text).map_err(|e| from_file("registry", e))?)
+            }
+            (None, None) => None,
+        };
+        let name = self.name.clone().or_else(|| node.name.clone());
+        if let Some(name) = &name {
+            if name.len() > 64 || name.is_empty() {
+                return Err(format!("--name {name:?}: a name is 1 to 64 bytes"));
+            }
+        }
         Ok(NodeOptions {
+            registry,
+            name,
+            compat: self.compat.or(node.compat).unwrap_or(0),
             peers,
             key: self.key.clone().or_else(|| node.key.clone()),
             persistent,
@@ -443,6 +509,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Node(args) => node::run(args).await,
         Command::Probe(args) => probe::run(args).await,
+        Command::Registry(args) => node::run_registry(args).await,
         Command::Keygen(args) => keygen(&args),
         Command::Id(args) => id(&args),
         Command::Init(args) => init(&args),

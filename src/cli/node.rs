@@ -13,8 +13,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use peerwire::protocols::registry::{
+    Member, Membership, MembershipConfig, MembershipEvent, RegistryConfig,
+};
+
 use super::text::printable;
-use super::{NodeArgs, Result};
+use super::{NodeArgs, RegistryArgs, Result};
 
 /// Pause between dial attempts to a peer that is not reachable yet.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
@@ -24,6 +28,9 @@ const STDIN_CAPACITY: usize = 64;
 
 /// The channel peer exchange runs on.
 const DISCOVERY_CHANNEL: u16 = 3;
+
+/// The channel registration runs on (`--registry`, `peerwire registry`).
+const REGISTRY_CHANNEL: u16 = 4;
 
 /// Time the printing tasks get to finish after the network has shut down.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,15 +43,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         print!("{}", args.to_toml());
         return Ok(());
     }
-    let keypair = match &args.key {
-        Some(path) => {
-            let keypair = Keypair::load_or_create(path)
-                .map_err(|e| format!("key file {}: {e}", path.display()))?;
-            private_to_owner(path)?;
-            keypair
-        }
-        None => Keypair::try_generate()?,
-    };
+    let keypair = load_key(args.key.as_deref())?;
     let mut config = args.config.clone();
     for (id, addr) in &args.persistent {
         let resolved = resolve(addr)
@@ -55,9 +54,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     // Register before announcing the address, so a signal sent as soon as the node is visibly
     // up still shuts it down gracefully instead of killing it.
     let mut shutdown = ShutdownSignal::new()?;
-    let config = super::pubsub::declare(super::kv::declare(config))
-        .channel(DISCOVERY_CHANNEL, peerwire::ChannelSpec::high());
-    let (net, inbox) = Network::<Bytes>::start(config, keypair).await?;
+    let (net, inbox) = Network::<Bytes>::start(declare(config), keypair).await?;
     let mut kv = super::kv::Kv::start(&net)?;
     let mut pubsub = super::pubsub::PubSub::start(&net)?;
     // Peer exchange (--discover): a node given one --peer finds the others through it.
@@ -66,6 +63,29 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     } else {
         None
     };
+    // Registration (--registry): the node is listed once the registry has dialed it back.
+    let membership = match &args.registry {
+        Some((id, addr)) => {
+            let resolved = resolve(addr)
+                .await
+                .map_err(|e| format!("--registry {id}@{addr}: {e}"))?;
+            let mut member = MembershipConfig::new(REGISTRY_CHANNEL, resolved, *id)
+                .compat(args.compat)
+                .connect_members(true);
+            if let Some(name) = &args.name {
+                member = member.name(name.clone());
+            }
+            Some(net.membership(member)?)
+        }
+        None => {
+            if args.name.is_some() {
+                tracing::warn!("--name is only used with --registry; ignored");
+            }
+            None
+        }
+    };
+    // Subscribed at once: a refusal takes at least a round trip to the registry.
+    let mut member_events = membership.as_ref().map(Membership::events);
     // Subscribe before any dial so that no join is missed.
     let events = net.events();
     println!("peer id: {}", net.local_peer_id());
@@ -95,6 +115,8 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     }
     let mut lines = read_stdin_lines();
     let mut stdin_open = true;
+    let mut refused = None;
+    let names = |text: &str| membership.as_ref().and_then(|m| m.resolve(text));
 
     loop {
         tokio::select! {
@@ -102,13 +124,22 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
                 tracing::info!(signal, "shutting down");
                 break;
             }
+            event = next_member_event(member_events.as_mut()) => {
+                if let MembershipEvent::Refused(reason) = event {
+                    refused = Some(reason);
+                    break;
+                }
+                print_member_event(&event);
+            }
             line = lines.recv(), if stdin_open => match line {
                 Some(line) => {
                     let text = line.trim_end_matches(['\r', '\n']);
                     if text.starts_with('/') {
                         if text.trim() == "/peers" {
-                            print_peers(&net, discovery.as_ref());
-                        } else if !kv.command(text) && !pubsub.command(text) {
+                            print_peers(&net, discovery.as_ref(), membership.as_ref());
+                        } else if let Some(state) = text.strip_prefix("/state ") {
+                            set_state(membership.as_ref(), state);
+                        } else if !kv.command(text, &names) && !pubsub.command(text) {
                             println!("unknown command; {}", super::kv::usage());
                         }
                     } else {
@@ -125,6 +156,10 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     }
 
     dialers.abort_all();
+    if let Some(membership) = membership {
+        // Deregistered at once: the others learn now, not after three missed heartbeats.
+        membership.leave().await;
+    }
     kv.stop().await;
     pubsub.stop().await;
     net.shutdown().await;
@@ -141,6 +176,131 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         tracing::warn!("printing tasks did not finish after shutdown");
     }
     tracing::info!("shut down");
+    match refused {
+        Some(reason) => Err(format!("the registry refused this node: {reason}").into()),
+        None => Ok(()),
+    }
+}
+
+/// Loads (or creates) the key file, refusing one others can read; a fresh identity without one.
+fn load_key(path: Option<&std::path::Path>) -> Result<Keypair> {
+    match path {
+        Some(path) => {
+            let keypair = Keypair::load_or_create(path)
+                .map_err(|e| format!("key file {}: {e}", path.display()))?;
+            private_to_owner(path)?;
+            Ok(keypair)
+        }
+        None => Ok(Keypair::try_generate()?),
+    }
+}
+
+/// Every channel a node uses. The registry declares them too, so nothing a node sends it is
+/// charged as traffic on an undeclared channel.
+fn declare(config: peerwire::Config) -> peerwire::Config {
+    super::pubsub::declare(super::kv::declare(config))
+        .channel(DISCOVERY_CHANNEL, peerwire::ChannelSpec::high())
+        .channel(REGISTRY_CHANNEL, peerwire::ChannelSpec::high())
+}
+
+/// The next registry event, or never without `--registry`.
+async fn next_member_event(
+    events: Option<&mut broadcast::Receiver<MembershipEvent>>,
+) -> MembershipEvent {
+    let Some(events) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        match events.recv().await {
+            Ok(event) => return event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "missed registry events; /peers shows the current list"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+}
+
+fn short_hash(hash: Option<[u8; 32]>) -> String {
+    hash.map_or_else(
+        || "-".to_owned(),
+        |h| h[..4].iter().map(|b| format!("{b:02x}")).collect(),
+    )
+}
+
+fn describe(member: &Member) -> String {
+    format!(
+        "{} {} {} state {}",
+        member.id,
+        member.name.as_deref().unwrap_or("-"),
+        member.addr,
+        short_hash(member.state_hash)
+    )
+}
+
+fn print_member_event(event: &MembershipEvent) {
+    match event {
+        MembershipEvent::Registered => println!("registered with the registry"),
+        MembershipEvent::Joined(member) => println!("member joined: {}", describe(member)),
+        MembershipEvent::Updated(member) => println!("member updated: {}", describe(member)),
+        MembershipEvent::Left(id) => println!("member left: {id}"),
+        // Refusals end the node (handled by the caller); newer kinds are not user-facing here.
+        other => tracing::debug!(event = ?other, "registry event"),
+    }
+}
+
+/// `/state TEXT`: reports the SHA-256 of TEXT as this node's state hash.
+fn set_state(membership: Option<&Membership>, text: &str) {
+    use sha2::Digest;
+    let Some(membership) = membership else {
+        println!("/state: no --registry to report a state to");
+        return;
+    };
+    let hash: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+    membership.set_state_hash(hash);
+    println!("state hash {}", short_hash(Some(hash)));
+}
+
+/// `peerwire registry`: lists the nodes that register, until SIGINT, SIGTERM or SIGHUP.
+pub(crate) async fn run_registry(args: RegistryArgs) -> Result<()> {
+    let keypair = load_key(args.key.as_deref())?;
+    let mut shutdown = ShutdownSignal::new()?;
+    let mut config = peerwire::Config::default().listen(
+        args.listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7000))),
+    );
+    config.network_id = args
+        .network_id
+        .clone()
+        .unwrap_or_else(|| "peerwire".to_owned());
+    let (net, inbox) = Network::<Bytes>::start(declare(config), keypair).await?;
+    let mut registry_config = RegistryConfig::new(REGISTRY_CHANNEL).compat(args.compat);
+    if let Some(every) = args.heartbeat {
+        registry_config = registry_config.heartbeat(every);
+    }
+    let registry = net.registry(registry_config)?;
+    let mut events = registry.events();
+    let (id, addr) = (net.local_peer_id(), net.local_addr());
+    println!("peer id: {id}");
+    println!("listening on: {addr}");
+    println!("registry: {id}@{addr} (start nodes with --registry {id}@{addr})");
+    // Chat lines nodes broadcast reach the registry too: taken and dropped.
+    let drain = tokio::spawn(async move { while inbox.recv().await.is_some() {} });
+    loop {
+        tokio::select! {
+            signal = shutdown.recv() => {
+                tracing::info!(signal, "shutting down");
+                break;
+            }
+            event = next_member_event(Some(&mut events)) => print_member_event(&event),
+        }
+    }
+    drop(registry);
+    net.shutdown().await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
     Ok(())
 }
 
@@ -149,7 +309,21 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
 fn print_peers(
     net: &Network<Bytes>,
     discovery: Option<&peerwire::protocols::discovery::Discovery>,
+    membership: Option<&Membership>,
 ) {
+    if let Some(membership) = membership {
+        let local = net.local_peer_id();
+        for member in membership.members() {
+            if member.id != local {
+                let state = if net.is_connected(member.id) {
+                    "connected"
+                } else {
+                    "listed"
+                };
+                println!("member {} {state}", describe(&member));
+            }
+        }
+    }
     let mut rows: std::collections::BTreeMap<PeerId, (String, bool)> = discovery
         .map(peerwire::protocols::discovery::Discovery::known)
         .unwrap_or_default()

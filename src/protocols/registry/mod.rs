@@ -130,6 +130,10 @@ pub struct MembershipConfig {
     pub backoff_cap: Duration,
     /// Nodes kept in this node's copy of the list (beyond: not kept). Default 4,096.
     pub max_members: usize,
+    /// Dial every listed node this node is not connected to (as they join, and again at each
+    /// heartbeat, at most 16 dials at once; each dial checks the listed id). Default false:
+    /// the list is only known.
+    pub connect_members: bool,
 }
 
 impl MembershipConfig {
@@ -143,7 +147,14 @@ impl MembershipConfig {
             compat: 0,
             backoff_cap: Duration::from_secs(5),
             max_members: 4096,
+            connect_members: false,
         }
+    }
+
+    /// Sets [`MembershipConfig::connect_members`].
+    pub fn connect_members(mut self, connect: bool) -> Self {
+        self.connect_members = connect;
+        self
     }
 
     /// Sets [`MembershipConfig::name`].

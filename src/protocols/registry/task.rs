@@ -30,6 +30,8 @@ const EVENTS: usize = 1024;
 const PUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a push, a heartbeat or a deregistration may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Dials to listed nodes at once (`MembershipConfig::connect_members`).
+const MAX_DIALS: usize = 16;
 /// Heartbeats in a row without an answer before a member registers again.
 const MAX_MISSES: u32 = 3;
 /// Rejection code for a request a side does not serve (an update sent to a registry, a
@@ -496,6 +498,7 @@ struct MemberTask {
     inner: Arc<MemberInner>,
     phase: Phase,
     jobs: JoinSet<Outcome>,
+    dials: JoinSet<()>,
     beating: bool,
     syncing: bool,
     backoff: Backoff,
@@ -514,6 +517,7 @@ async fn run_member(inner: Arc<MemberInner>, mut server: RpcServer<Ask, Answer>)
             attempt: 0,
         },
         jobs: JoinSet::new(),
+        dials: JoinSet::new(),
         beating: false,
         syncing: false,
         backoff,
@@ -548,6 +552,7 @@ async fn run_member(inner: Arc<MemberInner>, mut server: RpcServer<Ask, Answer>)
         }
     }
     m.jobs.abort_all();
+    m.dials.abort_all();
 }
 
 impl MemberTask {
@@ -585,6 +590,7 @@ impl MemberTask {
                     *next = Instant::now() + every;
                 }
                 self.beating = true;
+                self.connect_members();
                 let version = self.inner.view.lock().version();
                 let client = self.inner.client.clone();
                 let registry = self.inner.config.registry_id;
@@ -615,7 +621,36 @@ impl MemberTask {
         });
     }
 
-    fn publish(&self, events: Vec<MembershipEvent>) {
+    /// Dials listed nodes not connected, up to [`MAX_DIALS`] at once.
+    fn connect_members(&mut self) {
+        if !self.inner.config.connect_members {
+            return;
+        }
+        while self.dials.try_join_next().is_some() {}
+        let local = self.inner.face.local_peer_id();
+        let members = self.inner.view.lock().members();
+        for member in members {
+            if self.dials.len() >= MAX_DIALS {
+                break;
+            }
+            if member.id == local || self.inner.face.is_connected(member.id) {
+                continue;
+            }
+            let face = self.inner.face.clone();
+            self.dials.spawn(async move {
+                // A failure is retried at the next heartbeat.
+                let _ = face.dial(member.addr, member.id).await;
+            });
+        }
+    }
+
+    fn publish(&mut self, events: Vec<MembershipEvent>) {
+        let joined = events
+            .iter()
+            .any(|e| matches!(e, MembershipEvent::Joined(_)));
+        if joined {
+            self.connect_members();
+        }
         for event in events {
             let _ = self.inner.events.send(event);
         }
