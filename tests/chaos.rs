@@ -609,6 +609,13 @@ impl Lab {
 
     /// Starts node `i` (again, after a kill) and checks it runs with its expected identity.
     fn start(&mut self, i: usize, persistent: bool, extra: &[&str]) {
+        let args = self.args(i, persistent, extra);
+        self.start_with(i, args);
+    }
+
+    /// [`Lab::start`] with the whole command line given (another subcommand, or flags the
+    /// test sets in the environment's place).
+    fn start_with(&mut self, i: usize, args: Vec<String>) {
         assert!(self.nodes[i].is_none(), "node {} already running", i + 1);
         let prefix = format!("n{} ", i + 1);
         let earlier = self
@@ -617,7 +624,7 @@ impl Lab {
             .filter(|n| n.name.starts_with(&prefix))
             .count();
         let name = format!("n{} (process {})", i + 1, earlier + 1);
-        let node = Node::spawn(name, &self.namespace(i), &self.args(i, persistent, extra));
+        let node = Node::spawn(name, &self.namespace(i), &args);
         self.nodes[i] = Some(node);
         let id = self.ids[i].clone();
         self.wait_line(i, 0, &format!("its peer id {id}"), |l| {
@@ -1528,5 +1535,251 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
         "every one of {} survivors got the publications made after the kill",
         receivers.len()
     ));
+    lab.stop_all();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A registry with 8 named nodes
+
+impl Lab {
+    /// When node `i` last printed a line satisfying `pred`, as stamped by the reader thread
+    /// (which stamps publications and registry lines only).
+    fn stamp(&mut self, i: usize, pred: impl Fn(&str) -> bool) -> Instant {
+        let node = self.node(i);
+        let stamped = node.stamped.lock().unwrap();
+        stamped
+            .iter()
+            .rev()
+            .find(|(_, l)| pred(l))
+            .map(|(t, _)| *t)
+            .unwrap()
+    }
+
+    /// Waits until each node of `watchers` printed a line after its mark starting with
+    /// `prefix`; returns the time from `since` to the last of them.
+    fn seen_by_all(
+        &mut self,
+        watchers: &[usize],
+        marks: &[usize],
+        prefix: &str,
+        since: Instant,
+    ) -> Duration {
+        let mut last = since;
+        for &w in watchers {
+            self.wait_line(w, marks[w], prefix, |l| l.starts_with(prefix));
+            last = last.max(self.stamp(w, |l| l.starts_with(prefix)));
+        }
+        last.saturating_duration_since(since)
+    }
+
+    fn marks(&mut self) -> Vec<usize> {
+        (0..self.nodes.len()).map(|i| self.mark(i)).collect()
+    }
+}
+
+/// Process 0 runs `peerwire registry`, 1 to 8 `peerwire node --registry ... --name nK`, on
+/// 20 ms links. Every join, state change, graceful stop and SIGKILL reaches every other node
+/// (the time each took is printed beside the target it is meant to meet); a registry restart
+/// gets every node back; a node advertising an address where it cannot be reached is never
+/// listed; a node with another compatibility value exits with both values.
+#[test]
+fn a_registry_follows_8_nodes_joining_changing_and_leaving() {
+    let _alone = MACHINE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    const N: usize = 10;
+    const NODES: std::ops::Range<usize> = 1..9;
+    let Some(mut lab) = Lab::create_with("registry", 41, N, Duration::from_millis(20), 0) else {
+        return;
+    };
+    let registry_args = |lab: &Lab| -> Vec<String> {
+        [
+            "registry",
+            "--listen",
+            &lab.addr(0),
+            "--key",
+            lab.key(0).to_str().unwrap(),
+            "--network-id",
+            NETWORK_ID,
+            "--heartbeat",
+            "1",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    lab.start_with(0, registry_args(&lab));
+    let at = format!("{}@{}", lab.ids[0], lab.addr(0));
+    let member_args = |k: usize| {
+        vec![
+            "--registry".to_owned(),
+            at.clone(),
+            "--name".to_owned(),
+            format!("n{k}"),
+        ]
+    };
+
+    // Joins, one at a time: from the node's start to the last running node printing it.
+    let mut joins = Vec::new();
+    for k in NODES {
+        let marks = lab.marks();
+        let extra = member_args(k);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        lab.start(k, false, &extra);
+        lab.wait_line(k, 0, "its registration", |l| {
+            l == "registered with the registry"
+        });
+        let prefix = format!("member joined: {} n{k} ", lab.ids[k]);
+        let watchers: Vec<usize> = (1..k).collect();
+        joins.push(lab.seen_by_all(&watchers, &marks, &prefix, started));
+    }
+    // Every node lists the 7 others and is connected to them and to the registry.
+    for k in NODES {
+        for j in NODES {
+            if j != k {
+                let prefix = format!("member joined: {} n{j} ", lab.ids[j]);
+                lab.wait_line(k, 0, "every other member", |l| l.starts_with(&prefix));
+                lab.wait_joined(k, j, 0);
+            }
+        }
+    }
+    let slowest = joins.iter().max().unwrap();
+    lab.note(&format!(
+        "join seen by every running node, from the process start: slowest {} ms (target 1 s); all: {:?} ms",
+        slowest.as_millis(),
+        joins.iter().map(Duration::as_millis).collect::<Vec<_>>()
+    ));
+
+    // A state change: /state on n1.
+    let marks = lab.marks();
+    let since = Instant::now();
+    lab.send(1, "/state schema v2");
+    let prefix = format!("member updated: {} n1 ", lab.ids[1]);
+    let watchers: Vec<usize> = (2..9).collect();
+    let state = lab.seen_by_all(&watchers, &marks, &prefix, since);
+    lab.note(&format!(
+        "state change seen everywhere in {} ms (target one heartbeat + 200 ms = 1,200 ms)",
+        state.as_millis()
+    ));
+
+    // A graceful stop (SIGTERM): deregistered at once.
+    let marks = lab.marks();
+    let since = Instant::now();
+    let pid = lab.node(8).child.id().to_string();
+    run("kill", &["-TERM", &pid]).unwrap();
+    let prefix = format!("member left: {}", lab.ids[8]);
+    let watchers: Vec<usize> = (1..8).collect();
+    let graceful = lab.seen_by_all(&watchers, &marks, &prefix, since);
+    lab.note(&format!(
+        "graceful stop seen everywhere in {} ms (target 200 ms)",
+        graceful.as_millis()
+    ));
+    let mut stopped = lab.nodes[8].take().unwrap();
+    assert!(stopped.child.wait().unwrap().success());
+    lab.gone.push(stopped);
+
+    // A SIGKILL: dropped after 3 missed heartbeats.
+    let marks = lab.marks();
+    let since = Instant::now();
+    lab.kill(7);
+    let prefix = format!("member left: {}", lab.ids[7]);
+    let watchers: Vec<usize> = (1..7).collect();
+    let killed = lab.seen_by_all(&watchers, &marks, &prefix, since);
+    lab.note(&format!(
+        "SIGKILLed node dropped everywhere in {} ms (target 3 heartbeats + 0.5 s = 3,500 ms)",
+        killed.as_millis()
+    ));
+
+    // The registry restarts (SIGKILL, then the same key and address): every node registers
+    // again, and the registry lists all 6.
+    lab.kill(0);
+    thread::sleep(Duration::from_secs(1));
+    let since = Instant::now();
+    lab.start_with(0, registry_args(&lab));
+    let mut back = Duration::ZERO;
+    for k in 1..7 {
+        let prefix = format!("member joined: {} n{k} ", lab.ids[k]);
+        back = back.max(lab.seen_by_all(&[0], &[0; N], &prefix, since));
+    }
+    lab.note(&format!(
+        "restarted registry lists every node again after {} ms (target: the 5 s backoff cap)",
+        back.as_millis()
+    ));
+
+    // A node advertising an address where it is not: refused, never listed.
+    let marks = lab.marks();
+    let mut args = lab.args(8, false, &[]);
+    args.extend(member_args(8));
+    let mut node = {
+        let name = "n9 (advertising 10.213.41.250)".to_owned();
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &lab.namespace(8), BIN])
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .env("PEERWIRE_ADVERTISED_ADDR", format!("10.213.41.250:{PORT}"));
+        let child::Collected {
+            child,
+            stdin,
+            lines,
+            stderr,
+            stamped,
+        } = child::spawn_collected(command, Stdio::piped());
+        Node {
+            name,
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            stamped,
+        }
+    };
+    let deadline = Instant::now() + WAIT;
+    while !node.stderr.lock().unwrap().contains("registration refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            node.dump()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Refused at least once (each attempt waits for a dial-back to time out, 3 s); the
+    // registry never printed it.
+    node.drain();
+    assert!(
+        !node
+            .seen
+            .iter()
+            .any(|l| l == "registered with the registry"),
+        "{}",
+        node.dump()
+    );
+    lab.node(0).drain();
+    let listed = format!("member joined: {} ", lab.ids[8]);
+    assert!(
+        !lab.node(0).seen[marks[0]..]
+            .iter()
+            .any(|l| l.starts_with(&listed)),
+        "an unreachable address was listed"
+    );
+    lab.note("a node advertising an address where it is not was refused and never listed");
+    drop(node);
+
+    // Another compatibility value: the node exits 1 and says why.
+    let mut args = lab.args(9, false, &["--compat", "3"]);
+    args.extend(member_args(9).into_iter().take(2));
+    let mut odd = Node::spawn("n10 (compat 3)".to_owned(), &lab.namespace(9), &args);
+    let status = odd.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", odd.dump());
+    let stderr = odd.stderr.lock().unwrap().clone();
+    assert!(
+        stderr.contains("compatibility value 0, this node 3"),
+        "{stderr}"
+    );
+    lab.note("a node with another compatibility value exited 1 naming both values");
+    lab.nodes[8] = None;
+    lab.nodes[9] = None;
     lab.stop_all();
 }

@@ -41,7 +41,7 @@ pub(crate) fn spawn_collected(mut command: Command, stdin: Stdio) -> Collected {
     let stamps = stamped.clone();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with('[') {
+            if line.starts_with('[') || line.starts_with("member ") {
                 stamps.lock().unwrap().push((Instant::now(), line.clone()));
             }
             if tx.send(line).is_err() {
