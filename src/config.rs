@@ -51,6 +51,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address advertised to peers in the handshake; defaults to the bound listen address.
     pub advertised_addr: Option<SocketAddr>,
+    /// Directory where the node keeps what it knows across its own restart: peer exchange's
+    /// address book and anchors, a member's last registry list, and the application's entries
+    /// ([`crate::Network::data`]). One node per directory (a second one is refused at start).
+    /// Default none: nothing is kept.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Network (chain) id; peers with another id are refused. At most 64 bytes.
     /// Default `"peerwire"`.
     pub network_id: String,
@@ -205,6 +210,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertised_addr: None,
+            data_dir: None,
             network_id: "peerwire".to_owned(),
             read_chunk_size: 64 * 1024,
             max_message_size: 16 * 1024 * 1024,
@@ -393,6 +399,13 @@ impl Config {
     /// Every channel, by dense index (0 is the default channel).
     pub(crate) fn channel_table(&self) -> ChannelTable {
         ChannelTable::new(self.default_channel(), &self.channels)
+    }
+
+    /// Sets [`Config::data_dir`].
+    #[must_use]
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
     }
 
     /// Sets [`Config::advertised_addr`].

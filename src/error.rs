@@ -51,6 +51,10 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory (`Config::data_dir`) could not be opened: in use by another process,
+    /// or not writable.
+    #[error("{0}")]
+    DataDir(#[from] crate::store::StoreError),
     /// The blocking façade could not start its runtime (threads or OS resources exhausted).
     #[error("cannot start the network's runtime: {0}; check the process's thread and file limits")]
     Runtime(#[source] std::io::Error),

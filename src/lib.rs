@@ -55,6 +55,7 @@ mod network;
 mod peers;
 pub mod protocols;
 mod session;
+mod store;
 
 pub use config::{Config, PersistentPeer};
 pub use driver::inbox::{Inbox, RecvTimeoutError, TryRecvError};
@@ -69,6 +70,7 @@ pub use session::{
     ChannelId, ChannelSpec, ChannelStats, ConnectionId, ConnectionInfo, DEFAULT_CHANNEL, Direction,
     DisconnectReason, MAX_CHANNELS, Overflow, PeerStats, Priority, RESERVED_CHANNELS, SocketState,
 };
+pub use store::{DataStore, MAX_APP_ENTRIES, MAX_APP_KEY, MAX_APP_VALUE, StoreError};
 
 /// Compiles the README's examples as doctests, so the documented usage cannot drift from the API.
 #[cfg(doctest)]

@@ -1257,3 +1257,45 @@ fn named_nodes_find_each_other_through_a_registry() {
         }
     }
 }
+
+/// `--data-dir`: a node restarted with nothing but its data directory keeps its identity (the
+/// key lives there), reconnects to the peers it knew (address book) and keeps replicating to
+/// the replica it was given.
+#[test]
+fn a_node_restarted_with_its_data_directory_needs_no_peer_and_keeps_its_replica() {
+    let dir = TempDir::new("data-dir");
+    let data = dir.file("b");
+    let (mut a, a_id, a_addr) = kv_node("node a", "127.0.0.1:0", &["--discover"]);
+    let (mut b, b_id, _) = kv_node(
+        "node b",
+        "127.0.0.1:0",
+        &["--discover", "--data-dir", &data, "--peer", &a_addr],
+    );
+    b.joined(&a_id, 1);
+    b.write_line(&format!("/replicate {a_id}"));
+    b.line("the replication", |l| {
+        l.starts_with("replicating every later /put")
+    });
+    // Let one save of the address book pass (each second); SIGTERM saves it too.
+    thread::sleep(Duration::from_millis(1200));
+    assert!(b.terminate().success());
+    a.lines_counted("b leaving", 1, |l| {
+        l.starts_with(&format!("peer left: {b_id}"))
+    });
+
+    let (mut b, again, _) = kv_node(
+        "node b again",
+        "127.0.0.1:0",
+        &["--discover", "--data-dir", &data],
+    );
+    assert_eq!(again, b_id, "the key kept in the data directory");
+    b.joined(&a_id, 1);
+    a.joined(&b_id, 2);
+    let kept = format!("replicating every later /put to {a_id}");
+    b.line("the kept replication", |l| l == kept);
+    b.write_line("/put k v");
+    let acked = format!("{a_id} acknowledged k");
+    b.line("a's acknowledgement", |l| l == acked);
+    assert!(b.terminate().success());
+    assert!(a.terminate().success());
+}

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use peerwire::ChannelSpec;
 use peerwire::protocols::discovery::DiscoveryConfig;
+use peerwire::{ChannelSpec, Keypair};
 
 const PEX: u16 = 30;
 
@@ -70,4 +70,52 @@ async fn eight_nodes_that_know_only_a_seed_connect_to_each_other() {
     }
     // Nodes that dialed others keep them as anchors.
     assert!(nodes.iter().any(|(_, _, d)| !d.anchors().is_empty()));
+}
+
+/// Nodes keep their address book in their data directory: one restarted on a new port, with the
+/// seed gone and no peer given, dials the peers it had reached before, by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_reconnects_from_its_data_directory_without_the_seed() {
+    const N: usize = 4;
+    let dirs: Vec<TempDir> = (0..N).map(|i| TempDir::new(&format!("pex{i}"))).collect();
+    let cfg = config().channel(PEX, ChannelSpec::high());
+    let pex = || {
+        DiscoveryConfig::new(PEX)
+            .target_peers(N)
+            .subnet_caps(64, 64, 64)
+    };
+    let (seed, _) = node(cfg.clone()).await;
+    let _seed_discovery = seed.discovery(pex()).unwrap();
+    let keys: Vec<Keypair> = (0..N).map(|_| Keypair::generate()).collect();
+    let mut nodes = Vec::new();
+    for (key, dir) in keys.iter().zip(&dirs) {
+        let (net, inbox) = node_reopening(cfg.clone().data_dir(&dir.0), key.clone()).await;
+        let discovery = net.discovery(pex()).unwrap();
+        net.connect(seed.local_addr()).await.unwrap();
+        nodes.push((net, inbox, discovery));
+    }
+    for (net, _, _) in &nodes {
+        eventually("a full mesh", || net.peers().len() == N).await;
+    }
+    // The first node goes; so does the seed.
+    let (first, _, discovery) = nodes.remove(0);
+    // Its book holds the seed and the 3 others (the exchanges on each connection).
+    eventually("the first node's book complete", || {
+        discovery.known().len() == N
+    })
+    .await;
+    drop(discovery);
+    first.shutdown().await;
+    drop(first);
+    seed.shutdown().await;
+    // Back on another port, told nothing.
+    let (again, _inbox) = node_reopening(cfg.clone().data_dir(&dirs[0].0), keys[0].clone()).await;
+    let _discovery = again.discovery(pex()).unwrap();
+    for (net, _, _) in &nodes {
+        let id = net.local_peer_id();
+        eventually("reconnected to a peer from the book", || {
+            again.is_connected(id)
+        })
+        .await;
+    }
 }

@@ -264,3 +264,39 @@ async fn members_that_ask_to_connect_form_a_mesh_from_the_list() {
     assert!(!x.net.is_connected(y.net.local_peer_id()));
     assert_eq!(x.net.peers().len(), 1, "connected to the registry only");
 }
+
+/// A member keeps its last copy of the list in its data directory: restarted on a new port
+/// while the registry is down, it knows the others and connects to them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_while_the_registry_is_down_connects_from_its_kept_list() {
+    let (reg_net, registry) = registry_at(free_addr(), &Keypair::generate(), 0).await;
+    let dir = TempDir::new("member");
+    let key = Keypair::generate();
+    let at = (reg_net.local_addr(), reg_net.local_peer_id());
+    let membership = |net: &Network<Bytes>| {
+        net.membership(
+            MembershipConfig::new(REG, at.0, at.1)
+                .name("kept")
+                .connect_members(true),
+        )
+        .unwrap()
+    };
+    let (net, _inbox) = node_reopening(cfg().data_dir(&dir.0), key.clone()).await;
+    let members = membership(&net);
+    let others = [member(&reg_net, "x").await, member(&reg_net, "y").await];
+    eventually("the list complete", || members.members().len() == 3).await;
+    // Down go the member and the registry.
+    drop(members);
+    net.abort().await;
+    drop(net);
+    drop(registry);
+    reg_net.abort().await;
+    let (net, _inbox) = node_reopening(cfg().data_dir(&dir.0), key).await;
+    let members = membership(&net);
+    assert_eq!(members.resolve("x"), Some(others[0].net.local_peer_id()));
+    for other in &others {
+        let id = other.net.local_peer_id();
+        eventually("connected from the kept list", || net.is_connected(id)).await;
+    }
+    assert_eq!(members.status(), MembershipStatus::Registering);
+}

@@ -89,7 +89,12 @@ pub(crate) struct Kv {
     replicas: HashMap<PeerId, mpsc::Sender<(String, String)>>,
     tasks: JoinSet<()>,
     stop: CancellationToken,
+    /// The data directory (`--data-dir`), where replication targets are kept.
+    data: Option<peerwire::DataStore>,
 }
+
+/// Key prefix of a kept replication target (then the peer id).
+const REPLICA_KEY: &str = "replica/";
 
 impl Kv {
     /// Opens the store protocol on `net` and starts serving peers' requests.
@@ -99,13 +104,33 @@ impl Kv {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(serve(server, store.clone(), stop.clone()));
-        Ok(Self {
+        let mut kv = Self {
             store,
             client,
             replicas: HashMap::new(),
             tasks,
             stop,
-        })
+            data: net.data(),
+        };
+        // Replication targets kept from the last run.
+        let kept = kv
+            .data
+            .as_ref()
+            .map(|d| d.entries(REPLICA_KEY.as_bytes()))
+            .transpose()?
+            .unwrap_or_default();
+        for (key, _) in kept {
+            let id = std::str::from_utf8(&key[REPLICA_KEY.len()..])
+                .ok()
+                .and_then(|text| text.parse::<PeerId>().ok());
+            match id {
+                Some(peer) => kv.replicate(peer),
+                None => tracing::warn!(
+                    "ignoring an unreadable replication target in the data directory"
+                ),
+            }
+        }
+        Ok(kv)
     }
 
     /// Runs one `/` command line; returns false if it is not one of the store's commands.
@@ -167,6 +192,11 @@ impl Kv {
         if self.replicas.contains_key(&peer) {
             println!("already replicating to {peer}");
             return;
+        }
+        if let Some(data) = &self.data {
+            if let Err(e) = data.put(format!("{REPLICA_KEY}{peer}").as_bytes(), b"") {
+                println!("replication to {peer} not kept across a restart: {e}");
+            }
         }
         let (tx, rx) = mpsc::channel(REPLICATION_QUEUE);
         self.replicas.insert(peer, tx);

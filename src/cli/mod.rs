@@ -277,6 +277,11 @@ pub(crate) struct NodeArgs {
     /// value refuses the node, which then stops [default: 0].
     #[arg(long, value_name = "N", env = "PEERWIRE_COMPAT")]
     pub(crate) compat: Option<u64>,
+    /// Keep what the node learns in this directory across restarts: the address book and
+    /// anchors (`--discover`), the registry's last list, replication targets; and, without
+    /// `--key`, the node's key (`DIR/node.key`). One node per directory.
+    #[arg(long, value_name = "DIR", env = "PEERWIRE_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
     /// Print the settings the node would run with (file, environment and flags merged), as a
     /// config file, and exit.
     #[arg(long)]
@@ -398,6 +403,9 @@ impl NodeArgs {
         if let Some(timeout) = self.idle_timeout {
             config.idle_timeout = timeout;
         }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = Some(dir.clone());
+        }
         let peers = if self.peers.is_empty() {
             let listed = node.peers.clone().unwrap_or_default();
             for peer in &listed {
@@ -444,7 +452,11 @@ impl NodeArgs {
             name,
             compat: self.compat.or(node.compat).unwrap_or(0),
             peers,
-            key: self.key.clone().or_else(|| node.key.clone()),
+            key: self
+                .key
+                .clone()
+                .or_else(|| node.key.clone())
+                .or_else(|| config.data_dir.as_ref().map(|dir| dir.join("node.key"))),
             persistent,
             metrics,
             discover: self.discover || node.discover.unwrap_or(false),

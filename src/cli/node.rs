@@ -43,6 +43,10 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         print!("{}", args.to_toml());
         return Ok(());
     }
+    if let Some(dir) = &args.config.data_dir {
+        // Made here, not only by the network: the key may live in it.
+        std::fs::create_dir_all(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
+    }
     let keypair = load_key(args.key.as_deref())?;
     let mut config = args.config.clone();
     for (id, addr) in &args.persistent {

@@ -105,6 +105,18 @@ impl Value for Option<SocketAddr> {
     }
 }
 
+impl Value for Option<std::path::PathBuf> {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok((!text.trim().is_empty()).then(|| std::path::PathBuf::from(text.trim())))
+    }
+    fn toml(&self) -> String {
+        self.as_ref().map_or_else(
+            || "\"\"".to_owned(),
+            |p| format!("{:?}", p.display().to_string()),
+        )
+    }
+}
+
 /// One setting: its name (the file's key; `PEERWIRE_` + upper case for the environment) and
 /// what it means.
 pub(crate) struct Setting {
@@ -142,6 +154,7 @@ macro_rules! settings {
 
 settings! {
     advertised_addr: Option<SocketAddr> = "Address peers should dial this node at, if not the listen address (behind NAT). Empty: the bound address.",
+    data_dir: Option<std::path::PathBuf> = "Directory where the node keeps what it knows across its restart (address book, anchors, registry list, application entries). Empty: nothing is kept.",
     read_chunk_size: usize = "Bytes asked of the kernel per read.",
     max_message_size: usize = "Largest encoded application message, sent or received, in bytes.",
     send_queue_capacity: usize = "Messages waiting per peer before a send waits or reports Full.",

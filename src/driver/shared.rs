@@ -187,6 +187,8 @@ pub(crate) struct Shared {
     pub(crate) reliable: PeerMap<Arc<Reliable>>,
     /// The actor task, joined by the first `shutdown` call.
     pub(crate) actor: Mutex<Option<JoinHandle<()>>>,
+    /// The data directory's database (`Config::data_dir`), if any.
+    pub(crate) store: Option<Arc<crate::store::Store>>,
     /// Node-wide bound on partly received messages, shared by every connection's decoder.
     pub(crate) reassembly: Arc<crate::codec::record::ReassemblyBudget>,
 }

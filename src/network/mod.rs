@@ -108,6 +108,10 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             addr: config.listen,
             source,
         })?;
+        let store = match &config.data_dir {
+            Some(dir) => Some(Arc::new(crate::store::Store::open(dir)?)),
+            None => None,
+        };
         let (events, _) = broadcast::channel(config.event_capacity);
         // Tells this process's reliable streams apart from those of an earlier run.
         let incarnation = backoff::jitter_sample();
@@ -164,6 +168,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             reliable,
             actor: Default::default(),
             reassembly: crate::codec::record::ReassemblyBudget::new(config.max_reassembly_bytes),
+            store,
         });
         let ctx = Arc::new(SocketContext {
             ip_budgets: Default::default(),
@@ -252,6 +257,11 @@ impl ProtocolFace {
             name,
             state_hash,
         )
+    }
+
+    /// The data directory's database, if the node has one.
+    pub(crate) fn store(&self) -> Option<Arc<crate::store::Store>> {
+        self.shared.store.clone()
     }
 
     /// The address of `peer`'s open connection.
@@ -350,6 +360,12 @@ impl<M> Network<M> {
 }
 
 impl<M: Serialize + 'static> Network<M> {
+    /// The application's entries in the node's data directory (`None` without
+    /// [`Config::data_dir`]): small settings that must survive a restart of this node.
+    pub fn data(&self) -> Option<crate::store::DataStore> {
+        self.shared.store.clone().map(crate::store::DataStore::new)
+    }
+
     /// This node's proven identity.
     pub fn local_peer_id(&self) -> PeerId {
         self.shared.local_id

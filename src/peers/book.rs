@@ -400,6 +400,11 @@ impl Book {
         self.entries.len()
     }
 
+    /// Whether `id` was reached by dialing (it is in the tried table).
+    pub(crate) fn is_tried(&self, id: &PeerId) -> bool {
+        self.entries.get(id).is_some_and(|e| e.tried)
+    }
+
     /// Entries in the tried table.
     pub(crate) fn tried_len(&self) -> usize {
         self.entries.values().filter(|e| e.tried).count()

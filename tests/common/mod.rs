@@ -323,3 +323,50 @@ pub fn free_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// A fresh directory under the system's temporary one, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "peerwire-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts a node, retrying while its data directory is still held by a node being dropped
+/// (its tasks let go of it a moment after the last handle).
+pub async fn node_reopening(
+    config: Config,
+    keypair: peerwire::Keypair,
+) -> (Network<Bytes>, Inbox<Bytes>) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        match Network::<Bytes>::start(config.clone(), keypair.clone()).await {
+            Ok(started) => return started,
+            Err(peerwire::StartError::DataDir(peerwire::StoreError::InUse { .. }))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    }
+}

@@ -12,12 +12,14 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::DiscoveryConfig;
+use crate::codec::{decode_message, encode_message};
 use crate::identity::PeerId;
 use crate::network::ProtocolFace;
 use crate::peers::NetworkEvent;
 use crate::peers::book::{Book, BookLimits};
 use crate::peers::record::PeerRecord;
 use crate::protocols::rpc::{Request, RpcClient, RpcServer};
+use crate::store::{ANCHORS, BOOK};
 
 /// A request for peers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +46,8 @@ struct State {
     /// When we last asked each connected peer.
     we_asked: HashMap<PeerId, Instant>,
     rng: u64,
+    /// The book changed since it was last written to the data directory.
+    dirty: bool,
 }
 
 impl State {
@@ -135,12 +139,14 @@ pub(super) fn spawn(
             asked_at: HashMap::new(),
             we_asked: HashMap::new(),
             rng: seed,
+            dirty: false,
         }),
         config,
         face,
         own,
         stop: stop.clone(),
     });
+    load(&inner);
     let events = inner.face.events();
     let connected = inner.face.connected();
     tokio::spawn(run(inner.clone(), client, server, events, connected));
@@ -160,8 +166,27 @@ async fn run(
     let mut tick = tokio::time::interval(inner.config.interval);
     let mut exchanges = tokio::task::JoinSet::new();
     let mut dials = tokio::task::JoinSet::new();
-    for peer in connected {
+    for peer in connected.iter().copied() {
         exchanges.spawn(exchange(inner.clone(), client.clone(), peer));
+    }
+    // After a restart, the peers last reached are dialed first, all at once (up to the
+    // target): they were good recently, and a poisoned book cannot choose them.
+    // Then, from a book read back from the data directory, more entries at once, up to the
+    // target (later ticks dial one at a time).
+    let mut first: Vec<(PeerId, SocketAddr)> = inner.state.lock().book.anchors();
+    first.retain(|(peer, _)| !connected.contains(peer));
+    for _ in 0..inner.config.target_peers * 4 {
+        if first.len() >= inner.config.target_peers {
+            break;
+        }
+        if let Some((peer, addr)) = pick(&inner) {
+            if !first.iter().any(|(p, _)| *p == peer) {
+                first.push((peer, addr));
+            }
+        }
+    }
+    for (peer, addr) in first.into_iter().take(inner.config.target_peers) {
+        dials.spawn(dial(inner.clone(), peer, addr));
     }
     loop {
         tokio::select! {
@@ -183,6 +208,7 @@ async fn run(
                 Err(RecvError::Closed) => break,
             },
             _ = tick.tick() => {
+                save(&inner);
                 while exchanges.try_join_next().is_some() {}
                 while dials.try_join_next().is_some() {}
                 if dials.is_empty() {
@@ -204,6 +230,98 @@ async fn run(
     }
     exchanges.abort_all();
     dials.abort_all();
+    save(&inner);
+}
+
+/// Fills the book from the data directory: the records kept (checked again, as anything read
+/// back), those that had been reached marked so, then the anchors, oldest first.
+fn load(inner: &Inner) {
+    let Some(store) = inner.face.store() else {
+        return;
+    };
+    let (records, anchors) = match (store.load(BOOK), store.load(ANCHORS)) {
+        (Ok(records), Ok(anchors)) => (records, anchors),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "discovery: cannot read the address book; starting empty");
+            return;
+        }
+    };
+    let mut state = inner.state.lock();
+    let local = inner.face.local_peer_id();
+    let mut tried = Vec::new();
+    for (_, value) in records {
+        let Ok((record, was_tried)) = decode_message::<(PeerRecord, bool)>(&value) else {
+            continue;
+        };
+        let Some(addr) = record.addrs().first().copied() else {
+            continue;
+        };
+        if record.id() == local || record.verify().is_err() {
+            continue;
+        }
+        if state.book.add(record.id(), addr, None).is_ok() {
+            if was_tried {
+                tried.push((record.id(), addr));
+            }
+            state.records.insert(record.id(), record);
+        }
+    }
+    for (id, addr) in tried {
+        state.book.reached(id, addr);
+    }
+    let mut anchors: Vec<(PeerId, SocketAddr)> = anchors
+        .iter()
+        .filter_map(|(_, v)| decode_message(v).ok())
+        .collect();
+    // Stored newest first; replayed oldest first, so the newest ends up first again.
+    anchors.reverse();
+    for (id, addr) in anchors {
+        if state.book.contains(&id) {
+            state.book.reached(id, addr);
+        }
+    }
+    tracing::debug!(
+        entries = state.book.len(),
+        "discovery: address book read back"
+    );
+}
+
+/// Writes the book and the anchors to the data directory, if they changed.
+fn save(inner: &Inner) {
+    let Some(store) = inner.face.store() else {
+        return;
+    };
+    let (records, anchors) = {
+        let mut state = inner.state.lock();
+        if !state.dirty {
+            return;
+        }
+        state.dirty = false;
+        let records: Vec<(Vec<u8>, Vec<u8>)> = state
+            .records
+            .values()
+            .filter_map(|r| {
+                let key = encode_message(&r.id(), 64).ok()?;
+                let value = encode_message(&(r, state.book.is_tried(&r.id())), 4096).ok()?;
+                Some((key.to_vec(), value.to_vec()))
+            })
+            .collect();
+        let anchors: Vec<(Vec<u8>, Vec<u8>)> = state
+            .book
+            .anchors()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| Some((vec![i as u8], encode_message(a, 128).ok()?.to_vec())))
+            .collect();
+        (records, anchors)
+    };
+    // Written in one go each; a failure is said and retried at the next change.
+    for (table, entries) in [(BOOK, records), (ANCHORS, anchors)] {
+        if let Err(e) = store.replace(table, &entries) {
+            tracing::warn!(error = %e, "discovery: cannot write the address book");
+            inner.state.lock().dirty = true;
+        }
+    }
 }
 
 /// Answers a request: our record, then a random sample of what we hold.
@@ -303,6 +421,7 @@ async fn exchange(inner: Arc<Inner>, client: RpcClient<Ask, Peers>, peer: PeerId
         if state.book.add(record.id(), addr, source).is_ok()
             || state.records.contains_key(&record.id())
         {
+            state.dirty = true;
             if !own {
                 taken += 1;
             }
@@ -334,6 +453,7 @@ fn pick(inner: &Inner) -> Option<(PeerId, SocketAddr)> {
 async fn dial(inner: Arc<Inner>, peer: PeerId, addr: SocketAddr) {
     let result = inner.face.dial(addr, peer).await;
     let mut state = inner.state.lock();
+    state.dirty = true;
     match result {
         Ok(_) => state.book.reached(peer, addr),
         Err(_) => state.book.failed(&peer),

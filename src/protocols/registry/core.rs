@@ -468,6 +468,11 @@ impl View {
         members
     }
 
+    /// Every listed record (for the data directory).
+    pub(crate) fn records(&self) -> Vec<PeerRecord> {
+        self.members.values().cloned().collect()
+    }
+
     /// Forgets the list (the registry is gone; a new registration brings a snapshot).
     pub(crate) fn clear_version(&mut self) {
         self.version = 0;

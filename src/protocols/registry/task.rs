@@ -458,6 +458,20 @@ pub(super) fn spawn_member(
         face,
         client,
     });
+    // The list kept from the last run (data directory): known at once, and dialed with
+    // `connect_members`, before the registry answers, or while it is down.
+    if let Some(store) = inner.face.store() {
+        match store.load(crate::store::REGISTRY) {
+            Ok(entries) => {
+                let records = entries
+                    .iter()
+                    .filter_map(|(_, v)| crate::codec::decode_message::<PeerRecord>(v).ok())
+                    .collect();
+                let _ = inner.view.lock().reset(0, records);
+            }
+            Err(e) => tracing::warn!(error = %e, "registry: cannot read the kept list"),
+        }
+    }
     tokio::spawn(run_member(inner.clone(), server));
     Membership {
         inner,
@@ -525,6 +539,7 @@ async fn run_member(inner: Arc<MemberInner>, mut server: RpcServer<Ask, Answer>)
     if inner.record.lock().is_none() {
         m.stop(MembershipError::NameTooLong);
     }
+    m.connect_members();
     loop {
         let due = match m.phase {
             Phase::Idle { at, .. } => Some(at),
@@ -644,7 +659,32 @@ impl MemberTask {
         }
     }
 
+    /// Writes the list to the data directory (after every change that produced an event).
+    fn save(&self) {
+        let Some(store) = self.inner.face.store() else {
+            return;
+        };
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = self
+            .inner
+            .view
+            .lock()
+            .records()
+            .iter()
+            .filter_map(|r| {
+                let key = crate::codec::encode_message(&r.id(), 64).ok()?;
+                let value = crate::codec::encode_message(r, 4096).ok()?;
+                Some((key.to_vec(), value.to_vec()))
+            })
+            .collect();
+        if let Err(e) = store.replace(crate::store::REGISTRY, &entries) {
+            tracing::warn!(error = %e, "registry: cannot keep the list");
+        }
+    }
+
     fn publish(&mut self, events: Vec<MembershipEvent>) {
+        if !events.is_empty() {
+            self.save();
+        }
         let joined = events
             .iter()
             .any(|e| matches!(e, MembershipEvent::Joined(_)));
