@@ -13,11 +13,15 @@ use crate::session::{ChannelId, ChannelSpec, MAX_CHANNELS, Overflow, Priority, R
 
 /// A peer to stay connected to: where to dial it and which identity it must prove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PersistentPeer {
     /// Where to dial.
     pub addr: SocketAddr,
     /// The identity the remote must prove.
     pub id: PeerId,
+    /// Messages to it are written to the data directory before `send` returns, and delivered
+    /// after this node restarts ([`Config::durable_peer`]).
+    pub durable: bool,
 }
 
 /// Configuration of a [`crate::Network`]. Build it from [`Config::default`] with the builder
@@ -355,7 +359,26 @@ impl Config {
     /// Adds a persistent peer: dialed at start and redialed forever, expecting `id`.
     #[must_use]
     pub fn persistent_peer(mut self, addr: SocketAddr, id: PeerId) -> Self {
-        self.persistent_peers.push(PersistentPeer { addr, id });
+        self.persistent_peers.push(PersistentPeer {
+            addr,
+            id,
+            durable: false,
+        });
+        self
+    }
+
+    /// Adds a persistent peer whose messages survive this node's own crash: every message
+    /// accepted for it is written to [`Config::data_dir`] (which it requires) before `send`
+    /// returns (`try_send` and `try_broadcast` write it without waiting), and a node that is
+    /// killed and restarted with the same key and directory delivers everything the peer had
+    /// not acknowledged, exactly once and in order.
+    #[must_use]
+    pub fn durable_peer(mut self, addr: SocketAddr, id: PeerId) -> Self {
+        self.persistent_peers.push(PersistentPeer {
+            addr,
+            id,
+            durable: true,
+        });
         self
     }
 
@@ -423,6 +446,9 @@ impl Config {
         let bad = |what: &str| Err(StartError::InvalidConfig(what.to_owned()));
         if self.network_id.len() > MAX_NETWORK_ID_LEN {
             return bad("network_id is longer than 64 bytes");
+        }
+        if self.data_dir.is_none() && self.persistent_peers.iter().any(|p| p.durable) {
+            return bad("a durable peer needs a data_dir to keep its messages in; set one");
         }
         if self.max_message_size == 0 || self.max_message_size > u32::MAX as usize / 2 {
             return bad("max_message_size must be between 1 byte and 2 GiB");

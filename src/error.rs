@@ -135,6 +135,11 @@ pub enum SendError {
     /// The message could not be encoded or is larger than the channel's `max_message_size`.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A durable peer's message was accepted and will be sent, but could not be written to
+    /// the data directory, so it would not survive a crash of this node (the reason says why:
+    /// the disk, or the journal's queue full). Check the data directory's disk.
+    #[error("message to {0} accepted but not kept on disk: {1}")]
+    NotKept(PeerId, String),
 }
 
 /// Why [`crate::Network::channel`] failed.

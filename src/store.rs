@@ -16,7 +16,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::identity::PeerId;
 
 /// Every entry of a table, in key order.
 pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -28,6 +32,19 @@ pub(crate) const BOOK: Table = TableDefinition::new("book");
 pub(crate) const ANCHORS: Table = TableDefinition::new("anchors");
 pub(crate) const REGISTRY: Table = TableDefinition::new("registry");
 const APP: Table = TableDefinition::new("app");
+/// A durable peer's stream incarnation: peer id → u64 (little-endian).
+const STREAMS: Table = TableDefinition::new("streams");
+/// Messages to durable peers not known to be acknowledged: peer ‖ channel index (u16 BE) ‖
+/// sequence number (u64 BE) → the encoded message.
+const OUTBOX: Table = TableDefinition::new("outbox");
+/// Where each durable stream's unacknowledged messages start: peer ‖ channel index → u64 BE.
+const ACKED: Table = TableDefinition::new("acked");
+
+/// Journal operations waiting for the writer thread, at most (beyond: `send` waits for room,
+/// `try_send` writes nothing and the message is kept in memory only, counted).
+const JOURNAL_QUEUE: usize = 8192;
+/// Operations the writer thread commits in one transaction, at most.
+const JOURNAL_BATCH: usize = 4096;
 
 /// The file in the data directory.
 const FILE: &str = "peerwire.redb";
@@ -92,7 +109,7 @@ impl Store {
         let store = Self { db, path };
         // Every table exists from the start, so reads never meet a missing one.
         store.write(|tx| {
-            for table in [BOOK, ANCHORS, REGISTRY, APP] {
+            for table in [BOOK, ANCHORS, REGISTRY, APP, STREAMS, OUTBOX, ACKED] {
                 tx.open_table(table)?;
             }
             Ok(())
@@ -172,6 +189,267 @@ impl Store {
             Ok(())
         })?;
         Ok(removed)
+    }
+}
+
+fn lane_key(peer: &PeerId, lane: usize) -> Vec<u8> {
+    let mut key = peer.as_bytes().to_vec();
+    key.extend_from_slice(&u16::try_from(lane).unwrap_or(u16::MAX).to_be_bytes());
+    key
+}
+
+fn message_key(peer: &PeerId, lane: usize, seq: u64) -> Vec<u8> {
+    let mut key = lane_key(peer, lane);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// A durable peer's streams as read back: the incarnation, and per channel index where the
+/// unacknowledged messages start and the messages themselves, in order.
+#[derive(Debug, Default)]
+pub(crate) struct KeptStream {
+    pub(crate) incarnation: Option<u64>,
+    pub(crate) lanes: Vec<(u64, Vec<bytes::Bytes>)>,
+}
+
+impl Store {
+    /// Reads back a durable peer's streams (`lanes` channels). Messages from the first gap on
+    /// (a write that never committed) are not taken: the stream resumes before them.
+    pub(crate) fn load_stream(
+        &self,
+        peer: &PeerId,
+        lanes: usize,
+    ) -> Result<KeptStream, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.error(e))?;
+        let streams = tx.open_table(STREAMS).map_err(|e| self.error(e))?;
+        let incarnation = streams
+            .get(peer.as_bytes().as_slice())
+            .map_err(|e| self.error(e))?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map(u64::from_le_bytes);
+        let acked = tx.open_table(ACKED).map_err(|e| self.error(e))?;
+        let outbox = tx.open_table(OUTBOX).map_err(|e| self.error(e))?;
+        let mut kept = KeptStream {
+            incarnation,
+            lanes: Vec::with_capacity(lanes),
+        };
+        for lane in 0..lanes {
+            let prefix = lane_key(peer, lane);
+            let base = acked
+                .get(prefix.as_slice())
+                .map_err(|e| self.error(e))?
+                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                .map_or(0, u64::from_be_bytes);
+            let start = message_key(peer, lane, base);
+            let end = message_key(peer, lane, u64::MAX);
+            let mut messages = Vec::new();
+            let entries = outbox
+                .range(start.as_slice()..=end.as_slice())
+                .map_err(|e| self.error(e))?;
+            for (next, entry) in (base..).zip(entries) {
+                let (key, value) = entry.map_err(|e| self.error(e))?;
+                let seq = key
+                    .value()
+                    .get(prefix.len()..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
+                if seq != Some(next) {
+                    break;
+                }
+                messages.push(bytes::Bytes::copy_from_slice(value.value()));
+            }
+            kept.lanes.push((base, messages));
+        }
+        Ok(kept)
+    }
+
+    /// Records a durable peer's stream incarnation (once, when it is new).
+    pub(crate) fn set_incarnation(
+        &self,
+        peer: &PeerId,
+        incarnation: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut streams = tx.open_table(STREAMS)?;
+            streams.insert(
+                peer.as_bytes().as_slice(),
+                incarnation.to_le_bytes().as_slice(),
+            )?;
+            Ok(())
+        })
+    }
+}
+
+/// Whoever must hear that a durable message is on disk (a durable peer's streams, which hold
+/// each message back until then).
+pub(crate) trait Committed: Send + Sync {
+    /// Message `seq` on `lane`, and every one before it, is on disk.
+    fn committed(&self, lane: usize, seq: u64);
+}
+
+/// A message committed to the data directory (or the reason it could not be).
+pub(crate) type Commit = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+enum JournalOp {
+    Append {
+        key: Vec<u8>,
+        message: bytes::Bytes,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        /// Told once the message is on disk: the streams it belongs to, its lane and number.
+        streams: (std::sync::Weak<dyn Committed>, usize, u64),
+    },
+    Acked {
+        peer: PeerId,
+        lane: usize,
+        next: u64,
+    },
+}
+
+/// Writes durable peers' messages and acknowledgements on a thread of its own, many to a
+/// transaction (group commit): a waiting `send` costs one commit shared with every other send
+/// and acknowledgement that arrived meanwhile, and never blocks a tokio worker on the disk.
+#[derive(Debug, Clone)]
+pub(crate) struct Journal {
+    ops: tokio::sync::mpsc::Sender<JournalOp>,
+    /// Appends not written because the queue was full (`try_send`): kept in memory only.
+    pub(crate) dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for JournalOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JournalOp")
+    }
+}
+
+impl Journal {
+    /// Starts the writer thread; it ends when the last `Journal` clone is dropped.
+    pub(crate) fn start(store: Arc<Store>) -> Result<Self, StoreError> {
+        let (ops, rx) = tokio::sync::mpsc::channel(JOURNAL_QUEUE);
+        std::thread::Builder::new()
+            .name("peerwire-journal".into())
+            .spawn(move || journal_thread(&store, rx))
+            .map_err(|e| StoreError::Io {
+                path: PathBuf::from("(journal thread)"),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            ops,
+            dropped: Arc::default(),
+        })
+    }
+
+    /// Queues message `seq` of `peer`'s stream on `lane`; the returned receiver answers once
+    /// it is committed. `None` (and counted) when the queue is full: the caller does not wait.
+    pub(crate) fn append(
+        &self,
+        peer: &PeerId,
+        lane: usize,
+        seq: u64,
+        message: bytes::Bytes,
+        streams: std::sync::Weak<dyn Committed>,
+    ) -> Option<Commit> {
+        let (done, commit) = tokio::sync::oneshot::channel();
+        let op = JournalOp::Append {
+            key: message_key(peer, lane, seq),
+            message,
+            done: Some(done),
+            streams: (streams, lane, seq),
+        };
+        match self.ops.try_send(op) {
+            Ok(()) => Some(commit),
+            Err(_) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The peer acknowledged everything before `next` on `lane`: those are deleted at the next
+    /// commit. A full queue skips it (a later acknowledgement covers it; at worst messages are
+    /// resent after a crash and the receiver skips them as duplicates).
+    pub(crate) fn acked(&self, peer: &PeerId, lane: usize, next: u64) {
+        let _ = self.ops.try_send(JournalOp::Acked {
+            peer: *peer,
+            lane,
+            next,
+        });
+    }
+}
+
+fn journal_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<JournalOp>) {
+    let mut batch = Vec::with_capacity(JOURNAL_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < JOURNAL_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut done = Vec::new();
+        let mut written = Vec::new();
+        let mut acks: std::collections::BTreeMap<(PeerId, usize), u64> = Default::default();
+        let result = store.write(|tx| {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            for op in batch.drain(..) {
+                match op {
+                    JournalOp::Append {
+                        key,
+                        message,
+                        done: reply,
+                        streams,
+                    } => {
+                        outbox.insert(key.as_slice(), message.as_ref())?;
+                        done.extend(reply);
+                        written.push(streams);
+                    }
+                    JournalOp::Acked { peer, lane, next } => {
+                        let at = acks.entry((peer, lane)).or_default();
+                        *at = (*at).max(next);
+                    }
+                }
+            }
+            let mut acked = tx.open_table(ACKED)?;
+            for ((peer, lane), next) in &acks {
+                // Everything before `next`, stale appends that committed after their
+                // acknowledgement included.
+                let start = message_key(peer, *lane, 0);
+                let end = message_key(peer, *lane, *next);
+                let gone: Vec<Vec<u8>> = outbox
+                    .range(start.as_slice()..end.as_slice())?
+                    .filter_map(|e| e.ok().map(|(k, _)| k.value().to_vec()))
+                    .collect();
+                for key in gone {
+                    outbox.remove(key.as_slice())?;
+                }
+                acked.insert(
+                    lane_key(peer, *lane).as_slice(),
+                    next.to_be_bytes().as_slice(),
+                )?;
+            }
+            Ok(())
+        });
+        let answer = result.map_err(|e| e.to_string());
+        match &answer {
+            // On disk: now they may be sent (in order: each lane's appends came in sequence).
+            Ok(()) => {
+                for (streams, lane, seq) in written.drain(..) {
+                    if let Some(streams) = streams.upgrade() {
+                        streams.committed(lane, seq);
+                    }
+                }
+            }
+            // Not on disk: they are never sent by this process (a restart resends what did
+            // commit); the senders are told.
+            Err(e) => {
+                tracing::warn!(error = %e, "durable peers: cannot write to the data directory");
+                written.clear();
+            }
+        }
+        for reply in done {
+            let _ = reply.send(answer.clone());
+        }
     }
 }
 

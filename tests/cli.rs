@@ -1299,3 +1299,79 @@ fn a_node_restarted_with_its_data_directory_needs_no_peer_and_keeps_its_replica(
     assert!(b.terminate().success());
     assert!(a.terminate().success());
 }
+
+/// `--durable`: 10,000 lines typed into a node whose durable peer is down, the node SIGKILLed,
+/// restarted from its data directory, then the peer started: the peer prints all 10,000, once
+/// each, in order.
+#[test]
+fn a_durable_peer_gets_every_line_after_the_sender_is_sigkilled_and_restarted() {
+    const LINES: usize = 10_000;
+    let dir = TempDir::new("durable");
+    let (a_key, b_key, data) = (dir.file("a.key"), dir.file("b.key"), dir.file("a-data"));
+    let (code, b_id, _) = run_with_env(&["keygen", "--key", &b_key], &[]);
+    assert_eq!(code, Some(0));
+    let b_id = b_id.trim().to_owned();
+    let b_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let durable = format!("{b_id}@{b_addr}");
+    let a_args = [
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        &a_key,
+        "--network-id",
+        "t",
+        "--data-dir",
+        &data,
+        "--durable",
+        &durable,
+    ];
+    let mut a = Proc::spawn("node a", &a_args, true);
+    let a_id = a.value("peer id:");
+    for i in 0..LINES {
+        a.write_line(&format!("line {i}"));
+    }
+    // Lines are taken in order: once /peers answers, every line before it was accepted (and
+    // so is on disk).
+    a.write_line("/peers");
+    a.line("the answer to /peers", |l| l == "no peers known");
+    let killed = a.signal("-KILL");
+    assert!(!killed.success());
+
+    let mut a = Proc::spawn("node a again", &a_args, false);
+    assert_eq!(a.value("peer id:"), a_id);
+    let mut b = Proc::spawn(
+        "node b",
+        &[
+            "node",
+            "--listen",
+            &b_addr,
+            "--key",
+            &b_key,
+            "--network-id",
+            "t",
+        ],
+        false,
+    );
+    let prefix = format!("{a_id}: line ");
+    b.lines_counted("a's lines", LINES, |l| l.starts_with(&prefix));
+    let got: Vec<String> = b
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    if let Some(at) = (0..LINES).find(|&i| got.get(i) != Some(&i.to_string())) {
+        b.fail(&format!("line {at} is {:?}", got.get(at)));
+    }
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    assert_eq!(
+        b.seen.iter().filter(|l| l.starts_with(&prefix)).count(),
+        LINES,
+        "no line twice"
+    );
+}

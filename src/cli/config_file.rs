@@ -21,6 +21,7 @@ pub(crate) struct NodeSection {
     pub(crate) network_id: Option<String>,
     pub(crate) peers: Option<Vec<String>>,
     pub(crate) persistent: Option<Vec<String>>,
+    pub(crate) durable: Option<Vec<String>>,
     pub(crate) metrics: Option<String>,
     pub(crate) discover: Option<bool>,
     pub(crate) registry: Option<String>,
@@ -103,6 +104,9 @@ pub(crate) fn template() -> String {
          # Peers to stay connected to with their identity checked, ID@HOST:PORT\n\
          # (`peerwire id --key FILE --listen ADDR` prints it). Env PEERWIRE_PERSISTENT.\n\
          # persistent = []\n\
+         # Persistent peers whose messages are kept in data_dir and survive this node's crash,\n\
+         # ID@HOST:PORT. Env PEERWIRE_DURABLE.\n\
+         # durable = []\n\
          # Serve Prometheus metrics (/metrics) and /healthz here. Env PEERWIRE_METRICS.\n\
          # metrics = \"127.0.0.1:9100\"\n\
          # Find other nodes through connected ones (peer exchange). Env PEERWIRE_DISCOVER.\n\

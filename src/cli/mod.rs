@@ -277,6 +277,11 @@ pub(crate) struct NodeArgs {
     /// value refuses the node, which then stops [default: 0].
     #[arg(long, value_name = "N", env = "PEERWIRE_COMPAT")]
     pub(crate) compat: Option<u64>,
+    /// A persistent peer whose messages survive this node's crash, as PEER_ID@HOST:PORT: every
+    /// line sent to it is written to `--data-dir` (required) first, and a restarted node
+    /// delivers what it had not acknowledged, exactly once and in order. Repeatable.
+    #[arg(long = "durable", value_name = "ID@HOST:PORT", value_parser = parse_persistent, env = "PEERWIRE_DURABLE", value_delimiter = ',')]
+    pub(crate) durable: Vec<(peerwire::PeerId, String)>,
     /// Keep what the node learns in this directory across restarts: the address book and
     /// anchors (`--discover`), the registry's last list, replication targets; and, without
     /// `--key`, the node's key (`DIR/node.key`). One node per directory.
@@ -317,6 +322,7 @@ pub(crate) struct NodeOptions {
     pub(crate) peers: Vec<String>,
     pub(crate) key: Option<PathBuf>,
     pub(crate) persistent: Vec<(peerwire::PeerId, String)>,
+    pub(crate) durable: Vec<(peerwire::PeerId, String)>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) discover: bool,
     pub(crate) registry: Option<(peerwire::PeerId, String)>,
@@ -347,6 +353,12 @@ impl NodeOptions {
             .map(|(id, addr)| format!("{id}@{addr}"))
             .collect();
         out.push_str(&format!("persistent = {}\n", list(persistent)));
+        let durable = self
+            .durable
+            .iter()
+            .map(|(id, addr)| format!("{id}@{addr}"))
+            .collect();
+        out.push_str(&format!("durable = {}\n", list(durable)));
         if let Some(metrics) = self.metrics {
             out.push_str(&format!("metrics = \"{metrics}\"\n"));
         }
@@ -434,6 +446,20 @@ impl NodeArgs {
             })?),
             (None, _) => None,
         };
+        let durable = if self.durable.is_empty() {
+            let mut parsed = Vec::new();
+            for text in node.durable.iter().flatten() {
+                parsed.push(parse_persistent(text).map_err(|e| from_file("durable", e))?);
+            }
+            parsed
+        } else {
+            self.durable.clone()
+        };
+        if !durable.is_empty() && config.data_dir.is_none() {
+            return Err(
+                "--durable keeps messages in the data directory: give --data-dir DIR too".into(),
+            );
+        }
         let registry = match (&self.registry, &node.registry) {
             (Some(registry), _) => Some(registry.clone()),
             (None, Some(text)) => {
@@ -448,6 +474,7 @@ impl NodeArgs {
             }
         }
         Ok(NodeOptions {
+            durable,
             registry,
             name,
             compat: self.compat.or(node.compat).unwrap_or(0),

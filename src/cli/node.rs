@@ -55,6 +55,12 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
             .map_err(|e| format!("--persistent {id}@{addr}: {e}"))?;
         config = config.persistent_peer(resolved, *id);
     }
+    for (id, addr) in &args.durable {
+        let resolved = resolve(addr)
+            .await
+            .map_err(|e| format!("--durable {id}@{addr}: {e}"))?;
+        config = config.durable_peer(resolved, *id);
+    }
     // Register before announcing the address, so a signal sent as soon as the node is visibly
     // up still shuts it down gracefully instead of killing it.
     let mut shutdown = ShutdownSignal::new()?;

@@ -2,7 +2,7 @@
 //! per channel) behind a lock, the wake-ups of senders waiting for room, and which connection
 //! carries the streams now.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +10,21 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::link::SocketShared;
+use crate::identity::PeerId;
 use crate::session::reliable::{ReliableSet, Taken};
+use crate::store::{Commit, Committed, Journal};
+
+impl Committed for Reliable {
+    /// The journal committed message `seq` on `lane` (and those before it): it may go out now.
+    fn committed(&self, lane: usize, seq: u64) {
+        if let Some(buffer) = self.inner.lock().set.buffer(lane) {
+            buffer.committed(seq);
+        }
+        if let Some(socket) = &*self.attached.lock() {
+            socket.queue.wake();
+        }
+    }
+}
 
 /// Why a reliable push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +58,9 @@ pub(crate) struct Reliable {
     room: Notify,
     /// The connection currently writing these streams, if the peer is connected.
     attached: Mutex<Option<Arc<SocketShared>>>,
+    /// For a durable peer: its id, the journal every accepted message and acknowledgement is
+    /// written to, and a handle on these streams for the journal to say what is on disk.
+    durable: Option<(PeerId, Journal, Weak<dyn Committed>)>,
 }
 
 impl Reliable {
@@ -56,31 +73,93 @@ impl Reliable {
             }),
             room: Notify::new(),
             attached: Mutex::new(None),
+            durable: None,
         }
     }
 
+    /// A durable peer's streams, put back from what the data directory kept (`kept`: per
+    /// channel index, where its unacknowledged messages start and the messages), journaling
+    /// from now on.
+    pub(crate) fn durable(
+        peer: PeerId,
+        incarnation: u64,
+        bounds: &[(usize, usize, usize)],
+        kept: Vec<(u64, Vec<Bytes>)>,
+        journal: Journal,
+    ) -> Arc<Self> {
+        let mut set = ReliableSet::new(incarnation, bounds);
+        for lane in 0..bounds.len() {
+            let (base, messages) = kept.get(lane).cloned().unwrap_or_default();
+            if let Some(buffer) = set.buffer(lane) {
+                buffer.restore(base, messages);
+            }
+        }
+        Arc::new_cyclic(|me: &Weak<Self>| Self {
+            inner: Mutex::new(Inner {
+                set,
+                full_since: None,
+                stalled: false,
+            }),
+            room: Notify::new(),
+            attached: Mutex::new(None),
+            durable: Some((peer, journal, me.clone() as Weak<dyn Committed>)),
+        })
+    }
+
     /// Accepts a message on channel index `lane` and wakes the attached writer, if any; when
-    /// refused, hands it back.
-    pub(crate) fn push(&self, lane: usize, message: Bytes) -> Result<(), (StreamRefusal, Bytes)> {
-        {
+    /// refused, hands it back. For a durable peer, also returns the pending write of the
+    /// message to the data directory (`None` if the journal's queue was full).
+    pub(crate) fn push(
+        &self,
+        lane: usize,
+        message: Bytes,
+    ) -> Result<Option<Commit>, (StreamRefusal, Bytes)> {
+        let commit = {
             let mut inner = self.inner.lock();
+            let stalled = inner.stalled;
             let Some(buffer) = inner.set.buffer(lane) else {
                 return Err((StreamRefusal::NoSuchChannel, message));
             };
-            if let Err(message) = buffer.push(message) {
-                inner.full_since.get_or_insert_with(Instant::now);
-                let refusal = if inner.stalled {
-                    StreamRefusal::Stalled
-                } else {
-                    StreamRefusal::Full
-                };
-                return Err((refusal, message));
+            // Only a durable peer pays for the clone (a reference count).
+            let kept = self.durable.as_ref().map(|_| message.clone());
+            match buffer.push(message) {
+                Ok(seq) => match (&self.durable, kept) {
+                    // Queued for the disk under the lock, so each lane's writes reach the
+                    // journal in sequence order and commit as a prefix.
+                    (Some((peer, journal, me)), Some(message)) => {
+                        match journal.append(peer, lane, seq, message, me.clone()) {
+                            Some(commit) => Some(commit),
+                            None => {
+                                // The journal's queue is full: not accepted.
+                                let back = buffer.unpush().unwrap_or_default();
+                                return Err((StreamRefusal::Full, back));
+                            }
+                        }
+                    }
+                    _ => None,
+                },
+                Err(message) => {
+                    inner.full_since.get_or_insert_with(Instant::now);
+                    let refusal = if stalled {
+                        StreamRefusal::Stalled
+                    } else {
+                        StreamRefusal::Full
+                    };
+                    return Err((refusal, message));
+                }
+            }
+        };
+        if commit.is_none() {
+            if let Some(socket) = &*self.attached.lock() {
+                socket.queue.wake();
             }
         }
-        if let Some(socket) = &*self.attached.lock() {
-            socket.queue.wake();
-        }
-        Ok(())
+        Ok(commit)
+    }
+
+    /// Whether messages to this peer are kept in the data directory.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.durable.is_some()
     }
 
     /// Accepts a message, waiting for acknowledgements to make room until `deadline`; gives up
@@ -93,13 +172,13 @@ impl Reliable {
         lane: usize,
         mut message: Bytes,
         deadline: tokio::time::Instant,
-    ) -> Result<(), (StreamRefusal, Bytes)> {
+    ) -> Result<Option<Commit>, (StreamRefusal, Bytes)> {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             match self.push(lane, message) {
-                Ok(()) => return Ok(()),
+                Ok(commit) => return Ok(commit),
                 Err((StreamRefusal::Full, back)) => {
                     if self.attached.lock().is_none() {
                         return Err((StreamRefusal::Stalled, back));
@@ -177,6 +256,9 @@ impl Reliable {
             freed
         };
         if freed > 0 {
+            if let Some((peer, journal, _)) = &self.durable {
+                journal.acked(peer, lane, next_expected);
+            }
             self.room.notify_waiters();
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Encoded;
-use super::send::{BroadcastReport, Route, Started};
+use super::send::{BroadcastReport, Route};
 use crate::codec::CodecError;
 use crate::codec::encode_body;
 use crate::driver::shared::Shared;
@@ -94,8 +94,7 @@ impl<T: Serialize + 'static> Channel<T> {
         let max = self.shared.channels.spec(self.lane).max_message_size;
         match self.route().start_send(peer, encode_body(message, max)?) {
             Ok(()) => Ok(()),
-            Err(Started::Refused(error)) => Err(error),
-            Err(Started::Wait(bytes)) => self.route().wait_send(peer, bytes).await,
+            Err(started) => self.route().finish(peer, started).await,
         }
     }
 

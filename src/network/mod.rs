@@ -32,8 +32,8 @@ use crate::identity::{Keypair, PeerId};
 use crate::peers::{NetworkEvent, backoff};
 use crate::session::{ChannelId, ConnectionInfo};
 pub use channel::Channel;
+use send::Route;
 pub use send::{BroadcastReport, Skipped};
-use send::{Route, Started};
 
 /// A handle to a running peer-to-peer network node.
 ///
@@ -136,11 +136,30 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
                 )
             })
             .collect();
-        let reliable = config
-            .persistent_peers
-            .iter()
-            .map(|p| (p.id, Arc::new(Reliable::new(incarnation, &stream_bounds))))
-            .collect();
+        // Durable peers' streams come back from the data directory with the incarnation they
+        // had, so the peer tells a resend from new messages; the others start afresh.
+        let journal = match (&store, config.persistent_peers.iter().any(|p| p.durable)) {
+            (Some(store), true) => Some(crate::store::Journal::start(store.clone())?),
+            _ => None,
+        };
+        let mut reliable = crate::identity::PeerMap::default();
+        for peer in &config.persistent_peers {
+            let stream = match (&store, &journal) {
+                (Some(store), Some(journal)) if peer.durable => {
+                    let kept = store.load_stream(&peer.id, stream_bounds.len())?;
+                    let own = match kept.incarnation {
+                        Some(kept) => kept,
+                        None => {
+                            store.set_incarnation(&peer.id, incarnation)?;
+                            incarnation
+                        }
+                    };
+                    Reliable::durable(peer.id, own, &stream_bounds, kept.lanes, journal.clone())
+                }
+                _ => Arc::new(Reliable::new(incarnation, &stream_bounds)),
+            };
+            reliable.insert(peer.id, stream);
+        }
         // Channel 0's type is known now: it is open before any connection exists.
         let default = channels.spec(0);
         let (default_slot, inbox) = Slot::opened::<M>(default.inbox_capacity, default.inbox_bytes);
@@ -557,8 +576,7 @@ impl<M: Serialize + 'static> Network<M> {
         let max = self.shared.channels.spec(0).max_message_size;
         match self.route().start_send(peer, encode_body(message, max)?) {
             Ok(()) => Ok(()),
-            Err(Started::Refused(error)) => Err(error),
-            Err(Started::Wait(bytes)) => self.route().wait_send(peer, bytes).await,
+            Err(started) => self.route().finish(peer, started).await,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::driver::stream::StreamRefusal;
 use crate::error::SendError;
 use crate::identity::PeerId;
 use crate::session::inbound::Delivered;
+use crate::store::Commit;
 
 /// The outcome of a broadcast.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,13 +49,38 @@ pub enum Skipped {
     NotConnected,
 }
 
-/// How the non-waiting part of a send ended, when it did not queue the message.
+/// How the non-waiting part of a send ended, when it did not finish it.
 #[derive(Debug)]
 pub(crate) enum Started {
     /// Refused for good (not connected, own inbox full, closed).
     Refused(SendError),
     /// The peer's queue is full: the message back, to wait with.
     Wait(Bytes),
+    /// Accepted for a durable peer: waiting for the data directory to hold it (`None`: the
+    /// journal's queue was full, so it will not).
+    Commit(Option<Commit>),
+}
+
+/// Waits until a durable peer's message is on disk.
+async fn committed(peer: PeerId, commit: Option<Commit>) -> Result<(), SendError> {
+    let Some(commit) = commit else {
+        return Err(SendError::NotKept(
+            peer,
+            "the journal's queue is full".into(),
+        ));
+    };
+    match commit.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(SendError::NotKept(peer, reason)),
+        Err(_) => Err(SendError::NotKept(peer, "the journal stopped".into())),
+    }
+}
+
+/// What a push into a persistent peer's stream owes the caller: nothing, or (durable peer)
+/// the wait for the disk.
+enum Pushed {
+    Done,
+    Durable(Option<Commit>),
 }
 
 /// Why a non-blocking push was refused.
@@ -106,11 +132,19 @@ impl Route<'_> {
 
     /// Pushes without waiting, under the peer map's read lock (no reference counting on the
     /// hot path). A refused message is handed back.
-    fn try_push(&self, peer: PeerId, message: Bytes) -> Result<(), (Refusal, Bytes)> {
+    fn try_push(&self, peer: PeerId, message: Bytes) -> Result<Pushed, (Refusal, Bytes)> {
         if let Some(reliable) = self.shared.reliable.get(&peer) {
             // A persistent peer: accepted whether or not it is connected now.
+            let durable = reliable.is_durable();
             return reliable
                 .push(self.lane, message)
+                .map(|commit| {
+                    if durable {
+                        Pushed::Durable(commit)
+                    } else {
+                        Pushed::Done
+                    }
+                })
                 .map_err(|(_, message)| (Refusal::Full, message));
         }
         let peers = self.shared.peers.read();
@@ -119,6 +153,7 @@ impl Route<'_> {
         };
         link.queue
             .try_push(self.lane, message)
+            .map(|()| Pushed::Done)
             .map_err(|(error, message)| {
                 let refusal = match error {
                     PushError::Full | PushError::Stalled => Refusal::Full,
@@ -142,6 +177,7 @@ impl Route<'_> {
             return self.deliver_self(message);
         }
         self.try_push(peer, message)
+            .map(|_| ())
             .map_err(|(refusal, _)| match refusal {
                 Refusal::Full => {
                     self.refused_full(peer);
@@ -164,8 +200,10 @@ impl Route<'_> {
         let deadline =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.shared.send_wait);
         let outcome = if let Some(reliable) = self.shared.reliable.get(&peer) {
+            let durable = reliable.is_durable();
             match reliable.push_wait(self.lane, message, deadline).await {
-                Ok(()) => Ok(()),
+                Ok(commit) if durable => return committed(peer, commit).await,
+                Ok(_) => Ok(()),
                 Err((StreamRefusal::Full, _)) => Err(PushError::Full),
                 Err((StreamRefusal::Stalled | StreamRefusal::NoSuchChannel, _)) => {
                     Err(PushError::Stalled)
@@ -205,8 +243,16 @@ impl Route<'_> {
     pub(crate) async fn send(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
         match self.start_send(peer, message) {
             Ok(()) => Ok(()),
-            Err(Started::Refused(error)) => Err(error),
-            Err(Started::Wait(message)) => self.wait_send(peer, message).await,
+            Err(started) => self.finish(peer, started).await,
+        }
+    }
+
+    /// The waiting part of a send that `start_send` did not finish.
+    pub(crate) async fn finish(&self, peer: PeerId, started: Started) -> Result<(), SendError> {
+        match started {
+            Started::Refused(error) => Err(error),
+            Started::Wait(message) => self.wait_send(peer, message).await,
+            Started::Commit(commit) => committed(peer, commit).await,
         }
     }
 
@@ -218,7 +264,8 @@ impl Route<'_> {
             return self.deliver_self(message).map_err(Started::Refused);
         }
         match self.try_push(peer, message) {
-            Ok(()) => Ok(()),
+            Ok(Pushed::Done) => Ok(()),
+            Ok(Pushed::Durable(commit)) => Err(Started::Commit(commit)),
             Err((Refusal::NotConnected, _)) => Err(Started::Refused(SendError::NotConnected(peer))),
             Err((Refusal::Full, message)) => Err(Started::Wait(message)),
         }
@@ -238,6 +285,7 @@ impl Route<'_> {
         message: &Bytes,
         report: &mut BroadcastReport,
         mut waiting: Option<&mut Vec<PeerId>>,
+        mut commits: Option<&mut Vec<(PeerId, Option<Commit>)>>,
     ) {
         if self.delivers_to_self() {
             // First, so this node sees its own broadcast in the order it made them.
@@ -248,7 +296,12 @@ impl Route<'_> {
         }
         for (peer, reliable) in &self.shared.reliable {
             match (reliable.push(self.lane, message.clone()), waiting.as_mut()) {
-                (Ok(()), _) => report.queued += 1,
+                (Ok(commit), _) => {
+                    report.queued += 1;
+                    if let (true, Some(commits)) = (reliable.is_durable(), commits.as_mut()) {
+                        commits.push((*peer, commit));
+                    }
+                }
                 (Err((StreamRefusal::Full, _)), Some(waiting)) => waiting.push(*peer),
                 // Stalled, or nobody waits: no refusal is silent.
                 (Err(_), _) => {
@@ -295,7 +348,7 @@ impl Route<'_> {
     /// skipped and counted.
     pub(crate) fn try_broadcast(&self, message: &Bytes) -> BroadcastReport {
         let mut report = BroadcastReport::default();
-        self.offer(message, &mut report, None);
+        self.offer(message, &mut report, None, None);
         report
     }
 
@@ -312,7 +365,15 @@ impl Route<'_> {
     pub(crate) async fn broadcast(&self, message: &Bytes) -> BroadcastReport {
         let mut report = BroadcastReport::default();
         let mut waiting = Vec::new();
-        self.offer(message, &mut report, Some(&mut waiting));
+        let mut commits = Vec::new();
+        self.offer(message, &mut report, Some(&mut waiting), Some(&mut commits));
+        // Durable peers' copies are on disk before the broadcast returns (a failure is logged
+        // by the journal; the copy is still sent).
+        for (peer, commit) in commits {
+            if let Err(e) = committed(peer, commit).await {
+                tracing::warn!(%peer, error = %e, "broadcast to a durable peer not kept on disk");
+            }
+        }
         if waiting.is_empty() {
             return report;
         }

@@ -57,6 +57,10 @@ pub(crate) struct ReliableBuffer {
     needs_resume: bool,
     capacity: usize,
     max_bytes: usize,
+    /// For a durable peer: messages numbered below this are on disk, and only those may be
+    /// written to the peer (what a peer may have seen must survive our crash, or a restarted
+    /// process would number new messages as ones the peer already has). `None`: not durable.
+    durable_upto: Option<u64>,
     /// Messages written more than once (after a reconnect or rewind).
     pub(crate) resent: u64,
 }
@@ -74,6 +78,7 @@ impl ReliableBuffer {
             needs_resume: true,
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
+            durable_upto: None,
             resent: 0,
         }
     }
@@ -82,8 +87,9 @@ impl ReliableBuffer {
         self.incarnation
     }
 
-    /// Accepts a message (one always fits into an empty buffer); when full, hands it back.
-    pub(crate) fn push(&mut self, message: Bytes) -> Result<(), Bytes> {
+    /// Accepts a message (one always fits into an empty buffer) and returns its sequence
+    /// number; when full, hands it back.
+    pub(crate) fn push(&mut self, message: Bytes) -> Result<u64, Bytes> {
         let fits = self.unacked.is_empty()
             || (self.unacked.len() < self.capacity && self.bytes + message.len() <= self.max_bytes);
         if !fits {
@@ -91,12 +97,49 @@ impl ReliableBuffer {
         }
         self.bytes += message.len();
         self.unacked.push_back(message);
-        Ok(())
+        Ok(self.base_seq + self.unacked.len() as u64 - 1)
     }
 
-    /// Whether anything is waiting to be written on the current connection.
+    /// Puts back what an earlier process of this node had accepted and not seen acknowledged
+    /// (read from the data directory): numbered from `base_seq`, all of it, past the bounds
+    /// if need be (it was accepted once). Only on a fresh buffer.
+    pub(crate) fn restore(&mut self, base_seq: u64, messages: Vec<Bytes>) {
+        debug_assert!(self.unacked.is_empty());
+        self.base_seq = base_seq;
+        self.bytes = messages.iter().map(Bytes::len).sum();
+        self.durable_upto = Some(base_seq + messages.len() as u64);
+        self.unacked = messages.into();
+        self.cursor = 0;
+        self.partial = 0;
+        self.needs_resume = true;
+    }
+
+    /// Takes back the message just pushed (its write to disk could not even be queued).
+    pub(crate) fn unpush(&mut self) -> Option<Bytes> {
+        let last = self.unacked.len().checked_sub(1)?;
+        if self.cursor > last || (self.cursor == last && self.partial > 0) {
+            // Already (partly) written: it stays.
+            return None;
+        }
+        let message = self.unacked.pop_back()?;
+        self.bytes -= message.len();
+        Some(message)
+    }
+
+    /// Message `seq` (and every one before it) is on disk: it may be written to the peer.
+    pub(crate) fn committed(&mut self, seq: u64) {
+        if let Some(upto) = &mut self.durable_upto {
+            *upto = (*upto).max(seq + 1);
+        }
+    }
+
+    /// Whether anything is waiting to be written on the current connection (and, for a
+    /// durable peer, is on disk).
     pub(crate) fn has_unsent(&self) -> bool {
         self.cursor < self.unacked.len()
+            && self
+                .durable_upto
+                .is_none_or(|upto| self.base_seq + (self.cursor as u64) < upto)
     }
 
     /// Takes the next piece (at most 64 KiB) of the next unsent message; returns
@@ -109,6 +152,9 @@ impl ReliableBuffer {
     /// Takes the next piece (at most `piece` bytes) of the next unsent message, as
     /// `take_piece` does.
     fn take_piece_of(&mut self, lane: usize, piece: usize) -> Option<(Option<u64>, Piece)> {
+        if !self.has_unsent() {
+            return None;
+        }
         let message = self.unacked.get(self.cursor)?.clone();
         let resume = if self.needs_resume {
             self.needs_resume = false;
@@ -336,6 +382,28 @@ mod tests {
 
     fn m(i: u8) -> Bytes {
         Bytes::from(vec![i])
+    }
+
+    #[test]
+    fn a_durable_buffer_resumes_where_it_was_kept_and_sends_only_what_is_on_disk() {
+        let mut b = ReliableBuffer::new(7, 100, 1 << 20);
+        // Read back: messages 5 and 6 were on disk, unacknowledged.
+        b.restore(5, vec![m(5), m(6)]);
+        assert_eq!(b.depth(), (2, 2));
+        // A new message gets the next number, but waits for its write.
+        assert_eq!(b.push(m(7)), Ok(7));
+        assert_eq!(take_all(&mut b), (Some(5), vec![5, 6]));
+        assert!(!b.has_unsent(), "message 7 is not on disk yet");
+        // Its write could not even be queued: taken back, never sent.
+        assert_eq!(b.unpush(), Some(m(7)));
+        assert_eq!(b.push(m(7)), Ok(7));
+        b.committed(7);
+        assert_eq!(take_all(&mut b), (None, vec![7]));
+        assert_eq!(b.unpush(), None, "a message already written stays");
+        // A reconnect resends from the oldest unacknowledged, numbered as before.
+        b.ack(6);
+        b.restart();
+        assert_eq!(take_all(&mut b), (Some(6), vec![6, 7]));
     }
 
     fn take_all(b: &mut ReliableBuffer) -> (Option<u64>, Vec<u8>) {

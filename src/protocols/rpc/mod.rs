@@ -216,6 +216,10 @@ pub enum RequestError {
     /// The network or this protocol's task has shut down.
     #[error("the network has shut down")]
     Closed,
+    /// The peer is durable and the request could not be written to the data directory (it
+    /// was sent all the same; see [`SendError::NotKept`]).
+    #[error("request sent but not kept on disk: {0}")]
+    NotKept(String),
 }
 
 impl From<SendError> for RequestError {
@@ -225,6 +229,7 @@ impl From<SendError> for RequestError {
             SendError::Full(_) => Self::Full,
             SendError::Codec(CodecError::MessageTooLarge { .. }) => Self::TooLarge,
             SendError::Codec(e) => Self::Codec(e),
+            SendError::NotKept(_, reason) => Self::NotKept(reason),
         }
     }
 }
@@ -257,6 +262,10 @@ pub enum RespondError {
     /// one is fine: it is sent as one chunk).
     #[error("the client asked for one answer, not a stream")]
     NotStream,
+    /// The peer is durable and the answer could not be written to the data directory (it was
+    /// sent all the same; see [`SendError::NotKept`]).
+    #[error("answer sent but not kept on disk: {0}")]
+    NotKept(String),
 }
 
 impl From<SendError> for RespondError {
@@ -268,6 +277,7 @@ impl From<SendError> for RespondError {
             }
             SendError::Codec(e) => Self::Codec(e),
             SendError::Full(_) => Self::Full,
+            SendError::NotKept(_, reason) => Self::NotKept(reason),
         }
     }
 }
