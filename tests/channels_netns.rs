@@ -77,7 +77,8 @@ impl Link {
     fn create(test: &str, subnet: u8) -> Result<Self, String> {
         let pid = std::process::id();
         let devices: Vec<String> = (1..=2).map(|i| format!("pc{pid}s{subnet}e{i}")).collect();
-        let emulator = LinkEmulator::start(&devices, [10, 214, subnet], DELAY, 0)
+        let addrs = [vec![[10, 214, subnet, 1]], vec![[10, 214, subnet, 2]]];
+        let emulator = LinkEmulator::start(&devices, &addrs, DELAY, 0)
             .map_err(|e| format!("cannot start the link emulator: {e}"))?;
         let mut link = Self {
             namespaces: Vec::new(),

@@ -3,7 +3,7 @@
 //! traffic, a partition and heal, and a SIGKILL with restart. Every check is on what the nodes
 //! print: each message exactly once, in order per sender.
 //!
-//! Topology per test: one namespace per node, addressed `10.213.S.N/24` on its `eth0` (`S`
+//! Topology per test: one namespace per node, addressed `10.213.S.N/8` on its `eth0` (`S`
 //! differs per test). Where the kernel has netem (`sch_netem`), each `eth0` is a veth paired with
 //! `vN` on a bridge (`br0`) in a namespace of its own, with `tc netem delay 100ms loss 5%` on
 //! it; a partition sets the bridge port down. On a kernel without netem each `eth0` is a TUN
@@ -341,6 +341,8 @@ struct Lab {
     /// Every link's one-way delay and random loss (percent).
     delay: Duration,
     loss: u32,
+    /// Nodes per /24, when the lab spreads them over several (`None`: all in one).
+    per_24: Option<usize>,
 }
 
 impl Lab {
@@ -352,6 +354,19 @@ impl Lab {
 
     /// [`Lab::create`] with another impairment.
     fn create_with(test: &str, subnet: u8, n: usize, delay: Duration, loss: u32) -> Option<Self> {
+        Self::create_spread(test, subnet, n, delay, loss, None)
+    }
+
+    /// [`Lab::create_with`] with `per_24` nodes in each /24 (`10.213.S.0/24`, `S + 1`, ...),
+    /// as nodes on the Internet are, rather than all in one.
+    fn create_spread(
+        test: &str,
+        subnet: u8,
+        n: usize,
+        delay: Duration,
+        loss: u32,
+        per_24: Option<usize>,
+    ) -> Option<Self> {
         if let Some(reason) = unsupported() {
             skip::skip(&reason);
             return None;
@@ -382,6 +397,7 @@ impl Lab {
             emulator: None,
             delay,
             loss,
+            per_24,
         };
         if impairment == Impairment::Emulated {
             lab.create_emulated(n);
@@ -430,7 +446,8 @@ impl Lab {
         let devices: Vec<String> = (0..n)
             .map(|i| format!("pw{}s{}e{}", std::process::id(), self.subnet, i + 1))
             .collect();
-        let emulator = LinkEmulator::start(&devices, [10, 213, self.subnet], self.delay, self.loss)
+        let addrs: Vec<Vec<[u8; 4]>> = (0..n).map(|i| vec![self.octets(i)]).collect();
+        let emulator = LinkEmulator::start(&devices, &addrs, self.delay, self.loss)
             .unwrap_or_else(|e| self.fail(&format!("cannot start the link emulator: {e}")));
         self.emulator = Some(emulator);
         for (i, device) in devices.iter().enumerate() {
@@ -443,10 +460,11 @@ impl Lab {
         }
         self.note(&format!(
             "{n} namespaces joined by the userspace link emulator ({} ms delay, {}% loss per \
-             packet), 10.213.{}.0/24",
+             packet), {} to {}",
             self.delay.as_millis(),
             self.loss,
-            self.subnet
+            self.ip(0),
+            self.ip(n - 1)
         ));
     }
 
@@ -454,7 +472,8 @@ impl Lab {
     /// creates the node's key.
     fn configure_node(&mut self, i: usize) {
         let ns = self.namespace(i);
-        let cidr = format!("{}/24", self.ip(i));
+        // A /8: every node of the lab is on the link, whichever /24 or /16 it is in.
+        let cidr = format!("{}/8", self.ip(i));
         self.sh("ip", &["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
         self.sh("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
         self.sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
@@ -470,8 +489,24 @@ impl Lab {
         format!("v{}", i + 1)
     }
 
+    /// Node `i`'s address: `10.213.S.(i + 1)`, or with `per_24` set, that many nodes per /24,
+    /// each /24 in a /16 of its own (`10.100.S.0/24`, `10.101.S.0/24`, ...), as nodes on the
+    /// Internet are spread, rather than all in one.
+    fn octets(&self, i: usize) -> [u8; 4] {
+        match self.per_24 {
+            Some(per) => [
+                10,
+                100 + u8::try_from(i / per).unwrap(),
+                self.subnet,
+                u8::try_from(i % per + 1).unwrap(),
+            ],
+            None => [10, 213, self.subnet, u8::try_from(i + 1).unwrap()],
+        }
+    }
+
     fn ip(&self, i: usize) -> String {
-        format!("10.213.{}.{}", self.subnet, i + 1)
+        let [a, b, c, d] = self.octets(i);
+        format!("{a}.{b}.{c}.{d}")
     }
 
     fn addr(&self, i: usize) -> String {
@@ -1781,5 +1816,146 @@ fn a_registry_follows_8_nodes_joining_changing_and_leaving() {
     lab.note("a node with another compatibility value exited 1 naming both values");
     lab.nodes[8] = None;
     lab.nodes[9] = None;
+    lab.stop_all();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer exchange across 21 processes
+
+impl Lab {
+    /// Node `i` answers `/peers`; the ids it lists (known or connected).
+    fn known_peers(&mut self, i: usize) -> std::collections::HashSet<String> {
+        let from = self.mark(i);
+        self.send(i, "/peers");
+        thread::sleep(Duration::from_millis(300));
+        let node = self.node(i);
+        node.drain();
+        node.seen[from..]
+            .iter()
+            .filter_map(|l| l.strip_prefix("peer "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Peers node `i` holds a connection to now, from its join and leave lines.
+    fn connections(&mut self, i: usize) -> usize {
+        let node = self.node(i);
+        node.drain();
+        let mut open = std::collections::HashSet::new();
+        for line in &node.seen {
+            if let Some(rest) = line.strip_prefix("peer joined: ") {
+                open.insert(rest.split_whitespace().next().unwrap_or("").to_owned());
+            } else if let Some(rest) = line.strip_prefix("peer left: ") {
+                open.remove(rest.split_whitespace().next().unwrap_or(""));
+            }
+        }
+        open.len()
+    }
+}
+
+/// A seed and 20 nodes, 3 to a /24 and each /24 in its own /16, on 20 ms links. The nodes run
+/// `--discover --data-dir` and are given only the seed: every node comes to know every other.
+/// Then the seed is SIGKILLed and every node restarted with no `--peer` at all: they reconnect
+/// from the address books in their data directories. The times are printed beside the targets.
+#[test]
+fn twenty_nodes_find_each_other_through_a_seed_and_reconnect_from_their_books() {
+    let _alone = MACHINE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    const N: usize = 21;
+    let Some(mut lab) = Lab::create_spread("pex", 42, N, Duration::from_millis(20), 0, Some(3))
+    else {
+        return;
+    };
+    let seed = lab.addr(0);
+    lab.start(0, false, &["--discover"]);
+    let data = |lab: &Lab, i: usize| lab.dir.join(format!("n{}-data", i + 1));
+    let started = Instant::now();
+    for i in 1..N {
+        let dir = data(&lab, i);
+        lab.start(
+            i,
+            false,
+            &[
+                "--discover",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--peer",
+                &seed,
+            ],
+        );
+    }
+    // Every node lists the other 20.
+    let deadline = Instant::now() + WAIT;
+    let mut missing: Vec<usize> = (1..N).collect();
+    while !missing.is_empty() {
+        if Instant::now() > deadline {
+            let views: Vec<String> = missing
+                .iter()
+                .map(|&i| format!("n{} knows {}", i + 1, lab.known_peers(i).len()))
+                .collect();
+            lab.fail(&format!("not every node knows all others: {views:?}"));
+        }
+        let mut still = Vec::new();
+        for &i in &missing {
+            let known = lab.known_peers(i);
+            let all = (0..N)
+                .filter(|&j| j != i)
+                .all(|j| known.contains(&lab.ids[j]));
+            if !all {
+                still.push(i);
+            }
+        }
+        missing = still;
+        if !missing.is_empty() {
+            thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let everyone = started.elapsed();
+    lab.note(&format!(
+        "every node knows all 20 others {:.1} s after the first started (target 30 s)",
+        everyone.as_secs_f64()
+    ));
+    let degrees: Vec<usize> = (1..N).map(|i| lab.connections(i)).collect();
+    lab.note(&format!("connections per node: {degrees:?}"));
+
+    // The seed dies; every node stops (saving its book) and comes back told nothing.
+    lab.kill(0);
+    lab.stop_all();
+    for i in 1..N {
+        let node = lab.nodes[i].take().unwrap();
+        lab.gone.push(node);
+    }
+    let back = Instant::now();
+    for i in 1..N {
+        let dir = data(&lab, i);
+        lab.start(
+            i,
+            false,
+            &["--discover", "--data-dir", dir.to_str().unwrap()],
+        );
+    }
+    let deadline = Instant::now() + WAIT;
+    let mut first = None;
+    loop {
+        let counts: Vec<usize> = (1..N).map(|i| lab.connections(i)).collect();
+        if first.is_none() && counts.iter().all(|&c| c >= 1) {
+            first = Some(back.elapsed());
+        }
+        if counts.iter().all(|&c| c >= 4) {
+            break;
+        }
+        if Instant::now() > deadline {
+            lab.fail(&format!("not reconnected from the books: {counts:?}"));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    lab.note(&format!(
+        "restarted with no --peer: every node connected again after {:.1} s, to at least 4 after \
+         {:.1} s (target 5 s)",
+        first.unwrap_or_default().as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    ));
     lab.stop_all();
 }

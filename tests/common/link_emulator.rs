@@ -69,14 +69,21 @@ struct Delayed {
 }
 
 impl LinkEmulator {
-    /// Creates one TUN device per name; node `i` (device `names[i]`) owns the IPv4 address
-    /// `subnet.(i + 1)`. `loss_percent` of the packets are dropped, the rest delayed by `delay`.
+    /// Creates one TUN device per name; node `i` (device `names[i]`) owns the IPv4 addresses
+    /// `addrs[i]`. `loss_percent` of the packets are dropped, the rest delayed by `delay`.
     pub(crate) fn start(
         names: &[String],
-        subnet: [u8; 3],
+        addrs: &[Vec<[u8; 4]>],
         delay: Duration,
         loss_percent: u32,
     ) -> io::Result<Self> {
+        let owners: Arc<std::collections::HashMap<[u8; 4], usize>> = Arc::new(
+            addrs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, list)| list.iter().map(move |a| (*a, i)))
+                .collect(),
+        );
         let mut devices = Vec::with_capacity(names.len());
         for name in names {
             devices.push(Arc::new(Tun::new_named(Interface::new(name)?)?));
@@ -92,7 +99,7 @@ impl LinkEmulator {
             let to_delay = to_delay.clone();
             let counters = Arc::clone(&counters);
             let cut = Arc::clone(&cut);
-            let n = names.len();
+            let owners = Arc::clone(&owners);
             let mut random = SplitMix64::seeded(from as u64);
             thread::Builder::new()
                 .name(format!("link-emu-read-{from}"))
@@ -106,7 +113,7 @@ impl LinkEmulator {
                             Err(_) => return,
                         };
                         let packet = &buf[..len];
-                        let Some(to) = destination(packet, subnet, n) else {
+                        let Some(to) = destination(packet, &owners) else {
                             counters.unroutable.fetch_add(1, Ordering::Relaxed);
                             continue;
                         };
@@ -170,16 +177,14 @@ impl LinkEmulator {
     }
 }
 
-/// The node owning the IPv4 destination of `packet`, if it is in `subnet` and names one of the
-/// `n` nodes.
-fn destination(packet: &[u8], subnet: [u8; 3], n: usize) -> Option<usize> {
+/// The node owning the IPv4 destination of `packet`, if any does.
+fn destination(packet: &[u8], owners: &std::collections::HashMap<[u8; 4], usize>) -> Option<usize> {
     let version = packet.first()? >> 4;
-    let dst = packet.get(16..20)?;
-    if version != 4 || dst[..3] != subnet {
+    let dst: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
+    if version != 4 {
         return None;
     }
-    let host = usize::from(dst[3]);
-    (1..=n).contains(&host).then(|| host - 1)
+    owners.get(&dst).copied()
 }
 
 /// A small seeded generator: loss needs to be random, not cryptographic.

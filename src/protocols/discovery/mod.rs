@@ -59,6 +59,10 @@ pub struct DiscoveryConfig {
     /// Shortest time between two requests from one peer; sooner ones are refused (and, past
     /// the request protocol's allowance, charged). Default 5 s.
     pub min_request_interval: Duration,
+    /// How often a node at `target_peers` still asks one neighbour for peers, so that what it
+    /// knows keeps up with the network (nodes that joined after its first exchanges). Default
+    /// 10 s.
+    pub refresh: Duration,
     /// Address-book entries learned from one source /24 (or /48). Default 10.
     pub max_per_source: usize,
     /// Address-book entries per address /24 (or /48). Default 4.
@@ -77,6 +81,7 @@ impl DiscoveryConfig {
             max_answer: 32,
             accept_per_answer: 8,
             min_request_interval: Duration::from_secs(5),
+            refresh: Duration::from_secs(10),
             max_per_source: 10,
             max_per_24: 4,
             max_per_16: 16,

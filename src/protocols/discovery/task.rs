@@ -359,14 +359,20 @@ fn answer(inner: &Inner, request: Request<Ask, Peers>) {
 }
 
 /// A connected neighbour not asked for `min_request_interval` (so it will not refuse), while
-/// the node is under its target.
+/// the node is under its target; at the target, one every `refresh`.
 fn ask_again(inner: &Inner) -> Option<PeerId> {
     let connected = inner.face.connected();
-    if connected.is_empty() || connected.len() >= inner.config.target_peers {
+    if connected.is_empty() {
         return None;
     }
     let now = Instant::now();
     let mut state = inner.state.lock();
+    if connected.len() >= inner.config.target_peers {
+        let last = state.we_asked.values().max().copied();
+        if last.is_some_and(|at| now.saturating_duration_since(at) < inner.config.refresh) {
+            return None;
+        }
+    }
     let start = (state.next() as usize) % connected.len();
     let wait = inner.config.min_request_interval;
     (0..connected.len())
