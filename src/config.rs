@@ -55,6 +55,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address advertised to peers in the handshake; defaults to the bound listen address.
     pub advertised_addr: Option<SocketAddr>,
+    /// Local address outbound connections are made from, for a host with several addresses
+    /// (peers see, and limit per address, the one a connection comes from). Default none: the
+    /// OS chooses.
+    pub dial_from: Option<std::net::IpAddr>,
     /// Directory where the node keeps what it knows across its own restart: peer exchange's
     /// address book and anchors, a member's last registry list, and the application's entries
     /// ([`crate::Network::data`]). One node per directory (a second one is refused at start).
@@ -215,6 +219,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertised_addr: None,
             data_dir: None,
+            dial_from: None,
             network_id: "peerwire".to_owned(),
             read_chunk_size: 64 * 1024,
             max_message_size: 16 * 1024 * 1024,
@@ -422,6 +427,13 @@ impl Config {
     /// Every channel, by dense index (0 is the default channel).
     pub(crate) fn channel_table(&self) -> ChannelTable {
         ChannelTable::new(self.default_channel(), &self.channels)
+    }
+
+    /// Sets [`Config::dial_from`].
+    #[must_use]
+    pub fn dial_from(mut self, ip: std::net::IpAddr) -> Self {
+        self.dial_from = Some(ip);
+        self
     }
 
     /// Sets [`Config::data_dir`].

@@ -38,7 +38,10 @@ impl Proc {
     /// Starts the program; with `keep_stdin` false its stdin is closed from the start.
     fn spawn(name: &'static str, args: &[&str], keep_stdin: bool) -> Self {
         let mut command = Command::new(BIN);
-        command.args(args).env("RUST_LOG", "info");
+        command.args(args).env(
+            "RUST_LOG",
+            std::env::var("PW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let stdin = if keep_stdin {
             Stdio::piped()
         } else {

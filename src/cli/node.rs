@@ -65,6 +65,9 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     // up still shuts it down gracefully instead of killing it.
     let mut shutdown = ShutdownSignal::new()?;
     let (net, inbox) = Network::<Bytes>::start(declare(config), keypair).await?;
+    // Subscribed before anything can dial (discovery and registration dial at start, from the
+    // data directory), so that no join is missed.
+    let events = net.events();
     let mut kv = super::kv::Kv::start(&net)?;
     let mut pubsub = super::pubsub::PubSub::start(&net)?;
     // Peer exchange (--discover): a node given one --peer finds the others through it.
@@ -96,8 +99,6 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     };
     // Subscribed at once: a refusal takes at least a round trip to the registry.
     let mut member_events = membership.as_ref().map(Membership::events);
-    // Subscribe before any dial so that no join is missed.
-    let events = net.events();
     println!("peer id: {}", net.local_peer_id());
     println!("listening on: {}", net.local_addr());
     println!("{}", super::kv::usage());
@@ -166,6 +167,10 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     }
 
     dialers.abort_all();
+    if let Some(discovery) = &discovery {
+        // Now, not when its task notices the shutdown: the process may be gone by then.
+        discovery.save();
+    }
     if let Some(membership) = membership {
         // Deregistered at once: the others learn now, not after three missed heartbeats.
         membership.leave().await;

@@ -105,6 +105,21 @@ impl Value for Option<SocketAddr> {
     }
 }
 
+impl Value for Option<std::net::IpAddr> {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{text:?} is not an IP address such as 203.0.113.7"))
+    }
+    fn toml(&self) -> String {
+        self.map_or_else(|| "\"\"".to_owned(), |a| format!("\"{a}\""))
+    }
+}
+
 impl Value for Option<std::path::PathBuf> {
     fn parse(text: &str) -> Result<Self, String> {
         Ok((!text.trim().is_empty()).then(|| std::path::PathBuf::from(text.trim())))
@@ -154,6 +169,7 @@ macro_rules! settings {
 
 settings! {
     advertised_addr: Option<SocketAddr> = "Address peers should dial this node at, if not the listen address (behind NAT). Empty: the bound address.",
+    dial_from: Option<std::net::IpAddr> = "Local address outbound connections are made from (a host with several addresses). Empty: the OS chooses.",
     data_dir: Option<std::path::PathBuf> = "Directory where the node keeps what it knows across its restart (address book, anchors, registry list, application entries). Empty: nothing is kept.",
     read_chunk_size: usize = "Bytes asked of the kernel per read.",
     max_message_size: usize = "Largest encoded application message, sent or received, in bytes.",

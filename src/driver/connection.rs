@@ -134,7 +134,7 @@ impl SocketTask {
             Some(stream) => stream,
             None => {
                 self.shared.state.set(SocketState::Connecting);
-                let dial = timeout(config.connect_timeout, TcpStream::connect(addr));
+                let dial = timeout(config.connect_timeout, dial_from(addr, config.dial_from));
                 let dialed = tokio::select! {
                     () = self.shared.cancel.cancelled() => return Err(cancelled()),
                     r = dial => r,
@@ -451,3 +451,21 @@ fn limit_unsent(stream: &TcpStream, lowat: u32) {
 
 #[cfg(not(target_os = "linux"))]
 fn limit_unsent(_stream: &TcpStream, _lowat: u32) {}
+
+/// Dials `addr`, from `from` when given (a host with several addresses dials from the one its
+/// peers know it by), else from the address the OS chooses.
+async fn dial_from(
+    addr: std::net::SocketAddr,
+    from: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(ip) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}

@@ -236,6 +236,17 @@ impl ProtocolFace {
         self.shared.peers.read().keys().copied().collect()
     }
 
+    /// Connected peers whose connection this node dialed: the ones a flood of inbound
+    /// connections cannot make up.
+    pub(crate) fn outbound(&self) -> usize {
+        self.shared
+            .peers
+            .read()
+            .values()
+            .filter(|s| s.direction == crate::session::Direction::Outbound)
+            .count()
+    }
+
     /// Whether `peer` is a persistent peer (its messages survive cuts and restarts).
     pub(crate) fn is_persistent(&self, peer: PeerId) -> bool {
         self.shared.reliable.contains_key(&peer)

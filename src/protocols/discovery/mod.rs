@@ -28,6 +28,9 @@
 
 mod task;
 
+#[cfg(test)]
+mod poison_tests;
+
 use std::time::Duration;
 
 use serde::Serialize;
@@ -45,7 +48,9 @@ use crate::session::ChannelId;
 pub struct DiscoveryConfig {
     /// The channel exchanges travel on (declare it in [`crate::Config`]).
     pub channel: ChannelId,
-    /// Connections this node keeps by dialing peers from its address book. Default 8.
+    /// Connections this node keeps by dialing peers from its address book. Only connections
+    /// it dialed count, so inbound connections (which anybody can open) never take these
+    /// slots. Default 8.
     pub target_peers: usize,
     /// How often the node looks for peers to dial while under `target_peers`, and asks a
     /// connected peer for more. Default 1 s.

@@ -18,7 +18,7 @@ use crate::network::ProtocolFace;
 use crate::peers::NetworkEvent;
 use crate::peers::book::{Book, BookLimits};
 use crate::peers::record::PeerRecord;
-use crate::protocols::rpc::{Request, RpcClient, RpcServer};
+use crate::protocols::rpc::{Request, RequestError, RpcClient, RpcServer};
 use crate::store::{ANCHORS, BOOK};
 
 /// A request for peers.
@@ -30,7 +30,7 @@ pub(crate) struct Ask {
 /// The answer: the answering node's own record first, then a sample of those it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Peers {
-    records: Vec<PeerRecord>,
+    pub(crate) records: Vec<PeerRecord>,
 }
 
 /// Refusal code: asked again too soon.
@@ -96,6 +96,12 @@ impl Discovery {
             .collect();
         known.sort();
         known
+    }
+
+    /// Writes the address book to the data directory now, if it changed since the last write
+    /// (it is also written every `interval` and when discovery stops). For a graceful stop.
+    pub fn save(&self) {
+        save(&self.inner);
     }
 
     /// The peers most recently reached by dialing, newest first: dial these first after a
@@ -367,7 +373,7 @@ fn ask_again(inner: &Inner) -> Option<PeerId> {
     }
     let now = Instant::now();
     let mut state = inner.state.lock();
-    if connected.len() >= inner.config.target_peers {
+    if inner.face.outbound() >= inner.config.target_peers {
         let last = state.we_asked.values().max().copied();
         if last.is_some_and(|at| now.saturating_duration_since(at) < inner.config.refresh) {
             return None;
@@ -389,8 +395,20 @@ fn ask_again(inner: &Inner) -> Option<PeerId> {
 async fn exchange(inner: Arc<Inner>, client: RpcClient<Ask, Peers>, peer: PeerId) {
     inner.state.lock().we_asked.insert(peer, Instant::now());
     let max = u16::try_from(inner.config.max_answer).unwrap_or(u16::MAX);
-    let Ok(answer) = client.request(peer, &Ask { max }).await else {
-        return;
+    let mut tries = 0;
+    let answer = loop {
+        match client.request(peer, &Ask { max }).await {
+            Ok(answer) => break answer,
+            // The connection was switched under the request (two nodes dialing each other at
+            // once keep one connection, silently): ask again on the one kept, a few times.
+            Err(RequestError::Disconnected | RequestError::NotConnected)
+                if tries < 3 && inner.face.is_connected(peer) =>
+            {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(_) => return,
+        }
     };
     let source = inner.face.peer_addr(peer).map(|a| a.ip());
     let mut records = answer.records;
@@ -441,10 +459,12 @@ async fn exchange(inner: Arc<Inner>, client: RpcClient<Ask, Peers>, peer: PeerId
 
 /// A book entry to dial while under the target, not connected and not ourselves.
 fn pick(inner: &Inner) -> Option<(PeerId, SocketAddr)> {
-    let connected = inner.face.connected();
-    if connected.len() >= inner.config.target_peers {
+    // Only connections this node dialed count: inbound ones, which anybody can open, never
+    // fill its outbound slots (an eclipse by inbound flood).
+    if inner.face.outbound() >= inner.config.target_peers {
         return None;
     }
+    let connected = inner.face.connected();
     let mut state = inner.state.lock();
     for _ in 0..8 {
         let (coin, pick) = (state.next(), state.next());
