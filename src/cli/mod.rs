@@ -251,7 +251,7 @@ pub(crate) struct NodeArgs {
     /// Serve Prometheus metrics on this address at /metrics (GET or HEAD), and /healthz.
     #[arg(long, value_name = "ADDR", env = "PEERWIRE_METRICS")]
     pub(crate) metrics: Option<SocketAddr>,
-    /// Find other nodes through the connected ones (peer exchange) and connect to up to 8;
+    /// Find other nodes through the connected ones (peer exchange) and dial until 8 of its connections are ones it made;
     /// `/peers` lists them. Off by default: without it the node keeps exactly the
     /// connections it is given.
     #[arg(long, env = "PEERWIRE_DISCOVER")]
