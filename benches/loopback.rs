@@ -12,6 +12,10 @@
 //! - `one_way/peerwire_reliable/SIZE`: as `peerwire_send`, with B a persistent peer of A, so
 //!   every message goes through A's reliable stream (numbered, kept until B acknowledges it) and
 //!   B judges its sequence numbers: the path validators use.
+//! - `one_way/peerwire_durable/SIZE`: as `peerwire_reliable`, with B a durable peer: every
+//!   message is written to A's data directory (redb, group-committed) before it may go on the
+//!   wire and before `send` returns. One sender in sequence, so each send waits for its own
+//!   commit: the worst case for the journal.
 //! - `one_way/plain_tcp/SIZE`: the baseline: `FramedWrite<_, LengthDelimitedCodec>` fed N
 //!   messages then flushed, a `FramedRead` on the other end counting frames. No encryption, no
 //!   actor, no queues. The write buffer's back-pressure boundary is raised to 256 KiB to match
@@ -292,6 +296,36 @@ impl PeerwirePair {
         })
     }
 
+    /// A pair where `b` is a durable peer of `a`: every message is also written to `a`'s data
+    /// directory (a fresh one under the system's temporary directory) before `send` returns.
+    /// One sender sending in sequence: each send waits for its own commit.
+    fn start_durable(rt: &Runtime) -> Self {
+        rt.block_on(async {
+            let dir =
+                std::env::temp_dir().join(format!("peerwire-bench-durable-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let (b, b_inbox) = start_node().await;
+            let b_id = b.local_peer_id();
+            let (a, a_inbox) = Network::start(
+                config().data_dir(&dir).durable_peer(b.local_addr(), b_id),
+                Keypair::generate(),
+            )
+            .await
+            .unwrap();
+            wait_connected(&a, b_id).await;
+            wait_connected(&b, a.local_peer_id()).await;
+            let received = count_inbox(b_inbox);
+            Self {
+                a,
+                b,
+                b_id,
+                _a_inbox: a_inbox,
+                received,
+                expected: 0,
+            }
+        })
+    }
+
     /// One timed run of `iters` batches of `n` messages; returns the elapsed time.
     fn run(
         &mut self,
@@ -467,6 +501,11 @@ fn one_way(c: &mut Criterion, rt: &Runtime) {
         &[("peerwire_reliable", false)],
     );
     reliable.shutdown(rt);
+
+    // The same with the messages kept on disk first (a durable peer).
+    let mut durable = PeerwirePair::start_durable(rt);
+    one_way_cases(&mut group, rt, &mut durable, &[("peerwire_durable", false)]);
+    durable.shutdown(rt);
 
     let mut plain = PlainPair::start(rt);
     for (size, label, n) in ONE_WAY {

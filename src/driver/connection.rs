@@ -380,10 +380,20 @@ impl SocketTask {
                     .unwrap_or(DisconnectReason::Shutdown);
                 self.enter_closing(&reason);
                 let mut writer_joined = false;
-                if let DisconnectReason::Misbehaviour { .. } = reason {
+                match &reason {
                     // Tell the peer why before cutting it off.
-                    self.shared.close_gracefully(reason.clone());
-                    writer_joined = timeout(grace, &mut writer).await.is_ok();
+                    DisconnectReason::Misbehaviour { .. } => {
+                        self.shared.close_gracefully(reason.clone());
+                        writer_joined = timeout(grace, &mut writer).await.is_ok();
+                    }
+                    // The peer said goodbye and reads on until we close too (see the writer's
+                    // end below): flush what was accepted for it, then our goodbye, so a
+                    // message queued just before a replacement or a shutdown is not lost.
+                    DisconnectReason::RemoteGoodbye(_) => {
+                        self.shared.close_gracefully(reason.clone());
+                        writer_joined = timeout(grace, &mut writer).await.is_ok();
+                    }
+                    _ => {}
                 }
                 self.shared.cancel.cancel();
                 if !writer_joined {
