@@ -1378,3 +1378,80 @@ fn a_durable_peer_gets_every_line_after_the_sender_is_sigkilled_and_restarted() 
         "no line twice"
     );
 }
+
+#[test]
+fn a_shared_file_is_pushed_to_every_peer_and_fetched_byte_for_byte() {
+    let dir = TempDir::new("blobs");
+    let source = dir.file("source.bin");
+    // 3 MiB: twelve pieces, so receivers fetch pieces from each other.
+    let content: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&source, &content).unwrap();
+    let (mut a, a_id, a_addr) = kv_node("node a", "127.0.0.1:0", &[]);
+    let (mut b, b_id, _) = kv_node("node b", "127.0.0.1:0", &["--peer", &a_addr]);
+    let (mut c, c_id, _) = kv_node("node c", "127.0.0.1:0", &["--peer", &a_addr]);
+    for id in [&b_id, &c_id] {
+        a.line("a peer joining", |l| {
+            l.starts_with(&format!("peer joined: {id}"))
+        });
+    }
+    b.line("a joining b", |l| {
+        l.starts_with(&format!("peer joined: {a_id}"))
+    });
+    c.line("a joining c", |l| {
+        l.starts_with(&format!("peer joined: {a_id}"))
+    });
+    a.write_line(&format!("/share {source}"));
+    let shared = a.line("the blob id", |l| l.starts_with("shared "));
+    let blob = shared
+        .split(" as ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(shared, format!("shared {source} as {blob} (3145728 bytes)"));
+    a.write_line(&format!("/push {blob}"));
+    a.line("the push report", |l| {
+        l == format!("pushed {blob}: 2 peers hold it, 0 failed")
+    });
+    for node in [&mut b, &mut c] {
+        node.line("the offer", |l| {
+            l == format!("receiving {blob} (3145728 bytes) pushed by {a_id}")
+        });
+        node.line("the blob", |l| l == format!("blob {blob} complete"));
+    }
+    // Held already: /fetch writes it out at once.
+    let copy = dir.file("copy.bin");
+    c.write_line(&format!("/fetch {blob} {copy}"));
+    c.line("the fetch", |l| {
+        l == format!("fetched {blob} to {copy} (3145728 bytes, verified)")
+    });
+    assert!(std::fs::read(&copy).unwrap() == content, "the copy differs");
+    // A fourth node that was not there for the push fetches it from the others.
+    let (mut d, _, _) = kv_node("node d", "127.0.0.1:0", &["--peer", &a_addr]);
+    d.line("a joining d", |l| {
+        l.starts_with(&format!("peer joined: {a_id}"))
+    });
+    let late = dir.file("late.bin");
+    d.write_line(&format!("/fetch {blob} {late}"));
+    d.line("the late fetch", |l| {
+        l == format!("fetched {blob} to {late} (3145728 bytes, verified)")
+    });
+    assert!(
+        std::fs::read(&late).unwrap() == content,
+        "the late copy differs"
+    );
+    // Mistakes say what is expected.
+    d.write_line("/fetch nonsense here");
+    d.line("a bad id", |l| {
+        l.starts_with("/fetch nonsense: a blob id is 64 hexadecimal digits")
+    });
+    d.write_line(&format!("/share {}", dir.file("missing.bin")));
+    d.line("a missing file", |l| {
+        l.starts_with("/share ") && l.contains("cannot read")
+    });
+    for mut node in [a, b, c, d] {
+        assert!(node.terminate().success());
+    }
+}

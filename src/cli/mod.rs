@@ -1,5 +1,6 @@
 //! Command-line interface: the clap argument types and the dispatch to each subcommand.
 
+mod blobs;
 mod cluster;
 mod config_file;
 mod demo;

@@ -70,6 +70,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let events = net.events();
     let mut kv = super::kv::Kv::start(&net)?;
     let mut pubsub = super::pubsub::PubSub::start(&net)?;
+    let mut blobs = super::blobs::Blobs::start(&net)?;
     // Peer exchange (--discover): a node given one --peer finds the others through it.
     let discovery = if args.discover {
         Some(net.discovery(DISCOVERY_CHANNEL)?)
@@ -150,7 +151,10 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
                             print_peers(&net, discovery.as_ref(), membership.as_ref());
                         } else if let Some(state) = text.strip_prefix("/state ") {
                             set_state(membership.as_ref(), state);
-                        } else if !kv.command(text, &names) && !pubsub.command(text) {
+                        } else if !kv.command(text, &names)
+                            && !pubsub.command(text)
+                            && !blobs.command(text)
+                        {
                             println!("unknown command; {}", super::kv::usage());
                         }
                     } else {
@@ -177,6 +181,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     }
     kv.stop().await;
     pubsub.stop().await;
+    blobs.stop().await;
     net.shutdown().await;
     stop_printing.cancel();
     if let Some(metrics) = metrics {
@@ -213,7 +218,7 @@ fn load_key(path: Option<&std::path::Path>) -> Result<Keypair> {
 /// Every channel a node uses. The registry declares them too, so nothing a node sends it is
 /// charged as traffic on an undeclared channel.
 fn declare(config: peerwire::Config) -> peerwire::Config {
-    super::pubsub::declare(super::kv::declare(config))
+    super::blobs::declare(super::pubsub::declare(super::kv::declare(config)))
         .channel(DISCOVERY_CHANNEL, peerwire::ChannelSpec::high())
         .channel(REGISTRY_CHANNEL, peerwire::ChannelSpec::high())
 }

@@ -21,9 +21,10 @@ use super::core::{Core, JoinError, Output, PublishError, TopicStats, Verdict};
 use super::wire::{self, MsgId, Publication, Wire};
 use crate::codec::{decode_body, decode_message, encode_body, encode_message};
 use crate::driver::inbox::Inbox;
-use crate::identity::{PeerId, PeerMap, VerifierCache};
+use crate::identity::{PeerId, VerifierCache};
 use crate::network::{Channel, ProtocolFace};
 use crate::peers::NetworkEvent;
+use crate::protocols::Scores;
 
 /// A publication on its way to a subscription.
 #[derive(Debug)]
@@ -40,7 +41,7 @@ struct State {
     subscriptions: HashMap<String, mpsc::Sender<Delivered>>,
     /// Topics joined with [`Gossip::relay`]: they stay joined when their subscription ends.
     relayed: HashSet<String>,
-    scores: PeerMap<u32>,
+    scores: Scores,
     verifier: VerifierCache,
     armed: Option<Instant>,
 }
@@ -112,15 +113,8 @@ impl Inner {
                         }
                     }
                     Output::Charge { peer, points, why } => {
-                        let budget = self.config.misbehaviour_budget.max(1);
-                        let score = state.scores.entry(peer).or_default();
-                        let before = *score;
-                        *score = score.saturating_add(points);
-                        tracing::debug!(%peer, points, why, "gossip charge");
-                        if before < budget && *score >= budget {
-                            tracing::warn!(%peer, why, "banned: broke the gossip protocol too often");
-                            self.face.ban(peer);
-                        }
+                        let budget = (self.config.misbehaviour_budget, "gossip");
+                        state.scores.charge(&self.face, budget, peer, points, why);
                     }
                 }
             }
@@ -160,7 +154,7 @@ pub(super) fn spawn(
             core: Core::new(config.limits()),
             subscriptions: HashMap::new(),
             relayed: HashSet::new(),
-            scores: PeerMap::default(),
+            scores: Scores::default(),
             verifier: VerifierCache::default(),
             armed: None,
         }),
@@ -216,7 +210,7 @@ async fn run(
                 }
                 Ok(NetworkEvent::Disconnected { peer, .. }) => {
                     inner.with(|state, out| {
-                        state.scores.remove(&peer);
+                        state.scores.forget(&peer);
                         state.core.on_disconnected(peer, out);
                     });
                 }

@@ -1,0 +1,586 @@
+//! The swarm's core, many nodes in one deterministic simulation: messages are delivered in
+//! order through one queue and the clock moves only by hand.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::core::{Core, FetchError, Limits, Output, PushError, PushReport};
+use super::merkle::{BlobId, Info, Tree};
+use super::wire::Wire;
+use crate::identity::PeerId;
+
+fn limits() -> Limits {
+    Limits {
+        max_blob_size: 1 << 30,
+        max_blobs: 4,
+        max_memory: 1 << 30,
+        pipeline: 4,
+        endgame: 4,
+        max_members: 64,
+        timeout_min: Duration::from_secs(2),
+        timeout_per_mib: Duration::from_secs(4),
+        accept_offers: true,
+        seed: 0,
+    }
+}
+
+fn id(i: usize) -> PeerId {
+    PeerId::from_bytes([i as u8 + 1; 32])
+}
+
+fn make_blob(len: usize, piece_size: u32) -> (Info, Tree, Bytes) {
+    let data: Bytes = (0..len)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let tree = Tree::build(data.chunks(piece_size as usize));
+    let info = Info {
+        len: len as u64,
+        piece_size,
+        root: tree.root(),
+    };
+    (info, tree, data)
+}
+
+struct Sim {
+    nodes: Vec<Core>,
+    queue: VecDeque<(usize, usize, Wire, Bytes)>,
+    now: Instant,
+    charges: Vec<(usize, usize, u32)>,
+    complete: Vec<(usize, BlobId)>,
+    pushed: Vec<(usize, PushReport)>,
+    failed: Vec<(usize, FetchError)>,
+    /// Nodes whose pieces are corrupted on the way out.
+    liars: Vec<usize>,
+    /// Nodes that answer nothing (their messages vanish).
+    mute: Vec<usize>,
+    /// Bytes of pieces sent, by sender.
+    uploaded: Vec<u64>,
+}
+
+impl Sim {
+    fn new(n: usize, limits: impl Fn(usize) -> Limits) -> Self {
+        let now = Instant::now();
+        let mut sim = Self {
+            nodes: (0..n)
+                .map(|i| {
+                    Core::new(
+                        Limits {
+                            seed: i as u64 * 7919,
+                            ..limits(i)
+                        },
+                        id(i),
+                    )
+                })
+                .collect(),
+            queue: VecDeque::new(),
+            now,
+            charges: Vec::new(),
+            complete: Vec::new(),
+            pushed: Vec::new(),
+            failed: Vec::new(),
+            liars: Vec::new(),
+            mute: Vec::new(),
+            uploaded: vec![0; n],
+        };
+        for a in 0..n {
+            for b in 0..n {
+                if a != b {
+                    let mut out = Vec::new();
+                    sim.nodes[a].on_connected(id(b), now, &mut out);
+                    sim.apply(a, out);
+                }
+            }
+        }
+        sim
+    }
+
+    fn index(peer: PeerId) -> usize {
+        peer.as_bytes()[0] as usize - 1
+    }
+
+    fn apply(&mut self, from: usize, out: Vec<Output>) {
+        for output in out {
+            match output {
+                Output::Send { peer, wire, data } => {
+                    if self.mute.contains(&from) {
+                        continue;
+                    }
+                    let mut data = data.unwrap_or_default();
+                    if matches!(wire, Wire::Piece { .. }) {
+                        self.uploaded[from] += data.len() as u64;
+                        if self.liars.contains(&from) {
+                            let mut bad = data.to_vec();
+                            bad[0] ^= 0xff;
+                            data = bad.into();
+                        }
+                    }
+                    self.queue.push_back((from, Self::index(peer), wire, data));
+                }
+                Output::Charge { peer, points, .. } => {
+                    self.charges.push((from, Self::index(peer), points));
+                }
+                Output::Complete { blob } => self.complete.push((from, blob)),
+                Output::Pushed { report, .. } => self.pushed.push((from, report)),
+                Output::Failed { why, .. } => self.failed.push((from, why)),
+                Output::Offered { .. } => {}
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        let mut steps = 0;
+        while let Some((from, to, wire, data)) = self.queue.pop_front() {
+            let mut out = Vec::new();
+            self.nodes[to].on_wire(id(from), wire, data, self.now, &mut out);
+            self.apply(to, out);
+            steps += 1;
+            assert!(steps < 1_000_000, "the simulation does not settle");
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        for i in 0..self.nodes.len() {
+            let mut out = Vec::new();
+            self.nodes[i].poll(self.now, &mut out);
+            self.apply(i, out);
+        }
+        self.run();
+    }
+
+    fn disconnect(&mut self, gone: usize) {
+        for i in 0..self.nodes.len() {
+            if i != gone {
+                let mut out = Vec::new();
+                self.nodes[i].on_disconnected(id(gone), self.now, &mut out);
+                self.apply(i, out);
+            }
+        }
+        self.mute.push(gone);
+        self.queue
+            .retain(|(from, to, ..)| *from != gone && *to != gone);
+    }
+
+    fn add(&mut self, node: usize, info: Info, tree: Tree, data: Bytes) -> BlobId {
+        let mut out = Vec::new();
+        let blob = self.nodes[node].add(info, tree, data, &mut out).unwrap();
+        self.apply(node, out);
+        blob
+    }
+
+    fn push(&mut self, node: usize, blob: BlobId, to: &[usize]) {
+        let mut out = Vec::new();
+        let receivers: Vec<PeerId> = to.iter().map(|i| id(*i)).collect();
+        self.nodes[node]
+            .push(blob, &receivers, self.now, &mut out)
+            .unwrap();
+        self.apply(node, out);
+    }
+
+    fn holds(&self, node: usize, blob: &BlobId, data: &Bytes) -> bool {
+        self.nodes[node].get(blob).as_ref() == Some(data)
+    }
+}
+
+#[test]
+fn a_push_to_eight_reaches_all_with_one_copy_from_the_source() {
+    let mut sim = Sim::new(9, |_| limits());
+    let (info, tree, data) = make_blob(256 * 1024 + 100, 1024);
+    let blob = sim.add(0, info, tree, data.clone());
+    sim.push(0, blob, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    sim.run();
+    for r in 1..9 {
+        assert!(sim.holds(r, &blob, &data), "receiver {r}");
+        let progress = sim.nodes[r].progress(&blob).unwrap();
+        assert!(progress.is_complete());
+        assert!(
+            progress.duplicate_bytes * 20 <= data.len() as u64,
+            "receiver {r}: {} duplicate bytes",
+            progress.duplicate_bytes
+        );
+    }
+    let mut report = sim.pushed[0].1.clone();
+    report.completed.sort();
+    assert_eq!(report.completed, (1..9).map(id).collect::<Vec<_>>());
+    assert!(report.failed.is_empty());
+    // Every piece left the source exactly once; the receivers carried the other seven copies.
+    assert_eq!(sim.uploaded[0], data.len() as u64);
+    let relayed: u64 = sim.uploaded[1..].iter().sum();
+    assert!(relayed >= 7 * data.len() as u64, "{relayed}");
+    assert!(sim.charges.is_empty(), "{:?}", sim.charges);
+}
+
+#[test]
+fn pieces_are_asked_rarest_first_and_receivers_start_on_different_ones() {
+    // Node 0 holds everything, node 1 holds only the first half: node 2 asks node 1 first
+    // for nothing rare... the rare pieces are the second half, held by node 0 alone.
+    let mut sim = Sim::new(3, |_| limits());
+    let (info, tree, data) = make_blob(64 * 1024, 1024);
+    let blob = sim.add(0, info, tree, data.clone());
+    let mut out = Vec::new();
+    sim.nodes[2]
+        .fetch(blob, &[id(0)], sim.now, &mut out)
+        .unwrap();
+    // Before anything is delivered, node 2 has asked nobody (it knows no pieces yet).
+    assert!(out.iter().all(|o| !matches!(
+        o,
+        Output::Send {
+            wire: Wire::Request { .. },
+            ..
+        }
+    )));
+    sim.apply(2, out);
+    // Deliver the Have exchange only, then look at the first requests node 2 makes.
+    let (from, to, wire, bytes) = sim.queue.pop_front().unwrap();
+    let mut out = Vec::new();
+    sim.nodes[to].on_wire(id(from), wire, bytes, sim.now, &mut out);
+    // Node 0 answers with its full Have.
+    let have = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send {
+                wire: w @ Wire::Have { .. },
+                ..
+            } => Some(w),
+            _ => None,
+        })
+        .unwrap();
+    // Node 1 is a member announcing the first half.
+    let half: Vec<u8> = (0..8).map(|i| if i < 4 { 0xff } else { 0 }).collect();
+    let mut out = Vec::new();
+    sim.nodes[2].on_wire(
+        id(1),
+        Wire::Have {
+            blob,
+            info: Some(info),
+            bits: half,
+        },
+        Bytes::new(),
+        sim.now,
+        &mut out,
+    );
+    sim.nodes[2].on_wire(id(0), have, Bytes::new(), sim.now, &mut out);
+    let asked_of_0: Vec<u32> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                peer,
+                wire: Wire::Request { piece, .. },
+                ..
+            } if *peer == id(0) => Some(*piece),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked_of_0.len(), 4, "the pipeline");
+    assert!(
+        asked_of_0.iter().all(|p| *p >= 32),
+        "only node 0 holds 32..64: {asked_of_0:?}"
+    );
+    // Two fresh receivers of the same blob start on different pieces (per-node tie order).
+    let first = |seed: u64| {
+        let mut core = Core::new(Limits { seed, ..limits() }, id(5));
+        let mut out = Vec::new();
+        core.on_connected(id(0), sim.now, &mut out);
+        core.fetch(blob, &[id(0)], sim.now, &mut out).unwrap();
+        let full = vec![0xffu8; 8];
+        core.on_wire(
+            id(0),
+            Wire::Have {
+                blob,
+                info: Some(info),
+                bits: full,
+            },
+            Bytes::new(),
+            sim.now,
+            &mut out,
+        );
+        out.iter()
+            .find_map(|o| match o {
+                Output::Send {
+                    wire: Wire::Request { piece, .. },
+                    ..
+                } => Some(*piece),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_ne!(first(1), first(2));
+}
+
+#[test]
+fn a_corrupt_piece_is_caught_on_arrival_charged_and_its_sender_asked_nothing_more() {
+    let mut sim = Sim::new(6, |_| limits());
+    sim.liars.push(3);
+    let (info, tree, data) = make_blob(128 * 1024, 1024);
+    let blob = sim.add(0, info, tree, data.clone());
+    sim.push(0, blob, &[1, 2, 3, 4, 5]);
+    sim.run();
+    // The liar's share came to it honestly from the source; its copies fail their proof, and
+    // each piece of that share is fetched from the source once more, by the receiver next in
+    // the offer's list, which the others fetch it from. No clock moved: no timeout was needed.
+    for r in [1, 2, 4, 5] {
+        assert!(sim.holds(r, &blob, &data), "receiver {r}");
+        let bad = sim.nodes[r].progress(&blob).unwrap().bad_pieces;
+        assert!(
+            bad <= 1,
+            "receiver {r} asked the liar again after its first bad piece"
+        );
+    }
+    assert!(!sim.charges.is_empty());
+    assert!(
+        sim.charges
+            .iter()
+            .all(|(_, to, points)| *to == 3 && *points == 25),
+        "{:?}",
+        sim.charges
+    );
+    let copies = sim.uploaded[0] as f64 / data.len() as f64;
+    assert!(copies <= 1.3, "the source uploaded {copies:.2} copies");
+}
+
+#[test]
+fn a_receiver_that_leaves_mid_push_hands_its_share_to_the_others() {
+    let mut sim = Sim::new(5, |_| limits());
+    let (info, tree, data) = make_blob(64 * 1024, 1024);
+    let blob = sim.add(0, info, tree, data.clone());
+    sim.push(0, blob, &[1, 2, 3, 4]);
+    // A few exchanges happen, then receiver 2 vanishes.
+    for _ in 0..40 {
+        let Some((from, to, wire, bytes)) = sim.queue.pop_front() else {
+            break;
+        };
+        let mut out = Vec::new();
+        sim.nodes[to].on_wire(id(from), wire, bytes, sim.now, &mut out);
+        sim.apply(to, out);
+    }
+    sim.disconnect(2);
+    sim.run();
+    for r in [1, 3, 4] {
+        assert!(sim.holds(r, &blob, &data), "receiver {r}");
+    }
+    let report = &sim.pushed[0].1;
+    assert_eq!(report.failed, vec![id(2)]);
+    assert_eq!(report.completed.len(), 3);
+    // Without a stall: the source still uploaded about one copy.
+    assert!(
+        sim.uploaded[0] <= data.len() as u64 * 13 / 10,
+        "{}",
+        sim.uploaded[0]
+    );
+}
+
+#[test]
+fn an_unanswered_request_is_asked_elsewhere_after_its_timeout() {
+    let mut sim = Sim::new(3, |_| limits());
+    let (info, tree, data) = make_blob(16 * 1024, 1024);
+    let blob = sim.add(0, info, tree.clone(), data.clone());
+    sim.add(1, info, tree, data.clone());
+    sim.mute.push(1);
+    let mut out = Vec::new();
+    sim.nodes[2]
+        .fetch(blob, &[id(1)], sim.now, &mut out)
+        .unwrap();
+    sim.apply(2, out);
+    sim.run();
+    // Node 1 is mute: nothing arrives. Node 0 is hinted later.
+    assert_eq!(sim.nodes[2].progress(&blob).unwrap().pieces, 0);
+    let mut out = Vec::new();
+    sim.nodes[2]
+        .fetch(blob, &[id(0)], sim.now, &mut out)
+        .unwrap();
+    sim.apply(2, out);
+    sim.run();
+    // Node 1 never said what it holds, so everything came from node 0 without a timeout.
+    assert!(sim.holds(2, &blob, &data));
+    assert_eq!(sim.nodes[2].progress(&blob).unwrap().timeouts, 0);
+
+    // Now a member that announces everything and then goes silent (no endgame, so only a
+    // timeout moves its pieces elsewhere).
+    let mut sim = Sim::new(3, |_| Limits {
+        endgame: 0,
+        ..limits()
+    });
+    let blob = sim.add(0, info, Tree::build(data.chunks(1024)), data.clone());
+    sim.add(1, info, Tree::build(data.chunks(1024)), data.clone());
+    let mut out = Vec::new();
+    sim.nodes[2]
+        .fetch(blob, &[id(1)], sim.now, &mut out)
+        .unwrap();
+    sim.apply(2, out);
+    // The Have exchange with node 1 goes through; its pieces never come.
+    while let Some((from, to, wire, bytes)) = sim.queue.pop_front() {
+        let request = matches!(wire, Wire::Request { .. });
+        if request && to == 1 {
+            continue;
+        }
+        let mut out = Vec::new();
+        sim.nodes[to].on_wire(id(from), wire, bytes, sim.now, &mut out);
+        sim.apply(to, out);
+    }
+    sim.mute.push(1);
+    let mut out = Vec::new();
+    sim.nodes[2]
+        .fetch(blob, &[id(0)], sim.now, &mut out)
+        .unwrap();
+    sim.apply(2, out);
+    sim.run();
+    let before = sim.nodes[2].progress(&blob).unwrap();
+    assert!(!before.is_complete());
+    assert_eq!(before.timeouts, 0);
+    sim.advance(Duration::from_millis(1999));
+    assert_eq!(
+        sim.nodes[2].progress(&blob).unwrap().timeouts,
+        0,
+        "not before 2 s"
+    );
+    sim.advance(Duration::from_millis(1));
+    assert!(sim.nodes[2].progress(&blob).unwrap().timeouts > 0);
+    for _ in 0..20 {
+        sim.advance(Duration::from_secs(2));
+    }
+    assert!(sim.holds(2, &blob, &data));
+}
+
+#[test]
+fn bounds_refuse_what_does_not_fit_and_say_why() {
+    let small = |_| Limits {
+        max_blob_size: 10_000,
+        max_blobs: 2,
+        ..limits()
+    };
+    let mut sim = Sim::new(2, small);
+    let (info, tree, data) = make_blob(20_000, 1024);
+    // Added locally: refused at once.
+    let mut out = Vec::new();
+    assert!(
+        sim.nodes[0]
+            .add(info, tree.clone(), data.clone(), &mut out)
+            .is_err()
+    );
+    // Fetched: fails once a peer describes it.
+    let mut big = Sim::new(2, |i| if i == 1 { small(i) } else { limits() });
+    let blob = big.add(0, info, tree, data);
+    let mut out = Vec::new();
+    big.nodes[1]
+        .fetch(blob, &[id(0)], big.now, &mut out)
+        .unwrap();
+    big.apply(1, out);
+    big.run();
+    assert_eq!(
+        big.failed,
+        vec![(
+            1,
+            FetchError::TooLarge {
+                len: 20_000,
+                max: 10_000
+            }
+        )]
+    );
+    assert!(big.nodes[1].progress(&blob).is_none());
+    // Blobs at once.
+    let mut out = Vec::new();
+    for i in 0..2u8 {
+        sim.nodes[1]
+            .fetch(BlobId([i; 32]), &[], sim.now, &mut out)
+            .unwrap();
+    }
+    assert_eq!(
+        sim.nodes[1].fetch(BlobId([9; 32]), &[], sim.now, &mut out),
+        Err(FetchError::TooManyBlobs { max: 2 })
+    );
+    // Offers declined when turned off, and a push to nobody connected ends at once.
+    let mut sim = Sim::new(2, |i| Limits {
+        accept_offers: i != 1,
+        ..limits()
+    });
+    let (info, tree, data) = make_blob(5000, 1024);
+    let blob = sim.add(0, info, tree, data);
+    sim.push(0, blob, &[1]);
+    sim.run();
+    assert_eq!(sim.pushed[0].1.failed, vec![id(1)]);
+    assert_eq!(sim.nodes[1].stats().offers_declined, 1);
+    let mut out = Vec::new();
+    assert_eq!(
+        sim.nodes[0].push(BlobId([1; 32]), &[id(1)], sim.now, &mut out),
+        Err(PushError::NotHeld(BlobId([1; 32])))
+    );
+}
+
+#[test]
+fn lies_about_the_blob_are_charged() {
+    let mut sim = Sim::new(2, |_| limits());
+    let (info, tree, data) = make_blob(5000, 1024);
+    let blob = sim.add(0, info, tree, data);
+    let mut out = Vec::new();
+    sim.nodes[1].fetch(blob, &[], sim.now, &mut out).unwrap();
+    let wrong = Info { len: 4999, ..info };
+    let mut out = Vec::new();
+    sim.nodes[1].on_wire(
+        id(0),
+        Wire::Have {
+            blob,
+            info: Some(wrong),
+            bits: vec![],
+        },
+        Bytes::new(),
+        sim.now,
+        &mut out,
+    );
+    sim.nodes[1].on_wire(
+        id(0),
+        Wire::Offer {
+            blob,
+            info: wrong,
+            members: vec![],
+        },
+        Bytes::new(),
+        sim.now,
+        &mut out,
+    );
+    sim.nodes[1].on_wire(
+        id(0),
+        Wire::Have {
+            blob,
+            info: Some(info),
+            bits: vec![0xff; 3],
+        },
+        Bytes::new(),
+        sim.now,
+        &mut out,
+    );
+    // 5 pieces: one byte of bits, and no bit past the fifth.
+    sim.nodes[1].on_wire(
+        id(0),
+        Wire::Have {
+            blob,
+            info: Some(info),
+            bits: vec![0xff],
+        },
+        Bytes::new(),
+        sim.now,
+        &mut out,
+    );
+    sim.nodes[1].on_wire(
+        id(0),
+        Wire::Got {
+            blob,
+            pieces: vec![5],
+        },
+        Bytes::new(),
+        sim.now,
+        &mut out,
+    );
+    let points: Vec<u32> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Charge { points, .. } => Some(*points),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(points, vec![10, 10, 5, 5]);
+    // The last Got is from a peer that is not a member yet (every Have was refused): ignored.
+    assert_eq!(sim.nodes[1].stats().unsolicited, 1);
+}

@@ -1,0 +1,455 @@
+//! The swarm's driver: the core behind a lock shared by the handles, and one task that feeds
+//! it both channels' messages, connection events and time, and carries out what it asks.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Notify, broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::SwarmConfig;
+use super::core::{
+    AddError, Core, FetchError, Output, Progress, PushError, PushReport, SwarmStats,
+};
+use super::merkle::{BlobId, Info, Tree};
+use super::wire;
+use crate::driver::inbox::Inbox;
+use crate::identity::PeerId;
+use crate::network::{Channel, ProtocolFace};
+use crate::peers::NetworkEvent;
+use crate::protocols::Scores;
+
+/// What happened to a blob on this node, from [`Swarm::events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SwarmEvent {
+    /// `from` pushed a blob of `len` bytes and this node is fetching it.
+    Offered {
+        /// The blob.
+        blob: BlobId,
+        /// The pushing peer.
+        from: PeerId,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// Every piece of `blob` is here and verified.
+    Complete {
+        /// The blob.
+        blob: BlobId,
+    },
+}
+
+type Waiter = oneshot::Sender<Result<Bytes, FetchError>>;
+
+#[derive(Debug)]
+struct State {
+    core: Core,
+    fetches: HashMap<BlobId, Vec<Waiter>>,
+    pushes: HashMap<BlobId, oneshot::Sender<PushReport>>,
+    scores: Scores,
+    armed: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    config: SwarmConfig,
+    control: Channel<Bytes>,
+    pieces: Channel<Bytes>,
+    face: ProtocolFace,
+    wake: Notify,
+    stop: CancellationToken,
+    events: broadcast::Sender<SwarmEvent>,
+    frames_dropped: AtomicU64,
+}
+
+impl Inner {
+    fn with<R>(&self, f: impl FnOnce(&mut State, &mut Vec<Output>) -> R) -> R {
+        let mut out = Vec::new();
+        let mut state = self.state.lock();
+        let result = f(&mut state, &mut out);
+        self.apply(&mut state, out);
+        if let Some(next) = state.core.next_deadline() {
+            if state.armed.is_none_or(|armed| next < armed) {
+                state.armed = Some(next);
+                self.wake.notify_one();
+            }
+        }
+        result
+    }
+
+    fn apply(&self, state: &mut State, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Send {
+                    peer,
+                    wire,
+                    mut data,
+                } => {
+                    if self.config.corrupt_uploads {
+                        data = data.map(corrupt);
+                    }
+                    // Pieces go on the bulk channel; everything else on the control channel,
+                    // so a request is never queued behind megabytes of pieces.
+                    let channel = if data.is_some() {
+                        &self.pieces
+                    } else {
+                        &self.control
+                    };
+                    let sent = wire::encode(&wire, data.as_ref(), channel.max_message_size())
+                        .is_some_and(|frame| channel.try_send(peer, &frame).is_ok());
+                    if !sent {
+                        // A full queue to a slow member: what it asked for times out there and
+                        // is asked elsewhere; an announcement lost is repaired by the next.
+                        self.frames_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+                Output::Charge { peer, points, why } => {
+                    let budget = (self.config.misbehaviour_budget, "swarm");
+                    state.scores.charge(&self.face, budget, peer, points, why);
+                }
+                Output::Offered { blob, from, len } => {
+                    let _ = self.events.send(SwarmEvent::Offered { blob, from, len });
+                }
+                Output::Complete { blob } => {
+                    if let Some(data) = state.core.get(&blob) {
+                        for waiter in state.fetches.remove(&blob).unwrap_or_default() {
+                            let _ = waiter.send(Ok(data.clone()));
+                        }
+                    }
+                    let _ = self.events.send(SwarmEvent::Complete { blob });
+                }
+                Output::Failed { blob, why } => {
+                    for waiter in state.fetches.remove(&blob).unwrap_or_default() {
+                        let _ = waiter.send(Err(why.clone()));
+                    }
+                }
+                Output::Pushed { blob, report } => {
+                    if let Some(tx) = state.pushes.remove(&blob) {
+                        let _ = tx.send(report);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Held by the handles: the last one dropped stops the task.
+#[derive(Debug)]
+struct Alive(Arc<Inner>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.stop.cancel();
+    }
+}
+
+/// Blobs in pieces on one node: add, push, fetch, and watch them. From
+/// [`crate::Network::swarm`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Swarm {
+    alive: Arc<Alive>,
+}
+
+pub(super) fn spawn(
+    config: SwarmConfig,
+    face: ProtocolFace,
+    control: (Channel<Bytes>, Inbox<Bytes>),
+    pieces: (Channel<Bytes>, Inbox<Bytes>),
+) -> Swarm {
+    let local = face.local_peer_id();
+    let seed = u64::from_le_bytes(local.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+    let (events, _) = broadcast::channel(config.event_queue.max(1));
+    let inner = Arc::new(Inner {
+        state: Mutex::new(State {
+            core: Core::new(config.limits(seed), local),
+            fetches: HashMap::new(),
+            pushes: HashMap::new(),
+            scores: Scores::default(),
+            armed: None,
+        }),
+        config,
+        control: control.0,
+        pieces: pieces.0,
+        face,
+        wake: Notify::new(),
+        stop: CancellationToken::new(),
+        events,
+        frames_dropped: AtomicU64::new(0),
+    });
+    let net_events = inner.face.events();
+    let now = Instant::now();
+    let connected = inner.face.connected();
+    inner.with(|state, out| {
+        for peer in connected {
+            state.core.on_connected(peer, now, out);
+        }
+    });
+    tokio::spawn(run(inner.clone(), control.1, pieces.1, net_events));
+    Swarm {
+        alive: Arc::new(Alive(inner)),
+    }
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    control: Inbox<Bytes>,
+    pieces: Inbox<Bytes>,
+    mut events: broadcast::Receiver<NetworkEvent>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    let mut piece_batch = Vec::with_capacity(16);
+    loop {
+        let deadline = {
+            let mut state = inner.state.lock();
+            state.armed = state.core.next_deadline();
+            state.armed
+        };
+        let sleep = crate::protocols::sleep_until(deadline);
+        tokio::select! {
+            biased;
+            () = inner.stop.cancelled() => break,
+            n = control.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    break;
+                }
+                frames(&inner, &mut batch);
+            }
+            n = pieces.recv_many(&mut piece_batch, 16) => {
+                if n == 0 {
+                    break;
+                }
+                frames(&inner, &mut piece_batch);
+            }
+            event = events.recv() => match event {
+                Ok(NetworkEvent::Connected { peer, .. }) => {
+                    inner.with(|state, out| state.core.on_connected(peer, Instant::now(), out));
+                }
+                Ok(NetworkEvent::Disconnected { peer, .. }) => {
+                    inner.with(|state, out| {
+                        state.scores.forget(&peer);
+                        state.core.on_disconnected(peer, Instant::now(), out);
+                    });
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => reconcile(&inner),
+                Err(RecvError::Closed) => break,
+            },
+            () = sleep => {
+                inner.with(|state, out| state.core.poll(Instant::now(), out));
+            }
+            () = inner.wake.notified() => {}
+        }
+    }
+    inner.stop.cancel();
+    let mut state = inner.state.lock();
+    for (_, waiters) in state.fetches.drain() {
+        for waiter in waiters {
+            let _ = waiter.send(Err(FetchError::Closed));
+        }
+    }
+    // Pushes see their end when their sender drops.
+    state.pushes.clear();
+}
+
+fn frames(inner: &Inner, batch: &mut Vec<(PeerId, Bytes)>) {
+    let now = Instant::now();
+    inner.with(|state, out| {
+        for (peer, frame) in batch.drain(..) {
+            match wire::decode(&frame) {
+                Some((wire, data)) => state.core.on_wire(peer, wire, data, now, out),
+                None => out.push(Output::Charge {
+                    peer,
+                    points: 1,
+                    why: "undecodable swarm message",
+                }),
+            }
+        }
+    });
+}
+
+/// Events were lost: members that left are dropped, connected peers are (re)considered.
+fn reconcile(inner: &Inner) {
+    let connected = inner.face.connected();
+    let now = Instant::now();
+    inner.with(|state, out| {
+        for peer in state.core.connected_peers() {
+            if !connected.contains(&peer) {
+                state.core.on_disconnected(peer, now, out);
+            }
+        }
+        for peer in connected {
+            state.core.on_connected(peer, now, out);
+        }
+    });
+}
+
+impl Swarm {
+    fn inner(&self) -> &Inner {
+        &self.alive.0
+    }
+
+    /// The piece size for a blob of `len` bytes: the configured size (1 MiB from 1 GiB up),
+    /// never more than the pieces channel carries with a proof.
+    fn piece_size(&self, len: u64) -> u32 {
+        let inner = self.inner();
+        let wanted = if len >= 1 << 30 {
+            inner.config.piece_size.max(1 << 20)
+        } else {
+            inner.config.piece_size
+        };
+        let fits = inner
+            .pieces
+            .max_message_size()
+            .saturating_sub(super::PIECE_OVERHEAD);
+        let fits = u32::try_from(fits).unwrap_or(u32::MAX);
+        wanted.min(fits).max(1024)
+    }
+
+    /// Holds `data` as a blob and returns its id (hashing it off the async threads). A blob
+    /// being fetched is completed by it.
+    ///
+    /// # Errors
+    /// [`AddError`]: over `max_blob_size`, `max_blobs` or `max_memory`, or the swarm stopped.
+    pub async fn add(&self, data: impl Into<Bytes>) -> Result<BlobId, AddError> {
+        let data: Bytes = data.into();
+        let len = data.len() as u64;
+        let max = self.inner().config.max_blob_size;
+        if len > max {
+            return Err(AddError::TooLarge { len, max });
+        }
+        let piece_size = self.piece_size(len);
+        let hashed = data.clone();
+        let tree =
+            tokio::task::spawn_blocking(move || Tree::build(hashed.chunks(piece_size as usize)))
+                .await
+                .map_err(|_| AddError::Closed)?;
+        let info = Info {
+            len,
+            piece_size,
+            root: tree.root(),
+        };
+        self.inner()
+            .with(|state, out| state.core.add(info, tree, data, out))
+    }
+
+    /// [`Swarm::add`] for a file's contents.
+    ///
+    /// # Errors
+    /// [`AddError::File`] when it cannot be read, else as [`Swarm::add`].
+    pub async fn add_file(&self, path: impl AsRef<Path>) -> Result<BlobId, AddError> {
+        let path = path.as_ref();
+        let file_error = |e: std::io::Error| AddError::File {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        };
+        let len = tokio::fs::metadata(path).await.map_err(file_error)?.len();
+        let max = self.inner().config.max_blob_size;
+        if len > max {
+            return Err(AddError::TooLarge { len, max });
+        }
+        let data = tokio::fs::read(path).await.map_err(file_error)?;
+        self.add(data).await
+    }
+
+    /// Spreads `blob`, held whole here, to `receivers`: each is offered it, this node deals
+    /// each piece to one receiver (so it uploads about one copy) and the receivers fetch the
+    /// rest from each other. Returns when every receiver holds it or has left (a receiver
+    /// that never answers keeps it waiting: bound it with a timeout).
+    ///
+    /// # Errors
+    /// [`PushError`]: not held whole here, already being pushed, or the swarm stopped.
+    pub async fn push(&self, blob: &BlobId, receivers: &[PeerId]) -> Result<PushReport, PushError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner().with(|state, out| {
+            if state.pushes.contains_key(blob) {
+                return Err(PushError::AlreadyPushing(*blob));
+            }
+            state.pushes.insert(*blob, tx);
+            let pushed = state.core.push(*blob, receivers, Instant::now(), out);
+            if pushed.is_err() {
+                state.pushes.remove(blob);
+            }
+            pushed
+        })?;
+        rx.await.map_err(|_| PushError::Closed)
+    }
+
+    /// Gets `blob` from whoever has it: the `hints` (asked now if connected, or when they
+    /// connect), peers that push or announce it, and every member they bring. Each piece is
+    /// checked against the id on arrival. Resumable: a fetch dropped midway leaves the pieces
+    /// here, and the next fetch of the blob carries on; `remove` forgets them.
+    ///
+    /// # Errors
+    /// [`FetchError`]: over a bound (known once a peer describes the blob), removed, or the
+    /// swarm stopped.
+    pub async fn fetch(&self, blob: &BlobId, hints: &[PeerId]) -> Result<Bytes, FetchError> {
+        let (tx, rx) = oneshot::channel();
+        let here = self.inner().with(|state, out| {
+            let here = state.core.fetch(*blob, hints, Instant::now(), out)?;
+            if here {
+                return Ok(state.core.get(blob));
+            }
+            let waiters = state.fetches.entry(*blob).or_default();
+            waiters.retain(|w| !w.is_closed());
+            waiters.push(tx);
+            Ok(None)
+        })?;
+        match here {
+            Some(data) => Ok(data),
+            None => rx.await.map_err(|_| FetchError::Closed)?,
+        }
+    }
+
+    /// The whole blob, if every piece is here.
+    pub fn get(&self, blob: &BlobId) -> Option<Bytes> {
+        self.inner().state.lock().core.get(blob)
+    }
+
+    /// Where `blob` stands here, if held or wanted.
+    pub fn progress(&self, blob: &BlobId) -> Option<Progress> {
+        self.inner().state.lock().core.progress(blob)
+    }
+
+    /// Every blob held or wanted, with its progress.
+    pub fn blobs(&self) -> Vec<(BlobId, Progress)> {
+        self.inner().state.lock().core.blobs()
+    }
+
+    /// Forgets `blob` (its pieces, its fetches, its push). Returns whether it was here.
+    pub fn remove(&self, blob: &BlobId) -> bool {
+        self.inner()
+            .with(|state, out| state.core.remove(*blob, out))
+    }
+
+    /// Counters of the whole swarm here.
+    pub fn stats(&self) -> SwarmStats {
+        self.inner().state.lock().core.stats()
+    }
+
+    /// Swarm messages that could not be queued to a member (its queue was full).
+    pub fn frames_dropped(&self) -> u64 {
+        self.inner().frames_dropped.load(Relaxed)
+    }
+
+    /// Offers taken on and blobs completed, as they happen (a receiver that lags loses the
+    /// oldest, as a `broadcast` receiver does).
+    pub fn events(&self) -> broadcast::Receiver<SwarmEvent> {
+        self.inner().events.subscribe()
+    }
+}
+
+/// Flips the first byte of a piece (`SwarmConfig::corrupt_uploads`).
+fn corrupt(piece: Bytes) -> Bytes {
+    let mut bad = piece.to_vec();
+    if let Some(first) = bad.first_mut() {
+        *first ^= 0xff;
+    }
+    bad.into()
+}
