@@ -842,6 +842,40 @@ impl Lab {
         }
     }
 
+    /// Caps every node's egress at `mbit` Mbit/s: `tbf` on its `eth0` (with the emulator, whose
+    /// devices also get a 65,000-byte MTU, so that the userspace emulator moves about 40 times
+    /// fewer packets for the same bytes and never becomes the bottleneck itself), or netem's
+    /// own rate where the kernel has netem.
+    fn cap_egress(&self, mbit: u32) {
+        let rate = format!("{mbit}mbit");
+        for i in 0..self.nodes.len() {
+            let ns = self.namespace(i);
+            match self.impairment {
+                Impairment::Emulated => {
+                    self.sh("ip", &["-n", &ns, "link", "set", "eth0", "mtu", "65000"]);
+                    self.sh(
+                        "ip",
+                        &[
+                            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root",
+                            "tbf", "rate", &rate, "burst", "256kb", "latency", "50ms",
+                        ],
+                    );
+                }
+                Impairment::Netem => {
+                    let delay = format!("{}ms", self.delay.as_millis());
+                    self.sh(
+                        "ip",
+                        &[
+                            "netns", "exec", &ns, "tc", "qdisc", "change", "dev", "eth0", "root",
+                            "netem", "delay", &delay, "rate", &rate,
+                        ],
+                    );
+                }
+            }
+        }
+        self.note(&format!("every node's egress capped at {rate}"));
+    }
+
     /// SIGKILLs node `i`.
     fn kill(&mut self, i: usize) {
         let mut node = self.nodes[i].take().unwrap();
@@ -1957,5 +1991,254 @@ fn twenty_nodes_find_each_other_through_a_seed_and_reconnect_from_their_books() 
         first.unwrap_or_default().as_secs_f64(),
         back.elapsed().as_secs_f64()
     ));
+    lab.stop_all();
+}
+
+/// One push of a fresh 64 MiB blob, as the nodes reported it.
+struct SwarmRound {
+    /// Each receiver's completion, from the moment `/push` was written, in receiver order.
+    times: Vec<Duration>,
+    /// Bytes the pusher sent, in copies of the blob.
+    copies: f64,
+    /// Duplicate piece bytes received, as a share of the bytes the receivers needed.
+    duplicates: f64,
+    /// Pieces that failed their proof, summed over the receivers.
+    bad_pieces: u64,
+    /// The machine's CPU share (of 2 cores) during the push.
+    cpu: f64,
+}
+
+const SWARM_BLOB: usize = 64 << 20;
+
+/// Shares a fresh 64 MiB file on node 0 and pushes it to `receivers` (`/push ID PEERS`);
+/// `during` runs right after the push is sent (a fault to inject). Returns what the nodes
+/// printed: the `blob ... complete` stamps, the pusher's report, each survivor's `/blobs`.
+fn swarm_round(
+    lab: &mut Lab,
+    salt: u32,
+    receivers: &[usize],
+    during: impl FnOnce(&mut Lab, Instant),
+) -> SwarmRound {
+    let path = lab.dir.join(format!("blob-{salt}.bin"));
+    let mut state = u64::from(salt) | 1 << 40;
+    let content: Vec<u8> = (0..SWARM_BLOB / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(&path, &content).unwrap();
+    let from = lab.mark(0);
+    lab.send(0, &format!("/share {}", path.display()));
+    let prefix = format!("shared {} as ", path.display());
+    lab.wait_line(0, from, "the blob id", |l| l.starts_with(&prefix));
+    let blob = lab.node(0).seen[from..]
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let peers: Vec<String> = receivers.iter().map(|&r| lab.ids[r].clone()).collect();
+    let marks: Vec<usize> = (0..lab.nodes.len()).map(|i| lab.mark(i)).collect();
+    let cpu_start = cpu_busy();
+    let started = Instant::now();
+    lab.send(0, &format!("/push {blob} {}", peers.join(" ")));
+    during(lab, started);
+    let pushed = format!("pushed {blob}: ");
+    lab.wait_line(0, marks[0], "the push report", |l| l.starts_with(&pushed));
+    let (busy1, total1) = cpu_busy();
+    let cpu = (busy1 - cpu_start.0) as f64 / (total1 - cpu_start.1).max(1) as f64;
+    let report = lab.node(0).seen[marks[0]..]
+        .iter()
+        .find(|l| l.starts_with(&pushed))
+        .cloned()
+        .unwrap();
+    // "... ; B bytes sent (C copies)"
+    let copies: f64 = report
+        .rsplit('(')
+        .next()
+        .and_then(|c| c.split(' ').next())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| lab.fail(&format!("unreadable push report: {report}")));
+    let complete = format!("blob {blob} complete");
+    let (mut times, mut duplicates, mut bad_pieces, mut needed) = (Vec::new(), 0u64, 0u64, 0u64);
+    for &r in receivers {
+        if lab.nodes[r].is_none() {
+            continue;
+        }
+        lab.wait_line(r, marks[r], "the blob", |l| l == complete);
+        let stamp = lab
+            .node(r)
+            .stamped
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, l)| *l == complete)
+            .map(|(at, _)| *at)
+            .unwrap();
+        times.push(stamp.saturating_duration_since(started));
+        let mark = lab.mark(r);
+        lab.send(r, "/blobs");
+        let row = format!("{blob} ");
+        lab.wait_line(r, mark, "its /blobs row", |l| l.starts_with(&row));
+        let line = lab.node(r).seen[mark..]
+            .iter()
+            .find(|l| l.starts_with(&row))
+            .cloned()
+            .unwrap();
+        // "... R received, D duplicate, B bad pieces"
+        let number_before = |word: &str| -> u64 {
+            line.split(", ")
+                .find_map(|part| part.strip_suffix(word))
+                .and_then(|n| n.rsplit(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        duplicates += number_before(" duplicate");
+        bad_pieces += number_before(" bad pieces");
+        needed += SWARM_BLOB as u64;
+    }
+    let _ = std::fs::remove_file(&path);
+    SwarmRound {
+        times,
+        copies,
+        duplicates: duplicates as f64 / needed.max(1) as f64,
+        bad_pieces,
+        cpu,
+    }
+}
+
+fn describe_round(round: &SwarmRound, bound: Duration) -> String {
+    let slowest = round.times.iter().max().copied().unwrap_or_default();
+    let mut sorted = round.times.clone();
+    sorted.sort();
+    let p50 = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    format!(
+        "all {} done in {:.2} s ({:.2}x the bound {:.2} s; p50 {:.2} s), pusher sent {:.2} copies, \
+         duplicates {:.1}%, bad pieces {}, CPU {:.0}% of 2 cores",
+        round.times.len(),
+        slowest.as_secs_f64(),
+        slowest.as_secs_f64() / bound.as_secs_f64(),
+        bound.as_secs_f64(),
+        p50.as_secs_f64(),
+        round.copies,
+        round.duplicates * 100.0,
+        round.bad_pieces,
+        round.cpu * 100.0
+    )
+}
+
+/// The fluid lower bound for `n` receivers with equal links of `mbit`:
+/// max(F/u, n·F/((n+1)·u)).
+fn swarm_bound(n: usize, mbit: u32) -> Duration {
+    let f = (SWARM_BLOB * 8) as f64;
+    let u = f64::from(mbit) * 1e6;
+    let n = n as f64;
+    Duration::from_secs_f64((f / u).max(n * f / ((n + 1.0) * u)))
+}
+
+#[test]
+fn a_64_mib_blob_reaches_8_receivers_near_the_bound_and_survives_a_death_and_a_liar() {
+    let _alone = MACHINE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    const N: usize = 9;
+    const MBIT: u32 = 200;
+    let Some(mut lab) = Lab::create_with("swarm", 43, N, Duration::from_millis(10), 0) else {
+        return;
+    };
+    lab.cap_egress(MBIT);
+    let dial_all_before = |lab: &Lab, i: usize| -> Vec<String> {
+        (0..i)
+            .flat_map(|j| ["--peer".to_owned(), lab.addr(j)])
+            .collect()
+    };
+    for i in 0..N {
+        let peers = dial_all_before(&lab, i);
+        let extra: Vec<&str> = peers.iter().map(String::as_str).collect();
+        lab.start(i, false, &extra);
+    }
+    lab.wait_mesh();
+    let all: Vec<usize> = (1..N).collect();
+    let bound = swarm_bound(8, MBIT);
+    let direct = Duration::from_secs_f64(8.0 * (SWARM_BLOB * 8) as f64 / (f64::from(MBIT) * 1e6));
+
+    let calm = swarm_round(&mut lab, 1, &all, |_, _| {});
+    lab.note(&format!(
+        "8 receivers, 200 Mbit/s each way, 10 ms: {} [targets: 1.3x the bound, 1.3 copies, 5%; \
+         direct sending: {:.1} s]",
+        describe_round(&calm, bound),
+        direct.as_secs_f64()
+    ));
+    let calm_slowest = calm.times.iter().max().copied().unwrap();
+
+    // A receiver SIGKILLed half way: the others finish anyway.
+    const VICTIM: usize = 8;
+    let half = calm_slowest / 2;
+    let killed = swarm_round(&mut lab, 2, &all, |lab, started| {
+        thread::sleep(half.saturating_sub(started.elapsed()));
+        lab.kill(VICTIM);
+        lab.note(&format!(
+            "n{} SIGKILLed {:.2} s into the push",
+            VICTIM + 1,
+            half.as_secs_f64()
+        ));
+    });
+    lab.note(&format!(
+        "with n{} killed half way: {} [target: {:.2} s, 1.15x undisturbed]",
+        VICTIM + 1,
+        describe_round(&killed, bound),
+        calm_slowest.as_secs_f64() * 1.15
+    ));
+
+    // The victim comes back serving corrupt pieces.
+    let peers = dial_all_before(&lab, VICTIM);
+    let mut extra: Vec<&str> = peers.iter().map(String::as_str).collect();
+    extra.push("--swarm-test-corrupt");
+    lab.start(VICTIM, false, &extra);
+    lab.wait_mesh();
+    let liar = swarm_round(&mut lab, 3, &all, |_, _| {});
+    lab.note(&format!(
+        "with n{} serving corrupt pieces: {} [target: {:.2} s, 1.1x undisturbed]",
+        VICTIM + 1,
+        describe_round(&liar, bound),
+        calm_slowest.as_secs_f64() * 1.1
+    ));
+
+    // Fewer receivers, for BENCHMARKS.md.
+    for n in [1usize, 4] {
+        let some: Vec<usize> = (1..=n).collect();
+        let round = swarm_round(&mut lab, 10 + n as u32, &some, |_, _| {});
+        lab.note(&format!(
+            "{n} receiver(s): {} [direct sending: {:.1} s]",
+            describe_round(&round, swarm_bound(n, MBIT)),
+            n as f64 * (SWARM_BLOB * 8) as f64 / (f64::from(MBIT) * 1e6)
+        ));
+    }
+
+    // What the protocol guarantees whatever the machine's speed: every receiver holds it
+    // (each piece checked against the id), about one copy from the pusher, few duplicates,
+    // and each honest receiver took at most one bad piece from the liar before dropping it.
+    assert_eq!(calm.times.len(), 8);
+    assert!(
+        calm.copies <= 1.3,
+        "the pusher sent {:.2} copies",
+        calm.copies
+    );
+    assert!(
+        calm.duplicates <= 0.05,
+        "{:.1}% duplicates",
+        calm.duplicates * 100.0
+    );
+    assert_eq!(killed.times.len(), 7);
+    assert_eq!(liar.times.len(), 8);
+    assert!(liar.bad_pieces >= 1, "nobody was sent a corrupt piece");
+    assert!(
+        liar.bad_pieces <= 7,
+        "{} bad pieces taken by 7 honest receivers",
+        liar.bad_pieces
+    );
     lab.stop_all();
 }

@@ -1,7 +1,7 @@
 //! The node program's blob commands, on the swarm: `/share PATH` holds a file as a blob and
 //! prints its id, `/fetch BLOB_ID PATH` gets it from the connected peers (a progress bar on a
-//! terminal, every piece checked against the id) and writes it, `/push BLOB_ID` spreads it to
-//! every connected peer, `/blobs` lists what is held. Blobs pushed by a peer are taken and
+//! terminal, every piece checked against the id) and writes it, `/push BLOB_ID [PEER...]`
+//! spreads it to the named peers or every connected one, `/blobs` lists what is held. Blobs pushed by a peer are taken and
 //! announced; `/fetch` writes them out at once. Each command runs in its own task, so a long
 //! fetch never blocks the prompt.
 
@@ -39,8 +39,13 @@ pub(crate) struct Blobs {
 }
 
 impl Blobs {
-    pub(crate) fn start(net: &Network<Bytes>) -> super::Result<Self> {
-        let swarm = net.swarm(swarm_config())?;
+    pub(crate) fn start(net: &Network<Bytes>, corrupt: bool) -> super::Result<Self> {
+        let mut config = swarm_config();
+        if corrupt {
+            tracing::warn!("--swarm-test-corrupt: every piece this node uploads is corrupted");
+            config = config.corrupt_uploads_for_tests();
+        }
+        let swarm = net.swarm(config)?;
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(print_events(swarm.clone(), stop.clone()));
@@ -82,18 +87,33 @@ impl Blobs {
                 }
                 Err(e) => println!("/fetch {id}: {e}"),
             },
-            (Some("/push"), Some(id), None, None) => match id.parse::<BlobId>() {
+            (Some("/push"), Some(id), _, _) => match id.parse::<BlobId>() {
                 Ok(blob) => {
-                    let receivers = connected(&self.net);
+                    // Named peers, or every connected one.
+                    let named: Result<Vec<peerwire::PeerId>, _> =
+                        line.split_whitespace().skip(2).map(str::parse).collect();
+                    let receivers = match named {
+                        Ok(named) if !named.is_empty() => named,
+                        Ok(_) => connected(&self.net),
+                        Err(e) => {
+                            println!("/push {id}: a receiver is not a peer id ({e})");
+                            return true;
+                        }
+                    };
                     let swarm = self.swarm.clone();
                     self.tasks.spawn(async move {
                         println!("pushing {blob} to {} peers", receivers.len());
                         match swarm.push(&blob, &receivers).await {
-                            Ok(report) => println!(
-                                "pushed {blob}: {} peers hold it, {} failed",
-                                report.completed.len(),
-                                report.failed.len()
-                            ),
+                            Ok(report) => {
+                                let p = swarm.progress(&blob).unwrap_or_default();
+                                println!(
+                                    "pushed {blob}: {} peers hold it, {} failed; {} bytes sent ({:.2} copies)",
+                                    report.completed.len(),
+                                    report.failed.len(),
+                                    p.uploaded_bytes,
+                                    p.uploaded_bytes as f64 / p.len.max(1) as f64
+                                );
+                            }
                             Err(e) => println!("/push {blob}: {e}"),
                         }
                     });
@@ -107,8 +127,15 @@ impl Blobs {
                 }
                 for (blob, p) in blobs {
                     println!(
-                        "{blob} {} bytes, {}/{} pieces, {} members, {} bytes sent",
-                        p.len, p.pieces, p.total, p.members, p.uploaded_bytes
+                        "{blob} {} bytes, {}/{} pieces, {} members, {} bytes sent, {} received, {} duplicate, {} bad pieces",
+                        p.len,
+                        p.pieces,
+                        p.total,
+                        p.members,
+                        p.uploaded_bytes,
+                        p.received_bytes,
+                        p.duplicate_bytes,
+                        p.bad_pieces
                     );
                 }
             }
@@ -127,7 +154,7 @@ impl Blobs {
 }
 
 pub(crate) fn usage() -> &'static str {
-    "blobs: /share PATH, /fetch BLOB_ID PATH, /push BLOB_ID, /blobs"
+    "blobs: /share PATH, /fetch BLOB_ID PATH, /push BLOB_ID [PEER...], /blobs"
 }
 
 async fn fetch(

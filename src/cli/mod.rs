@@ -292,6 +292,9 @@ pub(crate) struct NodeArgs {
     /// config file, and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
+    /// Fault injection for the namespace tests: flip a byte of every piece this node uploads.
+    #[arg(long, hide = true)]
+    pub(crate) swarm_test_corrupt: bool,
 }
 
 /// Options of `peerwire registry`.
@@ -329,6 +332,8 @@ pub(crate) struct NodeOptions {
     pub(crate) registry: Option<(peerwire::PeerId, String)>,
     pub(crate) name: Option<String>,
     pub(crate) compat: u64,
+    /// `--swarm-test-corrupt` (hidden).
+    pub(crate) swarm_test_corrupt: bool,
     /// The library configuration, listen address and network id included.
     pub(crate) config: peerwire::Config,
 }
@@ -488,6 +493,7 @@ impl NodeArgs {
             persistent,
             metrics,
             discover: self.discover || node.discover.unwrap_or(false),
+            swarm_test_corrupt: self.swarm_test_corrupt,
             config,
         })
     }

@@ -70,7 +70,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     let events = net.events();
     let mut kv = super::kv::Kv::start(&net)?;
     let mut pubsub = super::pubsub::PubSub::start(&net)?;
-    let mut blobs = super::blobs::Blobs::start(&net)?;
+    let mut blobs = super::blobs::Blobs::start(&net, args.swarm_test_corrupt)?;
     // Peer exchange (--discover): a node given one --peer finds the others through it.
     let discovery = if args.discover {
         Some(net.discovery(DISCOVERY_CHANNEL)?)

@@ -18,11 +18,11 @@ pub(crate) struct Collected {
     pub(crate) lines: Receiver<String>,
     /// Everything written to stderr so far.
     pub(crate) stderr: Arc<Mutex<String>>,
-    /// When each stdout line starting with `[` (a gossip publication) was read, for latency
-    /// measurements.
+    /// When each stdout line starting with `[` (a gossip publication), `member ` or `blob `
+    /// (a registry or swarm event) was read, for latency measurements.
     #[allow(
         dead_code,
-        reason = "read by the gossip test only; the other crates share the module"
+        reason = "read by the namespace tests only; the other crates share the module"
     )]
     pub(crate) stamped: Arc<Mutex<Vec<(Instant, String)>>>,
 }
@@ -41,7 +41,7 @@ pub(crate) fn spawn_collected(mut command: Command, stdin: Stdio) -> Collected {
     let stamps = stamped.clone();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with('[') || line.starts_with("member ") {
+            if line.starts_with('[') || line.starts_with("member ") || line.starts_with("blob ") {
                 stamps.lock().unwrap().push((Instant::now(), line.clone()));
             }
             if tx.send(line).is_err() {

@@ -352,8 +352,9 @@ impl Blob {
 
     /// Whether `peer` may be asked for piece `index`. The origin of a push is asked for this
     /// node's share; for the share of a receiver that cannot give it (not connected, gone, or
-    /// caught lying) by the next receiver in the offer's list that can, and only while no
-    /// other member holds the piece; for anything once `open` (no progress for a while).
+    /// caught lying) by one substitute per piece, spread over the other receivers, and only
+    /// while no other member holds the piece; for anything once `open` (no progress for a
+    /// while).
     fn may_ask(
         &self,
         peer: PeerId,
@@ -375,15 +376,17 @@ impl Blob {
                     && !self.departed.contains(r)
                     && !self.members.get(r).is_some_and(|m| m.bad))
         };
-        let start = index as usize % n;
-        let owner = (0..n)
-            .map(|k| (k, origin.receivers[(start + k) % n]))
-            .find(|(_, r)| usable(r));
-        match owner {
-            Some((0, owner)) => owner == local,
-            Some((_, owner)) => owner == local && self.availability[index as usize] <= 1,
-            None => false,
+        let owner = origin.receivers[index as usize % n];
+        if usable(&owner) {
+            return owner == local;
         }
+        // The share of a receiver that cannot give it is spread over the others (by the
+        // piece's round, not its position), so no single substitute carries all of it.
+        let round = index as usize / n;
+        let substitute = (0..n)
+            .map(|k| origin.receivers[(round + k) % n])
+            .find(|r| *r != owner && usable(r));
+        substitute == Some(local) && self.availability[index as usize] <= 1
     }
 
     fn proof(&self, index: u32) -> Vec<Hash> {
@@ -550,9 +553,27 @@ impl Core {
         self.blobs.get(blob).map(|b| b.progress)
     }
 
-    /// The whole blob, if every piece is here.
-    pub(crate) fn get(&self, blob: &BlobId) -> Option<Bytes> {
-        self.blobs.get(blob).and_then(|b| b.whole.clone())
+    /// The whole blob, if every piece is here. The first call copies the pieces into one
+    /// buffer and makes them slices of it, so the frames they arrived in are freed.
+    pub(crate) fn get(&mut self, blob: &BlobId) -> Option<Bytes> {
+        let blob = self.blobs.get_mut(blob).filter(|b| b.complete())?;
+        if let Some(whole) = &blob.whole {
+            return Some(whole.clone());
+        }
+        let info = blob.info?;
+        let mut whole = BytesMut::with_capacity(usize::try_from(info.len).unwrap_or(0));
+        for piece in blob.pieces.iter().flatten() {
+            whole.extend_from_slice(piece);
+        }
+        let whole = whole.freeze();
+        let mut start = 0;
+        for (i, piece) in blob.pieces.iter_mut().enumerate() {
+            let len = info.piece_len(i as u32);
+            *piece = Some(whole.slice(start..start + len));
+            start += len;
+        }
+        blob.whole = Some(whole.clone());
+        Some(whole)
     }
 
     pub(crate) fn blobs(&self) -> Vec<(BlobId, Progress)> {
@@ -1245,20 +1266,8 @@ impl Core {
             });
         }
         if blob.complete() {
-            // One buffer for the whole blob; the pieces become slices of it, so the frames
-            // they arrived in are freed.
-            let mut whole = BytesMut::with_capacity(usize::try_from(info.len).unwrap_or(0));
-            for piece in blob.pieces.iter().flatten() {
-                whole.extend_from_slice(piece);
-            }
-            let whole = whole.freeze();
-            let mut start = 0;
-            for (i, piece) in blob.pieces.iter_mut().enumerate() {
-                let len = info.piece_len(i as u32);
-                *piece = Some(whole.slice(start..start + len));
-                start += len;
-            }
-            blob.whole = Some(whole);
+            // Assembled into one buffer only when asked for (`get`): a node that only relays
+            // serves the pieces as they came.
             out.push(Output::Complete { blob: id });
             return;
         }

@@ -180,7 +180,7 @@ impl Sim {
         self.apply(node, out);
     }
 
-    fn holds(&self, node: usize, blob: &BlobId, data: &Bytes) -> bool {
+    fn holds(&mut self, node: usize, blob: &BlobId, data: &Bytes) -> bool {
         self.nodes[node].get(blob).as_ref() == Some(data)
     }
 }

@@ -118,9 +118,12 @@ impl Inner {
                     let _ = self.events.send(SwarmEvent::Offered { blob, from, len });
                 }
                 Output::Complete { blob } => {
-                    if let Some(data) = state.core.get(&blob) {
-                        for waiter in state.fetches.remove(&blob).unwrap_or_default() {
-                            let _ = waiter.send(Ok(data.clone()));
+                    let waiters = state.fetches.remove(&blob).unwrap_or_default();
+                    if !waiters.is_empty() {
+                        if let Some(data) = state.core.get(&blob) {
+                            for waiter in waiters {
+                                let _ = waiter.send(Ok(data.clone()));
+                            }
                         }
                     }
                     let _ = self.events.send(SwarmEvent::Complete { blob });
