@@ -23,6 +23,13 @@
 //! after 8 nodes are killed the survivors still get everything. It prints the machine's CPU
 //! share during the measurement and says so when the two cores were saturated.
 //!
+//! The swarm test runs 9 nodes on 10 ms links, each node's egress capped at 200 Mbit/s (`tbf`),
+//! and pushes 64 MiB blobs from one of them: to all 8 others undisturbed, with one SIGKILLed
+//! half way, with one serving corrupt pieces, then to 1 and to 4. It prints each round's time
+//! beside the physical lower bound, the copies the pusher sent, duplicates and CPU, and asserts
+//! what does not depend on the machine's speed (every receiver done, copies, duplicates, one bad
+//! piece at most per honest receiver).
+//!
 //! Needs root, `ip` (iproute2, with `ip netns`), `tc` and, for the emulator, `/dev/net/tun`.
 //! Without them each test prints `skipped: ...` to stderr and returns, unless
 //! `PEERWIRE_REQUIRE_CHAOS` is set (CI sets it): then a skip fails the test. Run with `--nocapture` to
