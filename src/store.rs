@@ -40,6 +40,17 @@ const OUTBOX: Table = TableDefinition::new("outbox");
 /// Where each durable stream's unacknowledged messages start: peer ‖ channel index → u64 BE.
 const ACKED: Table = TableDefinition::new("acked");
 
+/// Blobs of the swarm: blob id → its description (length, piece size, root).
+const SWARM_BLOBS: Table = TableDefinition::new("swarm_blobs");
+/// Their verified pieces: blob id ‖ piece index (u32 BE) → proof length (u8) ‖ proof ‖ bytes.
+const SWARM_PIECES: Table = TableDefinition::new("swarm_pieces");
+/// Swarm writes waiting for their thread, at most (beyond: the piece is held in memory only,
+/// counted). The pieces queued are shared with memory, not copies.
+const PIECE_QUEUE: usize = 4096;
+/// Swarm writes committed in one transaction, at most (16 pieces of 256 KiB: 4 MiB, so a
+/// crash loses little and a commit never holds the thread long).
+const PIECE_BATCH: usize = 16;
+
 /// Journal operations waiting for the writer thread, at most (beyond: `send` waits for room,
 /// `try_send` writes nothing and the message is kept in memory only, counted).
 const JOURNAL_QUEUE: usize = 8192;
@@ -109,7 +120,17 @@ impl Store {
         let store = Self { db, path };
         // Every table exists from the start, so reads never meet a missing one.
         store.write(|tx| {
-            for table in [BOOK, ANCHORS, REGISTRY, APP, STREAMS, OUTBOX, ACKED] {
+            for table in [
+                BOOK,
+                ANCHORS,
+                REGISTRY,
+                APP,
+                STREAMS,
+                OUTBOX,
+                ACKED,
+                SWARM_BLOBS,
+                SWARM_PIECES,
+            ] {
                 tx.open_table(table)?;
             }
             Ok(())
@@ -453,6 +474,171 @@ fn journal_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<JournalOp>)
     }
 }
 
+/// A blob as read back: its description and its pieces (index, proof, bytes), each still to be
+/// checked by the reader.
+#[derive(Debug)]
+pub(crate) struct KeptBlob {
+    pub(crate) id: [u8; 32],
+    pub(crate) info: Vec<u8>,
+    pub(crate) pieces: Vec<(u32, Vec<[u8; 32]>, bytes::Bytes)>,
+}
+
+impl Store {
+    /// Every kept blob with its pieces. A record that does not parse is skipped.
+    pub(crate) fn load_blobs(&self) -> Result<Vec<KeptBlob>, StoreError> {
+        let mut blobs: Vec<KeptBlob> = self
+            .load(SWARM_BLOBS)?
+            .into_iter()
+            .filter_map(|(key, info)| {
+                Some(KeptBlob {
+                    id: key.try_into().ok()?,
+                    info,
+                    pieces: Vec::new(),
+                })
+            })
+            .collect();
+        for (key, value) in self.load(SWARM_PIECES)? {
+            let (Some(id), Some(index)) = (key.get(..32), key.get(32..36)) else {
+                continue;
+            };
+            let Some(blob) = blobs.iter_mut().find(|b| b.id[..] == *id) else {
+                continue;
+            };
+            let index = u32::from_be_bytes(index.try_into().unwrap_or_default());
+            let Some((&count, rest)) = value.split_first() else {
+                continue;
+            };
+            let hashes = usize::from(count) * 32;
+            if rest.len() < hashes {
+                continue;
+            }
+            let proof = rest[..hashes]
+                .chunks_exact(32)
+                .filter_map(|h| h.try_into().ok())
+                .collect();
+            blob.pieces
+                .push((index, proof, bytes::Bytes::copy_from_slice(&rest[hashes..])));
+        }
+        Ok(blobs)
+    }
+}
+
+/// What the swarm asks its writer thread to keep or forget.
+#[derive(Debug)]
+pub(crate) enum PieceOp {
+    Blob {
+        id: [u8; 32],
+        info: Vec<u8>,
+    },
+    Piece {
+        id: [u8; 32],
+        index: u32,
+        proof: Vec<[u8; 32]>,
+        data: bytes::Bytes,
+    },
+    Forget {
+        id: [u8; 32],
+    },
+}
+
+/// Writes the swarm's blobs and pieces on a thread of its own, many to a transaction, so a
+/// piece never waits for the disk on a tokio worker. Losing the queue (a crash) loses only
+/// pieces that are fetched again.
+#[derive(Debug, Clone)]
+pub(crate) struct PieceWriter {
+    ops: std::sync::mpsc::SyncSender<PieceOp>,
+    /// Operations not written because the queue was full.
+    pub(crate) not_kept: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PieceWriter {
+    /// Starts the writer thread; it ends when the last `PieceWriter` clone is dropped.
+    pub(crate) fn start(store: Arc<Store>) -> Result<Self, StoreError> {
+        let (ops, rx) = std::sync::mpsc::sync_channel(PIECE_QUEUE);
+        std::thread::Builder::new()
+            .name("peerwire-pieces".into())
+            .spawn(move || piece_thread(&store, &rx))
+            .map_err(|e| StoreError::Io {
+                path: PathBuf::from("(swarm writer thread)"),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            ops,
+            not_kept: Arc::default(),
+        })
+    }
+
+    /// Queues `op` without waiting; false (and counted) when the queue is full.
+    pub(crate) fn send(&self, op: PieceOp) -> bool {
+        let queued = self.ops.try_send(op).is_ok();
+        if !queued {
+            self.not_kept
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        queued
+    }
+}
+
+fn piece_key(id: &[u8; 32], index: u32) -> [u8; 36] {
+    let mut key = [0u8; 36];
+    key[..32].copy_from_slice(id);
+    key[32..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn piece_thread(store: &Store, rx: &std::sync::mpsc::Receiver<PieceOp>) {
+    let mut batch = Vec::with_capacity(PIECE_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < PIECE_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = store.write(|tx| {
+            let mut blobs = tx.open_table(SWARM_BLOBS)?;
+            let mut pieces = tx.open_table(SWARM_PIECES)?;
+            for op in batch.drain(..) {
+                match op {
+                    PieceOp::Blob { id, info } => {
+                        blobs.insert(id.as_slice(), info.as_slice())?;
+                    }
+                    PieceOp::Piece {
+                        id,
+                        index,
+                        proof,
+                        data,
+                    } => {
+                        let mut value = Vec::with_capacity(1 + proof.len() * 32 + data.len());
+                        value.push(u8::try_from(proof.len()).unwrap_or(u8::MAX));
+                        for hash in &proof {
+                            value.extend_from_slice(hash);
+                        }
+                        value.extend_from_slice(&data);
+                        pieces.insert(piece_key(&id, index).as_slice(), value.as_slice())?;
+                    }
+                    PieceOp::Forget { id } => {
+                        blobs.remove(id.as_slice())?;
+                        let (start, end) = (piece_key(&id, 0), piece_key(&id, u32::MAX));
+                        let gone: Vec<Vec<u8>> = pieces
+                            .range(start.as_slice()..=end.as_slice())?
+                            .filter_map(|e| e.ok().map(|(k, _)| k.value().to_vec()))
+                            .collect();
+                        for key in gone {
+                            pieces.remove(key.as_slice())?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "swarm: cannot write to the data directory; pieces held in memory only");
+        }
+    }
+}
+
 /// The application's own entries in the node's data directory: small durable settings that
 /// belong with the node (for example which peers it replicates to). From
 /// [`crate::Network::data`]. Every write is committed before it returns.
@@ -538,6 +724,66 @@ mod tests {
             app.put(&[0; MAX_APP_KEY + 1], b""),
             Err(StoreError::TooLarge(_))
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn kept_pieces_come_back_until_their_blob_is_forgotten() {
+        let dir = dir("pieces");
+        {
+            let store = Arc::new(Store::open(&dir).unwrap());
+            let writer = PieceWriter::start(store.clone()).unwrap();
+            assert!(writer.send(PieceOp::Blob {
+                id: [1; 32],
+                info: vec![9; 44]
+            }));
+            assert!(writer.send(PieceOp::Blob {
+                id: [2; 32],
+                info: vec![8; 44]
+            }));
+            for (id, index) in [([1; 32], 0), ([1; 32], 7), ([2; 32], 3)] {
+                let piece = PieceOp::Piece {
+                    id,
+                    index,
+                    proof: vec![[index as u8; 32]],
+                    data: bytes::Bytes::from(vec![index as u8; 10]),
+                };
+                assert!(writer.send(piece));
+            }
+            assert!(writer.send(PieceOp::Forget { id: [2; 32] }));
+            drop(writer);
+            // The thread ends once it has written everything queued; a load waits for no
+            // commit, so poll until the last one is visible.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while store.load(SWARM_BLOBS).unwrap().len() != 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the writer never caught up"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        // The writer thread lets go of the database once it has seen the queue close.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(&dir) {
+                Ok(store) => break store,
+                Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let blobs = store.load_blobs().unwrap();
+        assert_eq!(blobs.len(), 1);
+        assert_eq!((blobs[0].id, blobs[0].info.clone()), ([1; 32], vec![9; 44]));
+        let pieces: Vec<(u32, usize, usize)> = blobs[0]
+            .pieces
+            .iter()
+            .map(|(i, proof, data)| (*i, proof.len(), data.len()))
+            .collect();
+        assert_eq!(pieces, [(0, 1, 10), (7, 1, 10)]);
+        assert_eq!(blobs[0].pieces[1].1[0], [7; 32]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -25,7 +25,8 @@
 //!
 //! The swarm test runs 9 nodes on 10 ms links, each node's egress capped at 200 Mbit/s (`tbf`),
 //! and pushes 64 MiB blobs from one of them: to all 8 others undisturbed, with one SIGKILLed
-//! half way, with one serving corrupt pieces, then to 1 and to 4. It prints each round's time
+//! half way, with one serving corrupt pieces, with one SIGKILLed half way and restarted with its
+//! data directory (it carries on from the pieces it kept), then to 1 and to 4. It prints each round's time
 //! beside the physical lower bound, the copies the pusher sent, duplicates and CPU, and asserts
 //! what does not depend on the machine's speed (every receiver done, copies, duplicates, one bad
 //! piece at most per honest receiver).
@@ -2003,6 +2004,8 @@ fn twenty_nodes_find_each_other_through_a_seed_and_reconnect_from_their_books() 
 
 /// One push of a fresh 64 MiB blob, as the nodes reported it.
 struct SwarmRound {
+    /// The blob's id.
+    blob: String,
     /// Each receiver's completion, from the moment `/push` was written, in receiver order.
     times: Vec<Duration>,
     /// Bytes the pusher sent, in copies of the blob.
@@ -2109,6 +2112,7 @@ fn swarm_round(
     }
     let _ = std::fs::remove_file(&path);
     SwarmRound {
+        blob,
         times,
         copies,
         duplicates: duplicates as f64 / needed.max(1) as f64,
@@ -2213,6 +2217,72 @@ fn a_64_mib_blob_reaches_8_receivers_near_the_bound_and_survives_a_death_and_a_l
         describe_round(&liar, bound),
         calm_slowest.as_secs_f64() * 1.1
     ));
+
+    // A receiver SIGKILLed half way and restarted with its data directory carries on from
+    // the pieces it kept.
+    lab.kill(VICTIM);
+    let data_dir = lab.dir.join("n9-data");
+    let mut extra: Vec<&str> = peers.iter().map(String::as_str).collect();
+    extra.extend(["--data-dir", data_dir.to_str().unwrap()]);
+    lab.start(VICTIM, false, &extra);
+    lab.wait_mesh();
+    let restarted = swarm_round(&mut lab, 4, &all, |lab, started| {
+        thread::sleep(half.saturating_sub(started.elapsed()));
+        lab.kill(VICTIM);
+    });
+    lab.start(VICTIM, false, &extra);
+    lab.wait_mesh();
+    let blob = restarted.blob.clone();
+    let row = format!("{blob} ");
+    let pieces_held = |lab: &mut Lab| -> (u64, u64, u64) {
+        let mark = lab.mark(VICTIM);
+        lab.send(VICTIM, "/blobs");
+        lab.wait_line(VICTIM, mark, "its /blobs row", |l| l.starts_with(&row));
+        let line = lab.node(VICTIM).seen[mark..]
+            .iter()
+            .find(|l| l.starts_with(&row))
+            .cloned()
+            .unwrap();
+        // "ID LEN bytes, P/T pieces, M members, S bytes sent, R received, ..."
+        let field = |i: usize| line.split(", ").nth(i).unwrap_or("").to_owned();
+        let (have, total) = field(1)
+            .split(' ')
+            .next()
+            .and_then(|f| f.split_once('/'))
+            .map(|(a, b)| (a.parse().unwrap_or(0), b.parse().unwrap_or(0)))
+            .unwrap_or((0, 0));
+        let received = field(4)
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (have, total, received)
+    };
+    let (kept, total, _) = pieces_held(&mut lab);
+    let started = Instant::now();
+    let copy = lab.dir.join("n9-copy.bin");
+    lab.send(VICTIM, &format!("/fetch {blob} {}", copy.display()));
+    let fetched = format!(
+        "fetched {blob} to {} ({SWARM_BLOB} bytes, verified)",
+        copy.display()
+    );
+    lab.wait_line(VICTIM, 0, "the resumed fetch", |l| l == fetched);
+    let took = started.elapsed();
+    let (_, _, received) = pieces_held(&mut lab);
+    lab.note(&format!(
+        "n{} SIGKILLed half way and restarted with its data directory: it had kept {kept} of {total} pieces, fetched the other {} ({received} bytes) in {:.2} s; the others: {}",
+        VICTIM + 1,
+        total - kept,
+        took.as_secs_f64(),
+        describe_round(&restarted, bound)
+    ));
+    assert!(kept > 0 && kept < total, "kept {kept} of {total} pieces");
+    assert!(
+        received <= (total - kept) * (256 << 10),
+        "received {received} bytes after the restart for {} missing pieces",
+        total - kept
+    );
+    let _ = std::fs::remove_file(&copy);
 
     // Fewer receivers, for BENCHMARKS.md.
     for n in [1usize, 4] {

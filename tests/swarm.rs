@@ -234,3 +234,44 @@ async fn the_bounds_refuse_what_does_not_fit_and_say_which() {
     assert_eq!(report.failed, vec![nodes[1].0.local_peer_id()]);
     assert_eq!(nodes[1].1.stats().offers_declined, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_its_data_directory_carries_on_from_the_pieces_it_kept() {
+    let dir = TempDir::new("swarm-keep");
+    let base = swarm_config().declare(config());
+    let (a, _) = node(base.clone()).await;
+    let a_swarm = a.swarm(swarm_config()).unwrap();
+    let data = payload(2 << 20, 7);
+    let blob = a_swarm.add(data.clone()).await.unwrap();
+    let key = peerwire::Keypair::generate();
+    let kept = base.clone().data_dir(dir.join("b"));
+    {
+        let (b, _) = node_reopening(kept.clone(), key.clone()).await;
+        let b_swarm = b.swarm(swarm_config()).unwrap();
+        b.connect(a.local_addr()).await.unwrap();
+        let got = soon(
+            "the first fetch",
+            b_swarm.fetch(&blob, &[a.local_peer_id()]),
+        )
+        .await;
+        assert_eq!(got.unwrap(), data);
+        b.shutdown().await;
+    }
+    // Restarted: the blob is held at once, from the data directory, with nothing fetched.
+    let (b, _) = node_reopening(kept.clone(), key.clone()).await;
+    let b_swarm = b.swarm(swarm_config()).unwrap();
+    eventually("the kept blob", || {
+        b_swarm.progress(&blob).is_some_and(|p| p.is_complete())
+    })
+    .await;
+    assert_eq!(b_swarm.fetch(&blob, &[]).await.unwrap(), data);
+    assert_eq!(b_swarm.progress(&blob).unwrap().received_bytes, 0);
+    // Removed: gone from the directory too.
+    assert!(b_swarm.remove(&blob));
+    b.shutdown().await;
+    drop((b, b_swarm));
+    let (b, _) = node_reopening(kept, key).await;
+    let b_swarm = b.swarm(swarm_config()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(b_swarm.progress(&blob).is_none());
+}

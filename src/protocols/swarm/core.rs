@@ -63,6 +63,17 @@ pub(crate) enum Output {
     Failed { blob: BlobId, why: FetchError },
     /// A push ended: every receiver holds the blob or left.
     Pushed { blob: BlobId, report: PushReport },
+    /// Keep the blob's description on disk (with a data directory).
+    Keep { blob: BlobId, info: Info },
+    /// Keep a verified piece on disk.
+    KeepPiece {
+        blob: BlobId,
+        index: u32,
+        proof: Vec<Hash>,
+        data: Bytes,
+    },
+    /// Forget the blob on disk.
+    Forget { blob: BlobId },
 }
 
 /// How a push ended.
@@ -631,13 +642,21 @@ impl Core {
             self.memory += info.len;
         }
         let mut got = Vec::new();
+        out.push(Output::Keep { blob: id, info });
         for i in 0..n {
+            let start = i as usize * info.piece_size as usize;
+            let piece = data.slice(start..start + info.piece_len(i));
             if !blob.have[i as usize] {
                 got.push(i);
                 blob.have[i as usize] = true;
+                out.push(Output::KeepPiece {
+                    blob: id,
+                    index: i,
+                    proof: tree.proof(i),
+                    data: piece.clone(),
+                });
             }
-            let start = i as usize * info.piece_size as usize;
-            blob.pieces[i as usize] = Some(data.slice(start..start + info.piece_len(i)));
+            blob.pieces[i as usize] = Some(piece);
         }
         blob.have_count = n;
         blob.progress.pieces = n;
@@ -664,6 +683,53 @@ impl Core {
             }
         }
         Ok(id)
+    }
+
+    /// Takes back a blob kept on disk: its description and the pieces that were stored, each
+    /// checked against the id again (the disk is not trusted more than a peer). Returns the
+    /// pieces kept and the ones dropped. The blob is then held (complete) or wanted (a fetch
+    /// carries on from these pieces).
+    pub(crate) fn restore(
+        &mut self,
+        info: Info,
+        pieces: Vec<(u32, Vec<Hash>, Bytes)>,
+    ) -> Result<(u32, u32), AddError> {
+        let id = info.id();
+        let Some(n) = info.pieces() else {
+            return Ok((0, u32::try_from(pieces.len()).unwrap_or(u32::MAX)));
+        };
+        if self.blobs.contains_key(&id) {
+            return Ok((0, 0));
+        }
+        if self.blobs.len() >= self.limits.max_blobs {
+            return Err(AddError::TooManyBlobs {
+                max: self.limits.max_blobs,
+            });
+        }
+        self.room(info.len)?;
+        let mut blob = Blob::unknown();
+        blob.learn(info, n, self.limits.seed);
+        let (mut kept, mut dropped) = (0, 0);
+        for (index, proof, data) in pieces {
+            let at = index as usize;
+            let valid = index < n
+                && !blob.have[at]
+                && data.len() == info.piece_len(index)
+                && merkle::verify(&info.root, n, index, &data, &proof);
+            if !valid {
+                dropped += 1;
+                continue;
+            }
+            blob.have[at] = true;
+            blob.pieces[at] = Some(data);
+            blob.proofs[at] = proof;
+            kept += 1;
+        }
+        blob.have_count = kept;
+        blob.progress.pieces = kept;
+        self.memory += info.len;
+        self.blobs.insert(id, blob);
+        Ok((kept, dropped))
     }
 
     /// Wants `blob`, asking `hints` (now if connected, else when they connect) and anybody
@@ -804,6 +870,7 @@ impl Core {
         };
         if let Some(info) = blob.info {
             self.memory = self.memory.saturating_sub(info.len);
+            out.push(Output::Forget { blob: id });
         }
         if !blob.complete() {
             out.push(Output::Failed {
@@ -1028,6 +1095,7 @@ impl Core {
         if let Some(blob) = self.blobs.get_mut(&id) {
             blob.learn(info, n, seed);
         }
+        out.push(Output::Keep { blob: id, info });
         true
     }
 
@@ -1247,6 +1315,12 @@ impl Core {
         blob.have[index as usize] = true;
         blob.have_count += 1;
         blob.pieces[index as usize] = Some(data.clone());
+        out.push(Output::KeepPiece {
+            blob: id,
+            index,
+            proof: proof.clone(),
+            data: data.clone(),
+        });
         blob.proofs[index as usize] = proof;
         blob.progress.pieces = blob.have_count;
         blob.progress.received_bytes += data.len() as u64;

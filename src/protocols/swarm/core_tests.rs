@@ -125,7 +125,10 @@ impl Sim {
                 Output::Complete { blob } => self.complete.push((from, blob)),
                 Output::Pushed { report, .. } => self.pushed.push((from, report)),
                 Output::Failed { why, .. } => self.failed.push((from, why)),
-                Output::Offered { .. } => {}
+                Output::Offered { .. }
+                | Output::Keep { .. }
+                | Output::KeepPiece { .. }
+                | Output::Forget { .. } => {}
             }
         }
     }
@@ -583,4 +586,32 @@ fn lies_about_the_blob_are_charged() {
     assert_eq!(points, vec![10, 10, 5, 5]);
     // The last Got is from a peer that is not a member yet (every Have was refused): ignored.
     assert_eq!(sim.nodes[1].stats().unsolicited, 1);
+}
+
+#[test]
+fn a_restored_blob_keeps_its_checked_pieces_and_fetches_only_the_rest() {
+    let mut sim = Sim::new(2, |_| limits());
+    let (info, tree, data) = make_blob(32 * 1024, 1024);
+    let blob = sim.add(0, info, tree.clone(), data.clone());
+    // Node 1 kept pieces 0..16 before a restart; one was altered on disk, and a record
+    // names a piece past the end.
+    let piece = |i: u32| data.slice(i as usize * 1024..(i as usize + 1) * 1024);
+    let mut kept: Vec<_> = (0..16u32).map(|i| (i, tree.proof(i), piece(i))).collect();
+    kept[3].2 = Bytes::from(vec![0u8; 1024]);
+    kept.push((99, Vec::new(), Bytes::new()));
+    assert_eq!(sim.nodes[1].restore(info, kept).unwrap(), (15, 2));
+    assert_eq!(sim.nodes[1].progress(&blob).unwrap().pieces, 15);
+    let mut out = Vec::new();
+    sim.nodes[1]
+        .fetch(blob, &[id(0)], sim.now, &mut out)
+        .unwrap();
+    sim.apply(1, out);
+    sim.run();
+    assert!(sim.holds(1, &blob, &data));
+    // Only the 17 pieces it lacked crossed the wire.
+    assert_eq!(
+        sim.nodes[1].progress(&blob).unwrap().received_bytes,
+        17 * 1024
+    );
+    assert_eq!(sim.uploaded[0], 17 * 1024);
 }

@@ -70,6 +70,27 @@ pub(crate) struct Info {
 }
 
 impl Info {
+    /// 44 bytes: length and piece size (little-endian), root; as kept on disk.
+    pub(crate) fn to_bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(44);
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&self.piece_size.to_le_bytes());
+        out.extend_from_slice(&self.root);
+        out
+    }
+
+    /// The inverse of [`Info::to_bytes`]; `None` for anything but 44 bytes.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 44 {
+            return None;
+        }
+        Some(Self {
+            len: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            piece_size: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
+            root: bytes[12..].try_into().ok()?,
+        })
+    }
+
     /// The id this info hashes to.
     pub(crate) fn id(&self) -> BlobId {
         let mut h = Sha256::new();
@@ -293,6 +314,8 @@ mod tests {
         );
         let id = info.id();
         assert_eq!(id.to_string().parse::<BlobId>(), Ok(id));
+        assert_eq!(Info::from_bytes(&info.to_bytes()), Some(info));
+        assert_eq!(Info::from_bytes(&info.to_bytes()[1..]), None);
         assert_eq!("xyz".parse::<BlobId>(), Err(BadBlobId));
     }
 }

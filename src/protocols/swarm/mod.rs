@@ -95,6 +95,10 @@ pub struct SwarmConfig {
     pub timeout_per_mib: Duration,
     /// Whether a blob pushed by a peer is taken on (within the bounds). Default true.
     pub accept_offers: bool,
+    /// With a data directory (`Config::data_dir`): every blob held and every verified piece
+    /// is also written there, and a restarted node takes them back (checking each piece
+    /// again), so a fetch cut by a restart carries on from the pieces it had. Default true.
+    pub keep_on_disk: bool,
     /// Events kept for a slow [`Swarm::events`] receiver. Default 256.
     pub event_queue: usize,
     /// Protocol violations (undecodable messages, pieces that fail their proof: 25 points
@@ -122,6 +126,7 @@ impl SwarmConfig {
             timeout_min: Duration::from_secs(2),
             timeout_per_mib: Duration::from_secs(4),
             accept_offers: true,
+            keep_on_disk: true,
             event_queue: 256,
             misbehaviour_budget: 100,
             corrupt_uploads: false,

@@ -24,6 +24,7 @@ use crate::identity::PeerId;
 use crate::network::{Channel, ProtocolFace};
 use crate::peers::NetworkEvent;
 use crate::protocols::Scores;
+use crate::store::{PieceOp, PieceWriter};
 
 /// What happened to a blob on this node, from [`Swarm::events`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,8 @@ struct Inner {
     stop: CancellationToken,
     events: broadcast::Sender<SwarmEvent>,
     frames_dropped: AtomicU64,
+    /// Writes blobs and pieces to the data directory (with one, and `keep_on_disk`).
+    writer: Option<PieceWriter>,
 }
 
 impl Inner {
@@ -138,7 +141,33 @@ impl Inner {
                         let _ = tx.send(report);
                     }
                 }
+                Output::Keep { blob, info } => self.keep(PieceOp::Blob {
+                    id: blob.0,
+                    info: info.to_bytes(),
+                }),
+                Output::KeepPiece {
+                    blob,
+                    index,
+                    proof,
+                    data,
+                } => self.keep(PieceOp::Piece {
+                    id: blob.0,
+                    index,
+                    proof,
+                    data,
+                }),
+                Output::Forget { blob } => self.keep(PieceOp::Forget { id: blob.0 }),
             }
+        }
+    }
+}
+
+impl Inner {
+    /// Hands a write to the data directory's swarm writer, if the node keeps blobs there.
+    fn keep(&self, op: PieceOp) {
+        if let Some(writer) = &self.writer {
+            // A full queue (counted by the writer) loses only what is fetched again.
+            writer.send(op);
         }
     }
 }
@@ -169,9 +198,23 @@ pub(super) fn spawn(
     let local = face.local_peer_id();
     let seed = u64::from_le_bytes(local.as_bytes()[..8].try_into().unwrap_or([0; 8]));
     let (events, _) = broadcast::channel(config.event_queue.max(1));
+    let mut core = Core::new(config.limits(seed), local);
+    let writer = match face.store().filter(|_| config.keep_on_disk) {
+        Some(store) => {
+            restore(&mut core, &store);
+            match PieceWriter::start(store) {
+                Ok(writer) => Some(writer),
+                Err(e) => {
+                    tracing::warn!(error = %e, "swarm: blobs are held in memory only");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
-            core: Core::new(config.limits(seed), local),
+            core,
             fetches: HashMap::new(),
             pushes: HashMap::new(),
             scores: Scores::default(),
@@ -185,6 +228,7 @@ pub(super) fn spawn(
         stop: CancellationToken::new(),
         events,
         frames_dropped: AtomicU64::new(0),
+        writer,
     });
     let net_events = inner.face.events();
     let now = Instant::now();
@@ -197,6 +241,35 @@ pub(super) fn spawn(
     tokio::spawn(run(inner.clone(), control.1, pieces.1, net_events));
     Swarm {
         alive: Arc::new(Alive(inner)),
+    }
+}
+
+/// Takes back the blobs kept in the data directory (pieces checked again), as far as the
+/// bounds allow; what does not fit stays on disk and is said.
+fn restore(core: &mut Core, store: &crate::store::Store) {
+    let kept = match store.load_blobs() {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::warn!(error = %e, "swarm: cannot read the kept blobs");
+            return;
+        }
+    };
+    for blob in kept {
+        let Some(info) = Info::from_bytes(&blob.info).filter(|i| i.id().0 == blob.id) else {
+            tracing::warn!("swarm: a kept blob's description does not match its id; skipped");
+            continue;
+        };
+        match core.restore(info, blob.pieces) {
+            Ok((pieces, dropped)) => tracing::info!(
+                blob = %info.id(),
+                pieces,
+                dropped,
+                "swarm: blob taken back from the data directory"
+            ),
+            Err(e) => {
+                tracing::warn!(blob = %info.id(), error = %e, "swarm: kept blob not taken back")
+            }
+        }
     }
 }
 
