@@ -30,6 +30,8 @@ pub(crate) struct Limits {
     pub(crate) max_blobs: usize,
     pub(crate) max_memory: u64,
     pub(crate) pipeline: usize,
+    pub(crate) upload_slots: usize,
+    pub(crate) busy_retry: Duration,
     pub(crate) endgame: u32,
     pub(crate) max_members: usize,
     pub(crate) timeout_min: Duration,
@@ -131,6 +133,8 @@ pub struct SwarmStats {
     pub unsolicited: u64,
     /// Pieces that failed their proof.
     pub bad_pieces: u64,
+    /// Requests answered `Busy` (every upload slot of the blob taken).
+    pub busy: u64,
 }
 
 /// `Swarm::add` failed.
@@ -243,6 +247,8 @@ struct Member {
     /// Requests of it that timed out since its last piece: it is asked one at a time, after
     /// the others.
     timeouts: u32,
+    /// It answered `Busy`: asked nothing until then.
+    busy_until: Option<Instant>,
 }
 
 impl Member {
@@ -255,6 +261,7 @@ impl Member {
             inflight: Vec::new(),
             bad: false,
             timeouts: 0,
+            busy_until: None,
         }
     }
 }
@@ -289,6 +296,9 @@ struct Blob {
     requested: Vec<u8>,
     rank: Vec<u32>,
     hints: Vec<PeerId>,
+    /// Pieces served to each peer and not yet announced back by it, with when they were
+    /// served: one upload slot per peer listed.
+    uploads: PeerMap<Vec<(u32, Instant)>>,
     deal: Option<Deal>,
     origin: Option<Origin>,
     /// Members that left or declined: their share of a push is asked of the origin.
@@ -316,6 +326,7 @@ impl Blob {
             requested: Vec::new(),
             rank: Vec::new(),
             hints: Vec::new(),
+            uploads: PeerMap::default(),
             deal: None,
             origin: None,
             departed: Vec::new(),
@@ -416,6 +427,13 @@ impl Blob {
     }
 
     fn set_has(&mut self, peer: PeerId, index: u32) -> bool {
+        // The peer holds it now: the upload is done and frees its share of the slot.
+        if let Some(uploads) = self.uploads.get_mut(&peer) {
+            uploads.retain(|(i, _)| *i != index);
+            if uploads.is_empty() {
+                self.uploads.remove(&peer);
+            }
+        }
         let Some(member) = self.members.get_mut(&peer).filter(|m| !m.bad) else {
             return false;
         };
@@ -445,6 +463,7 @@ impl Blob {
     }
 
     fn remove_member(&mut self, peer: PeerId) -> Option<Member> {
+        self.uploads.remove(&peer);
         let member = self.members.remove(&peer)?;
         for (i, had) in member.has.iter().enumerate() {
             if *had {
@@ -558,6 +577,12 @@ impl Core {
             memory_bytes: self.memory,
             ..self.stats
         }
+    }
+
+    /// Peers holding an upload slot of `blob` now.
+    #[cfg(test)]
+    pub(crate) fn uploading(&self, blob: &BlobId) -> usize {
+        self.blobs.get(blob).map_or(0, |b| b.uploads.len())
     }
 
     pub(crate) fn progress(&self, blob: &BlobId) -> Option<Progress> {
@@ -1006,6 +1031,18 @@ impl Core {
                 }
                 self.fill(blob, now, out);
             }
+            Wire::Busy { blob, piece } => {
+                let retry = now + self.limits.busy_retry;
+                let Some(b) = self.blobs.get_mut(&blob) else {
+                    return;
+                };
+                if b.cancel(peer, piece) {
+                    if let Some(member) = b.members.get_mut(&peer) {
+                        member.busy_until = Some(retry);
+                    }
+                }
+                self.fill(blob, now, out);
+            }
             Wire::Piece { blob, piece, proof } => {
                 self.on_piece(peer, blob, piece, proof, data, now, out);
             }
@@ -1231,6 +1268,32 @@ impl Core {
             });
             return;
         };
+        // Upload slots: at most `upload_slots` peers served at once per blob, each with at
+        // most two pipelines' worth served and not yet announced back. Served pieces a peer
+        // never announces expire after two piece timeouts, so a silent peer cannot hold a slot.
+        let expiry = blob.piece_timeout(&self.limits) * 2;
+        blob.uploads.retain(|_, served| {
+            served.retain(|(_, at)| now.saturating_duration_since(*at) < expiry);
+            !served.is_empty()
+        });
+        let slots = self.limits.upload_slots.max(1);
+        let busy = match blob.uploads.get(&peer) {
+            Some(served) => served.len() >= 2 * self.limits.pipeline.max(1),
+            None => blob.uploads.len() >= slots,
+        };
+        if busy {
+            self.stats.busy += 1;
+            out.push(Output::Send {
+                peer,
+                wire: Wire::Busy {
+                    blob: id,
+                    piece: index,
+                },
+                data: None,
+            });
+            return;
+        }
+        blob.uploads.entry(peer).or_default().push((index, now));
         blob.progress.uploaded_bytes += data.len() as u64;
         let proof = blob.proof(index);
         out.push(Output::Send {
@@ -1242,7 +1305,6 @@ impl Core {
             },
             data: Some(data),
         });
-        let _ = now;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1369,7 +1431,7 @@ impl Core {
         let mut peers: Vec<(u32, PeerId)> = blob
             .members
             .iter()
-            .filter(|(_, m)| !m.bad && m.has_count > 0)
+            .filter(|(_, m)| !m.bad && m.has_count > 0 && m.busy_until.is_none_or(|at| at <= now))
             .map(|(p, m)| (m.timeouts, *p))
             .collect();
         peers.sort_unstable();
@@ -1416,6 +1478,9 @@ impl Core {
                 if expired.iter().any(|(p, _)| p == peer) {
                     member.timeouts += 1;
                 }
+                if member.busy_until.is_some_and(|at| at <= now) {
+                    member.busy_until = None;
+                }
             }
             for (_, i) in &expired {
                 let count = &mut blob.requested[*i as usize];
@@ -1443,6 +1508,9 @@ impl Core {
             for member in blob.members.values() {
                 for (_, at) in &member.inflight {
                     consider(*at);
+                }
+                if let Some(at) = member.busy_until {
+                    consider(at);
                 }
             }
             if let (Some(_), Some(at)) = (&blob.origin, blob.last_progress) {

@@ -17,6 +17,8 @@ fn limits() -> Limits {
         max_blobs: 4,
         max_memory: 1 << 30,
         pipeline: 4,
+        upload_slots: 8,
+        busy_retry: Duration::from_millis(250),
         endgame: 4,
         max_members: 64,
         timeout_min: Duration::from_secs(2),
@@ -614,4 +616,40 @@ fn a_restored_blob_keeps_its_checked_pieces_and_fetches_only_the_rest() {
         17 * 1024
     );
     assert_eq!(sim.uploaded[0], 17 * 1024);
+}
+
+#[test]
+fn a_holder_serves_at_most_its_upload_slots_at_once_and_the_rest_come_back() {
+    // Node 0 holds the blob with 2 upload slots; 5 fetchers know only node 0 at first.
+    let mut sim = Sim::new(6, |i| Limits {
+        upload_slots: if i == 0 { 2 } else { 8 },
+        ..limits()
+    });
+    let (info, tree, data) = make_blob(64 * 1024, 1024);
+    let blob = sim.add(0, info, tree, data.clone());
+    for r in 1..6 {
+        let mut out = Vec::new();
+        sim.nodes[r]
+            .fetch(blob, &[id(0)], sim.now, &mut out)
+            .unwrap();
+        sim.apply(r, out);
+    }
+    let mut most = 0;
+    for _ in 0..40 {
+        let mut steps = 0;
+        while let Some((from, to, wire, bytes)) = sim.queue.pop_front() {
+            let mut out = Vec::new();
+            sim.nodes[to].on_wire(id(from), wire, bytes, sim.now, &mut out);
+            sim.apply(to, out);
+            most = most.max(sim.nodes[0].uploading(&blob));
+            steps += 1;
+            assert!(steps < 1_000_000);
+        }
+        sim.advance(Duration::from_millis(250));
+    }
+    assert!(most <= 2, "{most} peers served at once");
+    assert!(sim.nodes[0].stats().busy > 0, "nobody was told to wait");
+    for r in 1..6 {
+        assert!(sim.holds(r, &blob, &data), "fetcher {r}");
+    }
 }

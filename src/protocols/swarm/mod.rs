@@ -82,6 +82,12 @@ pub struct SwarmConfig {
     pub max_memory: u64,
     /// Piece requests in flight to one peer, per blob. Default 8.
     pub pipeline: usize,
+    /// Peers this node uploads one blob to at once (a peer holds a slot while pieces sent to
+    /// it are not yet announced back, at most two piece timeouts); beyond, a request is
+    /// answered `Busy` and asked again after `busy_retry` or elsewhere. Default 8.
+    pub upload_slots: usize,
+    /// How long a peer that answered `Busy` is not asked again. Default 250 ms.
+    pub busy_retry: Duration,
     /// Missing pieces at or under which a piece already asked for may be asked of a second
     /// peer. Default 4.
     pub endgame: u32,
@@ -121,6 +127,8 @@ impl SwarmConfig {
             max_blobs: 16,
             max_memory: 1 << 30,
             pipeline: 8,
+            upload_slots: 8,
+            busy_retry: Duration::from_millis(250),
             endgame: 4,
             max_members: 64,
             timeout_min: Duration::from_secs(2),
@@ -187,6 +195,13 @@ impl SwarmConfig {
         self
     }
 
+    /// Sets [`SwarmConfig::upload_slots`].
+    #[must_use]
+    pub fn upload_slots(mut self, peers: usize) -> Self {
+        self.upload_slots = peers;
+        self
+    }
+
     /// Sets [`SwarmConfig::accept_offers`].
     #[must_use]
     pub fn accept_offers(mut self, accept: bool) -> Self {
@@ -200,6 +215,8 @@ impl SwarmConfig {
             max_blobs: self.max_blobs.max(1),
             max_memory: self.max_memory,
             pipeline: self.pipeline.max(1),
+            upload_slots: self.upload_slots.max(1),
+            busy_retry: self.busy_retry,
             endgame: self.endgame,
             max_members: self.max_members.max(1),
             timeout_min: self.timeout_min,

@@ -34,6 +34,8 @@ pub(crate) enum Wire {
     Request { blob: BlobId, piece: u32 },
     /// The piece asked for is not available from this sender (now).
     Reject { blob: BlobId, piece: u32 },
+    /// Every upload slot of this blob is taken: ask again later, or elsewhere.
+    Busy { blob: BlobId, piece: u32 },
     /// A piece with its proof; its bytes follow the header.
     Piece {
         blob: BlobId,
