@@ -523,8 +523,38 @@ impl Store {
     }
 }
 
+impl std::fmt::Debug for PieceOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PieceOp")
+    }
+}
+
+impl Store {
+    /// The bytes of one kept piece, if kept.
+    pub(crate) fn read_piece(
+        &self,
+        id: &[u8; 32],
+        index: u32,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = tx.open_table(SWARM_PIECES).map_err(|e| self.error(e))?;
+        let Some(value) = table
+            .get(piece_key(id, index).as_slice())
+            .map_err(|e| self.error(e))?
+        else {
+            return Ok(None);
+        };
+        let value = value.value();
+        let Some((&count, rest)) = value.split_first() else {
+            return Ok(None);
+        };
+        Ok(rest
+            .get(usize::from(count) * 32..)
+            .map(bytes::Bytes::copy_from_slice))
+    }
+}
+
 /// What the swarm asks its writer thread to keep or forget.
-#[derive(Debug)]
 pub(crate) enum PieceOp {
     Blob {
         id: [u8; 32],
@@ -535,6 +565,8 @@ pub(crate) enum PieceOp {
         index: u32,
         proof: Vec<[u8; 32]>,
         data: bytes::Bytes,
+        /// Called once the piece is committed.
+        done: Option<Box<dyn FnOnce() + Send>>,
     },
     Forget {
         id: [u8; 32],
@@ -588,6 +620,7 @@ fn piece_key(id: &[u8; 32], index: u32) -> [u8; 36] {
 
 fn piece_thread(store: &Store, rx: &std::sync::mpsc::Receiver<PieceOp>) {
     let mut batch = Vec::with_capacity(PIECE_BATCH);
+    let mut committed: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < PIECE_BATCH {
@@ -609,7 +642,9 @@ fn piece_thread(store: &Store, rx: &std::sync::mpsc::Receiver<PieceOp>) {
                         index,
                         proof,
                         data,
+                        done,
                     } => {
+                        committed.extend(done);
                         let mut value = Vec::with_capacity(1 + proof.len() * 32 + data.len());
                         value.push(u8::try_from(proof.len()).unwrap_or(u8::MAX));
                         for hash in &proof {
@@ -633,8 +668,13 @@ fn piece_thread(store: &Store, rx: &std::sync::mpsc::Receiver<PieceOp>) {
             }
             Ok(())
         });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "swarm: cannot write to the data directory; pieces held in memory only");
+        match result {
+            Ok(()) => committed.drain(..).for_each(|done| done()),
+            Err(e) => {
+                // Not written: the memory copies stay.
+                committed.clear();
+                tracing::warn!(error = %e, "swarm: cannot write to the data directory; pieces held in memory only");
+            }
         }
     }
 }
@@ -747,6 +787,7 @@ mod tests {
                     index,
                     proof: vec![[index as u8; 32]],
                     data: bytes::Bytes::from(vec![index as u8; 10]),
+                    done: None,
                 };
                 assert!(writer.send(piece));
             }
@@ -784,6 +825,11 @@ mod tests {
             .collect();
         assert_eq!(pieces, [(0, 1, 10), (7, 1, 10)]);
         assert_eq!(blobs[0].pieces[1].1[0], [7; 32]);
+        assert_eq!(
+            store.read_piece(&[1; 32], 7).unwrap(),
+            Some(vec![7u8; 10].into())
+        );
+        assert_eq!(store.read_piece(&[1; 32], 1).unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -275,3 +275,31 @@ async fn a_node_restarted_with_its_data_directory_carries_on_from_the_pieces_it_
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(b_swarm.progress(&blob).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_beyond_memory_lives_in_the_data_directory_and_is_served_from_there() {
+    let dir = TempDir::new("swarm-disk");
+    let base = swarm_config().declare(config());
+    let (a, _) = node(base.clone()).await;
+    let a_swarm = a.swarm(swarm_config()).unwrap();
+    let (b, _) = node(base.clone().data_dir(dir.join("b"))).await;
+    let small = swarm_config().max_memory(1 << 20);
+    let b_swarm = b.swarm(small).unwrap();
+    let (c, _) = node(base).await;
+    let c_swarm = c.swarm(swarm_config()).unwrap();
+    b.connect(a.local_addr()).await.unwrap();
+    c.connect(b.local_addr()).await.unwrap();
+    let data = payload(8 << 20, 8);
+    let blob = a_swarm.add(data.clone()).await.unwrap();
+    // 8 MiB into a node with 1 MiB of memory for blobs: it lives on disk, and the fetch
+    // reads it back from there.
+    let got = soon("B's fetch", b_swarm.fetch(&blob, &[a.local_peer_id()])).await;
+    assert_eq!(got.unwrap(), data);
+    let stats = b_swarm.stats();
+    assert_eq!((stats.memory_bytes, stats.disk_bytes), (0, 8 << 20));
+    assert_eq!(b_swarm.get(&blob), None, "held on disk, not in memory");
+    // C knows only B, which serves every piece from its disk.
+    let got = soon("C's fetch", c_swarm.fetch(&blob, &[b.local_peer_id()])).await;
+    assert_eq!(got.unwrap(), data);
+    assert_eq!(b_swarm.progress(&blob).unwrap().uploaded_bytes, 8 << 20);
+}

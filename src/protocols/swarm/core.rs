@@ -29,6 +29,8 @@ pub(crate) struct Limits {
     pub(crate) max_blob_size: u64,
     pub(crate) max_blobs: usize,
     pub(crate) max_memory: u64,
+    /// Bytes of blobs held on disk only (0: no data directory, nothing goes there).
+    pub(crate) max_disk: u64,
     pub(crate) pipeline: usize,
     pub(crate) upload_slots: usize,
     pub(crate) busy_retry: Duration,
@@ -73,6 +75,15 @@ pub(crate) enum Output {
         index: u32,
         proof: Vec<Hash>,
         data: Bytes,
+        /// The blob lives on disk: once written, call `stored` to drop the memory copy.
+        release: bool,
+    },
+    /// Send piece `index` of `blob` to `peer`, read from disk (the blob lives there).
+    SendFromDisk {
+        peer: PeerId,
+        blob: BlobId,
+        index: u32,
+        proof: Vec<Hash>,
     },
     /// Forget the blob on disk.
     Forget { blob: BlobId },
@@ -125,8 +136,10 @@ impl Progress {
 pub struct SwarmStats {
     /// Blobs held or wanted now.
     pub blobs: usize,
-    /// Bytes of blobs whose length is known, held or reserved.
+    /// Bytes of blobs whose length is known, held or reserved in memory.
     pub memory_bytes: u64,
+    /// Bytes of blobs held in the data directory only (`SwarmConfig::max_disk`).
+    pub disk_bytes: u64,
     /// Offers declined (offers off, or a bound reached).
     pub offers_declined: u64,
     /// Messages about blobs this node does not take part in (ignored).
@@ -213,6 +226,11 @@ pub enum FetchError {
     /// `Swarm::remove` was called while fetching.
     #[error("the blob was removed while being fetched")]
     Removed,
+    /// The blob lives in the data directory and could not be read back.
+    #[error(
+        "the blob's pieces could not be read back from the data directory; check the disk, then remove and fetch it again"
+    )]
+    Unreadable,
     /// The swarm has stopped.
     #[error("the swarm has stopped (the network shut down)")]
     Closed,
@@ -290,6 +308,8 @@ struct Blob {
     proofs: Vec<Vec<Hash>>,
     /// For a blob added here: the tree gives every proof.
     tree: Option<Tree>,
+    /// Lives in the data directory: a piece's memory copy is dropped once it is written.
+    on_disk: bool,
     whole: Option<Bytes>,
     members: PeerMap<Member>,
     availability: Vec<u32>,
@@ -320,6 +340,7 @@ impl Blob {
             pieces: Vec::new(),
             proofs: Vec::new(),
             tree: None,
+            on_disk: false,
             whole: None,
             members: PeerMap::default(),
             availability: Vec::new(),
@@ -552,6 +573,7 @@ pub(crate) struct Core {
     blobs: HashMap<BlobId, Blob>,
     connected: HashSet<PeerId>,
     memory: u64,
+    disk: u64,
     stats: SwarmStats,
 }
 
@@ -563,6 +585,7 @@ impl Core {
             blobs: HashMap::new(),
             connected: HashSet::new(),
             memory: 0,
+            disk: 0,
             stats: SwarmStats::default(),
         }
     }
@@ -575,6 +598,7 @@ impl Core {
         SwarmStats {
             blobs: self.blobs.len(),
             memory_bytes: self.memory,
+            disk_bytes: self.disk,
             ..self.stats
         }
     }
@@ -592,7 +616,11 @@ impl Core {
     /// The whole blob, if every piece is here. The first call copies the pieces into one
     /// buffer and makes them slices of it, so the frames they arrived in are freed.
     pub(crate) fn get(&mut self, blob: &BlobId) -> Option<Bytes> {
-        let blob = self.blobs.get_mut(blob).filter(|b| b.complete())?;
+        // A blob living on disk is read from there (`Swarm::fetch`).
+        let blob = self
+            .blobs
+            .get_mut(blob)
+            .filter(|b| b.complete() && !b.on_disk)?;
         if let Some(whole) = &blob.whole {
             return Some(whole.clone());
         }
@@ -616,20 +644,57 @@ impl Core {
         self.blobs.iter().map(|(id, b)| (*id, b.progress)).collect()
     }
 
-    fn room(&self, len: u64) -> Result<(), AddError> {
+    /// Where a blob of `len` bytes can live: in memory while `max_memory` allows, else in the
+    /// data directory while `max_disk` allows (`true`: on disk).
+    fn room(&self, len: u64) -> Result<bool, AddError> {
         if len > self.limits.max_blob_size {
             return Err(AddError::TooLarge {
                 len,
                 max: self.limits.max_blob_size,
             });
         }
-        if self.memory.saturating_add(len) > self.limits.max_memory {
-            return Err(AddError::OutOfMemory {
-                len,
-                max: self.limits.max_memory,
-            });
+        if self.memory.saturating_add(len) <= self.limits.max_memory {
+            return Ok(false);
         }
-        Ok(())
+        if self.limits.max_disk > 0 && self.disk.saturating_add(len) <= self.limits.max_disk {
+            return Ok(true);
+        }
+        Err(AddError::OutOfMemory {
+            len,
+            max: self.limits.max_memory,
+        })
+    }
+
+    /// Counts `len` bytes where the blob lives.
+    fn reserve(&mut self, on_disk: bool, len: u64) {
+        if on_disk {
+            self.disk += len;
+        } else {
+            self.memory += len;
+        }
+    }
+
+    /// Whether `blob` lives on disk (its whole is read from there, not from memory).
+    pub(crate) fn is_on_disk(&self, blob: &BlobId) -> bool {
+        self.blobs.get(blob).is_some_and(|b| b.on_disk)
+    }
+
+    /// The pieces of a complete blob that are still in memory (`None`: on disk only, which
+    /// means written), for reading a blob that lives on disk.
+    pub(crate) fn memory_pieces(&self, blob: &BlobId) -> Option<Vec<Option<Bytes>>> {
+        self.blobs
+            .get(blob)
+            .filter(|b| b.complete())
+            .map(|b| b.pieces.clone())
+    }
+
+    /// Piece `index` of `blob` is written: a blob living on disk drops its memory copy.
+    pub(crate) fn stored(&mut self, blob: &BlobId, index: u32) {
+        if let Some(blob) = self.blobs.get_mut(blob).filter(|b| b.on_disk) {
+            if let Some(piece) = blob.pieces.get_mut(index as usize) {
+                *piece = None;
+            }
+        }
     }
 
     /// Holds `data` whole, split as `info` says, with its `tree`. A blob being fetched is
@@ -643,29 +708,30 @@ impl Core {
     ) -> Result<BlobId, AddError> {
         let id = info.id();
         let n = info.pieces().unwrap_or(1);
-        match self.blobs.get(&id) {
+        let place = match self.blobs.get(&id) {
             Some(blob) if blob.complete() => return Ok(id),
-            Some(blob) => {
-                if blob.info.is_none() {
-                    self.room(info.len)?;
-                }
-            }
+            Some(blob) if blob.info.is_some() => None,
+            Some(_) => Some(self.room(info.len)?),
             None => {
                 if self.blobs.len() >= self.limits.max_blobs {
                     return Err(AddError::TooManyBlobs {
                         max: self.limits.max_blobs,
                     });
                 }
-                self.room(info.len)?;
+                Some(self.room(info.len)?)
             }
+        };
+        if let Some(on_disk) = place {
+            self.reserve(on_disk, info.len);
         }
         let seed = self.limits.seed;
         let wanted = self.blobs.contains_key(&id);
         let blob = self.blobs.entry(id).or_insert_with(Blob::unknown);
         if blob.info.is_none() {
             blob.learn(info, n, seed);
-            self.memory += info.len;
+            blob.on_disk = place == Some(true);
         }
+        let release = blob.on_disk;
         let mut got = Vec::new();
         out.push(Output::Keep { blob: id, info });
         for i in 0..n {
@@ -679,6 +745,7 @@ impl Core {
                     index: i,
                     proof: tree.proof(i),
                     data: piece.clone(),
+                    release,
                 });
             }
             blob.pieces[i as usize] = Some(piece);
@@ -686,7 +753,9 @@ impl Core {
         blob.have_count = n;
         blob.progress.pieces = n;
         blob.tree = Some(tree);
-        blob.whole = Some(data);
+        if !blob.on_disk {
+            blob.whole = Some(data);
+        }
         blob.requested.iter_mut().for_each(|r| *r = 0);
         for member in blob.members.values_mut() {
             member.inflight.clear();
@@ -731,9 +800,10 @@ impl Core {
                 max: self.limits.max_blobs,
             });
         }
-        self.room(info.len)?;
+        let on_disk = self.room(info.len)?;
         let mut blob = Blob::unknown();
         blob.learn(info, n, self.limits.seed);
+        blob.on_disk = on_disk;
         let (mut kept, mut dropped) = (0, 0);
         for (index, proof, data) in pieces {
             let at = index as usize;
@@ -746,13 +816,14 @@ impl Core {
                 continue;
             }
             blob.have[at] = true;
-            blob.pieces[at] = Some(data);
+            // A blob living on disk is read from there when asked for.
+            blob.pieces[at] = (!on_disk).then_some(data);
             blob.proofs[at] = proof;
             kept += 1;
         }
         blob.have_count = kept;
         blob.progress.pieces = kept;
-        self.memory += info.len;
+        self.reserve(on_disk, info.len);
         self.blobs.insert(id, blob);
         Ok((kept, dropped))
     }
@@ -894,7 +965,11 @@ impl Core {
             return false;
         };
         if let Some(info) = blob.info {
-            self.memory = self.memory.saturating_sub(info.len);
+            if blob.on_disk {
+                self.disk = self.disk.saturating_sub(info.len);
+            } else {
+                self.memory = self.memory.saturating_sub(info.len);
+            }
             out.push(Output::Forget { blob: id });
         }
         if !blob.complete() {
@@ -1117,20 +1192,24 @@ impl Core {
         let Some(n) = info.pieces() else {
             return false;
         };
-        if let Err(e) = self.room(info.len) {
-            self.blobs.remove(&id);
-            let why = match e {
-                AddError::TooLarge { len, max } => FetchError::TooLarge { len, max },
-                AddError::OutOfMemory { len, max } => FetchError::OutOfMemory { len, max },
-                _ => FetchError::Removed,
-            };
-            out.push(Output::Failed { blob: id, why });
-            return false;
-        }
-        self.memory += info.len;
+        let on_disk = match self.room(info.len) {
+            Ok(on_disk) => on_disk,
+            Err(e) => {
+                self.blobs.remove(&id);
+                let why = match e {
+                    AddError::TooLarge { len, max } => FetchError::TooLarge { len, max },
+                    AddError::OutOfMemory { len, max } => FetchError::OutOfMemory { len, max },
+                    _ => FetchError::Removed,
+                };
+                out.push(Output::Failed { blob: id, why });
+                return false;
+            }
+        };
+        self.reserve(on_disk, info.len);
         let seed = self.limits.seed;
         if let Some(blob) = self.blobs.get_mut(&id) {
             blob.learn(info, n, seed);
+            blob.on_disk = on_disk;
         }
         out.push(Output::Keep { blob: id, info });
         true
@@ -1257,7 +1336,9 @@ impl Core {
             });
             return;
         };
-        let Some(data) = blob.pieces.get(index as usize).cloned().flatten() else {
+        let in_memory = blob.pieces.get(index as usize).cloned().flatten();
+        let on_disk = blob.on_disk && blob.have.get(index as usize).copied().unwrap_or(false);
+        if in_memory.is_none() && !on_disk {
             out.push(Output::Send {
                 peer,
                 wire: Wire::Reject {
@@ -1267,7 +1348,7 @@ impl Core {
                 data: None,
             });
             return;
-        };
+        }
         // Upload slots: at most `upload_slots` peers served at once per blob, each with at
         // most two pipelines' worth served and not yet announced back. Served pieces a peer
         // never announces expire after two piece timeouts, so a silent peer cannot hold a slot.
@@ -1294,17 +1375,28 @@ impl Core {
             return;
         }
         blob.uploads.entry(peer).or_default().push((index, now));
-        blob.progress.uploaded_bytes += data.len() as u64;
         let proof = blob.proof(index);
-        out.push(Output::Send {
-            peer,
-            wire: Wire::Piece {
+        let Some(info) = blob.info else {
+            return;
+        };
+        blob.progress.uploaded_bytes += info.piece_len(index) as u64;
+        match in_memory {
+            Some(data) => out.push(Output::Send {
+                peer,
+                wire: Wire::Piece {
+                    blob: id,
+                    piece: index,
+                    proof,
+                },
+                data: Some(data),
+            }),
+            None => out.push(Output::SendFromDisk {
+                peer,
                 blob: id,
-                piece: index,
+                index,
                 proof,
-            },
-            data: Some(data),
-        });
+            }),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1382,6 +1474,7 @@ impl Core {
             index,
             proof: proof.clone(),
             data: data.clone(),
+            release: blob.on_disk,
         });
         blob.proofs[index as usize] = proof;
         blob.progress.pieces = blob.have_count;

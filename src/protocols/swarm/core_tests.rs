@@ -16,6 +16,7 @@ fn limits() -> Limits {
         max_blob_size: 1 << 30,
         max_blobs: 4,
         max_memory: 1 << 30,
+        max_disk: 0,
         pipeline: 4,
         upload_slots: 8,
         busy_retry: Duration::from_millis(250),
@@ -60,6 +61,8 @@ struct Sim {
     mute: Vec<usize>,
     /// Bytes of pieces sent, by sender.
     uploaded: Vec<u64>,
+    /// What each node's data directory would hold: (node, blob, piece) → bytes.
+    disk: std::collections::HashMap<(usize, BlobId, u32), Bytes>,
 }
 
 impl Sim {
@@ -86,6 +89,7 @@ impl Sim {
             liars: Vec::new(),
             mute: Vec::new(),
             uploaded: vec![0; n],
+            disk: std::collections::HashMap::new(),
         };
         for a in 0..n {
             for b in 0..n {
@@ -104,7 +108,38 @@ impl Sim {
     }
 
     fn apply(&mut self, from: usize, out: Vec<Output>) {
+        let mut written = Vec::new();
         for output in out {
+            let output = match output {
+                Output::KeepPiece {
+                    blob,
+                    index,
+                    data,
+                    release,
+                    ..
+                } => {
+                    self.disk.insert((from, blob, index), data);
+                    if release {
+                        written.push((blob, index));
+                    }
+                    continue;
+                }
+                Output::SendFromDisk {
+                    peer,
+                    blob,
+                    index,
+                    proof,
+                } => Output::Send {
+                    peer,
+                    wire: Wire::Piece {
+                        blob,
+                        piece: index,
+                        proof,
+                    },
+                    data: self.disk.get(&(from, blob, index)).cloned(),
+                },
+                other => other,
+            };
             match output {
                 Output::Send { peer, wire, data } => {
                     if self.mute.contains(&from) {
@@ -130,8 +165,13 @@ impl Sim {
                 Output::Offered { .. }
                 | Output::Keep { .. }
                 | Output::KeepPiece { .. }
+                | Output::SendFromDisk { .. }
                 | Output::Forget { .. } => {}
             }
+        }
+        // Written: a node whose blob lives on disk drops the memory copies.
+        for (blob, index) in written {
+            self.nodes[from].stored(&blob, index);
         }
     }
 
@@ -652,4 +692,63 @@ fn a_holder_serves_at_most_its_upload_slots_at_once_and_the_rest_come_back() {
     for r in 1..6 {
         assert!(sim.holds(r, &blob, &data), "fetcher {r}");
     }
+}
+
+#[test]
+fn a_blob_beyond_memory_lives_on_disk_and_is_served_from_there() {
+    // Node 1 has room in memory for nothing this size, but a data directory.
+    let mut sim = Sim::new(3, |i| match i {
+        1 => Limits {
+            max_memory: 1000,
+            max_disk: 1 << 20,
+            ..limits()
+        },
+        _ => limits(),
+    });
+    let (info, tree, data) = make_blob(64 * 1024, 1024);
+    let blob = sim.add(0, info, tree, data.clone());
+    let mut out = Vec::new();
+    sim.nodes[1]
+        .fetch(blob, &[id(0)], sim.now, &mut out)
+        .unwrap();
+    sim.apply(1, out);
+    sim.run();
+    assert!(sim.nodes[1].progress(&blob).unwrap().is_complete());
+    assert!(sim.nodes[1].is_on_disk(&blob));
+    let stats = sim.nodes[1].stats();
+    assert_eq!((stats.memory_bytes, stats.disk_bytes), (0, 64 * 1024));
+    // Not assembled from memory (the copies were dropped once written)...
+    assert_eq!(sim.nodes[1].get(&blob), None);
+    // ...yet served: node 2 knows only node 1 and gets every piece, from its disk.
+    let mut out = Vec::new();
+    sim.nodes[2]
+        .fetch(blob, &[id(1)], sim.now, &mut out)
+        .unwrap();
+    sim.apply(2, out);
+    sim.run();
+    assert!(sim.holds(2, &blob, &data));
+    assert_eq!(sim.uploaded[1], 64 * 1024);
+    // Without a data directory the same blob is refused.
+    let mut small = Sim::new(2, |i| Limits {
+        max_memory: if i == 1 { 1000 } else { 1 << 30 },
+        ..limits()
+    });
+    let (info, tree, data) = make_blob(64 * 1024, 1024);
+    let blob = small.add(0, info, tree, data);
+    let mut out = Vec::new();
+    small.nodes[1]
+        .fetch(blob, &[id(0)], small.now, &mut out)
+        .unwrap();
+    small.apply(1, out);
+    small.run();
+    assert_eq!(
+        small.failed,
+        vec![(
+            1,
+            FetchError::OutOfMemory {
+                len: 64 * 1024,
+                max: 1000
+            }
+        )]
+    );
 }

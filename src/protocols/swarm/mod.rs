@@ -77,9 +77,13 @@ pub struct SwarmConfig {
     pub max_blob_size: u64,
     /// Blobs held or wanted at once (beyond: refused). Default 16.
     pub max_blobs: usize,
-    /// Bytes of all blobs held or wanted at once, counted when their length is known (beyond:
-    /// refused, or a fetch fails). Default 1 GiB.
+    /// Bytes of all blobs held or wanted in memory at once, counted when their length is
+    /// known. Beyond it, with a data directory, a blob lives there (its pieces are dropped from
+    /// memory once written and read back when asked for), up to `max_disk`; without one, or
+    /// beyond both, it is refused (a fetch fails with `OutOfMemory`). Default 1 GiB.
     pub max_memory: u64,
+    /// Bytes of blobs living in the data directory (see `max_memory`). Default 16 GiB.
+    pub max_disk: u64,
     /// Piece requests in flight to one peer, per blob. Default 8.
     pub pipeline: usize,
     /// Peers this node uploads one blob to at once (a peer holds a slot while pieces sent to
@@ -126,6 +130,7 @@ impl SwarmConfig {
             max_blob_size: 4 << 30,
             max_blobs: 16,
             max_memory: 1 << 30,
+            max_disk: 16 << 30,
             pipeline: 8,
             upload_slots: 8,
             busy_retry: Duration::from_millis(250),
@@ -188,6 +193,13 @@ impl SwarmConfig {
         self
     }
 
+    /// Sets [`SwarmConfig::max_disk`].
+    #[must_use]
+    pub fn max_disk(mut self, bytes: u64) -> Self {
+        self.max_disk = bytes;
+        self
+    }
+
     /// Sets [`SwarmConfig::timeout_min`].
     #[must_use]
     pub fn timeout_min(mut self, timeout: Duration) -> Self {
@@ -214,6 +226,7 @@ impl SwarmConfig {
             max_blob_size: self.max_blob_size,
             max_blobs: self.max_blobs.max(1),
             max_memory: self.max_memory,
+            max_disk: self.max_disk,
             pipeline: self.pipeline.max(1),
             upload_slots: self.upload_slots.max(1),
             busy_retry: self.busy_retry,

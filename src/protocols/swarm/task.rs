@@ -70,6 +70,11 @@ struct Inner {
     frames_dropped: AtomicU64,
     /// Writes blobs and pieces to the data directory (with one, and `keep_on_disk`).
     writer: Option<PieceWriter>,
+    /// The data directory, to read back blobs that live there (with `writer`).
+    store: Option<Arc<crate::store::Store>>,
+    /// Itself, for work that finishes after the lock is released (a piece written, a read
+    /// from disk).
+    me: std::sync::Weak<Self>,
 }
 
 impl Inner {
@@ -123,7 +128,10 @@ impl Inner {
                 Output::Complete { blob } => {
                     let waiters = state.fetches.remove(&blob).unwrap_or_default();
                     if !waiters.is_empty() {
-                        if let Some(data) = state.core.get(&blob) {
+                        if state.core.is_on_disk(&blob) {
+                            let len = state.core.progress(&blob).map_or(0, |p| p.len);
+                            self.read_for(blob, waiters, state.core.memory_pieces(&blob), len);
+                        } else if let Some(data) = state.core.get(&blob) {
                             for waiter in waiters {
                                 let _ = waiter.send(Ok(data.clone()));
                             }
@@ -150,12 +158,31 @@ impl Inner {
                     index,
                     proof,
                     data,
-                } => self.keep(PieceOp::Piece {
-                    id: blob.0,
+                    release,
+                } => {
+                    // A blob living on disk drops a piece's memory copy once it is written.
+                    let done: Option<Box<dyn FnOnce() + Send>> = release.then(|| {
+                        let me = self.me.clone();
+                        Box::new(move || {
+                            if let Some(inner) = me.upgrade() {
+                                inner.state.lock().core.stored(&blob, index);
+                            }
+                        }) as Box<dyn FnOnce() + Send>
+                    });
+                    self.keep(PieceOp::Piece {
+                        id: blob.0,
+                        index,
+                        proof,
+                        data,
+                        done,
+                    });
+                }
+                Output::SendFromDisk {
+                    peer,
+                    blob,
                     index,
                     proof,
-                    data,
-                }),
+                } => self.send_from_disk(peer, blob, index, proof),
                 Output::Forget { blob } => self.keep(PieceOp::Forget { id: blob.0 }),
             }
         }
@@ -163,6 +190,84 @@ impl Inner {
 }
 
 impl Inner {
+    /// Reads piece `index` of a blob living on disk off the async threads, then sends it to
+    /// `peer` (or, if it cannot be read, says it is not available).
+    fn send_from_disk(
+        &self,
+        peer: PeerId,
+        blob: BlobId,
+        index: u32,
+        proof: Vec<super::merkle::Hash>,
+    ) {
+        let (Some(store), Some(inner)) = (self.store.clone(), self.me.upgrade()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || store.read_piece(&blob.0, index)).await;
+            let (wire, data) = match read {
+                Ok(Ok(Some(data))) => (
+                    wire::Wire::Piece {
+                        blob,
+                        piece: index,
+                        proof,
+                    },
+                    Some(data),
+                ),
+                _ => (wire::Wire::Reject { blob, piece: index }, None),
+            };
+            let channel = if data.is_some() {
+                &inner.pieces
+            } else {
+                &inner.control
+            };
+            let sent = wire::encode(&wire, data.as_ref(), channel.max_message_size())
+                .is_some_and(|frame| channel.try_send(peer, &frame).is_ok());
+            if !sent {
+                inner.frames_dropped.fetch_add(1, Relaxed);
+            }
+        });
+    }
+
+    /// Assembles a whole blob that lives on disk, off the async threads, from the `pieces`
+    /// still in memory and the others read back (a piece leaves memory only once written),
+    /// and hands it to `waiters`.
+    fn read_for(
+        &self,
+        blob: BlobId,
+        waiters: Vec<Waiter>,
+        pieces: Option<Vec<Option<Bytes>>>,
+        len: u64,
+    ) {
+        let (Some(store), Some(pieces)) = (self.store.clone(), pieces) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || {
+                let mut whole = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                for (index, piece) in pieces.into_iter().enumerate() {
+                    let piece = match piece {
+                        Some(piece) => piece,
+                        None => store
+                            .read_piece(&blob.0, u32::try_from(index).unwrap_or(u32::MAX))
+                            .ok()
+                            .flatten()?,
+                    };
+                    whole.extend_from_slice(&piece);
+                }
+                Some(Bytes::from(whole))
+            })
+            .await;
+            let result = match read {
+                Ok(Some(data)) => Ok(data),
+                // A written piece that cannot be read back: the disk failed under the node.
+                _ => Err(FetchError::Unreadable),
+            };
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+        });
+    }
+
     /// Hands a write to the data directory's swarm writer, if the node keeps blobs there.
     fn keep(&self, op: PieceOp) {
         if let Some(writer) = &self.writer {
@@ -198,21 +303,28 @@ pub(super) fn spawn(
     let local = face.local_peer_id();
     let seed = u64::from_le_bytes(local.as_bytes()[..8].try_into().unwrap_or([0; 8]));
     let (events, _) = broadcast::channel(config.event_queue.max(1));
-    let mut core = Core::new(config.limits(seed), local);
-    let writer = match face.store().filter(|_| config.keep_on_disk) {
-        Some(store) => {
-            restore(&mut core, &store);
-            match PieceWriter::start(store) {
-                Ok(writer) => Some(writer),
-                Err(e) => {
-                    tracing::warn!(error = %e, "swarm: blobs are held in memory only");
-                    None
-                }
+    let store = face.store().filter(|_| config.keep_on_disk);
+    let writer = store
+        .clone()
+        .and_then(|store| match PieceWriter::start(store) {
+            Ok(writer) => Some(writer),
+            Err(e) => {
+                tracing::warn!(error = %e, "swarm: blobs are held in memory only");
+                None
             }
-        }
-        None => None,
-    };
-    let inner = Arc::new(Inner {
+        });
+    let mut limits = config.limits(seed);
+    if writer.is_none() {
+        limits.max_disk = 0;
+    }
+    let mut core = Core::new(limits, local);
+    if let (Some(store), Some(_)) = (&store, &writer) {
+        restore(&mut core, store);
+    }
+    let store = store.filter(|_| writer.is_some());
+    let inner = Arc::new_cyclic(|me| Inner {
+        me: me.clone(),
+        store,
         state: Mutex::new(State {
             core,
             fetches: HashMap::new(),
@@ -469,6 +581,13 @@ impl Swarm {
         let (tx, rx) = oneshot::channel();
         let here = self.inner().with(|state, out| {
             let here = state.core.fetch(*blob, hints, Instant::now(), out)?;
+            if here && state.core.is_on_disk(blob) {
+                // Read from the data directory; the answer comes through `rx`.
+                let len = state.core.progress(blob).map_or(0, |p| p.len);
+                self.inner()
+                    .read_for(*blob, vec![tx], state.core.memory_pieces(blob), len);
+                return Ok(None);
+            }
             if here {
                 return Ok(state.core.get(blob));
             }
@@ -483,7 +602,8 @@ impl Swarm {
         }
     }
 
-    /// The whole blob, if every piece is here.
+    /// The whole blob, if every piece is here and it is held in memory (a blob that lives in
+    /// the data directory, beyond `max_memory`, is read with [`Swarm::fetch`]).
     pub fn get(&self, blob: &BlobId) -> Option<Bytes> {
         self.inner().state.lock().core.get(blob)
     }
