@@ -2039,7 +2039,12 @@ fn swarm_round(
             state.to_le_bytes()
         })
         .collect();
-    std::fs::write(&path, &content).unwrap();
+    // On disk before the push starts, so the kernel's writeback of 64 MiB does not run
+    // during it, on the same two cores.
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&content).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
     let from = lab.mark(0);
     lab.send(0, &format!("/share {}", path.display()));
     let prefix = format!("shared {} as ", path.display());

@@ -148,6 +148,9 @@ pub struct SwarmStats {
     pub bad_pieces: u64,
     /// Requests answered `Busy` (every upload slot of the blob taken).
     pub busy: u64,
+    /// Receivers of a push this node stopped serving: two others caught each sending bad
+    /// pieces.
+    pub receivers_refused: u64,
 }
 
 /// `Swarm::add` failed.
@@ -289,6 +292,11 @@ impl Member {
 struct Deal {
     pending: HashSet<PeerId>,
     report: PushReport,
+    receivers: Vec<PeerId>,
+    /// Receivers accused of sending bad pieces, with their distinct accusers.
+    accused: PeerMap<HashSet<PeerId>>,
+    /// Accused by two receivers or more: asked for a piece, it gets `Reject`.
+    refused: HashSet<PeerId>,
 }
 
 /// A push this node receives: the origin and the receivers in share order.
@@ -938,6 +946,9 @@ impl Core {
         blob.deal = Some(Deal {
             pending: live.iter().copied().collect(),
             report,
+            receivers: live.clone(),
+            accused: PeerMap::default(),
+            refused: HashSet::new(),
         });
         let members: Vec<PeerId> = live.clone();
         for peer in &live {
@@ -1105,6 +1116,29 @@ impl Core {
                     }
                 }
                 self.fill(blob, now, out);
+            }
+            Wire::Accuse {
+                blob,
+                peer: accused,
+            } => {
+                let Some(deal) = self.blobs.get_mut(&blob).and_then(|b| b.deal.as_mut()) else {
+                    self.stats.unsolicited += 1;
+                    return;
+                };
+                // Only a receiver may accuse, only another receiver, and each accuser counts
+                // once: one lying receiver cannot have an honest one refused alone.
+                let valid = accused != peer
+                    && deal.receivers.contains(&peer)
+                    && deal.receivers.contains(&accused);
+                if !valid {
+                    self.stats.unsolicited += 1;
+                    return;
+                }
+                let accusers = deal.accused.entry(accused).or_default();
+                accusers.insert(peer);
+                if accusers.len() >= 2 && deal.refused.insert(accused) {
+                    self.stats.receivers_refused += 1;
+                }
             }
             Wire::Busy { blob, piece } => {
                 let retry = now + self.limits.busy_retry;
@@ -1338,7 +1372,11 @@ impl Core {
         };
         let in_memory = blob.pieces.get(index as usize).cloned().flatten();
         let on_disk = blob.on_disk && blob.have.get(index as usize).copied().unwrap_or(false);
-        if in_memory.is_none() && !on_disk {
+        let refused = blob
+            .deal
+            .as_ref()
+            .is_some_and(|d| d.refused.contains(&peer));
+        if refused || (in_memory.is_none() && !on_disk) {
             out.push(Output::Send {
                 peer,
                 wire: Wire::Reject {
@@ -1451,6 +1489,14 @@ impl Core {
                     }
                 }
                 member.has_count = 0;
+            }
+            // The pusher learns of it: from two receivers, it stops dealing to the liar.
+            if let Some(origin) = &blob.origin {
+                out.push(Output::Send {
+                    peer: origin.peer,
+                    wire: Wire::Accuse { blob: id, peer },
+                    data: None,
+                });
             }
             Self::charge(
                 out,

@@ -384,6 +384,8 @@ fn a_corrupt_piece_is_caught_on_arrival_charged_and_its_sender_asked_nothing_mor
     );
     let copies = sim.uploaded[0] as f64 / data.len() as f64;
     assert!(copies <= 1.3, "the source uploaded {copies:.2} copies");
+    // Two receivers or more told the pusher, which stopped serving the liar.
+    assert_eq!(sim.nodes[0].stats().receivers_refused, 1);
 }
 
 #[test]
@@ -750,5 +752,49 @@ fn a_blob_beyond_memory_lives_on_disk_and_is_served_from_there() {
                 max: 1000
             }
         )]
+    );
+}
+
+#[test]
+fn one_accuser_is_not_enough_and_only_receivers_count() {
+    let mut sim = Sim::new(4, |_| limits());
+    let (info, tree, data) = make_blob(8 * 1024, 1024);
+    let blob = sim.add(0, info, tree, data);
+    sim.push(0, blob, &[1, 2, 3]);
+    let mut out = Vec::new();
+    let accuse = |peer: usize| Wire::Accuse {
+        blob,
+        peer: id(peer),
+    };
+    // Node 1 accuses node 2 twice, node 2 accuses itself, an outsider accuses: nothing.
+    for (from, wire) in [
+        (1, accuse(2)),
+        (1, accuse(2)),
+        (2, accuse(2)),
+        (5, accuse(2)),
+    ] {
+        sim.nodes[0].on_wire(id(from), wire, Bytes::new(), sim.now, &mut out);
+    }
+    assert_eq!(sim.nodes[0].stats().receivers_refused, 0);
+    // A second receiver: refused, and its requests are rejected.
+    sim.nodes[0].on_wire(id(3), accuse(2), Bytes::new(), sim.now, &mut out);
+    assert_eq!(sim.nodes[0].stats().receivers_refused, 1);
+    let mut out = Vec::new();
+    sim.nodes[0].on_wire(
+        id(2),
+        Wire::Request { blob, piece: 0 },
+        Bytes::new(),
+        sim.now,
+        &mut out,
+    );
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Output::Send {
+                wire: Wire::Reject { .. },
+                ..
+            }]
+        ),
+        "{out:?}"
     );
 }

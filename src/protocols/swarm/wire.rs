@@ -36,6 +36,9 @@ pub(crate) enum Wire {
     Reject { blob: BlobId, piece: u32 },
     /// Every upload slot of this blob is taken: ask again later, or elsewhere.
     Busy { blob: BlobId, piece: u32 },
+    /// To the pusher: `peer` sent the sender a piece that failed its proof. From two
+    /// receivers, the pusher stops serving `peer`'s share to it.
+    Accuse { blob: BlobId, peer: PeerId },
     /// A piece with its proof; its bytes follow the header.
     Piece {
         blob: BlobId,
