@@ -78,15 +78,28 @@ pub(crate) enum Output {
         /// The blob lives on disk: once written, call `stored` to drop the memory copy.
         release: bool,
     },
-    /// Send piece `index` of `blob` to `peer`, read from disk (the blob lives there).
+    /// Send piece `index` of `blob` to `peer`, read from disk (the blob lives there), after
+    /// checking it against `info` like a piece from a peer.
     SendFromDisk {
         peer: PeerId,
         blob: BlobId,
         index: u32,
         proof: Vec<Hash>,
+        info: Info,
     },
     /// Forget the blob on disk.
     Forget { blob: BlobId },
+}
+
+/// Offers from one peer that may be incomplete here at once (beyond: declined).
+const MAX_OFFERS_PER_PEER: usize = 4;
+
+/// What assembling a blob that lives on disk needs: each piece still in memory, or the proof
+/// to check the one read back.
+#[derive(Debug)]
+pub(crate) struct DiskRead {
+    pub(crate) info: Info,
+    pub(crate) pieces: Vec<(Option<Bytes>, Vec<Hash>)>,
 }
 
 /// How a push ended.
@@ -456,17 +469,13 @@ impl Blob {
     }
 
     fn set_has(&mut self, peer: PeerId, index: u32) -> bool {
-        // The peer holds it now: the upload is done and frees its share of the slot.
-        if let Some(uploads) = self.uploads.get_mut(&peer) {
-            uploads.retain(|(i, _)| *i != index);
-            if uploads.is_empty() {
-                self.uploads.remove(&peer);
-            }
-        }
-        let Some(member) = self.members.get_mut(&peer).filter(|m| !m.bad) else {
+        let Some(member) = self.members.get_mut(&peer) else {
             return false;
         };
-        match member.has.get_mut(index as usize) {
+        let newly = match member.has.get_mut(index as usize) {
+            // What a member caught lying holds is not counted, but its announcements still
+            // end the uploads to it (it is served like anybody, or it could never finish).
+            Some(_) if member.bad => true,
             Some(bit) if !*bit => {
                 *bit = true;
                 member.has_count += 1;
@@ -474,7 +483,18 @@ impl Blob {
                 true
             }
             _ => false,
+        };
+        // The peer holds it now: the upload is done and frees its share of the slot. Only a
+        // piece newly held does, so announcing one piece over and over frees nothing.
+        if newly {
+            if let Some(uploads) = self.uploads.get_mut(&peer) {
+                uploads.retain(|(i, _)| *i != index);
+                if uploads.is_empty() {
+                    self.uploads.remove(&peer);
+                }
+            }
         }
+        newly && !member_bad(&self.members, peer)
     }
 
     /// Forgets `peer`'s in-flight request for `index`, if any.
@@ -506,6 +526,10 @@ impl Blob {
         self.progress.members = self.members.len();
         Some(member)
     }
+}
+
+fn member_bad(members: &PeerMap<Member>, peer: PeerId) -> bool {
+    members.get(&peer).is_some_and(|m| m.bad)
 }
 
 /// A per-node order for breaking ties between equally rare pieces (SplitMix64 of the node's
@@ -689,11 +713,16 @@ impl Core {
 
     /// The pieces of a complete blob that are still in memory (`None`: on disk only, which
     /// means written), for reading a blob that lives on disk.
-    pub(crate) fn memory_pieces(&self, blob: &BlobId) -> Option<Vec<Option<Bytes>>> {
-        self.blobs
-            .get(blob)
-            .filter(|b| b.complete())
-            .map(|b| b.pieces.clone())
+    pub(crate) fn memory_pieces(&self, blob: &BlobId) -> Option<DiskRead> {
+        let b = self.blobs.get(blob).filter(|b| b.complete())?;
+        let info = b.info?;
+        let pieces = (0..b.n)
+            .map(|i| match &b.pieces[i as usize] {
+                Some(data) => (Some(data.clone()), Vec::new()),
+                None => (None, b.proof(i)),
+            })
+            .collect();
+        Some(DiskRead { info, pieces })
     }
 
     /// Piece `index` of `blob` is written: a blob living on disk drops its memory copy.
@@ -951,6 +980,15 @@ impl Core {
             refused: HashSet::new(),
         });
         let members: Vec<PeerId> = live.clone();
+        let n = blob.n;
+        if let Some(deal) = &mut blob.deal {
+            for peer in &live {
+                if blob.members.get(peer).is_some_and(|m| m.has_count == n) {
+                    deal.pending.remove(peer);
+                    deal.report.completed.push(*peer);
+                }
+            }
+        }
         for peer in &live {
             if !blob.members.contains_key(peer) {
                 blob.members.insert(*peer, Member::new(blob.n));
@@ -968,6 +1006,28 @@ impl Core {
         blob.progress.members = blob.members.len();
         // A receiver that holds it all already answers with a full `Have`.
         Ok(())
+    }
+
+    /// Ends the push of `blob` without a report (its caller went away).
+    pub(crate) fn end_push(&mut self, blob: &BlobId) {
+        if let Some(blob) = self.blobs.get_mut(blob) {
+            blob.deal = None;
+        }
+    }
+
+    /// A piece of a blob living on disk could not be queued for writing: it is given up (and
+    /// fetched again) rather than held in memory for good.
+    pub(crate) fn lost(&mut self, blob: &BlobId, index: u32) {
+        let Some(blob) = self.blobs.get_mut(blob).filter(|b| b.on_disk) else {
+            return;
+        };
+        if let Some(have) = blob.have.get_mut(index as usize).filter(|h| **h) {
+            *have = false;
+            blob.have_count = blob.have_count.saturating_sub(1);
+            blob.progress.pieces = blob.have_count;
+            blob.pieces[index as usize] = None;
+            blob.whole = None;
+        }
     }
 
     /// Forgets `blob`: its fetches fail, its push ends.
@@ -1177,8 +1237,16 @@ impl Core {
             return;
         }
         if !self.blobs.contains_key(&id) {
+            // One peer's offers still incomplete here are bounded, so junk offers from one
+            // peer cannot take every blob slot.
+            let from_peer = self
+                .blobs
+                .values()
+                .filter(|b| !b.complete() && b.origin.as_ref().is_some_and(|o| o.peer == peer))
+                .count();
             let refused = !self.limits.accept_offers
                 || self.blobs.len() >= self.limits.max_blobs
+                || from_peer >= MAX_OFFERS_PER_PEER
                 || self.room(info.len).is_err();
             if refused {
                 self.stats.offers_declined += 1;
@@ -1197,7 +1265,28 @@ impl Core {
             });
         }
         if !self.learn(id, info, out) {
+            // Over a bound now that its length is known: the pusher must not wait for us.
+            out.push(Output::Send {
+                peer,
+                wire: Wire::Decline { blob: id },
+                data: None,
+            });
             return;
+        }
+        // Every offer is answered with what this node holds, also when the pusher is a
+        // member already (a second push of a blob held here completes at once).
+        if let Some(blob) = self.blobs.get(&id) {
+            if blob.members.get(&peer).is_some_and(|m| m.told) {
+                out.push(Output::Send {
+                    peer,
+                    wire: Wire::Have {
+                        blob: id,
+                        info: blob.info,
+                        bits: blob.bits(),
+                    },
+                    data: None,
+                });
+            }
         }
         if let Some(blob) = self.blobs.get_mut(&id) {
             if blob.origin.is_none() && !blob.complete() {
@@ -1433,6 +1522,7 @@ impl Core {
                 blob: id,
                 index,
                 proof,
+                info,
             }),
         }
     }

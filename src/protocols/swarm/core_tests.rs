@@ -129,6 +129,7 @@ impl Sim {
                     blob,
                     index,
                     proof,
+                    ..
                 } => Output::Send {
                     peer,
                     wire: Wire::Piece {
@@ -384,8 +385,11 @@ fn a_corrupt_piece_is_caught_on_arrival_charged_and_its_sender_asked_nothing_mor
     );
     let copies = sim.uploaded[0] as f64 / data.len() as f64;
     assert!(copies <= 1.3, "the source uploaded {copies:.2} copies");
-    // Two receivers or more told the pusher, which stopped serving the liar.
+    // Two receivers or more told the pusher, which stopped serving the liar; the liar still
+    // gets everything, from the others, and the push ends with all five.
     assert_eq!(sim.nodes[0].stats().receivers_refused, 1);
+    assert!(sim.holds(3, &blob, &data));
+    assert_eq!(sim.pushed[0].1.completed.len(), 5, "{:?}", sim.pushed);
 }
 
 #[test]
@@ -797,4 +801,63 @@ fn one_accuser_is_not_enough_and_only_receivers_count() {
         ),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_second_push_to_receivers_that_hold_the_blob_ends_at_once() {
+    let mut sim = Sim::new(3, |_| limits());
+    let (info, tree, data) = make_blob(8 * 1024, 1024);
+    let blob = sim.add(0, info, tree, data);
+    sim.push(0, blob, &[1, 2]);
+    sim.run();
+    assert_eq!(sim.pushed.len(), 1);
+    sim.push(0, blob, &[1, 2]);
+    sim.run();
+    assert_eq!(sim.pushed.len(), 2, "the second push never ended");
+    let mut report = sim.pushed[1].1.clone();
+    report.completed.sort();
+    assert_eq!(report.completed, vec![id(1), id(2)]);
+}
+
+#[test]
+fn offers_from_one_peer_are_bounded_and_descriptions_with_too_many_pieces_are_charged() {
+    let mut sim = Sim::new(2, |_| Limits {
+        max_blobs: 16,
+        ..limits()
+    });
+    let mut out = Vec::new();
+    // Six offers of blobs node 0 never serves: four are taken, the rest declined.
+    for salt in 0..6u8 {
+        let info = Info {
+            len: 1000,
+            piece_size: 100,
+            root: [salt; 32],
+        };
+        let wire = Wire::Offer {
+            blob: info.id(),
+            info,
+            members: vec![],
+        };
+        sim.nodes[1].on_wire(id(0), wire, Bytes::new(), sim.now, &mut out);
+    }
+    assert_eq!(sim.nodes[1].stats().offers_declined, 2);
+    assert_eq!(sim.nodes[1].stats().blobs, 4);
+    // 4 GiB in 1-byte pieces: refused before anything is sized for it.
+    let info = Info {
+        len: 4 << 30,
+        piece_size: 1,
+        root: [9; 32],
+    };
+    let mut out = Vec::new();
+    let wire = Wire::Offer {
+        blob: info.id(),
+        info,
+        members: vec![],
+    };
+    sim.nodes[1].on_wire(id(0), wire, Bytes::new(), sim.now, &mut out);
+    assert!(
+        matches!(out.as_slice(), [Output::Charge { points: 10, .. }]),
+        "{out:?}"
+    );
+    assert_eq!(sim.nodes[1].stats().blobs, 4);
 }

@@ -13,6 +13,10 @@ use sha2::{Digest, Sha256};
 /// A SHA-256 hash.
 pub(crate) type Hash = [u8; 32];
 
+/// Most pieces in a blob: 4 GiB in 64 KiB pieces. Bookkeeping is about 70 bytes per piece and
+/// one byte per piece per member, so a blob costs at most a few MiB besides its bytes.
+pub(crate) const MAX_PIECES: u32 = 65_536;
+
 /// A blob's id: the Merkle root of its pieces, bound to its length and piece size.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlobId(pub(crate) Hash);
@@ -102,13 +106,15 @@ impl Info {
     }
 
     /// Pieces in the blob: at least one (an empty blob is one empty piece). `None` for a piece
-    /// size of zero or a count beyond `u32`, which no honest node sends.
+    /// size of zero or more than [`MAX_PIECES`] pieces, which no honest node sends: a blob's
+    /// bookkeeping is sized by its piece count, so a peer describing 4 GiB in 1-byte pieces
+    /// must not make this node allocate for 4 billion of them.
     pub(crate) fn pieces(&self) -> Option<u32> {
         if self.piece_size == 0 {
             return None;
         }
         let n = self.len.div_ceil(u64::from(self.piece_size)).max(1);
-        u32::try_from(n).ok()
+        u32::try_from(n).ok().filter(|n| *n <= MAX_PIECES)
     }
 
     /// Length of piece `index` (the last one may be short).
@@ -312,6 +318,18 @@ mod tests {
             .pieces(),
             None
         );
+        // A description that would size bookkeeping for billions of pieces is refused.
+        let tiny = Info {
+            len: 4 << 30,
+            piece_size: 1,
+            ..info
+        };
+        assert_eq!(tiny.pieces(), None);
+        let most = Info {
+            len: u64::from(MAX_PIECES),
+            ..tiny
+        };
+        assert_eq!(most.pieces(), Some(MAX_PIECES));
         let id = info.id();
         assert_eq!(id.to_string().parse::<BlobId>(), Ok(id));
         assert_eq!(Info::from_bytes(&info.to_bytes()), Some(info));

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::SwarmConfig;
 use super::core::{
-    AddError, Core, FetchError, Output, Progress, PushError, PushReport, SwarmStats,
+    AddError, Core, DiskRead as DiskPlan, FetchError, Output, Progress, PushError, PushReport,
+    SwarmStats,
 };
 use super::merkle::{BlobId, Info, Tree};
 use super::wire;
@@ -72,6 +73,8 @@ struct Inner {
     writer: Option<PieceWriter>,
     /// The data directory, to read back blobs that live there (with `writer`).
     store: Option<Arc<crate::store::Store>>,
+    /// Reads of pieces from disk in flight (at most `MAX_DISK_READS`).
+    disk_reads: Arc<std::sync::atomic::AtomicUsize>,
     /// Itself, for work that finishes after the lock is released (a piece written, a read
     /// from disk).
     me: std::sync::Weak<Self>,
@@ -129,8 +132,7 @@ impl Inner {
                     let waiters = state.fetches.remove(&blob).unwrap_or_default();
                     if !waiters.is_empty() {
                         if state.core.is_on_disk(&blob) {
-                            let len = state.core.progress(&blob).map_or(0, |p| p.len);
-                            self.read_for(blob, waiters, state.core.memory_pieces(&blob), len);
+                            self.read_for(blob, waiters, state.core.memory_pieces(&blob));
                         } else if let Some(data) = state.core.get(&blob) {
                             for waiter in waiters {
                                 let _ = waiter.send(Ok(data.clone()));
@@ -149,10 +151,12 @@ impl Inner {
                         let _ = tx.send(report);
                     }
                 }
-                Output::Keep { blob, info } => self.keep(PieceOp::Blob {
-                    id: blob.0,
-                    info: info.to_bytes(),
-                }),
+                Output::Keep { blob, info } => {
+                    self.keep(PieceOp::Blob {
+                        id: blob.0,
+                        info: info.to_bytes(),
+                    });
+                }
                 Output::KeepPiece {
                     blob,
                     index,
@@ -169,21 +173,28 @@ impl Inner {
                             }
                         }) as Box<dyn FnOnce() + Send>
                     });
-                    self.keep(PieceOp::Piece {
+                    let queued = self.keep(PieceOp::Piece {
                         id: blob.0,
                         index,
                         proof,
                         data,
                         done,
                     });
+                    if release && !queued {
+                        // Not written and not to be held in memory: fetched again.
+                        state.core.lost(&blob, index);
+                    }
                 }
                 Output::SendFromDisk {
                     peer,
                     blob,
                     index,
                     proof,
-                } => self.send_from_disk(peer, blob, index, proof),
-                Output::Forget { blob } => self.keep(PieceOp::Forget { id: blob.0 }),
+                    info,
+                } => self.send_from_disk(peer, blob, index, proof, info),
+                Output::Forget { blob } => {
+                    self.keep(PieceOp::Forget { id: blob.0 });
+                }
             }
         }
     }
@@ -198,14 +209,40 @@ impl Inner {
         blob: BlobId,
         index: u32,
         proof: Vec<super::merkle::Hash>,
+        info: Info,
     ) {
         let (Some(store), Some(inner)) = (self.store.clone(), self.me.upgrade()) else {
             return;
         };
+        // Reads in flight are bounded: past the bound the peer is told to come back later.
+        let Some(permit) = DiskRead::take(&inner.disk_reads) else {
+            let sent = wire::encode(
+                &wire::Wire::Busy { blob, piece: index },
+                None,
+                inner.control.max_message_size(),
+            )
+            .is_some_and(|frame| inner.control.try_send(peer, &frame).is_ok());
+            if !sent {
+                inner.frames_dropped.fetch_add(1, Relaxed);
+            }
+            return;
+        };
         tokio::spawn(async move {
-            let read = tokio::task::spawn_blocking(move || store.read_piece(&blob.0, index)).await;
+            let checked = proof.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let data = store.read_piece(&blob.0, index).ok().flatten()?;
+                // The disk is not trusted more than a peer: a piece that does not match its
+                // proof is not sent.
+                let valid = data.len() == info.piece_len(index)
+                    && info.pieces().is_some_and(|n| {
+                        super::merkle::verify(&info.root, n, index, &data, &checked)
+                    });
+                valid.then_some(data)
+            })
+            .await;
+            drop(permit);
             let (wire, data) = match read {
-                Ok(Ok(Some(data))) => (
+                Ok(Some(data)) => (
                     wire::Wire::Piece {
                         blob,
                         piece: index,
@@ -213,7 +250,10 @@ impl Inner {
                     },
                     Some(data),
                 ),
-                _ => (wire::Wire::Reject { blob, piece: index }, None),
+                _ => {
+                    tracing::warn!(%blob, index, "swarm: a piece kept on disk cannot be read back intact");
+                    (wire::Wire::Reject { blob, piece: index }, None)
+                }
             };
             let channel = if data.is_some() {
                 &inner.pieces
@@ -228,29 +268,28 @@ impl Inner {
         });
     }
 
-    /// Assembles a whole blob that lives on disk, off the async threads, from the `pieces`
-    /// still in memory and the others read back (a piece leaves memory only once written),
-    /// and hands it to `waiters`.
-    fn read_for(
-        &self,
-        blob: BlobId,
-        waiters: Vec<Waiter>,
-        pieces: Option<Vec<Option<Bytes>>>,
-        len: u64,
-    ) {
-        let (Some(store), Some(pieces)) = (self.store.clone(), pieces) else {
+    /// Assembles a whole blob that lives on disk, off the async threads, from the pieces still
+    /// in memory and the others read back and checked against their proofs (a piece leaves
+    /// memory only once written), and hands it to `waiters`.
+    fn read_for(&self, blob: BlobId, waiters: Vec<Waiter>, plan: Option<DiskPlan>) {
+        let (Some(store), Some(plan)) = (self.store.clone(), plan) else {
             return;
         };
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || {
-                let mut whole = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-                for (index, piece) in pieces.into_iter().enumerate() {
+                let info = plan.info;
+                let n = info.pieces()?;
+                let mut whole = Vec::with_capacity(usize::try_from(info.len).unwrap_or(0));
+                for (index, (piece, proof)) in plan.pieces.into_iter().enumerate() {
+                    let index = u32::try_from(index).ok()?;
                     let piece = match piece {
                         Some(piece) => piece,
-                        None => store
-                            .read_piece(&blob.0, u32::try_from(index).unwrap_or(u32::MAX))
-                            .ok()
-                            .flatten()?,
+                        None => {
+                            let data = store.read_piece(&blob.0, index).ok().flatten()?;
+                            let valid = data.len() == info.piece_len(index)
+                                && super::merkle::verify(&info.root, n, index, &data, &proof);
+                            valid.then_some(data)?
+                        }
                     };
                     whole.extend_from_slice(&piece);
                 }
@@ -259,7 +298,8 @@ impl Inner {
             .await;
             let result = match read {
                 Ok(Some(data)) => Ok(data),
-                // A written piece that cannot be read back: the disk failed under the node.
+                // A written piece that cannot be read back intact: the disk failed under the
+                // node.
                 _ => Err(FetchError::Unreadable),
             };
             for waiter in waiters {
@@ -269,11 +309,34 @@ impl Inner {
     }
 
     /// Hands a write to the data directory's swarm writer, if the node keeps blobs there.
-    fn keep(&self, op: PieceOp) {
-        if let Some(writer) = &self.writer {
-            // A full queue (counted by the writer) loses only what is fetched again.
-            writer.send(op);
+    /// Returns whether it was queued.
+    fn keep(&self, op: PieceOp) -> bool {
+        match &self.writer {
+            // A full queue is counted by the writer.
+            Some(writer) => writer.send(op),
+            None => true,
         }
+    }
+}
+
+/// Reads of pieces from disk in flight, at most (beyond: the asker gets `Busy`).
+const MAX_DISK_READS: usize = 32;
+
+/// One read from disk in flight; released when dropped.
+struct DiskRead(Arc<std::sync::atomic::AtomicUsize>);
+
+impl DiskRead {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        count
+            .fetch_update(Relaxed, Relaxed, |n| (n < MAX_DISK_READS).then_some(n + 1))
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for DiskRead {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -324,6 +387,7 @@ pub(super) fn spawn(
     let store = store.filter(|_| writer.is_some());
     let inner = Arc::new_cyclic(|me| Inner {
         me: me.clone(),
+        disk_reads: Arc::default(),
         store,
         state: Mutex::new(State {
             core,
@@ -492,6 +556,10 @@ impl Swarm {
         } else {
             inner.config.piece_size
         };
+        // Never more than MAX_PIECES pieces (peers refuse such a description).
+        let fewest =
+            u32::try_from(len.div_ceil(u64::from(super::merkle::MAX_PIECES))).unwrap_or(u32::MAX);
+        let wanted = wanted.max(fewest);
         let fits = inner
             .pieces
             .max_message_size()
@@ -556,8 +624,13 @@ impl Swarm {
     pub async fn push(&self, blob: &BlobId, receivers: &[PeerId]) -> Result<PushReport, PushError> {
         let (tx, rx) = oneshot::channel();
         self.inner().with(|state, out| {
-            if state.pushes.contains_key(blob) {
-                return Err(PushError::AlreadyPushing(*blob));
+            if let Some(earlier) = state.pushes.get(blob) {
+                if !earlier.is_closed() {
+                    return Err(PushError::AlreadyPushing(*blob));
+                }
+                // Its caller went away: that push ends here, without a report.
+                state.pushes.remove(blob);
+                state.core.end_push(blob);
             }
             state.pushes.insert(*blob, tx);
             let pushed = state.core.push(*blob, receivers, Instant::now(), out);
@@ -583,9 +656,8 @@ impl Swarm {
             let here = state.core.fetch(*blob, hints, Instant::now(), out)?;
             if here && state.core.is_on_disk(blob) {
                 // Read from the data directory; the answer comes through `rx`.
-                let len = state.core.progress(blob).map_or(0, |p| p.len);
                 self.inner()
-                    .read_for(*blob, vec![tx], state.core.memory_pieces(blob), len);
+                    .read_for(*blob, vec![tx], state.core.memory_pieces(blob));
                 return Ok(None);
             }
             if here {
