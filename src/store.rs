@@ -474,52 +474,61 @@ fn journal_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<JournalOp>)
     }
 }
 
-/// A blob as read back: its description and its pieces (index, proof, bytes), each still to be
-/// checked by the reader.
-#[derive(Debug)]
-pub(crate) struct KeptBlob {
-    pub(crate) id: [u8; 32],
-    pub(crate) info: Vec<u8>,
-    pub(crate) pieces: Vec<(u32, Vec<[u8; 32]>, bytes::Bytes)>,
-}
+/// A kept piece as read back: its index, proof, bytes (when asked for) and length, each still
+/// to be checked by the reader.
+pub(crate) type KeptPiece = (u32, Vec<[u8; 32]>, Option<bytes::Bytes>, usize);
+
+/// A kept blob's id and description as read back.
+pub(crate) type KeptInfo = ([u8; 32], Vec<u8>);
 
 impl Store {
-    /// Every kept blob with its pieces. A record that does not parse is skipped.
-    pub(crate) fn load_blobs(&self) -> Result<Vec<KeptBlob>, StoreError> {
-        let mut blobs: Vec<KeptBlob> = self
+    /// Every kept blob: its id and description (still to be checked by the reader).
+    pub(crate) fn load_blob_infos(&self) -> Result<Vec<KeptInfo>, StoreError> {
+        Ok(self
             .load(SWARM_BLOBS)?
             .into_iter()
-            .filter_map(|(key, info)| {
-                Some(KeptBlob {
-                    id: key.try_into().ok()?,
-                    info,
-                    pieces: Vec::new(),
-                })
-            })
-            .collect();
-        for (key, value) in self.load(SWARM_PIECES)? {
-            let (Some(id), Some(index)) = (key.get(..32), key.get(32..36)) else {
-                continue;
-            };
-            let Some(blob) = blobs.iter_mut().find(|b| b.id[..] == *id) else {
+            .filter_map(|(key, info)| Some((key.try_into().ok()?, info)))
+            .collect())
+    }
+
+    /// The kept pieces of blob `id`, in order. With `with_data` false only their proofs and
+    /// lengths are kept in memory (the pages are read, the bytes not copied): a blob that will
+    /// live on disk is not loaded whole to be taken back. A record that does not parse is
+    /// skipped.
+    pub(crate) fn load_pieces(
+        &self,
+        id: &[u8; 32],
+        with_data: bool,
+    ) -> Result<Vec<KeptPiece>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = tx.open_table(SWARM_PIECES).map_err(|e| self.error(e))?;
+        let (start, end) = (piece_key(id, 0), piece_key(id, u32::MAX));
+        let mut out = Vec::new();
+        for entry in table
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(|e| self.error(e))?
+        {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            let Some(index) = key.value().get(32..36) else {
                 continue;
             };
             let index = u32::from_be_bytes(index.try_into().unwrap_or_default());
+            let value = value.value();
             let Some((&count, rest)) = value.split_first() else {
                 continue;
             };
             let hashes = usize::from(count) * 32;
-            if rest.len() < hashes {
+            let Some(data) = rest.get(hashes..) else {
                 continue;
-            }
+            };
             let proof = rest[..hashes]
                 .chunks_exact(32)
                 .filter_map(|h| h.try_into().ok())
                 .collect();
-            blob.pieces
-                .push((index, proof, bytes::Bytes::copy_from_slice(&rest[hashes..])));
+            let bytes = with_data.then(|| bytes::Bytes::copy_from_slice(data));
+            out.push((index, proof, bytes, data.len()));
         }
-        Ok(blobs)
+        Ok(out)
     }
 }
 
@@ -815,16 +824,23 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         };
-        let blobs = store.load_blobs().unwrap();
-        assert_eq!(blobs.len(), 1);
-        assert_eq!((blobs[0].id, blobs[0].info.clone()), ([1; 32], vec![9; 44]));
-        let pieces: Vec<(u32, usize, usize)> = blobs[0]
-            .pieces
+        assert_eq!(store.load_blob_infos().unwrap(), [([1; 32], vec![9; 44])]);
+        let pieces = store.load_pieces(&[1; 32], true).unwrap();
+        let summary: Vec<(u32, usize, Option<usize>, usize)> = pieces
             .iter()
-            .map(|(i, proof, data)| (*i, proof.len(), data.len()))
+            .map(|(i, proof, data, len)| (*i, proof.len(), data.as_ref().map(|d| d.len()), *len))
             .collect();
-        assert_eq!(pieces, [(0, 1, 10), (7, 1, 10)]);
-        assert_eq!(blobs[0].pieces[1].1[0], [7; 32]);
+        assert_eq!(summary, [(0, 1, Some(10), 10), (7, 1, Some(10), 10)]);
+        assert_eq!(pieces[1].1[0], [7; 32]);
+        // Without the bytes: proofs and lengths only.
+        let listed = store.load_pieces(&[1; 32], false).unwrap();
+        assert!(
+            listed
+                .iter()
+                .all(|(_, _, data, len)| data.is_none() && *len == 10)
+        );
+        assert_eq!(listed.len(), 2);
+        assert!(store.load_pieces(&[2; 32], true).unwrap().is_empty());
         assert_eq!(
             store.read_piece(&[1; 32], 7).unwrap(),
             Some(vec![7u8; 10].into())

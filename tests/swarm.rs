@@ -302,4 +302,23 @@ async fn a_blob_beyond_memory_lives_in_the_data_directory_and_is_served_from_the
     let got = soon("C's fetch", c_swarm.fetch(&blob, &[b.local_peer_id()])).await;
     assert_eq!(got.unwrap(), data);
     assert_eq!(b_swarm.progress(&blob).unwrap().uploaded_bytes, 8 << 20);
+    // Restarted, B lists the blob from its data directory without loading it, and serves it
+    // again, each piece checked as it is read.
+    b.shutdown().await;
+    drop((b, b_swarm));
+    let base = swarm_config().declare(config());
+    let (b, _) = node_reopening(
+        base.clone().data_dir(dir.join("b")),
+        peerwire::Keypair::generate(),
+    )
+    .await;
+    let b_swarm = b.swarm(swarm_config().max_memory(1 << 20)).unwrap();
+    assert!(b_swarm.progress(&blob).unwrap().is_complete());
+    let stats = b_swarm.stats();
+    assert_eq!((stats.memory_bytes, stats.disk_bytes), (0, 8 << 20));
+    let (d, _) = node(base).await;
+    let d_swarm = d.swarm(swarm_config()).unwrap();
+    d.connect(b.local_addr()).await.unwrap();
+    let got = soon("D's fetch", d_swarm.fetch(&blob, &[b.local_peer_id()])).await;
+    assert_eq!(got.unwrap(), data);
 }

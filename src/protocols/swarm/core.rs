@@ -823,7 +823,7 @@ impl Core {
     pub(crate) fn restore(
         &mut self,
         info: Info,
-        pieces: Vec<(u32, Vec<Hash>, Bytes)>,
+        pieces: Vec<crate::store::KeptPiece>,
     ) -> Result<(u32, u32), AddError> {
         let id = info.id();
         let Some(n) = info.pieces() else {
@@ -842,19 +842,24 @@ impl Core {
         blob.learn(info, n, self.limits.seed);
         blob.on_disk = on_disk;
         let (mut kept, mut dropped) = (0, 0);
-        for (index, proof, data) in pieces {
+        for (index, proof, data, len) in pieces {
             let at = index as usize;
+            // A piece read back is checked now; one listed only (a blob living on disk, whose
+            // bytes were not loaded) is checked when it is read to be sent or assembled.
             let valid = index < n
                 && !blob.have[at]
-                && data.len() == info.piece_len(index)
-                && merkle::verify(&info.root, n, index, &data, &proof);
+                && len == info.piece_len(index)
+                && match &data {
+                    Some(data) => merkle::verify(&info.root, n, index, data, &proof),
+                    None => on_disk,
+                };
             if !valid {
                 dropped += 1;
                 continue;
             }
             blob.have[at] = true;
             // A blob living on disk is read from there when asked for.
-            blob.pieces[at] = (!on_disk).then_some(data);
+            blob.pieces[at] = if on_disk { None } else { data };
             blob.proofs[at] = proof;
             kept += 1;
         }
@@ -863,6 +868,12 @@ impl Core {
         self.reserve(on_disk, info.len);
         self.blobs.insert(id, blob);
         Ok((kept, dropped))
+    }
+
+    /// Whether a blob of `len` bytes would live on disk if taken now (`None`: it would not
+    /// fit at all).
+    pub(crate) fn would_live_on_disk(&self, len: u64) -> Option<bool> {
+        self.room(len).ok()
     }
 
     /// Wants `blob`, asking `hints` (now if connected, else when they connect) and anybody

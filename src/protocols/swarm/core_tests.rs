@@ -644,9 +644,11 @@ fn a_restored_blob_keeps_its_checked_pieces_and_fetches_only_the_rest() {
     // Node 1 kept pieces 0..16 before a restart; one was altered on disk, and a record
     // names a piece past the end.
     let piece = |i: u32| data.slice(i as usize * 1024..(i as usize + 1) * 1024);
-    let mut kept: Vec<_> = (0..16u32).map(|i| (i, tree.proof(i), piece(i))).collect();
-    kept[3].2 = Bytes::from(vec![0u8; 1024]);
-    kept.push((99, Vec::new(), Bytes::new()));
+    let mut kept: Vec<_> = (0..16u32)
+        .map(|i| (i, tree.proof(i), Some(piece(i)), 1024))
+        .collect();
+    kept[3].2 = Some(Bytes::from(vec![0u8; 1024]));
+    kept.push((99, Vec::new(), Some(Bytes::new()), 0));
     assert_eq!(sim.nodes[1].restore(info, kept).unwrap(), (15, 2));
     assert_eq!(sim.nodes[1].progress(&blob).unwrap().pieces, 15);
     let mut out = Vec::new();

@@ -423,23 +423,34 @@ pub(super) fn spawn(
 /// Takes back the blobs kept in the data directory (pieces checked again), as far as the
 /// bounds allow; what does not fit stays on disk and is said.
 fn restore(core: &mut Core, store: &crate::store::Store) {
-    let kept = match store.load_blobs() {
+    let kept = match store.load_blob_infos() {
         Ok(kept) => kept,
         Err(e) => {
             tracing::warn!(error = %e, "swarm: cannot read the kept blobs");
             return;
         }
     };
-    for blob in kept {
-        let Some(info) = Info::from_bytes(&blob.info).filter(|i| i.id().0 == blob.id) else {
+    for (id, info) in kept {
+        let Some(info) = Info::from_bytes(&info).filter(|i| i.id().0 == id) else {
             tracing::warn!("swarm: a kept blob's description does not match its id; skipped");
             continue;
         };
-        match core.restore(info, blob.pieces) {
+        // A blob that will live on disk is listed, not loaded: its pieces are checked when
+        // read. One held in memory is loaded and checked now.
+        let on_disk = core.would_live_on_disk(info.len).unwrap_or(false);
+        let pieces = match store.load_pieces(&id, !on_disk) {
+            Ok(pieces) => pieces,
+            Err(e) => {
+                tracing::warn!(blob = %info.id(), error = %e, "swarm: cannot read a kept blob's pieces");
+                continue;
+            }
+        };
+        match core.restore(info, pieces) {
             Ok((pieces, dropped)) => tracing::info!(
                 blob = %info.id(),
                 pieces,
                 dropped,
+                on_disk,
                 "swarm: blob taken back from the data directory"
             ),
             Err(e) => {
