@@ -97,7 +97,7 @@ const MAX_OFFERS_PER_PEER: usize = 4;
 /// What assembling a blob that lives on disk needs: each piece still in memory, or the proof
 /// to check the one read back.
 #[derive(Debug)]
-pub(crate) struct DiskRead {
+pub(crate) struct Assembly {
     pub(crate) info: Info,
     pub(crate) pieces: Vec<(Option<Bytes>, Vec<Hash>)>,
 }
@@ -348,6 +348,7 @@ struct Blob {
     last_progress: Option<Instant>,
     /// No progress for `timeout_min`: the origin may be asked for anything.
     opened: bool,
+    /// Its byte and event counters (the rest of `Progress` is read off the blob).
     progress: Progress,
 }
 
@@ -382,6 +383,17 @@ impl Blob {
         self.info.is_some() && self.have_count == self.n
     }
 
+    /// Where it stands: the counters kept in `progress`, the rest read off the blob.
+    fn progress(&self) -> Progress {
+        Progress {
+            pieces: self.have_count,
+            total: self.n,
+            len: self.info.map_or(0, |i| i.len),
+            members: self.members.len(),
+            ..self.progress
+        }
+    }
+
     /// Sizes everything for `info` (members announced nothing before it was known).
     fn learn(&mut self, info: Info, n: u32, seed: u64) {
         let len = n as usize;
@@ -400,8 +412,6 @@ impl Blob {
                 ..Member::new(n)
             };
         }
-        self.progress.total = n;
-        self.progress.len = info.len;
     }
 
     fn bits(&self) -> Vec<u8> {
@@ -472,21 +482,19 @@ impl Blob {
         let Some(member) = self.members.get_mut(&peer) else {
             return false;
         };
-        let newly = match member.has.get_mut(index as usize) {
-            // What a member caught lying holds is not counted, but its announcements still
-            // end the uploads to it (it is served like anybody, or it could never finish).
-            Some(_) if member.bad => true,
-            Some(bit) if !*bit => {
-                *bit = true;
-                member.has_count += 1;
-                self.availability[index as usize] += 1;
-                true
-            }
-            _ => false,
-        };
+        let at = index as usize;
+        // What a member caught lying holds is not counted.
+        let counted = !member.bad && member.has.get(at) == Some(&false);
+        if counted {
+            member.has[at] = true;
+            member.has_count += 1;
+            self.availability[at] += 1;
+        }
         // The peer holds it now: the upload is done and frees its share of the slot. Only a
-        // piece newly held does, so announcing one piece over and over frees nothing.
-        if newly {
+        // piece newly held does, so announcing one piece over and over frees nothing; a liar's
+        // announcements still end uploads to it (it is served like anybody, or it could never
+        // finish).
+        if counted || (member.bad && at < member.has.len()) {
             if let Some(uploads) = self.uploads.get_mut(&peer) {
                 uploads.retain(|(i, _)| *i != index);
                 if uploads.is_empty() {
@@ -494,7 +502,7 @@ impl Blob {
                 }
             }
         }
-        newly && !member_bad(&self.members, peer)
+        counted
     }
 
     /// Forgets `peer`'s in-flight request for `index`, if any.
@@ -523,13 +531,8 @@ impl Blob {
             let count = &mut self.requested[*i as usize];
             *count = count.saturating_sub(1);
         }
-        self.progress.members = self.members.len();
         Some(member)
     }
-}
-
-fn member_bad(members: &PeerMap<Member>, peer: PeerId) -> bool {
-    members.get(&peer).is_some_and(|m| m.bad)
 }
 
 /// A per-node order for breaking ties between equally rare pieces (SplitMix64 of the node's
@@ -642,7 +645,7 @@ impl Core {
     }
 
     pub(crate) fn progress(&self, blob: &BlobId) -> Option<Progress> {
-        self.blobs.get(blob).map(|b| b.progress)
+        self.blobs.get(blob).map(Blob::progress)
     }
 
     /// The whole blob, if every piece is here. The first call copies the pieces into one
@@ -673,7 +676,10 @@ impl Core {
     }
 
     pub(crate) fn blobs(&self) -> Vec<(BlobId, Progress)> {
-        self.blobs.iter().map(|(id, b)| (*id, b.progress)).collect()
+        self.blobs
+            .iter()
+            .map(|(id, b)| (*id, b.progress()))
+            .collect()
     }
 
     /// Where a blob of `len` bytes can live: in memory while `max_memory` allows, else in the
@@ -713,7 +719,7 @@ impl Core {
 
     /// The pieces of a complete blob that are still in memory (`None`: on disk only, which
     /// means written), for reading a blob that lives on disk.
-    pub(crate) fn memory_pieces(&self, blob: &BlobId) -> Option<DiskRead> {
+    pub(crate) fn assembly(&self, blob: &BlobId) -> Option<Assembly> {
         let b = self.blobs.get(blob).filter(|b| b.complete())?;
         let info = b.info?;
         let pieces = (0..b.n)
@@ -722,7 +728,7 @@ impl Core {
                 None => (None, b.proof(i)),
             })
             .collect();
-        Some(DiskRead { info, pieces })
+        Some(Assembly { info, pieces })
     }
 
     /// Piece `index` of `blob` is written: a blob living on disk drops its memory copy.
@@ -788,7 +794,6 @@ impl Core {
             blob.pieces[i as usize] = Some(piece);
         }
         blob.have_count = n;
-        blob.progress.pieces = n;
         blob.tree = Some(tree);
         if !blob.on_disk {
             blob.whole = Some(data);
@@ -864,7 +869,6 @@ impl Core {
             kept += 1;
         }
         blob.have_count = kept;
-        blob.progress.pieces = kept;
         self.reserve(on_disk, info.len);
         self.blobs.insert(id, blob);
         Ok((kept, dropped))
@@ -926,7 +930,6 @@ impl Core {
                 return;
             }
             blob.members.insert(peer, Member::new(blob.n));
-            blob.progress.members = blob.members.len();
         }
         let bits = blob.bits();
         if let Some(member) = blob.members.get_mut(&peer) {
@@ -1014,7 +1017,6 @@ impl Core {
                 data: None,
             });
         }
-        blob.progress.members = blob.members.len();
         // A receiver that holds it all already answers with a full `Have`.
         Ok(())
     }
@@ -1035,7 +1037,6 @@ impl Core {
         if let Some(have) = blob.have.get_mut(index as usize).filter(|h| **h) {
             *have = false;
             blob.have_count = blob.have_count.saturating_sub(1);
-            blob.progress.pieces = blob.have_count;
             blob.pieces[index as usize] = None;
             blob.whole = None;
         }
@@ -1404,7 +1405,6 @@ impl Core {
                 return;
             }
             blob.members.insert(peer, Member::new(blob.n));
-            blob.progress.members = blob.members.len();
         }
         let first = blob
             .members
@@ -1624,7 +1624,6 @@ impl Core {
             release: blob.on_disk,
         });
         blob.proofs[index as usize] = proof;
-        blob.progress.pieces = blob.have_count;
         blob.progress.received_bytes += data.len() as u64;
         // Requests for it elsewhere are forgotten; their answers count as duplicates.
         blob.requested[index as usize] = 0;

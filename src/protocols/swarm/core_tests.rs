@@ -217,6 +217,16 @@ impl Sim {
         blob
     }
 
+    /// Node `node` fetches `blob`, hinted at `hints`.
+    fn fetch(&mut self, node: usize, blob: BlobId, hints: &[usize]) {
+        let mut out = Vec::new();
+        let hints: Vec<PeerId> = hints.iter().map(|i| id(*i)).collect();
+        self.nodes[node]
+            .fetch(blob, &hints, self.now, &mut out)
+            .unwrap();
+        self.apply(node, out);
+    }
+
     fn push(&mut self, node: usize, blob: BlobId, to: &[usize]) {
         let mut out = Vec::new();
         let receivers: Vec<PeerId> = to.iter().map(|i| id(*i)).collect();
@@ -430,19 +440,11 @@ fn an_unanswered_request_is_asked_elsewhere_after_its_timeout() {
     let blob = sim.add(0, info, tree.clone(), data.clone());
     sim.add(1, info, tree, data.clone());
     sim.mute.push(1);
-    let mut out = Vec::new();
-    sim.nodes[2]
-        .fetch(blob, &[id(1)], sim.now, &mut out)
-        .unwrap();
-    sim.apply(2, out);
+    sim.fetch(2, blob, &[1]);
     sim.run();
     // Node 1 is mute: nothing arrives. Node 0 is hinted later.
     assert_eq!(sim.nodes[2].progress(&blob).unwrap().pieces, 0);
-    let mut out = Vec::new();
-    sim.nodes[2]
-        .fetch(blob, &[id(0)], sim.now, &mut out)
-        .unwrap();
-    sim.apply(2, out);
+    sim.fetch(2, blob, &[0]);
     sim.run();
     // Node 1 never said what it holds, so everything came from node 0 without a timeout.
     assert!(sim.holds(2, &blob, &data));
@@ -456,11 +458,7 @@ fn an_unanswered_request_is_asked_elsewhere_after_its_timeout() {
     });
     let blob = sim.add(0, info, Tree::build(data.chunks(1024)), data.clone());
     sim.add(1, info, Tree::build(data.chunks(1024)), data.clone());
-    let mut out = Vec::new();
-    sim.nodes[2]
-        .fetch(blob, &[id(1)], sim.now, &mut out)
-        .unwrap();
-    sim.apply(2, out);
+    sim.fetch(2, blob, &[1]);
     // The Have exchange with node 1 goes through; its pieces never come.
     while let Some((from, to, wire, bytes)) = sim.queue.pop_front() {
         let request = matches!(wire, Wire::Request { .. });
@@ -472,11 +470,7 @@ fn an_unanswered_request_is_asked_elsewhere_after_its_timeout() {
         sim.apply(to, out);
     }
     sim.mute.push(1);
-    let mut out = Vec::new();
-    sim.nodes[2]
-        .fetch(blob, &[id(0)], sim.now, &mut out)
-        .unwrap();
-    sim.apply(2, out);
+    sim.fetch(2, blob, &[0]);
     sim.run();
     let before = sim.nodes[2].progress(&blob).unwrap();
     assert!(!before.is_complete());
@@ -514,11 +508,7 @@ fn bounds_refuse_what_does_not_fit_and_say_why() {
     // Fetched: fails once a peer describes it.
     let mut big = Sim::new(2, |i| if i == 1 { small(i) } else { limits() });
     let blob = big.add(0, info, tree, data);
-    let mut out = Vec::new();
-    big.nodes[1]
-        .fetch(blob, &[id(0)], big.now, &mut out)
-        .unwrap();
-    big.apply(1, out);
+    big.fetch(1, blob, &[0]);
     big.run();
     assert_eq!(
         big.failed,
@@ -651,11 +641,7 @@ fn a_restored_blob_keeps_its_checked_pieces_and_fetches_only_the_rest() {
     kept.push((99, Vec::new(), Some(Bytes::new()), 0));
     assert_eq!(sim.nodes[1].restore(info, kept).unwrap(), (15, 2));
     assert_eq!(sim.nodes[1].progress(&blob).unwrap().pieces, 15);
-    let mut out = Vec::new();
-    sim.nodes[1]
-        .fetch(blob, &[id(0)], sim.now, &mut out)
-        .unwrap();
-    sim.apply(1, out);
+    sim.fetch(1, blob, &[0]);
     sim.run();
     assert!(sim.holds(1, &blob, &data));
     // Only the 17 pieces it lacked crossed the wire.
@@ -676,11 +662,7 @@ fn a_holder_serves_at_most_its_upload_slots_at_once_and_the_rest_come_back() {
     let (info, tree, data) = make_blob(64 * 1024, 1024);
     let blob = sim.add(0, info, tree, data.clone());
     for r in 1..6 {
-        let mut out = Vec::new();
-        sim.nodes[r]
-            .fetch(blob, &[id(0)], sim.now, &mut out)
-            .unwrap();
-        sim.apply(r, out);
+        sim.fetch(r, blob, &[0]);
     }
     let mut most = 0;
     for _ in 0..40 {
@@ -715,11 +697,7 @@ fn a_blob_beyond_memory_lives_on_disk_and_is_served_from_there() {
     });
     let (info, tree, data) = make_blob(64 * 1024, 1024);
     let blob = sim.add(0, info, tree, data.clone());
-    let mut out = Vec::new();
-    sim.nodes[1]
-        .fetch(blob, &[id(0)], sim.now, &mut out)
-        .unwrap();
-    sim.apply(1, out);
+    sim.fetch(1, blob, &[0]);
     sim.run();
     assert!(sim.nodes[1].progress(&blob).unwrap().is_complete());
     assert!(sim.nodes[1].is_on_disk(&blob));
@@ -728,11 +706,7 @@ fn a_blob_beyond_memory_lives_on_disk_and_is_served_from_there() {
     // Not assembled from memory (the copies were dropped once written)...
     assert_eq!(sim.nodes[1].get(&blob), None);
     // ...yet served: node 2 knows only node 1 and gets every piece, from its disk.
-    let mut out = Vec::new();
-    sim.nodes[2]
-        .fetch(blob, &[id(1)], sim.now, &mut out)
-        .unwrap();
-    sim.apply(2, out);
+    sim.fetch(2, blob, &[1]);
     sim.run();
     assert!(sim.holds(2, &blob, &data));
     assert_eq!(sim.uploaded[1], 64 * 1024);
@@ -743,11 +717,7 @@ fn a_blob_beyond_memory_lives_on_disk_and_is_served_from_there() {
     });
     let (info, tree, data) = make_blob(64 * 1024, 1024);
     let blob = small.add(0, info, tree, data);
-    let mut out = Vec::new();
-    small.nodes[1]
-        .fetch(blob, &[id(0)], small.now, &mut out)
-        .unwrap();
-    small.apply(1, out);
+    small.fetch(1, blob, &[0]);
     small.run();
     assert_eq!(
         small.failed,

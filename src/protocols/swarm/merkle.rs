@@ -159,13 +159,11 @@ impl Tree {
         }
         let mut levels = vec![level];
         while let Some(last) = levels.last().filter(|l| l.len() > 1) {
-            let next = last
-                .chunks(2)
-                .map(|pair| match pair {
-                    [l, r] => node(l, r),
-                    [one] => *one,
-                    _ => unreachable_pair(),
-                })
+            let pairs = last.chunks_exact(2);
+            let odd = pairs.remainder().first().copied();
+            let next = pairs
+                .map(|pair| node(&pair[0], &pair[1]))
+                .chain(odd)
                 .collect();
             levels.push(next);
         }
@@ -194,11 +192,6 @@ impl Tree {
         }
         proof
     }
-}
-
-// `chunks(2)` yields one or two items; this keeps the match total without a panic.
-fn unreachable_pair() -> Hash {
-    [0; 32]
 }
 
 /// Whether `piece`, at `index` of a blob of `pieces` pieces, belongs under `root` by `proof`.

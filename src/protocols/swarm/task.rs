@@ -15,8 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SwarmConfig;
 use super::core::{
-    AddError, Core, DiskRead as DiskPlan, FetchError, Output, Progress, PushError, PushReport,
-    SwarmStats,
+    AddError, Assembly, Core, FetchError, Output, Progress, PushError, PushReport, SwarmStats,
 };
 use super::merkle::{BlobId, Info, Tree};
 use super::wire;
@@ -132,7 +131,7 @@ impl Inner {
                     let waiters = state.fetches.remove(&blob).unwrap_or_default();
                     if !waiters.is_empty() {
                         if state.core.is_on_disk(&blob) {
-                            self.read_for(blob, waiters, state.core.memory_pieces(&blob));
+                            self.read_for(blob, waiters, state.core.assembly(&blob));
                         } else if let Some(data) = state.core.get(&blob) {
                             for waiter in waiters {
                                 let _ = waiter.send(Ok(data.clone()));
@@ -271,7 +270,7 @@ impl Inner {
     /// Assembles a whole blob that lives on disk, off the async threads, from the pieces still
     /// in memory and the others read back and checked against their proofs (a piece leaves
     /// memory only once written), and hands it to `waiters`.
-    fn read_for(&self, blob: BlobId, waiters: Vec<Waiter>, plan: Option<DiskPlan>) {
+    fn read_for(&self, blob: BlobId, waiters: Vec<Waiter>, plan: Option<Assembly>) {
         let (Some(store), Some(plan)) = (self.store.clone(), plan) else {
             return;
         };
@@ -668,7 +667,7 @@ impl Swarm {
             if here && state.core.is_on_disk(blob) {
                 // Read from the data directory; the answer comes through `rx`.
                 self.inner()
-                    .read_for(*blob, vec![tx], state.core.memory_pieces(blob));
+                    .read_for(*blob, vec![tx], state.core.assembly(blob));
                 return Ok(None);
             }
             if here {
