@@ -273,45 +273,33 @@ impl PeerwirePair {
     /// A pair where `a` keeps `b` as a persistent peer: every message goes through `a`'s
     /// reliable stream (numbered, buffered until acknowledged), as a validator's do.
     fn start_reliable(rt: &Runtime) -> Self {
-        rt.block_on(async {
-            let (b, b_inbox) = start_node().await;
-            let b_id = b.local_peer_id();
-            let (a, a_inbox) = Network::start(
-                config().persistent_peer(b.local_addr(), b_id),
-                Keypair::generate(),
-            )
-            .await
-            .unwrap();
-            wait_connected(&a, b_id).await;
-            wait_connected(&b, a.local_peer_id()).await;
-            let received = count_inbox(b_inbox);
-            Self {
-                a,
-                b,
-                b_id,
-                _a_inbox: a_inbox,
-                received,
-                expected: 0,
-            }
-        })
+        Self::start_with_peer(rt, |config, addr, id| config.persistent_peer(addr, id))
     }
 
     /// A pair where `b` is a durable peer of `a`: every message is also written to `a`'s data
     /// directory (a fresh one under the system's temporary directory) before `send` returns.
     /// One sender sending in sequence: each send waits for its own commit.
     fn start_durable(rt: &Runtime) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("peerwire-bench-durable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self::start_with_peer(rt, |config, addr, id| {
+            config.data_dir(&dir).durable_peer(addr, id)
+        })
+    }
+
+    /// A pair where `a` is configured with `b` by `with_b` (its address and id).
+    fn start_with_peer(
+        rt: &Runtime,
+        with_b: impl FnOnce(Config, SocketAddr, PeerId) -> Config,
+    ) -> Self {
         rt.block_on(async {
-            let dir =
-                std::env::temp_dir().join(format!("peerwire-bench-durable-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
             let (b, b_inbox) = start_node().await;
             let b_id = b.local_peer_id();
-            let (a, a_inbox) = Network::start(
-                config().data_dir(&dir).durable_peer(b.local_addr(), b_id),
-                Keypair::generate(),
-            )
-            .await
-            .unwrap();
+            let (a, a_inbox) =
+                Network::start(with_b(config(), b.local_addr(), b_id), Keypair::generate())
+                    .await
+                    .unwrap();
             wait_connected(&a, b_id).await;
             wait_connected(&b, a.local_peer_id()).await;
             let received = count_inbox(b_inbox);

@@ -398,16 +398,25 @@ impl Journal {
     }
 }
 
+/// Waits for one operation, then takes what else is queued, up to `max`, so that everything
+/// that arrived meanwhile shares one commit. False once the queue is closed and empty.
+fn gather<T>(rx: &mut tokio::sync::mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    let Some(first) = rx.blocking_recv() else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 fn journal_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<JournalOp>) {
     let mut batch = Vec::with_capacity(JOURNAL_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < JOURNAL_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+    while gather(&mut rx, &mut batch, JOURNAL_BATCH) {
         let mut done = Vec::new();
         let mut written = Vec::new();
         let mut acks: std::collections::BTreeMap<(PeerId, usize), u64> = Default::default();
@@ -587,7 +596,7 @@ pub(crate) enum PieceOp {
 /// pieces that are fetched again.
 #[derive(Debug, Clone)]
 pub(crate) struct PieceWriter {
-    ops: std::sync::mpsc::SyncSender<PieceOp>,
+    ops: tokio::sync::mpsc::Sender<PieceOp>,
     /// Operations not written because the queue was full.
     pub(crate) not_kept: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -595,10 +604,10 @@ pub(crate) struct PieceWriter {
 impl PieceWriter {
     /// Starts the writer thread; it ends when the last `PieceWriter` clone is dropped.
     pub(crate) fn start(store: Arc<Store>) -> Result<Self, StoreError> {
-        let (ops, rx) = std::sync::mpsc::sync_channel(PIECE_QUEUE);
+        let (ops, rx) = tokio::sync::mpsc::channel(PIECE_QUEUE);
         std::thread::Builder::new()
             .name("peerwire-pieces".into())
-            .spawn(move || piece_thread(&store, &rx))
+            .spawn(move || piece_thread(&store, rx))
             .map_err(|e| StoreError::Io {
                 path: PathBuf::from("(swarm writer thread)"),
                 reason: e.to_string(),
@@ -627,17 +636,10 @@ fn piece_key(id: &[u8; 32], index: u32) -> [u8; 36] {
     key
 }
 
-fn piece_thread(store: &Store, rx: &std::sync::mpsc::Receiver<PieceOp>) {
+fn piece_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<PieceOp>) {
     let mut batch = Vec::with_capacity(PIECE_BATCH);
     let mut committed: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < PIECE_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+    while gather(&mut rx, &mut batch, PIECE_BATCH) {
         let result = store.write(|tx| {
             let mut blobs = tx.open_table(SWARM_BLOBS)?;
             let mut pieces = tx.open_table(SWARM_PIECES)?;

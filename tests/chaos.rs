@@ -2002,6 +2002,52 @@ fn twenty_nodes_find_each_other_through_a_seed_and_reconnect_from_their_books() 
     lab.stop_all();
 }
 
+/// One blob's row in a node's `/blobs`:
+/// "ID LEN bytes, P/T pieces, M members, S bytes sent, R received, D duplicate, B bad pieces".
+struct BlobsRow {
+    pieces: u64,
+    total: u64,
+    received: u64,
+    duplicate: u64,
+    bad: u64,
+}
+
+impl Lab {
+    /// Asks node `i` for `/blobs` and reads `blob`'s row.
+    fn blobs_row(&mut self, i: usize, blob: &str) -> BlobsRow {
+        let mark = self.mark(i);
+        self.send(i, "/blobs");
+        let row = format!("{blob} ");
+        self.wait_line(i, mark, "its /blobs row", |l| l.starts_with(&row));
+        let line = self.node(i).seen[mark..]
+            .iter()
+            .find(|l| l.starts_with(&row))
+            .cloned()
+            .unwrap();
+        let parts: Vec<&str> = line.split(", ").collect();
+        let number_before = |word: &str| -> u64 {
+            parts
+                .iter()
+                .find_map(|part| part.strip_suffix(word))
+                .and_then(|n| n.rsplit(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let (pieces, total) = parts
+            .iter()
+            .find_map(|part| part.strip_suffix(" pieces")?.split_once('/'))
+            .map(|(p, t)| (p.parse().unwrap_or(0), t.parse().unwrap_or(0)))
+            .unwrap_or((0, 0));
+        BlobsRow {
+            pieces,
+            total,
+            received: number_before(" received"),
+            duplicate: number_before(" duplicate"),
+            bad: number_before(" bad pieces"),
+        }
+    }
+}
+
 /// One push of a fresh 64 MiB blob, as the nodes reported it.
 struct SwarmRound {
     /// The blob's id.
@@ -2094,25 +2140,9 @@ fn swarm_round(
             .map(|(at, _)| *at)
             .unwrap();
         times.push(stamp.saturating_duration_since(started));
-        let mark = lab.mark(r);
-        lab.send(r, "/blobs");
-        let row = format!("{blob} ");
-        lab.wait_line(r, mark, "its /blobs row", |l| l.starts_with(&row));
-        let line = lab.node(r).seen[mark..]
-            .iter()
-            .find(|l| l.starts_with(&row))
-            .cloned()
-            .unwrap();
-        // "... R received, D duplicate, B bad pieces"
-        let number_before = |word: &str| -> u64 {
-            line.split(", ")
-                .find_map(|part| part.strip_suffix(word))
-                .and_then(|n| n.rsplit(' ').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        };
-        duplicates += number_before(" duplicate");
-        bad_pieces += number_before(" bad pieces");
+        let row = lab.blobs_row(r, &blob);
+        duplicates += row.duplicate;
+        bad_pieces += row.bad;
         needed += SWARM_BLOB as u64;
     }
     let _ = std::fs::remove_file(&path);
@@ -2238,32 +2268,8 @@ fn a_64_mib_blob_reaches_8_receivers_near_the_bound_and_survives_a_death_and_a_l
     lab.start(VICTIM, false, &extra);
     lab.wait_mesh();
     let blob = restarted.blob.clone();
-    let row = format!("{blob} ");
-    let pieces_held = |lab: &mut Lab| -> (u64, u64, u64) {
-        let mark = lab.mark(VICTIM);
-        lab.send(VICTIM, "/blobs");
-        lab.wait_line(VICTIM, mark, "its /blobs row", |l| l.starts_with(&row));
-        let line = lab.node(VICTIM).seen[mark..]
-            .iter()
-            .find(|l| l.starts_with(&row))
-            .cloned()
-            .unwrap();
-        // "ID LEN bytes, P/T pieces, M members, S bytes sent, R received, ..."
-        let field = |i: usize| line.split(", ").nth(i).unwrap_or("").to_owned();
-        let (have, total) = field(1)
-            .split(' ')
-            .next()
-            .and_then(|f| f.split_once('/'))
-            .map(|(a, b)| (a.parse().unwrap_or(0), b.parse().unwrap_or(0)))
-            .unwrap_or((0, 0));
-        let received = field(4)
-            .split(' ')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        (have, total, received)
-    };
-    let (kept, total, _) = pieces_held(&mut lab);
+    let held = lab.blobs_row(VICTIM, &blob);
+    let (kept, total) = (held.pieces, held.total);
     let started = Instant::now();
     let copy = lab.dir.join("n9-copy.bin");
     lab.send(VICTIM, &format!("/fetch {blob} {}", copy.display()));
@@ -2273,7 +2279,7 @@ fn a_64_mib_blob_reaches_8_receivers_near_the_bound_and_survives_a_death_and_a_l
     );
     lab.wait_line(VICTIM, 0, "the resumed fetch", |l| l == fetched);
     let took = started.elapsed();
-    let (_, _, received) = pieces_held(&mut lab);
+    let received = lab.blobs_row(VICTIM, &blob).received;
     lab.note(&format!(
         "n{} SIGKILLed half way and restarted with its data directory: it had kept {kept} of {total} pieces, fetched the other {} ({received} bytes) in {:.2} s; the others: {}",
         VICTIM + 1,
