@@ -220,6 +220,43 @@ impl<M: Serialize + 'static> Network<M> {
         self.owned.net.is_connected(peer)
     }
 
+    /// [`crate::Network::add_persistent_peer`], waiting on the node's runtime.
+    ///
+    /// # Errors
+    /// As [`crate::Network::add_persistent_peer`].
+    pub fn add_persistent_peer(
+        &self,
+        addr: std::net::SocketAddr,
+        id: PeerId,
+    ) -> Result<bool, crate::PersistError> {
+        self.block_on(self.owned.net.add_persistent_peer(addr, id))
+    }
+
+    /// [`crate::Network::add_durable_peer`], waiting on the node's runtime.
+    ///
+    /// # Errors
+    /// As [`crate::Network::add_durable_peer`].
+    pub fn add_durable_peer(
+        &self,
+        addr: std::net::SocketAddr,
+        id: PeerId,
+    ) -> Result<bool, crate::PersistError> {
+        self.block_on(self.owned.net.add_durable_peer(addr, id))
+    }
+
+    /// [`crate::Network::remove_persistent_peer`], waiting on the node's runtime.
+    ///
+    /// # Errors
+    /// As [`crate::Network::remove_persistent_peer`].
+    pub fn remove_persistent_peer(&self, id: PeerId) -> Result<bool, crate::PersistError> {
+        self.block_on(self.owned.net.remove_persistent_peer(id))
+    }
+
+    /// [`crate::Network::persistent_peers`].
+    pub fn persistent_peers(&self) -> Vec<crate::PersistentPeer> {
+        self.block_on(self.owned.net.persistent_peers())
+    }
+
     /// The peers with an open connection.
     pub fn peers(&self) -> Vec<ConnectionInfo> {
         self.owned.net.peers()

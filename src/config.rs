@@ -459,6 +459,9 @@ impl Config {
         if self.network_id.len() > MAX_NETWORK_ID_LEN {
             return bad("network_id is longer than 64 bytes");
         }
+        if self.persistent_peers.len() > crate::network::MAX_PERSISTENT_PEERS {
+            return bad("more persistent peers than MAX_PERSISTENT_PEERS (1024)");
+        }
         if self.data_dir.is_none() && self.persistent_peers.iter().any(|p| p.durable) {
             return bad("a durable peer needs a data_dir to keep its messages in; set one");
         }

@@ -1,7 +1,7 @@
 //! Errors, one type per operation ([`StartError`], [`ConnectError`], [`SendError`],
-//! [`ChannelError`], [`ShutDown`]), so a caller matches only what that call can return; and
-//! [`NetworkError`], which every one of them converts into, for code that propagates them all
-//! with `?`.
+//! [`ChannelError`], [`PersistError`], [`ShutDown`]), so a caller matches only what that call
+//! can return; and [`NetworkError`], which every one of them converts into, for code that
+//! propagates them all with `?`.
 
 use std::net::SocketAddr;
 
@@ -33,6 +33,9 @@ pub enum NetworkError {
     /// A message could not be encoded (for example by `broadcast`).
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// Adding or removing a persistent peer failed.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
 }
 
 /// Why [`crate::Network::start`] failed.
@@ -156,6 +159,50 @@ pub enum ChannelError {
     /// The network has shut down.
     #[error("network is shut down")]
     Closed,
+}
+
+/// Why [`crate::Network::add_persistent_peer`], [`crate::Network::add_durable_peer`] or
+/// [`crate::Network::remove_persistent_peer`] failed. Nothing changed when it fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersistError {
+    /// The network has shut down.
+    #[error("network is shut down")]
+    Closed,
+    /// The id is this node's own.
+    #[error("{0} is this node's own id; a node cannot be its own persistent peer")]
+    OwnId(PeerId),
+    /// A durable peer needs a data directory to keep its messages in.
+    #[error(
+        "a durable peer needs a data directory (Config::data_dir, --data-dir); start the node with one"
+    )]
+    NoDataDir,
+    /// [`crate::MAX_PERSISTENT_PEERS`] persistent peers already.
+    #[error("{max} persistent peers already; remove one first")]
+    TooMany {
+        /// The bound.
+        max: usize,
+    },
+    /// The peer is persistent already, durable or not as it says: durability does not change
+    /// in place.
+    #[error(
+        "{peer} is a persistent peer already (durable: {durable}); remove it first to change that"
+    )]
+    Durability {
+        /// The peer.
+        peer: PeerId,
+        /// Whether it is durable now.
+        durable: bool,
+    },
+    /// The data directory could not keep the change.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl From<ShutDown> for PersistError {
+    fn from(_: ShutDown) -> Self {
+        Self::Closed
+    }
 }
 
 /// The network has shut down, so the command could not run.

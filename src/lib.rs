@@ -60,10 +60,14 @@ mod store;
 pub use config::{Config, PersistentPeer};
 pub use driver::inbox::{Inbox, RecvTimeoutError, TryRecvError};
 pub use driver::shared::{NetworkStats, Totals};
-pub use error::{ChannelError, ConnectError, NetworkError, SendError, ShutDown, StartError};
+pub use error::{
+    ChannelError, ConnectError, NetworkError, PersistError, SendError, ShutDown, StartError,
+};
 pub use identity::{Keypair, PeerId};
 pub use metrics::prometheus_text;
-pub use network::{BroadcastReport, Channel, Encoded, Network, Pending, Skipped};
+pub use network::{
+    BroadcastReport, Channel, Encoded, MAX_PERSISTENT_PEERS, Network, Pending, Skipped,
+};
 pub use peers::backoff::Backoff;
 pub use peers::{BanReason, NetworkEvent};
 pub use session::{

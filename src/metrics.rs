@@ -156,6 +156,7 @@ pub fn prometheus_text(stats: &NetworkStats, peers: &[ConnectionInfo]) -> String
         ("rate_limited", t.dropped_rate_limited),
         ("offline_full", stats.offline_full),
         ("self_inbox_full", stats.self_inbox_full),
+        ("persistent_removed", stats.persistent_removed),
     ];
     labelled(
         &mut out,

@@ -44,6 +44,8 @@ const ACKED: Table = TableDefinition::new("acked");
 const SWARM_BLOBS: Table = TableDefinition::new("swarm_blobs");
 /// Their verified pieces: blob id ‖ piece index (u32 BE) → proof length (u8) ‖ proof ‖ bytes.
 const SWARM_PIECES: Table = TableDefinition::new("swarm_pieces");
+/// Persistent peers added at runtime: peer id → `[durable: 0|1][address as text]`.
+const PERSISTENT: Table = TableDefinition::new("persistent");
 /// Swarm writes waiting for their thread, at most (beyond: the piece is held in memory only,
 /// counted). The pieces queued are shared with memory, not copies.
 const PIECE_QUEUE: usize = 4096;
@@ -130,6 +132,7 @@ impl Store {
                 ACKED,
                 SWARM_BLOBS,
                 SWARM_PIECES,
+                PERSISTENT,
             ] {
                 tx.open_table(table)?;
             }
@@ -223,6 +226,59 @@ fn message_key(peer: &PeerId, lane: usize, seq: u64) -> Vec<u8> {
     let mut key = lane_key(peer, lane);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+impl Store {
+    /// Keeps `peer` as a persistent peer added at runtime (replacing what was kept for it).
+    pub(crate) fn put_persistent(
+        &self,
+        peer: &PeerId,
+        addr: std::net::SocketAddr,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut value = vec![u8::from(durable)];
+        value.extend_from_slice(addr.to_string().as_bytes());
+        self.write(|tx| {
+            tx.open_table(PERSISTENT)?
+                .insert(peer.as_bytes().as_slice(), value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a persistent peer added at runtime; returns whether one was kept.
+    pub(crate) fn remove_persistent(&self, peer: &PeerId) -> Result<bool, StoreError> {
+        self.remove(PERSISTENT, peer.as_bytes())
+    }
+
+    /// The persistent peers added at runtime, as `(id, address, durable)`. A row that does not
+    /// read back (a damaged file) is skipped with a warning rather than stopping the node.
+    pub(crate) fn load_persistent(
+        &self,
+    ) -> Result<Vec<(PeerId, std::net::SocketAddr, bool)>, StoreError> {
+        let mut peers = Vec::new();
+        for (key, value) in self.load(PERSISTENT)? {
+            let id = <[u8; 32]>::try_from(key.as_slice())
+                .ok()
+                .map(PeerId::from_bytes);
+            let durable = match value.first() {
+                Some(0) => Some(false),
+                Some(1) => Some(true),
+                _ => None,
+            };
+            let addr = value
+                .get(1..)
+                .and_then(|text| std::str::from_utf8(text).ok())
+                .and_then(|text| text.parse().ok());
+            match (id, addr, durable) {
+                (Some(id), Some(addr), Some(durable)) => peers.push((id, addr, durable)),
+                _ => tracing::warn!(
+                    path = %self.path.display(),
+                    "a kept persistent peer does not read back; skipped (add it again)"
+                ),
+            }
+        }
+        Ok(peers)
+    }
 }
 
 /// A durable peer's streams as read back: the incarnation, and per channel index where the
@@ -324,6 +380,8 @@ enum JournalOp {
         lane: usize,
         next: u64,
     },
+    /// The peer is no longer durable: every row of its streams goes.
+    Forget { peer: PeerId },
 }
 
 /// Writes durable peers' messages and acknowledgements on a thread of its own, many to a
@@ -396,6 +454,13 @@ impl Journal {
             next,
         });
     }
+
+    /// Deletes every row of `peer`'s streams, after the writes queued before it. Waits for
+    /// room in the queue rather than skip it: a row left behind would be resent if the peer
+    /// became durable again.
+    pub(crate) async fn forget(&self, peer: &PeerId) {
+        let _ = self.ops.send(JournalOp::Forget { peer: *peer }).await;
+    }
 }
 
 /// Waits for one operation, then takes what else is queued, up to `max`, so that everything
@@ -422,6 +487,7 @@ fn journal_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<JournalOp>)
         let mut acks: std::collections::BTreeMap<(PeerId, usize), u64> = Default::default();
         let result = store.write(|tx| {
             let mut outbox = tx.open_table(OUTBOX)?;
+            let mut acked = tx.open_table(ACKED)?;
             for op in batch.drain(..) {
                 match op {
                     JournalOp::Append {
@@ -438,9 +504,26 @@ fn journal_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<JournalOp>)
                         let at = acks.entry((peer, lane)).or_default();
                         *at = (*at).max(next);
                     }
+                    JournalOp::Forget { peer } => {
+                        // Keys are the peer's id then the lane (then the number): one range
+                        // covers every lane of it in both tables.
+                        let start = peer.as_bytes().to_vec();
+                        let mut end = start.clone();
+                        end.extend_from_slice(&[0xff; 16]);
+                        for table in [&mut outbox, &mut acked] {
+                            let gone: Vec<Vec<u8>> = table
+                                .range(start.as_slice()..=end.as_slice())?
+                                .filter_map(|e| e.ok().map(|(k, _)| k.value().to_vec()))
+                                .collect();
+                            for key in gone {
+                                table.remove(key.as_slice())?;
+                            }
+                        }
+                        acks.retain(|(p, _), _| *p != peer);
+                        tx.open_table(STREAMS)?.remove(peer.as_bytes().as_slice())?;
+                    }
                 }
             }
-            let mut acked = tx.open_table(ACKED)?;
             for ((peer, lane), next) in &acks {
                 // Everything before `next`, stale appends that committed after their
                 // acknowledgement included.

@@ -1341,7 +1341,8 @@ fn a_durable_peer_gets_every_line_after_the_sender_is_sigkilled_and_restarted() 
     // Lines are taken in order: once /peers answers, every line before it was accepted (and
     // so is on disk).
     a.write_line("/peers");
-    a.line("the answer to /peers", |l| l == "no peers known");
+    let listed = format!("peer {b_id} {b_addr} known durable");
+    a.line("the answer to /peers", |l| l == listed);
     let killed = a.signal("-KILL");
     assert!(!killed.success());
 
@@ -1454,4 +1455,50 @@ fn a_shared_file_is_pushed_to_every_peer_and_fetched_byte_for_byte() {
     for mut node in [a, b, c, d] {
         assert!(node.terminate().success());
     }
+}
+
+/// `/durable ID@ADDR` typed into a running node with `--data-dir`: the peer is kept. Restarted
+/// with nothing but its data directory, the node lists it, holds the lines typed while the
+/// peer is down, and delivers them once the peer is back. `/unpersist` lets it go.
+#[test]
+fn a_peer_made_durable_at_runtime_is_kept_across_a_restart() {
+    let dir = TempDir::new("runtime-durable");
+    let (a_data, b_key) = (dir.file("a-data"), dir.file("b.key"));
+    let b_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let b_args = ["--key", b_key.as_str()];
+    let (mut b, b_id, _) = kv_node("node b", &b_addr, &b_args);
+    let (mut a, a_id, _) = kv_node("node a", "127.0.0.1:0", &["--data-dir", &a_data]);
+    a.write_line(&format!("/durable {b_id}@{b_addr}"));
+    a.line("the answer to /durable", |l| {
+        l.starts_with(&format!("/durable: {b_id} at")) && l.ends_with("kept in the data directory")
+    });
+    a.joined(&b_id, 1);
+    a.write_line("/peers");
+    let listed = format!("peer {b_id} {b_addr} connected durable");
+    a.line("b listed as durable", |l| l == listed);
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+
+    let (mut a, again, _) = kv_node("node a again", "127.0.0.1:0", &["--data-dir", &a_data]);
+    assert_eq!(again, a_id);
+    for i in 0..3 {
+        a.write_line(&format!("while away {i}"));
+    }
+    a.write_line("/peers");
+    let listed = format!("peer {b_id} {b_addr} known durable");
+    a.line("b listed from the data directory", |l| l == listed);
+    let (mut b, _, _) = kv_node("node b again", &b_addr, &b_args);
+    for i in 0..3 {
+        let line = format!("{a_id}: while away {i}");
+        b.line("a line typed while b was down", |l| l == line);
+    }
+    a.write_line(&format!("/unpersist {b_id}"));
+    let gone = format!("/unpersist: {b_id} is no longer persistent");
+    a.line("the answer to /unpersist", |l| l.starts_with(&gone));
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
 }

@@ -8,7 +8,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use peerwire::{Config, Inbox, Keypair, Network, PeerId, StartError};
+use peerwire::{Config, Keypair, Network, PeerId, StartError};
 
 fn sender_config(dir: &TempDir, receiver: std::net::SocketAddr, id: PeerId) -> Config {
     config().data_dir(&dir.0).durable_peer(receiver, id)
@@ -27,18 +27,6 @@ fn assert_exactly_once_in_order(got: &[u32], n: u32) {
             &got[at.saturating_sub(3)..(at + 3).min(got.len())]
         );
     }
-}
-
-/// Receives until `n` messages from `from` arrived; returns their numbers in arrival order.
-async fn numbers_from(inbox: &mut Inbox<Bytes>, from: PeerId, n: usize) -> Vec<u32> {
-    recv_n(inbox, n)
-        .await
-        .into_iter()
-        .map(|(peer, message)| {
-            assert_eq!(peer, from);
-            number_of(&message)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

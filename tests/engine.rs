@@ -254,8 +254,18 @@ fn the_blocking_face_exchanges_messages_with_an_async_node() {
         inbox.recv_timeout(Duration::from_millis(10)),
         Err(RecvTimeoutError::Timeout)
     );
+    // Made persistent from a thread: listed, and a send to it is numbered (pending until
+    // acknowledged) instead of best effort.
+    assert!(net.add_persistent_peer(addr, server_id).unwrap());
+    assert_eq!(net.persistent_peers()[0].id, server_id);
+    assert!(net.as_async().pending(server_id).is_some());
     net.try_send(server_id, &vec![0]).unwrap();
-    assert_eq!(inbox.blocking_recv(), Some((server_id, vec![0])));
+    assert_eq!(
+        inbox.recv_timeout(Duration::from_secs(20)),
+        Ok((server_id, vec![0]))
+    );
+    assert!(net.remove_persistent_peer(server_id).unwrap());
+    assert!(net.persistent_peers().is_empty());
     stop_tx.send(()).unwrap();
     net.shutdown();
     assert_eq!(inbox.blocking_recv(), None, "closed after shutdown");

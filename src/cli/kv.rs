@@ -215,7 +215,7 @@ impl Kv {
 }
 
 pub(crate) fn usage() -> &'static str {
-    "commands: /put KEY VALUE, /get PEER KEY, /replicate PEER (PEER: an id, or a name with --registry), /sub TOPIC, /unsub TOPIC, /relay TOPIC, /pub TOPIC TEXT, /stats TOPIC, /state TEXT, /peers, /share PATH, /fetch BLOB_ID PATH, /push BLOB_ID [PEER...], /blobs; any other line is sent to every peer"
+    "commands: /put KEY VALUE, /get PEER KEY, /replicate PEER (PEER: an id, or a name with --registry), /sub TOPIC, /unsub TOPIC, /relay TOPIC, /pub TOPIC TEXT, /stats TOPIC, /state TEXT, /peers, /persist ID@HOST:PORT, /durable ID@HOST:PORT, /unpersist PEER, /share PATH, /fetch BLOB_ID PATH, /push BLOB_ID [PEER...], /blobs; any other line is sent to every peer"
 }
 
 /// Answers peers' requests from the local store.

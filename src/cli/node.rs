@@ -148,7 +148,14 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
                     let text = line.trim_end_matches(['\r', '\n']);
                     if text.starts_with('/') {
                         if text.trim() == "/peers" {
-                            print_peers(&net, discovery.as_ref(), membership.as_ref());
+                            let persistent = net.persistent_peers().await;
+                            print_peers(&net, &persistent, discovery.as_ref(), membership.as_ref());
+                        } else if let Some(peer) = text.strip_prefix("/persist ") {
+                            persist(&net, peer.trim(), false).await;
+                        } else if let Some(peer) = text.strip_prefix("/durable ") {
+                            persist(&net, peer.trim(), true).await;
+                        } else if let Some(peer) = text.strip_prefix("/unpersist ") {
+                            unpersist(&net, peer.trim(), &names).await;
                         } else if let Some(state) = text.strip_prefix("/state ") {
                             set_state(membership.as_ref(), state);
                         } else if !kv.command(text, &names)
@@ -326,8 +333,62 @@ pub(crate) async fn run_registry(args: RegistryArgs) -> Result<()> {
 
 /// `/peers`: every peer known (from peer exchange, with `--discover`) or connected, with its address and whether
 /// it is connected now.
+/// `/persist ID@HOST:PORT` and `/durable ID@HOST:PORT`: a persistent (or durable) peer from now
+/// on, and after a restart too with `--data-dir`.
+async fn persist(net: &Network<Bytes>, text: &str, durable: bool) {
+    let command = if durable { "/durable" } else { "/persist" };
+    let (id, addr) = match super::parse_persistent(text) {
+        Ok(parsed) => parsed,
+        Err(e) => return println!("{command}: {e}"),
+    };
+    let addr = match resolve(&addr).await {
+        Ok(addr) => addr,
+        Err(e) => return println!("{command} {addr}: {e}"),
+    };
+    let added = if durable {
+        net.add_durable_peer(addr, id).await
+    } else {
+        net.add_persistent_peer(addr, id).await
+    };
+    let kept = if net.data().is_some() {
+        "kept in the data directory"
+    } else {
+        "until this node stops (no --data-dir)"
+    };
+    match added {
+        Ok(true) => println!("{command}: {id} at {addr} from now on, {kept}"),
+        Ok(false) => println!("{command}: {id} was persistent already; its address is now {addr}"),
+        Err(e) => println!("{command} {id}: {e}"),
+    }
+}
+
+/// `/unpersist PEER`: no longer persistent; what it had not acknowledged is let go.
+async fn unpersist(net: &Network<Bytes>, text: &str, names: &dyn Fn(&str) -> Option<PeerId>) {
+    let id = match text.parse::<PeerId>() {
+        Ok(id) => id,
+        Err(e) => match names(text) {
+            Some(id) => id,
+            None => {
+                return println!(
+                    "/unpersist: {text} is neither a peer id ({e}) nor a registered name"
+                );
+            }
+        },
+    };
+    let before = net.stats().persistent_removed;
+    match net.remove_persistent_peer(id).await {
+        Ok(true) => println!(
+            "/unpersist: {id} is no longer persistent ({} unacknowledged messages let go)",
+            net.stats().persistent_removed.saturating_sub(before)
+        ),
+        Ok(false) => println!("/unpersist: {id} was not a persistent peer"),
+        Err(e) => println!("/unpersist {id}: {e}"),
+    }
+}
+
 fn print_peers(
     net: &Network<Bytes>,
+    persistent: &[peerwire::PersistentPeer],
     discovery: Option<&peerwire::protocols::discovery::Discovery>,
     membership: Option<&Membership>,
 ) {
@@ -350,6 +411,9 @@ fn print_peers(
         .into_iter()
         .map(|(id, addr)| (id, (addr.to_string(), false)))
         .collect();
+    for p in persistent {
+        rows.insert(p.id, (p.addr.to_string(), false));
+    }
     for info in net.peers() {
         let Some(peer) = info.peer else { continue };
         // The address it listens on, if it said; else the connection's.
@@ -362,7 +426,12 @@ fn print_peers(
     }
     for (id, (addr, connected)) in rows {
         let state = if connected { "connected" } else { "known" };
-        println!("peer {id} {addr} {state}");
+        let kind = match persistent.iter().find(|p| p.id == id) {
+            Some(p) if p.durable => " durable",
+            Some(_) => " persistent",
+            None => "",
+        };
+        println!("peer {id} {addr} {state}{kind}");
     }
 }
 

@@ -71,6 +71,17 @@ pub(crate) enum Command {
     Abort {
         reply: oneshot::Sender<()>,
     },
+    /// `id` is a persistent peer now (its streams are in `Shared::reliable` already).
+    Persist {
+        addr: SocketAddr,
+        id: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    /// `id` is no longer persistent (its streams are gone from `Shared::reliable`).
+    Unpersist {
+        id: PeerId,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 pub(crate) struct NetworkActor {
@@ -85,6 +96,8 @@ pub(crate) struct NetworkActor {
     /// The node's channel slots, by channel index (handed to every connection).
     slots: Arc<[Slot]>,
     outbound_slots: Arc<Semaphore>,
+    /// The listener's: `max_inbound` plus one per persistent peer.
+    inbound_slots: Arc<Semaphore>,
     root: CancellationToken,
     listener_cancel: CancellationToken,
     listener: JoinHandle<()>,
@@ -123,7 +136,7 @@ impl NetworkActor {
         ));
         let listener = tokio::spawn(listener::run(
             listener,
-            inbound_slots,
+            inbound_slots.clone(),
             accepted_tx,
             listener_cancel.clone(),
         ));
@@ -146,6 +159,7 @@ impl NetworkActor {
         let actor = Self {
             registry: Registry::new(shared.local_id, limits, redial),
             outbound_slots: Arc::new(Semaphore::new(config.max_outbound)),
+            inbound_slots,
             shared: shared.clone(),
             ctx: ctx.clone(),
             commands,
@@ -302,6 +316,24 @@ impl NetworkActor {
             }
             Command::Unban { peer, reply } => {
                 let _ = reply.send(self.registry.unban(peer));
+            }
+            Command::Persist { addr, id, reply } => {
+                if self
+                    .registry
+                    .add_persistent(addr, id, now, &mut self.effects)
+                {
+                    self.inbound_slots.add_permits(1);
+                }
+                self.apply();
+                let _ = reply.send(());
+            }
+            Command::Unpersist { id, reply } => {
+                if self.registry.remove_persistent(id) {
+                    // Its headroom goes if free now; else it stays (the inbound limit
+                    // itself is the registry's, after the handshake).
+                    self.inbound_slots.forget_permits(1);
+                }
+                let _ = reply.send(());
             }
             Command::Shutdown { reply } | Command::Abort { reply } => {
                 let _ = reply.send(());
@@ -570,8 +602,9 @@ impl NetworkActor {
                         }),
                     });
                 }
+                let reliable = self.shared.reliable.read().get(&peer).cloned();
                 let streams = Streams {
-                    reliable: self.shared.reliable.get(&peer).cloned(),
+                    reliable,
                     recv: self.recv_state(peer),
                 };
                 // The connection may have been cancelled meanwhile; then it closes on its own.
@@ -690,7 +723,7 @@ impl NetworkActor {
         self.registry.shutdown(&mut self.effects);
         self.apply();
         // Senders waiting for a persistent peer's streams to make room stop waiting.
-        for reliable in self.shared.reliable.values() {
+        for reliable in self.shared.reliable.read().values() {
             reliable.wake_all();
         }
         self.tracker.close();
@@ -709,7 +742,9 @@ impl NetworkActor {
                     Some(Command::Connect { reply, .. }) => { let _ = reply.send(Err(ConnectError::Closed)); }
                     Some(Command::Disconnect { reply, .. }) => { let _ = reply.send(false); }
                     Some(Command::Unban { reply, .. }) => { let _ = reply.send(false); }
-                    Some(Command::Ban { reply, .. }) => { let _ = reply.send(()); }
+                    Some(Command::Ban { reply, .. }
+                        | Command::Persist { reply, .. }
+                        | Command::Unpersist { reply, .. }) => { let _ = reply.send(()); }
                     None => self.commands.close(),
                 },
                 () = tokio::time::sleep_until(deadline), if !cut => {

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::inbox::Slot;
 use super::link::SocketShared;
-use super::stream::Reliable;
+use super::stream::{Persistence, Reliable};
 use crate::identity::{PeerId, PeerMap};
 use crate::peers::NetworkEvent;
 use crate::session::channel::ChannelTable;
@@ -27,6 +27,9 @@ impl Counter {
     }
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Relaxed)
+    }
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
     }
 }
 
@@ -43,6 +46,7 @@ pub(crate) struct Counters {
     pub(crate) bans: Counter,
     pub(crate) offline_full: Counter,
     pub(crate) self_inbox_full: Counter,
+    pub(crate) persistent_removed: Counter,
     pub(crate) identity_conflicts: Counter,
     pub(crate) inbound_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Connections ended, by [`DisconnectReason::label`].
@@ -134,6 +138,9 @@ pub struct NetworkStats {
     pub offline_full: u64,
     /// Messages to this node itself (`deliver_to_self`) dropped because its inbox was full.
     pub self_inbox_full: u64,
+    /// Messages accepted for a persistent peer and not yet acknowledged when the application
+    /// removed it (`Network::remove_persistent_peer`): let go, never sent again.
+    pub persistent_removed: u64,
     /// Signs that two nodes prove the same identity (one key file used by two processes): a
     /// peer replaced its connection with one advertising another address, or a peer closed
     /// ours as a duplicate and kept another connection claiming our identity.
@@ -182,9 +189,14 @@ pub(crate) struct Shared {
     pub(crate) connections: RwLock<HashMap<ConnectionId, Arc<SocketShared>>>,
     pub(crate) events: broadcast::Sender<NetworkEvent>,
     pub(crate) counters: Counters,
-    /// The reliable stream of each persistent peer (fixed at start), used whether or not the
-    /// peer is connected.
-    pub(crate) reliable: PeerMap<Arc<Reliable>>,
+    /// The reliable stream of each persistent peer, used whether or not the peer is
+    /// connected. Read on every send; written only when the application adds or removes a
+    /// persistent peer. Never read twice on one thread at once (the lock is fair: a second
+    /// read behind a waiting writer would deadlock).
+    pub(crate) reliable: RwLock<PeerMap<Arc<Reliable>>>,
+    /// The persistent peers as the application set them, and the maker of their streams.
+    /// Held across a whole addition or removal, so those run one at a time.
+    pub(crate) persistence: tokio::sync::Mutex<Persistence>,
     /// The actor task, joined by the first `shutdown` call.
     pub(crate) actor: Mutex<Option<JoinHandle<()>>>,
     /// The data directory's database (`Config::data_dir`), if any.
@@ -216,6 +228,7 @@ impl Shared {
             bans: self.counters.bans.get(),
             offline_full: self.counters.offline_full.get(),
             self_inbox_full: self.counters.self_inbox_full.get(),
+            persistent_removed: self.counters.persistent_removed.get(),
             identity_conflicts: self.counters.identity_conflicts.get(),
             inbound_refused: self.counters.inbound_refused.lock().clone(),
             disconnects: self.counters.disconnects.lock().clone(),

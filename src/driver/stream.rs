@@ -37,6 +37,8 @@ pub(crate) enum StreamRefusal {
     Stalled,
     /// The channel is not configured.
     NoSuchChannel,
+    /// The peer is no longer persistent (`Network::remove_persistent_peer`).
+    Removed,
 }
 
 #[derive(Debug)]
@@ -47,6 +49,8 @@ struct Inner {
     /// A waiting push ran out of time since the last acknowledgement freed room: later waiting
     /// pushes give up at once instead of each waiting `send_wait` again.
     stalled: bool,
+    /// The peer stopped being persistent: nothing more is accepted, kept or written.
+    closed: bool,
 }
 
 /// A persistent peer's reliable streams as shared by senders, its connections and the node.
@@ -70,6 +74,7 @@ impl Reliable {
                 set: ReliableSet::new(incarnation, bounds),
                 full_since: None,
                 stalled: false,
+                closed: false,
             }),
             room: Notify::new(),
             attached: Mutex::new(None),
@@ -99,6 +104,7 @@ impl Reliable {
                 set,
                 full_since: None,
                 stalled: false,
+                closed: false,
             }),
             room: Notify::new(),
             attached: Mutex::new(None),
@@ -116,6 +122,9 @@ impl Reliable {
     ) -> Result<Option<Commit>, (StreamRefusal, Bytes)> {
         let commit = {
             let mut inner = self.inner.lock();
+            if inner.closed {
+                return Err((StreamRefusal::Removed, message));
+            }
             let stalled = inner.stalled;
             let Some(buffer) = inner.set.buffer(lane) else {
                 return Err((StreamRefusal::NoSuchChannel, message));
@@ -248,6 +257,9 @@ impl Reliable {
     pub(crate) fn ack(&self, lane: usize, next_expected: u64) {
         let freed = {
             let mut inner = self.inner.lock();
+            if inner.closed {
+                return;
+            }
             let freed = inner.set.buffer(lane).map_or(0, |b| b.ack(next_expected));
             if freed > 0 {
                 inner.full_since = None;
@@ -281,5 +293,106 @@ impl Reliable {
     /// Messages (and bytes) accepted and not yet acknowledged, on all channels.
     pub(crate) fn depth(&self) -> (usize, usize) {
         self.inner.lock().set.depth()
+    }
+
+    /// The peer is no longer persistent: refuses every later push, lets go of what was not
+    /// acknowledged and returns how many messages that was. For a durable peer, its rows in the
+    /// data directory are deleted after every write already queued (the journal keeps order;
+    /// nothing is appended once closed).
+    pub(crate) async fn close(&self) -> usize {
+        let dropped = {
+            let mut inner = self.inner.lock();
+            inner.closed = true;
+            let (dropped, _) = inner.set.depth();
+            let incarnation = inner.set.incarnation();
+            inner.set = ReliableSet::new(incarnation, &[]);
+            dropped
+        };
+        self.room.notify_waiters();
+        if let Some((peer, journal, _)) = &self.durable {
+            journal.forget(peer).await;
+        }
+        dropped
+    }
+}
+
+/// The persistent peers as the application set them (in the `Config`, kept in the data
+/// directory, or added since), and the maker of their streams.
+#[derive(Debug)]
+pub(crate) struct Persistence {
+    pub(crate) peers: crate::identity::PeerMap<crate::config::PersistentPeer>,
+    pub(crate) maker: Arc<StreamMaker>,
+}
+
+/// Makes persistent peers' streams: at start for the configured and kept peers, and for those
+/// added at runtime. Every stream of this process shares one incarnation; a durable peer's
+/// keeps the one it had (from the data directory), so the peer tells a resend from new
+/// messages.
+#[derive(Debug)]
+pub(crate) struct StreamMaker {
+    incarnation: u64,
+    /// Per channel index: message bound, byte bound, weight.
+    bounds: Vec<(usize, usize, usize)>,
+    store: Option<Arc<crate::store::Store>>,
+    /// Started with the first durable peer, then shared by all of them.
+    journal: Mutex<Option<Journal>>,
+}
+
+impl StreamMaker {
+    pub(crate) fn new(
+        incarnation: u64,
+        bounds: Vec<(usize, usize, usize)>,
+        store: Option<Arc<crate::store::Store>>,
+    ) -> Self {
+        Self {
+            incarnation,
+            bounds,
+            store,
+            journal: Mutex::new(None),
+        }
+    }
+
+    /// `peer`'s streams; a durable peer's come back from the data directory (blocking: call
+    /// it off the async workers at runtime).
+    ///
+    /// # Errors
+    /// The data directory could not be read or written, or its journal not started; a durable
+    /// peer without a data directory.
+    pub(crate) fn make(
+        &self,
+        peer: PeerId,
+        durable: bool,
+    ) -> Result<Arc<Reliable>, crate::store::StoreError> {
+        if !durable {
+            return Ok(Arc::new(Reliable::new(self.incarnation, &self.bounds)));
+        }
+        let Some(store) = &self.store else {
+            return Err(crate::store::StoreError::Io {
+                path: std::path::PathBuf::from("(no data directory)"),
+                reason: "a durable peer needs a data directory".into(),
+            });
+        };
+        let journal = {
+            let mut journal = self.journal.lock();
+            match &*journal {
+                Some(j) => j.clone(),
+                None => journal.insert(Journal::start(store.clone())?).clone(),
+            }
+        };
+        let kept = store.load_stream(&peer, self.bounds.len())?;
+        let own = match kept.incarnation {
+            Some(kept) => kept,
+            None => {
+                store.set_incarnation(&peer, self.incarnation)?;
+                self.incarnation
+            }
+        };
+        Ok(Reliable::durable(
+            peer,
+            own,
+            &self.bounds,
+            kept.lanes,
+            journal,
+        ))
     }
 }

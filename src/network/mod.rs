@@ -6,7 +6,9 @@
 //! disconnecting and shutdown are commands to the actor.
 
 mod channel;
+mod persistent;
 mod send;
+pub use persistent::MAX_PERSISTENT_PEERS;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use crate::driver::link::SocketContext;
 use crate::driver::node::{Command, NetworkActor};
 use crate::driver::queue::LaneSpec;
 use crate::driver::shared::{Counters, NetworkStats, Shared};
-use crate::driver::stream::Reliable;
+use crate::driver::stream::{Persistence, StreamMaker};
 use crate::error::{ChannelError, ConnectError, SendError, ShutDown, StartError};
 use crate::identity::{Keypair, PeerId};
 use crate::peers::{NetworkEvent, backoff};
@@ -112,6 +114,20 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             Some(dir) => Some(Arc::new(crate::store::Store::open(dir)?)),
             None => None,
         };
+        // Persistent peers added at runtime by an earlier run come back; the Config's own
+        // settings win for a peer in both.
+        let mut config = config;
+        if let Some(store) = &store {
+            for (id, addr, durable) in store.load_persistent()? {
+                if id != keypair.peer_id() && !config.persistent_peers.iter().any(|p| p.id == id) {
+                    config.persistent_peers.push(crate::config::PersistentPeer {
+                        addr,
+                        id,
+                        durable,
+                    });
+                }
+            }
+        }
         let (events, _) = broadcast::channel(config.event_capacity);
         // Tells this process's reliable streams apart from those of an earlier run.
         let incarnation = backoff::jitter_sample();
@@ -138,27 +154,12 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             .collect();
         // Durable peers' streams come back from the data directory with the incarnation they
         // had, so the peer tells a resend from new messages; the others start afresh.
-        let journal = match (&store, config.persistent_peers.iter().any(|p| p.durable)) {
-            (Some(store), true) => Some(crate::store::Journal::start(store.clone())?),
-            _ => None,
-        };
+        let maker = Arc::new(StreamMaker::new(incarnation, stream_bounds, store.clone()));
         let mut reliable = crate::identity::PeerMap::default();
+        let mut persistent = crate::identity::PeerMap::default();
         for peer in &config.persistent_peers {
-            let stream = match (&store, &journal) {
-                (Some(store), Some(journal)) if peer.durable => {
-                    let kept = store.load_stream(&peer.id, stream_bounds.len())?;
-                    let own = match kept.incarnation {
-                        Some(kept) => kept,
-                        None => {
-                            store.set_incarnation(&peer.id, incarnation)?;
-                            incarnation
-                        }
-                    };
-                    Reliable::durable(peer.id, own, &stream_bounds, kept.lanes, journal.clone())
-                }
-                _ => Arc::new(Reliable::new(incarnation, &stream_bounds)),
-            };
-            reliable.insert(peer.id, stream);
+            reliable.insert(peer.id, maker.make(peer.id, peer.durable)?);
+            persistent.insert(peer.id, *peer);
         }
         // Channel 0's type is known now: it is open before any connection exists.
         let default = channels.spec(0);
@@ -184,7 +185,11 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             connections: Default::default(),
             events,
             counters: Counters::default(),
-            reliable,
+            reliable: parking_lot::RwLock::new(reliable),
+            persistence: tokio::sync::Mutex::new(Persistence {
+                peers: persistent,
+                maker,
+            }),
             actor: Default::default(),
             reassembly: crate::codec::record::ReassemblyBudget::new(config.max_reassembly_bytes),
             store,
@@ -249,7 +254,7 @@ impl ProtocolFace {
 
     /// Whether `peer` is a persistent peer (its messages survive cuts and restarts).
     pub(crate) fn is_persistent(&self, peer: PeerId) -> bool {
-        self.shared.reliable.contains_key(&peer)
+        self.shared.reliable.read().contains_key(&peer)
     }
 
     /// Whether `peer` has an open connection now.
@@ -667,7 +672,8 @@ impl<M: Serialize + 'static> Network<M> {
     /// For a persistent peer: messages (and bytes) accepted and not yet acknowledged by it,
     /// whether sent or waiting for it to come back. `None` for other peers.
     pub fn pending(&self, peer: PeerId) -> Option<Pending> {
-        self.shared.reliable.get(&peer).map(|r| {
+        let stream = self.shared.reliable.read().get(&peer).cloned();
+        stream.map(|r| {
             let (messages, bytes) = r.depth();
             Pending { messages, bytes }
         })

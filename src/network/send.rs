@@ -130,10 +130,10 @@ impl Route<'_> {
         }
     }
 
-    /// Pushes without waiting, under the peer map's read lock (no reference counting on the
+    /// Pushes without waiting, under the peer maps' read locks (no reference counting on the
     /// hot path). A refused message is handed back.
     fn try_push(&self, peer: PeerId, message: Bytes) -> Result<Pushed, (Refusal, Bytes)> {
-        if let Some(reliable) = self.shared.reliable.get(&peer) {
+        if let Some(reliable) = self.shared.reliable.read().get(&peer) {
             // A persistent peer: accepted whether or not it is connected now.
             let durable = reliable.is_durable();
             return reliable
@@ -145,7 +145,10 @@ impl Route<'_> {
                         Pushed::Done
                     }
                 })
-                .map_err(|(_, message)| (Refusal::Full, message));
+                .map_err(|(refusal, message)| match refusal {
+                    StreamRefusal::Removed => (Refusal::NotConnected, message),
+                    _ => (Refusal::Full, message),
+                });
         }
         let peers = self.shared.peers.read();
         let Some(link) = peers.get(&peer) else {
@@ -199,7 +202,8 @@ impl Route<'_> {
         // The clock is read only once a wait is needed, never on the hot path.
         let deadline =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.shared.send_wait);
-        let outcome = if let Some(reliable) = self.shared.reliable.get(&peer) {
+        let reliable = self.shared.reliable.read().get(&peer).cloned();
+        let outcome = if let Some(reliable) = reliable {
             let durable = reliable.is_durable();
             match reliable.push_wait(self.lane, message, deadline).await {
                 Ok(commit) if durable => return committed(peer, commit).await,
@@ -208,6 +212,7 @@ impl Route<'_> {
                 Err((StreamRefusal::Stalled | StreamRefusal::NoSuchChannel, _)) => {
                     Err(PushError::Stalled)
                 }
+                Err((StreamRefusal::Removed, _)) => Err(PushError::Closed),
             }
         } else {
             // Full: wait for room outside the lock.
@@ -294,7 +299,9 @@ impl Route<'_> {
                 Err(_) => self.skip(report, self.shared.local_id, Skipped::QueueFull),
             }
         }
-        for (peer, reliable) in &self.shared.reliable {
+        // One read of the map for the whole offer (it is never read twice at once).
+        let persistent = self.shared.reliable.read();
+        for (peer, reliable) in persistent.iter() {
             match (reliable.push(self.lane, message.clone()), waiting.as_mut()) {
                 (Ok(commit), _) => {
                     report.queued += 1;
@@ -303,6 +310,8 @@ impl Route<'_> {
                     }
                 }
                 (Err((StreamRefusal::Full, _)), Some(waiting)) => waiting.push(*peer),
+                // Removed a moment ago: no longer one of ours.
+                (Err((StreamRefusal::Removed, _)), _) => {}
                 // Stalled, or nobody waits: no refusal is silent.
                 (Err(_), _) => {
                     self.refused_full(*peer);
@@ -314,9 +323,7 @@ impl Route<'_> {
         // no reference counting per peer per broadcast. Persistent peers were served above,
         // through their reliable streams.
         let peers = self.shared.peers.read();
-        let plain = peers
-            .iter()
-            .filter(|(id, _)| !self.shared.reliable.contains_key(id));
+        let plain = peers.iter().filter(|(id, _)| !persistent.contains_key(id));
         for (_, link) in plain {
             match (
                 link.queue.try_push(self.lane, message.clone()),

@@ -2,7 +2,7 @@
 //! bootstrap addresses (retried until the first success). Pure: the actor passes in the time
 //! and the randomness, so the schedule is tested without a clock or sockets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -36,7 +36,10 @@ pub(crate) struct Dial {
 /// The dial schedule.
 #[derive(Debug)]
 pub(crate) struct Redialer {
-    targets: Vec<Target>,
+    /// By a key that never changes (persistent peers come and go at runtime; a dial in flight
+    /// names its target by key).
+    targets: BTreeMap<usize, Target>,
+    next_key: usize,
     backoff: Backoff,
     /// Dials in flight: connection → target.
     dialing: HashMap<ConnectionId, usize>,
@@ -57,12 +60,14 @@ impl Redialer {
             done: false,
             ever_started: false,
         };
-        let mut targets: Vec<Target> = persistent
+        let targets: BTreeMap<usize, Target> = persistent
             .into_iter()
             .map(|(addr, id)| target(addr, Some(id)))
+            .chain(bootstrap.into_iter().map(|addr| target(addr, None)))
+            .enumerate()
             .collect();
-        targets.extend(bootstrap.into_iter().map(|addr| target(addr, None)));
         Self {
+            next_key: targets.len(),
             targets,
             backoff,
             dialing: HashMap::new(),
@@ -71,19 +76,58 @@ impl Redialer {
 
     /// Whether `peer` is one to stay connected to.
     pub(crate) fn is_persistent(&self, peer: PeerId) -> bool {
-        self.targets.iter().any(|t| t.expected == Some(peer))
+        self.targets.values().any(|t| t.expected == Some(peer))
+    }
+
+    /// Makes `peer` (at `addr`) one to stay connected to, dialed from `now`, or once its
+    /// connection is lost when `connected`; a persistent peer already known only gets the new
+    /// address. Returns whether it is new.
+    pub(crate) fn add(
+        &mut self,
+        addr: SocketAddr,
+        peer: PeerId,
+        now: Instant,
+        connected: bool,
+    ) -> bool {
+        if let Some(t) = self.targets.values_mut().find(|t| t.expected == Some(peer)) {
+            t.addr = addr;
+            return false;
+        }
+        self.targets.insert(
+            self.next_key,
+            Target {
+                addr,
+                expected: Some(peer),
+                attempt: 0,
+                due: (!connected).then_some(now),
+                done: false,
+                ever_started: false,
+            },
+        );
+        self.next_key += 1;
+        true
+    }
+
+    /// Stops dialing `peer`; a dial in flight finishes but schedules nothing. Returns whether
+    /// it was persistent.
+    pub(crate) fn remove(&mut self, peer: PeerId) -> bool {
+        let before = self.targets.len();
+        self.targets.retain(|_, t| t.expected != Some(peer));
+        let targets = &self.targets;
+        self.dialing.retain(|_, key| targets.contains_key(key));
+        self.targets.len() < before
     }
 
     /// The earliest time a dial is due.
     pub(crate) fn next_due(&self) -> Option<Instant> {
-        self.targets.iter().filter_map(|t| t.due).min()
+        self.targets.values().filter_map(|t| t.due).min()
     }
 
     /// Dials due at `now`, skipping persistent peers already connected. Each returned dial must
     /// be reported back with [`Redialer::started`].
     pub(crate) fn due(&mut self, now: Instant, connected: impl Fn(PeerId) -> bool) -> Vec<Dial> {
         let mut dials = Vec::new();
-        for (index, t) in self.targets.iter_mut().enumerate() {
+        for (&index, t) in &mut self.targets {
             if t.done || t.due.is_none_or(|d| d > now) {
                 continue;
             }
@@ -103,7 +147,9 @@ impl Redialer {
     /// The actor started `dial` as connection `conn`; returns whether it is a redial (after a
     /// failure or a lost connection).
     pub(crate) fn started(&mut self, dial: Dial, conn: ConnectionId) -> bool {
-        let t = &mut self.targets[dial.target];
+        let Some(t) = self.targets.get_mut(&dial.target) else {
+            return false;
+        };
         let redial = t.attempt > 0 || t.ever_started;
         t.ever_started = true;
         self.dialing.insert(conn, dial.target);
@@ -112,14 +158,19 @@ impl Redialer {
 
     /// Skips `dial` now and schedules it for `until` (the peer is banned until then).
     pub(crate) fn postpone(&mut self, dial: Dial, until: Instant) {
-        self.targets[dial.target].due = Some(until);
+        if let Some(t) = self.targets.get_mut(&dial.target) {
+            t.due = Some(until);
+        }
     }
 
     /// Connection `conn` proved a peer (opened, or lost a duplicate tie-break to another
     /// connection to the same peer): the dial succeeded.
     pub(crate) fn dial_succeeded(&mut self, conn: ConnectionId) {
-        if let Some(index) = self.dialing.remove(&conn) {
-            let t = &mut self.targets[index];
+        if let Some(t) = self
+            .dialing
+            .remove(&conn)
+            .and_then(|key| self.targets.get_mut(&key))
+        {
             t.attempt = 0;
             if t.expected.is_none() {
                 t.done = true;
@@ -129,8 +180,11 @@ impl Redialer {
 
     /// Connection `conn` closed; if it was a dial that never proved its peer, schedule a retry.
     pub(crate) fn dial_closed(&mut self, conn: ConnectionId, now: Instant, random: u64) {
-        if let Some(index) = self.dialing.remove(&conn) {
-            let t = &mut self.targets[index];
+        if let Some(t) = self
+            .dialing
+            .remove(&conn)
+            .and_then(|key| self.targets.get_mut(&key))
+        {
             if !t.done {
                 t.due = Some(now + self.backoff.delay(t.attempt, random));
                 t.attempt = t.attempt.saturating_add(1);
@@ -143,8 +197,8 @@ impl Redialer {
     pub(crate) fn peer_lost(&mut self, peer: PeerId, now: Instant, random: u64) {
         let backoff = self.backoff;
         let in_flight: Vec<usize> = self.dialing.values().copied().collect();
-        for (index, t) in self.targets.iter_mut().enumerate() {
-            if in_flight.contains(&index) {
+        for (index, t) in &mut self.targets {
+            if in_flight.contains(index) {
                 continue;
             }
             if t.expected == Some(peer) && t.due.is_none() {
@@ -193,7 +247,7 @@ mod tests {
             r.dial_closed(ConnectionId(conn), t, 0);
             let next = r
                 .targets
-                .iter()
+                .values()
                 .find(|x| x.expected == Some(id))
                 .unwrap()
                 .due
@@ -245,5 +299,37 @@ mod tests {
         assert_eq!(r.next_due(), None);
         assert!(!r.is_persistent(Keypair::generate().peer_id()));
         assert!(r.is_persistent(id));
+    }
+
+    #[test]
+    fn a_peer_added_at_runtime_is_dialed_and_a_removed_one_never_again() {
+        let (mut r, id, now) = setup();
+        let _ = r.due(now, |p| p == id);
+        let late = Keypair::generate().peer_id();
+        let addr: SocketAddr = "10.0.0.9:9".parse().unwrap();
+        assert!(r.add(addr, late, now, false));
+        assert!(
+            !r.add("10.0.0.9:10".parse().unwrap(), late, now, false),
+            "known: readdressed"
+        );
+        assert!(r.is_persistent(late));
+        let dial = r.due(now, |_| false);
+        assert_eq!(dial.len(), 1);
+        assert_eq!(dial[0].expected, Some(late));
+        assert_eq!(dial[0].addr.port(), 10, "the newest address");
+        r.started(dial[0], ConnectionId(5));
+        // Removed while its dial is in flight: the dial's end schedules nothing.
+        assert!(r.remove(late));
+        assert!(!r.remove(late));
+        assert!(!r.is_persistent(late));
+        r.dial_closed(ConnectionId(5), now, 0);
+        r.peer_lost(late, now, 0);
+        assert_eq!(r.next_due(), None);
+        // The others keep their keys and schedule.
+        r.peer_lost(id, now, 0);
+        assert_eq!(
+            r.due(now + Duration::from_secs(1), |_| false)[0].expected,
+            Some(id)
+        );
     }
 }

@@ -181,6 +181,9 @@ pub(crate) struct Registry {
     last_dial_seq: u64,
     /// Set by [`Registry::shutdown`]: closing connections no longer redial, hold or ban.
     stopping: bool,
+    /// Connections closed because their peer became persistent: once one has closed, its
+    /// peer is dialed (one entry per closing connection; each leaves when it closes).
+    redial_after: HashMap<ConnectionId, PeerId>,
 }
 
 impl Registry {
@@ -198,12 +201,39 @@ impl Registry {
             stalls: Stalls::new(limits.max_stalls_per_ip, limits.stall_window),
             last_dial_seq: 0,
             stopping: false,
+            redial_after: HashMap::new(),
         }
     }
 
     /// Whether `peer` is one to stay connected to.
     pub(crate) fn is_persistent(&self, peer: PeerId) -> bool {
         self.redial.is_persistent(peer)
+    }
+
+    /// Makes `peer` persistent from now on. Its open connection, which was set up without the
+    /// reliable streams, is closed gracefully and redialed once it has closed (after its
+    /// flush, so what was sent on it arrives before what the streams carry). Returns whether
+    /// it is new (a known one only gets the new address).
+    pub(crate) fn add_persistent(
+        &mut self,
+        addr: SocketAddr,
+        peer: PeerId,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let open = self.open.get(&peer).map(|c| c.id);
+        let added = self.redial.add(addr, peer, now, open.is_some());
+        if let (true, Some(conn)) = (added, open) {
+            self.remove_peer(peer, DisconnectReason::Requested, out);
+            self.redial_after.insert(conn, peer);
+        }
+        added
+    }
+
+    /// Stops keeping `peer` connected: no more redials. An open connection stays open, as an
+    /// ordinary one. Returns whether it was persistent.
+    pub(crate) fn remove_persistent(&mut self, peer: PeerId) -> bool {
+        self.redial.remove(peer)
     }
 
     /// Whether `peer` has an open connection.
@@ -417,6 +447,9 @@ impl Registry {
         self.handshaking.remove(&conn);
         if !shutting_down {
             self.redial.dial_closed(conn, now, random);
+            if let Some(waiting) = self.redial_after.remove(&conn) {
+                self.redial.peer_lost(waiting, now, random);
+            }
         }
         let Some(peer) = peer else {
             return;
@@ -778,6 +811,54 @@ mod tests {
         );
         let v = w.conn(Direction::Inbound, [10, 0, 0, 9], 1);
         assert_eq!(w.admit(v, validator), Admission::Open);
+    }
+
+    #[test]
+    fn a_peer_made_persistent_while_connected_is_reconnected_and_one_removed_stays_as_it_is() {
+        let mut w = World::new(&[]);
+        let peer = Keypair::generate().peer_id();
+        let addr = SocketAddr::from(([10, 0, 0, 7], 9));
+        let c = w.conn(Direction::Inbound, [10, 0, 0, 7], 1);
+        assert_eq!(w.admit(c, peer), Admission::Open);
+        w.out.clear();
+        assert!(w.registry.add_persistent(addr, peer, w.now, &mut w.out));
+        // The connection without reliable streams goes, and the peer is dialed again soon.
+        assert!(w.out.contains(&Effect::Close {
+            conn: c.id,
+            reason: DisconnectReason::Requested
+        }));
+        assert!(!w.registry.is_open(peer));
+        assert!(
+            w.registry.due(w.now + SEC, &mut w.out).is_empty(),
+            "not while the old connection flushes"
+        );
+        w.close(c, peer, DisconnectReason::Requested);
+        let dials = w.registry.due(w.now + SEC, &mut w.out);
+        assert_eq!(dials.len(), 1);
+        assert_eq!((dials[0].addr, dials[0].expected), (addr, Some(peer)));
+        // Known already: nothing closes.
+        w.out.clear();
+        assert!(!w.registry.add_persistent(addr, peer, w.now, &mut w.out));
+        assert!(w.out.is_empty());
+        // Persistent, it is spared the inbound limit; removed, it counts like anyone.
+        for _ in 0..2 {
+            let other = w.conn(Direction::Inbound, [10, 0, 0, 2], 1);
+            assert_eq!(
+                w.admit(other, Keypair::generate().peer_id()),
+                Admission::Open
+            );
+        }
+        let again = w.conn(Direction::Inbound, [10, 0, 0, 7], 2);
+        assert_eq!(w.admit(again, peer), Admission::Open);
+        assert!(w.registry.remove_persistent(peer));
+        assert!(w.registry.is_open(peer), "its connection stays");
+        assert!(w.registry.due(w.now + 60 * SEC, &mut w.out).is_empty());
+        w.close(again, peer, DisconnectReason::Eof);
+        let back = w.conn(Direction::Inbound, [10, 0, 0, 7], 3);
+        assert_eq!(
+            w.admit(back, peer),
+            Admission::Close(DisconnectReason::InboundLimit)
+        );
     }
 
     const TAKEN: Result<Taken, Refusal> = Ok(Taken { evict: None });

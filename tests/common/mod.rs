@@ -49,6 +49,19 @@ pub async fn recv_n<M>(inbox: &mut Inbox<M>, n: usize) -> Vec<(PeerId, M)> {
     out
 }
 
+/// Receives `n` messages, asserting each is from `from`; returns their numbers
+/// ([`numbered`]) in arrival order.
+pub async fn numbers_from(inbox: &mut Inbox<Bytes>, from: PeerId, n: usize) -> Vec<u32> {
+    recv_n(inbox, n)
+        .await
+        .into_iter()
+        .map(|(peer, message)| {
+            assert_eq!(peer, from);
+            number_of(&message)
+        })
+        .collect()
+}
+
 /// Polls `cond` until it holds.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     soon(what, async {
