@@ -266,7 +266,15 @@ impl Namespaces {
         }
         ip(&["-n", v, "route", "add", "10.66.0.0/24", "via", "10.200.1.2"])?;
         // The victim dials from its listening address, on the attacker's side.
-        ip(&["-n", h, "route", "add", "10.200.1.0/24", "via", "10.201.1.1"])?;
+        ip(&[
+            "-n",
+            h,
+            "route",
+            "add",
+            "10.200.1.0/24",
+            "via",
+            "10.201.1.1",
+        ])?;
         for k in 0..HONEST {
             let honest = format!("10.{}.0.1/32", 10 + k);
             ip(&["-n", h, "addr", "add", &honest, "dev", "hv"])?;

@@ -94,6 +94,11 @@ pub(crate) enum Output {
 /// Offers from one peer that may be incomplete here at once (beyond: declined).
 const MAX_OFFERS_PER_PEER: usize = 4;
 
+/// A blob taken on from an offer that gets no new piece for this long, and that the
+/// application does not fetch, is dropped: offers whose pieces never come cannot hold the
+/// blob slots for good.
+pub(crate) const OFFER_IDLE: Duration = Duration::from_secs(60);
+
 /// What assembling a blob that lives on disk needs: each piece still in memory, or the proof
 /// to check the one read back.
 #[derive(Debug)]
@@ -155,6 +160,9 @@ pub struct SwarmStats {
     pub disk_bytes: u64,
     /// Offers declined (offers off, or a bound reached).
     pub offers_declined: u64,
+    /// Blobs taken on from an offer and dropped after `OFFER_IDLE` without a new piece, none
+    /// of them fetched by the application (each frees its slot, and its pusher is told).
+    pub offers_evicted: u64,
     /// Messages about blobs this node does not take part in (ignored).
     pub unsolicited: u64,
     /// Pieces that failed their proof.
@@ -348,11 +356,23 @@ struct Blob {
     last_progress: Option<Instant>,
     /// No progress for `timeout_min`: the origin may be asked for anything.
     opened: bool,
+    /// The application fetches it (`fetch`): never dropped for idling.
+    wanted: bool,
     /// Its byte and event counters (the rest of `Progress` is read off the blob).
     progress: Progress,
 }
 
 impl Blob {
+    /// The pusher of an offer taken on here that has had no new piece for `OFFER_IDLE` and
+    /// that the application does not fetch.
+    fn idle_offer(&self, now: Instant) -> Option<PeerId> {
+        let origin = self.origin.as_ref()?;
+        let idle = self
+            .last_progress
+            .is_some_and(|at| now.saturating_duration_since(at) >= OFFER_IDLE);
+        (idle && !self.wanted && !self.complete()).then_some(origin.peer)
+    }
+
     fn unknown() -> Self {
         Self {
             info: None,
@@ -375,6 +395,7 @@ impl Blob {
             departed: Vec::new(),
             last_progress: None,
             opened: false,
+            wanted: false,
             progress: Progress::default(),
         }
     }
@@ -899,6 +920,7 @@ impl Core {
         }
         if let Some(b) = self.blobs.get_mut(&blob) {
             b.last_progress.get_or_insert(now);
+            b.wanted = true;
         }
         self.hint(blob, hints, out);
         self.fill(blob, now, out);
@@ -1732,6 +1754,18 @@ impl Core {
             if blob.origin.is_some() && stalled && !blob.opened {
                 blob.opened = true;
             }
+            if let Some(origin) = blob.idle_offer(now) {
+                self.stats.offers_evicted += 1;
+                if self.connected.contains(&origin) {
+                    out.push(Output::Send {
+                        peer: origin,
+                        wire: Wire::Decline { blob: id },
+                        data: None,
+                    });
+                }
+                self.remove(id, out);
+                continue;
+            }
             self.settle(id, now, out);
         }
     }
@@ -1755,6 +1789,9 @@ impl Core {
             if let (Some(_), Some(at)) = (&blob.origin, blob.last_progress) {
                 if !blob.complete() && !blob.opened {
                     consider(at + self.limits.timeout_min);
+                }
+                if !blob.complete() && !blob.wanted {
+                    consider(at + OFFER_IDLE);
                 }
             }
         }

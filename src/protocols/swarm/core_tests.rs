@@ -791,26 +791,33 @@ fn a_second_push_to_receivers_that_hold_the_blob_ends_at_once() {
     assert_eq!(report.completed, vec![id(1), id(2)]);
 }
 
+/// Node 0 offers node 1 a blob it never serves (1,000 bytes in pieces of 100); returns the
+/// blob's id and node 1's answer.
+fn junk_offer(sim: &mut Sim, salt: u8) -> (BlobId, Vec<Output>) {
+    let info = Info {
+        len: 1000,
+        piece_size: 100,
+        root: [salt; 32],
+    };
+    let wire = Wire::Offer {
+        blob: info.id(),
+        info,
+        members: vec![],
+    };
+    let mut out = Vec::new();
+    sim.nodes[1].on_wire(id(0), wire, Bytes::new(), sim.now, &mut out);
+    (info.id(), out)
+}
+
 #[test]
 fn offers_from_one_peer_are_bounded_and_descriptions_with_too_many_pieces_are_charged() {
     let mut sim = Sim::new(2, |_| Limits {
         max_blobs: 16,
         ..limits()
     });
-    let mut out = Vec::new();
     // Six offers of blobs node 0 never serves: four are taken, the rest declined.
     for salt in 0..6u8 {
-        let info = Info {
-            len: 1000,
-            piece_size: 100,
-            root: [salt; 32],
-        };
-        let wire = Wire::Offer {
-            blob: info.id(),
-            info,
-            members: vec![],
-        };
-        sim.nodes[1].on_wire(id(0), wire, Bytes::new(), sim.now, &mut out);
+        junk_offer(&mut sim, salt);
     }
     assert_eq!(sim.nodes[1].stats().offers_declined, 2);
     assert_eq!(sim.nodes[1].stats().blobs, 4);
@@ -832,4 +839,59 @@ fn offers_from_one_peer_are_bounded_and_descriptions_with_too_many_pieces_are_ch
         "{out:?}"
     );
     assert_eq!(sim.nodes[1].stats().blobs, 4);
+}
+
+#[test]
+fn offers_whose_pieces_never_come_are_dropped_unless_the_application_fetches_them() {
+    let mut sim = Sim::new(2, |_| Limits {
+        max_blobs: 16,
+        ..limits()
+    });
+    // Node 0 offers four blobs and never serves a piece of them.
+    sim.mute.push(0);
+    let mut ids = Vec::new();
+    for salt in 0..4u8 {
+        let (blob, out) = junk_offer(&mut sim, salt);
+        ids.push(blob);
+        sim.apply(1, out);
+    }
+    sim.run();
+    // The application waits for one of them: that one stays, however long it takes.
+    sim.fetch(1, ids[0], &[0]);
+    assert_eq!(
+        sim.nodes[1].stats().offers_declined,
+        0,
+        "four offers are within the bound"
+    );
+    let idle = super::core::OFFER_IDLE;
+    sim.advance(idle - Duration::from_secs(1));
+    assert_eq!(sim.nodes[1].stats().blobs, 4, "not idle long enough yet");
+    let deadline = sim.nodes[1]
+        .next_deadline()
+        .expect("a deadline for the idle offers");
+    assert!(deadline <= sim.now + Duration::from_secs(1));
+    sim.mute.clear();
+    sim.advance(Duration::from_secs(1));
+    let stats = sim.nodes[1].stats();
+    assert_eq!((stats.offers_evicted, stats.blobs), (3, 1));
+    assert!(
+        sim.nodes[1].progress(&ids[0]).is_some(),
+        "the fetched one stays"
+    );
+    for gone in &ids[1..] {
+        assert!(sim.nodes[1].progress(gone).is_none());
+    }
+    // Their slots are free again: a fifth offer from the same peer is taken.
+    let (_, out) = junk_offer(&mut sim, 9);
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Send {
+                wire: Wire::Decline { .. },
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+    assert_eq!(sim.nodes[1].stats().blobs, 2);
 }
