@@ -49,6 +49,10 @@ const PERSISTENT: Table = TableDefinition::new("persistent");
 /// Swarm writes waiting for their thread, at most (beyond: the piece is held in memory only,
 /// counted). The pieces queued are shared with memory, not copies.
 const PIECE_QUEUE: usize = 4096;
+/// Bytes of pieces waiting for the swarm's writer, at most. A piece of a blob that lives on
+/// disk stays in memory until written, outside `SwarmConfig::max_memory`: this bounds that
+/// (beyond: refused like a full queue, counted, and the piece given up).
+pub(crate) const PIECE_QUEUE_BYTES: u64 = 256 << 20;
 /// Swarm writes committed in one transaction, at most (16 pieces of 256 KiB: 4 MiB, so a
 /// crash loses little and a commit never holds the thread long).
 const PIECE_BATCH: usize = 16;
@@ -682,15 +686,25 @@ pub(crate) struct PieceWriter {
     ops: tokio::sync::mpsc::Sender<PieceOp>,
     /// Operations not written because the queue was full.
     pub(crate) not_kept: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of the pieces queued now, given back by the thread once it has written them.
+    queued_bytes: Arc<std::sync::atomic::AtomicU64>,
+    max_bytes: u64,
 }
 
 impl PieceWriter {
     /// Starts the writer thread; it ends when the last `PieceWriter` clone is dropped.
     pub(crate) fn start(store: Arc<Store>) -> Result<Self, StoreError> {
+        Self::start_bounded(store, PIECE_QUEUE_BYTES)
+    }
+
+    /// [`PieceWriter::start`] with `max_bytes` of pieces queued at most.
+    fn start_bounded(store: Arc<Store>, max_bytes: u64) -> Result<Self, StoreError> {
         let (ops, rx) = tokio::sync::mpsc::channel(PIECE_QUEUE);
+        let queued_bytes = Arc::<std::sync::atomic::AtomicU64>::default();
+        let given_back = queued_bytes.clone();
         std::thread::Builder::new()
             .name("peerwire-pieces".into())
-            .spawn(move || piece_thread(&store, rx))
+            .spawn(move || piece_thread(&store, rx, &given_back))
             .map_err(|e| StoreError::Io {
                 path: PathBuf::from("(swarm writer thread)"),
                 reason: e.to_string(),
@@ -698,17 +712,48 @@ impl PieceWriter {
         Ok(Self {
             ops,
             not_kept: Arc::default(),
+            queued_bytes,
+            max_bytes,
         })
     }
 
-    /// Queues `op` without waiting; false (and counted) when the queue is full.
+    /// Queues `op` without waiting; false (and counted) when the queue is full, by count or
+    /// by the bytes of its pieces.
     pub(crate) fn send(&self, op: PieceOp) -> bool {
-        let queued = self.ops.try_send(op).is_ok();
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = op.piece_bytes();
+        let room = self
+            .queued_bytes
+            .fetch_update(Relaxed, Relaxed, |queued| {
+                queued
+                    .checked_add(bytes)
+                    .filter(|total| *total <= self.max_bytes)
+            })
+            .is_ok();
+        let queued = room && self.ops.try_send(op).is_ok();
+        if room && !queued {
+            self.queued_bytes.fetch_sub(bytes, Relaxed);
+        }
         if !queued {
-            self.not_kept
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.not_kept.fetch_add(1, Relaxed);
         }
         queued
+    }
+
+    /// Bytes of the pieces queued and not yet written.
+    #[cfg(test)]
+    fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl PieceOp {
+    /// The bytes of a piece this operation holds in memory until it is written.
+    fn piece_bytes(&self) -> u64 {
+        match self {
+            Self::Piece { data, .. } => data.len() as u64,
+            Self::Blob { .. } | Self::Forget { .. } => 0,
+        }
     }
 }
 
@@ -719,10 +764,15 @@ fn piece_key(id: &[u8; 32], index: u32) -> [u8; 36] {
     key
 }
 
-fn piece_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<PieceOp>) {
+fn piece_thread(
+    store: &Store,
+    mut rx: tokio::sync::mpsc::Receiver<PieceOp>,
+    queued_bytes: &std::sync::atomic::AtomicU64,
+) {
     let mut batch = Vec::with_capacity(PIECE_BATCH);
     let mut committed: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     while gather(&mut rx, &mut batch, PIECE_BATCH) {
+        let written: u64 = batch.iter().map(PieceOp::piece_bytes).sum();
         let result = store.write(|tx| {
             let mut blobs = tx.open_table(SWARM_BLOBS)?;
             let mut pieces = tx.open_table(SWARM_PIECES)?;
@@ -762,6 +812,8 @@ fn piece_thread(store: &Store, mut rx: tokio::sync::mpsc::Receiver<PieceOp>) {
             }
             Ok(())
         });
+        // Out of the queue, written or not (a failed write leaves the pieces with the blob).
+        queued_bytes.fetch_sub(written, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(()) => committed.drain(..).for_each(|done| done()),
             Err(e) => {
@@ -931,6 +983,51 @@ mod tests {
             Some(vec![7u8; 10].into())
         );
         assert_eq!(store.read_piece(&[1; 32], 1).unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_piece_writer_bounds_the_bytes_it_holds_and_gives_them_back_once_written() {
+        let dir = dir("pieces-bound");
+        let store = Arc::new(Store::open(&dir).unwrap());
+        let writer = PieceWriter::start_bounded(store.clone(), 1000).unwrap();
+        let piece =
+            |index: u32, len: usize, done: Option<Box<dyn FnOnce() + Send>>| PieceOp::Piece {
+                id: [1; 32],
+                index,
+                proof: vec![],
+                data: bytes::Bytes::from(vec![1; len]),
+                done,
+            };
+        assert!(!writer.send(piece(0, 1001, None)), "over the bound alone");
+        // The thread waits for the database while a write transaction is open here: what is
+        // queued meanwhile stays counted.
+        let hold = store.db.begin_write().unwrap();
+        let (tx, written) = std::sync::mpsc::channel();
+        assert!(writer.send(piece(
+            1,
+            600,
+            Some(Box::new(move || {
+                let _ = tx.send(());
+            }))
+        )));
+        assert_eq!(writer.queued_bytes(), 600);
+        assert!(!writer.send(piece(2, 600, None)), "600 + 600 > 1000");
+        assert!(
+            writer.send(PieceOp::Forget { id: [2; 32] }),
+            "no bytes held"
+        );
+        assert_eq!(
+            writer.not_kept.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        drop(hold);
+        written
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(writer.queued_bytes(), 0, "given back once written");
+        assert!(writer.send(piece(2, 600, None)));
+        drop(writer);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
