@@ -740,6 +740,20 @@ impl PieceWriter {
         queued
     }
 
+    /// Queues forgetting blob `id`. Never dropped: a full queue is waited on by a task of its
+    /// own (a Forget left out would bring the blob back at the next start). Must be called
+    /// within a tokio runtime.
+    pub(crate) fn forget(&self, id: [u8; 32]) {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(op)) =
+            self.ops.try_send(PieceOp::Forget { id })
+        {
+            let ops = self.ops.clone();
+            tokio::spawn(async move {
+                let _ = ops.send(op).await;
+            });
+        }
+    }
+
     /// Bytes of the pieces queued and not yet written.
     #[cfg(test)]
     fn queued_bytes(&self) -> u64 {
@@ -1027,6 +1041,42 @@ mod tests {
             .unwrap();
         assert_eq!(writer.queued_bytes(), 0, "given back once written");
         assert!(writer.send(piece(2, 600, None)));
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_blob_waits_for_room_instead_of_being_dropped() {
+        let dir = dir("pieces-forget");
+        let store = Arc::new(Store::open(&dir).unwrap());
+        let writer = PieceWriter::start(store.clone()).unwrap();
+        let info = |id: u8| PieceOp::Blob {
+            id: [id; 32],
+            info: vec![id; 44],
+        };
+        assert!(writer.send(info(7)));
+        // The thread blocked on the database: the queue fills up.
+        let hold = store.db.begin_write().unwrap();
+        let mut queued = 0;
+        while writer.send(info(1)) {
+            queued += 1;
+            assert!(queued <= 2 * PIECE_QUEUE, "the queue never filled");
+        }
+        writer.forget([7; 32]);
+        drop(hold);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let blobs = store.load(SWARM_BLOBS).unwrap();
+            if blobs.len() == 1 && blobs[0].0 == [1; 32] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "blob 7 still kept: {} blobs",
+                blobs.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         drop(writer);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -99,6 +99,24 @@ const MAX_OFFERS_PER_PEER: usize = 4;
 /// blob slots for good.
 pub(crate) const OFFER_IDLE: Duration = Duration::from_secs(60);
 
+/// A complete blob in memory, as [`Core::whole`] finds it.
+#[derive(Debug)]
+pub(crate) enum Whole {
+    /// Its buffer, made already.
+    Made(Bytes),
+    /// Its pieces in order, to [`assemble`].
+    Parts(Vec<Bytes>),
+}
+
+/// One buffer from a blob's pieces (a copy of every byte: done outside the swarm's lock).
+pub(crate) fn assemble(parts: &[Bytes]) -> Bytes {
+    let mut whole = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for piece in parts {
+        whole.extend_from_slice(piece);
+    }
+    whole.freeze()
+}
+
 /// What assembling a blob that lives on disk needs: each piece still in memory, or the proof
 /// to check the one read back.
 #[derive(Debug)]
@@ -671,29 +689,53 @@ impl Core {
 
     /// The whole blob, if every piece is here. The first call copies the pieces into one
     /// buffer and makes them slices of it, so the frames they arrived in are freed.
+    #[cfg(test)]
     pub(crate) fn get(&mut self, blob: &BlobId) -> Option<Bytes> {
-        // A blob living on disk is read from there (`Swarm::fetch`).
+        match self.whole(blob)? {
+            Whole::Made(whole) => Some(whole),
+            Whole::Parts(parts) => Some(self.set_whole(blob, assemble(&parts))),
+        }
+    }
+
+    /// A complete blob held in memory: its buffer if made already, else its pieces (shared,
+    /// not copied) for [`assemble`] to copy outside the swarm's lock. `None` for a blob that
+    /// is not complete or lives on disk (read from there by `Swarm::fetch`).
+    pub(crate) fn whole(&self, blob: &BlobId) -> Option<Whole> {
         let blob = self
             .blobs
-            .get_mut(blob)
+            .get(blob)
             .filter(|b| b.complete() && !b.on_disk)?;
         if let Some(whole) = &blob.whole {
-            return Some(whole.clone());
+            return Some(Whole::Made(whole.clone()));
         }
-        let info = blob.info?;
-        let mut whole = BytesMut::with_capacity(usize::try_from(info.len).unwrap_or(0));
-        for piece in blob.pieces.iter().flatten() {
-            whole.extend_from_slice(piece);
+        Some(Whole::Parts(
+            blob.pieces.iter().flatten().cloned().collect(),
+        ))
+    }
+
+    /// Keeps `whole` (assembled from [`Whole::Parts`]) as the blob's buffer and makes its
+    /// pieces slices of it, so the frames they arrived in are freed; returns the buffer to hand
+    /// out (the one made first if another assembly won the race).
+    pub(crate) fn set_whole(&mut self, blob: &BlobId, whole: Bytes) -> Bytes {
+        let Some(blob) = self.blobs.get_mut(blob).filter(|b| b.complete()) else {
+            return whole;
+        };
+        if let Some(made) = &blob.whole {
+            return made.clone();
         }
-        let whole = whole.freeze();
-        let mut start = 0;
-        for (i, piece) in blob.pieces.iter_mut().enumerate() {
-            let len = info.piece_len(i as u32);
-            *piece = Some(whole.slice(start..start + len));
-            start += len;
+        let Some(info) = blob.info.filter(|i| i.len == whole.len() as u64) else {
+            return whole;
+        };
+        if !blob.on_disk {
+            let mut start = 0;
+            for (i, piece) in blob.pieces.iter_mut().enumerate() {
+                let len = info.piece_len(i as u32);
+                *piece = Some(whole.slice(start..start + len));
+                start += len;
+            }
+            blob.whole = Some(whole.clone());
         }
-        blob.whole = Some(whole.clone());
-        Some(whole)
+        whole
     }
 
     pub(crate) fn blobs(&self) -> Vec<(BlobId, Progress)> {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::SwarmConfig;
 use super::core::{
     AddError, Assembly, Core, FetchError, Output, Progress, PushError, PushReport, SwarmStats,
+    Whole, assemble,
 };
 use super::merkle::{BlobId, Info, Tree};
 use super::wire;
@@ -132,10 +133,8 @@ impl Inner {
                     if !waiters.is_empty() {
                         if state.core.is_on_disk(&blob) {
                             self.read_for(blob, waiters, state.core.assembly(&blob));
-                        } else if let Some(data) = state.core.get(&blob) {
-                            for waiter in waiters {
-                                let _ = waiter.send(Ok(data.clone()));
-                            }
+                        } else if let Some(whole) = state.core.whole(&blob) {
+                            self.hand_out(blob, whole, waiters);
                         }
                     }
                     let _ = self.events.send(SwarmEvent::Complete { blob });
@@ -192,7 +191,9 @@ impl Inner {
                     info,
                 } => self.send_from_disk(peer, blob, index, proof, info),
                 Output::Forget { blob } => {
-                    self.keep(PieceOp::Forget { id: blob.0 });
+                    if let Some(writer) = &self.writer {
+                        writer.forget(blob.0);
+                    }
                 }
             }
         }
@@ -303,6 +304,33 @@ impl Inner {
             };
             for waiter in waiters {
                 let _ = waiter.send(result.clone());
+            }
+        });
+    }
+
+    /// Gives the waiters of a complete blob held in memory its buffer; one not made yet is
+    /// assembled on the blocking pool, outside the swarm's lock, then kept.
+    fn hand_out(&self, blob: BlobId, whole: Whole, waiters: Vec<Waiter>) {
+        let parts = match whole {
+            Whole::Made(data) => {
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(data.clone()));
+                }
+                return;
+            }
+            Whole::Parts(parts) => parts,
+        };
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let Ok(data) = tokio::task::spawn_blocking(move || assemble(&parts)).await else {
+                return; // the runtime is going away: the waiters see the swarm close
+            };
+            let data = match me.upgrade() {
+                Some(inner) => inner.state.lock().core.set_whole(&blob, data),
+                None => data,
+            };
+            for waiter in waiters {
+                let _ = waiter.send(Ok(data.clone()));
             }
         });
     }
@@ -671,7 +699,7 @@ impl Swarm {
                 return Ok(None);
             }
             if here {
-                return Ok(state.core.get(blob));
+                return Ok(state.core.whole(blob));
             }
             let waiters = state.fetches.entry(*blob).or_default();
             waiters.retain(|w| !w.is_closed());
@@ -679,7 +707,13 @@ impl Swarm {
             Ok(None)
         })?;
         match here {
-            Some(data) => Ok(data),
+            Some(Whole::Made(data)) => Ok(data),
+            Some(Whole::Parts(parts)) => {
+                let data = tokio::task::spawn_blocking(move || assemble(&parts))
+                    .await
+                    .map_err(|_| FetchError::Closed)?;
+                Ok(self.inner().state.lock().core.set_whole(blob, data))
+            }
             None => rx.await.map_err(|_| FetchError::Closed)?,
         }
     }
@@ -687,7 +721,16 @@ impl Swarm {
     /// The whole blob, if every piece is here and it is held in memory (a blob that lives in
     /// the data directory, beyond `max_memory`, is read with [`Swarm::fetch`]).
     pub fn get(&self, blob: &BlobId) -> Option<Bytes> {
-        self.inner().state.lock().core.get(blob)
+        // The copy is made here, outside the lock, so the swarm's task and other callers are
+        // not held up by it.
+        let whole = self.inner().state.lock().core.whole(blob)?;
+        match whole {
+            Whole::Made(data) => Some(data),
+            Whole::Parts(parts) => {
+                let data = assemble(&parts);
+                Some(self.inner().state.lock().core.set_whole(blob, data))
+            }
+        }
     }
 
     /// Where `blob` stands here, if held or wanted.
