@@ -104,12 +104,27 @@ async fn peers_added_at_runtime_come_back_after_a_restart_and_removed_ones_do_no
     })
     .await;
 
+    let mut a_events = a.events();
     assert!(a.remove_persistent_peer(c_id).await.unwrap());
     assert!(!a.remove_persistent_peer(c_id).await.unwrap());
     assert_eq!(listed(a.persistent_peers().await), vec![(b_id, false)]);
     assert_eq!(a.pending(c_id), None);
-    // Its connection stays, as an ordinary one.
-    assert!(a.is_connected(c_id));
+    // Its connection, which carried the numbered streams, is closed; nothing redials it.
+    let peerwire::NetworkEvent::Disconnected { peer, reason } =
+        next_disconnect(&mut a_events).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (peer, reason),
+        (c_id, peerwire::DisconnectReason::Requested)
+    );
+    assert!(matches!(
+        a.send(c_id, &numbered(8, 32)).await,
+        Err(SendError::NotConnected(_))
+    ));
+    // It may connect again, as an ordinary peer.
+    a.connect_to(c.local_addr(), c_id).await.unwrap();
     a.send(c_id, &numbered(8, 32)).await.unwrap();
     assert_eq!(numbers_from(&mut c_inbox, a_key.peer_id(), 1).await, [8]);
     a.shutdown().await;

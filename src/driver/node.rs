@@ -328,11 +328,12 @@ impl NetworkActor {
                 let _ = reply.send(());
             }
             Command::Unpersist { id, reply } => {
-                if self.registry.remove_persistent(id) {
+                if self.registry.remove_persistent(id, &mut self.effects) {
                     // Its headroom goes if free now; else it stays (the inbound limit
                     // itself is the registry's, after the handshake).
                     self.inbound_slots.forget_permits(1);
                 }
+                self.apply();
                 let _ = reply.send(());
             }
             Command::Shutdown { reply } | Command::Abort { reply } => {

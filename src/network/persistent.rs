@@ -113,9 +113,10 @@ impl<M: Serialize + 'static> Network<M> {
     /// Stops keeping `id` connected: it is no longer redialed, and the messages accepted for
     /// it and not yet acknowledged are let go (counted in
     /// [`crate::NetworkStats::persistent_removed`] and `peerwire_dropped_total`); a durable
-    /// peer's are deleted from the data directory. An open connection stays open, as an
-    /// ordinary one. A peer from the `Config` comes back at the next start unless it is taken
-    /// out of the `Config` too. Returns whether it was persistent.
+    /// peer's are deleted from the data directory. An open connection, which carries the
+    /// numbered streams, is closed gracefully (the application sees the peer leave); the peer
+    /// may connect again, as an ordinary one. A peer from the `Config` comes back at the next
+    /// start unless it is taken out of the `Config` too. Returns whether it was persistent.
     ///
     /// # Errors
     /// [`PersistError::Store`] if the data directory refused the change (the peer is then
@@ -129,6 +130,10 @@ impl<M: Serialize + 'static> Network<M> {
             blocking(move || store.remove_persistent(&id).map(|_| ())).await?;
         }
         persistence.peers.remove(&id);
+        // The connection goes first (unpublished, closing): until the streams are taken out
+        // below, sends still go into them, so nothing is ever queued on that connection
+        // outside its numbered streams.
+        let closed = self.request(|reply| Command::Unpersist { id, reply }).await;
         let stream = self.shared.reliable.write().remove(&id);
         if let Some(stream) = stream {
             let dropped = stream.close().await;
@@ -137,8 +142,7 @@ impl<M: Serialize + 'static> Network<M> {
                 .persistent_removed
                 .add(u64::try_from(dropped).unwrap_or(u64::MAX));
         }
-        self.request(|reply| Command::Unpersist { id, reply })
-            .await?;
+        closed?;
         Ok(true)
     }
 

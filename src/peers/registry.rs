@@ -230,10 +230,15 @@ impl Registry {
         added
     }
 
-    /// Stops keeping `peer` connected: no more redials. An open connection stays open, as an
-    /// ordinary one. Returns whether it was persistent.
-    pub(crate) fn remove_persistent(&mut self, peer: PeerId) -> bool {
-        self.redial.remove(peer)
+    /// Stops keeping `peer` connected: no more redials, and its open connection, which
+    /// carries the reliable streams about to be closed, is closed gracefully (a later one
+    /// starts without them). Returns whether it was persistent.
+    pub(crate) fn remove_persistent(&mut self, peer: PeerId, out: &mut Vec<Effect>) -> bool {
+        let removed = self.redial.remove(peer);
+        if removed {
+            self.remove_peer(peer, DisconnectReason::Requested, out);
+        }
+        removed
     }
 
     /// Whether `peer` has an open connection.
@@ -814,7 +819,7 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_made_persistent_while_connected_is_reconnected_and_one_removed_stays_as_it_is() {
+    fn a_peer_made_persistent_or_no_longer_while_connected_is_cut_and_redialed_only_if_kept() {
         let mut w = World::new(&[]);
         let peer = Keypair::generate().peer_id();
         let addr = SocketAddr::from(([10, 0, 0, 7], 9));
@@ -850,10 +855,15 @@ mod tests {
         }
         let again = w.conn(Direction::Inbound, [10, 0, 0, 7], 2);
         assert_eq!(w.admit(again, peer), Admission::Open);
-        assert!(w.registry.remove_persistent(peer));
-        assert!(w.registry.is_open(peer), "its connection stays");
+        w.out.clear();
+        assert!(w.registry.remove_persistent(peer, &mut w.out));
+        assert!(w.out.contains(&Effect::Close {
+            conn: again.id,
+            reason: DisconnectReason::Requested
+        }));
+        assert!(!w.registry.is_open(peer), "closed with its streams");
         assert!(w.registry.due(w.now + 60 * SEC, &mut w.out).is_empty());
-        w.close(again, peer, DisconnectReason::Eof);
+        w.close(again, peer, DisconnectReason::Requested);
         let back = w.conn(Direction::Inbound, [10, 0, 0, 7], 3);
         assert_eq!(
             w.admit(back, peer),
