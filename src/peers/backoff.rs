@@ -95,4 +95,12 @@ mod tests {
         let capped = b.delay(20, u64::MAX);
         assert!(capped <= Duration::from_secs(6));
     }
+
+    #[test]
+    fn jitter_samples_are_random_not_constant() {
+        // Nodes that lost a link together must not redial in lockstep: eight samples from the
+        // OS are all equal with probability 2^-448.
+        let samples: std::collections::HashSet<u64> = (0..8).map(|_| jitter_sample()).collect();
+        assert!(samples.len() > 1, "{samples:?}");
+    }
 }

@@ -150,7 +150,8 @@ impl Redialer {
         let Some(t) = self.targets.get_mut(&dial.target) else {
             return false;
         };
-        let redial = t.attempt > 0 || t.ever_started;
+        // A failed attempt implies an earlier start, so this alone tells a redial.
+        let redial = t.ever_started;
         t.ever_started = true;
         self.dialing.insert(conn, dial.target);
         redial
@@ -331,5 +332,15 @@ mod tests {
             r.due(now + Duration::from_secs(1), |_| false)[0].expected,
             Some(id)
         );
+        // Peers added one after another each get a target of their own.
+        let (x, y) = (Keypair::generate().peer_id(), Keypair::generate().peer_id());
+        assert!(r.add(addr, x, now, false));
+        assert!(r.add(addr, y, now, false));
+        let later = now + Duration::from_secs(2);
+        let mut dialed: Vec<_> = r.due(later, |_| false).iter().map(|d| d.expected).collect();
+        dialed.sort_by_key(|p| p.map(|p| *p.as_bytes()));
+        let mut both = vec![Some(x), Some(y)];
+        both.sort_by_key(|p| p.map(|p| *p.as_bytes()));
+        assert_eq!(dialed, both);
     }
 }

@@ -92,6 +92,13 @@ mod tests {
             assert_eq!(keep_new_at_a, new == 11);
             assert_eq!(keep_new_at_b, new == 11);
         }
+        // The same number twice (no honest dialer does that; a replay could): the open one
+        // stays, so a peer cannot churn a connection by repeating its number.
+        assert!(!keep_new_connection(a, b, c(Outbound, 10), c(Outbound, 10)));
+        assert!(!keep_new_connection(b, a, c(Inbound, 10), c(Inbound, 10)));
+        // Across directions a tie needs both dialers to be one node (a connection to itself,
+        // refused by the handshake); the rule is the same: the open one stays.
+        assert!(!keep_new_connection(a, a, c(Outbound, 1), c(Inbound, 2)));
     }
 
     #[test]
