@@ -96,7 +96,15 @@ impl<M: Serialize + 'static> Network<M> {
             }
             match known {
                 Some(_) => Ok(None),
-                None => maker.make(peer.id, peer.durable).map(Some),
+                None => maker
+                    .make(peer.id, peer.durable)
+                    .map(Some)
+                    .inspect_err(|_| {
+                        // Its streams could not be made: it is not kept either.
+                        if let Some(store) = &store {
+                            let _ = store.remove_persistent(&peer.id);
+                        }
+                    }),
             }
         })
         .await?;

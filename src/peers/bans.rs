@@ -167,4 +167,30 @@ mod tests {
             "the soonest-expiring ban made room"
         );
     }
+
+    #[test]
+    fn a_full_list_drops_only_what_it_must() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let mut bans = Bans::new();
+        let ip = |i: usize| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        // Two bans end exactly now (over: a ban holds while its end is after now), the others
+        // last.
+        for i in 0..MAX_BANS {
+            let until = if i < 2 {
+                now
+            } else {
+                now + Duration::from_secs(100)
+            };
+            bans.ban_ip(ip(i), until, now);
+        }
+        assert_eq!(bans.len().1, MAX_BANS);
+        // Extending a ban already listed needs no room: nobody is dropped.
+        bans.ban_ip(ip(5), now + Duration::from_secs(200), later);
+        assert_eq!(bans.len().1, MAX_BANS);
+        // A new one when full: every ban already over goes, and no live one.
+        bans.ban_ip(ip(MAX_BANS), now + Duration::from_secs(100), now);
+        assert_eq!(bans.len().1, MAX_BANS - 1);
+        assert!((2..=MAX_BANS).all(|i| bans.ip_banned(&ip(i), now)));
+    }
 }

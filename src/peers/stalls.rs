@@ -99,4 +99,39 @@ mod tests {
         assert!(!s.record("10.9.9.9".parse().unwrap(), later));
         assert!(s.seen.len() <= MAX_TRACKED);
     }
+
+    /// A map full of one stall from each of `MAX_TRACKED` IPs at `t0` (limit 2).
+    fn full(t0: Instant) -> Stalls {
+        let mut s = Stalls::new(2, Duration::from_secs(60));
+        for i in 0..MAX_TRACKED as u32 {
+            assert!(!s.record(IpAddr::from(i.to_be_bytes()), t0));
+        }
+        s
+    }
+
+    #[test]
+    fn a_full_map_still_counts_known_ips_and_frees_records_as_old_as_the_window() {
+        let t0 = Instant::now();
+        // A tracked IP's second stall is counted, full or not.
+        let mut s = full(t0);
+        assert!(s.record(
+            IpAddr::from(0u32.to_be_bytes()),
+            t0 + Duration::from_secs(1)
+        ));
+        // Records exactly a window old, or older, are over (as a window that long resets a
+        // count): they make room, and the new IP's stalls are counted.
+        for age in [60, 61] {
+            let mut s = full(t0);
+            let later = t0 + Duration::from_secs(age);
+            let new: IpAddr = "10.9.9.9".parse().unwrap();
+            assert!(!s.record(new, later));
+            assert!(s.record(new, later), "tracked after {age} s");
+        }
+        // Records younger than the window are kept: no room for a new IP.
+        let mut s = full(t0);
+        let new: IpAddr = "10.9.9.9".parse().unwrap();
+        let young = t0 + Duration::from_secs(59);
+        assert!(!s.record(new, young));
+        assert!(!s.record(new, young), "not tracked while full");
+    }
 }
