@@ -11,6 +11,11 @@ use crate::peers::backoff::Backoff;
 use crate::session::channel::ChannelTable;
 use crate::session::{ChannelId, ChannelSpec, MAX_CHANNELS, Overflow, Priority, RESERVED_CHANNELS};
 
+/// Persistent peers at most, configured and added at runtime together
+/// (`Network::add_persistent_peer`). Each holds up to `offline_queue_bytes` per channel while it
+/// is away.
+pub const MAX_PERSISTENT_PEERS: usize = 1024;
+
 /// A peer to stay connected to: where to dial it and which identity it must prove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -459,7 +464,7 @@ impl Config {
         if self.network_id.len() > MAX_NETWORK_ID_LEN {
             return bad("network_id is longer than 64 bytes");
         }
-        if self.persistent_peers.len() > crate::network::MAX_PERSISTENT_PEERS {
+        if self.persistent_peers.len() > MAX_PERSISTENT_PEERS {
             return bad("more persistent peers than MAX_PERSISTENT_PEERS (1024)");
         }
         if self.data_dir.is_none() && self.persistent_peers.iter().any(|p| p.durable) {

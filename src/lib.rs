@@ -57,7 +57,7 @@ pub mod protocols;
 mod session;
 mod store;
 
-pub use config::{Config, PersistentPeer};
+pub use config::{Config, MAX_PERSISTENT_PEERS, PersistentPeer};
 pub use driver::inbox::{Inbox, RecvTimeoutError, TryRecvError};
 pub use driver::shared::{NetworkStats, Totals};
 pub use error::{
@@ -65,9 +65,7 @@ pub use error::{
 };
 pub use identity::{Keypair, PeerId};
 pub use metrics::prometheus_text;
-pub use network::{
-    BroadcastReport, Channel, Encoded, MAX_PERSISTENT_PEERS, Network, Pending, Skipped,
-};
+pub use network::{BroadcastReport, Channel, Encoded, Network, Pending, Skipped};
 pub use peers::backoff::Backoff;
 pub use peers::{BanReason, NetworkEvent};
 pub use session::{

@@ -8,7 +8,6 @@
 mod channel;
 mod persistent;
 mod send;
-pub use persistent::MAX_PERSISTENT_PEERS;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;

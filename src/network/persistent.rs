@@ -6,14 +6,10 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::Network;
-use crate::config::PersistentPeer;
+use crate::config::{MAX_PERSISTENT_PEERS, PersistentPeer};
 use crate::driver::node::Command;
 use crate::error::PersistError;
 use crate::identity::PeerId;
-
-/// Persistent peers at most, configured and added at runtime together. Each holds up to
-/// `offline_queue_bytes` per channel while it is away.
-pub const MAX_PERSISTENT_PEERS: usize = 1024;
 
 impl<M: Serialize + 'static> Network<M> {
     /// Makes `id` (dialed at `addr`) a persistent peer from now on, as
