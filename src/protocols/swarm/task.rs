@@ -690,32 +690,24 @@ impl Swarm {
     /// swarm stopped.
     pub async fn fetch(&self, blob: &BlobId, hints: &[PeerId]) -> Result<Bytes, FetchError> {
         let (tx, rx) = oneshot::channel();
-        let here = self.inner().with(|state, out| {
+        self.inner().with(|state, out| {
             let here = state.core.fetch(*blob, hints, Instant::now(), out)?;
+            // Here already: read from the data directory, or handed out from memory (assembled
+            // off the lock if need be), as for waiters when a fetch completes. Either way the
+            // answer comes through `rx`.
             if here && state.core.is_on_disk(blob) {
-                // Read from the data directory; the answer comes through `rx`.
                 self.inner()
                     .read_for(*blob, vec![tx], state.core.assembly(blob));
-                return Ok(None);
+            } else if let Some(whole) = state.core.whole(blob) {
+                self.inner().hand_out(*blob, whole, vec![tx]);
+            } else {
+                let waiters = state.fetches.entry(*blob).or_default();
+                waiters.retain(|w| !w.is_closed());
+                waiters.push(tx);
             }
-            if here {
-                return Ok(state.core.whole(blob));
-            }
-            let waiters = state.fetches.entry(*blob).or_default();
-            waiters.retain(|w| !w.is_closed());
-            waiters.push(tx);
-            Ok(None)
+            Ok::<_, FetchError>(())
         })?;
-        match here {
-            Some(Whole::Made(data)) => Ok(data),
-            Some(Whole::Parts(parts)) => {
-                let data = tokio::task::spawn_blocking(move || assemble(&parts))
-                    .await
-                    .map_err(|_| FetchError::Closed)?;
-                Ok(self.inner().state.lock().core.set_whole(blob, data))
-            }
-            None => rx.await.map_err(|_| FetchError::Closed)?,
-        }
+        rx.await.map_err(|_| FetchError::Closed)?
     }
 
     /// The whole blob, if every piece is here and it is held in memory (a blob that lives in
