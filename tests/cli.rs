@@ -1414,7 +1414,9 @@ fn a_shared_file_is_pushed_to_every_peer_and_fetched_byte_for_byte() {
     assert_eq!(shared, format!("shared {source} as {blob} (3145728 bytes)"));
     a.write_line(&format!("/push {blob}"));
     a.line("the push report", |l| {
-        l.starts_with(&format!("pushed {blob}: 2 peers hold it, 0 failed; "))
+        l.starts_with(&format!(
+            "pushed {blob}: 2 peers hold it, 0 failed, 0 refused for bad pieces; "
+        ))
     });
     for node in [&mut b, &mut c] {
         node.line("the offer", |l| {

@@ -107,9 +107,10 @@ impl Blobs {
                             Ok(report) => {
                                 let p = swarm.progress(&blob).unwrap_or_default();
                                 println!(
-                                    "pushed {blob}: {} peers hold it, {} failed; {} bytes sent ({:.2} copies)",
+                                    "pushed {blob}: {} peers hold it, {} failed, {} refused for bad pieces; {} bytes sent ({:.2} copies)",
                                     report.completed.len(),
                                     report.failed.len(),
+                                    report.refused.len(),
                                     p.uploaded_bytes,
                                     p.uploaded_bytes as f64 / p.len.max(1) as f64
                                 );

@@ -133,6 +133,9 @@ pub struct PushReport {
     pub completed: Vec<PeerId>,
     /// Receivers that were not connected, declined the blob or disconnected before holding it.
     pub failed: Vec<PeerId>,
+    /// Receivers that two others caught sending pieces that fail their proof: the pusher
+    /// stopped serving them and did not wait for them.
+    pub refused: Vec<PeerId>,
 }
 
 /// Where one blob stands on this node.
@@ -190,6 +193,9 @@ pub struct SwarmStats {
     /// Receivers of a push this node stopped serving: two others caught each sending bad
     /// pieces.
     pub receivers_refused: u64,
+    /// Piece requests answered `Reject` because this node caught the asker sending a piece of
+    /// that blob that failed its proof.
+    pub liars_refused: u64,
 }
 
 /// `Swarm::add` failed.
@@ -531,8 +537,8 @@ impl Blob {
         }
         // The peer holds it now: the upload is done and frees its share of the slot. Only a
         // piece newly held does, so announcing one piece over and over frees nothing; a liar's
-        // announcements still end uploads to it (it is served like anybody, or it could never
-        // finish).
+        // announcements still end uploads to it (nodes that have not caught it yet serve it
+        // like anybody).
         if counted || (member.bad && at < member.has.len()) {
             if let Some(uploads) = self.uploads.get_mut(&peer) {
                 uploads.retain(|(i, _)| *i != index);
@@ -1274,6 +1280,11 @@ impl Core {
                 accusers.insert(peer);
                 if accusers.len() >= 2 && deal.refused.insert(accused) {
                     self.stats.receivers_refused += 1;
+                    // Not waited for: the push ends when the honest receivers hold it.
+                    if deal.pending.remove(&accused) {
+                        deal.report.refused.push(accused);
+                    }
+                    self.settle(blob, now, out);
                 }
             }
             Wire::Busy { blob, piece } => {
@@ -1540,7 +1551,14 @@ impl Core {
             .deal
             .as_ref()
             .is_some_and(|d| d.refused.contains(&peer));
-        if refused || (in_memory.is_none() && !on_disk) {
+        // A member this node caught lying about this blob is served nothing more of it: its
+        // proof failure is evidence nobody can forge, and every piece sent to it is upload the
+        // honest members need (with one liar among n receivers, their upload is all used).
+        let liar = blob.members.get(&peer).is_some_and(|m| m.bad);
+        if liar {
+            self.stats.liars_refused += 1;
+        }
+        if refused || liar || (in_memory.is_none() && !on_disk) {
             out.push(Output::Send {
                 peer,
                 wire: Wire::Reject {
