@@ -46,6 +46,10 @@ const SWARM_BLOBS: Table = TableDefinition::new("swarm_blobs");
 const SWARM_PIECES: Table = TableDefinition::new("swarm_pieces");
 /// Persistent peers added at runtime: peer id → `[durable: 0|1][address as text]`.
 const PERSISTENT: Table = TableDefinition::new("persistent");
+/// The database's page cache (redb's default is 1 GiB, which a node keeping large blobs on
+/// disk would fill: memory the swarm's `max_memory` does not see). Written pieces are read
+/// back from the kernel's page cache.
+const CACHE_BYTES: usize = 32 << 20;
 /// Swarm writes waiting for their thread, at most (beyond: the piece is held in memory only,
 /// counted). The pieces queued are shared with memory, not copies.
 const PIECE_QUEUE: usize = 4096;
@@ -119,10 +123,15 @@ impl Store {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let path = dir.join(FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            other => io(&path, &other),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::InUse { path: path.clone() }
+                }
+                other => io(&path, &other),
+            })?;
         let store = Self { db, path };
         // Every table exists from the start, so reads never meet a missing one.
         store.write(|tx| {
@@ -738,6 +747,21 @@ impl PieceWriter {
             self.not_kept.fetch_add(1, Relaxed);
         }
         queued
+    }
+
+    /// Queues `op` from a thread outside the runtime (an `add_file` writing a file's pieces),
+    /// waiting while the queue is full by count; false once the writer is gone. Its bytes
+    /// are counted with the queue's but not refused past `max_bytes`: the caller bounds what
+    /// it has in flight itself (`swarm::file::Window`).
+    pub(crate) fn send_blocking(&self, op: PieceOp) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = op.piece_bytes();
+        self.queued_bytes.fetch_add(bytes, Relaxed);
+        let sent = self.ops.blocking_send(op).is_ok();
+        if !sent {
+            self.queued_bytes.fetch_sub(bytes, Relaxed);
+        }
+        sent
     }
 
     /// Queues forgetting blob `id`. Never dropped: a full queue is waited on by a task of its

@@ -236,6 +236,14 @@ pub enum AddError {
         /// What the system said.
         error: String,
     },
+    /// A file's pieces could not be written to the data directory.
+    #[error("cannot keep {path} in the data directory: {error}; check the disk it is on")]
+    Store {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        error: String,
+    },
     /// The swarm has stopped.
     #[error("the swarm has stopped (the network shut down)")]
     Closed,
@@ -421,6 +429,31 @@ impl Blob {
             opened: false,
             wanted: false,
             progress: Progress::default(),
+        }
+    }
+
+    /// Every piece was just added here, not fetched (`got` the ones that were missing): nothing
+    /// is asked for any more, the members are told, and fetches waiting for it (`wanted`) end.
+    fn completed_here(&mut self, id: BlobId, got: Vec<u32>, wanted: bool, out: &mut Vec<Output>) {
+        self.requested.iter_mut().for_each(|r| *r = 0);
+        for member in self.members.values_mut() {
+            member.inflight.clear();
+        }
+        if got.is_empty() {
+            return;
+        }
+        for peer in self.members.keys() {
+            out.push(Output::Send {
+                peer: *peer,
+                wire: Wire::Got {
+                    blob: id,
+                    pieces: got.clone(),
+                },
+                data: None,
+            });
+        }
+        if wanted {
+            out.push(Output::Complete { blob: id });
         }
     }
 
@@ -654,6 +687,9 @@ pub(crate) struct Core {
     connected: HashSet<PeerId>,
     memory: u64,
     disk: u64,
+    /// Files being written into the data directory by `add_file`, each holding a blob slot
+    /// and its length of `disk` until `add_kept` or `unreserve_file`.
+    adding: usize,
     stats: SwarmStats,
 }
 
@@ -666,8 +702,76 @@ impl Core {
             connected: HashSet::new(),
             memory: 0,
             disk: 0,
+            adding: 0,
             stats: SwarmStats::default(),
         }
+    }
+
+    /// Blob slots taken: blobs held or wanted, and files being added.
+    fn slots_used(&self) -> usize {
+        self.blobs.len() + self.adding
+    }
+
+    /// Where a file of `len` bytes added now would live: `Ok(false)` in memory (nothing is
+    /// reserved: add it whole), `Ok(true)` on disk, with a blob slot and `len` bytes of
+    /// `max_disk` reserved for it until [`Core::add_kept`] or [`Core::unreserve_file`].
+    pub(crate) fn reserve_file(&mut self, len: u64) -> Result<bool, AddError> {
+        if self.slots_used() >= self.limits.max_blobs {
+            return Err(AddError::TooManyBlobs {
+                max: self.limits.max_blobs,
+            });
+        }
+        let on_disk = self.room(len)?;
+        if on_disk {
+            self.adding += 1;
+            self.reserve(true, len);
+        }
+        Ok(on_disk)
+    }
+
+    /// Gives back what [`Core::reserve_file`] reserved for a file that was not added.
+    pub(crate) fn unreserve_file(&mut self, len: u64) {
+        self.adding = self.adding.saturating_sub(1);
+        self.disk = self.disk.saturating_sub(len);
+    }
+
+    /// Holds a blob whose every piece was written to the data directory by `add_file` (with
+    /// a reservation from [`Core::reserve_file`]): it lives on disk, complete. A blob being
+    /// fetched is completed by it, and whatever that blob had reserved is given back (the
+    /// file's reservation on disk covers it now).
+    pub(crate) fn add_kept(&mut self, info: Info, tree: Tree, out: &mut Vec<Output>) -> BlobId {
+        let id = info.id();
+        let n = info.pieces().unwrap_or(1);
+        self.adding = self.adding.saturating_sub(1);
+        let seed = self.limits.seed;
+        let wanted = self.blobs.contains_key(&id);
+        match self.blobs.get(&id) {
+            Some(blob) if blob.complete() => {
+                self.disk = self.disk.saturating_sub(info.len);
+                return id;
+            }
+            Some(blob) if blob.info.is_some() => {
+                if blob.on_disk {
+                    self.disk = self.disk.saturating_sub(info.len);
+                } else {
+                    self.memory = self.memory.saturating_sub(info.len);
+                }
+            }
+            _ => {}
+        }
+        let blob = self.blobs.entry(id).or_insert_with(Blob::unknown);
+        if blob.info.is_none() {
+            blob.learn(info, n, seed);
+        }
+        blob.on_disk = true;
+        blob.whole = None;
+        let got: Vec<u32> = (0..n).filter(|i| !blob.have[*i as usize]).collect();
+        blob.have.iter_mut().for_each(|h| *h = true);
+        blob.pieces.iter_mut().for_each(|p| *p = None);
+        blob.have_count = n;
+        blob.tree = Some(tree);
+        blob.completed_here(id, got, wanted, out);
+        id
     }
 
     pub(crate) fn connected_peers(&self) -> Vec<PeerId> {
@@ -825,7 +929,7 @@ impl Core {
             Some(blob) if blob.info.is_some() => None,
             Some(_) => Some(self.room(info.len)?),
             None => {
-                if self.blobs.len() >= self.limits.max_blobs {
+                if self.slots_used() >= self.limits.max_blobs {
                     return Err(AddError::TooManyBlobs {
                         max: self.limits.max_blobs,
                     });
@@ -867,26 +971,7 @@ impl Core {
         if !blob.on_disk {
             blob.whole = Some(data);
         }
-        blob.requested.iter_mut().for_each(|r| *r = 0);
-        for member in blob.members.values_mut() {
-            member.inflight.clear();
-        }
-        if !got.is_empty() {
-            for peer in blob.members.keys() {
-                out.push(Output::Send {
-                    peer: *peer,
-                    wire: Wire::Got {
-                        blob: id,
-                        pieces: got.clone(),
-                    },
-                    data: None,
-                });
-            }
-            if wanted {
-                // Fetches waiting for it end.
-                out.push(Output::Complete { blob: id });
-            }
-        }
+        blob.completed_here(id, got, wanted, out);
         Ok(id)
     }
 
@@ -906,7 +991,7 @@ impl Core {
         if self.blobs.contains_key(&id) {
             return Ok((0, 0));
         }
-        if self.blobs.len() >= self.limits.max_blobs {
+        if self.slots_used() >= self.limits.max_blobs {
             return Err(AddError::TooManyBlobs {
                 max: self.limits.max_blobs,
             });
@@ -959,7 +1044,7 @@ impl Core {
         out: &mut Vec<Output>,
     ) -> Result<bool, FetchError> {
         if !self.blobs.contains_key(&blob) {
-            if self.blobs.len() >= self.limits.max_blobs {
+            if self.slots_used() >= self.limits.max_blobs {
                 return Err(FetchError::TooManyBlobs {
                     max: self.limits.max_blobs,
                 });
@@ -1332,7 +1417,7 @@ impl Core {
                 .filter(|b| !b.complete() && b.origin.as_ref().is_some_and(|o| o.peer == peer))
                 .count();
             let refused = !self.limits.accept_offers
-                || self.blobs.len() >= self.limits.max_blobs
+                || self.slots_used() >= self.limits.max_blobs
                 || from_peer >= MAX_OFFERS_PER_PEER
                 || self.room(info.len).is_err();
             if refused {

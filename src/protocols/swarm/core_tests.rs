@@ -928,3 +928,74 @@ fn offers_whose_pieces_never_come_are_dropped_unless_the_application_fetches_the
     );
     assert_eq!(sim.nodes[1].stats().blobs, 2);
 }
+
+#[test]
+fn a_file_added_on_disk_holds_a_slot_while_written_and_completes_a_fetch_of_it() {
+    let on_disk = Limits {
+        max_memory: 1000,
+        max_disk: 1 << 20,
+        max_blobs: 2,
+        ..limits()
+    };
+    // Reservations: a slot and the length on disk each, given back when not added.
+    let mut core = Core::new(on_disk.clone(), id(1));
+    assert_eq!(
+        core.reserve_file(500),
+        Ok(false),
+        "fits in memory: nothing reserved"
+    );
+    assert_eq!(core.reserve_file(64 * 1024), Ok(true));
+    assert_eq!(core.reserve_file(64 * 1024), Ok(true));
+    assert_eq!(core.stats().disk_bytes, 128 * 1024);
+    assert!(matches!(
+        core.reserve_file(64 * 1024),
+        Err(super::core::AddError::TooManyBlobs { max: 2 })
+    ));
+    core.unreserve_file(64 * 1024);
+    core.unreserve_file(64 * 1024);
+    assert_eq!(core.stats().disk_bytes, 0);
+
+    // Node 1 is fetching a blob (living on disk) when the same file is added there: the fetch
+    // completes, its reservation is given back, and node 2 gets every piece from node 1's disk.
+    let mut sim = Sim::new(3, |i| match i {
+        1 => on_disk.clone(),
+        _ => limits(),
+    });
+    let (info, tree, data) = make_blob(64 * 1024, 1024);
+    let blob = sim.add(0, info, tree.clone(), data.clone());
+    sim.fetch(1, blob, &[0]);
+    // The offer and description go through; no piece does.
+    while let Some((from, to, wire, bytes)) = sim.queue.pop_front() {
+        if matches!(wire, Wire::Piece { .. }) {
+            continue;
+        }
+        let mut out = Vec::new();
+        sim.nodes[to].on_wire(id(from), wire, bytes, sim.now, &mut out);
+        sim.apply(to, out);
+    }
+    assert_eq!(sim.nodes[1].progress(&blob).unwrap().pieces, 0);
+    assert_eq!(sim.nodes[1].stats().disk_bytes, 64 * 1024);
+    assert_eq!(sim.nodes[1].reserve_file(64 * 1024), Ok(true));
+    for i in 0..64 {
+        sim.disk.insert(
+            (1, blob, i),
+            data.slice(i as usize * 1024..(i as usize + 1) * 1024),
+        );
+    }
+    let mut out = Vec::new();
+    assert_eq!(sim.nodes[1].add_kept(info, tree, &mut out), blob);
+    sim.apply(1, out);
+    assert!(sim.complete.contains(&(1, blob)), "{:?}", sim.complete);
+    assert!(sim.nodes[1].progress(&blob).unwrap().is_complete());
+    assert!(sim.nodes[1].is_on_disk(&blob));
+    let stats = sim.nodes[1].stats();
+    assert_eq!((stats.memory_bytes, stats.disk_bytes), (0, 64 * 1024));
+    // The slot came back too: one more blob fits, then no more.
+    assert_eq!(sim.nodes[1].reserve_file(64 * 1024), Ok(true));
+    assert!(sim.nodes[1].reserve_file(64 * 1024).is_err());
+    sim.nodes[1].unreserve_file(64 * 1024);
+    sim.fetch(2, blob, &[1]);
+    sim.run();
+    assert!(sim.holds(2, &blob, &data));
+    assert_eq!(sim.uploaded[1], 64 * 1024);
+}

@@ -128,7 +128,8 @@ impl Info {
     }
 }
 
-fn leaf(piece: &[u8]) -> Hash {
+/// A piece's leaf hash.
+pub(crate) fn leaf(piece: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
     h.update(piece);
@@ -153,7 +154,12 @@ pub(crate) struct Tree {
 impl Tree {
     /// The tree over `pieces` (at least one).
     pub(crate) fn build<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> Self {
-        let mut level: Vec<Hash> = pieces.map(leaf).collect();
+        Self::from_leaves(pieces.map(leaf).collect())
+    }
+
+    /// The tree over pieces whose [`leaf`] hashes are `level`, in order (none: an empty
+    /// blob), for a file hashed a piece at a time.
+    pub(crate) fn from_leaves(mut level: Vec<Hash>) -> Self {
         if level.is_empty() {
             level.push(leaf(&[]));
         }
@@ -168,6 +174,11 @@ impl Tree {
             levels.push(next);
         }
         Self { levels }
+    }
+
+    /// Piece `index`'s leaf hash.
+    pub(crate) fn leaf(&self, index: u32) -> Option<&Hash> {
+        self.levels.first()?.get(index as usize)
     }
 
     pub(crate) fn root(&self) -> Hash {

@@ -39,6 +39,7 @@
 mod core;
 #[cfg(test)]
 mod core_tests;
+mod file;
 mod merkle;
 mod task;
 mod wire;

@@ -633,23 +633,138 @@ impl Swarm {
             .with(|state, out| state.core.add(info, tree, data, out))
     }
 
-    /// [`Swarm::add`] for a file's contents.
+    /// [`Swarm::add`] for a file's contents. A file that fits in `max_memory` is read whole;
+    /// a larger one, with a data directory, is read twice a piece at a time (to hash it, then
+    /// to copy it there, each piece checked against the first reading), with at most 16 MiB
+    /// of it in memory, and then lives on disk like any blob past `max_memory`.
     ///
     /// # Errors
-    /// [`AddError::File`] when it cannot be read, else as [`Swarm::add`].
+    /// [`AddError::File`] when it cannot be read or changes while it is being added,
+    /// [`AddError::Store`] when the data directory refuses its pieces, else as
+    /// [`Swarm::add`].
     pub async fn add_file(&self, path: impl AsRef<Path>) -> Result<BlobId, AddError> {
         let path = path.as_ref();
-        let file_error = |e: std::io::Error| AddError::File {
+        let file_error = |e: &dyn std::fmt::Display| AddError::File {
             path: path.display().to_string(),
             error: e.to_string(),
         };
-        let len = tokio::fs::metadata(path).await.map_err(file_error)?.len();
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| file_error(&e))?
+            .len();
         let max = self.inner().config.max_blob_size;
         if len > max {
             return Err(AddError::TooLarge { len, max });
         }
-        let data = tokio::fs::read(path).await.map_err(file_error)?;
-        self.add(data).await
+        let inner = self.inner();
+        let on_disk = match &inner.writer {
+            Some(_) => inner.with(|state, _| state.core.reserve_file(len))?,
+            None => false,
+        };
+        if !on_disk {
+            let data = tokio::fs::read(path).await.map_err(|e| file_error(&e))?;
+            return self.add(data).await;
+        }
+        let added = self.stream_file(path, len).await;
+        if added.is_err() {
+            inner.with(|state, _| state.core.unreserve_file(len));
+        }
+        added
+    }
+
+    /// `add_file` for a file that lives on disk (its reservation made): hashed, copied into
+    /// the data directory a window at a time, then held.
+    async fn stream_file(&self, path: &Path, len: u64) -> Result<BlobId, AddError> {
+        use super::file::{self, FileError, Window};
+        let inner = self.inner();
+        let Some(writer) = inner.writer.clone() else {
+            return Err(AddError::Closed);
+        };
+        let error = |e: FileError| match e {
+            FileError::WriterGone | FileError::NotWritten => AddError::Store {
+                path: path.display().to_string(),
+                error: e.to_string(),
+            },
+            e => AddError::File {
+                path: path.display().to_string(),
+                error: e.to_string(),
+            },
+        };
+        let piece_size = self.piece_size(len);
+        let owned = path.to_path_buf();
+        let leaves = tokio::task::spawn_blocking(move || file::hash_file(&owned, len, piece_size))
+            .await
+            .map_err(|_| AddError::Closed)?
+            .map_err(error)?;
+        let tree = Tree::from_leaves(leaves);
+        let info = Info {
+            len,
+            piece_size,
+            root: tree.root(),
+        };
+        let id = info.id();
+        let n = info.pieces().unwrap_or(1);
+        // Held whole already: nothing to write.
+        let held = inner.with(|state, _| {
+            let held = state.core.progress(&id).is_some_and(|p| p.is_complete());
+            if held {
+                state.core.unreserve_file(len);
+            }
+            held
+        });
+        if held {
+            return Ok(id);
+        }
+        let owned = path.to_path_buf();
+        let copier = writer.clone();
+        let copied = tokio::task::spawn_blocking(move || {
+            let window = Window::new(file::WINDOW_BYTES);
+            let written = Arc::new(AtomicU64::new(0));
+            let blob = PieceOp::Blob {
+                id: id.0,
+                info: info.to_bytes(),
+            };
+            if !copier.send_blocking(blob) {
+                return (tree, Err(FileError::WriterGone));
+            }
+            let copied = file::copy_pieces(&owned, len, piece_size, &tree, |i, data| {
+                let held = window.hold(data.len() as u64);
+                let done = written.clone();
+                let op = PieceOp::Piece {
+                    id: id.0,
+                    index: i,
+                    proof: tree.proof(i),
+                    data,
+                    // Only a committed piece counts; one dropped unwritten gives its bytes
+                    // back all the same.
+                    done: Some(Box::new(move || {
+                        done.fetch_add(1, Relaxed);
+                        drop(held);
+                    })),
+                };
+                if copier.send_blocking(op) {
+                    Ok(())
+                } else {
+                    Err(FileError::WriterGone)
+                }
+            });
+            window.drain();
+            let all = written.load(Relaxed) == u64::from(n);
+            let copied = copied.and_then(|()| all.then_some(()).ok_or(FileError::NotWritten));
+            (tree, copied)
+        })
+        .await
+        .map_err(|_| AddError::Closed)?;
+        let (tree, copied) = copied;
+        if let Err(e) = copied {
+            // What was written goes, unless a fetch of the same blob started meanwhile (its
+            // pieces share the rows).
+            if !inner.with(|state, _| state.core.progress(&id).is_some()) {
+                writer.forget(id.0);
+            }
+            return Err(error(e));
+        }
+        Ok(inner.with(|state, out| state.core.add_kept(info, tree, out)))
     }
 
     /// Spreads `blob`, held whole here, to `receivers`: each is offered it, this node deals
