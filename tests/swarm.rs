@@ -333,3 +333,34 @@ async fn a_blob_beyond_memory_lives_in_the_data_directory_and_is_served_from_the
     let got = soon("D's fetch", d_swarm.fetch(&blob, &[b.local_peer_id()])).await;
     assert_eq!(got.unwrap(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_added_whole_beyond_memory_is_written_to_disk_in_full() {
+    // More pieces than the writer's queue holds at once (4,096): `add` must wait for room
+    // rather than give pieces up, since nobody else has them.
+    let dir = TempDir::new("swarm-add-disk");
+    let config_of = || swarm_config().piece_size(16 * 1024).max_memory(1 << 20);
+    let base = swarm_config().declare(config());
+    let (a, _) = node(base.clone().data_dir(dir.join("a"))).await;
+    let a_swarm = a.swarm(config_of()).unwrap();
+    let data = payload(80 << 20, 3);
+    let blob = a_swarm.add(data.clone()).await.unwrap();
+    let progress = a_swarm.progress(&blob).unwrap();
+    assert!(
+        progress.is_complete(),
+        "added, yet incomplete: {progress:?}"
+    );
+    let stats = a_swarm.stats();
+    assert_eq!((stats.memory_bytes, stats.disk_bytes), (0, 80 << 20));
+    let (b, _) = node(base.clone()).await;
+    let b_swarm = b.swarm(swarm_config().piece_size(16 * 1024)).unwrap();
+    b.connect(a.local_addr()).await.unwrap();
+    let got = soon("B's fetch", b_swarm.fetch(&blob, &[a.local_peer_id()])).await;
+    assert!(got.unwrap() == data);
+    // Every piece is in the data directory: a restart finds the blob complete.
+    a.shutdown().await;
+    drop((a, a_swarm));
+    let (a, _) = node_reopening(base.data_dir(dir.join("a")), peerwire::Keypair::generate()).await;
+    let a_swarm = a.swarm(config_of()).unwrap();
+    assert!(a_swarm.progress(&blob).unwrap().is_complete());
+}

@@ -198,6 +198,17 @@ pub struct SwarmStats {
     pub liars_refused: u64,
 }
 
+/// Where a blob added here will be held ([`Core::reserve_added`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placed {
+    /// Here, complete, already.
+    Held,
+    /// In memory; nothing reserved.
+    Memory,
+    /// On disk; a slot and its length reserved.
+    Disk,
+}
+
 /// `Swarm::add` failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -236,10 +247,10 @@ pub enum AddError {
         /// What the system said.
         error: String,
     },
-    /// A file's pieces could not be written to the data directory.
+    /// A blob's pieces could not be written to the data directory.
     #[error("cannot keep {path} in the data directory: {error}; check the disk it is on")]
     Store {
-        /// The file.
+        /// The file, or `a blob of N bytes` for one added from memory.
         path: String,
         /// What went wrong.
         error: String,
@@ -687,7 +698,7 @@ pub(crate) struct Core {
     connected: HashSet<PeerId>,
     memory: u64,
     disk: u64,
-    /// Files being written into the data directory by `add_file`, each holding a blob slot
+    /// Blobs being written into the data directory by `add` or `add_file`, each holding a blob slot
     /// and its length of `disk` until `add_kept` or `unreserve_file`.
     adding: usize,
     stats: SwarmStats,
@@ -712,31 +723,41 @@ impl Core {
         self.blobs.len() + self.adding
     }
 
-    /// Where a file of `len` bytes added now would live: `Ok(false)` in memory (nothing is
-    /// reserved: add it whole), `Ok(true)` on disk, with a blob slot and `len` bytes of
-    /// `max_disk` reserved for it until [`Core::add_kept`] or [`Core::unreserve_file`].
-    pub(crate) fn reserve_file(&mut self, len: u64) -> Result<bool, AddError> {
-        if self.slots_used() >= self.limits.max_blobs {
+    /// Where a blob of `len` bytes added here (`id`, once hashed) will be held:
+    /// [`Placed::Held`] when it is here, complete, already; [`Placed::Memory`] (nothing is
+    /// reserved: [`Core::add`] it whole); [`Placed::Disk`], with a blob slot and `len` bytes
+    /// of `max_disk` reserved for it until [`Core::add_kept`] or [`Core::unreserve_file`].
+    /// A blob being fetched here already needs no new slot.
+    pub(crate) fn reserve_added(
+        &mut self,
+        len: u64,
+        id: Option<BlobId>,
+    ) -> Result<Placed, AddError> {
+        let known = id.and_then(|id| self.blobs.get(&id));
+        if known.is_some_and(Blob::complete) {
+            return Ok(Placed::Held);
+        }
+        if known.is_none() && self.slots_used() >= self.limits.max_blobs {
             return Err(AddError::TooManyBlobs {
                 max: self.limits.max_blobs,
             });
         }
-        let on_disk = self.room(len)?;
-        if on_disk {
-            self.adding += 1;
-            self.reserve(true, len);
+        if !self.room(len)? {
+            return Ok(Placed::Memory);
         }
-        Ok(on_disk)
+        self.adding += 1;
+        self.reserve(true, len);
+        Ok(Placed::Disk)
     }
 
-    /// Gives back what [`Core::reserve_file`] reserved for a file that was not added.
+    /// Gives back what [`Core::reserve_added`] reserved for a blob that was not added.
     pub(crate) fn unreserve_file(&mut self, len: u64) {
         self.adding = self.adding.saturating_sub(1);
         self.disk = self.disk.saturating_sub(len);
     }
 
     /// Holds a blob whose every piece was written to the data directory by `add_file` (with
-    /// a reservation from [`Core::reserve_file`]): it lives on disk, complete. A blob being
+    /// a reservation from [`Core::reserve_added`]): it lives on disk, complete. A blob being
     /// fetched is completed by it, and whatever that blob had reserved is given back (the
     /// file's reservation on disk covers it now).
     pub(crate) fn add_kept(&mut self, info: Info, tree: Tree, out: &mut Vec<Output>) -> BlobId {

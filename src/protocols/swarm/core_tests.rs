@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::core::{Core, FetchError, Limits, Output, PushError, PushReport};
+use super::core::{Core, FetchError, Limits, Output, Placed, PushError, PushReport};
 use super::merkle::{BlobId, Info, Tree};
 use super::wire::Wire;
 use crate::identity::PeerId;
@@ -940,15 +940,15 @@ fn a_file_added_on_disk_holds_a_slot_while_written_and_completes_a_fetch_of_it()
     // Reservations: a slot and the length on disk each, given back when not added.
     let mut core = Core::new(on_disk.clone(), id(1));
     assert_eq!(
-        core.reserve_file(500),
-        Ok(false),
+        core.reserve_added(500, None),
+        Ok(Placed::Memory),
         "fits in memory: nothing reserved"
     );
-    assert_eq!(core.reserve_file(64 * 1024), Ok(true));
-    assert_eq!(core.reserve_file(64 * 1024), Ok(true));
+    assert_eq!(core.reserve_added(64 * 1024, None), Ok(Placed::Disk));
+    assert_eq!(core.reserve_added(64 * 1024, None), Ok(Placed::Disk));
     assert_eq!(core.stats().disk_bytes, 128 * 1024);
     assert!(matches!(
-        core.reserve_file(64 * 1024),
+        core.reserve_added(64 * 1024, None),
         Err(super::core::AddError::TooManyBlobs { max: 2 })
     ));
     core.unreserve_file(64 * 1024);
@@ -975,7 +975,11 @@ fn a_file_added_on_disk_holds_a_slot_while_written_and_completes_a_fetch_of_it()
     }
     assert_eq!(sim.nodes[1].progress(&blob).unwrap().pieces, 0);
     assert_eq!(sim.nodes[1].stats().disk_bytes, 64 * 1024);
-    assert_eq!(sim.nodes[1].reserve_file(64 * 1024), Ok(true));
+    // Being fetched, it has its slot already.
+    assert_eq!(
+        sim.nodes[1].reserve_added(64 * 1024, Some(blob)),
+        Ok(Placed::Disk)
+    );
     for i in 0..64 {
         sim.disk.insert(
             (1, blob, i),
@@ -991,8 +995,16 @@ fn a_file_added_on_disk_holds_a_slot_while_written_and_completes_a_fetch_of_it()
     let stats = sim.nodes[1].stats();
     assert_eq!((stats.memory_bytes, stats.disk_bytes), (0, 64 * 1024));
     // The slot came back too: one more blob fits, then no more.
-    assert_eq!(sim.nodes[1].reserve_file(64 * 1024), Ok(true));
-    assert!(sim.nodes[1].reserve_file(64 * 1024).is_err());
+    assert_eq!(
+        sim.nodes[1].reserve_added(64 * 1024, None),
+        Ok(Placed::Disk)
+    );
+    assert!(sim.nodes[1].reserve_added(64 * 1024, None).is_err());
+    // Slots full, the same blob added again is here already: nothing to reserve.
+    assert_eq!(
+        sim.nodes[1].reserve_added(64 * 1024, Some(blob)),
+        Ok(Placed::Held)
+    );
     sim.nodes[1].unreserve_file(64 * 1024);
     sim.fetch(2, blob, &[1]);
     sim.run();

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::SwarmConfig;
 use super::core::{
-    AddError, Assembly, Core, FetchError, Output, Progress, PushError, PushReport, SwarmStats,
-    Whole, assemble,
+    AddError, Assembly, Core, FetchError, Output, Placed, Progress, PushError, PushReport,
+    SwarmStats, Whole, assemble,
 };
+use super::file::FileError;
 use super::merkle::{BlobId, Info, Tree};
 use super::wire;
 use crate::driver::inbox::Inbox;
@@ -629,8 +630,35 @@ impl Swarm {
             piece_size,
             root: tree.root(),
         };
-        self.inner()
-            .with(|state, out| state.core.add(info, tree, data, out))
+        let inner = self.inner();
+        let id = info.id();
+        let placed = match &inner.writer {
+            Some(_) => inner.with(|state, _| state.core.reserve_added(len, Some(id)))?,
+            None => Placed::Memory,
+        };
+        match placed {
+            Placed::Held => return Ok(id),
+            Placed::Memory => {
+                return inner.with(|state, out| state.core.add(info, tree, data, out));
+            }
+            Placed::Disk => {}
+        }
+        // On disk: every piece is written before the blob is held, waiting for room in the
+        // writer's queue rather than giving pieces up (nobody else may have them).
+        let what = format!("a blob of {len} bytes");
+        let n = info.pieces().unwrap_or(1);
+        let added = self
+            .write_to_disk(info, tree, &what, move |_, keep| {
+                (0..n).try_for_each(|i| {
+                    let start = i as usize * piece_size as usize;
+                    keep(i, data.slice(start..start + info.piece_len(i)))
+                })
+            })
+            .await;
+        if added.is_err() {
+            inner.with(|state, _| state.core.unreserve_file(len));
+        }
+        added
     }
 
     /// [`Swarm::add`] for a file's contents. A file that fits in `max_memory` is read whole;
@@ -657,65 +685,85 @@ impl Swarm {
             return Err(AddError::TooLarge { len, max });
         }
         let inner = self.inner();
-        let on_disk = match &inner.writer {
-            Some(_) => inner.with(|state, _| state.core.reserve_file(len))?,
-            None => false,
-        };
-        if !on_disk {
+        // Read whole unless it would live on disk (a place is reserved once it is hashed).
+        let streamed = inner.writer.is_some()
+            && inner.with(|state, _| state.core.would_live_on_disk(len)) == Some(true);
+        if !streamed {
             let data = tokio::fs::read(path).await.map_err(|e| file_error(&e))?;
             return self.add(data).await;
         }
-        let added = self.stream_file(path, len).await;
-        if added.is_err() {
-            inner.with(|state, _| state.core.unreserve_file(len));
-        }
-        added
+        self.stream_file(path, len).await
     }
 
-    /// `add_file` for a file that lives on disk (its reservation made): hashed, copied into
-    /// the data directory a window at a time, then held.
+    /// `add_file` for a file that will live on disk: hashed, then (its place reserved)
+    /// copied into the data directory a window at a time, then held.
     async fn stream_file(&self, path: &Path, len: u64) -> Result<BlobId, AddError> {
-        use super::file::{self, FileError, Window};
-        let inner = self.inner();
-        let Some(writer) = inner.writer.clone() else {
-            return Err(AddError::Closed);
-        };
-        let error = |e: FileError| match e {
-            FileError::WriterGone | FileError::NotWritten => AddError::Store {
-                path: path.display().to_string(),
-                error: e.to_string(),
-            },
-            e => AddError::File {
-                path: path.display().to_string(),
-                error: e.to_string(),
-            },
-        };
+        use super::file;
+        let what = path.display().to_string();
         let piece_size = self.piece_size(len);
         let owned = path.to_path_buf();
         let leaves = tokio::task::spawn_blocking(move || file::hash_file(&owned, len, piece_size))
             .await
             .map_err(|_| AddError::Closed)?
-            .map_err(error)?;
+            .map_err(|e| file_error(&what, e))?;
         let tree = Tree::from_leaves(leaves);
         let info = Info {
             len,
             piece_size,
             root: tree.root(),
         };
+        let inner = self.inner();
         let id = info.id();
-        let n = info.pieces().unwrap_or(1);
-        // Held whole already: nothing to write.
-        let held = inner.with(|state, _| {
-            let held = state.core.progress(&id).is_some_and(|p| p.is_complete());
-            if held {
-                state.core.unreserve_file(len);
+        match inner.with(|state, _| state.core.reserve_added(len, Some(id)))? {
+            Placed::Held => return Ok(id),
+            // Memory was freed meanwhile.
+            Placed::Memory => {
+                let data = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| file_error(&what, FileError::Io(e)))?;
+                return self.add(data).await;
             }
-            held
-        });
-        if held {
-            return Ok(id);
+            Placed::Disk => {}
         }
         let owned = path.to_path_buf();
+        let added = self
+            .write_to_disk(info, tree, &what, move |tree, keep| {
+                file::copy_pieces(&owned, len, piece_size, tree, keep)
+            })
+            .await;
+        if added.is_err() {
+            inner.with(|state, _| state.core.unreserve_file(len));
+        }
+        added
+    }
+
+    /// Writes a blob added here that lives on disk (its place reserved by
+    /// `Core::reserve_added`) into the data directory, then holds it, complete. `feed` runs
+    /// on the blocking pool and hands every piece to `keep`, in order; at most
+    /// `file::WINDOW_BYTES` of them are between it and the disk. `what` names the blob in
+    /// errors.
+    async fn write_to_disk<F>(
+        &self,
+        info: Info,
+        tree: Tree,
+        what: &str,
+        feed: F,
+    ) -> Result<BlobId, AddError>
+    where
+        F: FnOnce(
+                &Tree,
+                &mut dyn FnMut(u32, Bytes) -> Result<(), FileError>,
+            ) -> Result<(), FileError>
+            + Send
+            + 'static,
+    {
+        use super::file::{self, Window};
+        let inner = self.inner();
+        let Some(writer) = inner.writer.clone() else {
+            return Err(AddError::Closed);
+        };
+        let id = info.id();
+        let n = info.pieces().unwrap_or(1);
         let copier = writer.clone();
         let copied = tokio::task::spawn_blocking(move || {
             let window = Window::new(file::WINDOW_BYTES);
@@ -727,7 +775,7 @@ impl Swarm {
             if !copier.send_blocking(blob) {
                 return (tree, Err(FileError::WriterGone));
             }
-            let copied = file::copy_pieces(&owned, len, piece_size, &tree, |i, data| {
+            let copied = feed(&tree, &mut |i, data| {
                 let held = window.hold(data.len() as u64);
                 let done = written.clone();
                 let op = PieceOp::Piece {
@@ -762,7 +810,7 @@ impl Swarm {
             if !inner.with(|state, _| state.core.progress(&id).is_some()) {
                 writer.forget(id.0);
             }
-            return Err(error(e));
+            return Err(file_error(what, e));
         }
         Ok(inner.with(|state, out| state.core.add_kept(info, tree, out)))
     }
@@ -880,4 +928,18 @@ fn corrupt(piece: Bytes) -> Bytes {
         *first ^= 0xff;
     }
     bad.into()
+}
+
+/// What `add` or `add_file` failed with, for `what` (a path, or a blob added from memory).
+fn file_error(what: &str, e: FileError) -> AddError {
+    match e {
+        FileError::WriterGone | FileError::NotWritten => AddError::Store {
+            path: what.to_string(),
+            error: e.to_string(),
+        },
+        e => AddError::File {
+            path: what.to_string(),
+            error: e.to_string(),
+        },
+    }
 }
