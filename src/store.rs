@@ -53,6 +53,9 @@ const CACHE_BYTES: usize = 32 << 20;
 /// Swarm writes waiting for their thread, at most (beyond: the piece is held in memory only,
 /// counted). The pieces queued are shared with memory, not copies.
 const PIECE_QUEUE: usize = 4096;
+/// Forgets waiting for room in a full queue, at most (one per blob removed meanwhile); past
+/// it a Forget is counted in `not_kept` and the blob comes back at the next start.
+const MAX_FORGETS_WAITING: usize = 65_536;
 /// Bytes of pieces waiting for the swarm's writer, at most. A piece of a blob that lives on
 /// disk stays in memory until written, outside `SwarmConfig::max_memory`: this bounds that
 /// (beyond: refused like a full queue, counted, and the piece given up).
@@ -698,6 +701,10 @@ pub(crate) struct PieceWriter {
     /// Bytes of the pieces queued now, given back by the thread once it has written them.
     queued_bytes: Arc<std::sync::atomic::AtomicU64>,
     max_bytes: u64,
+    /// Forgets that found the queue full, in order, waiting for room (at most
+    /// `MAX_FORGETS_WAITING`). While any waits, nothing else is queued: a blob kept again
+    /// after it was forgotten must not be overtaken by its own Forget.
+    forgets: Arc<parking_lot::Mutex<std::collections::VecDeque<PieceOp>>>,
 }
 
 impl PieceWriter {
@@ -723,6 +730,7 @@ impl PieceWriter {
             not_kept: Arc::default(),
             queued_bytes,
             max_bytes,
+            forgets: Arc::default(),
         })
     }
 
@@ -730,6 +738,11 @@ impl PieceWriter {
     /// by the bytes of its pieces.
     pub(crate) fn send(&self, op: PieceOp) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
+        if !self.forgets.lock().is_empty() {
+            // Full, in effect: a Forget waits for room ahead of it.
+            self.not_kept.fetch_add(1, Relaxed);
+            return false;
+        }
         let bytes = op.piece_bytes();
         let room = self
             .queued_bytes
@@ -755,6 +768,12 @@ impl PieceWriter {
     /// it has in flight itself (`swarm::file::Window`).
     pub(crate) fn send_blocking(&self, op: PieceOp) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
+        // Behind the Forgets waiting for room (checked, not held: a Forget that starts
+        // waiting after this check is for a blob other than the one being added, unless it
+        // was removed meanwhile, which `add_kept` does not bring back).
+        while !self.forgets.lock().is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let bytes = op.piece_bytes();
         self.queued_bytes.fetch_add(bytes, Relaxed);
         let sent = self.ops.blocking_send(op).is_ok();
@@ -764,18 +783,50 @@ impl PieceWriter {
         sent
     }
 
-    /// Queues forgetting blob `id`. Never dropped: a full queue is waited on by a task of its
-    /// own (a Forget left out would bring the blob back at the next start). Must be called
+    /// Queues forgetting blob `id`. Not dropped: a full queue is waited on by a task of its
+    /// own (a Forget left out would bring the blob back at the next start), up to
+    /// `MAX_FORGETS_WAITING`, and nothing queued after it overtakes it. Must be called
     /// within a tokio runtime.
     pub(crate) fn forget(&self, id: [u8; 32]) {
-        if let Err(tokio::sync::mpsc::error::TrySendError::Full(op)) =
-            self.ops.try_send(PieceOp::Forget { id })
-        {
-            let ops = self.ops.clone();
-            tokio::spawn(async move {
-                let _ = ops.send(op).await;
-            });
+        let op = PieceOp::Forget { id };
+        let mut forgets = self.forgets.lock();
+        if !forgets.is_empty() {
+            // The task below is running and takes it in turn.
+            if forgets.len() >= MAX_FORGETS_WAITING {
+                self.not_kept
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "swarm: {MAX_FORGETS_WAITING} removed blobs wait to be forgotten on disk; one more comes back at the next start (is the data directory's disk stuck?)"
+                );
+                return;
+            }
+            forgets.push_back(op);
+            return;
         }
+        // Queued, or the writer is gone.
+        let Err(tokio::sync::mpsc::error::TrySendError::Full(op)) = self.ops.try_send(op) else {
+            return;
+        };
+        forgets.push_back(op);
+        // One task queues the waiting Forgets, in order, each as room appears, and ends
+        // once none is left (decided under the lock that `forget` pushes under).
+        let ops = self.ops.clone();
+        let waiting = self.forgets.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(room) = ops.reserve().await else {
+                    waiting.lock().clear();
+                    return;
+                };
+                let mut waiting = waiting.lock();
+                if let Some(op) = waiting.pop_front() {
+                    room.send(op);
+                }
+                if waiting.is_empty() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Bytes of the pieces queued and not yet written.
@@ -1069,23 +1120,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[tokio::test]
-    async fn forgetting_a_blob_waits_for_room_instead_of_being_dropped() {
-        let dir = dir("pieces-forget");
-        let store = Arc::new(Store::open(&dir).unwrap());
-        let writer = PieceWriter::start(store.clone()).unwrap();
-        let info = |id: u8| PieceOp::Blob {
+    fn blob_op(id: u8) -> PieceOp {
+        PieceOp::Blob {
             id: [id; 32],
             info: vec![id; 44],
-        };
-        assert!(writer.send(info(7)));
-        // The thread blocked on the database: the queue fills up.
+        }
+    }
+
+    /// A writer that has queued blob 7, then as many of blob 1 as fit while its thread is
+    /// blocked on the database (until the transaction returned is dropped).
+    fn writer_full_behind_blob_7(dir: &Path) -> (Arc<Store>, PieceWriter, redb::WriteTransaction) {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let writer = PieceWriter::start(store.clone()).unwrap();
+        assert!(writer.send(blob_op(7)));
         let hold = store.db.begin_write().unwrap();
         let mut queued = 0;
-        while writer.send(info(1)) {
+        while writer.send(blob_op(1)) {
             queued += 1;
             assert!(queued <= 2 * PIECE_QUEUE, "the queue never filled");
         }
+        (store, writer, hold)
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_blob_waits_for_room_instead_of_being_dropped() {
+        let dir = dir("pieces-forget");
+        let (store, writer, hold) = writer_full_behind_blob_7(&dir);
         writer.forget([7; 32]);
         drop(hold);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -1101,6 +1161,41 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_blob_kept_again_after_it_was_forgotten_is_not_overtaken_by_its_forget() {
+        let dir = dir("pieces-forget-order");
+        let (store, writer, hold) = writer_full_behind_blob_7(&dir);
+        let info = blob_op;
+        // Blob 7 removed (its Forget waits for room), then kept again once the queue has
+        // room, before the waiting Forget's task has had a turn (this runtime has one thread
+        // and it is not yielded to).
+        writer.forget([7; 32]);
+        drop(hold);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        while !writer.send(info(7)) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A marker after it: once the marker is kept, everything before it was applied.
+        while !writer.send(info(9)) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let blobs = loop {
+            let blobs = store.load(SWARM_BLOBS).unwrap();
+            if blobs.iter().any(|(id, _)| *id == [9; 32]) {
+                break blobs;
+            }
+            assert!(std::time::Instant::now() < deadline, "marker never kept");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert!(
+            blobs.iter().any(|(id, _)| *id == [7; 32]),
+            "blob 7, kept after it was forgotten, is gone"
+        );
         drop(writer);
         let _ = std::fs::remove_dir_all(&dir);
     }

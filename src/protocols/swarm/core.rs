@@ -75,8 +75,9 @@ pub(crate) enum Output {
         index: u32,
         proof: Vec<Hash>,
         data: Bytes,
-        /// The blob lives on disk: once written, call `stored` to drop the memory copy.
-        release: bool,
+        /// The blob lives on disk: once written, call `stored` with this incarnation of it to
+        /// drop the memory copy.
+        release: Option<u64>,
     },
     /// Send piece `index` of `blob` to `peer`, read from disk (the blob lives there), after
     /// checking it against `info` like a piece from a peer.
@@ -372,6 +373,9 @@ struct Origin {
 
 #[derive(Debug)]
 struct Blob {
+    /// Told apart from an earlier blob of the same id that was removed: a write of the
+    /// earlier one finishing late must not drop this one's pieces from memory.
+    incarnation: u64,
     info: Option<Info>,
     n: u32,
     have: Vec<bool>,
@@ -416,8 +420,9 @@ impl Blob {
         (idle && !self.wanted && !self.complete()).then_some(origin.peer)
     }
 
-    fn unknown() -> Self {
+    fn unknown(incarnation: u64) -> Self {
         Self {
+            incarnation,
             info: None,
             n: 0,
             have: Vec::new(),
@@ -701,6 +706,8 @@ pub(crate) struct Core {
     /// Blobs being written into the data directory by `add` or `add_file`, each holding a blob slot
     /// and its length of `disk` until `add_kept` or `unreserve_file`.
     adding: usize,
+    /// Blobs made so far (`Blob::incarnation`).
+    incarnations: u64,
     stats: SwarmStats,
 }
 
@@ -714,8 +721,15 @@ impl Core {
             memory: 0,
             disk: 0,
             adding: 0,
+            incarnations: 0,
             stats: SwarmStats::default(),
         }
+    }
+
+    /// A blob not known yet, told apart from every other made here.
+    fn fresh_blob(&mut self) -> Blob {
+        self.incarnations += 1;
+        Blob::unknown(self.incarnations)
     }
 
     /// Blob slots taken: blobs held or wanted, and files being added.
@@ -780,7 +794,8 @@ impl Core {
             }
             _ => {}
         }
-        let blob = self.blobs.entry(id).or_insert_with(Blob::unknown);
+        let fresh = self.fresh_blob();
+        let blob = self.blobs.entry(id).or_insert(fresh);
         if blob.info.is_none() {
             blob.learn(info, n, seed);
         }
@@ -925,9 +940,15 @@ impl Core {
         Some(Assembly { info, pieces })
     }
 
-    /// Piece `index` of `blob` is written: a blob living on disk drops its memory copy.
-    pub(crate) fn stored(&mut self, blob: &BlobId, index: u32) {
-        if let Some(blob) = self.blobs.get_mut(blob).filter(|b| b.on_disk) {
+    /// Piece `index` of `blob` (its `incarnation`, from `KeepPiece`) is written: a blob
+    /// living on disk drops its memory copy. Nothing is dropped when the blob was removed
+    /// and made again since: the new one's piece stays in memory until its own write.
+    pub(crate) fn stored(&mut self, blob: &BlobId, index: u32, incarnation: u64) {
+        if let Some(blob) = self
+            .blobs
+            .get_mut(blob)
+            .filter(|b| b.on_disk && b.incarnation == incarnation)
+        {
             if let Some(piece) = blob.pieces.get_mut(index as usize) {
                 *piece = None;
             }
@@ -963,12 +984,13 @@ impl Core {
         }
         let seed = self.limits.seed;
         let wanted = self.blobs.contains_key(&id);
-        let blob = self.blobs.entry(id).or_insert_with(Blob::unknown);
+        let fresh = self.fresh_blob();
+        let blob = self.blobs.entry(id).or_insert(fresh);
         if blob.info.is_none() {
             blob.learn(info, n, seed);
             blob.on_disk = place == Some(true);
         }
-        let release = blob.on_disk;
+        let release = blob.on_disk.then_some(blob.incarnation);
         let mut got = Vec::new();
         out.push(Output::Keep { blob: id, info });
         for i in 0..n {
@@ -1018,7 +1040,7 @@ impl Core {
             });
         }
         let on_disk = self.room(info.len)?;
-        let mut blob = Blob::unknown();
+        let mut blob = self.fresh_blob();
         blob.learn(info, n, self.limits.seed);
         blob.on_disk = on_disk;
         let (mut kept, mut dropped) = (0, 0);
@@ -1070,7 +1092,8 @@ impl Core {
                     max: self.limits.max_blobs,
                 });
             }
-            self.blobs.insert(blob, Blob::unknown());
+            let fresh = self.fresh_blob();
+            self.blobs.insert(blob, fresh);
         }
         if let Some(b) = self.blobs.get_mut(&blob) {
             b.last_progress.get_or_insert(now);
@@ -1450,7 +1473,8 @@ impl Core {
                 });
                 return;
             }
-            self.blobs.insert(id, Blob::unknown());
+            let fresh = self.fresh_blob();
+            self.blobs.insert(id, fresh);
             out.push(Output::Offered {
                 blob: id,
                 from: peer,
@@ -1809,7 +1833,7 @@ impl Core {
             index,
             proof: proof.clone(),
             data: data.clone(),
-            release: blob.on_disk,
+            release: blob.on_disk.then_some(blob.incarnation),
         });
         blob.proofs[index as usize] = proof;
         blob.progress.received_bytes += data.len() as u64;

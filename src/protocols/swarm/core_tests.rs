@@ -119,8 +119,8 @@ impl Sim {
                     ..
                 } => {
                     self.disk.insert((from, blob, index), data);
-                    if release {
-                        written.push((blob, index));
+                    if let Some(incarnation) = release {
+                        written.push((blob, index, incarnation));
                     }
                     continue;
                 }
@@ -171,8 +171,8 @@ impl Sim {
             }
         }
         // Written: a node whose blob lives on disk drops the memory copies.
-        for (blob, index) in written {
-            self.nodes[from].stored(&blob, index);
+        for (blob, index, incarnation) in written {
+            self.nodes[from].stored(&blob, index, incarnation);
         }
     }
 
@@ -1010,4 +1010,49 @@ fn a_file_added_on_disk_holds_a_slot_while_written_and_completes_a_fetch_of_it()
     sim.run();
     assert!(sim.holds(2, &blob, &data));
     assert_eq!(sim.uploaded[1], 64 * 1024);
+}
+
+#[test]
+fn a_late_write_of_a_removed_blob_leaves_the_pieces_of_the_same_blob_added_again_in_memory() {
+    let on_disk = Limits {
+        max_memory: 1000,
+        max_disk: 1 << 20,
+        ..limits()
+    };
+    let mut core = Core::new(on_disk, id(1));
+    let (info, tree, data) = make_blob(8 * 1024, 1024);
+    let releases = |out: Vec<Output>| -> Vec<u64> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::KeepPiece {
+                    index: 0, release, ..
+                } => release,
+                _ => None,
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    let blob = core
+        .add(info, tree.clone(), data.clone(), &mut out)
+        .unwrap();
+    let first = releases(out);
+    assert_eq!(
+        first.len(),
+        1,
+        "piece 0 is written, then dropped from memory"
+    );
+    let mut out = Vec::new();
+    assert!(core.remove(blob, &mut out));
+    let mut out = Vec::new();
+    core.add(info, tree, data, &mut out).unwrap();
+    let again = releases(out);
+    assert_eq!(again.len(), 1);
+    assert_ne!(first, again, "the blob added again is another incarnation");
+    let in_memory = |core: &Core| core.assembly(&blob).unwrap().pieces[0].0.is_some();
+    // The first write of piece 0 finishes after the blob was added again: the new copy
+    // stays in memory, since its own write has not been committed yet.
+    core.stored(&blob, 0, first[0]);
+    assert!(in_memory(&core), "dropped before its own write");
+    core.stored(&blob, 0, again[0]);
+    assert!(!in_memory(&core), "written: read from disk from now on");
 }

@@ -164,11 +164,11 @@ impl Inner {
                     release,
                 } => {
                     // A blob living on disk drops a piece's memory copy once it is written.
-                    let done: Option<Box<dyn FnOnce() + Send>> = release.then(|| {
+                    let done: Option<Box<dyn FnOnce() + Send>> = release.map(|incarnation| {
                         let me = self.me.clone();
                         Box::new(move || {
                             if let Some(inner) = me.upgrade() {
-                                inner.state.lock().core.stored(&blob, index);
+                                inner.state.lock().core.stored(&blob, index, incarnation);
                             }
                         }) as Box<dyn FnOnce() + Send>
                     });
@@ -179,7 +179,7 @@ impl Inner {
                         data,
                         done,
                     });
-                    if release && !queued {
+                    if release.is_some() && !queued {
                         // Not written and not to be held in memory: fetched again.
                         state.core.lost(&blob, index);
                     }
