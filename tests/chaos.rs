@@ -1431,16 +1431,16 @@ impl Lab {
     /// Copies received per node per publication since `before` (first copies and duplicates
     /// over first copies), summed over `nodes`.
     fn copies_since(&mut self, nodes: &[usize], before: &[HashMap<String, u64>]) -> f64 {
-        let (mut first, mut dup, mut repairs, mut prunes) = (0u64, 0u64, 0u64, 0u64);
+        let (mut first, mut dup, mut repairs, mut parent_changes) = (0u64, 0u64, 0u64, 0u64);
         for &i in nodes {
             let now = self.gossip_stats(i);
             first += now["received"] - before[i]["received"];
             dup += now["duplicates"] - before[i]["duplicates"];
             repairs += now["repairs"] - before[i]["repairs"];
-            prunes += now["prunes"] - before[i]["prunes"];
+            parent_changes += now["parent_changes"] - before[i]["parent_changes"];
         }
         self.note(&format!(
-            "{first} first copies, {dup} duplicates, {repairs} fetches, {prunes} prunes"
+            "{first} first copies, {dup} duplicates, {repairs} fetches, {parent_changes} parent changes"
         ));
         if dup > 0 {
             for &i in nodes {

@@ -65,7 +65,7 @@ impl PubSub {
                     let (eager, lazy) = self.gossip.links(topic.trim());
                     println!(
                         "stats {}: eager={} lazy={} published={} received={} delivered={} \
-                     duplicates={} announced={} repairs={} prunes={} eager_bytes={} \
+                     duplicates={} announced={} repairs={} parent_changes={} eager_bytes={} \
                      lazy_bytes={} dropped={}",
                         topic.trim(),
                         eager,
@@ -76,7 +76,7 @@ impl PubSub {
                         s.duplicates,
                         s.announced,
                         s.repairs,
-                        s.prunes,
+                        s.parent_changes,
                         s.eager_bytes,
                         s.lazy_bytes,
                         s.dropped

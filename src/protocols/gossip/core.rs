@@ -1,9 +1,14 @@
-//! Gossip's state machine, pure: PlumTree over the neighbours that take part in each topic.
-//! Publications go whole to a few *eager* neighbours per topic and as ids to the other (*lazy*)
-//! ones; a duplicate turns its eager sender lazy (`Prune`), and an announced publication that
-//! does not arrive in time is asked for and turns its announcer eager (`Graft`). The eager
-//! links converge to a spanning tree: about one copy per node. Large publications are only
-//! announced and fetched on demand (`Want`), so a node that has one costs an id, not a copy.
+//! Gossip's state machine, pure: a spanning tree per topic over the neighbours that take part
+//! in it, with lazy announcements on every other link (PlumTree's push and repair on a tree
+//! built like a bridge's spanning tree). Each node tells its neighbours its place in the tree
+//! (`Tree`: the root it reaches and in how many hops); the root is the node of the lowest
+//! rank (a hash of topic and id), and every other node takes as parent the neighbour nearest
+//! that root. Publications go whole along the tree (*eager* links: the parent and the
+//! children) and as ids to the other (*lazy*) neighbours; an announced publication that does
+//! not arrive in time is fetched (`Want`). About one copy per node, and a tree that is the
+//! same for every publisher, shallow (shortest paths to the root) and never split by
+//! publications crossing. Large publications are only announced and fetched on demand, so a
+//! node that has one costs an id, not a copy.
 //!
 //! Messages in, `now` in; messages out, deliveries out, one deadline. Signatures are checked
 //! by a function the caller passes (the driver's checks the origin's key; the simulation's
@@ -14,13 +19,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::wire::{MsgId, Publication, Wire};
+use super::wire::{MsgId, Publication, Wire, root_rank};
 use crate::identity::{PeerId, PeerMap};
 
 /// The bounds and timings the core works with (see `GossipConfig` for meanings and defaults).
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
-    pub(crate) eager_degree: usize,
     pub(crate) max_topics: usize,
     pub(crate) max_topic_len: usize,
     pub(crate) max_payload: usize,
@@ -31,7 +35,7 @@ pub(crate) struct Limits {
     pub(crate) cache_ttl: Duration,
     pub(crate) announce_interval: Duration,
     pub(crate) max_announce_batch: usize,
-    pub(crate) graft_timeout: Duration,
+    pub(crate) fetch_timeout: Duration,
     pub(crate) max_missing: usize,
     pub(crate) validation_timeout: Duration,
     pub(crate) max_pending_validation: usize,
@@ -44,7 +48,6 @@ impl Limits {
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
         Self {
-            eager_degree: 6,
             max_topics: 64,
             max_topic_len: 128,
             max_payload: 1 << 20,
@@ -55,7 +58,7 @@ impl Limits {
             cache_ttl: Duration::from_secs(30),
             announce_interval: Duration::from_millis(20),
             max_announce_batch: 5000,
-            graft_timeout: Duration::from_millis(500),
+            fetch_timeout: Duration::from_millis(500),
             max_missing: 4096,
             validation_timeout: Duration::from_secs(1),
             max_pending_validation: 1024,
@@ -145,10 +148,10 @@ pub struct TopicStats {
     pub duplicates: u64,
     /// Ids announced to lazy neighbours.
     pub announced: u64,
-    /// Grafts and wants sent (repairs and fetches of announced publications).
+    /// Fetches sent (announced publications whose tree copy was late, and large ones).
     pub repairs: u64,
-    /// Prunes sent (a duplicate arrived from an eager neighbour).
-    pub prunes: u64,
+    /// Times this node changed its parent in the topic's tree (or became its root).
+    pub parent_changes: u64,
     /// Payload bytes pushed whole.
     pub eager_bytes: u64,
     /// Id bytes announced.
@@ -168,7 +171,7 @@ impl TopicStats {
         self.duplicates += other.duplicates;
         self.announced += other.announced;
         self.repairs += other.repairs;
-        self.prunes += other.prunes;
+        self.parent_changes += other.parent_changes;
         self.eager_bytes += other.eager_bytes;
         self.lazy_bytes += other.lazy_bytes;
         self.evicted += other.evicted;
@@ -186,19 +189,40 @@ struct Cached {
 /// Requests for one announced publication before it is given up (counted as dropped).
 const MAX_ASKS: u8 = 4;
 
-/// Publications in a row fetched on announcement (the tree's copy late or absent) before a
-/// fetch also grafts: a slow tree is left alone, a broken one is repaired.
-const FETCHES_BEFORE_GRAFT: u32 = 3;
+/// Distances in a tree at or beyond this are unreachable: after a root leaves, the distances
+/// that still lead to it grow round the loops the old tree leaves behind until they reach this
+/// bound, then the next root takes over (the count to infinity of distance-vector routing,
+/// kept short). Publications still arrive meanwhile, by fetch.
+const MAX_TREE_DIST: u8 = 32;
 
-/// How the first copy of a publication came.
+/// A place in a topic's tree: the root reached, its rank, the hops to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    root: PeerId,
+    rank: u64,
+    dist: u8,
+}
+
+impl Place {
+    /// Lower is better: the root with the lowest rank, then the shortest way to it.
+    fn key(&self) -> (u64, PeerId, u8) {
+        (self.rank, self.root, self.dist)
+    }
+}
+
+/// This node's place in a topic's tree, and its parent (`None`: it is the root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Own {
+    place: Place,
+    parent: Option<PeerId>,
+}
+
+/// A neighbour's place in a topic's tree, as it last told us.
 #[derive(Debug, Clone, Copy)]
-struct Seen {
-    /// Off the tree: as an answer to our request, or forwarded from one (`Push::detour`). A
-    /// later copy is then the tree's, slow, not a cycle's, and prunes nothing.
-    detour: bool,
-    hops: u8,
-    /// The neighbour it came from (`None`: we published it).
-    from: Option<PeerId>,
+struct Told {
+    place: Place,
+    /// We are its parent.
+    parent_is_us: bool,
 }
 
 #[derive(Debug)]
@@ -207,8 +231,6 @@ struct Missing {
     announcers: VecDeque<PeerId>,
     /// When to ask the next announcer.
     due: Instant,
-    /// Large publications are fetched without grafting.
-    large: bool,
     /// A request for it is out.
     asked: bool,
     /// Requests sent for it so far.
@@ -223,21 +245,22 @@ struct Pending {
     due: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Topic {
     /// Delivered to the local application (subscribed), or only relayed.
     deliver: bool,
+    /// This node's place in the tree.
+    own: Own,
+    /// The tree's links here: the parent and the children (neighbours whose parent we are).
     eager: BTreeSet<PeerId>,
+    /// The topic's other neighbours.
     lazy: BTreeSet<PeerId>,
-    /// Publications seen, with how their first copy came.
-    seen: HashMap<MsgId, Seen>,
+    /// Publications seen.
+    seen: HashSet<MsgId>,
     seen_order: VecDeque<(Instant, MsgId)>,
     cache: HashMap<MsgId, Cached>,
     cache_order: VecDeque<MsgId>,
     missing: BTreeMap<MsgId, Missing>,
-    /// Publications in a row that had to be fetched: past `FETCHES_BEFORE_GRAFT` the tree
-    /// is taken as broken here and the next fetch grafts its announcer.
-    fetch_streak: u32,
     stats: TopicStats,
 }
 
@@ -245,6 +268,8 @@ struct Topic {
 struct Neighbour {
     /// Topics it said it takes part in (bounded by `max_topics`).
     topics: HashSet<String>,
+    /// Its place in the trees of those topics we take part in too.
+    told: HashMap<String, Told>,
     /// Ids (with their hops) to announce to it, by topic, sent every `announce_interval`.
     announce: BTreeMap<String, Vec<(MsgId, u8)>>,
     /// Push allowance (token bucket, refilled per second).
@@ -255,6 +280,8 @@ struct Neighbour {
 /// Gossip for one node.
 #[derive(Debug)]
 pub(crate) struct Core {
+    /// This node.
+    me: PeerId,
     limits: Limits,
     topics: HashMap<String, Topic>,
     neighbours: PeerMap<Neighbour>,
@@ -263,8 +290,9 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits, me: PeerId) -> Self {
         Self {
+            me,
             limits,
             topics: HashMap::new(),
             neighbours: PeerMap::default(),
@@ -297,17 +325,30 @@ impl Core {
         if self.topics.len() >= self.limits.max_topics {
             return Err(JoinError::TooManyTopics(self.limits.max_topics));
         }
+        // The root of a tree of one, until the neighbours tell their places.
+        let own = Own {
+            place: Place {
+                root: self.me,
+                rank: root_rank(topic, &self.me),
+                dist: 0,
+            },
+            parent: None,
+        };
         let mut state = Topic {
             deliver,
-            ..Topic::default()
+            own,
+            eager: BTreeSet::new(),
+            lazy: BTreeSet::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            cache: HashMap::new(),
+            cache_order: VecDeque::new(),
+            missing: BTreeMap::new(),
+            stats: TopicStats::default(),
         };
         for (peer, n) in &self.neighbours {
             if n.topics.contains(topic) {
-                if state.eager.len() < self.limits.eager_degree {
-                    state.eager.insert(*peer);
-                } else {
-                    state.lazy.insert(*peer);
-                }
+                state.lazy.insert(*peer);
             }
         }
         for peer in self.neighbours.keys() {
@@ -317,14 +358,9 @@ impl Core {
                     topics: vec![topic.to_owned()],
                 },
             });
-            // Lazy at both ends (after the join, which the neighbour handles first).
+            // After the join, which the neighbour handles first; it answers with its place.
             if state.lazy.contains(peer) {
-                out.push(Output::Send {
-                    peer: *peer,
-                    wire: Wire::Prune {
-                        topic: topic.to_owned(),
-                    },
-                });
+                out.push(tell(topic, &own, *peer));
             }
         }
         self.topics.insert(topic.to_owned(), state);
@@ -357,6 +393,7 @@ impl Core {
     pub(crate) fn on_connected(&mut self, peer: PeerId, now: Instant, out: &mut Vec<Output>) {
         self.neighbours.entry(peer).or_insert_with(|| Neighbour {
             topics: HashSet::new(),
+            told: HashMap::new(),
             announce: BTreeMap::new(),
             tokens: self.limits.max_pushes_per_sec,
             refilled: now,
@@ -372,20 +409,103 @@ impl Core {
         }
     }
 
-    /// A neighbour left: it leaves every topic; what only it announced is asked elsewhere
-    /// (or given up).
+    /// A neighbour left: it leaves every topic (a tree it was in settles without it); what
+    /// only it announced is asked elsewhere (or given up).
     pub(crate) fn on_disconnected(&mut self, peer: PeerId, out: &mut Vec<Output>) {
-        self.neighbours.remove(&peer);
-        for (topic, state) in &mut self.topics {
-            let was_eager = state.eager.remove(&peer);
+        let Some(gone) = self.neighbours.remove(&peer) else {
+            return;
+        };
+        for topic in gone.topics {
+            let Some(state) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            state.eager.remove(&peer);
             state.lazy.remove(&peer);
-            if was_eager {
-                promote(state, topic, out);
-            }
             for missing in state.missing.values_mut() {
                 missing.announcers.retain(|p| *p != peer);
             }
             state.missing.retain(|_, m| !m.announcers.is_empty());
+            self.settle(&topic, out);
+        }
+    }
+
+    /// Recomputes this node's place in `topic`'s tree from what the neighbours told: the
+    /// parent is the neighbour nearest the best root (the current parent kept on a tie, so
+    /// the first neighbour to offer the shortest way, usually the fastest, stays); this node
+    /// is the root when nobody offers a better one. The links follow: eager to the parent and
+    /// to the children, lazy to the rest. A changed place is told to every neighbour in the
+    /// topic.
+    fn settle(&mut self, topic: &str, out: &mut Vec<Output>) {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let mut best: Option<(Place, PeerId)> = None;
+        for (peer, n) in &self.neighbours {
+            let Some(told) = n.told.get(topic) else {
+                continue;
+            };
+            // A child's way to the root runs through us; a root named after us is an old
+            // tree's (we would know); a distance at the bound is no way at all.
+            if told.parent_is_us
+                || told.place.root == self.me
+                || told.place.dist >= MAX_TREE_DIST - 1
+            {
+                continue;
+            }
+            let better = match &best {
+                None => true,
+                Some((b, _)) => {
+                    told.place.key() < b.key()
+                        || (told.place.key() == b.key() && state.own.parent == Some(*peer))
+                }
+            };
+            if better {
+                best = Some((told.place, *peer));
+            }
+        }
+        let alone = Own {
+            place: Place {
+                root: self.me,
+                rank: root_rank(topic, &self.me),
+                dist: 0,
+            },
+            parent: None,
+        };
+        let own = match best {
+            Some((place, peer)) if place.key() < alone.place.key() => Own {
+                place: Place {
+                    dist: place.dist + 1,
+                    ..place
+                },
+                parent: Some(peer),
+            },
+            _ => alone,
+        };
+        let mut eager = BTreeSet::new();
+        let mut lazy = BTreeSet::new();
+        for (peer, n) in &self.neighbours {
+            if !n.topics.contains(topic) {
+                continue;
+            }
+            let child = n.told.get(topic).is_some_and(|t| t.parent_is_us);
+            if own.parent == Some(*peer) || child {
+                eager.insert(*peer);
+            } else {
+                lazy.insert(*peer);
+            }
+        }
+        state.eager = eager;
+        state.lazy = lazy;
+        if own != state.own {
+            if own.parent != state.own.parent {
+                state.stats.parent_changes += 1;
+            }
+            state.own = own;
+            for (peer, n) in &self.neighbours {
+                if n.topics.contains(topic) {
+                    out.push(tell(topic, &own, *peer));
+                }
+            }
         }
     }
 
@@ -410,17 +530,7 @@ impl Core {
             return Err(PublishError::NotJoined(publication.topic.clone()));
         };
         state.stats.published += 1;
-        remember(
-            state,
-            &self.limits,
-            id,
-            now,
-            Seen {
-                detour: false,
-                hops: 0,
-                from: None,
-            },
-        );
+        remember(state, &self.limits, id, now);
         self.forward(None, 0, publication, id, now, out);
         Ok(id)
     }
@@ -441,7 +551,6 @@ impl Core {
             return;
         };
         let large = publication.payload.len() > limits.eager_max;
-        let detour = state.seen.get(&id).is_some_and(|s| s.detour);
         let mut announce_to = Vec::new();
         for peer in state.eager.iter().chain(state.lazy.iter()) {
             if Some(*peer) == from || *peer == publication.origin {
@@ -453,7 +562,6 @@ impl Core {
                     peer: *peer,
                     wire: Wire::Push {
                         hops: hops.saturating_add(1),
-                        detour,
                         publication: publication.clone(),
                     },
                 });
@@ -503,37 +611,46 @@ impl Core {
                 for topic in topics {
                     if let Some(n) = self.neighbours.get_mut(&peer) {
                         n.topics.remove(&topic);
+                        n.told.remove(&topic);
                     }
                     if let Some(state) = self.topics.get_mut(&topic) {
-                        let was_eager = state.eager.remove(&peer);
+                        state.eager.remove(&peer);
                         state.lazy.remove(&peer);
-                        if was_eager {
-                            promote(state, &topic, out);
-                        }
+                        self.settle(&topic, out);
                     }
                 }
             }
-            Wire::Push {
-                hops,
-                detour,
-                publication,
-            } => self.on_push(peer, hops, detour, publication, now, verify, out),
+            Wire::Push { hops, publication } => {
+                self.on_push(peer, hops, publication, now, verify, out);
+            }
             Wire::IHave { topic, ids } => self.on_ihave(peer, &topic, ids, now, out),
-            Wire::Graft { topic, ids } => {
-                if let Some(state) = self.topics.get_mut(&topic) {
-                    if state.lazy.remove(&peer) || state.eager.contains(&peer) {
-                        state.eager.insert(peer);
-                    }
-                }
-                self.serve(peer, &topic, ids, out);
-            }
             Wire::Want { topic, ids } => self.serve(peer, &topic, ids, out),
-            Wire::Prune { topic } => {
-                if let Some(state) = self.topics.get_mut(&topic) {
-                    if state.eager.remove(&peer) {
-                        state.lazy.insert(peer);
-                    }
+            Wire::Tree {
+                topic,
+                root,
+                dist,
+                parent,
+            } => {
+                // Only for a topic both take part in (its join came first on this link).
+                if !self.topics.contains_key(&topic) {
+                    return;
                 }
+                let Some(n) = self.neighbours.get_mut(&peer) else {
+                    return;
+                };
+                if !n.topics.contains(&topic) {
+                    return;
+                }
+                let told = Told {
+                    place: Place {
+                        root,
+                        rank: root_rank(&topic, &root),
+                        dist,
+                    },
+                    parent_is_us: parent,
+                };
+                n.told.insert(topic.clone(), told);
+                self.settle(&topic, out);
             }
         }
     }
@@ -554,20 +671,9 @@ impl Core {
                 continue;
             }
             if let Some(state) = self.topics.get_mut(&topic) {
-                if !state.eager.contains(&peer) && !state.lazy.contains(&peer) {
-                    if state.eager.len() < self.limits.eager_degree {
-                        state.eager.insert(peer);
-                    } else {
-                        // Full: lazy, and the neighbour is told, so the link is lazy at both
-                        // ends (a link eager on one side only carries publications one way).
-                        state.lazy.insert(peer);
-                        out.push(Output::Send {
-                            peer,
-                            wire: Wire::Prune {
-                                topic: topic.clone(),
-                            },
-                        });
-                    }
+                // Lazy until the trees say otherwise; it learns our place, we learn its.
+                if !state.eager.contains(&peer) && state.lazy.insert(peer) {
+                    out.push(tell(&topic, &state.own, peer));
                 }
             }
             n.topics.insert(topic);
@@ -586,7 +692,6 @@ impl Core {
         &mut self,
         peer: PeerId,
         hops: u8,
-        detour: bool,
         publication: Publication,
         now: Instant,
         verify: &mut dyn FnMut(&Publication, &MsgId) -> bool,
@@ -625,46 +730,10 @@ impl Core {
             return;
         }
         let id = publication.id();
-        if let Some(&Seen {
-            detour: first_detour,
-            hops: first_hops,
-            from: first_from,
-        }) = state.seen.get(&id)
-        {
+        if state.seen.contains(&id) {
+            // The tree changed under this publication, or its fetched copy beat the tree's.
+            // The tree is the neighbours' places, not the copies: nothing to prune.
             state.stats.duplicates += 1;
-            if first_detour && !detour {
-                // The tree's copy came after all: the tree is slow here, not broken.
-                state.fetch_streak = 0;
-            }
-            // Two copies that both came along the tree mean it has a cycle through both
-            // links: one of them goes lazy, both ways, which breaks the cycle whichever it is.
-            // Keep the one whose copy made fewer hops, so the tree grows shallow (wide and
-            // short paths for every publisher, not only the fastest for one). A copy off the
-            // tree proves nothing. (The pruned neighbour may be one we hold as lazy already:
-            // its view of the link can differ from ours.)
-            if !first_detour && !detour {
-                let longer = match first_from {
-                    Some(first) if hops < first_hops && state.eager.contains(&first) => first,
-                    _ => peer,
-                };
-                if state.eager.remove(&longer) || state.lazy.contains(&longer) {
-                    state.lazy.insert(longer);
-                    state.stats.prunes += 1;
-                    out.push(Output::Send {
-                        peer: longer,
-                        wire: Wire::Prune {
-                            topic: publication.topic,
-                        },
-                    });
-                }
-                if longer != peer {
-                    // The shorter path is now this one.
-                    if let Some(seen) = state.seen.get_mut(&id) {
-                        seen.from = Some(peer);
-                        seen.hops = hops;
-                    }
-                }
-            }
             return;
         }
         if !verify(&publication, &id) {
@@ -676,31 +745,14 @@ impl Core {
             });
             return;
         }
-        let fetched = state.missing.remove(&id).is_some_and(|m| m.asked);
-        let detour = detour || fetched;
+        state.missing.remove(&id);
         // Remembered either way: a copy that made too many hops is not taken again either.
-        let seen = Seen {
-            detour,
-            hops,
-            from: Some(peer),
-        };
-        remember(state, &limits, id, now, seen);
+        remember(state, &limits, id, now);
         if hops >= limits.max_hops {
             state.stats.dropped += 1;
             return;
         }
         state.stats.received += 1;
-        if fetched {
-            state.fetch_streak += 1;
-        } else {
-            state.fetch_streak = 0;
-            // A neighbour pushing along the tree is part of it: the link becomes eager on our
-            // side too (views can differ: the eager cap at join time, a prune that crossed a
-            // push), so publications from our side use it as well.
-            if !detour && state.lazy.remove(&peer) {
-                state.eager.insert(peer);
-            }
-        }
         if state.deliver {
             if self.pending.len() >= limits.max_pending_validation {
                 state.stats.dropped += 1;
@@ -748,7 +800,7 @@ impl Core {
             });
         }
         for (id, _hops) in ids.into_iter().take(limits.max_announce_batch) {
-            if state.seen.contains_key(&id) {
+            if state.seen.contains(&id) {
                 continue;
             }
             let room = state.missing.len() < limits.max_missing;
@@ -765,14 +817,13 @@ impl Core {
                     let due = if large {
                         now
                     } else {
-                        now + limits.graft_timeout
+                        now + limits.fetch_timeout
                     };
                     state.missing.insert(
                         id,
                         Missing {
                             announcers: VecDeque::from([peer]),
                             due,
-                            large,
                             asked: false,
                             asks: 0,
                         },
@@ -794,7 +845,6 @@ impl Core {
                     peer,
                     wire: Wire::Push {
                         hops: cached.hops.saturating_add(1),
-                        detour: true,
                         publication: cached.publication.clone(),
                     },
                 });
@@ -871,8 +921,7 @@ impl Core {
         }
         let limits = self.limits.clone();
         for (topic, state) in &mut self.topics {
-            let graft = state.fetch_streak >= FETCHES_BEFORE_GRAFT;
-            let mut asks: BTreeMap<(PeerId, bool), Vec<MsgId>> = BTreeMap::new();
+            let mut asks: BTreeMap<PeerId, Vec<MsgId>> = BTreeMap::new();
             for (id, missing) in &mut state.missing {
                 if missing.due > now {
                     continue;
@@ -883,14 +932,12 @@ impl Core {
                 if let Some(announcer) = missing.announcers.pop_front() {
                     missing.asked = true;
                     missing.asks += 1;
-                    asks.entry((announcer, missing.large || !graft))
-                        .or_default()
-                        .push(*id);
+                    asks.entry(announcer).or_default().push(*id);
                     // One request out per id at a time; the next announcer (or this one again,
                     // when it is the only one: its answer may just be late) is asked only if
                     // this one does not deliver in time.
                     missing.announcers.push_back(announcer);
-                    missing.due = now + limits.graft_timeout;
+                    missing.due = now + limits.fetch_timeout;
                 }
             }
             let before = state.missing.len();
@@ -899,25 +946,15 @@ impl Core {
                 .retain(|_, m| m.due > now || (!m.announcers.is_empty() && m.asks < MAX_ASKS));
             // Publications asked for MAX_ASKS times without an answer are given up.
             state.stats.dropped += (before - state.missing.len()) as u64;
-            for ((peer, fetch_only), ids) in asks {
+            for (peer, ids) in asks {
                 state.stats.repairs += ids.len() as u64;
-                let wire = if fetch_only {
-                    Wire::Want {
+                out.push(Output::Send {
+                    peer,
+                    wire: Wire::Want {
                         topic: topic.clone(),
                         ids,
-                    }
-                } else {
-                    state.fetch_streak = 0;
-                    // The announcer becomes eager: the tree is repaired through it.
-                    if state.lazy.remove(&peer) {
-                        state.eager.insert(peer);
-                    }
-                    Wire::Graft {
-                        topic: topic.clone(),
-                        ids,
-                    }
-                };
-                out.push(Output::Send { peer, wire });
+                    },
+                });
             }
             expire(state, &limits, now);
         }
@@ -962,6 +999,22 @@ impl Core {
         self.neighbours.keys().copied().collect()
     }
 
+    /// The eager neighbours of `topic` (the simulation reads the tree from them).
+    #[cfg(test)]
+    pub(crate) fn eager(&self, topic: &str) -> Vec<PeerId> {
+        self.topics
+            .get(topic)
+            .map_or_else(Vec::new, |t| t.eager.iter().copied().collect())
+    }
+
+    /// This node's place in `topic`'s tree: (root, hops to it, parent).
+    #[cfg(test)]
+    pub(crate) fn place(&self, topic: &str) -> Option<(PeerId, u8, Option<PeerId>)> {
+        self.topics
+            .get(topic)
+            .map(|t| (t.own.place.root, t.own.place.dist, t.own.parent))
+    }
+
     /// (eager, lazy) neighbours of `topic`.
     pub(crate) fn links(&self, topic: &str) -> (usize, usize) {
         self.topics
@@ -970,30 +1023,27 @@ impl Core {
     }
 }
 
-/// An eager neighbour is gone: one lazy neighbour takes its place, told with an empty graft
-/// (the tree is repaired at once instead of after the next publications' fetches).
-fn promote(state: &mut Topic, topic: &str, out: &mut Vec<Output>) {
-    let Some(peer) = state.lazy.pop_first() else {
-        return;
-    };
-    state.eager.insert(peer);
-    out.push(Output::Send {
+/// The message that tells `peer` our place in `topic`'s tree.
+fn tell(topic: &str, own: &Own, peer: PeerId) -> Output {
+    Output::Send {
         peer,
-        wire: Wire::Graft {
+        wire: Wire::Tree {
             topic: topic.to_owned(),
-            ids: Vec::new(),
+            root: own.place.root,
+            dist: own.place.dist,
+            parent: own.parent == Some(peer),
         },
-    });
+    }
 }
 
-fn remember(state: &mut Topic, limits: &Limits, id: MsgId, now: Instant, seen: Seen) {
+fn remember(state: &mut Topic, limits: &Limits, id: MsgId, now: Instant) {
     if state.seen.len() >= limits.seen_capacity {
         if let Some((_, old)) = state.seen_order.pop_front() {
             state.seen.remove(&old);
             state.stats.evicted += 1;
         }
     }
-    if state.seen.insert(id, seen).is_none() {
+    if state.seen.insert(id) {
         state.seen_order.push_back((now, id));
     }
 }

@@ -21,9 +21,32 @@ fn yes(_: &Publication, _: &MsgId) -> bool {
     true
 }
 
-/// A core in topic "t" with neighbours `peers`, all of which joined it too.
+/// A core (`peer(100)`) in topic "t" with neighbours `peers`, all of which joined it too and
+/// took it as their parent: it is their tree's root, every link eager.
 fn node(peers: &[u8], now: Instant) -> Core {
-    let mut core = Core::new(Limits::for_tests());
+    let mut core = lazy_node(peers, now);
+    let mut out = Vec::new();
+    for p in peers {
+        core.on_wire(
+            peer(*p),
+            Wire::Tree {
+                topic: "t".into(),
+                root: peer(100),
+                dist: 1,
+                parent: true,
+            },
+            now,
+            &mut yes,
+            &mut out,
+        );
+    }
+    core
+}
+
+/// A core (`peer(100)`) in topic "t" with neighbours `peers` that joined it but told no place
+/// in its tree yet: every link lazy.
+fn lazy_node(peers: &[u8], now: Instant) -> Core {
+    let mut core = Core::new(Limits::for_tests(), peer(100));
     let mut out = Vec::new();
     core.join("t", true, &mut out).unwrap();
     for p in peers {
@@ -41,6 +64,16 @@ fn node(peers: &[u8], now: Instant) -> Core {
     core
 }
 
+/// `Tree` from `peer` about its place in "t".
+fn place(root: PeerId, dist: u8, parent: bool) -> Wire {
+    Wire::Tree {
+        topic: "t".into(),
+        root,
+        dist,
+        parent,
+    }
+}
+
 fn sends(out: &[Output]) -> Vec<(PeerId, &Wire)> {
     out.iter()
         .filter_map(|o| match o {
@@ -50,10 +83,9 @@ fn sends(out: &[Output]) -> Vec<(PeerId, &Wire)> {
         .collect()
 }
 
-fn push(p: Publication, hops: u8, detour: bool) -> Wire {
+fn push(p: Publication, hops: u8) -> Wire {
     Wire::Push {
         hops,
-        detour,
         publication: p,
     }
 }
@@ -65,7 +97,7 @@ fn a_new_publication_is_delivered_then_forwarded_only_when_accepted() {
     let mut out = Vec::new();
     core.on_wire(
         peer(1),
-        push(publication(9, 1, 10), 1, false),
+        push(publication(9, 1, 10), 1),
         now,
         &mut yes,
         &mut out,
@@ -95,14 +127,14 @@ fn no_verdict_in_time_counts_as_ignore_and_reject_charges_the_relay() {
     let mut out = Vec::new();
     core.on_wire(
         peer(1),
-        push(publication(9, 1, 10), 1, false),
+        push(publication(9, 1, 10), 1),
         now,
         &mut yes,
         &mut out,
     );
     core.on_wire(
         peer(1),
-        push(publication(9, 2, 10), 1, false),
+        push(publication(9, 2, 10), 1),
         now,
         &mut yes,
         &mut out,
@@ -137,121 +169,300 @@ fn no_verdict_in_time_counts_as_ignore_and_reject_charges_the_relay() {
     assert_eq!(core.stats("t").unwrap().dropped, 2);
 }
 
-#[test]
-fn a_duplicate_along_the_tree_prunes_the_longer_link_but_a_detour_prunes_nothing() {
-    let now = Instant::now();
-    let mut core = node(&[1, 2, 3], now);
-    let mut out = Vec::new();
-    core.on_wire(
-        peer(1),
-        push(publication(9, 1, 10), 3, false),
-        now,
-        &mut yes,
-        &mut out,
-    );
-    out.clear();
-    // The same from 2 with more hops: 2's link goes lazy.
-    core.on_wire(
-        peer(2),
-        push(publication(9, 1, 10), 5, false),
-        now,
-        &mut yes,
-        &mut out,
-    );
-    assert_eq!(
-        sends(&out),
-        vec![(peer(2), &Wire::Prune { topic: "t".into() })]
-    );
-    assert_eq!(core.links("t"), (2, 1));
-    // From 3 with fewer hops: the first link (1) goes lazy instead.
-    out.clear();
-    core.on_wire(
-        peer(3),
-        push(publication(9, 1, 10), 1, false),
-        now,
-        &mut yes,
-        &mut out,
-    );
-    assert_eq!(
-        sends(&out),
-        vec![(peer(1), &Wire::Prune { topic: "t".into() })]
-    );
-    // A copy that took a detour says nothing about the tree.
-    out.clear();
-    core.on_wire(
-        peer(3),
-        push(publication(9, 2, 10), 1, false),
-        now,
-        &mut yes,
-        &mut out,
-    );
-    out.clear();
-    core.on_wire(
-        peer(2),
-        push(publication(9, 2, 10), 9, true),
-        now,
-        &mut yes,
-        &mut out,
-    );
-    assert!(sends(&out).is_empty());
-    assert_eq!(core.stats("t").unwrap().duplicates, 3);
+/// Ids of `n` nodes sorted by their rank as a root of "t" (best first).
+fn by_rank(n: u8) -> Vec<PeerId> {
+    let mut ids: Vec<PeerId> = (10..10 + n).map(peer).collect();
+    ids.sort_by_key(|id| root_rank("t", id));
+    ids
+}
+
+/// The places `out` tells, as (receiver, root, dist, parent), in the order they are sent.
+fn told(out: &[Output]) -> Vec<(PeerId, PeerId, u8, bool)> {
+    sends(out)
+        .into_iter()
+        .filter_map(|(to, wire)| match wire {
+            Wire::Tree {
+                root, dist, parent, ..
+            } => Some((to, *root, *dist, *parent)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `told`, sorted by receiver (the neighbours are kept in a hash map: any order).
+fn told_sorted(out: &[Output]) -> Vec<(PeerId, PeerId, u8, bool)> {
+    let mut told = told(out);
+    told.sort_by_key(|t| t.0);
+    told
 }
 
 #[test]
-fn an_announced_publication_is_fetched_after_the_timeout_and_a_broken_tree_is_grafted() {
-    let t0 = Instant::now();
-    let mut core = node(&[1], t0);
+fn the_parent_is_the_neighbour_nearest_the_best_root_and_a_tie_keeps_the_first() {
+    let now = Instant::now();
+    let ranked = by_rank(5);
+    let (best, worse, me) = (ranked[0], ranked[1], ranked[2]);
+    let worst = ranked[4];
+    let mut core = Core::new(Limits::for_tests(), me);
     let mut out = Vec::new();
-    // Peer 1 goes lazy (a prune), then only announces.
+    core.join("t", true, &mut out).unwrap();
+    for p in [1, 2, 3] {
+        core.on_connected(peer(p), now, &mut out);
+        core.on_wire(
+            peer(p),
+            Wire::Join {
+                topics: vec!["t".into()],
+            },
+            now,
+            &mut yes,
+            &mut out,
+        );
+    }
+    // Alone: its own root, every link lazy; each joining neighbour was told so.
+    assert_eq!(core.place("t"), Some((me, 0, None)));
+    assert_eq!(core.links("t"), (0, 3));
+    assert_eq!(
+        told(&out).last(),
+        Some(&(peer(3), me, 0, false)),
+        "a neighbour joining the topic learns our place"
+    );
+    // A root that ranks below its own is not taken.
+    out.clear();
+    core.on_wire(peer(1), place(worst, 0, false), now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((me, 0, None)));
+    assert!(out.is_empty());
+    // A better root, 3 hops from neighbour 1: 1 is the parent, and everybody is told.
+    core.on_wire(peer(1), place(worse, 3, false), now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((worse, 4, Some(peer(1)))));
+    assert_eq!(
+        told_sorted(&out),
+        vec![
+            (peer(1), worse, 4, true),
+            (peer(2), worse, 4, false),
+            (peer(3), worse, 4, false)
+        ]
+    );
+    assert_eq!(core.links("t"), (1, 2));
+    // As near by another neighbour: the first offer stays (nothing to tell).
+    out.clear();
+    core.on_wire(peer(2), place(worse, 3, false), now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((worse, 4, Some(peer(1)))));
+    assert!(out.is_empty());
+    // Nearer: the parent changes.
+    core.on_wire(peer(3), place(worse, 1, false), now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((worse, 2, Some(peer(3)))));
+    // A better root, even farther: taken.
+    core.on_wire(peer(2), place(best, 9, false), now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((best, 10, Some(peer(2)))));
+    // A neighbour that takes us as parent is a child: its link is eager too, and it is never
+    // our parent, whatever it offers.
+    core.on_wire(peer(1), place(best, 11, true), now, &mut yes, &mut out);
+    assert_eq!(core.links("t"), (2, 1));
+    core.on_wire(peer(1), place(best, 0, true), now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((best, 10, Some(peer(2)))));
+    // A way at the distance bound is no way.
+    core.on_wire(
+        peer(3),
+        place(best, MAX_TREE_DIST - 1, false),
+        now,
+        &mut yes,
+        &mut out,
+    );
+    assert_eq!(core.place("t"), Some((best, 10, Some(peer(2)))));
+    // The parent leaves: the best way left is taken (3 offers `best` at the bound, so none
+    // is left towards it, and 3's old offer of `worse` is gone): alone again.
+    out.clear();
+    core.on_disconnected(peer(2), &mut out);
+    assert_eq!(core.place("t"), Some((me, 0, None)));
+    assert_eq!(core.stats("t").unwrap().parent_changes, 4);
+    // A duplicate along the tree changes nothing in it (the tree is the places, not the copies).
+    out.clear();
     core.on_wire(
         peer(1),
-        Wire::Prune { topic: "t".into() },
+        push(publication(9, 1, 10), 3),
+        now,
+        &mut yes,
+        &mut out,
+    );
+    core.on_wire(
+        peer(3),
+        push(publication(9, 1, 10), 1),
+        now,
+        &mut yes,
+        &mut out,
+    );
+    assert!(told(&out).is_empty());
+    assert_eq!(core.stats("t").unwrap().duplicates, 1);
+}
+
+/// Cores wired by hand: every message is delivered at once, in order, until none is left.
+struct Net {
+    cores: Vec<Core>,
+    links: Vec<(usize, usize)>,
+}
+
+impl Net {
+    /// `n` cores (ids `by_rank(n)`, so core 0 ranks best) in topic "t" over `links`.
+    fn new(n: u8, links: &[(usize, usize)]) -> Self {
+        let now = Instant::now();
+        let ids = by_rank(n);
+        let mut net = Self {
+            cores: ids
+                .iter()
+                .map(|id| Core::new(Limits::for_tests(), *id))
+                .collect(),
+            links: links.to_vec(),
+        };
+        let mut queue = Vec::new();
+        for (i, core) in net.cores.iter_mut().enumerate() {
+            let mut out = Vec::new();
+            core.join("t", true, &mut out).unwrap();
+            for &(a, b) in links {
+                let other = if a == i {
+                    b
+                } else if b == i {
+                    a
+                } else {
+                    continue;
+                };
+                core.on_connected(ids[other], now, &mut out);
+            }
+            queue.extend(out.into_iter().map(|o| (i, o)));
+        }
+        net.run(queue);
+        net
+    }
+
+    /// Delivers until quiet; panics past a bound (a tree that never settles).
+    fn run(&mut self, mut queue: Vec<(usize, Output)>) {
+        let now = Instant::now();
+        let ids = by_rank(self.cores.len() as u8);
+        let mut delivered = 0;
+        let index = |id: PeerId| ids.iter().position(|x| *x == id).unwrap_or(usize::MAX);
+        while !queue.is_empty() {
+            let mut next = Vec::new();
+            for (from, output) in queue {
+                let Output::Send { peer, wire } = output else {
+                    continue;
+                };
+                let to = index(peer);
+                if !self.links.contains(&(from, to)) && !self.links.contains(&(to, from)) {
+                    continue;
+                }
+                delivered += 1;
+                assert!(delivered < 100_000, "the trees never settled");
+                let mut out = Vec::new();
+                self.cores[to].on_wire(ids[from], wire, now, &mut yes, &mut out);
+                next.extend(out.into_iter().map(|o| (to, o)));
+            }
+            queue = next;
+        }
+    }
+
+    /// Cuts core `i` off: its neighbours are told it disconnected.
+    fn kill(&mut self, i: usize) {
+        let ids = by_rank(self.cores.len() as u8);
+        let mut queue = Vec::new();
+        for &(a, b) in &self.links.clone() {
+            let other = if a == i {
+                b
+            } else if b == i {
+                a
+            } else {
+                continue;
+            };
+            let mut out = Vec::new();
+            self.cores[other].on_disconnected(ids[i], &mut out);
+            queue.extend(out.into_iter().map(|o| (other, o)));
+        }
+        self.links.retain(|&(a, b)| a != i && b != i);
+        self.run(queue);
+    }
+}
+
+#[test]
+fn the_cores_settle_on_one_tree_and_on_another_when_its_root_dies() {
+    // A ring of 6 with two chords; core 0 ranks best.
+    let links = [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4),
+        (4, 5),
+        (5, 0),
+        (1, 4),
+        (2, 5),
+    ];
+    let mut net = Net::new(6, &links);
+    let ids = by_rank(6);
+    let check = |net: &Net, root: usize, alive: &[usize]| {
+        let mut eager_links = 0;
+        for &i in alive {
+            let (r, dist, parent) = net.cores[i].place("t").unwrap();
+            assert_eq!(r, ids[root], "core {i} is in another tree");
+            // The distance is the shortest one, over live links.
+            let mut d = [usize::MAX; 6];
+            d[root] = 0;
+            for _ in 0..6 {
+                for &(a, b) in &net.links {
+                    d[a] = d[a].min(d[b].saturating_add(1));
+                    d[b] = d[b].min(d[a].saturating_add(1));
+                }
+            }
+            assert_eq!(usize::from(dist), d[i], "core {i}");
+            assert_eq!(parent.is_none(), i == root);
+            eager_links += net.cores[i].links("t").0;
+        }
+        // Eager at both ends and a tree: twice (n - 1) link ends.
+        assert_eq!(eager_links, 2 * (alive.len() - 1));
+    };
+    check(&net, 0, &[0, 1, 2, 3, 4, 5]);
+    // The root dies: the distances towards it grow to the bound, then core 1 (next best)
+    // is everybody's root.
+    net.kill(0);
+    check(&net, 1, &[1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn an_announced_publication_is_fetched_after_the_timeout_and_the_tree_stays() {
+    let t0 = Instant::now();
+    let mut core = lazy_node(&[1], t0);
+    let mut out = Vec::new();
+    let timeout = Limits::for_tests().fetch_timeout;
+    let id = publication(9, 1, 10).id();
+    core.on_wire(
+        peer(1),
+        Wire::IHave {
+            topic: "t".into(),
+            ids: vec![(id, 2)],
+        },
         t0,
         &mut yes,
         &mut out,
     );
-    let timeout = Limits::for_tests().graft_timeout;
-    let mut at = t0;
-    for seq in 1..=4u64 {
-        let id = publication(9, seq, 10).id();
-        out.clear();
-        core.on_wire(
-            peer(1),
-            Wire::IHave {
-                topic: "t".into(),
-                ids: vec![(id, 2)],
-            },
-            at,
-            &mut yes,
-            &mut out,
-        );
-        core.poll(at + timeout / 2, &mut out);
-        assert!(sends(&out).is_empty(), "asked before the timeout");
-        core.poll(at + timeout, &mut out);
-        let asked = sends(&out);
-        assert_eq!(asked.len(), 1);
-        // Three fetches in a row with no tree copy: the fourth grafts (repairs the tree).
-        match (seq, asked[0].1) {
-            (1..=3, Wire::Want { ids, .. }) | (4, Wire::Graft { ids, .. }) => {
-                assert_eq!(ids, &vec![id])
-            }
-            (_, other) => panic!("publication {seq}: {other:?}"),
-        }
-        out.clear();
-        core.on_wire(
-            peer(1),
-            push(publication(9, seq, 10), 3, true),
-            at + timeout,
-            &mut yes,
-            &mut out,
-        );
-        at += timeout * 2;
-    }
+    core.poll(t0 + timeout / 2, &mut out);
+    assert!(sends(&out).is_empty(), "asked before the timeout");
+    core.poll(t0 + timeout, &mut out);
     assert_eq!(
-        core.links("t"),
-        (1, 0),
-        "the announcer is eager after the graft"
+        sends(&out),
+        vec![(
+            peer(1),
+            &Wire::Want {
+                topic: "t".into(),
+                ids: vec![id]
+            }
+        )]
     );
+    out.clear();
+    core.on_wire(
+        peer(1),
+        push(publication(9, 1, 10), 3),
+        t0 + timeout,
+        &mut yes,
+        &mut out,
+    );
+    assert!(matches!(out[..], [Output::Deliver { hops: 3, .. }]));
+    assert_eq!(core.links("t"), (0, 1), "a fetch leaves the tree as it is");
+    assert_eq!(core.stats("t").unwrap().repairs, 1);
 }
 
 #[test]
@@ -300,10 +511,13 @@ fn large_publications_are_announced_then_fetched_at_once() {
 #[test]
 fn joins_and_publications_are_bounded() {
     let now = Instant::now();
-    let mut core = Core::new(Limits {
-        max_topics: 2,
-        ..Limits::for_tests()
-    });
+    let mut core = Core::new(
+        Limits {
+            max_topics: 2,
+            ..Limits::for_tests()
+        },
+        peer(100),
+    );
     let mut out = Vec::new();
     core.join("a", true, &mut out).unwrap();
     assert_eq!(
@@ -361,15 +575,8 @@ fn joins_and_publications_are_bounded() {
 #[test]
 fn a_late_answer_is_asked_for_again_then_given_up() {
     let t0 = Instant::now();
-    let mut core = node(&[1], t0);
+    let mut core = lazy_node(&[1], t0);
     let mut out = Vec::new();
-    core.on_wire(
-        peer(1),
-        Wire::Prune { topic: "t".into() },
-        t0,
-        &mut yes,
-        &mut out,
-    );
     let id = publication(9, 1, 10).id();
     core.on_wire(
         peer(1),
@@ -381,7 +588,7 @@ fn a_late_answer_is_asked_for_again_then_given_up() {
         &mut yes,
         &mut out,
     );
-    let timeout = Limits::for_tests().graft_timeout;
+    let timeout = Limits::for_tests().fetch_timeout;
     let mut asked = 0;
     for k in 1..=6u32 {
         out.clear();

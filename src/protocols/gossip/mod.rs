@@ -1,8 +1,9 @@
 //! Topic gossip: publish/subscribe over many hops, each node forwarding a publication once, on
 //! the connections the node already has (joining a topic opens none).
 //!
-//! Pure core in `core.rs` (PlumTree: eager push along a tree, lazy announcements to the other
-//! neighbours, repair by fetch and graft) and `wire.rs` (messages, ids, what is signed); the
+//! Pure core in `core.rs` (a spanning tree per topic, rooted at the node of the lowest rank and
+//! built from the places the neighbours tell; eager push along it, lazy announcements to the
+//! other neighbours, fetch of what is late) and `wire.rs` (messages, ids, what is signed); the
 //! driver (`task.rs`) is one task that checks signatures, hands publications to subscribers
 //! and sends what the core asks for on the gossip channel. A deterministic simulation of 1,000
 //! nodes runs the core in `cargo test` (`sim_tests.rs`).
@@ -55,9 +56,6 @@ pub struct GossipConfig {
     /// The channel gossip's messages travel on (declare it in [`crate::Config`]; its
     /// `max_message_size` must hold `max_payload` plus about 300 bytes).
     pub channel: ChannelId,
-    /// Neighbours per topic a publication is pushed to whole at first (the rest get its id);
-    /// duplicates prune the eager links down to a tree. Default 6.
-    pub eager_degree: usize,
     /// Topics this node takes part in (and topics a neighbour may say it takes part in).
     /// Default 4,096. An idle topic costs a few hundred bytes.
     pub max_topics: usize,
@@ -83,9 +81,8 @@ pub struct GossipConfig {
     /// Ids per announcement (oldest dropped first, counted). Default 5,000.
     pub max_announce_batch: usize,
     /// How long an announced publication may take to arrive along the tree before it is asked
-    /// for (and, if that keeps happening, the tree repaired through the announcer).
-    /// Default 500 ms.
-    pub graft_timeout: Duration,
+    /// for (`Want`) from its announcer, then from the next one. Default 500 ms.
+    pub fetch_timeout: Duration,
     /// Announced publications waited for at once, per topic. Default 4,096.
     pub max_missing: usize,
     /// How long the application has to judge a publication; no verdict counts as
@@ -111,7 +108,6 @@ impl GossipConfig {
     pub fn new(channel: ChannelId) -> Self {
         Self {
             channel,
-            eager_degree: 6,
             max_topics: 4096,
             max_topic_len: 256,
             max_payload: 1 << 20,
@@ -122,7 +118,7 @@ impl GossipConfig {
             cache_ttl: Duration::from_secs(30),
             announce_interval: Duration::from_millis(20),
             max_announce_batch: 5000,
-            graft_timeout: Duration::from_millis(500),
+            fetch_timeout: Duration::from_millis(500),
             max_missing: 4096,
             validation_timeout: Duration::from_secs(5),
             max_pending_validation: 4096,
@@ -139,9 +135,9 @@ impl GossipConfig {
         self
     }
 
-    /// Sets [`GossipConfig::graft_timeout`].
-    pub fn graft_timeout(mut self, timeout: Duration) -> Self {
-        self.graft_timeout = timeout;
+    /// Sets [`GossipConfig::fetch_timeout`].
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
         self
     }
 
@@ -159,7 +155,6 @@ impl GossipConfig {
 
     pub(crate) fn limits(&self) -> core::Limits {
         core::Limits {
-            eager_degree: self.eager_degree.max(1),
             max_topics: self.max_topics.max(1),
             max_topic_len: self.max_topic_len.max(1),
             max_payload: self.max_payload,
@@ -170,7 +165,7 @@ impl GossipConfig {
             cache_ttl: self.cache_ttl,
             announce_interval: self.announce_interval,
             max_announce_batch: self.max_announce_batch.max(1),
-            graft_timeout: self.graft_timeout,
+            fetch_timeout: self.fetch_timeout,
             max_missing: self.max_missing.max(1),
             validation_timeout: self.validation_timeout,
             max_pending_validation: self.max_pending_validation.max(1),

@@ -151,7 +151,7 @@ pub(super) fn spawn(
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0));
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
-            core: Core::new(config.limits()),
+            core: Core::new(config.limits(), face.local_peer_id()),
             subscriptions: HashMap::new(),
             relayed: HashSet::new(),
             scores: Scores::default(),

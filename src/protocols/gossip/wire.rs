@@ -80,6 +80,20 @@ pub(crate) fn id_of(topic: &str, origin: &PeerId, seq: u64, payload: &[u8]) -> M
     MsgId(id)
 }
 
+/// A node's rank as a candidate root of `topic`'s tree: the lowest rank among the nodes in the
+/// topic is the root. A hash, so each topic has its own root, spread over the nodes.
+pub(crate) fn root_rank(topic: &str, node: &PeerId) -> u64 {
+    let mut hash = Sha256::new();
+    hash.update(b"peerwire-gossip-root-v1");
+    hash.update((topic.len() as u64).to_le_bytes());
+    hash.update(topic.as_bytes());
+    hash.update(node.as_bytes());
+    let digest = hash.finalize();
+    let mut rank = [0u8; 8];
+    rank.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(rank)
+}
+
 /// What the origin signs for publication `id`.
 pub(crate) fn signed_bytes(id: &MsgId) -> [u8; 42] {
     let mut out = [0u8; 42];
@@ -95,26 +109,27 @@ pub(crate) enum Wire {
     Join { topics: Vec<String> },
     /// The sender left these topics.
     Leave { topics: Vec<String> },
-    /// A whole publication (eager push, or an answer to `Graft`/`Want`), with the hops it made
-    /// and whether its path left the tree (an answer to a fetch, or forwarded from one): a
-    /// duplicate of such a copy says the tree was slow, not that it has a cycle.
-    Push {
-        hops: u8,
-        detour: bool,
-        publication: Publication,
-    },
+    /// A whole publication (eager push along the tree, or an answer to `Want`), with the hops
+    /// it made.
+    Push { hops: u8, publication: Publication },
     /// The sender has these publications of `topic` (lazy push), each with the hops its copy
     /// made.
     IHave {
         topic: String,
         ids: Vec<(MsgId, u8)>,
     },
-    /// Send me these, and push me `topic` eagerly from now on (repairs the tree).
-    Graft { topic: String, ids: Vec<MsgId> },
-    /// Send me these; the tree stays as it is (large publications, announced before pushed).
+    /// Send me these (a fetch: announced publications whose tree copy is late, and large
+    /// ones, announced before they are pushed).
     Want { topic: String, ids: Vec<MsgId> },
-    /// Stop pushing me `topic` eagerly; announce instead.
-    Prune { topic: String },
+    /// The sender's place in `topic`'s tree: the root it reaches, in `dist` hops, and whether
+    /// the receiver is its parent (the next hop towards that root). Sent when it changes, and
+    /// to a neighbour that joins the topic.
+    Tree {
+        topic: String,
+        root: PeerId,
+        dist: u8,
+        parent: bool,
+    },
 }
 
 #[cfg(test)]
@@ -168,22 +183,22 @@ mod tests {
             },
             Wire::Push {
                 hops: 3,
-                detour: true,
                 publication: publication(b"payload"),
             },
             Wire::IHave {
                 topic: "a".into(),
                 ids: vec![(MsgId([1; 20]), 1), (MsgId([2; 20]), 9)],
             },
-            Wire::Graft {
+            Wire::Want {
                 topic: "a".into(),
                 ids: vec![MsgId([1; 20])],
             },
-            Wire::Want {
+            Wire::Tree {
                 topic: "a".into(),
-                ids: vec![],
+                root: PeerId::from_bytes([5; 32]),
+                dist: 2,
+                parent: true,
             },
-            Wire::Prune { topic: "a".into() },
         ];
         for message in messages {
             let bytes = encode_message(&message, 1 << 20).unwrap();
@@ -192,7 +207,6 @@ mod tests {
         let mut bad = encode_message(
             &Wire::Push {
                 hops: 0,
-                detour: false,
                 publication: publication(b""),
             },
             1 << 20,
