@@ -189,18 +189,44 @@ struct Cached {
 /// Requests for one announced publication before it is given up (counted as dropped).
 const MAX_ASKS: u8 = 4;
 
-/// Distances in a tree at or beyond this are unreachable: after a root leaves, the distances
-/// that still lead to it grow round the loops the old tree leaves behind until they reach this
-/// bound, then the next root takes over (the count to infinity of distance-vector routing,
-/// kept short). Publications still arrive meanwhile, by fetch.
+/// Distances in a tree at or beyond this are unreachable (a tree deeper than this would be
+/// cut in two, each part with its own root, joined by fetches).
 const MAX_TREE_DIST: u8 = 32;
 
-/// A place in a topic's tree: the root reached, its rank, the hops to it.
+/// Roots whose feasibility is remembered per topic (the current one and those left lately).
+const MAX_FEASIBLE: usize = 8;
+
+/// A root raises its sequence number at most this often: each raise is told down the whole
+/// tree, so a neighbour sending `Refresh` after `Refresh` must not make the root flood it.
+/// Requests in between are met together at the end of the interval.
+const RAISE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A place in a topic's tree: the root reached, its rank, the root's sequence number, the hops
+/// to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Place {
     root: PeerId,
     rank: u64,
+    seq: u16,
     dist: u8,
+}
+
+/// The best place towards `root` this node has told its neighbours: a way to that root is
+/// taken only if it is newer (a higher `seq`) or strictly shorter, so it cannot lead through
+/// this node or through a node that still counts on it (Babel's feasibility condition). That
+/// is what keeps the distances towards a dead root from counting up round the old tree's
+/// loops: a node whose way is gone and finds no feasible one leaves that root at once, and
+/// asks the root for a new sequence number (`Refresh`), which only a live root can give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Feasible {
+    root: PeerId,
+    seq: u16,
+    dist: u8,
+}
+
+/// `a` is a later sequence number than `b` (wrapping).
+fn newer(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
 }
 
 impl Place {
@@ -261,7 +287,52 @@ struct Topic {
     cache: HashMap<MsgId, Cached>,
     cache_order: VecDeque<MsgId>,
     missing: BTreeMap<MsgId, Missing>,
+    /// Per root (the current one and a few left lately), the best place told.
+    feasible: Vec<Feasible>,
+    /// The sequence number this node gives its tree as root (raised by `Refresh`).
+    seq: u16,
+    /// The last `Refresh` passed on towards the root (root, seq): each once.
+    refreshed: Option<(PeerId, u16)>,
+    /// As root: when the sequence number was last raised, and a raise waiting for
+    /// `RAISE_INTERVAL` to pass (to which number, when).
+    raised: Option<Instant>,
+    raise: Option<(u16, Instant)>,
     stats: TopicStats,
+}
+
+impl Topic {
+    /// Whether a neighbour's place may be taken: a root we have no record of, a later
+    /// sequence number, or the same one and a shorter way than any we told.
+    fn feasible(&self, place: &Place) -> bool {
+        self.feasible
+            .iter()
+            .find(|f| f.root == place.root)
+            .is_none_or(|f| newer(place.seq, f.seq) || (place.seq == f.seq && place.dist < f.dist))
+    }
+
+    /// Records the place we tell (the newest first; the oldest root forgotten past the bound).
+    fn told_place(&mut self, place: &Place) {
+        if let Some(i) = self.feasible.iter().position(|f| f.root == place.root) {
+            let mut f = self.feasible.remove(i);
+            if newer(place.seq, f.seq) {
+                f.seq = place.seq;
+                f.dist = place.dist;
+            } else if place.seq == f.seq {
+                f.dist = f.dist.min(place.dist);
+            }
+            self.feasible.insert(0, f);
+        } else {
+            self.feasible.insert(
+                0,
+                Feasible {
+                    root: place.root,
+                    seq: place.seq,
+                    dist: place.dist,
+                },
+            );
+            self.feasible.truncate(MAX_FEASIBLE);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -330,6 +401,7 @@ impl Core {
             place: Place {
                 root: self.me,
                 rank: root_rank(topic, &self.me),
+                seq: 0,
                 dist: 0,
             },
             parent: None,
@@ -344,6 +416,11 @@ impl Core {
             cache: HashMap::new(),
             cache_order: VecDeque::new(),
             missing: BTreeMap::new(),
+            feasible: Vec::new(),
+            seq: 0,
+            refreshed: None,
+            raised: None,
+            raise: None,
             stats: TopicStats::default(),
         };
         for (peer, n) in &self.neighbours {
@@ -440,6 +517,9 @@ impl Core {
             return;
         };
         let mut best: Option<(Place, PeerId)> = None;
+        // Neighbours that offer a way to our current root that we may not take: if we lose
+        // that root, they are asked to have it refreshed.
+        let mut unfeasible = Vec::new();
         for (peer, n) in &self.neighbours {
             let Some(told) = n.told.get(topic) else {
                 continue;
@@ -450,6 +530,12 @@ impl Core {
                 || told.place.root == self.me
                 || told.place.dist >= MAX_TREE_DIST - 1
             {
+                continue;
+            }
+            if !state.feasible(&told.place) {
+                if told.place.root == state.own.place.root {
+                    unfeasible.push(*peer);
+                }
                 continue;
             }
             let better = match &best {
@@ -467,6 +553,7 @@ impl Core {
             place: Place {
                 root: self.me,
                 rank: root_rank(topic, &self.me),
+                seq: state.seq,
                 dist: 0,
             },
             parent: None,
@@ -496,6 +583,30 @@ impl Core {
         }
         state.eager = eager;
         state.lazy = lazy;
+        let old = state.own.place;
+        if old.root != own.place.root && old.root != self.me {
+            // We left our root with ways to it still offered that we may not take: ask for a
+            // new sequence number, which a live root gives and a dead one cannot.
+            let seq = state
+                .feasible
+                .iter()
+                .find(|f| f.root == old.root)
+                .map_or(old.seq, |f| f.seq)
+                .wrapping_add(1);
+            for peer in unfeasible {
+                out.push(Output::Send {
+                    peer,
+                    wire: Wire::Refresh {
+                        topic: topic.to_owned(),
+                        root: old.root,
+                        seq,
+                    },
+                });
+            }
+        }
+        if own.place.root != self.me {
+            state.told_place(&own.place);
+        }
         if own != state.own {
             if own.parent != state.own.parent {
                 state.stats.parent_changes += 1;
@@ -628,6 +739,7 @@ impl Core {
             Wire::Tree {
                 topic,
                 root,
+                seq,
                 dist,
                 parent,
             } => {
@@ -645,12 +757,74 @@ impl Core {
                     place: Place {
                         root,
                         rank: root_rank(&topic, &root),
+                        seq,
                         dist,
                     },
                     parent_is_us: parent,
                 };
                 n.told.insert(topic.clone(), told);
                 self.settle(&topic, out);
+            }
+            Wire::Refresh { topic, root, seq } => self.on_refresh(&topic, root, seq, now, out),
+        }
+    }
+
+    /// A node lost its way to `root` and asks for sequence number `seq`: the root raises its
+    /// own to it and tells its tree; any other node in that tree passes the request to its
+    /// parent, once per number. A node in another tree, or a dead root, lets it go.
+    fn on_refresh(
+        &mut self,
+        topic: &str,
+        root: PeerId,
+        seq: u16,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return;
+        };
+        if state.own.place.root != root {
+            return;
+        }
+        match state.own.parent {
+            None => {
+                if !newer(seq, state.seq) {
+                    return;
+                }
+                if let Some((waiting, at)) = state.raise {
+                    // A raise is waiting already: it goes as far as the highest asked.
+                    if newer(seq, waiting) {
+                        state.raise = Some((seq, at));
+                    }
+                    return;
+                }
+                let at = state.raised.map_or(now, |r| (r + RAISE_INTERVAL).max(now));
+                if at <= now {
+                    state.seq = seq;
+                    state.raised = Some(now);
+                    state.raise = None;
+                    self.settle(topic, out);
+                } else {
+                    state.raise = Some((seq, at));
+                }
+            }
+            Some(parent) => {
+                if state
+                    .refreshed
+                    .is_some_and(|(r, s)| r == root && !newer(seq, s))
+                    || !newer(seq, state.own.place.seq)
+                {
+                    return;
+                }
+                state.refreshed = Some((root, seq));
+                out.push(Output::Send {
+                    peer: parent,
+                    wire: Wire::Refresh {
+                        topic: topic.to_owned(),
+                        root,
+                        seq,
+                    },
+                });
             }
         }
     }
@@ -900,7 +1074,12 @@ impl Core {
             .flat_map(|t| t.missing.values().map(|m| m.due))
             .min();
         let pending = self.pending.values().map(|p| p.due).min();
-        [self.next_announce, missing, pending]
+        let raise = self
+            .topics
+            .values()
+            .filter_map(|t| t.raise.map(|(_, at)| at))
+            .min();
+        [self.next_announce, missing, pending, raise]
             .into_iter()
             .flatten()
             .min()
@@ -908,6 +1087,21 @@ impl Core {
 
     /// Sends due announcements, asks for overdue publications, expires caches and verdicts.
     pub(crate) fn poll(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let raises: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| t.raise.is_some_and(|(_, at)| at <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for topic in raises {
+            if let Some(state) = self.topics.get_mut(&topic) {
+                if let Some((seq, _)) = state.raise.take() {
+                    state.seq = seq;
+                    state.raised = Some(now);
+                }
+            }
+            self.settle(&topic, out);
+        }
         if self.next_announce.is_some_and(|at| at <= now) {
             self.next_announce = None;
             for (peer, n) in &mut self.neighbours {
@@ -1030,6 +1224,7 @@ fn tell(topic: &str, own: &Own, peer: PeerId) -> Output {
         wire: Wire::Tree {
             topic: topic.to_owned(),
             root: own.place.root,
+            seq: own.place.seq,
             dist: own.place.dist,
             parent: own.parent == Some(peer),
         },

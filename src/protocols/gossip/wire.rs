@@ -121,14 +121,22 @@ pub(crate) enum Wire {
     /// Send me these (a fetch: announced publications whose tree copy is late, and large
     /// ones, announced before they are pushed).
     Want { topic: String, ids: Vec<MsgId> },
-    /// The sender's place in `topic`'s tree: the root it reaches, in `dist` hops, and whether
-    /// the receiver is its parent (the next hop towards that root). Sent when it changes, and
-    /// to a neighbour that joins the topic.
+    /// The sender's place in `topic`'s tree: the root it reaches, that root's sequence number,
+    /// in `dist` hops, and whether the receiver is its parent (the next hop towards that root).
+    /// Sent when it changes, and to a neighbour that joins the topic.
     Tree {
         topic: String,
         root: PeerId,
+        seq: u16,
         dist: u8,
         parent: bool,
+    },
+    /// The sender lost its way to `root` and may take no other it was offered: `root`, raise
+    /// your sequence number to `seq` (passed up the tree to it), so newer ways can be taken.
+    Refresh {
+        topic: String,
+        root: PeerId,
+        seq: u16,
     },
 }
 
@@ -196,8 +204,14 @@ mod tests {
             Wire::Tree {
                 topic: "a".into(),
                 root: PeerId::from_bytes([5; 32]),
+                seq: 9,
                 dist: 2,
                 parent: true,
+            },
+            Wire::Refresh {
+                topic: "a".into(),
+                root: PeerId::from_bytes([5; 32]),
+                seq: 10,
             },
         ];
         for message in messages {
