@@ -584,9 +584,10 @@ impl Core {
         state.eager = eager;
         state.lazy = lazy;
         let old = state.own.place;
-        if old.root != own.place.root && old.root != self.me {
-            // We left our root with ways to it still offered that we may not take: ask for a
-            // new sequence number, which a live root gives and a dead one cannot.
+        if (own.place.rank, own.place.root) > (old.rank, old.root) && old.root != self.me {
+            // We lost our root (for a worse one) with ways to it still offered that we may
+            // not take: ask for a new sequence number, which a live root gives and a dead one
+            // cannot. (Leaving it for a better root needs nothing.)
             let seq = state
                 .feasible
                 .iter()
