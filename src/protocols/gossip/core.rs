@@ -193,8 +193,27 @@ const MAX_ASKS: u8 = 4;
 /// cut in two, each part with its own root, joined by fetches).
 const MAX_TREE_DIST: u8 = 32;
 
-/// Roots whose feasibility is remembered per topic (the current one and those left lately).
-const MAX_FEASIBLE: usize = 8;
+/// Roots whose feasibility is remembered per topic (the oldest record goes first past it).
+const MAX_FEASIBLE: usize = 64;
+
+/// How far ahead of our record a root's sequence number may be told: a root raises its number
+/// at most once per `RAISE_INTERVAL`, and every raise reaches us, so an honest neighbour is
+/// never far ahead. A place further ahead is refused and charged (it would make the ways our
+/// neighbours offer look old, and keep us out of the tree).
+const SEQ_WINDOW: u16 = 64;
+
+/// A refresh not answered (the better root's ways still not takeable) is asked again after
+/// this long.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
+
+/// A feasibility record not renewed for this long is forgotten (our own root's is renewed as
+/// long as we are in its tree): it is needed while an old tree empties (a second or two), and
+/// a record made from a lying neighbour's place must not keep this node out of the tree for
+/// ever.
+const FEASIBLE_TTL: Duration = Duration::from_secs(60);
+
+/// `Tree` and `Refresh` a neighbour may send per second, past a burst of one per topic.
+const TREE_RATE: u64 = 64;
 
 /// A root raises its sequence number at most this often: each raise is told down the whole
 /// tree, so a neighbour sending `Refresh` after `Refresh` must not make the root flood it.
@@ -222,6 +241,8 @@ struct Feasible {
     root: PeerId,
     seq: u16,
     dist: u8,
+    /// When it was last told (see `FEASIBLE_TTL`).
+    at: Instant,
 }
 
 /// `a` is a later sequence number than `b` (wrapping).
@@ -293,6 +314,9 @@ struct Topic {
     seq: u16,
     /// The last `Refresh` passed on towards the root (root, seq): each once.
     refreshed: Option<(PeerId, u16)>,
+    /// The last refresh this node asked for (root, seq, when), asked again after
+    /// `REFRESH_RETRY` while the better place stays out of reach.
+    asked: Option<(PeerId, u16, Instant)>,
     /// As root: when the sequence number was last raised, and a raise waiting for
     /// `RAISE_INTERVAL` to pass (to which number, when).
     raised: Option<Instant>,
@@ -310,8 +334,8 @@ impl Topic {
             .is_none_or(|f| newer(place.seq, f.seq) || (place.seq == f.seq && place.dist < f.dist))
     }
 
-    /// Records the place we tell (the newest first; the oldest root forgotten past the bound).
-    fn told_place(&mut self, place: &Place) {
+    /// Records the place we tell (the newest first; the oldest forgotten past the bound).
+    fn told_place(&mut self, place: &Place, now: Instant) {
         if let Some(i) = self.feasible.iter().position(|f| f.root == place.root) {
             let mut f = self.feasible.remove(i);
             if newer(place.seq, f.seq) {
@@ -320,6 +344,7 @@ impl Topic {
             } else if place.seq == f.seq {
                 f.dist = f.dist.min(place.dist);
             }
+            f.at = now;
             self.feasible.insert(0, f);
         } else {
             self.feasible.insert(
@@ -328,6 +353,7 @@ impl Topic {
                     root: place.root,
                     seq: place.seq,
                     dist: place.dist,
+                    at: now,
                 },
             );
             self.feasible.truncate(MAX_FEASIBLE);
@@ -346,6 +372,10 @@ struct Neighbour {
     /// Push allowance (token bucket, refilled per second).
     tokens: u64,
     refilled: Instant,
+    /// Allowance for `Tree` and `Refresh` (token bucket, `TREE_BURST` deep, refilled at
+    /// `TREE_RATE` per second): each may make this node tell all its neighbours.
+    tree_tokens: u64,
+    tree_refilled: Instant,
 }
 
 /// Gossip for one node.
@@ -353,6 +383,10 @@ struct Neighbour {
 pub(crate) struct Core {
     /// This node.
     me: PeerId,
+    /// The sequence number a topic's tree starts at when this node is its root: the driver
+    /// sets it from the wall clock in quarter seconds, which runs faster than a root may raise
+    /// (twice a second), so a node that restarts starts ahead of every number it used before.
+    seq_base: u16,
     limits: Limits,
     topics: HashMap<String, Topic>,
     neighbours: PeerMap<Neighbour>,
@@ -364,12 +398,18 @@ impl Core {
     pub(crate) fn new(limits: Limits, me: PeerId) -> Self {
         Self {
             me,
+            seq_base: 0,
             limits,
             topics: HashMap::new(),
             neighbours: PeerMap::default(),
             pending: HashMap::new(),
             next_announce: None,
         }
+    }
+
+    /// Sets the sequence number trees joined from now on start at (see `Core::seq_base`).
+    pub(crate) fn set_seq_base(&mut self, base: u16) {
+        self.seq_base = base;
     }
 
     // ---- membership ----
@@ -401,7 +441,7 @@ impl Core {
             place: Place {
                 root: self.me,
                 rank: root_rank(topic, &self.me),
-                seq: 0,
+                seq: self.seq_base,
                 dist: 0,
             },
             parent: None,
@@ -417,8 +457,9 @@ impl Core {
             cache_order: VecDeque::new(),
             missing: BTreeMap::new(),
             feasible: Vec::new(),
-            seq: 0,
+            seq: self.seq_base,
             refreshed: None,
+            asked: None,
             raised: None,
             raise: None,
             stats: TopicStats::default(),
@@ -455,7 +496,11 @@ impl Core {
         }
         if self.topics.remove(topic).is_some() {
             self.pending.retain(|_, p| p.publication.topic != topic);
-            for peer in self.neighbours.keys() {
+            for (peer, n) in &mut self.neighbours {
+                // What they told of this topic's tree, and ids waiting to be announced, go too:
+                // joined again, the topic starts afresh.
+                n.told.remove(topic);
+                n.announce.remove(topic);
                 out.push(Output::Send {
                     peer: *peer,
                     wire: Wire::Leave {
@@ -474,6 +519,8 @@ impl Core {
             announce: BTreeMap::new(),
             tokens: self.limits.max_pushes_per_sec,
             refilled: now,
+            tree_tokens: self.limits.max_topics as u64 + TREE_RATE,
+            tree_refilled: now,
         });
         let topics: Vec<String> = self.topics.keys().cloned().collect();
         for batch in topics.chunks(256) {
@@ -488,7 +535,7 @@ impl Core {
 
     /// A neighbour left: it leaves every topic (a tree it was in settles without it); what
     /// only it announced is asked elsewhere (or given up).
-    pub(crate) fn on_disconnected(&mut self, peer: PeerId, out: &mut Vec<Output>) {
+    pub(crate) fn on_disconnected(&mut self, peer: PeerId, now: Instant, out: &mut Vec<Output>) {
         let Some(gone) = self.neighbours.remove(&peer) else {
             return;
         };
@@ -502,25 +549,29 @@ impl Core {
                 missing.announcers.retain(|p| *p != peer);
             }
             state.missing.retain(|_, m| !m.announcers.is_empty());
-            self.settle(&topic, out);
+            self.settle(&topic, now, out);
         }
     }
 
     /// Recomputes this node's place in `topic`'s tree from what the neighbours told: the
-    /// parent is the neighbour nearest the best root (the current parent kept on a tie, so
-    /// the first neighbour to offer the shortest way, usually the fastest, stays); this node
-    /// is the root when nobody offers a better one. The links follow: eager to the parent and
-    /// to the children, lazy to the rest. A changed place is told to every neighbour in the
-    /// topic.
-    fn settle(&mut self, topic: &str, out: &mut Vec<Output>) {
+    /// parent is the neighbour nearest the best root among the ways it may take (feasible:
+    /// see [`Feasible`]), the current parent kept on a tie (so the first neighbour to offer the
+    /// shortest way, usually the fastest, stays); this node is the root when nobody offers a
+    /// better one. The links follow: eager to the parent and to the children, lazy to the
+    /// rest. A changed place is told to every neighbour in the topic. When a better place is
+    /// offered only on ways it may not take, the neighbours offering it are asked to have its
+    /// root refresh its sequence number (again after `REFRESH_RETRY` while that lasts).
+    fn settle(&mut self, topic: &str, now: Instant, out: &mut Vec<Output>) {
         let Some(state) = self.topics.get_mut(topic) else {
             return;
         };
         let mut best: Option<(Place, PeerId)> = None;
-        // Neighbours that offer a way to our current root that we may not take: if we lose
-        // that root, they are asked to have it refreshed.
-        let mut unfeasible = Vec::new();
+        // The best place offered on a way we may not take, and who offers its root so.
+        let mut blocked: Option<Place> = None;
         for (peer, n) in &self.neighbours {
+            if !n.topics.contains(topic) {
+                continue;
+            }
             let Some(told) = n.told.get(topic) else {
                 continue;
             };
@@ -533,8 +584,8 @@ impl Core {
                 continue;
             }
             if !state.feasible(&told.place) {
-                if told.place.root == state.own.place.root {
-                    unfeasible.push(*peer);
+                if blocked.is_none_or(|b| told.place.key() < b.key()) {
+                    blocked = Some(told.place);
                 }
                 continue;
             }
@@ -561,7 +612,7 @@ impl Core {
         let own = match best {
             Some((place, peer)) if place.key() < alone.place.key() => Own {
                 place: Place {
-                    dist: place.dist + 1,
+                    dist: place.dist.saturating_add(1),
                     ..place
                 },
                 parent: Some(peer),
@@ -583,30 +634,53 @@ impl Core {
         }
         state.eager = eager;
         state.lazy = lazy;
-        let old = state.own.place;
-        if (own.place.rank, own.place.root) > (old.rank, old.root) && old.root != self.me {
-            // We lost our root (for a worse one) with ways to it still offered that we may
-            // not take: ask for a new sequence number, which a live root gives and a dead one
-            // cannot. (Leaving it for a better root needs nothing.)
-            let seq = state
-                .feasible
-                .iter()
-                .find(|f| f.root == old.root)
-                .map_or(old.seq, |f| f.seq)
-                .wrapping_add(1);
-            for peer in unfeasible {
-                out.push(Output::Send {
-                    peer,
-                    wire: Wire::Refresh {
-                        topic: topic.to_owned(),
-                        root: old.root,
-                        seq,
-                    },
+        // A better place than ours is offered, but only on ways we may not take (they may
+        // lead through us, as far as we know): ask the root, through those neighbours, for a
+        // newer sequence number. A live root gives one; a dead one cannot, and its old ways
+        // die out.
+        match blocked {
+            Some(b)
+                if Place {
+                    dist: b.dist.saturating_add(1),
+                    ..b
+                }
+                .key()
+                    < own.place.key() =>
+            {
+                let seq = state
+                    .feasible
+                    .iter()
+                    .find(|f| f.root == b.root)
+                    .map_or(b.seq, |f| f.seq)
+                    .wrapping_add(1);
+                let due = state.asked.is_none_or(|(root, asked, at)| {
+                    root != b.root || asked != seq || now >= at + REFRESH_RETRY
                 });
+                if due {
+                    state.asked = Some((b.root, seq, now));
+                    for (peer, n) in &self.neighbours {
+                        if n.told.get(topic).is_some_and(|t| t.place.root == b.root) {
+                            out.push(Output::Send {
+                                peer: *peer,
+                                wire: Wire::Refresh {
+                                    topic: topic.to_owned(),
+                                    root: b.root,
+                                    seq,
+                                },
+                            });
+                        }
+                    }
+                }
             }
+            _ => state.asked = None,
         }
+        // Feasibility records: of our root, and of roots still offered (a record nobody needs
+        // any more is forgotten, so a root that comes back later starts afresh).
+        state
+            .feasible
+            .retain(|f| f.root == own.place.root || now < f.at + FEASIBLE_TTL);
         if own.place.root != self.me {
-            state.told_place(&own.place);
+            state.told_place(&own.place, now);
         }
         if own != state.own {
             if own.parent != state.own.parent {
@@ -721,14 +795,19 @@ impl Core {
             Wire::Join { topics } => self.on_join(peer, topics, out),
             Wire::Leave { topics } => {
                 for topic in topics {
-                    if let Some(n) = self.neighbours.get_mut(&peer) {
-                        n.topics.remove(&topic);
+                    // Only a topic it was in counts (a list of names it never joined, or the
+                    // same name again, costs nothing).
+                    let was_in = self.neighbours.get_mut(&peer).is_some_and(|n| {
                         n.told.remove(&topic);
+                        n.topics.remove(&topic)
+                    });
+                    if !was_in {
+                        continue;
                     }
                     if let Some(state) = self.topics.get_mut(&topic) {
                         state.eager.remove(&peer);
                         state.lazy.remove(&peer);
-                        self.settle(&topic, out);
+                        self.settle(&topic, now, out);
                     }
                 }
             }
@@ -744,8 +823,30 @@ impl Core {
                 dist,
                 parent,
             } => {
+                if !self.tree_allowance(peer, now, out) {
+                    return;
+                }
                 // Only for a topic both take part in (its join came first on this link).
-                if !self.topics.contains_key(&topic) {
+                let Some(state) = self.topics.get(&topic) else {
+                    return;
+                };
+                if dist == 0 && root != peer {
+                    // Only a root is 0 hops from its root.
+                    out.push(Output::Charge {
+                        peer,
+                        points: 10,
+                        why: "gossip tree place 0 hops from another node",
+                    });
+                    return;
+                }
+                if state.feasible.iter().any(|f| {
+                    f.root == root && newer(seq, f.seq) && seq.wrapping_sub(f.seq) > SEQ_WINDOW
+                }) {
+                    out.push(Output::Charge {
+                        peer,
+                        points: 1,
+                        why: "gossip tree sequence number far ahead of its root's",
+                    });
                     return;
                 }
                 let Some(n) = self.neighbours.get_mut(&peer) else {
@@ -764,14 +865,44 @@ impl Core {
                     parent_is_us: parent,
                 };
                 n.told.insert(topic.clone(), told);
-                self.settle(&topic, out);
+                self.settle(&topic, now, out);
             }
-            Wire::Refresh { topic, root, seq } => self.on_refresh(&topic, root, seq, now, out),
+            Wire::Refresh { topic, root, seq } => {
+                if self.tree_allowance(peer, now, out) {
+                    self.on_refresh(&topic, root, seq, now, out);
+                }
+            }
         }
     }
 
+    /// Takes one of `peer`'s `Tree`/`Refresh` tokens; none left: the message is dropped and
+    /// the neighbour charged a point.
+    fn tree_allowance(&mut self, peer: PeerId, now: Instant, out: &mut Vec<Output>) -> bool {
+        let burst = self.limits.max_topics as u64 + TREE_RATE;
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return false;
+        };
+        let elapsed = now.saturating_duration_since(n.tree_refilled);
+        let refill = (elapsed.as_micros() as u64).saturating_mul(TREE_RATE) / 1_000_000;
+        if refill > 0 {
+            n.tree_tokens = (n.tree_tokens + refill).min(burst);
+            n.tree_refilled = now;
+        }
+        if n.tree_tokens == 0 {
+            out.push(Output::Charge {
+                peer,
+                points: 1,
+                why: "gossip tree messages over their rate",
+            });
+            return false;
+        }
+        n.tree_tokens -= 1;
+        true
+    }
+
     /// A node lost its way to `root` and asks for sequence number `seq`: the root raises its
-    /// own to it and tells its tree; any other node in that tree passes the request to its
+    /// own (to `seq` if that is at most `SEQ_WINDOW` ahead, else by one: a neighbour cannot
+    /// move it far) and tells its tree; any other node in that tree passes the request to its
     /// parent, once per number. A node in another tree, or a dead root, lets it go.
     fn on_refresh(
         &mut self,
@@ -792,6 +923,11 @@ impl Core {
                 if !newer(seq, state.seq) {
                     return;
                 }
+                let seq = if seq.wrapping_sub(state.seq) <= SEQ_WINDOW {
+                    seq
+                } else {
+                    state.seq.wrapping_add(1)
+                };
                 if let Some((waiting, at)) = state.raise {
                     // A raise is waiting already: it goes as far as the highest asked.
                     if newer(seq, waiting) {
@@ -804,7 +940,7 @@ impl Core {
                     state.seq = seq;
                     state.raised = Some(now);
                     state.raise = None;
-                    self.settle(topic, out);
+                    self.settle(topic, now, out);
                 } else {
                     state.raise = Some((seq, at));
                 }
@@ -1101,7 +1237,7 @@ impl Core {
                     state.raised = Some(now);
                 }
             }
-            self.settle(&topic, out);
+            self.settle(&topic, now, out);
         }
         if self.next_announce.is_some_and(|at| at <= now) {
             self.next_announce = None;
@@ -1208,6 +1344,12 @@ impl Core {
         self.topics
             .get(topic)
             .map(|t| (t.own.place.root, t.own.place.dist, t.own.parent))
+    }
+
+    /// The sequence number of `topic`'s root as this node knows it.
+    #[cfg(test)]
+    pub(crate) fn root_seq(&self, topic: &str) -> Option<u16> {
+        self.topics.get(topic).map(|t| t.own.place.seq)
     }
 
     /// (eager, lazy) neighbours of `topic`.

@@ -229,7 +229,7 @@ fn the_parent_is_the_neighbour_nearest_the_best_root_and_a_tie_keeps_the_first()
     );
     // A root that ranks below its own is not taken.
     out.clear();
-    core.on_wire(peer(1), place(worst, 0, false), now, &mut yes, &mut out);
+    core.on_wire(peer(1), place(worst, 1, false), now, &mut yes, &mut out);
     assert_eq!(core.place("t"), Some((me, 0, None)));
     assert!(out.is_empty());
     // A better root, 3 hops from neighbour 1: 1 is the parent, and everybody is told.
@@ -276,14 +276,21 @@ fn the_parent_is_the_neighbour_nearest_the_best_root_and_a_tie_keeps_the_first()
             (peer(3), &refresh)
         ]
     );
-    // A better root, even farther: taken.
+    // A better root, even farther: taken. Leaving a root for a better one asks for nothing.
+    out.clear();
     core.on_wire(peer(2), place(best, 9, false), now, &mut yes, &mut out);
     assert_eq!(core.place("t"), Some((best, 10, Some(peer(2)))));
+    assert!(
+        !sends(&out)
+            .iter()
+            .any(|(_, w)| matches!(w, Wire::Refresh { .. })),
+        "{out:?}"
+    );
     // A neighbour that takes us as parent is a child: its link is eager too, and it is never
     // our parent, whatever it offers.
     core.on_wire(peer(1), place(best, 11, true), now, &mut yes, &mut out);
     assert_eq!(core.links("t"), (2, 1));
-    core.on_wire(peer(1), place(best, 0, true), now, &mut yes, &mut out);
+    core.on_wire(peer(1), place(best, 1, true), now, &mut yes, &mut out);
     assert_eq!(core.place("t"), Some((best, 10, Some(peer(2)))));
     // A way at the distance bound is no way.
     core.on_wire(
@@ -297,7 +304,7 @@ fn the_parent_is_the_neighbour_nearest_the_best_root_and_a_tie_keeps_the_first()
     // The parent leaves: the best way left is taken (3 offers `best` at the bound, so none
     // is left towards it, and 3's old offer of `worse` is gone): alone again.
     out.clear();
-    core.on_disconnected(peer(2), &mut out);
+    core.on_disconnected(peer(2), now, &mut out);
     assert_eq!(core.place("t"), Some((me, 0, None)));
     assert_eq!(core.stats("t").unwrap().parent_changes, 5);
     // A duplicate along the tree changes nothing in it (the tree is the places, not the copies).
@@ -368,13 +375,18 @@ impl Net {
         while !queue.is_empty() {
             let mut next = Vec::new();
             for (from, output) in queue {
-                let Output::Send { peer, wire } = output else {
-                    continue;
+                let (peer, wire) = match output {
+                    Output::Send { peer, wire } => (peer, wire),
+                    Output::Charge { peer, why, .. } => {
+                        panic!("core {from} charged {peer:?} ({why}): honest cores never are")
+                    }
+                    Output::Deliver { .. } => continue,
                 };
                 let to = index(peer);
-                if !self.links.contains(&(from, to)) && !self.links.contains(&(to, from)) {
-                    continue;
-                }
+                assert!(
+                    self.links.contains(&(from, to)) || self.links.contains(&(to, from)),
+                    "core {from} sent {wire:?} to core {to}, which it has no link to"
+                );
                 delivered += 1;
                 assert!(delivered < 100_000, "the trees never settled");
                 let mut out = Vec::new();
@@ -413,6 +425,32 @@ impl Net {
         );
     }
 
+    /// Cuts the link between cores `a` and `b` (both are told), then delivers until quiet.
+    fn cut(&mut self, a: usize, b: usize) -> usize {
+        let ids = by_rank(self.cores.len() as u8);
+        self.links.retain(|&l| l != (a, b) && l != (b, a));
+        let mut queue = Vec::new();
+        for (i, other) in [(a, b), (b, a)] {
+            let mut out = Vec::new();
+            self.cores[i].on_disconnected(ids[other], Instant::now(), &mut out);
+            queue.extend(out.into_iter().map(|o| (i, o)));
+        }
+        self.run(queue)
+    }
+
+    /// Links cores `a` and `b` (both are told they connected), then delivers until quiet.
+    fn link(&mut self, a: usize, b: usize) -> usize {
+        let ids = by_rank(self.cores.len() as u8);
+        self.links.push((a, b));
+        let mut queue = Vec::new();
+        for (i, other) in [(a, b), (b, a)] {
+            let mut out = Vec::new();
+            self.cores[i].on_connected(ids[other], Instant::now(), &mut out);
+            queue.extend(out.into_iter().map(|o| (i, o)));
+        }
+        self.run(queue)
+    }
+
     /// Cuts core `i` off: its neighbours are told it disconnected. Returns the messages the
     /// others exchanged before they settled.
     fn kill(&mut self, i: usize) -> usize {
@@ -427,7 +465,7 @@ impl Net {
                 continue;
             };
             let mut out = Vec::new();
-            self.cores[other].on_disconnected(ids[i], &mut out);
+            self.cores[other].on_disconnected(ids[i], Instant::now(), &mut out);
             queue.extend(out.into_iter().map(|o| (other, o)));
         }
         self.links.retain(|&(a, b)| a != i && b != i);
@@ -469,8 +507,14 @@ fn a_node_whose_only_way_left_is_longer_has_the_root_refresh_its_tree() {
     // 1 dies: the way through 4 is longer than the one 2 told, so 2 may not take it (for all
     // 2 knows it leads back through itself) until the root, asked through 4 and 3, raises its
     // sequence number; then 2 takes it.
+    let seq = net.cores[0].root_seq("t");
     net.kill(1);
     net.check(0, &[0, 2, 3, 4]);
+    assert_ne!(
+        net.cores[0].root_seq("t"),
+        seq,
+        "the root raised its number"
+    );
 }
 
 #[test]
@@ -689,6 +733,13 @@ fn a_root_raises_its_number_at_most_once_per_interval() {
     assert_eq!(core.next_deadline(), Some(t0 + RAISE_INTERVAL));
     core.poll(t0 + RAISE_INTERVAL, &mut out);
     assert_eq!(raised_to(&out), vec![49, 49]);
+    // That raise starts the next interval.
+    out.clear();
+    let just_after = t0 + RAISE_INTERVAL + Duration::from_millis(1);
+    core.on_wire(peer(1), refresh(50), just_after, &mut yes, &mut out);
+    assert!(out.is_empty(), "raised again within the interval: {out:?}");
+    core.poll(t0 + RAISE_INTERVAL * 2, &mut out);
+    assert_eq!(raised_to(&out), vec![50, 50]);
     // An old number is no request.
     out.clear();
     core.on_wire(
@@ -699,4 +750,143 @@ fn a_root_raises_its_number_at_most_once_per_interval() {
         &mut out,
     );
     assert!(out.is_empty());
+}
+
+#[test]
+fn a_node_cut_off_and_linked_again_at_the_same_distance_rejoins_through_a_refresh() {
+    // 0 is the root. 1 hangs under 0, 2 under 1; 3 hangs under 4 under 0.
+    let mut net = Net::new(5, &[(0, 1), (1, 2), (0, 4), (4, 3)]);
+    net.check(0, &[0, 1, 2, 3, 4]);
+    let seq = net.cores[0].root_seq("t");
+    // 2 loses its link: it is its own root now, with 0's record at 2 hops kept.
+    net.cut(1, 2);
+    assert_eq!(net.cores[2].place("t").map(|(_, dist, _)| dist), Some(0));
+    // Linked to 3, also 2 hops from 0: not shorter than 2's record, so not feasible, but a
+    // better root than 2 itself. 2 asks for a refresh; the root raises its number; 2 rejoins.
+    net.link(2, 3);
+    net.check(0, &[0, 1, 2, 3, 4]);
+    assert_ne!(
+        net.cores[0].root_seq("t"),
+        seq,
+        "the root raised its number"
+    );
+}
+
+#[test]
+fn a_way_at_the_distance_bound_is_not_taken_and_impossible_places_are_charged() {
+    let now = Instant::now();
+    let ranked = by_rank(3);
+    let (best, me) = (ranked[0], ranked[2]);
+    let mut core = lazy_node(&[1, 2], now);
+    let _ = me;
+    let mut out = Vec::new();
+    // A better root we never heard of, at the bound and far beyond it: no way.
+    for dist in [MAX_TREE_DIST - 1, u8::MAX] {
+        core.on_wire(peer(1), place(best, dist, false), now, &mut yes, &mut out);
+        assert_eq!(core.place("t").map(|(root, ..)| root), Some(peer(100)));
+    }
+    assert!(out.is_empty(), "{out:?}");
+    // 0 hops from a root that is not the sender: only a root is 0 hops from itself.
+    core.on_wire(peer(1), place(best, 0, false), now, &mut yes, &mut out);
+    assert!(matches!(out[..], [Output::Charge { points: 10, .. }]));
+    assert_eq!(core.place("t").map(|(root, ..)| root), Some(peer(100)));
+    // Taken at 2 hops; then a sequence number far ahead of the one recorded is refused.
+    out.clear();
+    core.on_wire(peer(2), place(best, 2, false), now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((best, 3, Some(peer(2)))));
+    out.clear();
+    core.on_wire(
+        peer(1),
+        Wire::Tree {
+            topic: "t".into(),
+            root: best,
+            seq: SEQ_WINDOW + 1,
+            dist: 1,
+            parent: false,
+        },
+        now,
+        &mut yes,
+        &mut out,
+    );
+    assert!(matches!(out[..], [Output::Charge { points: 1, .. }]));
+    assert_eq!(core.place("t"), Some((best, 3, Some(peer(2)))));
+}
+
+#[test]
+fn a_refresh_is_passed_up_once_per_number() {
+    let now = Instant::now();
+    let ranked = by_rank(2);
+    let root = ranked[0];
+    let mut core = lazy_node(&[1, 2], now);
+    let mut out = Vec::new();
+    core.on_wire(peer(1), place(root, 1, false), now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((root, 2, Some(peer(1)))));
+    let refresh = |seq| Wire::Refresh {
+        topic: "t".into(),
+        root,
+        seq,
+    };
+    let passed = |out: &[Output]| -> Vec<(PeerId, Wire)> {
+        sends(out)
+            .into_iter()
+            .filter(|(_, w)| matches!(w, Wire::Refresh { .. }))
+            .map(|(p, w)| (p, w.clone()))
+            .collect()
+    };
+    out.clear();
+    core.on_wire(peer(2), refresh(1), now, &mut yes, &mut out);
+    assert_eq!(passed(&out), vec![(peer(1), refresh(1))], "to the parent");
+    out.clear();
+    core.on_wire(peer(2), refresh(1), now, &mut yes, &mut out);
+    core.on_wire(peer(2), refresh(0), now, &mut yes, &mut out);
+    assert!(
+        passed(&out).is_empty(),
+        "the same number again, or an old one"
+    );
+    // For a root it is not under, nothing.
+    core.on_wire(
+        peer(2),
+        Wire::Refresh {
+            topic: "t".into(),
+            root: ranked[1],
+            seq: 5,
+        },
+        now,
+        &mut yes,
+        &mut out,
+    );
+    assert!(passed(&out).is_empty());
+    core.on_wire(peer(2), refresh(2), now, &mut yes, &mut out);
+    assert_eq!(passed(&out), vec![(peer(1), refresh(2))]);
+}
+
+#[test]
+fn a_neighbour_that_leaves_the_topic_is_no_longer_the_parent() {
+    let now = Instant::now();
+    let ranked = by_rank(2);
+    let mut core = lazy_node(&[1, 2], now);
+    let mut out = Vec::new();
+    core.on_wire(peer(1), place(ranked[0], 1, false), now, &mut yes, &mut out);
+    core.on_wire(peer(2), place(ranked[0], 1, false), now, &mut yes, &mut out);
+    let parent = core.place("t").and_then(|(_, _, p)| p);
+    assert!(parent.is_some());
+    let (gone, other) = if parent == Some(peer(1)) {
+        (peer(1), peer(2))
+    } else {
+        (peer(2), peer(1))
+    };
+    // Its leave, with its name listed again and names it never joined: one settle.
+    out.clear();
+    core.on_wire(
+        gone,
+        Wire::Leave {
+            topics: vec!["t".into(), "t".into(), "never".into()],
+        },
+        now,
+        &mut yes,
+        &mut out,
+    );
+    assert_eq!(core.place("t"), Some((ranked[0], 2, Some(other))));
+    assert_eq!(core.links("t"), (1, 0), "the one left is the parent");
+    assert_eq!(told(&out).len(), 1, "told once, to the one left");
 }

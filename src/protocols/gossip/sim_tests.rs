@@ -120,6 +120,10 @@ impl Sim {
                 match output {
                     Output::Send { peer, wire } => {
                         let to = self.index[&peer];
+                        assert!(
+                            self.links[node].contains_key(&to) || !self.alive[to],
+                            "node {node} sent to node {to}, which it has no link to"
+                        );
                         if let Some(latency) = self.links[node].get(&to).copied() {
                             self.schedule(
                                 self.now + latency,
@@ -208,7 +212,7 @@ impl Sim {
             self.links[j].remove(&node);
             if self.alive[j] {
                 let mut out = Vec::new();
-                self.nodes[j].on_disconnected(id_of(node), &mut out);
+                self.nodes[j].on_disconnected(id_of(node), self.now, &mut out);
                 self.apply(j, out);
             }
         }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -44,7 +44,17 @@ struct State {
     scores: Scores,
     verifier: VerifierCache,
     armed: Option<Instant>,
+    /// The latest `Tree` and `Refresh` per (neighbour, topic, kind) that found its queue full:
+    /// sent again every `RESEND_EVERY` until it goes (a newer one replaces it). Places are
+    /// told once, so one lost would leave a link eager at one end only.
+    resend: HashMap<(PeerId, String, u8), Bytes>,
 }
+
+/// How often messages waiting in `State::resend` are tried again.
+const RESEND_EVERY: Duration = Duration::from_millis(20);
+
+/// Messages waiting to be sent again, at most (past it one is dropped, counted).
+const MAX_RESEND: usize = 65_536;
 
 #[derive(Debug)]
 struct Inner {
@@ -80,9 +90,25 @@ impl Inner {
             for output in outputs {
                 match output {
                     Output::Send { peer, wire } => {
-                        let sent = encode_message(&wire, self.channel.max_message_size())
-                            .ok()
-                            .is_some_and(|bytes| self.channel.try_send(peer, &bytes).is_ok());
+                        let again = match &wire {
+                            Wire::Tree { topic, .. } => Some((peer, topic.clone(), 0)),
+                            Wire::Refresh { topic, .. } => Some((peer, topic.clone(), 1)),
+                            _ => None,
+                        };
+                        let bytes = encode_message(&wire, self.channel.max_message_size()).ok();
+                        let sent = bytes
+                            .as_ref()
+                            .is_some_and(|bytes| self.channel.try_send(peer, bytes).is_ok());
+                        if let (Some(key), Some(bytes)) = (again, bytes) {
+                            if sent {
+                                state.resend.remove(&key);
+                            } else if state.resend.len() < MAX_RESEND
+                                || state.resend.contains_key(&key)
+                            {
+                                state.resend.insert(key, bytes);
+                                continue;
+                            }
+                        }
                         if !sent {
                             // A full queue to a slow neighbour: gossip recovers (announcements
                             // and repairs go around it), so the message is dropped, counted.
@@ -151,12 +177,21 @@ pub(super) fn spawn(
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0));
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
-            core: Core::new(config.limits(), face.local_peer_id()),
+            core: {
+                let mut core = Core::new(config.limits(), face.local_peer_id());
+                // Quarter seconds of the wall clock (see `Core::seq_base`); wrapping is meant.
+                let quarters = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() / 250);
+                core.set_seq_base(quarters as u16);
+                core
+            },
             subscriptions: HashMap::new(),
             relayed: HashSet::new(),
             scores: Scores::default(),
             verifier: VerifierCache::default(),
             armed: None,
+            resend: HashMap::new(),
         }),
         config,
         channel,
@@ -192,6 +227,10 @@ async fn run(
         let deadline = {
             let mut state = inner.state.lock();
             state.armed = state.core.next_deadline();
+            if !state.resend.is_empty() {
+                let soon = Instant::now() + RESEND_EVERY;
+                state.armed = Some(state.armed.map_or(soon, |at| at.min(soon)));
+            }
             state.armed
         };
         let sleep = crate::protocols::sleep_until(deadline);
@@ -211,7 +250,8 @@ async fn run(
                 Ok(NetworkEvent::Disconnected { peer, .. }) => {
                     inner.with(|state, out| {
                         state.scores.forget(&peer);
-                        state.core.on_disconnected(peer, out);
+                        state.resend.retain(|(to, _, _), _| *to != peer);
+                        state.core.on_disconnected(peer, Instant::now(), out);
                     });
                 }
                 Ok(_) => {}
@@ -219,7 +259,13 @@ async fn run(
                 Err(RecvError::Closed) => break,
             },
             () = sleep => {
-                inner.with(|state, out| state.core.poll(Instant::now(), out));
+                inner.with(|state, out| {
+                    let channel = &inner.channel;
+                    state
+                        .resend
+                        .retain(|(peer, _, _), bytes| channel.try_send(*peer, bytes).is_err());
+                    state.core.poll(Instant::now(), out);
+                });
             }
             () = inner.wake.notified() => {}
         }
@@ -260,7 +306,7 @@ fn reconcile(inner: &Inner) {
     inner.with(|state, out| {
         for peer in state.core.neighbours() {
             if !connected.contains(&peer) {
-                state.core.on_disconnected(peer, out);
+                state.core.on_disconnected(peer, now, out);
             }
         }
         for peer in &connected {
