@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use super::wire::{MsgId, Publication, Wire, root_rank};
 use crate::identity::{PeerId, PeerMap};
+use crate::protocols::Bucket;
 
 /// The bounds and timings the core works with (see `GossipConfig` for meanings and defaults).
 #[derive(Debug, Clone)]
@@ -369,13 +370,11 @@ struct Neighbour {
     told: HashMap<String, Told>,
     /// Ids (with their hops) to announce to it, by topic, sent every `announce_interval`.
     announce: BTreeMap<String, Vec<(MsgId, u8)>>,
-    /// Push allowance (token bucket, refilled per second).
-    tokens: u64,
-    refilled: Instant,
-    /// Allowance for `Tree` and `Refresh` (token bucket, `TREE_BURST` deep, refilled at
-    /// `TREE_RATE` per second): each may make this node tell all its neighbours.
-    tree_tokens: u64,
-    tree_refilled: Instant,
+    /// Push allowance (`max_pushes_per_sec`, as deep).
+    pushes: Bucket,
+    /// Allowance for `Tree` and `Refresh` (`max_topics` + `TREE_RATE` deep, `TREE_RATE` per
+    /// second): each may make this node tell all its neighbours.
+    trees: Bucket,
 }
 
 /// Gossip for one node.
@@ -517,10 +516,8 @@ impl Core {
             topics: HashSet::new(),
             told: HashMap::new(),
             announce: BTreeMap::new(),
-            tokens: self.limits.max_pushes_per_sec,
-            refilled: now,
-            tree_tokens: self.limits.max_topics as u64 + TREE_RATE,
-            tree_refilled: now,
+            pushes: Bucket::full(self.limits.max_pushes_per_sec, now),
+            trees: Bucket::full(self.limits.max_topics as u64 + TREE_RATE, now),
         });
         let topics: Vec<String> = self.topics.keys().cloned().collect();
         for batch in topics.chunks(256) {
@@ -882,22 +879,15 @@ impl Core {
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return false;
         };
-        let elapsed = now.saturating_duration_since(n.tree_refilled);
-        let refill = (elapsed.as_micros() as u64).saturating_mul(TREE_RATE) / 1_000_000;
-        if refill > 0 {
-            n.tree_tokens = (n.tree_tokens + refill).min(burst);
-            n.tree_refilled = now;
+        if n.trees.take(TREE_RATE, burst, now) {
+            return true;
         }
-        if n.tree_tokens == 0 {
-            out.push(Output::Charge {
-                peer,
-                points: 1,
-                why: "gossip tree messages over their rate",
-            });
-            return false;
-        }
-        n.tree_tokens -= 1;
-        true
+        out.push(Output::Charge {
+            peer,
+            points: 1,
+            why: "gossip tree messages over their rate",
+        });
+        false
     }
 
     /// A node lost its way to `root` and asks for sequence number `seq`: the root raises its
@@ -1011,20 +1001,13 @@ impl Core {
         let limits = self.limits.clone();
         if limits.max_pushes_per_sec > 0 {
             if let Some(n) = self.neighbours.get_mut(&peer) {
-                let elapsed = now.saturating_duration_since(n.refilled);
-                let refill = (elapsed.as_micros() as u64).saturating_mul(limits.max_pushes_per_sec)
-                    / 1_000_000;
-                if refill > 0 {
-                    n.tokens = (n.tokens + refill).min(limits.max_pushes_per_sec);
-                    n.refilled = now;
-                }
-                if n.tokens == 0 {
+                let rate = limits.max_pushes_per_sec;
+                if !n.pushes.take(rate, rate, now) {
                     if let Some(state) = self.topics.get_mut(&publication.topic) {
                         state.stats.dropped += 1;
                     }
                     return;
                 }
-                n.tokens -= 1;
             }
         }
         let Some(state) = self.topics.get_mut(&publication.topic) else {

@@ -3,6 +3,7 @@
 //! asked (client) and the ones it is answering (server). The driver (`task.rs` and the
 //! handles) keeps only the waiters, keyed by the ids this core hands out.
 
+use crate::protocols::Bucket;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -132,8 +133,8 @@ struct Incoming {
 #[derive(Debug)]
 struct PeerIn {
     in_flight: usize,
-    busy_tokens: u64,
-    refilled: Instant,
+    /// Busy answers allowed before the peer is charged.
+    busy: Bucket,
 }
 
 /// Both sides of the request protocol for one node.
@@ -444,8 +445,7 @@ impl Core {
         let max_per_peer = self.limits.max_inbound_per_peer;
         let state = self.in_per_peer.entry(peer).or_insert(PeerIn {
             in_flight: 0,
-            busy_tokens: allowance,
-            refilled: now,
+            busy: Bucket::full(allowance, now),
         });
         if state.in_flight >= max_per_peer || self.in_total >= self.limits.max_inbound_total {
             self.counts.busy_sent += 1;
@@ -459,16 +459,8 @@ impl Core {
                 stream: false,
             });
             // Busy is cheap to answer; a peer that keeps asking far past it is charged.
-            let elapsed = now.saturating_duration_since(state.refilled);
-            let refill = (elapsed.as_micros() as u64).saturating_mul(allowance) / 1_000_000;
-            if refill > 0 {
-                state.busy_tokens = (state.busy_tokens + refill).min(allowance);
-                state.refilled = now;
-            }
-            if state.busy_tokens == 0 {
+            if !state.busy.take(allowance, allowance, now) {
                 self.violation(peer, out);
-            } else {
-                state.busy_tokens -= 1;
             }
             return;
         }
