@@ -890,3 +890,186 @@ fn a_neighbour_that_leaves_the_topic_is_no_longer_the_parent() {
     assert_eq!(core.links("t"), (1, 0), "the one left is the parent");
     assert_eq!(told(&out).len(), 1, "told once, to the one left");
 }
+
+#[test]
+fn a_tree_joined_starts_at_the_sequence_number_the_driver_sets() {
+    let now = Instant::now();
+    let mut core = Core::new(Limits::for_tests(), peer(100));
+    core.set_seq_base(500);
+    let mut out = Vec::new();
+    core.join("t", true, &mut out).unwrap();
+    core.on_connected(peer(1), now, &mut out);
+    out.clear();
+    core.on_wire(
+        peer(1),
+        Wire::Join {
+            topics: vec!["t".into()],
+        },
+        now,
+        &mut yes,
+        &mut out,
+    );
+    assert!(
+        matches!(
+            sends(&out)[..],
+            [(
+                _,
+                Wire::Tree {
+                    seq: 500,
+                    dist: 0,
+                    ..
+                }
+            )]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(core.root_seq("t"), Some(500));
+}
+
+#[test]
+fn an_announcer_that_disconnects_is_not_asked_and_what_only_it_announced_is_dropped() {
+    let t0 = Instant::now();
+    let mut core = lazy_node(&[1, 2], t0);
+    let mut out = Vec::new();
+    let (both, only_1) = (publication(9, 1, 10).id(), publication(9, 2, 10).id());
+    core.on_wire(
+        peer(1),
+        Wire::IHave {
+            topic: "t".into(),
+            ids: vec![(both, 2), (only_1, 2)],
+        },
+        t0,
+        &mut yes,
+        &mut out,
+    );
+    core.on_wire(
+        peer(2),
+        Wire::IHave {
+            topic: "t".into(),
+            ids: vec![(both, 2)],
+        },
+        t0,
+        &mut yes,
+        &mut out,
+    );
+    core.on_disconnected(peer(1), t0, &mut out);
+    out.clear();
+    core.poll(t0 + Limits::for_tests().fetch_timeout, &mut out);
+    assert_eq!(
+        sends(&out),
+        vec![(
+            peer(2),
+            &Wire::Want {
+                topic: "t".into(),
+                ids: vec![both]
+            }
+        )],
+        "only the one still connected is asked, and only for what it announced"
+    );
+}
+
+#[test]
+fn leaving_a_topic_drops_its_publications_awaiting_a_verdict_and_no_others() {
+    let now = Instant::now();
+    let mut core = node(&[1, 2], now);
+    let mut out = Vec::new();
+    core.join("u", true, &mut out).unwrap();
+    for p in [1, 2] {
+        core.on_wire(
+            peer(p),
+            Wire::Join {
+                topics: vec!["u".into()],
+            },
+            now,
+            &mut yes,
+            &mut out,
+        );
+        core.on_wire(
+            peer(p),
+            Wire::Tree {
+                topic: "u".into(),
+                root: peer(100),
+                seq: 0,
+                dist: 1,
+                parent: true,
+            },
+            now,
+            &mut yes,
+            &mut out,
+        );
+    }
+    out.clear();
+    let in_t = publication(9, 1, 10);
+    let in_u = Publication {
+        topic: "u".into(),
+        ..publication(9, 2, 10)
+    };
+    let (id_t, id_u) = (in_t.id(), in_u.id());
+    core.on_wire(peer(1), push(in_t, 1), now, &mut yes, &mut out);
+    core.on_wire(peer(1), push(in_u, 1), now, &mut yes, &mut out);
+    core.leave("t", false, &mut out);
+    out.clear();
+    core.verdict(id_t, Verdict::Accept, now, &mut out);
+    assert!(
+        out.is_empty(),
+        "a publication of a topic left was forwarded"
+    );
+    core.verdict(id_u, Verdict::Accept, now, &mut out);
+    assert_eq!(
+        sends(&out)
+            .iter()
+            .filter(|(_, w)| matches!(w, Wire::Push { .. }))
+            .count(),
+        1,
+        "the other topic's publication goes on: {out:?}"
+    );
+}
+
+#[test]
+fn of_two_roots_out_of_reach_the_refresh_is_asked_for_the_better_one() {
+    let t0 = Instant::now();
+    let ranked = by_rank(4);
+    let (r0, r1) = (ranked[0], ranked[1]);
+    let mut core = Core::new(Limits::for_tests(), ranked[3]);
+    let mut out = Vec::new();
+    core.join("t", true, &mut out).unwrap();
+    for p in [1, 2, 3] {
+        core.on_connected(peer(p), t0, &mut out);
+        core.on_wire(
+            peer(p),
+            Wire::Join {
+                topics: vec!["t".into()],
+            },
+            t0,
+            &mut yes,
+            &mut out,
+        );
+    }
+    core.on_wire(peer(1), place(r1, 1, false), t0, &mut yes, &mut out);
+    core.on_wire(peer(2), place(r0, 1, false), t0, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((r0, 2, Some(peer(2)))));
+    // 2's way to r0 grows: not feasible; back under r1 through 1, and r0 is asked for.
+    core.on_wire(peer(2), place(r0, 5, false), t0, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((r1, 2, Some(peer(1)))));
+    // 3 offers r1 farther than we told it: also out of reach, but no better than our place.
+    core.on_wire(peer(3), place(r1, 4, false), t0, &mut yes, &mut out);
+    // A second later, still out of reach: r0, the better, is asked for again, from 2.
+    out.clear();
+    let later = t0 + REFRESH_RETRY;
+    core.on_wire(peer(3), place(r1, 4, false), later, &mut yes, &mut out);
+    let asked: Vec<(PeerId, &Wire)> = sends(&out)
+        .into_iter()
+        .filter(|(_, w)| matches!(w, Wire::Refresh { .. }))
+        .collect();
+    assert_eq!(
+        asked,
+        vec![(
+            peer(2),
+            &Wire::Refresh {
+                topic: "t".into(),
+                root: r0,
+                seq: 1
+            }
+        )]
+    );
+}
