@@ -563,7 +563,7 @@ impl Core {
             return;
         };
         let mut best: Option<(Place, PeerId)> = None;
-        // The best place offered on a way we may not take, and who offers its root so.
+        // The best place offered on a way we may not take.
         let mut blocked: Option<Place> = None;
         for (peer, n) in &self.neighbours {
             if !n.topics.contains(topic) {
@@ -631,19 +631,13 @@ impl Core {
         }
         state.eager = eager;
         state.lazy = lazy;
-        // A better place than ours is offered, but only on ways we may not take (they may
-        // lead through us, as far as we know): ask the root, through those neighbours, for a
-        // newer sequence number. A live root gives one; a dead one cannot, and its old ways
-        // die out.
+        // A better root than ours is offered, but only on ways we may not take (they may
+        // lead through us, as far as we know): ask it, through those neighbours, for a newer
+        // sequence number. A live root gives one; a dead one cannot, and its old ways die out.
+        // (Within our own root we hold the shortest feasible way already: a blocked one there
+        // is an old number on its way out, and asks for nothing.)
         match blocked {
-            Some(b)
-                if Place {
-                    dist: b.dist.saturating_add(1),
-                    ..b
-                }
-                .key()
-                    < own.place.key() =>
-            {
+            Some(b) if (b.rank, b.root) < (own.place.rank, own.place.root) => {
                 let seq = state
                     .feasible
                     .iter()
