@@ -562,6 +562,12 @@ impl Core {
         let Some(state) = self.topics.get_mut(topic) else {
             return;
         };
+        // Records expire, but never our own root's: while we are in its tree, it is what keeps
+        // a longer way through our own descendants from being taken.
+        let current = state.own.place.root;
+        state
+            .feasible
+            .retain(|f| f.root == current || now < f.at + FEASIBLE_TTL);
         let mut best: Option<(Place, PeerId)> = None;
         // The best place offered on a way we may not take.
         let mut blocked: Option<Place> = None;
@@ -667,9 +673,6 @@ impl Core {
         }
         // Feasibility records: of our root, and of roots still offered (a record nobody needs
         // any more is forgotten, so a root that comes back later starts afresh).
-        state
-            .feasible
-            .retain(|f| f.root == own.place.root || now < f.at + FEASIBLE_TTL);
         if own.place.root != self.me {
             state.told_place(&own.place, now);
         }

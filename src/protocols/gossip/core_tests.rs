@@ -1094,3 +1094,98 @@ fn of_two_roots_out_of_reach_the_refresh_is_asked_for_the_better_one() {
     );
     assert_eq!(asked(&out), r0_asked);
 }
+
+#[test]
+fn a_record_of_a_root_left_is_forgotten_after_its_time_and_its_ways_are_takeable_again() {
+    let t0 = Instant::now();
+    let ranked = by_rank(2);
+    let r0 = ranked[0];
+    let mut core = lazy_node(&[1], t0);
+    let mut out = Vec::new();
+    core.on_wire(peer(1), place(r0, 1, false), t0, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((r0, 2, Some(peer(1)))));
+    // 1's way grows: not feasible, so r0 is left.
+    core.on_wire(peer(1), place(r0, 4, false), t0, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((peer(100), 0, None)));
+    // Offered again just before the record expires: still not takeable; at its expiry, it is.
+    let offer = |core: &mut Core, at: Instant, out: &mut Vec<Output>| {
+        core.on_wire(peer(1), place(r0, 4, false), at, &mut yes, out);
+    };
+    offer(
+        &mut core,
+        t0 + FEASIBLE_TTL - Duration::from_millis(1),
+        &mut out,
+    );
+    assert_eq!(core.place("t"), Some((peer(100), 0, None)));
+    offer(&mut core, t0 + FEASIBLE_TTL, &mut out);
+    assert_eq!(core.place("t"), Some((r0, 5, Some(peer(1)))));
+}
+
+#[test]
+fn tree_messages_past_their_burst_and_rate_are_dropped_and_charged() {
+    let t0 = Instant::now();
+    let ranked = by_rank(1);
+    let mut core = lazy_node(&[1], t0);
+    let burst = Limits::for_tests().max_topics as u64 + TREE_RATE;
+    let mut out = Vec::new();
+    for k in 0..burst {
+        core.on_wire(
+            peer(1),
+            place(ranked[0], 1 + (k % 2) as u8, false),
+            t0,
+            &mut yes,
+            &mut out,
+        );
+    }
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Charge { .. })),
+        "charged within the burst"
+    );
+    out.clear();
+    core.on_wire(peer(1), place(ranked[0], 1, false), t0, &mut yes, &mut out);
+    assert_eq!(
+        out,
+        vec![Output::Charge {
+            peer: peer(1),
+            points: 1,
+            why: "gossip tree messages over their rate"
+        }]
+    );
+    // A second later, TREE_RATE more.
+    out.clear();
+    let later = t0 + Duration::from_secs(1);
+    for _ in 0..TREE_RATE {
+        core.on_wire(
+            peer(1),
+            place(ranked[0], 1, false),
+            later,
+            &mut yes,
+            &mut out,
+        );
+    }
+    assert!(!out.iter().any(|o| matches!(o, Output::Charge { .. })));
+    core.on_wire(
+        peer(1),
+        place(ranked[0], 1, false),
+        later,
+        &mut yes,
+        &mut out,
+    );
+    assert!(out.iter().any(|o| matches!(o, Output::Charge { .. })));
+}
+
+#[test]
+fn the_record_of_the_root_we_are_under_does_not_expire() {
+    let t0 = Instant::now();
+    let ranked = by_rank(2);
+    let r0 = ranked[0];
+    let mut core = lazy_node(&[1, 2], t0);
+    let mut out = Vec::new();
+    core.on_wire(peer(1), place(r0, 1, false), t0, &mut yes, &mut out);
+    core.on_wire(peer(2), place(r0, 2, false), t0, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((r0, 2, Some(peer(1)))));
+    // Long after, the parent goes: 2's way is no shorter than the one we told (it may run
+    // through us), so r0 is left rather than taken through 2.
+    core.on_disconnected(peer(1), t0 + FEASIBLE_TTL * 2, &mut out);
+    assert_eq!(core.place("t"), Some((peer(100), 0, None)));
+}
