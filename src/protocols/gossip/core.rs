@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use super::wire::{MsgId, Publication, Wire, root_rank};
 use crate::identity::{PeerId, PeerMap};
-use crate::protocols::Bucket;
+use crate::session::rate::TokenBucket;
 
 /// The bounds and timings the core works with (see `GossipConfig` for meanings and defaults).
 #[derive(Debug, Clone)]
@@ -370,11 +370,11 @@ struct Neighbour {
     told: HashMap<String, Told>,
     /// Ids (with their hops) to announce to it, by topic, sent every `announce_interval`.
     announce: BTreeMap<String, Vec<(MsgId, u8)>>,
-    /// Push allowance (`max_pushes_per_sec`, as deep).
-    pushes: Bucket,
+    /// Push allowance (`max_pushes_per_sec`, as deep; 0 is no limit).
+    pushes: TokenBucket,
     /// Allowance for `Tree` and `Refresh` (`max_topics` + `TREE_RATE` deep, `TREE_RATE` per
     /// second): each may make this node tell all its neighbours.
-    trees: Bucket,
+    trees: TokenBucket,
 }
 
 /// Gossip for one node.
@@ -436,15 +436,7 @@ impl Core {
             return Err(JoinError::TooManyTopics(self.limits.max_topics));
         }
         // The root of a tree of one, until the neighbours tell their places.
-        let own = Own {
-            place: Place {
-                root: self.me,
-                rank: root_rank(topic, &self.me),
-                seq: self.seq_base,
-                dist: 0,
-            },
-            parent: None,
-        };
+        let own = alone(self.me, topic, self.seq_base);
         let mut state = Topic {
             deliver,
             own,
@@ -516,8 +508,12 @@ impl Core {
             topics: HashSet::new(),
             told: HashMap::new(),
             announce: BTreeMap::new(),
-            pushes: Bucket::full(self.limits.max_pushes_per_sec, now),
-            trees: Bucket::full(self.limits.max_topics as u64 + TREE_RATE, now),
+            pushes: TokenBucket::new(
+                self.limits.max_pushes_per_sec,
+                self.limits.max_pushes_per_sec,
+                now,
+            ),
+            trees: TokenBucket::new(TREE_RATE, self.limits.max_topics as u64 + TREE_RATE, now),
         });
         let topics: Vec<String> = self.topics.keys().cloned().collect();
         for batch in topics.chunks(256) {
@@ -603,15 +599,7 @@ impl Core {
                 best = Some((told.place, *peer));
             }
         }
-        let alone = Own {
-            place: Place {
-                root: self.me,
-                rank: root_rank(topic, &self.me),
-                seq: state.seq,
-                dist: 0,
-            },
-            parent: None,
-        };
+        let alone = alone(self.me, topic, state.seq);
         let own = match best {
             Some((place, peer)) if place.key() < alone.place.key() => Own {
                 place: Place {
@@ -872,11 +860,10 @@ impl Core {
     /// Takes one of `peer`'s `Tree`/`Refresh` tokens; none left: the message is dropped and
     /// the neighbour charged a point.
     fn tree_allowance(&mut self, peer: PeerId, now: Instant, out: &mut Vec<Output>) -> bool {
-        let burst = self.limits.max_topics as u64 + TREE_RATE;
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return false;
         };
-        if n.trees.take(TREE_RATE, burst, now) {
+        if n.trees.try_take(1, now) {
             return true;
         }
         out.push(Output::Charge {
@@ -996,15 +983,13 @@ impl Core {
         out: &mut Vec<Output>,
     ) {
         let limits = self.limits.clone();
-        if limits.max_pushes_per_sec > 0 {
-            if let Some(n) = self.neighbours.get_mut(&peer) {
-                let rate = limits.max_pushes_per_sec;
-                if !n.pushes.take(rate, rate, now) {
-                    if let Some(state) = self.topics.get_mut(&publication.topic) {
-                        state.stats.dropped += 1;
-                    }
-                    return;
+        // (A rate of 0 is no limit: the bucket says so itself.)
+        if let Some(n) = self.neighbours.get_mut(&peer) {
+            if !n.pushes.try_take(1, now) {
+                if let Some(state) = self.topics.get_mut(&publication.topic) {
+                    state.stats.dropped += 1;
                 }
+                return;
             }
         }
         let Some(state) = self.topics.get_mut(&publication.topic) else {
@@ -1337,6 +1322,19 @@ impl Core {
         self.topics
             .get(topic)
             .map_or((0, 0), |t| (t.eager.len(), t.lazy.len()))
+    }
+}
+
+/// `me` as the root of a tree of one in `topic`, at sequence number `seq`.
+fn alone(me: PeerId, topic: &str, seq: u16) -> Own {
+    Own {
+        place: Place {
+            root: me,
+            rank: root_rank(topic, &me),
+            seq,
+            dist: 0,
+        },
+        parent: None,
     }
 }
 

@@ -47,7 +47,12 @@ fn node(peers: &[u8], now: Instant) -> Core {
 /// A core (`peer(100)`) in topic "t" with neighbours `peers` that joined it but told no place
 /// in its tree yet: every link lazy.
 fn lazy_node(peers: &[u8], now: Instant) -> Core {
-    let mut core = Core::new(Limits::for_tests(), peer(100));
+    lazy_node_as(peer(100), peers, now)
+}
+
+/// `lazy_node`, the core being `me`.
+fn lazy_node_as(me: PeerId, peers: &[u8], now: Instant) -> Core {
+    let mut core = Core::new(Limits::for_tests(), me);
     let mut out = Vec::new();
     core.join("t", true, &mut out).unwrap();
     for p in peers {
@@ -204,6 +209,7 @@ fn the_parent_is_the_neighbour_nearest_the_best_root_and_a_tie_keeps_the_first()
     let ranked = by_rank(5);
     let (best, worse, me) = (ranked[0], ranked[1], ranked[2]);
     let worst = ranked[4];
+    // Set up by hand: the places told while the neighbours join are checked below.
     let mut core = Core::new(Limits::for_tests(), me);
     let mut out = Vec::new();
     core.join("t", true, &mut out).unwrap();
@@ -1030,21 +1036,8 @@ fn of_two_roots_out_of_reach_the_refresh_is_asked_for_the_better_one() {
     let t0 = Instant::now();
     let ranked = by_rank(4);
     let (r0, r1) = (ranked[0], ranked[1]);
-    let mut core = Core::new(Limits::for_tests(), ranked[3]);
+    let mut core = lazy_node_as(ranked[3], &[1, 2, 3], t0);
     let mut out = Vec::new();
-    core.join("t", true, &mut out).unwrap();
-    for p in [1, 2, 3] {
-        core.on_connected(peer(p), t0, &mut out);
-        core.on_wire(
-            peer(p),
-            Wire::Join {
-                topics: vec!["t".into()],
-            },
-            t0,
-            &mut yes,
-            &mut out,
-        );
-    }
     // r0 at sequence number 7 (r1 at 0).
     let r0_at = |dist| Wire::Tree {
         topic: "t".into(),

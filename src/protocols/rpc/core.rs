@@ -3,7 +3,7 @@
 //! asked (client) and the ones it is answering (server). The driver (`task.rs` and the
 //! handles) keeps only the waiters, keyed by the ids this core hands out.
 
-use crate::protocols::Bucket;
+use crate::session::rate::TokenBucket;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -134,7 +134,7 @@ struct Incoming {
 struct PeerIn {
     in_flight: usize,
     /// Busy answers allowed before the peer is charged.
-    busy: Bucket,
+    busy: TokenBucket,
 }
 
 /// Both sides of the request protocol for one node.
@@ -445,7 +445,7 @@ impl Core {
         let max_per_peer = self.limits.max_inbound_per_peer;
         let state = self.in_per_peer.entry(peer).or_insert(PeerIn {
             in_flight: 0,
-            busy: Bucket::full(allowance, now),
+            busy: TokenBucket::new(allowance, allowance, now),
         });
         if state.in_flight >= max_per_peer || self.in_total >= self.limits.max_inbound_total {
             self.counts.busy_sent += 1;
@@ -459,7 +459,8 @@ impl Core {
                 stream: false,
             });
             // Busy is cheap to answer; a peer that keeps asking far past it is charged.
-            if !state.busy.take(allowance, allowance, now) {
+            // An allowance of 0 charges every busy answer (the bucket would read 0 as no limit).
+            if allowance == 0 || !state.busy.try_take(1, now) {
                 self.violation(peer, out);
             }
             return;
