@@ -17,6 +17,10 @@
 //!   on the same bulk channel) and `stream/plain_tcp`.
 //! - `rpc/1_in_flight_beside_stream`: `rpc/1_in_flight` on the high channel while a stream
 //!   runs on the bulk channel of the same connection: head-of-line blocking shows here.
+//! - `plain_tcp/beside_stream_apart` and `plain_tcp/beside_stream_same`: its two baselines, a
+//!   plain 64 B ping-pong while a plain stream of the same chunks runs on another socket (no
+//!   head-of-line blocking, only the two cores shared: the floor for any design on one
+//!   machine) and on the same socket (what one plain TCP connection gives).
 //!
 //! Run: `cargo bench --bench rpc` (`RPC_WINDOW=N` sets the stream window, default 16).
 
@@ -148,8 +152,8 @@ fn plain_codec() -> LengthDelimitedCodec {
 type PlainRead = FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>;
 type PlainWrite = FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>;
 
-/// A plain TCP connection whose other end echoes every frame.
-async fn plain_echo() -> (PlainRead, PlainWrite) {
+/// Both ends of a plain loopback TCP connection, Nagle off.
+async fn plain_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
@@ -159,17 +163,30 @@ async fn plain_echo() -> (PlainRead, PlainWrite) {
     for s in [&client, &server] {
         s.set_nodelay(true).unwrap();
     }
+    (client, server)
+}
+
+/// A plain TCP connection whose other end echoes every frame.
+async fn plain_echo() -> (PlainRead, PlainWrite) {
+    let (client, server) = plain_pair().await;
     let (sr, sw) = server.into_split();
     tokio::spawn(async move {
         let mut frames = FramedRead::with_capacity(sr, plain_codec(), 64 * 1024);
         let mut sink = FramedWrite::new(sw, plain_codec());
         while let Some(Ok(frame)) = frames.next().await {
-            // Echo whatever is ready, then flush once: a pipelining server.
-            sink.feed(frame.freeze()).await.unwrap();
-            while let Some(Some(Ok(more))) = frames.now_or_never_ready() {
-                sink.feed(more.freeze()).await.unwrap();
+            // Echo whatever is ready, then flush once: a pipelining server. The client may
+            // close with echoes unsent (`plain_in_flight` stops at its deadline): not a fault.
+            if sink.feed(frame.freeze()).await.is_err() {
+                return;
             }
-            SinkExt::<Bytes>::flush(&mut sink).await.unwrap();
+            while let Some(Some(Ok(more))) = frames.now_or_never_ready() {
+                if sink.feed(more.freeze()).await.is_err() {
+                    return;
+                }
+            }
+            if SinkExt::<Bytes>::flush(&mut sink).await.is_err() {
+                return;
+            }
         }
     });
     let (cr, cw) = client.into_split();
@@ -359,6 +376,93 @@ async fn plain_stream() -> f64 {
     (CHUNK * STREAM_CHUNKS) as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
+/// Plain TCP ping-pong samples (64 B) taken while a plain TCP stream of `STREAM_CHUNKS`
+/// chunks runs: on its own socket (`same_socket` false: no head-of-line blocking, only the
+/// two cores shared, the floor for any design on one machine), or on the same socket as the
+/// pings (`same_socket` true: frames tagged by a first byte; the streaming side echoes a ping
+/// as soon as its read task hands it over, flushing what is buffered before it).
+async fn plain_beside_stream(same_socket: bool) -> Vec<Duration> {
+    let (client, server) = plain_pair().await;
+    let (sr, sw) = server.into_split();
+    let (pings_in, mut pings) = tokio::sync::mpsc::channel::<Bytes>(16);
+    // The streaming side: its read task hands pings to its write task.
+    tokio::spawn(async move {
+        let mut frames = FramedRead::with_capacity(sr, plain_codec(), 64 * 1024);
+        while let Some(Ok(frame)) = frames.next().await {
+            if pings_in.send(frame.freeze()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream_done = Arc::new(AtomicBool::new(false));
+    let done = stream_done.clone();
+    tokio::spawn(async move {
+        let mut sink = FramedWrite::new(sw, plain_codec());
+        sink.set_backpressure_boundary(256 * 1024);
+        let mut chunk = vec![7u8; CHUNK];
+        chunk[0] = 0;
+        let chunk = Bytes::from(chunk);
+        let mut sent = 0;
+        loop {
+            while let Ok(ping) = pings.try_recv() {
+                sink.feed(ping).await.unwrap();
+                SinkExt::<Bytes>::flush(&mut sink).await.unwrap();
+            }
+            if sent < STREAM_CHUNKS && same_socket {
+                sink.feed(chunk.clone()).await.unwrap();
+                sent += 1;
+            } else {
+                match pings.recv().await {
+                    Some(ping) => {
+                        sink.feed(ping).await.unwrap();
+                        SinkExt::<Bytes>::flush(&mut sink).await.unwrap();
+                    }
+                    None => return,
+                }
+            }
+        }
+    });
+    if !same_socket {
+        let done = done.clone();
+        tokio::spawn(async move {
+            plain_stream().await;
+            done.store(true, Relaxed);
+        });
+    }
+    // The pinging side: its read task counts chunks and hands echoes to the pinger.
+    let (cr, cw) = client.into_split();
+    let (echoes_in, mut echoes) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut frames = FramedRead::with_capacity(cr, plain_codec(), 64 * 1024);
+        let mut chunks = 0;
+        while let Some(Ok(frame)) = frames.next().await {
+            if frame.first() == Some(&0) {
+                chunks += 1;
+                if chunks == STREAM_CHUNKS {
+                    done.store(true, Relaxed);
+                }
+            } else if echoes_in.send(frame.freeze()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut write = FramedWrite::new(cw, plain_codec());
+    let body = Bytes::from(vec![1u8; BODY]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut samples = Vec::new();
+    while !stream_done.load(Relaxed) && samples.len() < SAMPLES {
+        let start = Instant::now();
+        write.send(body.clone()).await.unwrap();
+        echoes.recv().await.unwrap();
+        samples.push(start.elapsed());
+    }
+    // Let a same-socket stream finish before the next case.
+    while !stream_done.load(Relaxed) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    samples
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -382,7 +486,10 @@ fn main() {
         let (mut rates, mut in_flight_lat, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
         let (mut streams, mut one_ways, mut plains) = (Vec::new(), Vec::new(), Vec::new());
         let mut beside = Vec::new();
+        let (mut plain_apart, mut plain_same) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
+            plain_apart.extend(plain_beside_stream(false).await);
+            plain_same.extend(plain_beside_stream(true).await);
             plain_rtts.extend(plain_rtt().await);
             rpc_seq.extend(rpc_sequential(&p, SAMPLES).await);
             let (rate, lat) = rpc_in_flight(&p).await;
@@ -416,6 +523,8 @@ fn main() {
         let busy = p50_p99(in_flight_lat);
         let beside_n = beside.len();
         let beside = p50_p99(beside);
+        let (apart_n, same_n) = (plain_apart.len(), plain_same.len());
+        let (plain_apart, plain_same) = (p50_p99(plain_apart), p50_p99(plain_same));
         let (rate, plain_rate) = (median(rates), median(plain_rates));
         let (stream, one_way_mb, plain_mb) = (median(streams), median(one_ways), median(plains));
         println!("| case | figure | plain TCP | ratio |");
@@ -440,6 +549,14 @@ fn main() {
         println!(
             "| request 64 B beside a running stream (p50 / p99, {beside_n} samples) | {:.0} / {:.0} µs | idle: {:.0} / {:.0} µs | {:.2} |",
             beside.0, beside.1, seq.0, seq.1, seq.0 / beside.0
+        );
+        println!(
+            "| plain TCP ping 64 B beside a plain stream on another socket (p50 / p99, {apart_n} samples) | {:.0} / {:.0} µs | peerwire beside its stream: {:.0} / {:.0} µs | {:.2} |",
+            plain_apart.0, plain_apart.1, beside.0, beside.1, plain_apart.0 / beside.0
+        );
+        println!(
+            "| plain TCP ping 64 B beside a plain stream on the same socket (p50 / p99, {same_n} samples) | {:.0} / {:.0} µs | peerwire beside its stream: {:.0} / {:.0} µs | {:.2} |",
+            plain_same.0, plain_same.1, beside.0, beside.1, plain_same.0 / beside.0
         );
         p.a.shutdown().await;
         p.b.shutdown().await;
