@@ -179,7 +179,10 @@ fn a_peer_of_the_previous_version_gets_a_typed_refusal() {
             theirs: 2
         })
     ));
-    assert_eq!(PROTOCOL_VERSION, 4, "the welcome needs version 4");
+    assert_eq!(
+        PROTOCOL_VERSION, 5,
+        "the welcome needs version 4, gossip's root stamps 5"
+    );
 }
 
 #[test]

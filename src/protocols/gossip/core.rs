@@ -11,15 +11,16 @@
 //! node that has one costs an id, not a copy.
 //!
 //! Messages in, `now` in; messages out, deliveries out, one deadline. Signatures are checked
-//! by a function the caller passes (the driver's checks the origin's key; the simulation's
-//! accepts). Everything kept is bounded, with a counted policy when full.
+//! by the caller's [`Checks`] (the driver's checks the signer's key; the simulation's accepts)
+//! and made by the signer the driver sets. Everything kept is bounded, with a counted policy
+//! when full.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::wire::{MsgId, Publication, Wire, root_rank};
+use super::wire::{MsgId, Publication, Wire, root_rank, seq_signed_bytes};
 use crate::identity::{PeerId, PeerMap};
 use crate::session::rate::TokenBucket;
 
@@ -221,15 +222,64 @@ const TREE_RATE: u64 = 64;
 /// Requests in between are met together at the end of the interval.
 const RAISE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// A place in a topic's tree: the root reached, its rank, the root's sequence number, the hops
-/// to it.
+/// A place in a topic's tree: the root reached, its rank, the root's sequence number (and the
+/// root's signature of it), the hops to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Place {
     root: PeerId,
     rank: u64,
     seq: u16,
     dist: u8,
+    stamp: [u8; 64],
 }
+
+/// The signature checks the core needs from its caller.
+pub(crate) trait Checks {
+    /// Whether `publication` (whose id is `id`) is signed by its origin.
+    fn publication(&mut self, publication: &Publication, id: &MsgId) -> bool;
+    /// Whether `stamp` is `root`'s signature of `signed` (a sequence number of its tree).
+    fn stamp(&mut self, root: &PeerId, signed: &[u8], stamp: &[u8; 64]) -> bool;
+}
+
+/// Tests pass a closure for publications; it accepts every stamp (the stamp tests pass a
+/// `Checks` of their own).
+#[cfg(test)]
+impl<F: FnMut(&Publication, &MsgId) -> bool> Checks for F {
+    fn publication(&mut self, publication: &Publication, id: &MsgId) -> bool {
+        self(publication, id)
+    }
+    fn stamp(&mut self, _: &PeerId, _: &[u8], _: &[u8; 64]) -> bool {
+        true
+    }
+}
+
+/// Signs this node's sequence numbers as a root (the driver's signs with the node's key; with
+/// none, as in most unit tests, the stamp is zeros).
+pub(crate) type SignFn = Box<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>;
+
+struct Signer(Option<SignFn>);
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Signer"
+        } else {
+            "NoSigner"
+        })
+    }
+}
+
+impl Signer {
+    fn stamp(&self, topic: &str, seq: u16) -> [u8; 64] {
+        self.0
+            .as_ref()
+            .map_or([0; 64], |sign| sign(&seq_signed_bytes(topic, seq)))
+    }
+}
+
+/// Stamps checked, per topic: a place told again with the same root, number and stamp is not
+/// checked again (the oldest forgotten past the bound).
+const MAX_STAMPS: usize = 64;
 
 /// The best place towards `root` this node has told its neighbours: a way to that root is
 /// taken only if it is newer (a higher `seq`) or strictly shorter, so it cannot lead through
@@ -311,8 +361,12 @@ struct Topic {
     missing: BTreeMap<MsgId, Missing>,
     /// Per root (the current one and a few left lately), the best place told.
     feasible: Vec<Feasible>,
-    /// The sequence number this node gives its tree as root (raised by `Refresh`).
+    /// The sequence number this node gives its tree as root (raised by `Refresh`), and its
+    /// signature of it.
     seq: u16,
+    stamp: [u8; 64],
+    /// Stamps checked lately (root, sequence number, stamp), the newest first.
+    stamps: VecDeque<(PeerId, u16, [u8; 64])>,
     /// The last `Refresh` passed on towards the root (root, seq): each once.
     refreshed: Option<(PeerId, u16)>,
     /// The last refresh this node asked for (root, seq, when), asked again after
@@ -386,6 +440,7 @@ pub(crate) struct Core {
     /// sets it from the wall clock in quarter seconds, which runs faster than a root may raise
     /// (twice a second), so a node that restarts starts ahead of every number it used before.
     seq_base: u16,
+    signer: Signer,
     limits: Limits,
     topics: HashMap<String, Topic>,
     neighbours: PeerMap<Neighbour>,
@@ -398,6 +453,7 @@ impl Core {
         Self {
             me,
             seq_base: 0,
+            signer: Signer(None),
             limits,
             topics: HashMap::new(),
             neighbours: PeerMap::default(),
@@ -409,6 +465,12 @@ impl Core {
     /// Sets the sequence number trees joined from now on start at (see `Core::seq_base`).
     pub(crate) fn set_seq_base(&mut self, base: u16) {
         self.seq_base = base;
+    }
+
+    /// Sets how this node signs its sequence numbers as a root (see [`Wire::Tree`]'s stamp),
+    /// for trees joined from now on.
+    pub(crate) fn set_signer(&mut self, sign: SignFn) {
+        self.signer = Signer(Some(sign));
     }
 
     // ---- membership ----
@@ -436,7 +498,8 @@ impl Core {
             return Err(JoinError::TooManyTopics(self.limits.max_topics));
         }
         // The root of a tree of one, until the neighbours tell their places.
-        let own = alone(self.me, topic, self.seq_base);
+        let stamp = self.signer.stamp(topic, self.seq_base);
+        let own = alone(self.me, topic, self.seq_base, stamp);
         let mut state = Topic {
             deliver,
             own,
@@ -449,6 +512,8 @@ impl Core {
             missing: BTreeMap::new(),
             feasible: Vec::new(),
             seq: self.seq_base,
+            stamp,
+            stamps: VecDeque::new(),
             refreshed: None,
             asked: None,
             raised: None,
@@ -599,7 +664,7 @@ impl Core {
                 best = Some((told.place, *peer));
             }
         }
-        let alone = alone(self.me, topic, state.seq);
+        let alone = alone(self.me, topic, state.seq, state.stamp);
         let own = match best {
             Some((place, peer)) if place.key() < alone.place.key() => Own {
                 place: Place {
@@ -759,13 +824,14 @@ impl Core {
 
     // ---- receiving ----
 
-    /// A message from neighbour `peer`. `verify` checks a new publication's signature.
+    /// A message from neighbour `peer`. `verify` checks a new publication's signature and a
+    /// root's stamp not seen before.
     pub(crate) fn on_wire(
         &mut self,
         peer: PeerId,
         wire: Wire,
         now: Instant,
-        verify: &mut dyn FnMut(&Publication, &MsgId) -> bool,
+        verify: &mut dyn Checks,
         out: &mut Vec<Output>,
     ) {
         if !self.neighbours.contains_key(&peer) {
@@ -804,6 +870,7 @@ impl Core {
                 seq,
                 dist,
                 parent,
+                stamp,
             } => {
                 if !self.tree_allowance(peer, now, out) {
                     return;
@@ -831,18 +898,31 @@ impl Core {
                     });
                     return;
                 }
+                if !self
+                    .neighbours
+                    .get(&peer)
+                    .is_some_and(|n| n.topics.contains(&topic))
+                {
+                    return;
+                }
+                if !self.stamp_checked(&topic, root, seq, &stamp, verify) {
+                    out.push(Output::Charge {
+                        peer,
+                        points: 10,
+                        why: "gossip tree place with a sequence number its root did not sign",
+                    });
+                    return;
+                }
                 let Some(n) = self.neighbours.get_mut(&peer) else {
                     return;
                 };
-                if !n.topics.contains(&topic) {
-                    return;
-                }
                 let told = Told {
                     place: Place {
                         root,
                         rank: root_rank(&topic, &root),
                         seq,
                         dist,
+                        stamp,
                     },
                     parent_is_us: parent,
                 };
@@ -855,6 +935,37 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Whether `stamp` is `root`'s signature of number `seq` of `topic`'s tree: checked once,
+    /// then remembered.
+    fn stamp_checked(
+        &mut self,
+        topic: &str,
+        root: PeerId,
+        seq: u16,
+        stamp: &[u8; 64],
+        verify: &mut dyn Checks,
+    ) -> bool {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        if let Some(i) = state
+            .stamps
+            .iter()
+            .position(|(r, s, st)| *r == root && *s == seq && st == stamp)
+        {
+            if let Some(known) = state.stamps.remove(i) {
+                state.stamps.push_front(known);
+            }
+            return true;
+        }
+        if !verify.stamp(&root, &seq_signed_bytes(topic, seq), stamp) {
+            return false;
+        }
+        state.stamps.push_front((root, seq, *stamp));
+        state.stamps.truncate(MAX_STAMPS);
+        true
     }
 
     /// Takes one of `peer`'s `Tree`/`Refresh` tokens; none left: the message is dropped and
@@ -912,6 +1023,7 @@ impl Core {
                 let at = state.raised.map_or(now, |r| (r + RAISE_INTERVAL).max(now));
                 if at <= now {
                     state.seq = seq;
+                    state.stamp = self.signer.stamp(topic, seq);
                     state.raised = Some(now);
                     state.raise = None;
                     self.settle(topic, now, out);
@@ -979,7 +1091,7 @@ impl Core {
         hops: u8,
         publication: Publication,
         now: Instant,
-        verify: &mut dyn FnMut(&Publication, &MsgId) -> bool,
+        verify: &mut dyn Checks,
         out: &mut Vec<Output>,
     ) {
         let limits = self.limits.clone();
@@ -1012,7 +1124,7 @@ impl Core {
             state.stats.duplicates += 1;
             return;
         }
-        if !verify(&publication, &id) {
+        if !verify.publication(&publication, &id) {
             state.stats.dropped += 1;
             out.push(Output::Charge {
                 peer,
@@ -1199,6 +1311,7 @@ impl Core {
             if let Some(state) = self.topics.get_mut(&topic) {
                 if let Some((seq, _)) = state.raise.take() {
                     state.seq = seq;
+                    state.stamp = self.signer.stamp(&topic, seq);
                     state.raised = Some(now);
                 }
             }
@@ -1326,13 +1439,14 @@ impl Core {
 }
 
 /// `me` as the root of a tree of one in `topic`, at sequence number `seq`.
-fn alone(me: PeerId, topic: &str, seq: u16) -> Own {
+fn alone(me: PeerId, topic: &str, seq: u16, stamp: [u8; 64]) -> Own {
     Own {
         place: Place {
             root: me,
             rank: root_rank(topic, &me),
             seq,
             dist: 0,
+            stamp,
         },
         parent: None,
     }
@@ -1348,6 +1462,7 @@ fn tell(topic: &str, own: &Own, peer: PeerId) -> Output {
             seq: own.place.seq,
             dist: own.place.dist,
             parent: own.parent == Some(peer),
+            stamp: own.place.stamp,
         },
     }
 }

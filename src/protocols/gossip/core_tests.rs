@@ -35,6 +35,7 @@ fn node(peers: &[u8], now: Instant) -> Core {
                 seq: 0,
                 dist: 1,
                 parent: true,
+                stamp: [0; 64],
             },
             now,
             &mut yes,
@@ -78,6 +79,7 @@ fn place(root: PeerId, dist: u8, parent: bool) -> Wire {
         seq: 0,
         dist,
         parent,
+        stamp: [0; 64],
     }
 }
 
@@ -809,6 +811,7 @@ fn a_way_at_the_distance_bound_is_not_taken_and_impossible_places_are_charged() 
             seq: SEQ_WINDOW + 1,
             dist: 1,
             parent: false,
+            stamp: [0; 64],
         },
         now,
         &mut yes,
@@ -998,6 +1001,7 @@ fn leaving_a_topic_drops_its_publications_awaiting_a_verdict_and_no_others() {
                 seq: 0,
                 dist: 1,
                 parent: true,
+                stamp: [0; 64],
             },
             now,
             &mut yes,
@@ -1045,6 +1049,7 @@ fn of_two_roots_out_of_reach_the_refresh_is_asked_for_the_better_one() {
         seq: 7,
         dist,
         parent: false,
+        stamp: [0; 64],
     };
     core.on_wire(peer(1), place(r1, 1, false), t0, &mut yes, &mut out);
     core.on_wire(peer(2), r0_at(1), t0, &mut yes, &mut out);
@@ -1181,4 +1186,121 @@ fn the_record_of_the_root_we_are_under_does_not_expire() {
     // through us), so r0 is left rather than taken through 2.
     core.on_disconnected(peer(1), t0 + FEASIBLE_TTL * 2, &mut out);
     assert_eq!(core.place("t"), Some((peer(100), 0, None)));
+}
+
+/// Checks stamps against the roots' real keys (publications: accepted), counting the stamps
+/// it checks.
+#[derive(Default)]
+struct RealKeys {
+    cache: crate::identity::VerifierCache,
+    stamps_checked: usize,
+}
+
+impl Checks for RealKeys {
+    fn publication(&mut self, _: &Publication, _: &MsgId) -> bool {
+        true
+    }
+    fn stamp(&mut self, root: &PeerId, signed: &[u8], stamp: &[u8; 64]) -> bool {
+        self.stamps_checked += 1;
+        self.cache.verify(root, signed, stamp)
+    }
+}
+
+/// The (sequence number, stamp) of each place `out` tells.
+fn stamps(out: &[Output]) -> Vec<(u16, [u8; 64])> {
+    sends(out)
+        .into_iter()
+        .filter_map(|(_, wire)| match wire {
+            Wire::Tree { seq, stamp, .. } => Some((*seq, *stamp)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_root_signs_its_sequence_number_and_every_raise() {
+    let key = crate::identity::Keypair::generate();
+    let me = key.peer_id();
+    let now = Instant::now();
+    let mut core = Core::new(Limits::for_tests(), me);
+    core.set_seq_base(40);
+    core.set_signer(Box::new(move |bytes| key.sign(bytes)));
+    let mut out = Vec::new();
+    core.join("t", true, &mut out).unwrap();
+    core.on_connected(peer(1), now, &mut out);
+    out.clear();
+    let join = Wire::Join {
+        topics: vec!["t".into()],
+    };
+    core.on_wire(peer(1), join, now, &mut yes, &mut out);
+    let told = stamps(&out);
+    assert_eq!(told.len(), 1, "{out:?}");
+    assert_eq!(told[0].0, 40);
+    assert!(me.verify(&seq_signed_bytes("t", 40), &told[0].1).is_ok());
+
+    // A node of the tree asks for number 45: the root raises and signs 45.
+    out.clear();
+    let refresh = Wire::Refresh {
+        topic: "t".into(),
+        root: me,
+        seq: 45,
+    };
+    core.on_wire(peer(1), refresh, now, &mut yes, &mut out);
+    let told = stamps(&out);
+    assert_eq!(told.len(), 1, "{out:?}");
+    assert_eq!(told[0].0, 45);
+    assert!(me.verify(&seq_signed_bytes("t", 45), &told[0].1).is_ok());
+    assert!(me.verify(&seq_signed_bytes("t", 40), &told[0].1).is_err());
+}
+
+/// A root that ranks below `peer(100)` in "t", with its key.
+fn better_root() -> crate::identity::Keypair {
+    loop {
+        let key = crate::identity::Keypair::generate();
+        if root_rank("t", &key.peer_id()) < root_rank("t", &peer(100)) {
+            return key;
+        }
+    }
+}
+
+#[test]
+fn a_place_whose_number_its_root_did_not_sign_is_refused_and_charged() {
+    let key = better_root();
+    let root = key.peer_id();
+    let now = Instant::now();
+    let mut core = lazy_node(&[1], now);
+    let mut keys = RealKeys::default();
+    let mut out = Vec::new();
+    // A root we have no record of, far ahead, with the stamp of another number: before stamps,
+    // taken, and it made the root's real places look old for up to a minute.
+    let forged = Wire::Tree {
+        topic: "t".into(),
+        root,
+        seq: 60_000,
+        dist: 1,
+        parent: false,
+        stamp: key.sign(&seq_signed_bytes("t", 3)),
+    };
+    core.on_wire(peer(1), forged, now, &mut keys, &mut out);
+    assert!(
+        matches!(out[..], [Output::Charge { peer: p, points: 10, .. }] if p == peer(1)),
+        "{out:?}"
+    );
+    // The root's real number 3 is taken at once: nothing was recorded from the forgery.
+    out.clear();
+    let genuine = |dist| Wire::Tree {
+        topic: "t".into(),
+        root,
+        seq: 3,
+        dist,
+        parent: false,
+        stamp: key.sign(&seq_signed_bytes("t", 3)),
+    };
+    core.on_wire(peer(1), genuine(1), now, &mut keys, &mut out);
+    assert_eq!(told(&out), vec![(peer(1), root, 2, true)], "{out:?}");
+    assert_eq!(stamps(&out)[0], (3, key.sign(&seq_signed_bytes("t", 3))));
+    // The same stamp told again is not checked again.
+    assert_eq!(keys.stamps_checked, 2);
+    core.on_wire(peer(1), genuine(2), now, &mut keys, &mut out);
+    assert_eq!(keys.stamps_checked, 2);
 }

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::GossipConfig;
-use super::core::{Core, JoinError, Output, PublishError, TopicStats, Verdict};
+use super::core::{Checks, Core, JoinError, Output, PublishError, TopicStats, Verdict};
 use super::wire::{self, MsgId, Publication, Wire};
 use crate::codec::{decode_body, decode_message, encode_body, encode_message};
 use crate::driver::inbox::Inbox;
@@ -184,6 +184,8 @@ pub(super) fn spawn(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() / 250);
                 core.set_seq_base(quarters as u16);
+                let signer = face.clone();
+                core.set_signer(Box::new(move |bytes| signer.sign(bytes)));
                 core
             },
             subscriptions: HashMap::new(),
@@ -275,17 +277,28 @@ async fn run(
     inner.state.lock().subscriptions.clear();
 }
 
+/// The core's signature checks, against the signers' keys.
+struct Keys<'a>(&'a mut VerifierCache);
+
+impl Checks for Keys<'_> {
+    fn publication(&mut self, publication: &Publication, id: &MsgId) -> bool {
+        self.0.verify(
+            &publication.origin,
+            &wire::signed_bytes(id),
+            &publication.signature,
+        )
+    }
+
+    fn stamp(&mut self, root: &PeerId, signed: &[u8], stamp: &[u8; 64]) -> bool {
+        self.0.verify(root, signed, stamp)
+    }
+}
+
 fn frames(inner: &Inner, batch: &mut Vec<(PeerId, Bytes)>) {
     let now = Instant::now();
     inner.with(|state, out| {
         let State { core, verifier, .. } = state;
-        let mut verify = |publication: &Publication, id: &MsgId| {
-            verifier.verify(
-                &publication.origin,
-                &wire::signed_bytes(id),
-                &publication.signature,
-            )
-        };
+        let mut verify = Keys(verifier);
         for (peer, bytes) in batch.drain(..) {
             match decode_message::<Wire>(&bytes) {
                 Ok(wire) => core.on_wire(peer, wire, now, &mut verify, out),

@@ -102,6 +102,17 @@ pub(crate) fn signed_bytes(id: &MsgId) -> [u8; 42] {
     out
 }
 
+/// What a root signs for sequence number `seq` of its tree of `topic` (the stamp in
+/// [`Wire::Tree`]).
+pub(crate) fn seq_signed_bytes(topic: &str, seq: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(22 + 8 + topic.len() + 2);
+    out.extend_from_slice(b"peerwire-gossip-seq-v1");
+    out.extend_from_slice(&(topic.len() as u64).to_le_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out
+}
+
 /// Gossip's messages between neighbours.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Wire {
@@ -123,13 +134,18 @@ pub(crate) enum Wire {
     Want { topic: String, ids: Vec<MsgId> },
     /// The sender's place in `topic`'s tree: the root it reaches, that root's sequence number,
     /// in `dist` hops, and whether the receiver is its parent (the next hop towards that root).
-    /// Sent when it changes, and to a neighbour that joins the topic.
+    /// Sent when it changes, and to a neighbour that joins the topic. `stamp` is the root's
+    /// signature of its sequence number ([`seq_signed_bytes`]), passed on unchanged: only the
+    /// root can move its tree's number, so a neighbour cannot make the ways others offer look
+    /// old by claiming a number the root never gave.
     Tree {
         topic: String,
         root: PeerId,
         seq: u16,
         dist: u8,
         parent: bool,
+        #[serde(with = "crate::identity::signature_bytes")]
+        stamp: [u8; 64],
     },
     /// The sender lost its way to `root` and may take no other it was offered: `root`, raise
     /// your sequence number to `seq` (passed up the tree to it), so newer ways can be taken.
@@ -207,6 +223,7 @@ mod tests {
                 seq: 9,
                 dist: 2,
                 parent: true,
+                stamp: [3; 64],
             },
             Wire::Refresh {
                 topic: "a".into(),
