@@ -204,22 +204,50 @@ fn replayed_first_message_and_low_order_keys_are_refused() {
     ));
 }
 
+/// `future`, failing the test if it takes longer than 10 s (a side waiting for a message the
+/// other will never send).
+async fn bounded<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(10), future)
+        .await
+        .expect("the handshake hung")
+}
+
+/// One length-prefixed handshake message, as `driver` frames it.
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(message.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(message);
+    out
+}
+
 #[tokio::test]
 async fn handshake_over_duplex_succeeds_and_keeps_early_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (a, b) = (Keypair::generate(), Keypair::generate());
     let (mut x, mut y) = tokio::io::duplex(4096);
-    let expected = b.peer_id();
-    let left = tokio::spawn(async move {
-        let r = perform(&mut x, &a, params("n", Some(expected)), true).await;
-        (r, x)
+    // The responder runs the driver; the initiator is driven here, so its last handshake
+    // message and the session's first bytes go out in one write, as a fast peer's would.
+    let right = tokio::spawn(async move {
+        let result = perform(&mut y, &b, params("n", None), false).await;
+        (result, b.peer_id())
     });
-    let right = perform(&mut y, &b, params("n", None), false).await;
-    let (left, _x) = left.await.unwrap();
-    let (ea, _) = left.unwrap();
+    let (mut init, msg1) = Handshake::initiator(&a, params("n", None)).unwrap();
+    bounded(x.write_all(&framed(&msg1))).await.unwrap();
+    let mut len = [0u8; 2];
+    bounded(x.read_exact(&mut len)).await.unwrap();
+    let mut msg2 = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    bounded(x.read_exact(&mut msg2)).await.unwrap();
+    let progress = init.read(&msg2).unwrap();
+    let Outcome::Done(ea) = progress.outcome else {
+        panic!("the initiator did not finish: {:?}", progress.outcome);
+    };
+    let mut last = framed(&progress.send.unwrap());
+    last.extend_from_slice(b"early frame bytes");
+    bounded(x.write_all(&last)).await.unwrap();
+    let (right, b_id) = bounded(right).await.unwrap();
     let (eb, rest) = right.unwrap();
-    assert_eq!(ea.peer, expected);
-    assert!(rest.is_empty());
-    assert_ne!(eb.peer, expected);
+    assert_eq!(ea.peer, b_id);
+    assert_eq!(eb.peer, a.peer_id());
+    assert_eq!(&rest[..], b"early frame bytes");
 }
 
 #[tokio::test]
@@ -227,12 +255,27 @@ async fn handshake_over_duplex_wrong_network_fails_both_sides() {
     let (a, b) = (Keypair::generate(), Keypair::generate());
     let (mut x, mut y) = tokio::io::duplex(4096);
     let left = tokio::spawn(async move { perform(&mut x, &a, params("one", None), true).await });
-    let right = perform(&mut y, &b, params("two", None), false).await;
+    let right = bounded(perform(&mut y, &b, params("two", None), false)).await;
     assert!(matches!(right, Err(HandshakeError::NetworkMismatch { .. })));
     assert!(matches!(
-        left.await.unwrap(),
+        bounded(left).await.unwrap(),
         Err(HandshakeError::NetworkMismatch { .. })
     ));
+}
+
+#[test]
+fn debug_names_the_node_and_stage_and_never_the_secret_key() {
+    let a = Keypair::generate();
+    let (init, _) = Handshake::initiator(&a, params("n", None)).unwrap();
+    let text = format!("{init:?}");
+    assert!(text.contains(&format!("{:?}", a.peer_id())), "{text}");
+    assert!(text.contains("stage"), "{text}");
+    let secret: String = a
+        .secret_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!text.contains(&secret), "{text}");
 }
 
 #[tokio::test(start_paused = true)]
