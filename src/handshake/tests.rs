@@ -204,6 +204,32 @@ fn replayed_first_message_and_low_order_keys_are_refused() {
     ));
 }
 
+#[test]
+fn a_message_of_the_largest_size_is_read_and_a_short_one_refused_without_a_panic() {
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    // Exactly the largest size is not too large: it is read (and fails as Noise, not as size).
+    let mut resp = Handshake::responder(&b, params("n", None)).unwrap();
+    let mut big = vec![7u8; MAX_HANDSHAKE_MESSAGE];
+    big[..32].copy_from_slice(&Handshake::initiator(&a, params("n", None)).unwrap().1[..32]);
+    assert!(!matches!(
+        resp.read(&big),
+        Err(HandshakeError::MessageTooLarge { .. })
+    ));
+    // Shorter than a key, at either side's first read: refused, never sliced past its end.
+    for short in [&[][..], &[9u8; 31][..]] {
+        let mut resp = Handshake::responder(&b, params("n", None)).unwrap();
+        assert!(matches!(resp.read(short), Err(HandshakeError::LowOrderKey)));
+        let (mut init, _) = Handshake::initiator(&a, params("n", None)).unwrap();
+        assert!(matches!(init.read(short), Err(HandshakeError::LowOrderKey)));
+    }
+    // A low-order ephemeral key in msg2 is refused as such, before any Noise work.
+    let (mut init, _) = Handshake::initiator(&a, params("n", None)).unwrap();
+    assert!(matches!(
+        init.read(&[0u8; 96]),
+        Err(HandshakeError::LowOrderKey)
+    ));
+}
+
 /// `future`, failing the test if it takes longer than 10 s (a side waiting for a message the
 /// other will never send).
 async fn bounded<F: std::future::Future>(future: F) -> F::Output {
