@@ -222,12 +222,21 @@ fn a_message_of_the_largest_size_is_read_and_a_short_one_refused_without_a_panic
         let (mut init, _) = Handshake::initiator(&a, params("n", None)).unwrap();
         assert!(matches!(init.read(short), Err(HandshakeError::LowOrderKey)));
     }
-    // A low-order ephemeral key in msg2 is refused as such, before any Noise work.
+    // A low-order ephemeral key in msg2 is refused as such, before any Noise work; a msg2 of
+    // just a good key is short for Noise, not low order.
     let (mut init, _) = Handshake::initiator(&a, params("n", None)).unwrap();
     assert!(matches!(
         init.read(&[0u8; 96]),
         Err(HandshakeError::LowOrderKey)
     ));
+    let key = Handshake::initiator(&b, params("n", None)).unwrap().1;
+    let (mut init, _) = Handshake::initiator(&a, params("n", None)).unwrap();
+    let result = init.read(&key[..32]);
+    assert!(
+        matches!(&result, Err(e) if !matches!(e, HandshakeError::LowOrderKey)),
+        "{:?}",
+        result.map(|_| ())
+    );
 }
 
 /// `future`, failing the test if it takes longer than 10 s (a side waiting for a message the
@@ -316,5 +325,47 @@ async fn silent_peer_times_out() {
     assert!(
         result.is_err(),
         "a silent initiator must not finish the handshake"
+    );
+}
+
+#[test]
+fn a_network_id_longer_than_the_bound_is_refused_before_any_message() {
+    let a = Keypair::generate();
+    let at_bound = "n".repeat(MAX_NETWORK_ID_LEN);
+    assert!(Handshake::initiator(&a, params(&at_bound, None)).is_ok());
+    assert!(Handshake::responder(&a, params(&at_bound, None)).is_ok());
+    let over = "n".repeat(MAX_NETWORK_ID_LEN + 1);
+    assert!(matches!(
+        Handshake::initiator(&a, params(&over, None)),
+        Err(HandshakeError::BadParams(_))
+    ));
+    assert!(matches!(
+        Handshake::responder(&a, params(&over, None)),
+        Err(HandshakeError::BadParams(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_driver_refuses_an_oversize_length_before_its_body_and_reads_one_at_the_bound() {
+    use tokio::io::AsyncWriteExt;
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    // Over the bound: refused on the length alone (the body is never sent).
+    let (mut x, mut y) = tokio::io::duplex(4096);
+    let over = u16::try_from(MAX_HANDSHAKE_MESSAGE + 1).unwrap();
+    bounded(x.write_all(&over.to_be_bytes())).await.unwrap();
+    assert!(matches!(
+        bounded(perform(&mut y, &b, params("n", None), false)).await,
+        Err(HandshakeError::MessageTooLarge { .. })
+    ));
+    // At the bound: read whole and handed to Noise, which refuses it as no handshake message.
+    let (mut x, mut y) = tokio::io::duplex(4096);
+    let mut big = vec![7u8; MAX_HANDSHAKE_MESSAGE];
+    big[..32].copy_from_slice(&Handshake::initiator(&a, params("n", None)).unwrap().1[..32]);
+    bounded(x.write_all(&framed(&big))).await.unwrap();
+    let result = bounded(perform(&mut y, &b, params("n", None), false)).await;
+    assert!(
+        matches!(&result, Err(e) if !matches!(e, HandshakeError::MessageTooLarge { .. })),
+        "{:?}",
+        result.map(|_| ())
     );
 }
