@@ -235,8 +235,11 @@ fn critical_latency_stays_low_while_bulk_saturates_a_slow_link() {
     assert!(value(&report, "critical_messages") >= 400.0, "{report:?}");
     // The bulk channel really loaded the link (it is shaped to 100 Mbit/s).
     assert!(bulk >= 50.0, "bulk did not saturate the link: {report:?}");
-    // 25 ms of propagation, the rest is queueing behind bulk data.
-    assert!(p99 <= 60.0, "critical p99 {p99} ms: {report:?}");
+    // 25 ms of propagation, the rest is queueing behind at most a frame of bulk data (44 ms
+    // measured, BENCHMARKS.md). The bound tells that apart from waiting in one queue with the
+    // bulk channel (seconds), with room for a loaded machine: a figure is reported, not
+    // asserted.
+    assert!(p99 <= 150.0, "critical p99 {p99} ms: {report:?}");
 }
 
 #[test]
@@ -292,11 +295,13 @@ fn a_request_takes_one_round_trip_on_a_slow_link() {
         Side::Sender,
     );
     assert_eq!(value(&report, "requests"), 100.0, "{report:?}");
-    // The link's round trip is 50 ms: a request costs that and almost nothing more.
+    // The link's round trip is 50 ms: a request costs one round trip, not two (51.3 ms
+    // measured, BENCHMARKS.md; the bound leaves room for a loaded machine, whose figure is
+    // reported, not asserted: 52.6 ms once beside a build).
     let p50 = value(&report, "rpc_p50_ms");
     assert!(
-        p50 <= 52.0,
-        "request p50 {p50} ms on a 50 ms link: {report:?}"
+        p50 < 75.0,
+        "request p50 {p50} ms on a 50 ms link: more than one round trip: {report:?}"
     );
 }
 
@@ -326,7 +331,8 @@ fn a_request_keeps_its_latency_beside_a_saturating_bulk_channel() {
     );
     assert_eq!(value(&report, "requests"), 40.0, "{report:?}");
     // One round trip (50 ms) plus queueing behind at most a frame of bulk data in the
-    // shaper and the socket, as for critical messages; one shared queue would add seconds.
+    // shaper and the socket, as for critical messages (66 ms measured); one shared queue
+    // would add seconds. The bound leaves room for a loaded machine.
     let p99 = value(&report, "rpc_p99_ms");
-    assert!(p99 <= 90.0, "request p99 {p99} ms beside bulk: {report:?}");
+    assert!(p99 <= 200.0, "request p99 {p99} ms beside bulk: {report:?}");
 }
