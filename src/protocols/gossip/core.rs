@@ -333,7 +333,15 @@ struct Missing {
     asked: bool,
     /// Requests sent for it so far.
     asks: u8,
+    /// Announced by a tree neighbour, so large (see `LARGE_FETCH_WAIT`).
+    large: bool,
 }
+
+/// How many `fetch_timeout`s a request for a large publication is given before the next
+/// announcer is asked: its answer is a large transfer (slower on a loaded node than the
+/// timeout), and asking again too soon costs a whole second copy. A lost announcer delays it
+/// by this much instead.
+const LARGE_FETCH_WAIT: u32 = 4;
 
 #[derive(Debug)]
 struct Pending {
@@ -1197,6 +1205,20 @@ impl Core {
                     if missing.announcers.len() < 16 && !missing.announcers.contains(&peer) {
                         missing.announcers.push_back(peer);
                     }
+                    if state.eager.contains(&peer) && !missing.large {
+                        // Announced by a lazy neighbour first, now by a tree one: large. Not
+                        // asked yet: ask the tree neighbour now. Asked: wait longer for it.
+                        missing.large = true;
+                        if missing.asked {
+                            missing.due = missing
+                                .due
+                                .max(now + limits.fetch_timeout * (LARGE_FETCH_WAIT - 1));
+                        } else if let Some(i) = missing.announcers.iter().position(|a| *a == peer) {
+                            missing.announcers.remove(i);
+                            missing.announcers.push_front(peer);
+                            missing.due = now;
+                        }
+                    }
                 }
                 None if room => {
                     // An eager neighbour announcing means the publication is large: fetch it
@@ -1214,6 +1236,7 @@ impl Core {
                             due,
                             asked: false,
                             asks: 0,
+                            large,
                         },
                     );
                 }
@@ -1346,7 +1369,12 @@ impl Core {
                     // when it is the only one: its answer may just be late) is asked only if
                     // this one does not deliver in time.
                     missing.announcers.push_back(announcer);
-                    missing.due = now + limits.fetch_timeout;
+                    missing.due = now
+                        + if missing.large {
+                            limits.fetch_timeout * LARGE_FETCH_WAIT
+                        } else {
+                            limits.fetch_timeout
+                        };
                 }
             }
             let before = state.missing.len();

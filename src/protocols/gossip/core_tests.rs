@@ -609,6 +609,20 @@ fn large_publications_are_announced_then_fetched_at_once() {
     let mut served = Vec::new();
     sender.on_wire(peer(2), want[0].1.clone(), now, &mut yes, &mut served);
     assert!(matches!(&sends(&served)[..], [(_, Wire::Push { .. })]));
+    // A late answer is a large transfer: asked again only after LARGE_FETCH_WAIT timeouts,
+    // not one (a second copy of it costs as much as the first).
+    let timeout = Limits::for_tests().fetch_timeout;
+    let mut again = Vec::new();
+    receiver.poll(
+        now + timeout * LARGE_FETCH_WAIT - Duration::from_millis(1),
+        &mut again,
+    );
+    assert!(sends(&again).is_empty(), "{again:?}");
+    receiver.poll(now + timeout * LARGE_FETCH_WAIT, &mut again);
+    assert!(
+        matches!(&sends(&again)[..], [(_, Wire::Want { .. })]),
+        "{again:?}"
+    );
 }
 
 #[test]
@@ -1303,4 +1317,40 @@ fn a_place_whose_number_its_root_did_not_sign_is_refused_and_charged() {
     assert_eq!(keys.stamps_checked, 2);
     core.on_wire(peer(1), genuine(2), now, &mut keys, &mut out);
     assert_eq!(keys.stamps_checked, 2);
+}
+
+#[test]
+fn a_large_publication_announced_lazily_first_is_asked_of_the_tree_neighbour_and_waited_for() {
+    let now = Instant::now();
+    let timeout = Limits::for_tests().fetch_timeout;
+    // peer(1) is a tree neighbour (our child), peer(3) a lazy one.
+    let mut core = node(&[1], now);
+    let mut out = Vec::new();
+    core.on_connected(peer(3), now, &mut out);
+    let join = Wire::Join {
+        topics: vec!["t".into()],
+    };
+    core.on_wire(peer(3), join, now, &mut yes, &mut out);
+    let id = publication(9, 1, 100 * 1024).id();
+    let ihave = Wire::IHave {
+        topic: "t".into(),
+        ids: vec![(id, 2)],
+    };
+    core.on_wire(peer(3), ihave.clone(), now, &mut yes, &mut out);
+    core.on_wire(peer(1), ihave, now, &mut yes, &mut out);
+    out.clear();
+    core.poll(now, &mut out);
+    let want = Wire::Want {
+        topic: "t".into(),
+        ids: vec![id],
+    };
+    assert_eq!(sends(&out), vec![(peer(1), &want)], "{out:?}");
+    out.clear();
+    core.poll(
+        now + timeout * LARGE_FETCH_WAIT - Duration::from_millis(1),
+        &mut out,
+    );
+    assert!(sends(&out).is_empty(), "{out:?}");
+    core.poll(now + timeout * LARGE_FETCH_WAIT, &mut out);
+    assert_eq!(sends(&out), vec![(peer(3), &want)], "{out:?}");
 }
