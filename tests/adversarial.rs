@@ -71,8 +71,8 @@ impl Arena {
         let grown = rss().saturating_sub(self.rss_before);
         assert!(grown < MEMORY_BOUND, "memory grew by {} MiB", grown >> 20);
         assert!(self.target.is_connected(self.honest.local_peer_id()));
-        self.target.shutdown().await;
-        self.honest.shutdown().await;
+        soon("the target's shutdown", self.target.shutdown()).await;
+        soon("the honest node's shutdown", self.honest.shutdown()).await;
     }
 }
 
@@ -134,7 +134,6 @@ async fn slowloris_is_dropped_at_the_handshake_timeout() {
     // A valid first message (length 32, then an ephemeral key), one byte every 100 ms.
     let mut msg1 = vec![0u8, 32];
     msg1.extend((0..32u8).map(|i| i.wrapping_mul(37).wrapping_add(9)));
-    let started = tokio::time::Instant::now();
     let mut cut_off = false;
     for byte in msg1 {
         if slow.write_all(&[byte]).await.is_err() {
@@ -145,7 +144,8 @@ async fn slowloris_is_dropped_at_the_handshake_timeout() {
     }
     arena.honest_exchange(200).await;
     assert!(cut_off || closed(&mut slow).await);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // Cut by the handshake timeout, not by anything else: the count below names the reason
+    // (no bound on the time taken, which a loaded machine stretches).
     eventually("timeout counted", || {
         failures(&arena.target, "timeout") == 1
     })
@@ -377,6 +377,7 @@ async fn message_flood_beyond_the_rate_limit() {
     })
     .await;
     let payload = Bytes::from(vec![7u8; 512]);
+    let flood = std::time::Instant::now();
     for _ in 0..20_000 {
         if flooder.send(&payload).await.is_err() {
             break;
@@ -387,13 +388,19 @@ async fn message_flood_beyond_the_rate_limit() {
         |e| matches!(e, NetworkEvent::Banned { peer, .. } if *peer == flooder.id()),
     )
     .await;
-    // At most the one-second burst reached the inbox; drain it, then the honest exchange.
+    // At most the one-second burst, plus what the rate refilled while the flood lasted (a
+    // loaded machine makes it last longer), reached the inbox, not the 20,000 sent; drain
+    // it, then the honest exchange.
+    let refilled = (1000.0 * flood.elapsed().as_secs_f64()).ceil() as usize;
     let mut from_flooder = 0;
     while let Ok((from, _)) = arena.target_in.try_recv() {
         assert_eq!(from, flooder.id());
         from_flooder += 1;
     }
-    assert!(from_flooder <= 1000 + 100, "{from_flooder}");
+    assert!(
+        from_flooder <= 1000 + refilled + 100,
+        "{from_flooder}, refilled {refilled}"
+    );
     arena.honest_exchange(300).await;
     arena.finish().await;
 }

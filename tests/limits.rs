@@ -299,6 +299,7 @@ async fn many_connections_of_one_address_share_its_message_budget() {
             RawPeer::connect_from([127, 0, 0, 3].into(), x.local_addr(), "peerwire-test").await,
         );
     }
+    let flood = std::time::Instant::now();
     for raw in &mut flooders {
         // Each within its connection's burst of 1000.
         for i in 0..900 {
@@ -325,8 +326,13 @@ async fn many_connections_of_one_address_share_its_message_budget() {
     assert!(cut() >= 7, "{s:?}");
     let from_flood = x_in.len();
     // The address's one-second burst (1000, give or take a chunk per connection still held),
-    // not 7,200.
-    assert!(from_flood <= 1000 + 8 * 256, "{from_flood}");
+    // plus what its rate refilled while the flood lasted (longer on a loaded machine), not
+    // 7,200.
+    let refilled = (1000.0 * flood.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(
+        from_flood <= 1000 + refilled + 8 * 256,
+        "{from_flood}, refilled {refilled}"
+    );
     let (honest, _hi) = node(config()).await;
     let x_id = soon("honest connects", honest.connect(x.local_addr()))
         .await

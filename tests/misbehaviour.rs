@@ -167,6 +167,7 @@ async fn message_flood_beyond_the_rate_limit_is_dropped_then_banned() {
     let mut events = net.events();
     let mut flooder = RawPeer::connect(net.local_addr(), "peerwire-test").await;
     eventually("connected", || net.peers().len() == 2).await;
+    let flood = std::time::Instant::now();
     for i in 0..2000u32 {
         if flooder.send(&numbered(i, 16)).await.is_err() {
             break; // cut off
@@ -177,9 +178,15 @@ async fn message_flood_beyond_the_rate_limit_is_dropped_then_banned() {
         |e| matches!(e, NetworkEvent::Banned { peer, .. } if *peer == flooder.id()),
     )
     .await;
-    // Up to one second's burst got through, the excess was dropped and counted, not queued.
+    // Up to one second's burst got through, plus what the rate refilled while the flood
+    // lasted (a loaded machine makes it last longer), and the excess was dropped and
+    // counted, not queued: not the 2,000 sent.
+    let refilled = (200.0 * flood.elapsed().as_secs_f64()).ceil() as usize;
     let delivered = std::iter::from_fn(|| inbox.try_recv().ok()).count();
-    assert!(delivered <= 200 + 50, "delivered {delivered}");
+    assert!(
+        delivered <= 200 + refilled + 50,
+        "delivered {delivered}, refilled {refilled}"
+    );
     assert!(net.is_connected(honest.local_peer_id()));
     honest
         .send(net.local_peer_id(), &numbered(1, 8))

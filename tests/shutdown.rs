@@ -23,7 +23,7 @@ async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
     for i in 0..500 {
         nodes[0].0.try_send(target, &numbered(i, 1000)).unwrap();
     }
-    nodes[0].0.shutdown().await;
+    soon("node 0's shutdown", nodes[0].0.shutdown()).await;
     let got = recv_n(&mut nodes[1].1, 500).await;
     for (i, (_, m)) in got.iter().enumerate() {
         assert_eq!(number_of(m), i as u32);
@@ -47,17 +47,21 @@ async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
     }
     assert_eq!(gone.len(), 3);
     assert!(
-        nodes[0].1.recv().await.is_none(),
+        soon("the inbox's end", nodes[0].1.recv()).await.is_none(),
         "inbox ends after shutdown"
     );
     assert!(matches!(
-        nodes[0].0.connect(nodes[2].0.local_addr()).await,
+        soon(
+            "a connect after shutdown",
+            nodes[0].0.connect(nodes[2].0.local_addr())
+        )
+        .await,
         Err(peerwire::ConnectError::Closed)
     ));
     for (net, inbox) in &mut nodes[1..] {
-        net.shutdown().await;
-        net.shutdown().await; // idempotent
-        assert!(inbox.recv().await.is_none());
+        soon("a shutdown", net.shutdown()).await;
+        soon("a second shutdown", net.shutdown()).await; // idempotent
+        assert!(soon("the inbox's end", inbox.recv()).await.is_none());
     }
     eventually("all tasks joined", || alive_tasks() == baseline).await;
 }

@@ -78,10 +78,10 @@ async fn two_nodes_send_both_ways_in_order() {
     );
     eventually("b's connection is gone", || b.connections().is_empty()).await;
     assert_eq!(b.stats().totals.messages_in, u64::from(N));
-    a.shutdown().await;
-    b.shutdown().await;
-    assert!(a_in.recv().await.is_none());
-    assert!(b_in.recv().await.is_none());
+    soon("a's shutdown", a.shutdown()).await;
+    soon("b's shutdown", b.shutdown()).await;
+    assert!(soon("a's inbox's end", a_in.recv()).await.is_none());
+    assert!(soon("b's inbox's end", b_in.recv()).await.is_none());
 }
 
 /// Two nodes started with one key (a copied key file, two processes) keep replacing each other

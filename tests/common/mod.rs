@@ -125,7 +125,12 @@ impl RawPeer {
         network_id: &str,
         keypair: Keypair,
     ) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = soon(
+            "a TCP connection to the node",
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .unwrap();
         Self::handshake(stream, network_id, keypair).await
     }
 
@@ -138,7 +143,9 @@ impl RawPeer {
     ) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind((local, 0).into()).unwrap();
-        let stream = socket.connect(addr).await.unwrap();
+        let stream = soon("a TCP connection to the node", socket.connect(addr))
+            .await
+            .unwrap();
         Self::handshake(stream, network_id, Keypair::generate()).await
     }
 
@@ -154,7 +161,12 @@ impl RawPeer {
             expected_peer: None,
             dial_seq: 1,
         };
-        let (established, _rest) = perform(&mut stream, &keypair, params, true).await.unwrap();
+        let (established, _rest) = soon(
+            "the node's side of the handshake",
+            perform(&mut stream, &keypair, params, true),
+        )
+        .await
+        .unwrap();
         Self {
             stream,
             encoder: peerwire::codec::frame::FrameEncoder::new(established.sealer),
@@ -189,7 +201,16 @@ impl RawPeer {
         use tokio::io::AsyncWriteExt;
         self.encoder.seal().unwrap();
         let out = self.encoder.output().split();
-        self.stream.write_all(&out).await
+        // A node that neither reads nor closes would hold the test for ever: past `SOON`,
+        // the write fails instead (a test that expects a cut sees an error either way).
+        tokio::time::timeout(SOON, self.stream.write_all(&out))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the node accepted no bytes for SOON",
+                ))
+            })
     }
 
     /// Reads until the node closes the connection; returns whether it did within `SOON`.
