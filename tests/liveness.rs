@@ -54,7 +54,7 @@ async fn silent_peer_is_closed_at_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn busy_link_with_pings_is_never_idle() {
+async fn a_link_carrying_only_pings_is_never_idle() {
     let (a, _ai) = node(fast_pings()).await;
     let (b, mut b_in) = node(fast_pings()).await;
     let mut events = a.events();
