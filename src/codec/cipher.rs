@@ -135,13 +135,28 @@ mod tests {
             buf.extend_from_slice(&tag);
             let mut tampered = buf.clone();
             tampered[5] ^= 1;
-            // A tampered frame fails and does not advance the expected nonce.
+            // A tampered frame fails and does not advance the expected nonce: the same opener
+            // then opens the genuine frame.
             assert_eq!(
-                Opener::new(&key).open(b"hdr", &mut tampered),
+                opener.open(b"hdr", &mut tampered),
                 Err(CodecError::Authentication)
             );
             let n = opener.open(b"hdr", &mut buf).unwrap();
             assert_eq!(&buf[..n], &vec![round; 100][..]);
+        }
+    }
+
+    #[test]
+    fn debug_shows_the_counter_and_never_the_key() {
+        let key = [0xabu8; 32];
+        let mut sealer = Sealer::new(&key);
+        let mut buf = vec![1u8; 8];
+        sealer.seal(b"", &mut buf).unwrap();
+        let texts = [format!("{sealer:?}"), format!("{:?}", Opener::new(&key))];
+        assert_eq!(texts[0], "Sealer { counter: 1 }");
+        assert_eq!(texts[1], "Opener { counter: 0 }");
+        for text in texts {
+            assert!(!text.contains("ab, ab") && !text.contains("abab"), "{text}");
         }
     }
 

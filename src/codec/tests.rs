@@ -263,6 +263,8 @@ fn message_encoding_round_trips_and_rejects_trailing_bytes() {
         encode_message(&vec![0u8; 100], 50),
         Err(CodecError::MessageTooLarge { max: 50, .. })
     ));
+    // Exactly the bound is not too large (a one-byte length prefix and 49 bytes).
+    assert_eq!(encode_message(&vec![0u8; 49], 50).unwrap().len(), 50);
     let ping = ControlMessage::Ping { nonce: 5 };
     assert_eq!(decode_control(&encode_control(&ping)).unwrap(), ping);
     assert_eq!(decode_control(&[0xff, 0xff]), Err(Violation::BadControl));
@@ -314,6 +316,11 @@ fn raw_bytes_are_their_own_body_and_typed_messages_keep_postcard() {
         encode_body(&raw, 3),
         Err(CodecError::MessageTooLarge { len, max: 3 }) if len == raw.len()
     ));
+    assert_eq!(
+        encode_body(&raw, raw.len()).unwrap(),
+        raw,
+        "exactly the bound fits"
+    );
     // A Vec<u8> is a typed message: postcard's length prefix stays.
     let typed = encode_body(&raw.to_vec(), 64).unwrap();
     assert_eq!(typed.len(), raw.len() + 1);
