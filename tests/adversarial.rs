@@ -100,7 +100,7 @@ fn failures(net: &Network<Bytes>, label: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshake_flood_beyond_the_cap() {
+async fn a_silent_handshake_flood_times_out_and_an_honest_peer_is_served() {
     let _serial = ONE_AT_A_TIME.lock().await;
     // Per-IP limits lifted: this test is about the global cap on concurrent handshakes.
     let cfg = config()

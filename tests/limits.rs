@@ -187,6 +187,49 @@ async fn max_outbound_refuses_a_dial_beyond_it_until_a_slot_frees() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_handshakes_holds_a_handshake_back_until_a_slot_frees() {
+    // One handshake at a time, and a silent client given all the time it wants.
+    let (x, _x_in) = node(
+        config()
+            .max_concurrent_handshakes(1)
+            .inbound_handshake_timeout(Duration::from_secs(120)),
+    )
+    .await;
+    let silent = soon(
+        "a silent TCP connection",
+        tokio::net::TcpStream::connect(x.local_addr()),
+    )
+    .await
+    .unwrap();
+    eventually("the silent client holds the handshake slot", || {
+        x.connections().len() == 1
+    })
+    .await;
+    // While it holds the one slot, an honest dial gets no handshake from x: it times out.
+    let (b, _b_in) = node(config().handshake_timeout(Duration::from_secs(3))).await;
+    let held = soon("a dial while the slot is held", b.connect(x.local_addr())).await;
+    assert!(
+        matches!(
+            &held,
+            Err(peerwire::ConnectError::Handshake {
+                source: peerwire::handshake::HandshakeError::Timeout,
+                ..
+            })
+        ),
+        "{held:?}"
+    );
+    // The silent client leaves: the slot is free and the same dial goes through.
+    drop(silent);
+    let b_id = soon("a dial after the slot freed", b.connect(x.local_addr()))
+        .await
+        .unwrap();
+    assert_eq!(b_id, x.local_peer_id());
+    for n in [&x, &b] {
+        soon("shutdown", n.shutdown()).await;
+    }
+}
+
 /// The shared inbox: paced floods (each connection under its rate limit) against an
 /// application that drains slowly. Without shares the inbox stays full of flood and every
 /// place it frees goes to whoever pushes first, mostly the flood, so an honest peer's messages
