@@ -327,3 +327,44 @@ fn raw_bytes_are_their_own_body_and_typed_messages_keep_postcard() {
     assert_eq!(decode_body::<Vec<u8>>(typed).unwrap(), raw.to_vec());
     assert!(is_raw::<Bytes>() && !is_raw::<Vec<u8>>());
 }
+
+#[test]
+fn a_64_kib_message_fits_one_frame_and_a_header_may_announce_128_kib_and_a_tag() {
+    // The wire format: frames carry up to 128 KiB of plaintext, so a 64 KiB message (and
+    // its record header) is one frame.
+    let mut enc = FrameEncoder::new(Sealer::new(&KEY));
+    let message = vec![5u8; 64 * 1024];
+    assert_eq!(enc.push_message(&message, 0).unwrap(), message.len());
+    enc.seal().unwrap();
+    assert_eq!(enc.take_sealed_frames(), 1);
+    // A header may announce 128 KiB plus the 16-byte tag, and not a byte more.
+    let mut dec = FrameDecoder::new(Opener::new(&KEY));
+    let mut at_bound = BytesMut::from(&(128u32 * 1024 + 16).to_be_bytes()[..]);
+    assert_eq!(dec.decode(&mut at_bound), Ok(None), "waits for the body");
+    let mut over = BytesMut::from(&(128u32 * 1024 + 17).to_be_bytes()[..]);
+    assert!(matches!(
+        dec.decode(&mut over),
+        Err(CodecError::FrameTooLarge { max, .. }) if max == 128 * 1024 + 16
+    ));
+}
+
+#[test]
+fn an_idle_encoder_frees_its_buffer_but_never_bytes_not_yet_written() {
+    let mut enc = FrameEncoder::new(Sealer::new(&KEY));
+    enc.push_message(b"vote", 0).unwrap();
+    enc.seal().unwrap();
+    let sealed = enc.output().clone();
+    assert!(!sealed.is_empty());
+    // Sealed and not yet written: kept.
+    enc.release_idle();
+    assert_eq!(enc.output()[..], sealed[..]);
+    // An open frame not yet sealed: kept too.
+    enc.push_message(b"more", 0).unwrap();
+    enc.release_idle();
+    assert!(enc.buffered() > sealed.len());
+    // Written (the writer clears the output): freed.
+    enc.seal().unwrap();
+    enc.output().clear();
+    enc.release_idle();
+    assert_eq!(enc.output().capacity(), 0);
+}
