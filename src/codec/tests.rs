@@ -367,4 +367,8 @@ fn an_idle_encoder_frees_its_buffer_but_never_bytes_not_yet_written() {
     enc.output().clear();
     enc.release_idle();
     assert_eq!(enc.output().capacity(), 0);
+    // The next record takes one small buffer (4 KiB), not one grown a few bytes at a time.
+    enc.push_message(b"again", 0).unwrap();
+    assert_eq!(enc.buffered(), enc.output().len());
+    assert!((4096..64 * 1024).contains(&enc.output().capacity()));
 }
