@@ -63,7 +63,7 @@ async fn full_inbox_drops_and_counts_without_stalling_the_socket() {
     .await;
     let kept = recv_n(&mut b_in, 8).await;
     assert_eq!(number_of(&kept[0].1), 0);
-    // The connection still works, pings and all: a new message is delivered now there is room.
+    // The connection still works: a new message is delivered now there is room.
     a.send(b_id, &numbered(99, 16)).await.unwrap();
     assert_eq!(number_of(&recv_n(&mut b_in, 1).await[0].1), 99);
     a.shutdown().await;

@@ -314,7 +314,7 @@ fn debug_names_the_node_and_stage_and_never_the_secret_key() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn silent_peer_times_out() {
+async fn a_silent_initiator_never_completes_the_handshake() {
     let b = Keypair::generate();
     let (_x, mut y) = tokio::io::duplex(4096);
     let result = tokio::time::timeout(
