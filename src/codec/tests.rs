@@ -372,3 +372,21 @@ fn an_idle_encoder_frees_its_buffer_but_never_bytes_not_yet_written() {
     assert_eq!(enc.buffered(), enc.output().len());
     assert!((4096..64 * 1024).contains(&enc.output().capacity()));
 }
+
+#[test]
+fn a_record_that_does_not_fit_the_open_frame_opens_the_next_one() {
+    // 64-byte frames; a 52-byte message (7 bytes of record header) leaves 5 bytes, one short
+    // of a control record with a 1-byte body.
+    let mut enc = FrameEncoder::with_frame_size(Sealer::new(&KEY), 64);
+    assert_eq!(enc.push_message(&[3u8; 52], 0).unwrap(), 52);
+    enc.push_control(&[1]).unwrap();
+    enc.seal().unwrap();
+    assert_eq!(enc.take_sealed_frames(), 2);
+    let mut frames = FrameDecoder::new(Opener::new(&KEY));
+    let mut buf = enc.output().split();
+    let mut plaintexts = Vec::new();
+    while let Some(plain) = frames.decode(&mut buf).unwrap() {
+        plaintexts.push(plain.len());
+    }
+    assert_eq!(plaintexts, vec![59, 6]);
+}
