@@ -250,3 +250,27 @@ async fn application_ban_disconnects_and_refuses_until_unbanned() {
     net.shutdown().await;
     other.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_out_of_sequence_costs_25_points_and_the_socket_stays_open() {
+    let (net, inbox) = node(config()).await;
+    let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
+    eventually("evil connected", || net.is_connected(evil.id())).await;
+    // A Continue fragment of a message whose Start never came.
+    let big = vec![1u8; 300_000];
+    evil.encoder
+        .push_message_on(0, &big, 200_000, big.len())
+        .unwrap();
+    evil.flush().await.unwrap();
+    evil.send(&Bytes::from_static(b"after")).await.unwrap();
+    let (from, msg) = soon("the next message", inbox.recv()).await.unwrap();
+    assert_eq!((from, &msg[..]), (evil.id(), &b"after"[..]));
+    eventually("charged", || {
+        peer_info(&net, evil.id()).is_some_and(|i| i.stats.misbehaviour == 25)
+    })
+    .await;
+    let info = peer_info(&net, evil.id()).expect("still connected");
+    assert_eq!(info.state, SocketState::Open);
+    assert_eq!(info.stats.rejected, 1);
+    net.shutdown().await;
+}
