@@ -390,3 +390,24 @@ fn a_record_that_does_not_fit_the_open_frame_opens_the_next_one() {
     }
     assert_eq!(plaintexts, vec![59, 6]);
 }
+
+#[test]
+fn messages_fill_frames_exactly_and_a_fragment_needs_room_for_a_byte() {
+    let encoder = || FrameEncoder::with_frame_size(Sealer::new(&KEY), 64);
+    // A message whose record (7 bytes of header) exactly fills a 64-byte frame is one
+    // Message record in one frame, not fragments.
+    let mut enc = encoder();
+    assert_eq!(enc.push_message(&[1u8; 57], 0).unwrap(), 57);
+    enc.seal().unwrap();
+    assert_eq!(enc.take_sealed_frames(), 1);
+    let items = decode_chunks(&[&enc.output().split()], 1000).unwrap();
+    assert_eq!(messages_of(&items), vec![vec![1u8; 57]]);
+    // A Start fragment takes 11 bytes of header and needs one more for data: with 11 bytes
+    // left it opens the next frame (53 bytes of data there), with 20 left it carries 9.
+    for (first, left, taken) in [(46usize, 11usize, 53usize), (37, 20, 9)] {
+        let mut enc = encoder();
+        enc.push_message(&vec![2u8; first], 0).unwrap();
+        assert_eq!(enc.buffered(), 4 + 64 - left, "{left} bytes left");
+        assert_eq!(enc.push_message(&[3u8; 100], 0).unwrap(), taken);
+    }
+}
