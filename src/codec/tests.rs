@@ -411,3 +411,21 @@ fn messages_fill_frames_exactly_and_a_fragment_needs_room_for_a_byte() {
         assert_eq!(enc.push_message(&[3u8; 100], 0).unwrap(), taken);
     }
 }
+
+#[test]
+fn a_frame_shorter_than_a_tag_is_refused_and_one_of_just_a_tag_opens() {
+    let mut dec = FrameDecoder::new(Opener::new(&KEY));
+    let mut short = BytesMut::from(&5u32.to_be_bytes()[..]);
+    short.extend_from_slice(&[0u8; 5]);
+    assert!(matches!(
+        dec.decode(&mut short),
+        Err(CodecError::FrameTooShort { len: 5, min: 16 })
+    ));
+    // An empty plaintext sealed: exactly a tag, a valid frame (the encoder never sends one).
+    let header = 16u32.to_be_bytes();
+    let tag = Sealer::new(&KEY).seal(&header, &mut []).unwrap();
+    let mut frame = BytesMut::from(&header[..]);
+    frame.extend_from_slice(&tag);
+    let mut dec = FrameDecoder::new(Opener::new(&KEY));
+    assert_eq!(dec.decode(&mut frame).unwrap().map(|p| p.len()), Some(0));
+}
