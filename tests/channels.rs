@@ -194,3 +194,31 @@ async fn stalling_again_from_the_same_ip_gets_banned() {
     assert_eq!(hub.stats().bans, 1);
     hub.shutdown().await;
 }
+
+/// Once an application drops a channel's `Inbox`, the next message on that channel ends the
+/// sender's connection with `InboxClosed`, on the receiving side, as the README says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_a_channel_whose_inbox_was_dropped_ends_the_connection() {
+    let (a, _a_in) = node(channels()).await;
+    let (b, _b_in) = node(channels()).await;
+    let (a_parts, _) = a.channel::<Bytes>(PARTS).unwrap();
+    let (_, b_parts_in) = b.channel::<Bytes>(PARTS).unwrap();
+    let mut b_events = b.events();
+    let b_id = soon("connect", a.connect(b.local_addr())).await.unwrap();
+    let a_id = a.local_peer_id();
+    drop(b_parts_in);
+    soon("send", a_parts.send(b_id, &Bytes::from_static(b"part")))
+        .await
+        .unwrap();
+    let ev = next_disconnect(&mut b_events).await;
+    assert_eq!(
+        ev,
+        NetworkEvent::Disconnected {
+            peer: a_id,
+            reason: peerwire::DisconnectReason::InboxClosed
+        }
+    );
+    for n in [&a, &b] {
+        soon("shutdown", n.shutdown()).await;
+    }
+}
