@@ -429,3 +429,15 @@ fn a_frame_shorter_than_a_tag_is_refused_and_one_of_just_a_tag_opens() {
     let mut dec = FrameDecoder::new(Opener::new(&KEY));
     assert_eq!(dec.decode(&mut frame).unwrap().map(|p| p.len()), Some(0));
 }
+
+#[test]
+fn a_partial_frame_grows_the_buffer_once_to_the_whole_frame() {
+    // A header announcing 1,000 bytes and the first 10 of them: the buffer is grown to the
+    // whole frame at once (the reader then fills it in as few reads as the socket allows),
+    // not by more.
+    let mut buf = BytesMut::from(&1000u32.to_be_bytes()[..]);
+    buf.extend_from_slice(&[0u8; 10]);
+    let mut dec = FrameDecoder::new(Opener::new(&KEY));
+    assert_eq!(dec.decode(&mut buf), Ok(None));
+    assert!((1004..1020).contains(&buf.capacity()), "{}", buf.capacity());
+}
