@@ -147,6 +147,7 @@ fn decode_sharing(
 #[test]
 fn partial_messages_are_charged_to_a_shared_budget_and_given_back() {
     let budget = record::ReassemblyBudget::new(10_000);
+    assert_eq!((budget.held(), budget.refused()), (0, 0));
     // The first 6,000 bytes of a 50,000-byte message, twice: the second passes the budget.
     let whole = encode_stream(&[vec![1u8; 50_000]], 512);
     let partial = &whole[..6_500];
@@ -440,4 +441,67 @@ fn a_partial_frame_grows_the_buffer_once_to_the_whole_frame() {
     let mut dec = FrameDecoder::new(Opener::new(&KEY));
     assert_eq!(dec.decode(&mut buf), Ok(None));
     assert!((1004..1020).contains(&buf.capacity()), "{}", buf.capacity());
+}
+
+/// The message bodies `decoder` yields for `plaintext`, as (bytes, len, is_empty).
+fn bodies(decoder: &mut RecordDecoder, plaintext: &Bytes) -> Vec<(Vec<u8>, usize, bool)> {
+    let mut seen = Vec::new();
+    decoder.decode_borrowed(plaintext, &mut |r| {
+        if let record::Record::Message { body, .. } = r {
+            seen.push((body.as_slice().to_vec(), body.len(), body.is_empty()));
+        }
+    });
+    seen
+}
+
+#[test]
+fn bodies_lent_from_a_frame_or_reassembled_report_their_bytes_and_what_is_held() {
+    let mut enc = FrameEncoder::with_frame_size(Sealer::new(&KEY), 64);
+    enc.push_message(b"hello", 0).unwrap();
+    enc.push_message(b"", 0).unwrap();
+    let big: Vec<u8> = (0..100u8).collect();
+    let mut offset = 0;
+    while offset < big.len() {
+        offset = enc.push_message(&big, offset).unwrap();
+    }
+    enc.seal().unwrap();
+    let mut frames = FrameDecoder::new(Opener::new(&KEY));
+    let mut buf = enc.output().split();
+    let mut plaintexts = Vec::new();
+    while let Some(plain) = frames.decode(&mut buf).unwrap() {
+        plaintexts.push(plain.freeze());
+    }
+    let mut decoder = RecordDecoder::new(1000);
+    // First frame: the two small messages (lent from the frame) and the big one's start.
+    let first = bodies(&mut decoder, &plaintexts[0]);
+    assert_eq!(
+        first,
+        vec![(b"hello".to_vec(), 5, false), (vec![], 0, true)]
+    );
+    let held = decoder.buffered();
+    assert!(held > 0 && held < big.len(), "{held}");
+    // The rest: the big message, reassembled, and nothing held any more.
+    let mut rest = Vec::new();
+    for plain in &plaintexts[1..] {
+        rest.extend(bodies(&mut decoder, plain));
+    }
+    assert_eq!(rest, vec![(big.clone(), 100, false)]);
+    assert_eq!(decoder.buffered(), 0);
+}
+
+#[test]
+fn a_record_longer_than_what_is_left_of_its_frame_is_malformed_not_a_panic() {
+    // A Message record announcing 9 bytes where 5 are left.
+    for announced in 6u8..=12 {
+        let plaintext = Bytes::from(vec![0x01, 0, 0, 0, announced, 0, 0, b'a', b'b', b'c']);
+        let mut items = Vec::new();
+        RecordDecoder::new(1000).decode_frame(BytesMut::from(&plaintext[..]), &mut |i| {
+            items.push(i);
+        });
+        assert_eq!(
+            items,
+            vec![Inbound::Violation(Violation::MalformedRecord)],
+            "{announced}"
+        );
+    }
 }
