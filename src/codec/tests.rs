@@ -505,3 +505,88 @@ fn a_record_longer_than_what_is_left_of_its_frame_is_malformed_not_a_panic() {
         );
     }
 }
+
+/// A record as it appears in a frame's plaintext: kind, body length, body.
+fn rec(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A data record on channel 0: `prefix` (a Start's total) then `len` bytes of `fill`.
+fn data(kind: u8, prefix: Option<u32>, len: usize, fill: u8) -> Vec<u8> {
+    let mut body = vec![0u8, 0];
+    if let Some(total) = prefix {
+        body.extend_from_slice(&total.to_be_bytes());
+    }
+    body.extend(std::iter::repeat_n(fill, len));
+    rec(kind, &body)
+}
+
+/// What a decoder accepting messages up to 100 bytes makes of these records, one frame each.
+fn decode_records(frames: &[Vec<u8>]) -> Vec<Inbound> {
+    let mut decoder = RecordDecoder::new(100);
+    let mut items = Vec::new();
+    for frame in frames {
+        decoder.decode_frame(BytesMut::from(&frame[..]), &mut |i| items.push(i));
+    }
+    items
+}
+
+const MESSAGE: u8 = 0x01;
+const START: u8 = 0x02;
+const CONTINUE: u8 = 0x03;
+
+#[test]
+fn records_at_the_size_bound_pass_and_one_byte_over_is_oversize() {
+    // A whole message of exactly the bound, then one byte over.
+    let items = decode_records(&[data(MESSAGE, None, 100, 1), data(MESSAGE, None, 101, 2)]);
+    assert_eq!(messages_of(&items), vec![vec![1u8; 100]]);
+    assert!(matches!(
+        items[1],
+        Inbound::Violation(Violation::Oversize { len: 101, max: 100 })
+    ));
+    // A fragmented message of exactly the bound is reassembled; one announcing a byte more
+    // is refused at its Start and its fragments are skipped to its end, exactly: the
+    // message after them arrives whole and nothing else is charged.
+    let items = decode_records(&[
+        data(START, Some(100), 60, 3),
+        data(CONTINUE, None, 40, 3),
+        data(START, Some(101), 60, 4),
+        data(CONTINUE, None, 41, 4),
+        data(MESSAGE, None, 5, 5),
+    ]);
+    assert_eq!(messages_of(&items), vec![vec![3u8; 100], vec![5u8; 5]]);
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!(matches!(
+        items[1],
+        Inbound::Violation(Violation::Oversize { len: 101, max: 100 })
+    ));
+}
+
+#[test]
+fn a_start_needs_its_total_and_a_skipped_message_must_not_run_past_its_end() {
+    // A Start of just its total (no data yet) is fine; three bytes of total are not.
+    let items = decode_records(&[data(START, Some(10), 0, 0), data(CONTINUE, None, 10, 6)]);
+    assert_eq!(messages_of(&items), vec![vec![6u8; 10]]);
+    let short = rec(START, &[0, 0, 0, 0, 10]);
+    assert_eq!(
+        decode_records(&[short]),
+        vec![Inbound::Violation(Violation::MalformedRecord)]
+    );
+    // An oversize message being skipped: a fragment of exactly what is left ends the skip;
+    // one longer than that is malformed.
+    let items = decode_records(&[
+        data(START, Some(150), 100, 7),
+        data(CONTINUE, None, 50, 7),
+        data(MESSAGE, None, 3, 8),
+    ]);
+    assert_eq!(messages_of(&items), vec![vec![8u8; 3]]);
+    let items = decode_records(&[data(START, Some(150), 100, 7), data(CONTINUE, None, 51, 7)]);
+    assert_eq!(
+        items[1..],
+        [Inbound::Violation(Violation::MalformedRecord)],
+        "{items:?}"
+    );
+}
