@@ -590,3 +590,30 @@ fn a_start_needs_its_total_and_a_skipped_message_must_not_run_past_its_end() {
         "{items:?}"
     );
 }
+
+#[test]
+fn a_message_refused_by_the_budget_mid_way_is_skipped_exactly_to_its_end() {
+    // With 100 bytes of budget: 60 of a message held, the next 50 refused. 40 bytes are then
+    // left to skip (150 in all) or none (110 in all); either way the next message is clean.
+    for (total, left) in [(150u32, 40usize), (110, 0)] {
+        let mut decoder = RecordDecoder::new(1000);
+        decoder.set_budget(record::ReassemblyBudget::new(100));
+        let mut frames = vec![data(START, Some(total), 60, 1), data(CONTINUE, None, 50, 1)];
+        if left > 0 {
+            frames.push(data(CONTINUE, None, left, 1));
+        }
+        frames.push(data(MESSAGE, None, 3, 9));
+        let mut items = Vec::new();
+        for frame in &frames {
+            decoder.decode_frame(BytesMut::from(&frame[..]), &mut |i| items.push(i));
+        }
+        assert_eq!(items.len(), 2, "{total}: {items:?}");
+        assert_eq!(
+            items[0],
+            Inbound::Violation(Violation::ReassemblyBudget),
+            "{total}"
+        );
+        assert_eq!(messages_of(&items), vec![vec![9u8; 3]], "{total}");
+        assert_eq!(decoder.buffered(), 0);
+    }
+}
