@@ -616,4 +616,25 @@ fn a_message_refused_by_the_budget_mid_way_is_skipped_exactly_to_its_end() {
         assert_eq!(messages_of(&items), vec![vec![9u8; 3]], "{total}");
         assert_eq!(decoder.buffered(), 0);
     }
+    // Refused at its Start (60 bytes against 50 of budget): the other 90 are skipped.
+    let mut decoder = RecordDecoder::new(1000);
+    decoder.set_budget(record::ReassemblyBudget::new(50));
+    let mut items = Vec::new();
+    for frame in [
+        data(START, Some(150), 60, 1),
+        data(CONTINUE, None, 90, 1),
+        data(MESSAGE, None, 3, 9),
+    ] {
+        decoder.decode_frame(BytesMut::from(&frame[..]), &mut |i| items.push(i));
+    }
+    assert_eq!(
+        items,
+        vec![
+            Inbound::Violation(Violation::ReassemblyBudget),
+            Inbound::Message {
+                channel: 0,
+                bytes: Bytes::from(vec![9u8; 3])
+            }
+        ]
+    );
 }
