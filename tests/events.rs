@@ -41,3 +41,33 @@ async fn a_lagging_subscriber_is_told_how_many_events_it_missed() {
         leaf.shutdown().await;
     }
 }
+
+/// A persistent peer is dialed as the node starts: its `Connected` can come before the
+/// application subscribes. The first `events()` still has it; later ones start from then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_subscriber_sees_the_events_since_start() {
+    let (peer, _peer_in) = node(config()).await;
+    let (net, _net_in) =
+        node(config().persistent_peer(peer.local_addr(), peer.local_peer_id())).await;
+    // Connected before anyone subscribed.
+    eventually("the persistent peer connected", || {
+        net.is_connected(peer.local_peer_id())
+    })
+    .await;
+    let mut first = net.events();
+    let event = soon("the first subscriber's first event", first.recv())
+        .await
+        .unwrap();
+    assert!(
+        matches!(event, NetworkEvent::Connected { peer: p, .. } if p == peer.local_peer_id()),
+        "{event:?}"
+    );
+    // A later subscriber starts from now: nothing is waiting for it.
+    let mut later = net.events();
+    assert!(matches!(
+        later.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+    soon("shutdown", net.shutdown()).await;
+    soon("shutdown", peer.shutdown()).await;
+}

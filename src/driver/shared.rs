@@ -188,6 +188,9 @@ pub(crate) struct Shared {
     /// Every connection in any state, for observation.
     pub(crate) connections: RwLock<HashMap<ConnectionId, Arc<SocketShared>>>,
     pub(crate) events: broadcast::Sender<NetworkEvent>,
+    /// The receiver made with `events`, for the application's first `Network::events()`: it
+    /// holds every event since start (at most `event_capacity`).
+    pub(crate) first_events: parking_lot::Mutex<Option<broadcast::Receiver<NetworkEvent>>>,
     pub(crate) counters: Counters,
     /// The reliable stream of each persistent peer, used whether or not the peer is
     /// connected. Read on every send; written only when the application adds or removes a

@@ -127,7 +127,9 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
                 }
             }
         }
-        let (events, _) = broadcast::channel(config.event_capacity);
+        // Kept until the application's first `events()`: persistent peers are dialed as the node
+        // starts, and their `Connected` must not be gone before anyone could subscribe.
+        let (events, first_events) = broadcast::channel(config.event_capacity);
         // Tells this process's reliable streams apart from those of an earlier run.
         let incarnation = backoff::jitter_sample();
         let channels = config.channel_table();
@@ -183,6 +185,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             peers: Default::default(),
             connections: Default::default(),
             events,
+            first_events: parking_lot::Mutex::new(Some(first_events)),
             counters: Counters::default(),
             reliable: parking_lot::RwLock::new(reliable),
             persistence: tokio::sync::Mutex::new(Persistence {
@@ -694,11 +697,18 @@ impl<M: Serialize + 'static> Network<M> {
         self.shared.peers.read().contains_key(&peer)
     }
 
-    /// Subscribes to connection events from now on. Each subscriber buffers up to
-    /// `event_capacity` events; one that falls behind loses the oldest and its next `recv`
-    /// reports how many it missed (`RecvError::Lagged`).
+    /// Subscribes to connection events. The first call after [`Network::start`] gets every
+    /// event since the node started (persistent peers are dialed at once, and their
+    /// `Connected` may come before the caller could subscribe); later calls get events from
+    /// then on. Each subscriber buffers up to `event_capacity` events; one that falls behind
+    /// loses the oldest and its next `recv` reports how many it missed
+    /// (`RecvError::Lagged`).
     pub fn events(&self) -> broadcast::Receiver<NetworkEvent> {
-        self.shared.events.subscribe()
+        self.shared
+            .first_events
+            .lock()
+            .take()
+            .unwrap_or_else(|| self.shared.events.subscribe())
     }
 
     /// Node-wide counters.
