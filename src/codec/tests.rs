@@ -575,6 +575,11 @@ fn a_start_needs_its_total_and_a_skipped_message_must_not_run_past_its_end() {
         decode_records(&[short]),
         vec![Inbound::Violation(Violation::MalformedRecord)]
     );
+    // A Start carrying its whole message is the message; one carrying more than its total
+    // is malformed.
+    let items = decode_records(&[data(START, Some(4), 4, 7), data(START, Some(4), 5, 7)]);
+    assert_eq!(messages_of(&items), vec![vec![7u8; 4]]);
+    assert_eq!(items[1], Inbound::Violation(Violation::MalformedRecord));
     // An oversize message being skipped: a fragment of exactly what is left ends the skip;
     // one longer than that is malformed.
     let items = decode_records(&[
