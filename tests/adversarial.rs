@@ -41,7 +41,9 @@ impl Arena {
     async fn new(cfg: Config) -> Self {
         let (target, target_in) = node(cfg).await;
         let (honest, _) = node(config()).await;
-        honest.connect(target.local_addr()).await.unwrap();
+        soon("connect", honest.connect(target.local_addr()))
+            .await
+            .unwrap();
         eventually("honest admitted", || {
             target.is_connected(honest.local_peer_id())
         })
@@ -255,7 +257,7 @@ async fn wrong_network_id_is_refused_with_reason() {
     })
     .await;
     arena.honest_exchange(200).await;
-    stranger.shutdown().await;
+    soon("shutdown", stranger.shutdown()).await;
     arena.finish().await;
 }
 

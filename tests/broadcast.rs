@@ -33,7 +33,7 @@ async fn five_nodes_broadcast_reaches_everyone_once_in_order() {
         assert!(inbox.try_recv().is_err(), "no duplicates");
     }
     for (net, _) in &nodes {
-        net.shutdown().await;
+        soon("shutdown", net.shutdown()).await;
     }
 }
 
@@ -49,8 +49,12 @@ async fn consensus_messages_arrive_tagged_with_the_proven_sender() {
     let (leader, mut leader_in) = start().await.unwrap();
     let (r1, mut r1_in) = start().await.unwrap();
     let (r2, mut r2_in) = start().await.unwrap();
-    leader.connect(r1.local_addr()).await.unwrap();
-    leader.connect(r2.local_addr()).await.unwrap();
+    soon("connect", leader.connect(r1.local_addr()))
+        .await
+        .unwrap();
+    soon("connect", leader.connect(r2.local_addr()))
+        .await
+        .unwrap();
     let proposal = Consensus::Proposal {
         height: 9,
         block: vec![7; 5000],
@@ -95,6 +99,6 @@ async fn consensus_messages_arrive_tagged_with_the_proven_sender() {
         }
     );
     for n in [&leader, &r1, &r2] {
-        n.shutdown().await;
+        soon("shutdown", n.shutdown()).await;
     }
 }

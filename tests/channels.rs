@@ -32,7 +32,7 @@ async fn critical_keeps_flowing_while_the_application_ignores_bulk() {
     // b opens the bulk channel but never reads it.
     let (_, _b_parts) = b.channel::<Bytes>(PARTS).unwrap();
     let b_id = b.local_peer_id();
-    a.connect(b.local_addr()).await.unwrap();
+    soon("connect", a.connect(b.local_addr())).await.unwrap();
     eventually("b sees a", || b.is_connected(a.local_peer_id())).await;
     let part = Bytes::from(vec![9u8; 256 * 1024]);
     for vote in 0..200u32 {
@@ -68,8 +68,8 @@ async fn critical_keeps_flowing_while_the_application_ignores_bulk() {
     })
     .await;
     assert!(b.metrics_text().contains("peerwire_channel_dropped_total"));
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,8 +117,8 @@ async fn persistent_delivery_is_exactly_once_in_order_per_channel_with_a_slow_bu
         a.pending(b_id) == Some(peerwire::Pending::default())
     })
     .await;
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +131,9 @@ async fn a_waiting_broadcast_gives_up_on_a_stalled_peer_within_send_wait() {
         .write_timeout(Duration::from_secs(120));
     let (hub, _hub_in) = node(cfg).await;
     let (honest, mut honest_in) = node(config()).await;
-    honest.connect(hub.local_addr()).await.unwrap();
+    soon("connect", honest.connect(hub.local_addr()))
+        .await
+        .unwrap();
     let stalled = RawPeer::connect(hub.local_addr(), "peerwire-test").await;
     eventually("both connected", || hub.peers().len() == 2).await;
     let payload = Bytes::from(vec![1u8; 64 * 1024]);
@@ -157,8 +159,8 @@ async fn a_waiting_broadcast_gives_up_on_a_stalled_peer_within_send_wait() {
         "400 broadcasts finished long before the stalled peer's write_timeout"
     );
     assert!(hub.stats().send_wait_expired >= 1);
-    hub.shutdown().await;
-    honest.shutdown().await;
+    soon("shutdown", hub.shutdown()).await;
+    soon("shutdown", honest.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +194,7 @@ async fn stalling_again_from_the_same_ip_gets_banned() {
     }
     assert_eq!(hub.stats().stalled_disconnects, 2);
     assert_eq!(hub.stats().bans, 1);
-    hub.shutdown().await;
+    soon("shutdown", hub.shutdown()).await;
 }
 
 /// Once an application drops a channel's `Inbox`, the next message on that channel ends the

@@ -44,7 +44,9 @@ async fn honest_is_served(
 async fn flood_is_cut_while_honest_is_served(message: ControlMessage, n: usize) {
     let (net, inbox) = node(config()).await;
     let (honest, _h) = node(config()).await;
-    honest.connect(net.local_addr()).await.unwrap();
+    soon("connect", honest.connect(net.local_addr()))
+        .await
+        .unwrap();
     let mut events = net.events();
     let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
     eventually("evil connected", || net.is_connected(evil.id())).await;
@@ -65,8 +67,8 @@ async fn flood_is_cut_while_honest_is_served(message: ControlMessage, n: usize) 
         "{ev:?}"
     );
     honest_is_served(&net, &honest, &inbox, 1).await;
-    net.shutdown().await;
-    honest.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
+    soon("shutdown", honest.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,5 +108,5 @@ async fn a_resume_near_the_end_of_the_numbers_is_charged_and_ignored() {
         info.stats.misbehaviour, 25,
         "charged as a protocol violation"
     );
-    net.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
 }

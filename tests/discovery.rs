@@ -26,7 +26,9 @@ async fn eight_nodes_that_know_only_a_seed_connect_to_each_other() {
     for _ in 0..N {
         let (net, inbox) = node(cfg.clone()).await;
         let discovery = net.discovery(pex()).unwrap();
-        net.connect(seed.local_addr()).await.unwrap();
+        soon("connect", net.connect(seed.local_addr()))
+            .await
+            .unwrap();
         nodes.push((net, inbox, discovery));
     }
     // Each node ends up connected to the seed and to the 7 others, which it was never told.
@@ -91,7 +93,9 @@ async fn a_restarted_node_reconnects_from_its_data_directory_without_the_seed() 
     for (key, dir) in keys.iter().zip(&dirs) {
         let (net, inbox) = node_reopening(cfg.clone().data_dir(&dir.0), key.clone()).await;
         let discovery = net.discovery(pex()).unwrap();
-        net.connect(seed.local_addr()).await.unwrap();
+        soon("connect", net.connect(seed.local_addr()))
+            .await
+            .unwrap();
         nodes.push((net, inbox, discovery));
     }
     for (net, _, _) in &nodes {
@@ -105,9 +109,9 @@ async fn a_restarted_node_reconnects_from_its_data_directory_without_the_seed() 
     })
     .await;
     drop(discovery);
-    first.shutdown().await;
+    soon("shutdown", first.shutdown()).await;
     drop(first);
-    seed.shutdown().await;
+    soon("shutdown", seed.shutdown()).await;
     // Back on another port, told nothing.
     let (again, _inbox) = node_reopening(cfg.clone().data_dir(&dirs[0].0), keys[0].clone()).await;
     let _discovery = again.discovery(pex()).unwrap();

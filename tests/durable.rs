@@ -64,8 +64,8 @@ async fn a_sender_killed_with_10_000_unacknowledged_messages_delivers_them_after
         a.pending(b_id).unwrap().messages == 0
     })
     .await;
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,8 +94,8 @@ async fn a_sender_killed_mid_stream_resends_only_what_was_not_delivered() {
     let rest = numbers_from(&mut b_inbox, a_key.peer_id(), (FIRST + MORE) as usize - 100).await;
     let all: Vec<u32> = early.into_iter().chain(rest).collect();
     assert_exactly_once_in_order(&all, FIRST + MORE);
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]

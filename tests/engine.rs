@@ -22,7 +22,7 @@ async fn self_delivery_is_tagged_with_the_local_id_and_in_order() {
     let (a, a_in) = node(cfg.clone()).await;
     let (b, b_in) = node(cfg).await;
     let me = a.local_peer_id();
-    a.connect(b.local_addr()).await.unwrap();
+    soon("connect", a.connect(b.local_addr())).await.unwrap();
     for i in 0..100u32 {
         if i % 3 == 0 {
             let report = a.broadcast(&numbered(i, 16)).await.unwrap();
@@ -57,8 +57,8 @@ async fn self_delivery_is_tagged_with_the_local_id_and_in_order() {
         Err(SendError::NotConnected(p)) if p == me
     ));
     assert_eq!(bulk.try_broadcast(&9).unwrap().queued, 1, "b only");
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +76,7 @@ async fn a_full_own_inbox_refuses_and_counts_and_names_itself() {
             .contains("peerwire_dropped_total{reason=\"self_inbox_full\"} 2")
     );
     assert_eq!(number_of(&a_in.try_recv().unwrap().1), 0);
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +87,7 @@ async fn after_connect_returns_the_remote_has_admitted_the_connection() {
     for round in 0..40u32 {
         let (a, a_in) = node(config()).await;
         let (b, _b_in) = node(config()).await;
-        let b_id = a.connect(b.local_addr()).await.unwrap();
+        let b_id = soon("connect", a.connect(b.local_addr())).await.unwrap();
         assert!(
             b.is_connected(a.local_peer_id()),
             "round {round}: the remote must know the dialer when connect returns"
@@ -96,8 +96,8 @@ async fn after_connect_returns_the_remote_has_admitted_the_connection() {
         a.try_send(b_id, &numbered(round, 8)).unwrap();
         let (from, msg) = soon("reply", a_in.recv()).await.unwrap();
         assert_eq!((from, number_of(&msg)), (b_id, round));
-        a.shutdown().await;
-        b.shutdown().await;
+        soon("shutdown", a.shutdown()).await;
+        soon("shutdown", b.shutdown()).await;
     }
 }
 
@@ -113,7 +113,7 @@ async fn raw_bytes_arrive_byte_identical_on_every_channel() {
     let (a2, _) = a.channel::<Bytes>(2).unwrap();
     let (_, b1) = b.channel::<Bytes>(1).unwrap();
     let (_, b2) = b.channel::<Bytes>(2).unwrap();
-    let b_id = a.connect(b.local_addr()).await.unwrap();
+    let b_id = soon("connect", a.connect(b.local_addr())).await.unwrap();
     let pattern = |len: usize, seed: u8| -> Bytes {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(seed) ^ (i >> 9) as u8)
@@ -140,8 +140,8 @@ async fn raw_bytes_arrive_byte_identical_on_every_channel() {
         assert!(m1 == pattern(len.min(1 << 20), seed + 1), "channel 1");
         assert!(m2 == pattern(len, seed + 2), "channel 2, {len} bytes");
     }
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,8 +201,8 @@ async fn abort_is_a_crash_and_the_restarted_node_gets_the_persistent_stream() {
         let (from, msg) = soon("after restart", a2_in.recv()).await.unwrap();
         assert_eq!((from, number_of(&msg)), (b.local_peer_id(), i));
     }
-    a2.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a2.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 /// The blocking face from plain threads, talking to an async node that runs on a runtime of
@@ -229,7 +229,7 @@ fn the_blocking_face_exchanges_messages_with_an_async_node() {
                 }
             }
             let _ = stop_rx.recv_timeout(Duration::from_secs(20));
-            net.shutdown().await;
+            soon("shutdown", net.shutdown()).await;
         });
     });
     let addr = ready_rx.recv_timeout(Duration::from_secs(20)).unwrap();

@@ -19,7 +19,9 @@ async fn a_lagging_subscriber_is_told_how_many_events_it_missed() {
     let mut leaves = Vec::new();
     for _ in 0..5 {
         let (leaf, leaf_in) = node(config()).await;
-        hub.connect(leaf.local_addr()).await.unwrap();
+        soon("connect", hub.connect(leaf.local_addr()))
+            .await
+            .unwrap();
         leaves.push((leaf, leaf_in));
     }
     // Five Connected events into a buffer of two: the three oldest are gone, and said so.
@@ -36,9 +38,9 @@ async fn a_lagging_subscriber_is_told_how_many_events_it_missed() {
     ));
     // The node was never held up by the subscriber: every connection is open.
     assert_eq!(hub.peers().len(), 5);
-    hub.shutdown().await;
+    soon("shutdown", hub.shutdown()).await;
     for (leaf, _) in leaves {
-        leaf.shutdown().await;
+        soon("shutdown", leaf.shutdown()).await;
     }
 }
 

@@ -33,8 +33,12 @@ async fn chain_with(b_budget: u32) -> Vec<(Network<Bytes>, Gossip)> {
             .unwrap();
         nodes.push((net, gossip));
     }
-    nodes[0].0.connect(nodes[1].0.local_addr()).await.unwrap();
-    nodes[2].0.connect(nodes[1].0.local_addr()).await.unwrap();
+    soon("connect", nodes[0].0.connect(nodes[1].0.local_addr()))
+        .await
+        .unwrap();
+    soon("connect", nodes[2].0.connect(nodes[1].0.local_addr()))
+        .await
+        .unwrap();
     nodes
 }
 

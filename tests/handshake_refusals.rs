@@ -32,15 +32,17 @@ async fn connect_to_with_wrong_expected_peer_fails_typed() {
             .unwrap(),
         b.local_peer_id()
     );
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_of_another_network_is_refused_with_reason_on_both_sides() {
     let (a, _ai) = node(config().network_id("mainnet")).await;
     let (b, _bi) = node(config().network_id("testnet")).await;
-    let err = a.connect(b.local_addr()).await.unwrap_err();
+    let err = soon("connect", a.connect(b.local_addr()))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -54,14 +56,16 @@ async fn node_of_another_network_is_refused_with_reason_on_both_sides() {
     })
     .await;
     assert!(a.peers().is_empty() && b.peers().is_empty());
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_connection_is_refused() {
     let (a, _ai) = node(config()).await;
-    let err = a.connect(a.local_addr()).await.unwrap_err();
+    let err = soon("connect", a.connect(a.local_addr()))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -73,7 +77,7 @@ async fn self_connection_is_refused() {
         "{err:?}"
     );
     assert!(a.peers().is_empty());
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +97,7 @@ async fn silent_client_is_dropped_at_handshake_timeout() {
     })
     .await;
     assert!(a.connections().is_empty());
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,8 +106,8 @@ async fn dial_to_closed_port_fails_typed() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = unused.local_addr().unwrap();
     drop(unused);
-    let err = a.connect(addr).await.unwrap_err();
+    let err = soon("connect", a.connect(addr)).await.unwrap_err();
     assert!(matches!(err, ConnectError::Dial { .. }), "{err:?}");
     assert!(a.connections().is_empty());
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
 }

@@ -14,7 +14,7 @@ async fn one_mib_and_max_size_messages_arrive_intact() {
     let cfg = config().max_message_size(MAX);
     let (a, _a_in) = node(cfg.clone()).await;
     let (b, mut b_in) = node(cfg).await;
-    let b_id = a.connect(b.local_addr()).await.unwrap();
+    let b_id = soon("connect", a.connect(b.local_addr())).await.unwrap();
     let pattern = |len: usize, seed: u8| -> Bytes {
         Bytes::from(
             (0..len)
@@ -40,15 +40,15 @@ async fn one_mib_and_max_size_messages_arrive_intact() {
         err,
         SendError::Codec(CodecError::MessageTooLarge { len, max }) if len == MAX + 1 && max == MAX
     ));
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_inbox_drops_and_counts_without_stalling_the_socket() {
     let (a, _a_in) = node(config()).await;
     let (b, mut b_in) = node(config().inbox_capacity(10)).await;
-    let b_id = a.connect(b.local_addr()).await.unwrap();
+    let b_id = soon("connect", a.connect(b.local_addr())).await.unwrap();
     for i in 0..50 {
         a.send(b_id, &numbered(i, 16)).await.unwrap();
     }
@@ -66,8 +66,8 @@ async fn full_inbox_drops_and_counts_without_stalling_the_socket() {
     // The connection still works: a new message is delivered now there is room.
     a.send(b_id, &numbered(99, 16)).await.unwrap();
     assert_eq!(number_of(&recv_n(&mut b_in, 1).await[0].1), 99);
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 /// The reassembly budget: peers that each start a large message and never finish it cannot
@@ -119,6 +119,6 @@ async fn partial_messages_from_many_peers_stay_within_the_node_wide_budget() {
     honest.send(x_id, &large).await.unwrap();
     let (_, m) = soon("large message", x_in.recv()).await.unwrap();
     assert_eq!(m, large);
-    honest.shutdown().await;
-    x.shutdown().await;
+    soon("shutdown", honest.shutdown()).await;
+    soon("shutdown", x.shutdown()).await;
 }

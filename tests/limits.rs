@@ -40,7 +40,7 @@ async fn per_ip_cap_counts_proven_peers_and_refuses_more_before_the_handshake() 
         .await
         .unwrap();
     for n in [a, b, c, x] {
-        n.shutdown().await;
+        soon("shutdown", n.shutdown()).await;
     }
 }
 
@@ -101,7 +101,7 @@ async fn strangers_that_never_authenticate_cannot_lock_out_a_peer_on_their_ip() 
             .unwrap();
         let (from, _) = soon("served", honest_in.recv()).await.unwrap();
         assert_eq!(from, x.local_peer_id());
-        honest.shutdown().await;
+        soon("shutdown", honest.shutdown()).await;
     }
     stop.cancel();
     let mut cut = 0;
@@ -115,7 +115,7 @@ async fn strangers_that_never_authenticate_cannot_lock_out_a_peer_on_their_ip() 
         "{refused:?}"
     );
     assert_eq!(refused.get("per_ip"), None, "{refused:?}");
-    x.shutdown().await;
+    soon("shutdown", x.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,10 +136,10 @@ async fn inbound_limit_refuses_others_but_never_a_persistent_peer() {
     .await;
     let (a, _ai) = node(config()).await;
     let (b, _bi) = node(config()).await;
-    a.connect(x.local_addr()).await.unwrap();
+    soon("connect", a.connect(x.local_addr())).await.unwrap();
     eventually("a admitted", || x.is_connected(a.local_peer_id())).await;
     let mut b_events = b.events();
-    let _ = b.connect(x.local_addr()).await;
+    let _ = soon("connect", b.connect(x.local_addr())).await;
     let ev = next_disconnect(&mut b_events).await;
     assert_eq!(
         ev,
@@ -154,11 +154,11 @@ async fn inbound_limit_refuses_others_but_never_a_persistent_peer() {
     let (v, _vi) = Network::<bytes::Bytes>::start(config(), validator)
         .await
         .unwrap();
-    v.connect(x.local_addr()).await.unwrap();
+    soon("connect", v.connect(x.local_addr())).await.unwrap();
     eventually("validator admitted", || x.is_connected(validator_id)).await;
     assert_eq!(x.peers().len(), 2);
     for n in [&a, &b, &v, &x] {
-        n.shutdown().await;
+        soon("shutdown", n.shutdown()).await;
     }
 }
 
@@ -183,7 +183,7 @@ async fn max_outbound_refuses_a_dial_beyond_it_until_a_slot_frees() {
         .unwrap();
     assert_eq!(c_id, c.local_peer_id());
     for n in [&a, &b, &c] {
-        n.shutdown().await;
+        soon("shutdown", n.shutdown()).await;
     }
 }
 
@@ -309,8 +309,8 @@ async fn paced_flood_then_honest(addresses: std::ops::Range<u8>, per_address: us
     for f in floods {
         let _ = f.await;
     }
-    honest.shutdown().await;
-    x.shutdown().await;
+    soon("shutdown", honest.shutdown()).await;
+    soon("shutdown", x.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,6 +396,6 @@ async fn many_connections_of_one_address_share_its_message_budget() {
         "{:?}",
         x.stats()
     );
-    honest.shutdown().await;
-    x.shutdown().await;
+    soon("shutdown", honest.shutdown()).await;
+    soon("shutdown", x.shutdown()).await;
 }

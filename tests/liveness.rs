@@ -18,7 +18,7 @@ fn fast_pings() -> peerwire::Config {
 async fn pings_measure_round_trip_time_per_peer() {
     let (a, _ai) = node(fast_pings()).await;
     let (b, _bi) = node(fast_pings()).await;
-    a.connect(b.local_addr()).await.unwrap();
+    soon("connect", a.connect(b.local_addr())).await.unwrap();
     eventually("rtt measured on both sides", || {
         let measured = |n: &Network<bytes::Bytes>| {
             n.peers()
@@ -32,8 +32,8 @@ async fn pings_measure_round_trip_time_per_peer() {
     assert!(stats.pings_sent >= stats.pongs_received);
     // Measured from a real exchange (no upper bound: a loaded machine stretches it).
     assert!(stats.rtt.unwrap() > Duration::ZERO);
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +50,7 @@ async fn silent_peer_is_closed_at_idle_timeout() {
             reason: DisconnectReason::IdleTimeout
         }
     );
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +58,7 @@ async fn a_link_carrying_only_pings_is_never_idle() {
     let (a, _ai) = node(fast_pings()).await;
     let (b, mut b_in) = node(fast_pings()).await;
     let mut events = a.events();
-    let b_id = a.connect(b.local_addr()).await.unwrap();
+    let b_id = soon("connect", a.connect(b.local_addr())).await.unwrap();
     // Well past the idle timeout, with b only answering pings.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(a.is_connected(b_id));
@@ -67,8 +67,8 @@ async fn a_link_carrying_only_pings_is_never_idle() {
     while let Ok(e) = events.try_recv() {
         assert!(!matches!(e, NetworkEvent::Disconnected { .. }), "{e:?}");
     }
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +90,7 @@ async fn persistent_peer_is_dialed_at_start_and_redialed_after_restart() {
     // wait on the state, not on the event.
     eventually("a connected to b", || a.is_connected(b_id)).await;
     // b goes away; a keeps trying while nothing listens there.
-    b.shutdown().await;
+    soon("shutdown", b.shutdown()).await;
     next_disconnect(&mut events).await;
     eventually("a retries", || a.stats().reconnects >= 2).await;
     // b comes back at the same address with the same key: a reconnects by itself.
@@ -104,8 +104,8 @@ async fn persistent_peer_is_dialed_at_start_and_redialed_after_restart() {
     .await;
     a.send(b_id, &numbered(5, 10)).await.unwrap();
     assert_eq!(number_of(&recv_n(&mut b2_in, 1).await[0].1), 5);
-    a.shutdown().await;
-    b2.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b2.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,6 +133,6 @@ async fn persistent_peer_with_wrong_key_is_never_accepted() {
     })
     .await;
     assert!(a.peers().is_empty());
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }

@@ -27,7 +27,7 @@ async fn undecodable_message_is_rejected_counted_and_socket_stays_open() {
     assert_eq!(info.state, SocketState::Open);
     assert_eq!(info.stats.rejected, 1);
     assert_eq!(info.stats.misbehaviour, 10);
-    net.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +42,7 @@ async fn oversize_message_is_rejected_without_closing() {
     let info = peer_info(&net, evil.id()).expect("still connected");
     assert_eq!(info.stats.rejected, 1);
     assert_eq!(info.stats.misbehaviour, 20);
-    net.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +50,9 @@ async fn misbehaviour_budget_closes_the_socket_while_others_are_served() {
     let (net, inbox) = typed_node(config().misbehaviour_budget(50)).await;
     let (honest, _honest_in) = typed_node(config()).await;
     let mut events = net.events();
-    honest.connect(net.local_addr()).await.unwrap();
+    soon("connect", honest.connect(net.local_addr()))
+        .await
+        .unwrap();
     let mut evil = RawPeer::connect(net.local_addr(), "peerwire-test").await;
     eventually("both connected", || net.peers().len() == 2).await;
     for _ in 0..4 {
@@ -94,8 +96,8 @@ async fn misbehaviour_budget_closes_the_socket_while_others_are_served() {
         .unwrap();
     let (from, _) = soon("honest after ban", inbox.recv()).await.unwrap();
     assert_eq!(from, honest.local_peer_id());
-    net.shutdown().await;
-    honest.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
+    soon("shutdown", honest.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +106,9 @@ async fn raw_garbage_gets_nothing_through_and_others_are_served() {
     let (net, mut inbox) =
         node(config().inbound_handshake_timeout(std::time::Duration::from_secs(2))).await;
     let (honest, _h) = node(config()).await;
-    honest.connect(net.local_addr()).await.unwrap();
+    soon("connect", honest.connect(net.local_addr()))
+        .await
+        .unwrap();
     let mut clients = Vec::new();
     for seed in 0..8u8 {
         let mut raw = tokio::net::TcpStream::connect(net.local_addr())
@@ -133,8 +137,8 @@ async fn raw_garbage_gets_nothing_through_and_others_are_served() {
         inbox.try_recv().is_err(),
         "nothing from the garbage clients"
     );
-    net.shutdown().await;
-    honest.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
+    soon("shutdown", honest.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +162,7 @@ async fn corrupted_frame_closes_the_connection() {
             ..
         }
     ));
-    net.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +174,9 @@ async fn message_flood_beyond_the_rate_limit_is_dropped_then_banned() {
     )
     .await;
     let (honest, _hi) = node(config()).await;
-    honest.connect(net.local_addr()).await.unwrap();
+    soon("connect", honest.connect(net.local_addr()))
+        .await
+        .unwrap();
     let mut events = net.events();
     let mut flooder = RawPeer::connect(net.local_addr(), "peerwire-test").await;
     eventually("connected", || net.peers().len() == 2).await;
@@ -201,15 +207,17 @@ async fn message_flood_beyond_the_rate_limit_is_dropped_then_banned() {
         .unwrap();
     let (from, _) = soon("honest", inbox.recv()).await.unwrap();
     assert_eq!(from, honest.local_peer_id());
-    net.shutdown().await;
-    honest.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
+    soon("shutdown", honest.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_ban_disconnects_and_refuses_until_unbanned() {
     let (net, _inbox) = node(config()).await;
     let (other, _oi) = node(config()).await;
-    let other_id = net.connect(other.local_addr()).await.unwrap();
+    let other_id = soon("connect", net.connect(other.local_addr()))
+        .await
+        .unwrap();
     let mut events = net.events();
     net.ban(other_id, std::time::Duration::from_secs(600))
         .await
@@ -231,7 +239,9 @@ async fn application_ban_disconnects_and_refuses_until_unbanned() {
         }
     ));
     // Dialing it, or it dialing us, does not get it back in.
-    let err = net.connect(other.local_addr()).await.unwrap_err();
+    let err = soon("connect", net.connect(other.local_addr()))
+        .await
+        .unwrap_err();
     assert!(matches!(
         err,
         peerwire::ConnectError::ConnectionClosed {
@@ -245,10 +255,12 @@ async fn application_ban_disconnects_and_refuses_until_unbanned() {
     assert!(dial_in.is_err(), "{dial_in:?}");
     assert!(!net.is_connected(other_id));
     assert!(net.unban(other_id).await.unwrap());
-    net.connect(other.local_addr()).await.unwrap();
+    soon("connect", net.connect(other.local_addr()))
+        .await
+        .unwrap();
     assert!(net.is_connected(other_id));
-    net.shutdown().await;
-    other.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
+    soon("shutdown", other.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,5 +284,5 @@ async fn a_fragment_out_of_sequence_costs_25_points_and_the_socket_stays_open() 
     let info = peer_info(&net, evil.id()).expect("still connected");
     assert_eq!(info.state, SocketState::Open);
     assert_eq!(info.stats.rejected, 1);
-    net.shutdown().await;
+    soon("shutdown", net.shutdown()).await;
 }

@@ -55,7 +55,7 @@ async fn a_node_keeps_broadcasting_past_a_peer_that_never_reads() {
         .unwrap();
 
     let (honest, mut honest_in) = node(config().network_id("peerwire")).await;
-    honest.connect(addr).await.unwrap();
+    soon("connect", honest.connect(addr)).await.unwrap();
     let stalled = RawPeer::connect(addr, "peerwire").await;
     line_with(&program.lines, &mut seen, &stalled.id().to_string());
 
@@ -97,5 +97,5 @@ async fn a_node_keeps_broadcasting_past_a_peer_that_never_reads() {
     let _ = program.child.kill();
     let _ = program.child.wait();
     drop(writer);
-    honest.shutdown().await;
+    soon("shutdown", honest.shutdown()).await;
 }

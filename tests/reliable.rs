@@ -61,8 +61,8 @@ async fn messages_sent_while_the_peer_is_away_arrive_when_it_comes() {
     })
     .await;
     assert!(b_in.try_recv().is_err());
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 /// No duplicate is left: one more message, number `n`, is the next to arrive. The stream is
@@ -128,8 +128,8 @@ async fn abrupt_cuts_mid_stream_lose_nothing_and_duplicate_nothing() {
     assert_run(&got, a.local_peer_id(), 0..N);
     nothing_before_a_last_message(&a, b.local_peer_id(), &mut b_in, N).await;
     assert!(a.stats().reconnects >= 4);
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,8 +153,8 @@ async fn partition_then_heal_delivers_before_during_and_after() {
     }
     let got = recv_n(&mut b_in, 3000).await;
     assert_run(&got, a.local_peer_id(), 0..3000);
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +178,7 @@ async fn a_restarted_receiver_gets_everything_it_had_not_acknowledged() {
     for i in 500..800 {
         a.send(b_id, &numbered(i, 100)).await.unwrap();
     }
-    b1.shutdown().await;
+    soon("shutdown", b1.shutdown()).await;
     drop(b1_in);
     let (b2, b2_in) = Network::<Bytes>::start(config().listen(b_addr), b_key)
         .await
@@ -201,8 +201,8 @@ async fn a_restarted_receiver_gets_everything_it_had_not_acknowledged() {
     let start = number_of(&second[0].1);
     assert!(start <= 500, "b2 starts at {start}");
     assert_run(&second, a.local_peer_id(), start..800);
-    a.shutdown().await;
-    b2.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b2.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,8 +230,8 @@ async fn a_full_inbox_on_a_reliable_stream_delays_but_never_loses() {
         b.peers()[0].stats.dropped_inbox_full > 0,
         "the inbox must actually have overflowed for this test to mean anything"
     );
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +252,7 @@ async fn offline_buffer_is_bounded_with_a_counted_policy() {
     assert_eq!(full, 50);
     assert_eq!(a.stats().offline_full, 50);
     assert_eq!(a.pending(b_id).unwrap().messages, 100);
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,14 +275,14 @@ async fn replacing_the_connection_mid_stream_keeps_exactly_once_in_order() {
         let target = got.len() + 2000;
         got.extend(recv_n(&mut b_in, target.saturating_sub(got.len())).await);
         // A newer connection from the same side replaces the one carrying the stream.
-        a.connect(b.local_addr()).await.unwrap();
+        soon("connect", a.connect(b.local_addr())).await.unwrap();
     }
     soon("sender done", sender).await.unwrap();
     got.extend(recv_n(&mut b_in, (N as usize).saturating_sub(got.len())).await);
     assert_run(&got, a.local_peer_id(), 0..N);
     nothing_before_a_last_message(&a, b.local_peer_id(), &mut b_in, N).await;
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 /// The attack from outside that froze a node before: a persistent peer that reads everything
@@ -307,7 +307,9 @@ async fn a_persistent_peer_that_never_acknowledges_stalls_nobody() {
         .idle_timeout(Duration::from_secs(10));
     let (hub, _hub_in) = node(cfg).await;
     let (honest, mut honest_in) = node(config()).await;
-    honest.connect(hub.local_addr()).await.unwrap();
+    soon("connect", honest.connect(hub.local_addr()))
+        .await
+        .unwrap();
     let mut evil = RawPeer::connect_as(hub.local_addr(), "peerwire-test", evil_key).await;
     eventually("both connected", || hub.peers().len() == 2).await;
     let mut events = hub.events();
@@ -345,5 +347,5 @@ async fn a_persistent_peer_that_never_acknowledges_stalls_nobody() {
         "a persistent peer is not banned for stalling"
     );
     soon("shutdown", hub.shutdown()).await;
-    honest.shutdown().await;
+    soon("shutdown", honest.shutdown()).await;
 }

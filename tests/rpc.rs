@@ -41,7 +41,7 @@ fn protocol() -> RpcConfig {
 async fn pair_with(config: Config) -> (Network<Bytes>, Network<Bytes>) {
     let (a, _) = node(config.clone()).await;
     let (b, _) = node(config).await;
-    a.connect(b.local_addr()).await.unwrap();
+    soon("connect", a.connect(b.local_addr())).await.unwrap();
     eventually("b sees a", || b.is_connected(a.local_peer_id())).await;
     (a, b)
 }
@@ -157,7 +157,7 @@ async fn every_failure_is_its_own_error_and_arrives_promptly() {
 
     // Nobody serves this protocol at the peer any more.
     let (c, _) = node(rpc_config()).await;
-    a.connect(c.local_addr()).await.unwrap();
+    soon("connect", a.connect(c.local_addr())).await.unwrap();
     // Its client handle keeps the protocol running; only the server is gone.
     let (_c_client, c_server) = c.rpc::<u32, u32>(protocol()).unwrap();
     drop(c_server);

@@ -43,7 +43,7 @@ async fn a_peer_made_persistent_at_runtime_is_redialed_and_gets_what_was_sent_wh
     );
     eventually("a redialed b", || a.is_connected(b_id)).await;
     // B goes away; what A sends meanwhile is accepted and waits for it.
-    b.shutdown().await;
+    soon("shutdown", b.shutdown()).await;
     drop(b);
     drop(b_inbox);
     eventually("b gone", || !a.is_connected(b_id)).await;
@@ -64,8 +64,8 @@ async fn a_peer_made_persistent_at_runtime_is_redialed_and_gets_what_was_sent_wh
         a.pending(b_id).is_some_and(|p| p.messages == 0)
     })
     .await;
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +87,7 @@ async fn peers_added_at_runtime_come_back_after_a_restart_and_removed_ones_do_no
     let mut both = vec![(b_id, false), (c_id, true)];
     both.sort_by_key(|(id, _)| *id.as_bytes());
     assert_eq!(listed(a.persistent_peers().await), both);
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
     drop(a);
 
     // Restarted with no peer in its Config: it takes both back and dials them.
@@ -127,7 +127,7 @@ async fn peers_added_at_runtime_come_back_after_a_restart_and_removed_ones_do_no
     a.connect_to(c.local_addr(), c_id).await.unwrap();
     a.send(c_id, &numbered(8, 32)).await.unwrap();
     assert_eq!(numbers_from(&mut c_inbox, a_key.peer_id(), 1).await, [8]);
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
     drop(a);
 
     // Restarted again: only B is back. C is an ordinary peer now: a send to it while it is
@@ -141,9 +141,9 @@ async fn peers_added_at_runtime_come_back_after_a_restart_and_removed_ones_do_no
         a.send(c_id, &numbered(9, 32)).await,
         Err(SendError::NotConnected(_))
     ));
-    a.shutdown().await;
-    b.shutdown().await;
-    c.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
+    soon("shutdown", c.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,8 +170,8 @@ async fn a_durable_peer_added_at_runtime_gets_everything_after_the_senders_crash
         numbers_from(&mut b_inbox, a_key.peer_id(), N as usize).await,
         (0..N).collect::<Vec<_>>()
     );
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +206,7 @@ async fn removing_a_persistent_peer_lets_go_of_its_messages_and_counts_them() {
             Err(SendError::NotConnected(_))
         ));
     }
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
     drop(a);
     // The durable peer's kept messages were deleted with it: made durable again after a
     // restart, it starts empty instead of getting the old ones.
@@ -214,7 +214,7 @@ async fn removing_a_persistent_peer_lets_go_of_its_messages_and_counts_them() {
     assert_eq!(a.pending(durable), None);
     a.add_durable_peer(free_addr(), durable).await.unwrap();
     assert_eq!(a.pending(durable).unwrap().messages, 0);
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test]
@@ -242,8 +242,8 @@ async fn runtime_persistence_refuses_what_cannot_work() {
         matches!(changed, PersistError::Durability { durable: false, .. }),
         "{changed}"
     );
-    a.shutdown().await;
-    d.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", d.shutdown()).await;
     assert!(matches!(
         a.add_persistent_peer(first, Keypair::generate().peer_id())
             .await,

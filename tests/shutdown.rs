@@ -70,12 +70,12 @@ async fn shutdown_flushes_says_goodbye_and_joins_every_task() {
 async fn dropping_every_handle_shuts_down() {
     let (a, a_in) = node(config()).await;
     let (b, _b_in) = node(config()).await;
-    a.connect(b.local_addr()).await.unwrap();
+    soon("connect", a.connect(b.local_addr())).await.unwrap();
     let mut events = b.events();
     let a_id = a.local_peer_id();
     drop(a);
     let ev = next_disconnect(&mut events).await;
     assert!(matches!(ev, NetworkEvent::Disconnected { peer, .. } if peer == a_id));
     assert!(soon("inbox closes", a_in.recv()).await.is_none());
-    b.shutdown().await;
+    soon("shutdown", b.shutdown()).await;
 }

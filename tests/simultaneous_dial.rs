@@ -46,8 +46,8 @@ async fn simultaneous_dial_ends_with_one_connection() {
         b.send(a.local_peer_id(), &numbered(2, 10)).await.unwrap();
         assert_eq!(number_of(&recv_n(&mut b_in, 1).await[0].1), 1);
         assert_eq!(number_of(&recv_n(&mut a_in, 1).await[0].1), 2);
-        a.shutdown().await;
-        b.shutdown().await;
+        soon("shutdown", a.shutdown()).await;
+        soon("shutdown", b.shutdown()).await;
     }
 }
 
@@ -56,12 +56,12 @@ async fn reconnect_replaces_the_old_connection() {
     let (a, _a_in) = node(config()).await;
     let (b, mut b_in) = node(config()).await;
     let mut events = a.events();
-    a.connect(b.local_addr()).await.unwrap();
+    soon("connect", a.connect(b.local_addr())).await.unwrap();
     let first = a.peers()[0].id;
     // Dialing again (as after a suspected half-open link) replaces the old connection without a
     // disconnect event, and nothing queued before is lost.
     a.send(b.local_peer_id(), &numbered(0, 10)).await.unwrap();
-    a.connect(b.local_addr()).await.unwrap();
+    soon("connect", a.connect(b.local_addr())).await.unwrap();
     a.send(b.local_peer_id(), &numbered(1, 10)).await.unwrap();
     eventually("old connection gone", || a.connections().len() == 1).await;
     assert_ne!(a.peers()[0].id, first);
@@ -75,8 +75,8 @@ async fn reconnect_replaces_the_old_connection() {
             "a replacement is not a disconnection: {e:?}"
         );
     }
-    a.shutdown().await;
-    b.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
+    soon("shutdown", b.shutdown()).await;
 }
 
 /// Neither side of a simultaneous dial tells the application its peer left: each reports one
@@ -106,8 +106,8 @@ async fn simultaneous_dial_reports_one_connection_and_no_departure() {
                 "round {round}, {side}: {seen:?}"
             );
         }
-        a.shutdown().await;
-        b.shutdown().await;
+        soon("shutdown", a.shutdown()).await;
+        soon("shutdown", b.shutdown()).await;
     }
 }
 
@@ -127,7 +127,7 @@ async fn two_dials_from_one_side_at_once_end_with_one_connection() {
             .await
             .unwrap();
         assert_eq!(number_of(&recv_n(&mut b_in, 1).await[0].1), round);
-        a.shutdown().await;
-        b.shutdown().await;
+        soon("shutdown", a.shutdown()).await;
+        soon("shutdown", b.shutdown()).await;
     }
 }

@@ -17,7 +17,9 @@ async fn stalled_reader_is_disconnected_without_stalling_the_broadcaster() {
         .write_timeout(Duration::from_millis(800));
     let (hub, _hub_in) = node(cfg.clone()).await;
     let (fast, fast_in) = node(config()).await;
-    fast.connect(hub.local_addr()).await.unwrap();
+    soon("connect", fast.connect(hub.local_addr()))
+        .await
+        .unwrap();
     // The stalled peer completes the handshake and then never reads a byte.
     let stalled = RawPeer::connect(hub.local_addr(), "peerwire-test").await;
     let mut events = hub.events();
@@ -82,8 +84,8 @@ async fn stalled_reader_is_disconnected_without_stalling_the_broadcaster() {
         Err(SendError::NotConnected(_))
     ));
     drop(stalled);
-    hub.shutdown().await;
-    fast.shutdown().await;
+    soon("shutdown", hub.shutdown()).await;
+    soon("shutdown", fast.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,5 +112,5 @@ async fn try_send_reports_full_and_counts_it() {
     let info = peer_info(&hub, stalled.id()).unwrap();
     assert_eq!(info.stats.dropped_queue_full, full);
     assert!(info.stats.queued_messages <= 4);
-    hub.shutdown().await;
+    soon("shutdown", hub.shutdown()).await;
 }

@@ -262,14 +262,14 @@ async fn a_node_restarted_with_its_data_directory_carries_on_from_the_pieces_it_
     {
         let (b, _) = node_reopening(kept.clone(), key.clone()).await;
         let b_swarm = b.swarm(swarm_config()).unwrap();
-        b.connect(a.local_addr()).await.unwrap();
+        soon("connect", b.connect(a.local_addr())).await.unwrap();
         let got = soon(
             "the first fetch",
             b_swarm.fetch(&blob, &[a.local_peer_id()]),
         )
         .await;
         assert_eq!(got.unwrap(), data);
-        b.shutdown().await;
+        soon("shutdown", b.shutdown()).await;
     }
     // Restarted: the blob is held at once, from the data directory, with nothing fetched.
     let (b, _) = node_reopening(kept.clone(), key.clone()).await;
@@ -279,7 +279,7 @@ async fn a_node_restarted_with_its_data_directory_carries_on_from_the_pieces_it_
     assert_eq!(b_swarm.progress(&blob).unwrap().received_bytes, 0);
     // Removed: gone from the directory too.
     assert!(b_swarm.remove(&blob));
-    b.shutdown().await;
+    soon("shutdown", b.shutdown()).await;
     drop((b, b_swarm));
     let (b, _) = node_reopening(kept, key).await;
     // Taken back while `swarm()` runs: nothing to wait for.
@@ -298,8 +298,8 @@ async fn a_blob_beyond_memory_lives_in_the_data_directory_and_is_served_from_the
     let b_swarm = b.swarm(small).unwrap();
     let (c, _) = node(base).await;
     let c_swarm = c.swarm(swarm_config()).unwrap();
-    b.connect(a.local_addr()).await.unwrap();
-    c.connect(b.local_addr()).await.unwrap();
+    soon("connect", b.connect(a.local_addr())).await.unwrap();
+    soon("connect", c.connect(b.local_addr())).await.unwrap();
     let data = payload(8 << 20, 8);
     let blob = a_swarm.add(data.clone()).await.unwrap();
     // 8 MiB into a node with 1 MiB of memory for blobs: it lives on disk, and the fetch
@@ -315,7 +315,7 @@ async fn a_blob_beyond_memory_lives_in_the_data_directory_and_is_served_from_the
     assert_eq!(b_swarm.progress(&blob).unwrap().uploaded_bytes, 8 << 20);
     // Restarted, B lists the blob from its data directory without loading it, and serves it
     // again, each piece checked as it is read.
-    b.shutdown().await;
+    soon("shutdown", b.shutdown()).await;
     drop((b, b_swarm));
     let base = swarm_config().declare(config());
     let (b, _) = node_reopening(
@@ -329,7 +329,7 @@ async fn a_blob_beyond_memory_lives_in_the_data_directory_and_is_served_from_the
     assert_eq!((stats.memory_bytes, stats.disk_bytes), (0, 8 << 20));
     let (d, _) = node(base).await;
     let d_swarm = d.swarm(swarm_config()).unwrap();
-    d.connect(b.local_addr()).await.unwrap();
+    soon("connect", d.connect(b.local_addr())).await.unwrap();
     let got = soon("D's fetch", d_swarm.fetch(&blob, &[b.local_peer_id()])).await;
     assert_eq!(got.unwrap(), data);
 }
@@ -354,11 +354,11 @@ async fn a_blob_added_whole_beyond_memory_is_written_to_disk_in_full() {
     assert_eq!((stats.memory_bytes, stats.disk_bytes), (0, 80 << 20));
     let (b, _) = node(base.clone()).await;
     let b_swarm = b.swarm(swarm_config().piece_size(16 * 1024)).unwrap();
-    b.connect(a.local_addr()).await.unwrap();
+    soon("connect", b.connect(a.local_addr())).await.unwrap();
     let got = soon("B's fetch", b_swarm.fetch(&blob, &[a.local_peer_id()])).await;
     assert!(got.unwrap() == data);
     // Every piece is in the data directory: a restart finds the blob complete.
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
     drop((a, a_swarm));
     let (a, _) = node_reopening(base.data_dir(dir.join("a")), peerwire::Keypair::generate()).await;
     let a_swarm = a.swarm(config_of()).unwrap();

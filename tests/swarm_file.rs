@@ -89,7 +89,7 @@ async fn a_file_larger_than_memory_is_added_a_piece_at_a_time_and_lives_on_disk(
     // Served from the disk: another node fetches it byte for byte.
     let (b, _) = node(base.clone()).await;
     let b_swarm = b.swarm(SwarmConfig::new(CONTROL, PIECES)).unwrap();
-    b.connect(a.local_addr()).await.unwrap();
+    soon("connect", b.connect(a.local_addr())).await.unwrap();
     let got = soon("B's fetch", b_swarm.fetch(&blob, &[a.local_peer_id()]))
         .await
         .unwrap();
@@ -100,7 +100,7 @@ async fn a_file_larger_than_memory_is_added_a_piece_at_a_time_and_lives_on_disk(
     drop(got);
 
     // Restarted, A takes it back from its data directory, complete.
-    a.shutdown().await;
+    soon("shutdown", a.shutdown()).await;
     drop((a, a_swarm));
     let (a, _) = node_reopening(base.data_dir(dir.join("a")), peerwire::Keypair::generate()).await;
     let a_swarm = a.swarm(swarm_config()).unwrap();

@@ -120,6 +120,6 @@ async fn two_nodes_with_one_key_are_reported_as_an_identity_conflict() {
     })
     .await;
     for n in [first, second, x] {
-        n.shutdown().await;
+        soon("shutdown", n.shutdown()).await;
     }
 }
