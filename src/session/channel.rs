@@ -248,5 +248,63 @@ mod tests {
         assert_eq!(t.spec(1).priority, Priority::Critical);
         let ids: Vec<_> = t.iter().map(|(id, _)| id).collect();
         assert_eq!(ids, vec![0, 3, 9]);
+        assert_eq!(t.len(), 3);
+    }
+
+    /// The presets are what their documentation (and ARCHITECTURE.md's channel table) says:
+    /// largest message, queue per peer in messages and bytes, inbox four times that, and
+    /// round-robin weights 8, 4, 2, 1 with the labels metrics use.
+    #[test]
+    fn the_presets_are_as_documented() {
+        const MIB: usize = 1 << 20;
+        let presets = [
+            (
+                ChannelSpec::critical(),
+                Priority::Critical,
+                MIB,
+                4096,
+                4 * MIB,
+                8,
+                "critical",
+            ),
+            (
+                ChannelSpec::high(),
+                Priority::High,
+                16 * MIB,
+                1024,
+                32 * MIB,
+                4,
+                "high",
+            ),
+            (
+                ChannelSpec::normal(),
+                Priority::Normal,
+                16 * MIB,
+                4096,
+                32 * MIB,
+                2,
+                "normal",
+            ),
+            (
+                ChannelSpec::bulk(),
+                Priority::Bulk,
+                16 * MIB,
+                256,
+                64 * MIB,
+                1,
+                "bulk",
+            ),
+        ];
+        for (spec, priority, max, queue, bytes, weight, label) in presets {
+            assert_eq!(spec.priority, priority);
+            assert_eq!(spec.max_message_size, max, "{label}");
+            assert_eq!(spec.send_queue_capacity, queue, "{label}");
+            assert_eq!(spec.send_queue_bytes, bytes, "{label}");
+            assert_eq!(spec.inbox_capacity, 4 * queue, "{label}");
+            assert_eq!(spec.inbox_bytes, 4 * bytes, "{label}");
+            assert_eq!(spec.max_inbound_bytes_per_sec, 1 << 30, "{label}");
+            assert_eq!(priority.weight(), weight);
+            assert_eq!(priority.label(), label);
+        }
     }
 }
