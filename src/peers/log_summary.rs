@@ -22,6 +22,9 @@ struct Window {
 #[derive(Debug, Default)]
 pub(crate) struct LogSummary {
     windows: HashMap<Kind, Window>,
+    /// Counts of windows that ended before `due` ran and were replaced by a new one (an event
+    /// of the same kind came first): said by the next `due`, not lost. At most one per kind.
+    ended: Vec<(Kind, u64)>,
 }
 
 impl LogSummary {
@@ -33,13 +36,19 @@ impl LogSummary {
                 false
             }
             _ => {
-                self.windows.insert(
+                let old = self.windows.insert(
                     kind,
                     Window {
                         ends: now + WINDOW,
                         left_out: 0,
                     },
                 );
+                if let Some(old) = old.filter(|w| w.left_out > 0) {
+                    match self.ended.iter_mut().find(|(k, _)| *k == kind) {
+                        Some((_, n)) => *n += old.left_out,
+                        None => self.ended.push((kind, old.left_out)),
+                    }
+                }
                 true
             }
         }
@@ -53,7 +62,7 @@ impl LogSummary {
     /// Closes the windows that ended by `now`; returns each kind with how many events were
     /// left out of the log, where any were.
     pub(crate) fn due(&mut self, now: Instant) -> Vec<(Kind, u64)> {
-        let mut said = Vec::new();
+        let mut said = std::mem::take(&mut self.ended);
         self.windows.retain(|kind, window| {
             if now < window.ends {
                 return true;
@@ -92,5 +101,24 @@ mod tests {
         assert_eq!(log.next_due(), None);
         // After its window, a kind is logged in full again.
         assert!(log.note(refused, t0 + WINDOW + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn an_event_at_the_end_of_its_window_opens_the_next_and_the_old_count_is_still_said() {
+        let mut log = LogSummary::default();
+        let t0 = Instant::now();
+        let refused = ("inbound refused", "per_ip");
+        assert!(log.note(refused, t0));
+        assert!(!log.note(refused, t0 + Duration::from_secs(1)));
+        assert!(!log.note(refused, t0 + WINDOW - Duration::from_millis(1)));
+        // `due` has not run yet (a busy node): the event that ends the window is logged in
+        // full, and the two left out before it are said at the next `due`, not lost.
+        assert!(log.note(refused, t0 + WINDOW));
+        assert!(!log.note(refused, t0 + WINDOW + Duration::from_secs(1)));
+        assert_eq!(
+            log.due(t0 + WINDOW + Duration::from_secs(2)),
+            vec![(refused, 2)]
+        );
+        assert_eq!(log.due(t0 + 2 * WINDOW), vec![(refused, 1)]);
     }
 }
