@@ -221,5 +221,17 @@ mod tests {
             !other.supersedes(&old),
             "another node's record never replaces this one"
         );
+        // At the bounds: 8 addresses and a 64-byte name are fine; the same number again is
+        // not newer.
+        let full = PeerRecord::sign(
+            &key,
+            (0..8).map(addr).collect(),
+            3,
+            Some("x".repeat(64)),
+            None,
+        );
+        assert!(full.is_ok(), "{full:?}");
+        let again = PeerRecord::sign(&key, vec![addr(3)], 2, None, None).unwrap();
+        assert!(!again.supersedes(&new), "the same number is not newer");
     }
 }
