@@ -523,8 +523,6 @@ fn main() {
         let busy = p50_p99(in_flight_lat);
         let beside_n = beside.len();
         let beside = p50_p99(beside);
-        let (apart_n, same_n) = (plain_apart.len(), plain_same.len());
-        let (plain_apart, plain_same) = (p50_p99(plain_apart), p50_p99(plain_same));
         let (rate, plain_rate) = (median(rates), median(plain_rates));
         let (stream, one_way_mb, plain_mb) = (median(streams), median(one_ways), median(plains));
         println!("| case | figure | plain TCP | ratio |");
@@ -550,14 +548,14 @@ fn main() {
             "| request 64 B beside a running stream (p50 / p99, {beside_n} samples) | {:.0} / {:.0} µs | idle: {:.0} / {:.0} µs | {:.2} |",
             beside.0, beside.1, seq.0, seq.1, seq.0 / beside.0
         );
-        println!(
-            "| plain TCP ping 64 B beside a plain stream on another socket (p50 / p99, {apart_n} samples) | {:.0} / {:.0} µs | peerwire beside its stream: {:.0} / {:.0} µs | {:.2} |",
-            plain_apart.0, plain_apart.1, beside.0, beside.1, plain_apart.0 / beside.0
-        );
-        println!(
-            "| plain TCP ping 64 B beside a plain stream on the same socket (p50 / p99, {same_n} samples) | {:.0} / {:.0} µs | peerwire beside its stream: {:.0} / {:.0} µs | {:.2} |",
-            plain_same.0, plain_same.1, beside.0, beside.1, plain_same.0 / beside.0
-        );
+        for (socket, samples) in [("another", plain_apart), ("the same", plain_same)] {
+            let n = samples.len();
+            let plain = p50_p99(samples);
+            println!(
+                "| plain TCP ping 64 B beside a plain stream on {socket} socket (p50 / p99, {n} samples) | {:.0} / {:.0} µs | peerwire beside its stream: {:.0} / {:.0} µs | {:.2} |",
+                plain.0, plain.1, beside.0, beside.1, plain.0 / beside.0
+            );
+        }
         p.a.shutdown().await;
         p.b.shutdown().await;
     });

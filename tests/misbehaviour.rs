@@ -7,6 +7,24 @@ use bytes::Bytes;
 use common::*;
 use peerwire::{DisconnectReason, NetworkEvent, SocketState};
 
+/// Waits until `peer` has been charged `points` in all, then returns its connection's info,
+/// asserting the connection is still open (under the budget, a charge does not close it).
+async fn charged_and_still_open<M: serde::Serialize + 'static>(
+    net: &peerwire::Network<M>,
+    peer: peerwire::PeerId,
+    points: u64,
+) -> peerwire::ConnectionInfo {
+    eventually(&format!("{points} points charged"), || {
+        peer_info(net, peer).is_some_and(|i| i.stats.misbehaviour == points)
+    })
+    .await;
+    let Some(info) = peer_info(net, peer) else {
+        panic!("{points} points charged, and the connection gone");
+    };
+    assert_eq!(info.state, SocketState::Open, "under budget: still open");
+    info
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_message_is_rejected_counted_and_socket_stays_open() {
     let (net, inbox) = typed_node(config()).await;
@@ -70,12 +88,7 @@ async fn misbehaviour_budget_closes_the_socket_while_others_are_served() {
     assert!(got.iter().all(|(from, _)| *from == honest.local_peer_id()));
     // All four counted (40 of 50 points), and the socket still open: not a check that could
     // pass because the bad messages were not read yet.
-    eventually("40 points counted", || {
-        peer_info(&net, evil.id()).is_some_and(|i| i.stats.misbehaviour == 40)
-    })
-    .await;
-    let info = peer_info(&net, evil.id()).expect("under budget: still connected");
-    assert_eq!(info.state, SocketState::Open, "under budget: still open");
+    charged_and_still_open(&net, evil.id(), 40).await;
     evil.send_encoded(&[0xff, 0xff, 0xff]).await.unwrap();
     let ev = next_event(
         &mut events,
@@ -277,12 +290,7 @@ async fn a_fragment_out_of_sequence_costs_25_points_and_the_socket_stays_open() 
     evil.send(&Bytes::from_static(b"after")).await.unwrap();
     let (from, msg) = soon("the next message", inbox.recv()).await.unwrap();
     assert_eq!((from, &msg[..]), (evil.id(), &b"after"[..]));
-    eventually("charged", || {
-        peer_info(&net, evil.id()).is_some_and(|i| i.stats.misbehaviour == 25)
-    })
-    .await;
-    let info = peer_info(&net, evil.id()).expect("still connected");
-    assert_eq!(info.state, SocketState::Open);
+    let info = charged_and_still_open(&net, evil.id(), 25).await;
     assert_eq!(info.stats.rejected, 1);
     soon("shutdown", net.shutdown()).await;
 }

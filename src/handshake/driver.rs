@@ -11,12 +11,17 @@ use super::{
 };
 use crate::identity::Keypair;
 
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, message: &[u8]) -> Result<(), HandshakeError> {
+/// One handshake message as it goes on the wire: a big-endian `u16` length, then the message.
+pub(crate) fn framed(message: &[u8]) -> BytesMut {
     let mut framed = BytesMut::with_capacity(2 + message.len());
     // Handshake messages are built into MAX_HANDSHAKE_MESSAGE-byte buffers, so they fit a u16.
     framed.put_u16(message.len() as u16);
     framed.extend_from_slice(message);
-    stream.write_all(&framed).await?;
+    framed
+}
+
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, message: &[u8]) -> Result<(), HandshakeError> {
+    stream.write_all(&framed(message)).await?;
     stream.flush().await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Handshake tests driven without sockets (message by message) and over `tokio::io::duplex`.
 
+use super::driver::framed;
 use super::*;
 
 fn params(network: &str, expected: Option<PeerId>) -> HandshakeParams {
@@ -245,13 +246,6 @@ async fn bounded<F: std::future::Future>(future: F) -> F::Output {
     tokio::time::timeout(std::time::Duration::from_secs(10), future)
         .await
         .expect("the handshake hung")
-}
-
-/// One length-prefixed handshake message, as `driver` frames it.
-fn framed(message: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(message.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(message);
-    out
 }
 
 #[tokio::test]

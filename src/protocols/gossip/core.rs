@@ -388,6 +388,14 @@ struct Topic {
 }
 
 impl Topic {
+    /// As root: raises this tree's number to `seq`, signed by `stamp`, at `now` (the two
+    /// change together: a number told without its own stamp is refused).
+    fn renumber(&mut self, seq: u16, stamp: [u8; 64], now: Instant) {
+        self.seq = seq;
+        self.stamp = stamp;
+        self.raised = Some(now);
+    }
+
     /// Whether a neighbour's place may be taken: a root we have no record of, a later
     /// sequence number, or the same one and a shorter way than any we told.
     fn feasible(&self, place: &Place) -> bool {
@@ -1030,9 +1038,7 @@ impl Core {
                 }
                 let at = state.raised.map_or(now, |r| (r + RAISE_INTERVAL).max(now));
                 if at <= now {
-                    state.seq = seq;
-                    state.stamp = self.signer.stamp(topic, seq);
-                    state.raised = Some(now);
+                    state.renumber(seq, self.signer.stamp(topic, seq), now);
                     state.raise = None;
                     self.settle(topic, now, out);
                 } else {
@@ -1333,9 +1339,7 @@ impl Core {
         for topic in raises {
             if let Some(state) = self.topics.get_mut(&topic) {
                 if let Some((seq, _)) = state.raise.take() {
-                    state.seq = seq;
-                    state.stamp = self.signer.stamp(&topic, seq);
-                    state.raised = Some(now);
+                    state.renumber(seq, self.signer.stamp(&topic, seq), now);
                 }
             }
             self.settle(&topic, now, out);
