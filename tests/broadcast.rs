@@ -102,3 +102,58 @@ async fn consensus_messages_arrive_tagged_with_the_proven_sender() {
         soon("shutdown", n.shutdown()).await;
     }
 }
+
+/// Serializations of [`Counted`] so far, in this test binary.
+static SERIALIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A message that counts how often it is serialized.
+#[derive(Debug, Deserialize, PartialEq)]
+struct Counted(u32);
+
+impl Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SERIALIZED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        s.serialize_u32(self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_is_encoded_once_whatever_the_number_of_peers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        nodes.push(
+            Network::<Counted>::start(config(), Keypair::generate())
+                .await
+                .unwrap(),
+        );
+    }
+    for j in 1..4 {
+        let addr = nodes[j].0.local_addr();
+        soon("connect", nodes[0].0.connect(addr)).await.unwrap();
+    }
+    eventually("three peers", || nodes[0].0.peers().len() == 3).await;
+    // What one send costs in serializations (the codec may size before it writes).
+    let before = SERIALIZED.load(SeqCst);
+    let one = nodes[1].0.local_peer_id();
+    soon("send", nodes[0].0.send(one, &Counted(1)))
+        .await
+        .unwrap();
+    let per_encoding = SERIALIZED.load(SeqCst) - before;
+    assert!(per_encoding >= 1);
+    // A broadcast to three peers costs the same, not three times as much.
+    let before = SERIALIZED.load(SeqCst);
+    let report = soon("broadcast", nodes[0].0.broadcast(&Counted(2)))
+        .await
+        .unwrap();
+    assert_eq!(report.queued, 3);
+    assert_eq!(SERIALIZED.load(SeqCst) - before, per_encoding);
+    // And every peer gets it.
+    for (k, (_, inbox)) in nodes.iter_mut().enumerate().skip(1) {
+        let got = recv_n(inbox, if k == 1 { 2 } else { 1 }).await;
+        assert_eq!(got.last().map(|(_, m)| m), Some(&Counted(2)));
+    }
+    for (n, _) in &nodes {
+        soon("shutdown", n.shutdown()).await;
+    }
+}

@@ -271,3 +271,49 @@ fn the_blocking_face_exchanges_messages_with_an_async_node() {
     assert_eq!(inbox.blocking_recv(), None, "closed after shutdown");
     server.join().unwrap();
 }
+
+/// Dropping a clone of the blocking face changes nothing; dropping the last one shuts the node
+/// down gracefully (its peer is told goodbye, not cut) and stops the runtime it owns.
+#[test]
+fn dropping_the_last_blocking_handle_says_goodbye_and_stops_the_runtime() {
+    use peerwire::codec::GoodbyeReason;
+    let (a, _a_in) =
+        peerwire::blocking::Network::<Vec<u8>>::start(config(), Keypair::generate()).unwrap();
+    let (b, b_in) =
+        peerwire::blocking::Network::<Vec<u8>>::start(config(), Keypair::generate()).unwrap();
+    let mut b_events = b.as_async().events();
+    let a_id = a.local_peer_id();
+    let b_id = a.connect(b.local_addr()).unwrap();
+    let a_runtime = a.runtime();
+    // A clone dropped: the node still runs and sends.
+    let a2 = a.clone();
+    drop(a);
+    a2.send(b_id, &vec![7]).unwrap();
+    assert_eq!(
+        b_in.recv_timeout(Duration::from_secs(20)),
+        Ok((a_id, vec![7]))
+    );
+    // The last handle dropped: b hears a goodbye for a shutdown.
+    drop(a2);
+    let reason = b.runtime().block_on(async {
+        loop {
+            match soon("a's departure", b_events.recv()).await {
+                Ok(NetworkEvent::Disconnected { peer, reason }) if peer == a_id => break reason,
+                Ok(_) => {}
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    });
+    assert_eq!(
+        reason,
+        DisconnectReason::RemoteGoodbye(GoodbyeReason::Shutdown)
+    );
+    // The runtime a owned is gone: a task spawned on it never runs.
+    let task = a_runtime.spawn(async { 1 });
+    let joined = b.runtime().block_on(soon("the cancelled task", task));
+    assert!(
+        joined.as_ref().is_err_and(|e| e.is_cancelled()),
+        "{joined:?}"
+    );
+    b.shutdown();
+}

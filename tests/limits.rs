@@ -399,3 +399,43 @@ async fn many_connections_of_one_address_share_its_message_budget() {
     soon("shutdown", honest.shutdown()).await;
     soon("shutdown", x.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_and_bootstrap_dials_take_no_outbound_slot() {
+    let (c, _c_in) = node(config()).await;
+    let (d, _d_in) = node(config()).await;
+    let (b, _b_in) = node(config()).await;
+    let (e, _e_in) = node(config()).await;
+    // One outbound slot, and two connections the node dials itself: a bootstrap address and a
+    // persistent peer.
+    let (a, _a_in) = node(config().max_outbound(1).bootstrap(c.local_addr())).await;
+    eventually("the bootstrap address dialed", || {
+        a.is_connected(c.local_peer_id())
+    })
+    .await;
+    soon(
+        "add a persistent peer",
+        a.add_persistent_peer(d.local_addr(), d.local_peer_id()),
+    )
+    .await
+    .unwrap();
+    eventually("the persistent peer dialed", || {
+        a.is_connected(d.local_peer_id())
+    })
+    .await;
+    // Neither holds the slot: an application dial still gets it ...
+    let b_id = soon("a dial with the slot free", a.connect(b.local_addr()))
+        .await
+        .unwrap();
+    assert_eq!(b_id, b.local_peer_id());
+    // ... and the limit is in force: the next one is refused.
+    let refused = soon("a dial beyond the slot", a.connect(e.local_addr())).await;
+    assert!(
+        matches!(refused, Err(peerwire::ConnectError::OutboundLimit)),
+        "{refused:?}"
+    );
+    assert_eq!(a.connections().len(), 3);
+    for n in [&a, &b, &c, &d, &e] {
+        soon("shutdown", n.shutdown()).await;
+    }
+}

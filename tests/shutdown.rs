@@ -79,3 +79,46 @@ async fn dropping_every_handle_shuts_down() {
     assert!(soon("inbox closes", a_in.recv()).await.is_none());
     soon("shutdown", b.shutdown()).await;
 }
+
+/// A peer that never reads cannot hold a shutdown beyond `shutdown_timeout`: its connection is
+/// cut, while an honest peer beside it is still told goodbye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_beside_a_peer_that_never_reads() {
+    let (hub, _hub_in) = node(
+        config()
+            .shutdown_timeout(std::time::Duration::from_secs(1))
+            // Only the shutdown may end the stalled connection here.
+            .write_timeout(std::time::Duration::from_secs(3600))
+            .idle_timeout(std::time::Duration::from_secs(3600))
+            .send_queue_capacity(64),
+    )
+    .await;
+    let (honest, _honest_in) = node(config()).await;
+    let mut honest_events = honest.events();
+    soon("connect", honest.connect(hub.local_addr()))
+        .await
+        .unwrap();
+    let mut stalled = RawPeer::connect(hub.local_addr(), "peerwire-test").await;
+    eventually("both connected", || hub.peers().len() == 2).await;
+    // Fill the socket and the queue towards the peer that never reads.
+    let payload = bytes::Bytes::from(vec![9u8; 64 * 1024]);
+    soon("a full queue", async {
+        while hub.try_send(stalled.id(), &payload).is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    // `soon` fails the test if the shutdown waits for the stalled peer for ever.
+    soon("a shutdown beside a peer that never reads", hub.shutdown()).await;
+    assert!(hub.connections().is_empty());
+    let ev = next_disconnect(&mut honest_events).await;
+    assert_eq!(
+        ev,
+        NetworkEvent::Disconnected {
+            peer: hub.local_peer_id(),
+            reason: DisconnectReason::RemoteGoodbye(peerwire::codec::GoodbyeReason::Shutdown)
+        }
+    );
+    assert!(soon("the cut", stalled.closed_by_remote()).await);
+    soon("shutdown", honest.shutdown()).await;
+}

@@ -481,12 +481,30 @@ async fn broadcast_line(net: &Network<Bytes>, line: String) {
 /// half minute, so an unreachable peer cannot flood the log).
 const WARN_EVERY: u64 = 30;
 
+/// Failed attempts to reach one `--peer` since it was last connected, and which of them are
+/// worth a warning: the first, then one per [`WARN_EVERY`].
+#[derive(Debug, Default)]
+struct Failures(u64);
+
+impl Failures {
+    /// Counts a failure; returns whether to log it at WARN (else at DEBUG).
+    fn failed(&mut self) -> bool {
+        self.0 += 1;
+        self.0 == 1 || self.0 % WARN_EVERY == 0
+    }
+
+    /// Connected: the next failure is a first one again.
+    fn connected(&mut self) {
+        self.0 = 0;
+    }
+}
+
 /// Keeps a connection to `peer` (a `--peer` flag) for as long as the node runs: dials every
 /// [`REDIAL_INTERVAL`] until connected, and again whenever that connection is lost. Failures are
 /// logged at WARN with the flag, the address and the reason, the first time and then once per
 /// [`WARN_EVERY`] attempts.
 async fn keep_connected(net: Network<Bytes>, peer: String) {
-    let mut failures = 0u64;
+    let mut failures = Failures::default();
     loop {
         // Subscribed before dialing, so a loss right after connecting is not missed.
         let mut events = net.events();
@@ -494,7 +512,7 @@ async fn keep_connected(net: Network<Bytes>, peer: String) {
             Ok(addr) => match net.connect(addr).await {
                 Ok(id) => {
                     tracing::info!(%addr, peer = %id, "connected (--peer {peer})");
-                    failures = 0;
+                    failures.connected();
                     if !wait_for_loss(&net, &mut events, id).await {
                         return;
                     }
@@ -518,15 +536,14 @@ async fn keep_connected(net: Network<Bytes>, peer: String) {
             },
             Err(e) => format!("cannot resolve: {e}"),
         };
-        failures += 1;
-        if failures == 1 || failures % WARN_EVERY == 0 {
+        if failures.failed() {
             tracing::warn!(
-                attempts = failures,
+                attempts = failures.0,
                 "cannot connect to --peer {peer}: {failure}; retrying every {} s",
                 REDIAL_INTERVAL.as_secs()
             );
         } else {
-            tracing::debug!(attempts = failures, "--peer {peer}: {failure}");
+            tracing::debug!(attempts = failures.0, "--peer {peer}: {failure}");
         }
         tokio::time::sleep(REDIAL_INTERVAL).await;
     }
@@ -675,5 +692,21 @@ impl ShutdownSignal {
             }
             "Ctrl-C"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_peer_warns_first_then_every_thirty_attempts() {
+        let mut failures = Failures::default();
+        let warned: Vec<u64> = (1..=95).filter(|_| failures.failed()).collect();
+        assert_eq!(warned, [1, 30, 60, 90]);
+        // Once connected, the next failure is news again.
+        failures.connected();
+        assert!(failures.failed());
+        assert!(!failures.failed());
     }
 }
