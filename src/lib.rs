@@ -71,6 +71,7 @@ pub use peers::{BanReason, NetworkEvent};
 pub use session::{
     ChannelId, ChannelSpec, ChannelStats, ConnectionId, ConnectionInfo, DEFAULT_CHANNEL, Direction,
     DisconnectReason, MAX_CHANNELS, Overflow, PeerStats, Priority, RESERVED_CHANNELS, SocketState,
+    illegal_state_transitions,
 };
 pub use store::{DataStore, MAX_APP_ENTRIES, MAX_APP_KEY, MAX_APP_VALUE, StoreError};
 

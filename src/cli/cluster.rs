@@ -101,7 +101,11 @@ impl Cluster {
     pub(crate) async fn start(count: usize, payload_size: usize) -> Result<Self> {
         let mut config = Config::default()
             .listen(([127, 0, 0, 1], 0).into())
-            .network_id("peerwire-demo");
+            .network_id("peerwire-demo")
+            // The demo checks that every message arrives, so a sender waits for room as long
+            // as the receivers keep working: on a loaded machine the default 100 ms can pass
+            // with a queue still full, and the send would fail where it should only slow down.
+            .send_wait(std::time::Duration::from_secs(10));
         // Room for the payload plus the enum tag and sequence number.
         config.max_message_size = config.max_message_size.max(payload_size + 64);
         let (pong_tx, pongs) = mpsc::channel(PONG_CAPACITY);

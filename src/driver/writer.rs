@@ -219,3 +219,97 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::driver::queue::LaneSpec;
+    use crate::session::{ConnectionId, Direction};
+
+    /// A peer that reads, but slowly: 16 KiB per write call, then nothing for 20 ms. Every
+    /// flush (a frame of at most 128 KiB) completes well within the writer's timeout; only the
+    /// queue behind it stays full.
+    struct Trickle {
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        taken: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if let Some(sleep) = self.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            self.sleep = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+            let n = buf.len().min(16 * 1024);
+            self.taken += n;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_stays_full_ends_the_connection_though_every_write_progresses() {
+        let shared = Arc::new(SocketShared::new(
+            ConnectionId(1),
+            Direction::Outbound,
+            "127.0.0.1:1".parse().unwrap(),
+            &[LaneSpec {
+                channel: 0,
+                capacity: 1,
+                max_bytes: 1 << 20,
+                weight: 1,
+            }],
+            CancellationToken::new(),
+        ));
+        let writer = Writer {
+            shared: shared.clone(),
+            reliable: None,
+            batch_bytes: 16 * 1024,
+            write_timeout: Duration::from_millis(300),
+            channel_ids: vec![0],
+        };
+        let trickle = Trickle {
+            sleep: None,
+            taken: 0,
+        };
+        let task = tokio::spawn(writer.run(trickle, Sealer::new(&[1; 32])));
+        // 1 MiB takes the trickle about 1.3 s; keep the queue full behind it.
+        let message = Bytes::from(vec![3u8; 1 << 20]);
+        let mut refused = 0;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while refused < 3 {
+                if shared.queue.try_push(0, message.clone()).is_err() {
+                    refused += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the writer gives up on a queue full for write_timeout")
+            .unwrap();
+        assert!(
+            matches!(end, WriteEnd::Failed(DisconnectReason::WriteStalled)),
+            "{end:?}"
+        );
+    }
+}

@@ -363,3 +363,104 @@ async fn the_driver_refuses_an_oversize_length_before_its_body_and_reads_one_at_
         result.map(|_| ())
     );
 }
+
+/// A Noise key-agreement that is honest for ephemeral keys and, for the static key it is given,
+/// claims a low-order point: every exchange with it yields zeros, which the other side, multiplying
+/// by that point, computes too. So the messages it writes are valid Noise; only the low-order check
+/// stops them.
+struct LowOrderStatic {
+    inner: Box<dyn snow::types::Dh>,
+    is_static: bool,
+}
+
+impl snow::types::Dh for LowOrderStatic {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn pub_len(&self) -> usize {
+        self.inner.pub_len()
+    }
+    fn priv_len(&self) -> usize {
+        self.inner.priv_len()
+    }
+    fn set(&mut self, privkey: &[u8]) {
+        self.is_static = true;
+        self.inner.set(privkey);
+    }
+    fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
+        self.inner.generate(rng)
+    }
+    fn pubkey(&self) -> &[u8] {
+        if self.is_static {
+            &LOW_ORDER_POINTS[2]
+        } else {
+            self.inner.pubkey()
+        }
+    }
+    fn privkey(&self) -> &[u8] {
+        self.inner.privkey()
+    }
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        if self.is_static {
+            out[..32].fill(0);
+            Ok(())
+        } else {
+            self.inner.dh(pubkey, out)
+        }
+    }
+}
+
+struct LowOrderResolver(snow::resolvers::DefaultResolver);
+
+impl snow::resolvers::CryptoResolver for LowOrderResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        self.0.resolve_rng()
+    }
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        Some(Box::new(LowOrderStatic {
+            inner: self.0.resolve_dh(choice)?,
+            is_static: false,
+        }))
+    }
+    fn resolve_hash(
+        &self,
+        choice: &snow::params::HashChoice,
+    ) -> Option<Box<dyn snow::types::Hash>> {
+        self.0.resolve_hash(choice)
+    }
+    fn resolve_cipher(
+        &self,
+        choice: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        self.0.resolve_cipher(choice)
+    }
+}
+
+#[test]
+fn a_low_order_static_key_is_refused_although_the_noise_message_is_valid() {
+    let (a, b) = (Keypair::generate(), Keypair::generate());
+    // b answers with a static key that is a low-order point, and signs it properly.
+    let noise = snow::Builder::with_resolver(
+        NOISE_PATTERN.parse().unwrap(),
+        Box::new(LowOrderResolver(snow::resolvers::DefaultResolver)),
+    )
+    .local_private_key(&[7u8; 32])
+    .unwrap()
+    .prologue(PROLOGUE)
+    .unwrap()
+    .build_responder()
+    .unwrap();
+    let mut evil = Handshake {
+        noise,
+        keypair: b.clone(),
+        local_static: LOW_ORDER_POINTS[2].to_vec(),
+        params: params("n", None),
+        stage: Stage::ResponderAwaitMsg1,
+    };
+    let (mut init, msg1) = Handshake::initiator(&a, params("n", None)).unwrap();
+    let msg2 = evil.read(&msg1).unwrap().send.unwrap();
+    assert!(
+        matches!(init.read(&msg2), Err(HandshakeError::LowOrderKey)),
+        "a low-order static key must be refused"
+    );
+}

@@ -21,6 +21,7 @@ pub use channel::{
 pub use info::{ChannelStats, ConnectionInfo, PeerStats};
 pub use state::SocketState;
 pub(crate) use state::StateCell;
+pub use state::illegal_state_transitions;
 
 /// Identifies one connection for the lifetime of a node (a peer may have several over time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -16,7 +16,18 @@
 //! handshake failure, spent misbehaviour budget) and always moves on to `Closing`, so no socket
 //! lingers in an error state.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+/// Illegal moves attempted by any connection of this process: each one is a bug in peerwire.
+static ILLEGAL: AtomicU64 = AtomicU64::new(0);
+
+/// How many times, in this process, a connection tried a move its state machine forbids. Each
+/// is a bug in peerwire (logged at ERROR; the state stays as it was). Always 0 unless there is
+/// one: the crate's own tests fail when it is not, because such a move happens inside a
+/// connection's task, where a panic would only end that task.
+pub fn illegal_state_transitions() -> u64 {
+    ILLEGAL.load(Ordering::Relaxed)
+}
 
 /// The state of one connection. Readable at any time through
 /// [`crate::Network::connections`] and [`crate::Network::peers`].
@@ -84,14 +95,20 @@ impl StateCell {
         SocketState::from_u8(self.0.load(Ordering::Acquire))
     }
 
-    /// Moves to `next` if legal; returns whether it moved. Illegal moves are bugs, caught in
-    /// debug builds and ignored (state unchanged) in release builds.
+    /// Moves to `next` if legal; returns whether it moved. Illegal moves are bugs: counted in
+    /// [`illegal_state_transitions`], logged, and ignored (state unchanged).
     pub(crate) fn set(&self, next: SocketState) -> bool {
         let current = self.get();
         let legal = current.can_become(next);
-        debug_assert!(legal, "illegal socket transition {current:?} -> {next:?}");
         if legal {
             self.0.store(next as u8, Ordering::Release);
+        } else {
+            ILLEGAL.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                ?current,
+                ?next,
+                "illegal socket state transition (a bug in peerwire)"
+            );
         }
         legal
     }
@@ -116,6 +133,16 @@ mod tests {
     use super::*;
     use crate::codec::GoodbyeReason;
     use crate::session::DisconnectReason;
+
+    #[test]
+    fn an_illegal_move_is_refused_and_counted() {
+        let cell = StateCell::new();
+        assert!(cell.set(Connecting));
+        let before = illegal_state_transitions();
+        assert!(!cell.set(Open), "Connecting cannot skip to Open");
+        assert_eq!(cell.get(), Connecting);
+        assert!(illegal_state_transitions() > before);
+    }
 
     #[test]
     fn faults_close_through_errored_and_closing_happens_once() {

@@ -11,7 +11,91 @@ use peerwire::{Config, Inbox, Keypair, Network, NetworkEvent, PeerId};
 /// Generous bound for anything that should happen "soon" on loopback; tests never assert speed.
 pub const SOON: Duration = Duration::from_secs(20);
 
+/// How long a test may run before it counts as hung: far beyond any test's run on a loaded
+/// machine, so it bounds a hang, not a speed.
+pub const HUNG: Duration = Duration::from_secs(300);
+
+/// The tests being watched (by their thread's name, which libtest sets to the test's path) and
+/// when each started.
+static RUNNING: std::sync::Mutex<Vec<(String, std::time::Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A test thread's entry in [`RUNNING`], removed when the thread ends (pass or panic).
+struct Watched(Option<String>);
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(name) = &self.0 {
+            illegal_moves_fail(name);
+            let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+            running.retain(|(n, _)| n != name);
+        }
+    }
+}
+
+thread_local! {
+    static WATCHED: Watched = {
+        let name = std::thread::current().name().map(str::to_owned);
+        // Only a test's own thread: not tokio's workers, and not `main` (where libtest may run
+        // every test in turn with one test thread).
+        let name = name.filter(|n| n != "main" && !n.starts_with("tokio-"));
+        if let Some(name) = &name {
+            static WATCHDOG: std::sync::Once = std::sync::Once::new();
+            WATCHDOG.call_once(|| {
+                std::thread::spawn(watchdog);
+            });
+            let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+            running.push((name.clone(), std::time::Instant::now()));
+        }
+        Watched(name)
+    };
+}
+
+/// Puts the calling test under the watchdog: an await that never completes (a missing timeout
+/// somewhere) fails the test binary after [`HUNG`] with the test's name, instead of holding CI
+/// until its own limit. `config()` and `node()` call it, so nearly every test is watched.
+pub fn watch() {
+    WATCHED.with(|_| {});
+}
+
+/// A connection's illegal state move happens inside its task, where a panic would only end that
+/// task: the library counts it instead, and any count fails the test binary, naming `name` (the
+/// test that ended or ran when it was seen; with tests in parallel, maybe not the culprit).
+fn illegal_moves_fail(name: &str) {
+    let illegal = peerwire::illegal_state_transitions();
+    if illegal > 0 {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{illegal} illegal socket state transition(s) in this test binary, seen at {name}: a \
+             bug in peerwire (the ERROR log line names the move); failing the test binary"
+        );
+        std::process::exit(101);
+    }
+}
+
+fn watchdog() {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        illegal_moves_fail("the watchdog");
+        let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((name, _)) = running.iter().find(|(_, t)| t.elapsed() > HUNG) {
+            // Straight to stderr: this thread inherits the output capture of the test that
+            // started it, and what `eprintln!` writes there is lost when the process exits.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "{name} has run for more than {} s: it hangs (an await that never completes); \
+                 failing the test binary",
+                HUNG.as_secs()
+            );
+            std::process::exit(101);
+        }
+    }
+}
+
 pub fn config() -> Config {
+    watch();
     Config::default()
         .listen("127.0.0.1:0".parse().unwrap())
         .network_id("peerwire-test")
@@ -20,6 +104,7 @@ pub fn config() -> Config {
 }
 
 pub async fn node(config: Config) -> (Network<Bytes>, Inbox<Bytes>) {
+    watch();
     Network::start(config, Keypair::generate()).await.unwrap()
 }
 
