@@ -510,6 +510,14 @@ mod tests {
             self.0.extend_from_slice(body);
             self
         }
+        /// The first fragment of a message of `total` bytes.
+        fn start(mut self, channel: u16, total: u32, body: &[u8]) -> Self {
+            put_header(&mut self.0, RecordKind::Start, CHANNEL_LEN + 4 + body.len());
+            self.0.put_u16(channel);
+            self.0.put_u32(total);
+            self.0.extend_from_slice(body);
+            self
+        }
         fn control(mut self, message: ControlMessage) -> Self {
             let body = encode_control(&message);
             put_header(&mut self.0, RecordKind::Control, body.len());
@@ -526,6 +534,8 @@ mod tests {
         now: Instant,
         delivered: Vec<(usize, u8)>,
         full: Vec<usize>,
+        /// Lanes whose inbox refuses as past this peer's share.
+        over: Vec<usize>,
     }
 
     impl Harness {
@@ -537,16 +547,20 @@ mod tests {
                 now,
                 delivered: Vec::new(),
                 full: Vec::new(),
+                over: Vec::new(),
             }
         }
 
         fn frame(&mut self, frame: Frame) -> (Vec<Action>, Option<Stop>, Vec<Tally>) {
             let mut out = Vec::new();
             let mut tally = vec![Tally::default(); 3];
-            let (full, delivered) = (&self.full, &mut self.delivered);
+            let (full, over, delivered) = (&self.full, &self.over, &mut self.delivered);
             let mut deliver = |lane: usize, body: Body<'_>| {
                 if full.contains(&lane) {
                     return Delivered::Full;
+                }
+                if over.contains(&lane) {
+                    return Delivered::OverShare;
                 }
                 match body.as_slice().first() {
                     Some(&b) => {
@@ -639,6 +653,7 @@ mod tests {
             now: h.now,
             delivered: Vec::new(),
             full: Vec::new(),
+            over: Vec::new(),
         };
         h2.frame(
             Frame::default()
@@ -904,5 +919,114 @@ mod tests {
         // Ignored: the stream is not numbered from there, so nothing counts on from u64::MAX.
         assert_eq!(h.session.judge.lanes[1].seq, None);
         assert_eq!(h.delivered, vec![(1, 1)]);
+    }
+
+    #[test]
+    fn delivered_and_dropped_messages_are_tallied_with_their_bytes() {
+        let mut h = Harness::new(0, 1000);
+        h.full = vec![2];
+        let (_, stop, tally) = h.frame(
+            Frame::default()
+                .message(VOTES, &[1, 2, 3])
+                .message(VOTES, &[4, 5, 6])
+                .message(PARTS, &[7, 8])
+                .message(PARTS, &[9, 10]),
+        );
+        assert_eq!(stop, None);
+        assert_eq!((tally[1].messages, tally[1].bytes), (2, 6));
+        // Received, then dropped at the full inbox: counted as both.
+        assert_eq!((tally[2].messages, tally[2].bytes), (2, 4));
+        assert_eq!(tally[2].dropped_inbox_full, 2);
+        // A full inbox is the application's lag, never charged, however long it lasts.
+        for _ in 0..OVER_SHARE_PER_POINT {
+            h.frame(Frame::default().message(PARTS, &[1]));
+        }
+        assert_eq!(h.session.score(), 0);
+    }
+
+    #[test]
+    fn drops_past_the_share_are_charged_a_point_per_batch_unless_the_peer_resends() {
+        let mut h = Harness::new(0, 1000);
+        h.over = vec![1, 2];
+        h.frame(Frame::default().control(resume(PARTS, 0)));
+        for _ in 0..OVER_SHARE_PER_POINT - 1 {
+            h.frame(Frame::default().message(VOTES, &[1]));
+        }
+        assert_eq!(h.session.score(), 0, "a burst costs nothing");
+        h.frame(Frame::default().message(VOTES, &[1]));
+        let point = u64::from(Violation::InboxShare.cost());
+        assert_eq!(h.session.score(), point, "a point per batch of drops");
+        // A sequenced (persistent) peer's drops are resent, not charged.
+        for seq in 0..2 * OVER_SHARE_PER_POINT {
+            let (_, stop, _) = h.frame(Frame::default().message(PARTS, &[1]));
+            assert_eq!(stop, None, "drop {seq}");
+        }
+        assert_eq!(h.session.score(), point);
+    }
+
+    #[test]
+    fn the_largest_first_sequence_number_is_accepted() {
+        let mut h = Harness::new(0, 1000);
+        h.frame(Frame::default().control(resume(VOTES, MAX_FIRST_SEQ)));
+        assert_eq!(h.session.score(), 0);
+        assert_eq!(h.session.judge.lanes[1].seq, Some(MAX_FIRST_SEQ));
+        h.frame(Frame::default().control(resume(PARTS, MAX_FIRST_SEQ + 1)));
+        assert_eq!(h.session.score(), Violation::SequenceOverflow.cost().into());
+    }
+
+    #[test]
+    fn an_address_budget_limits_every_connection_drawing_from_it() {
+        let mut h = Harness::new(0, 1000);
+        let budget = std::sync::Arc::new(crate::session::rate::IpBudget::new(2, h.now));
+        h.session.set_ip_budget(budget);
+        let mut frame = Frame::default();
+        for i in 0..5 {
+            frame = frame.message(0, &[i]);
+        }
+        let (_, _, tally) = h.frame(frame);
+        assert_eq!(h.delivered, vec![(0, 0), (0, 1)]);
+        assert_eq!(tally[0].dropped_rate_limited, 3);
+    }
+
+    #[test]
+    fn a_fragment_beyond_the_node_wide_reassembly_budget_is_refused() {
+        let mut h = Harness::new(0, 1000);
+        let budget = crate::codec::record::ReassemblyBudget::new(50);
+        h.session.set_reassembly_budget(budget.clone());
+        h.frame(Frame::default().start(0, 900, &[1; 100]));
+        assert_eq!(budget.refused(), 1);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_resend_request_that_could_not_be_queued_goes_out_with_the_next_frame() {
+        fn requests(actions: &[Action]) -> Vec<u64> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Send(ControlMessage::Rewind {
+                        channel: PARTS,
+                        from,
+                    }) => Some(*from),
+                    _ => None,
+                })
+                .collect()
+        }
+        let mut h = Harness::new(0, 1000);
+        h.full = vec![2];
+        let (out, _, _) = h.frame(
+            Frame::default()
+                .control(resume(PARTS, 0))
+                .message(PARTS, &[10]),
+        );
+        assert_eq!(requests(&out), vec![0], "{out:?}");
+        h.full.clear();
+        let (out, _, _) = h.frame(Frame::default().message(VOTES, &[1]));
+        assert_eq!(requests(&out), Vec::<u64>::new(), "asked once");
+        // The read task's control lane was full: the request is handed back and goes out with
+        // the next frame.
+        h.session.rewind_not_sent(PARTS, 0);
+        let (out, _, _) = h.frame(Frame::default().message(VOTES, &[2]));
+        assert_eq!(requests(&out), vec![0], "asked again");
     }
 }

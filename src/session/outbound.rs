@@ -408,4 +408,24 @@ mod tests {
         assert_eq!(lanes.clear(), 2);
         assert!(lanes.is_empty());
     }
+
+    #[test]
+    fn a_channel_back_from_idle_is_served_at_once_for_one_round_of_its_weight() {
+        let mut sched = Scheduler::new(&[4, 1]);
+        // Bulk (index 1) alone for a while: it spends, the idle critical channel saves nothing.
+        for _ in 0..10 {
+            assert_eq!(sched.pick(|l| l == 1), Some(1));
+            sched.charge(1, QUANTUM);
+        }
+        // Critical wakes: it goes first at once, with one round's credit (4 pieces); bulk,
+        // which spent its own, waits for the next round, where critical (heavier) goes first
+        // again. Then the weights hold: 4 pieces to 1.
+        let mut served = Vec::new();
+        for _ in 0..12 {
+            let lane = sched.pick(|_| true).unwrap();
+            sched.charge(lane, QUANTUM);
+            served.push(lane);
+        }
+        assert_eq!(served, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+    }
 }
