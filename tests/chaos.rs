@@ -930,6 +930,9 @@ impl Lab {
         for node in self.gone.iter().chain(self.nodes.iter().flatten()) {
             report.push_str(&node.dump());
         }
+        if let Some(emulator) = &self.emulator {
+            report.push_str(&format!("link emulator: {}\n", emulator.counters.summary()));
+        }
         panic!("[{}] {what}\n{report}\n[{}] {what}", self.tag, self.tag);
     }
 }

@@ -38,18 +38,34 @@ pub(crate) struct LinkCounters {
     pub(crate) refused: AtomicU64,
     /// To or from a node that was cut off.
     pub(crate) cut: AtomicU64,
+    /// The most a packet was written after its due time (microseconds): how far behind a
+    /// starved emulator ran, which a failure report needs to tell a starved lab from a fault.
+    pub(crate) max_late_micros: AtomicU64,
+    /// Threads that stopped, and why (a reader stops when its device goes with its namespace;
+    /// any other end while the test runs would cut that node off).
+    pub(crate) ended: std::sync::Mutex<Vec<String>>,
 }
 
 impl LinkCounters {
     pub(crate) fn summary(&self) -> String {
+        let ended = self.ended.lock().map(|e| e.join("; ")).unwrap_or_default();
         format!(
-            "{} packets delivered, {} lost at random, {} not routable, {} refused, {} cut off",
+            "{} packets delivered, {} lost at random, {} not routable, {} refused, {} cut off; \
+             at most {:.1} ms late; threads ended: {}",
             self.delivered.load(Ordering::Relaxed),
             self.lost.load(Ordering::Relaxed),
             self.unroutable.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
             self.cut.load(Ordering::Relaxed),
+            self.max_late_micros.load(Ordering::Relaxed) as f64 / 1000.0,
+            if ended.is_empty() { "none" } else { &ended },
         )
+    }
+
+    fn ended(&self, what: String) {
+        if let Ok(mut ended) = self.ended.lock() {
+            ended.push(what);
+        }
     }
 }
 
@@ -110,7 +126,10 @@ impl LinkEmulator {
                             Ok(len) => len,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                             // The device disappeared with its namespace.
-                            Err(_) => return,
+                            Err(e) => {
+                                counters.ended(format!("reader {from}: {e}"));
+                                return;
+                            }
                         };
                         let packet = &buf[..len];
                         let Some(to) = destination(packet, &owners) else {
@@ -155,6 +174,11 @@ impl LinkEmulator {
                     let now = Instant::now();
                     if due > now {
                         thread::sleep(due - now);
+                    } else {
+                        let late = u64::try_from((now - due).as_micros()).unwrap_or(u64::MAX);
+                        counters_out
+                            .max_late_micros
+                            .fetch_max(late, Ordering::Relaxed);
                     }
                     // A cut also loses what was on the wire.
                     if cut_out[from].load(Ordering::Relaxed) || cut_out[to].load(Ordering::Relaxed)
