@@ -251,9 +251,11 @@ impl SocketTask {
                 // First out: tells the peer we publish it now (its `connect` returns on it).
                 self.shared.queue.push_control(ControlMessage::Welcome);
                 if let Some(reliable) = &streams.reliable {
-                    // This connection now carries the stream: it resends what is unacknowledged.
-                    reliable.attach(&self.shared);
-                    writes_reliable = Some(reliable.clone());
+                    // This connection now carries the stream: it resends what is
+                    // unacknowledged (unless it was replaced before getting here).
+                    if reliable.attach(&self.shared) {
+                        writes_reliable = Some(reliable.clone());
+                    }
                 }
             }
             Admission::Close(reason) => {

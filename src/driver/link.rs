@@ -132,6 +132,11 @@ impl SocketShared {
         self.queue.close_gracefully(goodbye);
     }
 
+    /// Whether this connection has been told to close ([`SocketShared::close_gracefully`]).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.close_intent.lock().is_some()
+    }
+
     pub(crate) fn info(&self) -> ConnectionInfo {
         let (queued_messages, queued_bytes) = self.queue.depth();
         ConnectionInfo {

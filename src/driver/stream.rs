@@ -206,8 +206,19 @@ impl Reliable {
     /// `socket` now carries these streams: resend everything unacknowledged on it. Done under
     /// the `attached` lock (then the buffer lock, the order `take_for` uses too), so no other
     /// connection's writer can read the streams, or their resume markers, after this point.
-    pub(crate) fn attach(&self, socket: &Arc<SocketShared>) {
+    ///
+    /// Refused (returns `false`) for a connection already told to close: the node may have
+    /// admitted it, then replaced it by another connection of the same peer before its task
+    /// got to attach. Attached then, it would take the streams from its replacement and leave
+    /// them with nobody once it closed: the peer connected, pinging, and never sent another
+    /// message. The node marks the old connection closing before it admits the new one, and
+    /// the check is made under the lock that `attach` takes, so whichever order the two tasks
+    /// run in, the replacement ends up carrying the streams.
+    pub(crate) fn attach(&self, socket: &Arc<SocketShared>) -> bool {
         let mut attached = self.attached.lock();
+        if socket.is_closing() {
+            return false;
+        }
         {
             let mut inner = self.inner.lock();
             inner.set.restart();
@@ -219,6 +230,7 @@ impl Reliable {
         *attached = Some(socket.clone());
         drop(attached);
         socket.queue.wake();
+        true
     }
 
     /// Takes the next pieces for `socket`'s writer, only if `socket` carries the streams now;
@@ -394,5 +406,51 @@ impl StreamMaker {
             kept.lanes,
             journal,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::driver::queue::LaneSpec;
+    use crate::session::{ConnectionId, Direction, DisconnectReason};
+
+    fn socket(id: u64) -> Arc<SocketShared> {
+        Arc::new(SocketShared::new(
+            ConnectionId(id),
+            Direction::Outbound,
+            "127.0.0.1:1".parse().unwrap(),
+            &[LaneSpec {
+                channel: 0,
+                capacity: 16,
+                max_bytes: 1 << 20,
+                weight: 1,
+            }],
+            CancellationToken::new(),
+        ))
+    }
+
+    /// The node admitted `old`, then replaced it by `new` before `old`'s task attached: `old`
+    /// attaching late must not take the streams from `new` (the streams would be left with
+    /// nobody once `old` closed, and nothing more would reach the peer).
+    #[test]
+    fn a_replaced_connection_attaching_late_leaves_the_streams_with_its_replacement() {
+        let reliable = Reliable::new(1, &[(16, 1 << 20, 1)]);
+        let (old, new) = (socket(1), socket(2));
+        old.close_gracefully(DisconnectReason::Duplicate);
+        assert!(reliable.attach(&new));
+        assert!(
+            !reliable.attach(&old),
+            "a closing connection is not attached"
+        );
+        reliable.detach(&old);
+        reliable.push(0, Bytes::from_static(b"m")).unwrap();
+        let mut taken = Taken::default();
+        reliable.take_for(&old, 1 << 20, &mut taken);
+        assert!(taken.pieces.is_empty());
+        reliable.take_for(&new, 1 << 20, &mut taken);
+        assert_eq!(taken.pieces.len(), 1, "the replacement writes the message");
     }
 }
