@@ -428,4 +428,39 @@ mod tests {
         }
         assert_eq!(served, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
     }
+
+    #[test]
+    fn a_batch_fills_its_budget_exactly_and_only_a_message_s_last_piece_completes_it() {
+        // One channel: whole messages up to the budget, an exact fit included.
+        let mut one = Lanes::new(&[(10, 1000, 2)]);
+        for n in [10, 10, 10] {
+            one.push(0, msg(n)).unwrap();
+        }
+        let mut out = Vec::new();
+        one.take(20, &mut out);
+        assert_eq!(out.len(), 2, "10 + 10 fits a budget of 20");
+        assert!(out.iter().all(Piece::completes));
+        // Several channels: a message longer than a quantum goes in pieces; only the last
+        // completes it.
+        let mut two = Lanes::new(&[(10, 1 << 20, 2), (10, 1 << 20, 1)]);
+        two.push(1, msg(2 * QUANTUM + 5)).unwrap();
+        let mut out = Vec::new();
+        while two.take(usize::MAX, &mut out) {}
+        let completes: Vec<bool> = out.iter().map(Piece::completes).collect();
+        assert_eq!(completes, [false, false, true]);
+    }
+
+    #[test]
+    fn taking_a_message_frees_its_bytes_for_the_lane_bound() {
+        let mut lanes = Lanes::new(&[(10, 100, 2), (10, 100, 1)]);
+        lanes.push(1, msg(60)).unwrap();
+        assert_eq!(lanes.depth_of(1), (1, 60));
+        let mut out = Vec::new();
+        lanes.take(usize::MAX, &mut out);
+        assert_eq!(lanes.depth_of(1), (0, 0));
+        // The lane's byte bound counts only what is still queued.
+        lanes.push(1, msg(60)).unwrap();
+        lanes.push(1, msg(40)).unwrap();
+        assert_eq!(lanes.depth_of(1), (2, 100));
+    }
 }
