@@ -381,4 +381,34 @@ mod tests {
         }
         assert!(!q.push_control(ControlMessage::Ping { nonce: 999 }));
     }
+
+    #[test]
+    fn only_progress_clears_a_stall() {
+        let mut q = queue(1, 1000);
+        q.mark_stalled(0);
+        let mut b = Batch::default();
+        assert!(
+            !q.take_batch(1000, &mut b),
+            "nothing to take, nothing freed"
+        );
+        assert_eq!(
+            q.try_push(0, msg(1), never).unwrap_err().0,
+            PushError::Stalled
+        );
+    }
+
+    #[test]
+    fn control_can_be_taken_alone_between_the_pieces_of_a_message() {
+        let mut q = queue(10, 1000);
+        q.try_push(0, msg(5), never).unwrap();
+        q.push_control(ControlMessage::Ping { nonce: 3 });
+        let mut b = Batch::default();
+        q.take_control(&mut b);
+        assert_eq!(b.control, vec![ControlMessage::Ping { nonce: 3 }]);
+        assert!(b.data.is_empty(), "data waits for the next batch");
+        let mut next = Batch::default();
+        q.take_batch(1000, &mut next);
+        assert!(next.control.is_empty(), "taken once");
+        assert_eq!(next.data.len(), 1);
+    }
 }
