@@ -134,7 +134,10 @@ async fn a_node_that_stops_beating_is_dropped_everywhere() {
     .await;
     assert_eq!(registry.stats().dropped_silent, 1);
     assert_eq!(registry.stats().deregistered, 0);
-    assert_eq!(a.members.status(), MembershipStatus::Registered);
+    eventually("a still registered", || {
+        a.members.status() == MembershipStatus::Registered
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +225,12 @@ async fn nodes_register_again_with_a_restarted_registry() {
             n.members.members().len() == 3
         })
         .await;
-        assert_eq!(n.members.status(), MembershipStatus::Registered);
+        // Waited for, not read once: on a loaded machine a heartbeat can be late and the node
+        // registers again, briefly `Registering` while its list is already complete.
+        eventually("every node registered", || {
+            n.members.status() == MembershipStatus::Registered
+        })
+        .await;
     }
 }
 
