@@ -540,4 +540,33 @@ mod tests {
         assert_eq!(r.judge(0), Verdict::Deliver);
         assert_eq!(r.ack(), 1);
     }
+
+    #[test]
+    fn the_byte_bound_admits_an_exact_fit() {
+        let mut b = ReliableBuffer::new(1, 10, 20);
+        b.push(Bytes::from(vec![0; 10])).unwrap();
+        assert!(b.push(Bytes::from(vec![0; 10])).is_ok(), "10 + 10 fits 20");
+        assert!(b.push(Bytes::from(vec![0; 1])).is_err(), "21 does not");
+    }
+
+    #[test]
+    fn a_set_numbers_its_resumes_with_its_incarnation_and_a_batch_is_empty_only_when_it_is() {
+        let set = ReliableSet::new(7, &[(10, 1000, 1), (10, 1000, 1)]);
+        assert_eq!(set.incarnation(), 7);
+        let mut taken = Taken::default();
+        assert!(taken.is_empty());
+        taken.resumes.push((0, 3));
+        assert!(
+            !taken.is_empty(),
+            "a resume marker alone is something to write"
+        );
+        let mut taken = Taken::default();
+        taken.pieces.push(Piece {
+            lane: 0,
+            message: m(1),
+            start: 0,
+            end: 1,
+        });
+        assert!(!taken.is_empty(), "a piece alone is something to write");
+    }
 }
