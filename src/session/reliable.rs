@@ -569,4 +569,28 @@ mod tests {
         });
         assert!(!taken.is_empty(), "a piece alone is something to write");
     }
+
+    #[test]
+    fn only_a_message_not_yet_written_at_all_can_be_taken_back() {
+        let mut b = ReliableBuffer::new(1, 10, usize::MAX);
+        b.push(m(0)).unwrap();
+        b.push(Bytes::from(vec![1u8; 3])).unwrap();
+        assert_eq!(b.depth(), (2, 4));
+        // Not written: taken back, its bytes with it.
+        assert_eq!(b.unpush(), Some(Bytes::from(vec![1u8; 3])));
+        assert_eq!(b.depth(), (1, 1));
+        // Half written (the first piece of a large message is out): it stays.
+        b.push(Bytes::from(vec![2u8; 2 * QUANTUM])).unwrap();
+        b.take_piece(0);
+        b.take_piece(0);
+        assert_eq!(b.unpush(), None, "partly written");
+        // Written whole: it stays.
+        let mut c = ReliableBuffer::new(1, 10, usize::MAX);
+        c.push(m(5)).unwrap();
+        c.take_piece(0);
+        assert_eq!(c.unpush(), None, "written");
+        // Not yet reached by the cursor, behind a written one: taken back.
+        c.push(m(6)).unwrap();
+        assert_eq!(c.unpush(), Some(m(6)));
+    }
 }
