@@ -327,8 +327,9 @@ impl SocketTask {
         let mut ticker =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Only a dialer's caller waits for the welcome.
-        let mut await_welcome = self.shared.direction == Direction::Outbound;
+        // The node hears of the welcome on every connection: a dialer's caller waits for it,
+        // and so does one whose dial lost a duplicate tie-break to this connection.
+        let mut await_welcome = true;
         let first = loop {
             tokio::select! {
                 () = self.shared.welcomed.notified(), if await_welcome => {

@@ -45,6 +45,8 @@ pub(crate) struct SocketShared {
     pub(crate) last_rx_micros: AtomicU64,
     /// Signalled when the peer's welcome arrives (it admitted the connection).
     pub(crate) welcomed: tokio::sync::Notify,
+    /// Set when the peer's `Welcome` arrived: it admitted this connection.
+    pub(crate) welcome_seen: std::sync::atomic::AtomicBool,
     /// Set once the first handshake message from the other side was read and accepted (see
     /// `handshake::perform_observed`).
     pub(crate) handshake_progressed: std::sync::atomic::AtomicBool,
@@ -64,6 +66,7 @@ impl SocketShared {
             addr,
             peer: OnceLock::new(),
             welcomed: tokio::sync::Notify::new(),
+            welcome_seen: std::sync::atomic::AtomicBool::new(false),
             handshake_progressed: std::sync::atomic::AtomicBool::new(false),
             listen_addr: OnceLock::new(),
             dial_seq: OnceLock::new(),

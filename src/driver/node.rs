@@ -104,7 +104,15 @@ pub(crate) struct NetworkActor {
     tracker: TaskTracker,
     next_id: u64,
     /// Callers of `connect` waiting for their dial to open (or fail).
-    pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, ConnectError>>>,
+    pending: HashMap<ConnectionId, ConnectWaiter>,
+    /// Callers whose dial lost the duplicate tie-break, waiting for the peer to welcome the
+    /// connection that won (or for it to close), by that connection. Bounded by the dials
+    /// (each waiter was a `pending` one).
+    through: HashMap<ConnectionId, Vec<ConnectWaiter>>,
+    /// The same, when the winning connection has not even reached this side yet (the remote
+    /// closed ours as a duplicate first): by peer, with the dialed address, answered by the
+    /// first welcome from that peer, or failed when its held departure is reported.
+    through_peer: HashMap<PeerId, Vec<(SocketAddr, ConnectWaiter)>>,
     /// Every decision about connections and peers.
     registry: Registry,
     /// Our position in each peer's reliable streams, kept across its connections.
@@ -173,6 +181,8 @@ impl NetworkActor {
             tracker: TaskTracker::new(),
             next_id: 0,
             pending: HashMap::new(),
+            through: HashMap::new(),
+            through_peer: HashMap::new(),
             recv_states: HashMap::new(),
             effects: Vec::new(),
             log: LogSummary::default(),
@@ -244,6 +254,14 @@ impl NetworkActor {
                         }
                         NetworkEvent::Disconnected { peer, reason } => {
                             tracing::debug!(%peer, %reason, "peer disconnected");
+                            // A dial waiting for the peer's other connection: it never came.
+                            for (addr, waiter) in self.through_peer.remove(peer).unwrap_or_default()
+                            {
+                                let _ = waiter.send(Err(ConnectError::ConnectionClosed {
+                                    addr,
+                                    reason: reason.clone(),
+                                }));
+                            }
                             if *reason == DisconnectReason::RemoteGoodbye(GoodbyeReason::Duplicate)
                             {
                                 // Held for a replacement of ours that never came: the peer
@@ -590,18 +608,27 @@ impl NetworkActor {
                     None
                 };
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(match &admission {
-                        Admission::Open | Admission::Close(DisconnectReason::Duplicate) => {
-                            // A duplicate lost the tie-break: the peer is connected through the
-                            // other connection, which is what the caller asked for.
-                            Ok(peer)
+                    match &admission {
+                        // A duplicate lost the tie-break: the peer is connected through the
+                        // other connection, which is what the caller asked for, once the peer
+                        // has admitted that one too.
+                        Admission::Close(DisconnectReason::Duplicate) => {
+                            self.answer_through(peer, shared.addr, waiter);
                         }
-                        Admission::Close(DisconnectReason::Shutdown) => Err(ConnectError::Closed),
-                        Admission::Close(reason) => Err(ConnectError::ConnectionClosed {
-                            addr: shared.addr,
-                            reason: reason.clone(),
-                        }),
-                    });
+                        other => {
+                            let _ = waiter.send(match other {
+                                // Not answered now: waits for the peer's welcome.
+                                Admission::Open => Ok(peer),
+                                Admission::Close(DisconnectReason::Shutdown) => {
+                                    Err(ConnectError::Closed)
+                                }
+                                Admission::Close(reason) => Err(ConnectError::ConnectionClosed {
+                                    addr: shared.addr,
+                                    reason: reason.clone(),
+                                }),
+                            });
+                        }
+                    }
                 }
                 let reliable = self.shared.reliable.read().get(&peer).cloned();
                 let streams = Streams {
@@ -612,10 +639,16 @@ impl NetworkActor {
                 let _ = reply.send((admission, streams));
             }
             SocketEvent::Welcomed { shared } => {
-                if let (Some(waiter), Some(peer)) =
-                    (self.pending.remove(&shared.id), shared.peer.get())
-                {
-                    let _ = waiter.send(Ok(*peer));
+                if let Some(peer) = shared.peer.get() {
+                    if let Some(waiter) = self.pending.remove(&shared.id) {
+                        let _ = waiter.send(Ok(*peer));
+                    }
+                    for waiter in self.through.remove(&shared.id).unwrap_or_default() {
+                        let _ = waiter.send(Ok(*peer));
+                    }
+                    for (_, waiter) in self.through_peer.remove(peer).unwrap_or_default() {
+                        let _ = waiter.send(Ok(*peer));
+                    }
                 }
             }
             SocketEvent::Closed {
@@ -654,9 +687,25 @@ impl NetworkActor {
                     shared.peer.get().copied().filter(|peer| {
                         duplicate && error.is_none() && self.registry.is_open(*peer)
                     });
+                // Callers waiting for this connection's welcome: it closed first.
+                for waiter in self.through.remove(&shared.id).unwrap_or_default() {
+                    let _ = waiter.send(Err(ConnectError::ConnectionClosed {
+                        addr: shared.addr,
+                        reason: reason.clone(),
+                    }));
+                }
                 if let Some(waiter) = self.pending.remove(&shared.id) {
                     if let Some(peer) = through_other {
-                        let _ = waiter.send(Ok(peer));
+                        if self.registry.open_connection(peer) == Some(shared.id) {
+                            // The remote keeps another connection that has not opened here
+                            // yet (the registry holds the departure for it).
+                            self.through_peer
+                                .entry(peer)
+                                .or_default()
+                                .push((shared.addr, waiter));
+                        } else {
+                            self.answer_through(peer, shared.addr, waiter);
+                        }
                     } else {
                         let _ = waiter.send(Err(error.unwrap_or(ConnectError::ConnectionClosed {
                             addr: shared.addr,
@@ -673,6 +722,30 @@ impl NetworkActor {
                     &mut self.effects,
                 );
                 self.apply();
+            }
+        }
+    }
+
+    /// Answers a caller whose dial lost to another connection of `peer`: `Ok` once the peer
+    /// has welcomed that connection (at once if it has), an error if it closes first. Without
+    /// the wait, `connect` could return while the winner was still being refused by the peer
+    /// (a ban, say) and the caller be left with no connection at all.
+    fn answer_through(&mut self, peer: PeerId, addr: SocketAddr, waiter: ConnectWaiter) {
+        let kept = self
+            .registry
+            .open_connection(peer)
+            .and_then(|id| self.shared.connections.read().get(&id).cloned());
+        match kept {
+            Some(kept) if kept.welcome_seen.load(std::sync::atomic::Ordering::Acquire) => {
+                let _ = waiter.send(Ok(peer));
+            }
+            Some(kept) => self.through.entry(kept.id).or_default().push(waiter),
+            // Gone meanwhile: the dial's own connection lost to nothing that lasts.
+            None => {
+                let _ = waiter.send(Err(ConnectError::ConnectionClosed {
+                    addr,
+                    reason: DisconnectReason::Duplicate,
+                }));
             }
         }
     }
@@ -762,8 +835,21 @@ impl NetworkActor {
         for (_, waiter) in self.pending.drain() {
             let _ = waiter.send(Err(ConnectError::Closed));
         }
+        for (_, waiters) in self.through.drain() {
+            for waiter in waiters {
+                let _ = waiter.send(Err(ConnectError::Closed));
+            }
+        }
+        for (_, waiters) in self.through_peer.drain() {
+            for (_, waiter) in waiters {
+                let _ = waiter.send(Err(ConnectError::Closed));
+            }
+        }
     }
 }
+
+/// Answers a caller of `connect`.
+type ConnectWaiter = oneshot::Sender<Result<PeerId, ConnectError>>;
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).
 fn unix_micros() -> u64 {

@@ -254,7 +254,12 @@ impl Reader {
                 }
             }
             Action::Ack { lane, next } => self.shared.queue.set_ack(lane, next),
-            Action::Welcomed => self.shared.welcomed.notify_one(),
+            Action::Welcomed => {
+                self.shared
+                    .welcome_seen
+                    .store(true, std::sync::atomic::Ordering::Release);
+                self.shared.welcomed.notify_one();
+            }
         }
     }
 }

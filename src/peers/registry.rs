@@ -246,6 +246,11 @@ impl Registry {
         self.open.contains_key(&peer)
     }
 
+    /// The connection `peer` is open through, if any.
+    pub(crate) fn open_connection(&self, peer: PeerId) -> Option<ConnectionId> {
+        self.open.get(&peer).map(|c| c.id)
+    }
+
     /// Decides whether to take an inbound connection from `ip` before any handshake work.
     /// When `max_handshakes_per_ip` connections from `ip` are still in their handshake, the
     /// oldest of them makes room (see [`Taken::evict`]): a peer that completes its
