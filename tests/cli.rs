@@ -17,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// The demo does real work in a debug build on a possibly busy machine.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(120);
+/// For steps that move thousands of messages through durable storage (see `line_within`).
+const BULK_TIMEOUT: Duration = Duration::from_secs(120);
 const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
 
 #[path = "common/child.rs"]
@@ -75,10 +77,17 @@ impl Proc {
 
     /// Waits for a stdout line (already seen or new) that satisfies `pred`.
     fn line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.line_within(what, TIMEOUT, pred)
+    }
+
+    /// [`Proc::line`] with a longer wait, for a step whose work grows with its input (ten
+    /// thousand durable writes, say) and so with the machine's load: a bound on a hang, not a
+    /// speed.
+    fn line_within(&mut self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
         if let Some(line) = self.seen.iter().find(|l| pred(l)) {
             return line.clone();
         }
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -88,7 +97,9 @@ impl Proc {
                         return line;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => self.fail(&format!("no {what} within 20 s")),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("no {what} within {} s", limit.as_secs()))
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.fail(&format!("stdout closed before {what}"))
                 }
@@ -114,12 +125,26 @@ impl Proc {
     /// Waits until `n` stdout lines in all satisfy `pred` (for events that repeat, such as a
     /// peer joining again after a restart).
     fn lines_counted(&mut self, what: &str, n: usize, pred: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + TIMEOUT;
+        self.lines_counted_within(what, n, TIMEOUT, pred);
+    }
+
+    /// [`Proc::lines_counted`] with a longer wait (see [`Proc::line_within`]).
+    fn lines_counted_within(
+        &mut self,
+        what: &str,
+        n: usize,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
         while self.seen.iter().filter(|l| pred(l)).count() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.seen.push(line),
-                Err(_) => self.fail(&format!("fewer than {n} lines of {what} within 20 s")),
+                Err(_) => self.fail(&format!(
+                    "fewer than {n} lines of {what} within {} s",
+                    limit.as_secs()
+                )),
             }
         }
     }
@@ -1342,7 +1367,7 @@ fn a_durable_peer_gets_every_line_after_the_sender_is_sigkilled_and_restarted() 
     // so is on disk).
     a.write_line("/peers");
     let listed = format!("peer {b_id} {b_addr} known durable");
-    a.line("the answer to /peers", |l| l == listed);
+    a.line_within("the answer to /peers", BULK_TIMEOUT, |l| l == listed);
     let killed = a.signal("-KILL");
     assert!(!killed.success());
 
@@ -1362,7 +1387,7 @@ fn a_durable_peer_gets_every_line_after_the_sender_is_sigkilled_and_restarted() 
         false,
     );
     let prefix = format!("{a_id}: line ");
-    b.lines_counted("a's lines", LINES, |l| l.starts_with(&prefix));
+    b.lines_counted_within("a's lines", LINES, BULK_TIMEOUT, |l| l.starts_with(&prefix));
     let got: Vec<String> = b
         .seen
         .iter()
