@@ -593,4 +593,90 @@ mod tests {
         c.push(m(6)).unwrap();
         assert_eq!(c.unpush(), Some(m(6)));
     }
+
+    #[test]
+    fn acks_after_a_restart_free_what_was_sent_before_it() {
+        let mut b = ReliableBuffer::new(1, 10, usize::MAX);
+        for i in 0..3 {
+            b.push(m(i)).unwrap();
+        }
+        take_all(&mut b);
+        b.restart();
+        // Nothing written on the new connection yet, but 0 and 1 reached the peer before.
+        assert_eq!(b.ack(2), 2);
+        assert_eq!(take_all(&mut b), (Some(2), vec![2]));
+    }
+
+    #[test]
+    fn a_rewind_resends_from_its_number_before_behind_and_beyond_the_base() {
+        let mut b = ReliableBuffer::new(1, 10, usize::MAX);
+        for i in 0..5 {
+            b.push(m(i)).unwrap();
+        }
+        take_all(&mut b);
+        b.ack(2);
+        // From 3, with 2 acknowledged: messages 3 and 4 again, counted as resent.
+        b.rewind(3);
+        assert_eq!(b.resent, 2);
+        assert_eq!(take_all(&mut b), (Some(3), vec![3, 4]));
+        // From below the base (acknowledged already): everything unacknowledged again.
+        b.rewind(0);
+        assert_eq!(b.resent, 5);
+        assert_eq!(take_all(&mut b), (Some(2), vec![2, 3, 4]));
+        // From the next number not sent yet: nothing to resend, and no new marker.
+        b.push(m(5)).unwrap();
+        b.rewind(5);
+        assert_eq!(b.resent, 5);
+        assert_eq!(take_all(&mut b), (None, vec![5]));
+    }
+
+    #[test]
+    fn a_set_takes_up_to_its_budget_and_restarts_every_stream() {
+        let mut set = ReliableSet::new(1, &[(10, 1 << 20, 1)]);
+        for i in 0..3 {
+            set.buffer(0)
+                .unwrap()
+                .push(Bytes::from(vec![i; 10]))
+                .unwrap();
+        }
+        let mut taken = Taken::default();
+        set.take(20, &mut taken);
+        assert_eq!(taken.pieces.len(), 2, "10 + 10 fill a budget of 20");
+        set.take(20, &mut Taken::default());
+        // A new connection: every stream resends from its first unacknowledged message.
+        set.restart();
+        let mut again = Taken::default();
+        set.take(usize::MAX, &mut again);
+        assert_eq!(again.resumes, vec![(0, 0)]);
+        assert_eq!(again.pieces.len(), 3);
+        // Several channels: a large message goes in pieces, each counted at its own length.
+        let mut set = ReliableSet::new(1, &[(10, usize::MAX, 2), (10, usize::MAX, 1)]);
+        set.buffer(1)
+            .unwrap()
+            .push(Bytes::from(vec![0; 4 * QUANTUM]))
+            .unwrap();
+        let mut taken = Taken::default();
+        set.take(3 * QUANTUM, &mut taken);
+        assert_eq!(
+            taken.pieces.len(),
+            3,
+            "three pieces of a quantum fill three quanta"
+        );
+    }
+
+    #[test]
+    fn a_receiver_follows_a_sender_that_skipped_ahead_and_discards_while_awaiting_a_resume() {
+        let mut r = RecvSeq::default();
+        r.resume(1, 0);
+        assert_eq!(r.judge(0), Verdict::Deliver);
+        // Same sender, numbering further on than expected: follow it rather than stall.
+        r.resume(1, 5);
+        assert_eq!(r.judge(5), Verdict::Deliver);
+        // A local drop: even the expected number is discarded until the sender resumes.
+        assert_eq!(r.judge(6), Verdict::Deliver);
+        assert_eq!(r.dropped(), Some(6));
+        assert_eq!(r.judge(6), Verdict::Discard);
+        r.resume(1, 6);
+        assert_eq!(r.judge(6), Verdict::Deliver);
+    }
 }
