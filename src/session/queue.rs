@@ -411,4 +411,17 @@ mod tests {
         assert!(next.control.is_empty(), "taken once");
         assert_eq!(next.data.len(), 1);
     }
+
+    #[test]
+    fn depth_counts_the_messages_and_bytes_waiting() {
+        let mut q = queue(10, 1000);
+        assert_eq!(q.depth(), (0, 0));
+        q.try_push(0, msg(3), never).unwrap();
+        q.try_push(0, msg(4), never).unwrap();
+        assert_eq!(q.depth(), (2, 7));
+        assert_eq!(q.depth_of(0), (2, 7));
+        let mut b = Batch::default();
+        q.take_batch(1000, &mut b);
+        assert_eq!((q.depth(), q.depth_of(0)), ((0, 0), (0, 0)));
+    }
 }
