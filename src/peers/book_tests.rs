@@ -225,3 +225,23 @@ fn a_small_network_on_one_subnet_keeps_every_entry_despite_collisions() {
         assert_eq!(book.len(), 20, "seed {seed}");
     }
 }
+
+#[test]
+fn reached_peers_spread_over_the_tried_buckets_and_a_full_bucket_evicts_into_new() {
+    let mut book = book();
+    // 700 peers, each on its own /16: their tried buckets (by /24) are spread, so far more
+    // than one bucket's 32 are kept; some buckets overflow and evict an occupant.
+    for i in 0..700u32 {
+        let a = addr(1 + (i / 200) as u8, (i % 200) as u8, 7, 1);
+        book.reached(id(i + 1), a);
+    }
+    let tried = book.tried_len();
+    assert!(
+        tried > 32,
+        "{tried} tried entries: one bucket's worth at most"
+    );
+    assert!(tried <= 16 * 32, "{tried} tried entries");
+    // An evicted entry went back to the new table (or was forgotten when its new slot was
+    // taken); none is lost from the book while it has room.
+    assert!(book.len() > tried, "evicted entries kept in new");
+}
