@@ -245,3 +245,23 @@ fn reached_peers_spread_over_the_tried_buckets_and_a_full_bucket_evicts_into_new
     // taken); none is lost from the book while it has room.
     assert!(book.len() > tried, "evicted entries kept in new");
 }
+
+#[test]
+fn a_removed_entry_frees_its_slot_and_its_source_s_place() {
+    let mut book = book();
+    let source = Some(IpAddr::from([10, 9, 9, 1]));
+    // The source's ten places, each on its own /16.
+    for i in 1..=10u32 {
+        book.add(id(i), addr(50, i as u8, 0, 1), source).unwrap();
+    }
+    assert!(book.add(id(11), addr(50, 11, 0, 1), source).is_err());
+    book.remove(&id(3));
+    // Its slot is empty: every pick finds a live entry, never the removed one.
+    for pick in 0..64 {
+        let (picked, _) = book.select(1, pick).expect("nine entries left");
+        assert_ne!(picked, id(3));
+    }
+    // And the source has a place again, one only.
+    assert!(book.add(id(11), addr(50, 11, 0, 1), source).is_ok());
+    assert!(book.add(id(12), addr(50, 12, 0, 1), source).is_err());
+}
