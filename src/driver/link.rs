@@ -135,6 +135,24 @@ impl SocketShared {
         self.queue.close_gracefully(goodbye);
     }
 
+    /// An outbound connection with one channel of `capacity` messages, for the driver's unit
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u64, capacity: usize) -> Arc<Self> {
+        Arc::new(Self::new(
+            ConnectionId(id),
+            Direction::Outbound,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            &[LaneSpec {
+                channel: 0,
+                capacity,
+                max_bytes: 1 << 20,
+                weight: 1,
+            }],
+            CancellationToken::new(),
+        ))
+    }
+
     /// Whether this connection has been told to close ([`SocketShared::close_gracefully`]).
     pub(crate) fn is_closing(&self) -> bool {
         self.close_intent.lock().is_some()

@@ -615,18 +615,18 @@ impl NetworkActor {
                         Admission::Close(DisconnectReason::Duplicate) => {
                             self.answer_through(peer, shared.addr, waiter);
                         }
-                        other => {
-                            let _ = waiter.send(match other {
-                                // Not answered now: waits for the peer's welcome.
-                                Admission::Open => Ok(peer),
-                                Admission::Close(DisconnectReason::Shutdown) => {
-                                    Err(ConnectError::Closed)
-                                }
-                                Admission::Close(reason) => Err(ConnectError::ConnectionClosed {
-                                    addr: shared.addr,
-                                    reason: reason.clone(),
-                                }),
-                            });
+                        Admission::Close(DisconnectReason::Shutdown) => {
+                            let _ = waiter.send(Err(ConnectError::Closed));
+                        }
+                        Admission::Close(reason) => {
+                            let _ = waiter.send(Err(ConnectError::ConnectionClosed {
+                                addr: shared.addr,
+                                reason: reason.clone(),
+                            }));
+                        }
+                        // Not taken above: an open connection waits for the peer's welcome.
+                        Admission::Open => {
+                            let _ = waiter.send(Ok(peer));
                         }
                     }
                 }

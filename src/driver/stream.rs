@@ -411,26 +411,8 @@ impl StreamMaker {
 
 #[cfg(test)]
 mod tests {
-    use tokio_util::sync::CancellationToken;
-
     use super::*;
-    use crate::driver::queue::LaneSpec;
-    use crate::session::{ConnectionId, Direction, DisconnectReason};
-
-    fn socket(id: u64) -> Arc<SocketShared> {
-        Arc::new(SocketShared::new(
-            ConnectionId(id),
-            Direction::Outbound,
-            "127.0.0.1:1".parse().unwrap(),
-            &[LaneSpec {
-                channel: 0,
-                capacity: 16,
-                max_bytes: 1 << 20,
-                weight: 1,
-            }],
-            CancellationToken::new(),
-        ))
-    }
+    use crate::session::DisconnectReason;
 
     /// The node admitted `old`, then replaced it by `new` before `old`'s task attached: `old`
     /// attaching late must not take the streams from `new` (the streams would be left with
@@ -438,7 +420,7 @@ mod tests {
     #[test]
     fn a_replaced_connection_attaching_late_leaves_the_streams_with_its_replacement() {
         let reliable = Reliable::new(1, &[(16, 1 << 20, 1)]);
-        let (old, new) = (socket(1), socket(2));
+        let (old, new) = (SocketShared::for_test(1, 16), SocketShared::for_test(2, 16));
         old.close_gracefully(DisconnectReason::Duplicate);
         assert!(reliable.attach(&new));
         assert!(

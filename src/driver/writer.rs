@@ -226,18 +226,14 @@ mod tests {
     use std::task::{Context, Poll};
 
     use bytes::Bytes;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::driver::queue::LaneSpec;
-    use crate::session::{ConnectionId, Direction};
 
     /// A peer that reads, but slowly: 16 KiB per write call, then nothing for 20 ms. Every
     /// flush (a frame of at most 128 KiB) completes well within the writer's timeout; only the
     /// queue behind it stays full.
     struct Trickle {
         sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-        taken: usize,
     }
 
     impl AsyncWrite for Trickle {
@@ -252,9 +248,7 @@ mod tests {
                 }
             }
             self.sleep = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
-            let n = buf.len().min(16 * 1024);
-            self.taken += n;
-            Poll::Ready(Ok(n))
+            Poll::Ready(Ok(buf.len().min(16 * 1024)))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
@@ -266,18 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queue_that_stays_full_ends_the_connection_though_every_write_progresses() {
-        let shared = Arc::new(SocketShared::new(
-            ConnectionId(1),
-            Direction::Outbound,
-            "127.0.0.1:1".parse().unwrap(),
-            &[LaneSpec {
-                channel: 0,
-                capacity: 1,
-                max_bytes: 1 << 20,
-                weight: 1,
-            }],
-            CancellationToken::new(),
-        ));
+        let shared = SocketShared::for_test(1, 1);
         let writer = Writer {
             shared: shared.clone(),
             reliable: None,
@@ -285,10 +268,7 @@ mod tests {
             write_timeout: Duration::from_millis(300),
             channel_ids: vec![0],
         };
-        let trickle = Trickle {
-            sleep: None,
-            taken: 0,
-        };
+        let trickle = Trickle { sleep: None };
         let task = tokio::spawn(writer.run(trickle, Sealer::new(&[1; 32])));
         // 1 MiB takes the trickle about 1.3 s; keep the queue full behind it.
         let message = Bytes::from(vec![3u8; 1 << 20]);
