@@ -1314,6 +1314,12 @@ fn cpu_busy() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// The machine's CPU use since the reading `start` (from [`cpu_busy`]), as a share of all cores.
+fn cpu_since(start: (u64, u64)) -> f64 {
+    let (busy, total) = cpu_busy();
+    (busy - start.0) as f64 / (total - start.1).max(1) as f64
+}
+
 /// The links of a connected graph on `n` nodes: a ring plus two random chords per node (degree
 /// about 6), from a fixed seed.
 fn gossip_graph(n: usize) -> Vec<(usize, usize)> {
@@ -1543,9 +1549,7 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
         p99.as_millis()
     ));
     let many = lab.copies_since(&all, &before);
-    let (busy0, total0) = cpu_start;
-    let (busy1, total1) = cpu_busy();
-    let cpu = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+    let cpu = cpu_since(cpu_start);
     lab.note(&format!(
         "copies per node per publication: {one:.2} with one publisher, {many:.2} with eight; \
          machine CPU {:.0}% of 2 cores meanwhile{}",
@@ -1568,7 +1572,7 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
     // Large publications (over `eager_max`, 64 KiB) are announced and fetched: about one copy
     // per node, not one per link of the tree.
     let before: Vec<_> = (0..N).map(|i| lab.gossip_stats(i)).collect();
-    let (busy0, total0) = cpu_busy();
+    let large_start = cpu_busy();
     let big: Vec<String> = (0..3)
         .map(|k| format!("big-{k}-{}", "x".repeat(256 * 1024)))
         .collect();
@@ -1577,8 +1581,7 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
     }
     lab.wait_published(&others, 0, &big);
     let large = lab.copies_since(&others, &before);
-    let (busy1, total1) = cpu_busy();
-    let cpu = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+    let cpu = cpu_since(large_start);
     // A second copy comes from a fetch repeated after the first announcer took longer than the
     // fetch wait to send 256 KiB: with both cores saturated (by this test's 32 processes plus
     // whatever else the machine runs) that is the CPU's figure, not the protocol's. Then the
@@ -2144,8 +2147,7 @@ fn swarm_round_without(
     during(lab, started);
     let pushed = format!("pushed {blob}: ");
     lab.wait_line(0, marks[0], "the push report", |l| l.starts_with(&pushed));
-    let (busy1, total1) = cpu_busy();
-    let cpu = (busy1 - cpu_start.0) as f64 / (total1 - cpu_start.1).max(1) as f64;
+    let cpu = cpu_since(cpu_start);
     let report = lab.node(0).seen[marks[0]..]
         .iter()
         .find(|l| l.starts_with(&pushed))
