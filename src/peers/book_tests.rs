@@ -140,9 +140,15 @@ fn reached_peers_become_anchors_newest_first() {
     book.reached(id(4), addr(30, 4, 0, 1));
     let anchors: Vec<PeerId> = book.anchors().iter().map(|(p, _)| *p).collect();
     assert_eq!(anchors, vec![id(4), id(6), id(5), id(3)]);
-    // Forgotten peers leave the anchors.
+    // Forgotten peers leave the anchors, and the book.
+    assert!(book.contains(&id(6)) && book.is_tried(&id(6)));
     book.remove(&id(6));
     assert_eq!(book.anchors().len(), 3);
+    assert!(!book.contains(&id(6)) && !book.is_tried(&id(6)));
+    // Heard of but never reached: held, not tried.
+    book.add(id(9), addr(31, 9, 0, 1), Some(IpAddr::from([10, 9, 0, 1])))
+        .unwrap();
+    assert!(book.contains(&id(9)) && !book.is_tried(&id(9)));
 }
 
 #[test]

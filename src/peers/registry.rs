@@ -1146,4 +1146,116 @@ mod tests {
         );
         assert!(!w.registry.is_open(q));
     }
+
+    #[test]
+    fn the_handshake_rate_map_is_bounded_and_forgets_only_ips_idle_for_a_second() {
+        let mut w = World::new(&[]);
+        // Burst 2: every IP below keeps a token after its first handshake.
+        w.registry.limits.handshakes_per_ip_per_sec = 2;
+        let ip = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        let t0 = w.now;
+        let ms = Duration::from_millis;
+        for n in 0..MAX_RATE_BUCKETS as u32 {
+            assert_eq!(w.registry.accept(ip(n), t0, |_| false), TAKEN);
+        }
+        let stranger = ip(1 << 20);
+        // Full: a new IP waits for room, a known one is served by its own bucket (and that
+        // keeps it from being forgotten).
+        for known in [0, 1] {
+            assert_eq!(w.registry.accept(ip(known), t0 + ms(500), |_| false), TAKEN);
+        }
+        assert_eq!(
+            w.registry.accept(stranger, t0 + ms(500), |_| false),
+            Err(Refusal::HandshakeRate)
+        );
+        assert_eq!(
+            w.registry.accept(stranger, t0 + ms(999), |_| false),
+            Err(Refusal::HandshakeRate),
+            "nobody idle for a second yet"
+        );
+        // A second after the first handshakes, those IPs are forgotten; the two used since stay.
+        assert_eq!(w.registry.accept(stranger, t0 + SEC, |_| false), TAKEN);
+        assert_eq!(w.registry.handshake_rates.len(), 3);
+        assert!(w.registry.handshake_rates.contains_key(&ip(1)));
+        // A rate of 0 is no limit at all, and keeps no buckets.
+        w.registry.limits.handshakes_per_ip_per_sec = 0;
+        for _ in 0..10 {
+            assert_eq!(w.registry.accept(ip(1), t0 + SEC, |_| false), TAKEN);
+        }
+        assert_eq!(w.registry.handshake_rates.len(), 3);
+    }
+
+    #[test]
+    fn the_inbound_limit_counts_open_inbound_strangers_only() {
+        let validator = Keypair::generate().peer_id();
+        let mut w = World::new(&[(SocketAddr::from(([10, 0, 0, 9], 1)), validator)]);
+        // Two dialed peers and an inbound persistent one are open: none of them counts.
+        for seq in 1..3 {
+            let c = w.conn(Direction::Outbound, [10, 0, 1, seq as u8], seq);
+            assert_eq!(w.admit(c, Keypair::generate().peer_id()), Admission::Open);
+        }
+        let v = w.conn(Direction::Inbound, [10, 0, 0, 9], 1);
+        assert_eq!(w.admit(v, validator), Admission::Open);
+        for _ in 0..2 {
+            let c = w.conn(Direction::Inbound, [10, 0, 0, 2], 1);
+            assert_eq!(w.admit(c, Keypair::generate().peer_id()), Admission::Open);
+        }
+        let third = w.conn(Direction::Inbound, [10, 0, 0, 3], 1);
+        assert_eq!(
+            w.admit(third, Keypair::generate().peer_id()),
+            Admission::Close(DisconnectReason::InboundLimit)
+        );
+        // The limit is on inbound connections: this node may still dial anyone.
+        let dialed = w.conn(Direction::Outbound, [10, 0, 0, 4], 3);
+        assert_eq!(
+            w.admit(dialed, Keypair::generate().peer_id()),
+            Admission::Open
+        );
+    }
+
+    #[test]
+    fn the_registry_answers_what_it_holds() {
+        let kept = Keypair::generate().peer_id();
+        let mut w = World::new(&[(SocketAddr::from(([10, 0, 0, 9], 1)), kept)]);
+        let other = Keypair::generate().peer_id();
+        assert!(w.registry.is_persistent(kept));
+        assert!(!w.registry.is_persistent(other));
+        assert!(!w.registry.is_open(other));
+        let c = w.conn(Direction::Outbound, [10, 0, 0, 2], 1);
+        w.admit(c, other);
+        assert!(w.registry.is_open(other));
+        assert_eq!(w.registry.open_connection(other), Some(c.id));
+        // Dial numbers follow the wall clock and never repeat or go back when it does.
+        assert_eq!(w.registry.next_dial_seq(1_000), 1_000);
+        assert_eq!(w.registry.next_dial_seq(1_000), 1_001);
+        assert_eq!(w.registry.next_dial_seq(10), 1_002);
+        assert_eq!(w.registry.next_dial_seq(5_000), 5_000);
+        // Unban says whether there was a ban to lift.
+        assert!(!w.registry.unban(other));
+        w.registry.ban(
+            other,
+            None,
+            60 * SEC,
+            BanReason::Application,
+            w.now,
+            &mut w.out,
+        );
+        assert!(w.registry.unban(other));
+        assert!(!w.registry.unban(other));
+    }
+
+    #[test]
+    fn each_refusal_has_its_own_label_and_names_the_setting_to_change() {
+        let all = [Refusal::BannedIp, Refusal::PerIp, Refusal::HandshakeRate];
+        let labels: Vec<&str> = all.iter().map(|r| r.label()).collect();
+        assert_eq!(labels, ["banned_ip", "per_ip", "handshake_rate"]);
+        let settings = [
+            "ban_duration",
+            "max_inbound_per_ip",
+            "max_handshakes_per_ip_per_sec",
+        ];
+        for (refusal, setting) in all.iter().zip(settings) {
+            assert!(refusal.explain().contains(setting), "{refusal:?}");
+        }
+    }
 }
