@@ -445,3 +445,271 @@ fn a_duplicate_request_runs_one_handler() {
         (1, 0)
     );
 }
+
+fn answer(core: &mut Core, from: PeerId, frame: Frame) -> Vec<Output> {
+    let mut out = Vec::new();
+    core.on_frame(from, frame, Instant::now(), &mut out);
+    out
+}
+
+#[test]
+fn every_failure_the_server_sends_reaches_the_caller_as_that_failure() {
+    let mut client = Core::new(Limits {
+        max_outbound_per_peer: 8,
+        ..limits()
+    });
+    let now = Instant::now();
+    let cases = [
+        (FailReason::Busy, 0, Failure::Busy),
+        (FailReason::Omitted, 0, Failure::Omitted),
+        (FailReason::Rejected, 7, Failure::Rejected(7)),
+        (FailReason::Unavailable, 0, Failure::Unavailable),
+        (FailReason::TooLarge, 0, Failure::TooLarge),
+        (FailReason::Undecodable, 0, Failure::Undecodable),
+    ];
+    for (reason, code, failure) in cases {
+        let id = client.start(peer(2), now, SECOND, false).unwrap();
+        let out = answer(&mut client, peer(2), Frame::Fail { id, reason, code });
+        assert_eq!(
+            out,
+            vec![Output::Complete {
+                id,
+                result: Err(failure)
+            }]
+        );
+    }
+    // A failed stream ends with the failure too.
+    let id = client.start(peer(2), now, SECOND, true).unwrap();
+    let reason = FailReason::Unavailable;
+    let out = answer(
+        &mut client,
+        peer(2),
+        Frame::Fail {
+            id,
+            reason,
+            code: 0,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::StreamDone {
+            id,
+            result: Err(Failure::Unavailable)
+        }]
+    );
+    assert_eq!(client.counts.busy_received, 1);
+    assert_eq!(client.counts.responses_received, 0);
+    assert_eq!(client.counts.requests_sent, 7);
+    assert_eq!(client.counts.violations, 0);
+}
+
+#[test]
+fn an_answer_of_the_wrong_shape_fails_the_request_and_charges_the_server() {
+    let mut client = Core::new(limits());
+    let now = Instant::now();
+    // A whole answer to a stream request.
+    let stream = client.start(peer(2), now, SECOND, true).unwrap();
+    let body = Bytes::from_static(b"a");
+    let id = stream;
+    let out = answer(&mut client, peer(2), Frame::Response { id, body });
+    assert_eq!(
+        out,
+        vec![Output::StreamDone {
+            id,
+            result: Err(Failure::Protocol)
+        }]
+    );
+    // A chunk, or an end, to a unary one.
+    let unary = client.start(peer(2), now, SECOND, false).unwrap();
+    let body = Bytes::new();
+    let out = answer(&mut client, peer(2), Frame::Chunk { id: unary, body });
+    assert_eq!(
+        out,
+        vec![Output::Complete {
+            id: unary,
+            result: Err(Failure::Protocol)
+        }]
+    );
+    let unary = client.start(peer(2), now, SECOND, false).unwrap();
+    let out = answer(&mut client, peer(2), Frame::End { id: unary });
+    assert_eq!(
+        out,
+        vec![
+            Output::Complete {
+                id: unary,
+                result: Err(Failure::Protocol)
+            },
+            Output::Ban {
+                peer: peer(2),
+                score: 3
+            }
+        ]
+    );
+    assert_eq!(client.counts.violations, 3);
+    assert_eq!(client.counts.responses_received, 0);
+    assert_eq!(client.waiting(), 0);
+    // A stream that ends properly is a response, and ends with nothing more.
+    let id = client.start(peer(3), now, SECOND, true).unwrap();
+    let out = answer(&mut client, peer(3), Frame::End { id });
+    assert_eq!(out, vec![Output::StreamDone { id, result: Ok(()) }]);
+    assert_eq!(client.counts.responses_received, 1);
+}
+
+#[test]
+fn a_server_grants_at_most_two_windows_and_credit_only_to_streams() {
+    let mut server = Core::new(limits());
+    // The client asks for a window of 100: the server holds it to two of its own (8).
+    let asked = Frame::Request {
+        id: 1,
+        stream: true,
+        idempotent: false,
+        window: 100,
+        body: Bytes::new(),
+    };
+    answer(&mut server, peer(1), asked);
+    for _ in 0..8 {
+        assert_eq!(server.spend(peer(1), 1), Spend::Sent);
+    }
+    assert_eq!(server.spend(peer(1), 1), Spend::Wait);
+    // Credit past two windows is clamped and charged, but still wakes the sender.
+    let out = answer(&mut server, peer(1), Frame::Credit { id: 1, chunks: 9 });
+    assert_eq!(
+        out,
+        vec![Output::Credit {
+            peer: peer(1),
+            id: 1
+        }]
+    );
+    assert_eq!(server.counts.violations, 1);
+    for _ in 0..8 {
+        assert_eq!(server.spend(peer(1), 1), Spend::Sent);
+    }
+    assert_eq!(server.spend(peer(1), 1), Spend::Wait);
+    // Exactly two windows is allowed.
+    let out = answer(&mut server, peer(1), Frame::Credit { id: 1, chunks: 8 });
+    assert_eq!(
+        out,
+        vec![Output::Credit {
+            peer: peer(1),
+            id: 1
+        }]
+    );
+    assert_eq!(server.counts.violations, 1);
+    // Credit for a unary request is a violation; for one that has ended, nothing.
+    answer(&mut server, peer(1), request(2, false));
+    let out = answer(&mut server, peer(1), Frame::Credit { id: 2, chunks: 1 });
+    assert!(out.is_empty());
+    assert_eq!(server.counts.violations, 2);
+    let out = answer(&mut server, peer(1), Frame::Credit { id: 9, chunks: 1 });
+    assert!(out.is_empty());
+    assert_eq!(server.counts.violations, 2);
+    assert_eq!(server.spend(peer(1), 9), Spend::Gone);
+    assert_eq!(server.counts.requests_served, 2);
+}
+
+#[test]
+fn a_parked_request_sends_no_cancel_and_only_its_peer_may_answer_it() {
+    let mut client = Core::new(limits());
+    let t0 = Instant::now();
+    let kept = client.start(peer(2), t0, SECOND, false).unwrap();
+    client.keep_for_resend(kept, Bytes::from_static(b"frame"));
+    let dropped = client.start(peer(2), t0, 2 * SECOND, false).unwrap();
+    client.keep_for_resend(dropped, Bytes::from_static(b"frame"));
+    let mut out = Vec::new();
+    client.on_disconnected(peer(2), true, &mut out);
+    assert!(out.is_empty(), "both wait for the reconnect");
+    // The peer is gone: cancelling or timing out tells it nothing.
+    client.cancel(dropped, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(client.counts.cancelled_by_caller, 1);
+    // An answer from another peer is a violation; from the parked peer, ignored.
+    let body = Bytes::new();
+    answer(&mut client, peer(3), Frame::Response { id: kept, body });
+    assert_eq!(client.counts.violations, 1);
+    let body = Bytes::new();
+    answer(&mut client, peer(2), Frame::Response { id: kept, body });
+    assert_eq!(client.counts.violations, 1);
+    assert_eq!(client.waiting(), 1);
+    client.poll(t0 + SECOND, &mut out);
+    assert_eq!(
+        out,
+        vec![Output::Complete {
+            id: kept,
+            result: Err(Failure::Timeout)
+        }]
+    );
+    // Nothing is left to resend.
+    out.clear();
+    client.on_connected(peer(2), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(client.counts.resent_after_reconnect, 0);
+}
+
+#[test]
+fn a_request_resent_after_a_reconnect_is_counted_and_goes_out_once() {
+    let mut client = Core::new(limits());
+    let t0 = Instant::now();
+    let id = client.start(peer(2), t0, SECOND, false).unwrap();
+    client.keep_for_resend(id, Bytes::from_static(b"frame"));
+    let mut out = Vec::new();
+    client.on_disconnected(peer(2), true, &mut out);
+    client.on_connected(peer(2), &mut out);
+    assert_eq!(out.len(), 1);
+    client.on_connected(peer(2), &mut out);
+    assert_eq!(out.len(), 1, "not parked any more: not resent again");
+    assert_eq!(client.counts.resent_after_reconnect, 1);
+    // Back on a live connection, a timeout tells the server again.
+    out.clear();
+    client.poll(t0 + SECOND, &mut out);
+    assert_eq!(sent(&out), vec![(peer(2), Frame::Cancel { id })]);
+}
+
+#[test]
+fn abandoned_requests_free_their_slot_silently_and_peers_lists_both_sides() {
+    let mut core = Core::new(limits());
+    let now = Instant::now();
+    let ids: Vec<u64> = (0..4)
+        .map(|_| core.start(peer(5), now, SECOND, false).unwrap())
+        .collect();
+    assert_eq!(core.start(peer(5), now, SECOND, false), Err(Failure::Busy));
+    core.abandon(ids[0]);
+    assert_eq!(core.waiting(), 3);
+    assert!(core.start(peer(5), now, SECOND, false).is_ok());
+    assert_eq!(core.next_deadline(), Some(now + SECOND));
+    // Requests both ways: each peer once, in order.
+    answer(&mut core, peer(7), request(1, false));
+    answer(&mut core, peer(5), request(1, false));
+    answer(&mut core, peer(3), request(1, false));
+    assert_eq!(core.peers(), vec![peer(3), peer(5), peer(7)]);
+    assert_eq!(core.serving(), 3);
+    // Once every request of a peer is done, it is no longer listed.
+    let mut out = Vec::new();
+    core.on_disconnected(peer(5), false, &mut out);
+    assert!(core.finish_incoming(peer(3), 1));
+    assert_eq!(core.peers(), vec![peer(3), peer(7)]);
+}
+
+#[test]
+fn with_no_busy_allowance_every_busy_answer_is_charged() {
+    let mut server = Core::new(Limits {
+        busy_allowance_per_sec: 0,
+        max_inbound_per_peer: 1,
+        ..limits()
+    });
+    answer(&mut server, peer(1), request(1, false));
+    answer(&mut server, peer(1), request(2, false));
+    assert_eq!(server.counts.violations, 1);
+    let out = answer(&mut server, peer(1), request(3, false));
+    assert_eq!(server.counts.violations, 2);
+    assert_eq!(out.len(), 1, "a busy answer, no ban yet");
+    // A frame that is not ours is charged like any violation: the third bans.
+    let mut out = Vec::new();
+    server.malformed(peer(1), &mut out);
+    assert_eq!(
+        out,
+        vec![Output::Ban {
+            peer: peer(1),
+            score: 3
+        }]
+    );
+}
