@@ -340,4 +340,50 @@ mod tests {
         assert_eq!(Info::from_bytes(&info.to_bytes()[1..]), None);
         assert_eq!("xyz".parse::<BlobId>(), Err(BadBlobId));
     }
+
+    #[test]
+    fn ids_print_and_parse_as_hex_and_anything_else_is_refused_without_a_panic() {
+        let id = Info {
+            len: 5,
+            piece_size: 4,
+            root: [3; 32],
+        }
+        .id();
+        let hex = id.to_string();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(format!("{id:?}"), format!("BlobId({hex})"));
+        assert_eq!(id.as_bytes(), &id.0);
+        // Pasted with spaces or in capitals: the same id.
+        assert_eq!(
+            format!("  {}\n", hex.to_uppercase()).parse::<BlobId>(),
+            Ok(id)
+        );
+        // 64 bytes that are not 64 ASCII digits (a slice mid-character would panic).
+        let wide = format!("aé{}", &hex[3..]);
+        assert_eq!(wide.len(), 64);
+        assert_eq!(wide.parse::<BlobId>(), Err(BadBlobId));
+        assert_eq!(format!("{}zz", &hex[2..]).parse::<BlobId>(), Err(BadBlobId));
+        assert_eq!(hex[1..].parse::<BlobId>(), Err(BadBlobId));
+    }
+
+    #[test]
+    fn a_tree_gives_each_piece_its_leaf_and_middle_pieces_are_whole() {
+        let data = pieces(5);
+        let tree = Tree::build(data.iter().map(Vec::as_slice));
+        for (i, piece) in data.iter().enumerate() {
+            assert_eq!(tree.leaf(i as u32), Some(&leaf(piece)));
+        }
+        assert_eq!(tree.leaf(5), None);
+        // An empty blob is one empty piece.
+        let empty = Tree::from_leaves(Vec::new());
+        assert_eq!(empty.root(), leaf(&[]));
+        assert!(verify(&empty.root(), 1, 0, &[], &empty.proof(0)));
+        let info = Info {
+            len: 1000,
+            piece_size: 256,
+            root: tree.root(),
+        };
+        assert_eq!(info.piece_len(0), 256);
+        assert_eq!(info.piece_len(2), 256);
+    }
 }
