@@ -93,6 +93,12 @@ fn selection_has_no_recency_bias_and_splits_tried_and_new_evenly() {
     let mut i = 0u32;
     while held.len() < 100 {
         i += 1;
+        // A book that refuses nearly everything fails here instead of looping forever.
+        assert!(
+            i < 1_000,
+            "only {} of {i} distinct entries taken",
+            held.len()
+        );
         let source = Some(IpAddr::from([10, i as u8, (i >> 8) as u8, 1]));
         let a = addr(20, i as u8, (i >> 8) as u8, 1);
         if book.add(id(i), a, source).is_ok() {
