@@ -73,6 +73,7 @@ fn ids_are_unique_and_the_outbound_limit_refuses_at_once() {
     );
     assert_eq!(core.start(peer(1), now, SECOND, false), Ok(6));
     assert_eq!(core.counts.busy_local, 1);
+    assert_eq!(core.counts.responses_received, 1);
 }
 
 #[test]
@@ -101,6 +102,7 @@ fn a_request_times_out_at_its_deadline_and_the_server_is_told() {
     );
     assert_eq!(core.next_deadline(), None);
     assert_eq!(core.waiting(), 0);
+    assert_eq!(core.counts.timeouts, 1);
     // The answer arriving afterwards is late, not a violation.
     out.clear();
     core.on_frame(
@@ -134,6 +136,7 @@ fn cancelling_stops_the_server_handler_and_charges_nobody() {
     server.on_frame(peer(1), frames[0].1.clone(), now, &mut out);
     assert_eq!(out, vec![Output::Cancelled { peer: peer(1), id }]);
     assert_eq!(server.serving(), 0);
+    assert_eq!(server.counts.cancelled_by_peer, 1);
     // The handler's late answer is not sent.
     assert!(!server.finish_incoming(peer(1), id));
     assert_eq!(client.counts.violations + server.counts.violations, 0);
@@ -189,6 +192,14 @@ fn the_server_answers_busy_itself_past_its_limits_and_charges_only_floods() {
     server.on_frame(peer(1), request(6, false), now + SECOND, &mut out);
     assert_eq!(server.counts.violations, 1);
     assert_eq!(server.counts.busy_sent, 5);
+    // A handler done frees its place, for its peer and in the total.
+    assert!(server.finish_incoming(peer(1), 1));
+    out.clear();
+    server.on_frame(peer(1), request(7, false), now + SECOND, &mut out);
+    assert!(
+        matches!(out[..], [Output::Deliver { id: 7, .. }]),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -362,7 +373,8 @@ fn a_closed_connection_stops_every_handler_of_that_peer() {
     let now = Instant::now();
     let mut out = Vec::new();
     server.on_frame(peer(1), request(1, false), now, &mut out);
-    server.on_frame(peer(2), request(1, false), now, &mut out);
+    // Another peer's request, by an id peer 1 does not use.
+    server.on_frame(peer(2), request(2, false), now, &mut out);
     out.clear();
     server.on_disconnected(peer(1), false, &mut out);
     assert_eq!(
