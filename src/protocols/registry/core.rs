@@ -6,6 +6,7 @@
 //! - [`View`], a member's copy: applies snapshots and deltas in order, re-verifies every record
 //!   (the registry can omit a node, never forge one), resolves names, and says what changed.
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -248,28 +249,33 @@ impl Directory {
 
     /// What a member at `version` needs to catch up.
     pub(crate) fn since(&self, version: u64) -> Delta {
-        if version == self.version {
-            return Delta::Changes {
+        // The log holds every change after `oldest - 1`. Asked only of a version behind ours,
+        // so `+ 1` cannot overflow whatever a member sends.
+        let in_log = || {
+            self.log
+                .front()
+                .is_some_and(|(oldest, _)| version + 1 >= *oldest)
+        };
+        match version.cmp(&self.version) {
+            Ordering::Equal => Delta::Changes {
                 base: version,
                 changes: Vec::new(),
-            };
-        }
-        let oldest = self.log.front().map_or(self.version + 1, |(v, _)| *v);
-        if version < self.version && version + 1 >= oldest {
-            let changes = self
-                .log
-                .iter()
-                .filter(|(v, _)| *v > version)
-                .map(|(_, c)| c.clone())
-                .collect();
-            return Delta::Changes {
+            },
+            Ordering::Less if in_log() => Delta::Changes {
                 base: version,
-                changes,
-            };
-        }
-        Delta::Snapshot {
-            version: self.version,
-            records: self.records(),
+                changes: self
+                    .log
+                    .iter()
+                    .filter(|(v, _)| *v > version)
+                    .map(|(_, c)| c.clone())
+                    .collect(),
+            },
+            // Further behind than the log reaches, or ahead: a member that followed an earlier
+            // life of this registry.
+            Ordering::Less | Ordering::Greater => Delta::Snapshot {
+                version: self.version,
+                records: self.records(),
+            },
         }
     }
 }
