@@ -1988,3 +1988,7 @@ impl Core {
         next
     }
 }
+
+#[cfg(test)]
+#[path = "core_share_tests.rs"]
+mod share_tests;

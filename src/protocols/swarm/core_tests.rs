@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::core::{Core, FetchError, Limits, Output, Placed, PushError, PushReport};
+use super::core::{Core, FetchError, Limits, Output, Placed, Progress, PushError, PushReport};
 use super::merkle::{BlobId, Info, Tree};
 use super::wire::Wire;
 use crate::identity::PeerId;
@@ -1055,4 +1055,322 @@ fn a_late_write_of_a_removed_blob_leaves_the_pieces_of_the_same_blob_added_again
     assert!(in_memory(&core), "dropped before its own write");
     core.stored(&blob, 0, again[0]);
     assert!(!in_memory(&core), "written: read from disk from now on");
+}
+
+/// One core, `id(0)`, driven by hand: what it is sent is written out message by message.
+struct Hand {
+    core: Core,
+    now: Instant,
+}
+
+impl Hand {
+    fn new(peers: usize) -> Self {
+        let now = Instant::now();
+        let mut core = Core::new(limits(), id(0));
+        let mut out = Vec::new();
+        for p in 1..=peers {
+            core.on_connected(id(p), now, &mut out);
+        }
+        Self { core, now }
+    }
+
+    /// Delivers `wire` from `from`; returns the messages sent in answer, by receiver.
+    fn from(&mut self, from: usize, wire: Wire, data: Bytes) -> Vec<(usize, Wire)> {
+        let mut out = Vec::new();
+        self.core.on_wire(id(from), wire, data, self.now, &mut out);
+        sends(out)
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<(usize, Wire)> {
+        self.now += by;
+        let mut out = Vec::new();
+        self.core.poll(self.now, &mut out);
+        sends(out)
+    }
+}
+
+fn sends(out: Vec<Output>) -> Vec<(usize, Wire)> {
+    out.into_iter()
+        .filter_map(|o| match o {
+            Output::Send { peer, wire, .. } => Some((Sim::index(peer), wire)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pieces asked of `of` among `sent`.
+fn asked(sent: &[(usize, Wire)], of: usize) -> Vec<u32> {
+    sent.iter()
+        .filter_map(|(to, wire)| match wire {
+            Wire::Request { piece, .. } if *to == of => Some(*piece),
+            _ => None,
+        })
+        .collect()
+}
+
+fn haves_to(sent: &[(usize, Wire)], to: usize) -> usize {
+    sent.iter()
+        .filter(|(t, w)| *t == to && matches!(w, Wire::Have { .. }))
+        .count()
+}
+
+/// Every piece of a blob of `n`, as announcement bits.
+fn all_bits(n: usize) -> Vec<u8> {
+    let mut bits = vec![0u8; n.div_ceil(8)];
+    for i in 0..n {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    bits
+}
+
+fn piece(blob: BlobId, tree: &Tree, data: &Bytes, i: u32) -> (Wire, Bytes) {
+    let at = i as usize * 1024;
+    (
+        Wire::Piece {
+            blob,
+            piece: i,
+            proof: tree.proof(i),
+        },
+        data.slice(at..(at + 1024).min(data.len())),
+    )
+}
+
+#[test]
+fn progress_reads_length_and_members_off_the_blob_and_is_complete_only_with_every_piece() {
+    // Nothing known yet: no pieces of none is not complete.
+    assert!(!Progress::default().is_complete());
+    let mut sim = Sim::new(3, |_| limits());
+    let (info, tree, data) = make_blob(8 * 1024 + 5, 1024);
+    let blob = sim.add(0, info, tree, data.clone());
+    sim.fetch(1, blob, &[]);
+    let unknown = sim.nodes[1].progress(&blob).unwrap();
+    assert_eq!((unknown.total, unknown.len, unknown.members), (0, 0, 0));
+    assert!(!unknown.is_complete());
+    sim.fetch(1, blob, &[0]);
+    sim.run();
+    let done = sim.nodes[1].progress(&blob).unwrap();
+    assert_eq!(done.len, data.len() as u64);
+    assert_eq!((done.pieces, done.total), (9, 9));
+    assert_eq!(done.members, 1, "node 0; node 2 knows nothing of it");
+    assert!(done.is_complete());
+    assert_eq!(sim.nodes[0].progress(&blob).unwrap().members, 1);
+}
+
+#[test]
+fn a_rejected_request_is_not_asked_of_that_member_again_and_a_reject_never_asked_is_ignored() {
+    let (info, tree, data) = make_blob(8 * 1024, 1024);
+    let blob = info.id();
+    let mut hand = Hand::new(1);
+    let mut out = Vec::new();
+    hand.core.fetch(blob, &[id(1)], hand.now, &mut out).unwrap();
+    let first = hand.from(
+        1,
+        Wire::Have {
+            blob,
+            info: Some(info),
+            bits: all_bits(8),
+        },
+        Bytes::new(),
+    );
+    let asked_first = asked(&first, 1);
+    assert_eq!(asked_first.len(), 4, "the pipeline: {first:?}");
+    let rejected = asked_first[0];
+    let never = (0..8).find(|i| !asked_first.contains(i)).unwrap();
+    // A reject of a piece never asked changes nothing: node 1 still holds it for us.
+    hand.from(1, Wire::Reject { blob, piece: never }, Bytes::new());
+    // The reject of an asked piece: node 1 does not hold it after all.
+    hand.from(
+        1,
+        Wire::Reject {
+            blob,
+            piece: rejected,
+        },
+        Bytes::new(),
+    );
+    // Every other piece arrives; everything left is asked again as time passes, but the
+    // rejected piece never of node 1, and the piece rejected unasked is.
+    let mut later = Vec::new();
+    for i in asked_first.iter().filter(|i| **i != rejected) {
+        let (wire, bytes) = piece(blob, &tree, &data, *i);
+        later.extend(hand.from(1, wire, bytes));
+    }
+    for _ in 0..5 {
+        later.extend(hand.advance(Duration::from_secs(3)));
+    }
+    let asked_later = asked(&later, 1);
+    assert!(asked_later.contains(&never), "{asked_later:?}");
+    assert!(!asked_later.contains(&rejected), "{asked_later:?}");
+}
+
+#[test]
+fn a_busy_member_is_asked_again_after_the_retry_and_a_busy_never_asked_is_ignored() {
+    let (info, tree, data) = make_blob(8 * 1024, 1024);
+    let blob = info.id();
+    let have = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(8),
+    };
+    let mut hand = Hand::new(1);
+    let mut out = Vec::new();
+    hand.core.fetch(blob, &[id(1)], hand.now, &mut out).unwrap();
+    let first = asked(&hand.from(1, have.clone(), Bytes::new()), 1);
+    assert_eq!(first.len(), 4, "the pipeline");
+    // Busy for an asked piece: node 1 is asked nothing until `busy_retry` (250 ms) has
+    // passed, then that piece again.
+    let busy = hand.from(
+        1,
+        Wire::Busy {
+            blob,
+            piece: first[0],
+        },
+        Bytes::new(),
+    );
+    assert!(asked(&busy, 1).is_empty(), "{busy:?}");
+    assert!(asked(&hand.advance(Duration::from_millis(249)), 1).is_empty());
+    assert_eq!(
+        asked(&hand.advance(Duration::from_millis(1)), 1),
+        [first[0]]
+    );
+
+    // A busy for a piece never asked does not hold node 1 back: a piece arriving next
+    // frees a place in the pipeline that is filled at once.
+    let mut hand = Hand::new(1);
+    hand.core.fetch(blob, &[id(1)], hand.now, &mut out).unwrap();
+    let first = asked(&hand.from(1, have, Bytes::new()), 1);
+    let never = (0..8).find(|i| !first.contains(i)).unwrap();
+    hand.from(1, Wire::Busy { blob, piece: never }, Bytes::new());
+    let (wire, bytes) = piece(blob, &tree, &data, first[0]);
+    let next = asked(&hand.from(1, wire, bytes), 1);
+    assert_eq!(next.len(), 1, "{next:?}");
+}
+
+#[test]
+fn members_are_told_once_and_answered_once_across_learning_the_description() {
+    let (info, _, _) = make_blob(8 * 1024, 1024);
+    let blob = info.id();
+    let have = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(8),
+    };
+    // Hinted at 1 and 2, which are told at once; 2 gives the description.
+    let mut hand = Hand::new(2);
+    let mut out = Vec::new();
+    hand.core
+        .fetch(blob, &[id(1), id(2)], hand.now, &mut out)
+        .unwrap();
+    let told = sends(out);
+    assert_eq!((haves_to(&told, 1), haves_to(&told, 2)), (1, 1), "{told:?}");
+    let answer = hand.from(2, have.clone(), Bytes::new());
+    assert_eq!(
+        haves_to(&answer, 2),
+        1,
+        "its first announcement is answered"
+    );
+    // Hinted at 1 again: it was told before the description was known, and is not again.
+    let mut out = Vec::new();
+    hand.core.fetch(blob, &[id(1)], hand.now, &mut out).unwrap();
+    assert_eq!(haves_to(&sends(out), 1), 0);
+
+    // A member that announced before the description was known is answered once, not
+    // again when it announces with the description.
+    let mut hand = Hand::new(2);
+    let mut out = Vec::new();
+    hand.core.fetch(blob, &[id(2)], hand.now, &mut out).unwrap();
+    let early = Wire::Have {
+        blob,
+        info: None,
+        bits: Vec::new(),
+    };
+    assert_eq!(haves_to(&hand.from(1, early, Bytes::new()), 1), 1);
+    hand.from(2, have.clone(), Bytes::new());
+    assert_eq!(haves_to(&hand.from(1, have, Bytes::new()), 1), 0);
+}
+
+#[test]
+fn an_upload_slot_is_freed_by_the_piece_announced_and_not_by_one_announced_again() {
+    let (info, tree, data) = make_blob(8 * 1024, 1024);
+    let mut hand = Hand::new(1);
+    let mut out = Vec::new();
+    let blob = hand.core.add(info, tree, data, &mut out).unwrap();
+    let none = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: vec![0],
+    };
+    hand.from(1, none, Bytes::new());
+    let request = |piece| Wire::Request { blob, piece };
+    let got = |piece| Wire::Got {
+        blob,
+        pieces: vec![piece],
+    };
+    let served = hand.from(1, request(0), Bytes::new());
+    assert!(matches!(served[..], [(1, Wire::Piece { piece: 0, .. })]));
+    assert_eq!(hand.core.uploading(&blob), 1);
+    hand.from(1, got(0), Bytes::new());
+    assert_eq!(hand.core.uploading(&blob), 0, "piece 0 is held there now");
+
+    // Piece 1 announced, asked for anyway and served: announcing it again frees nothing
+    // (or a peer could hold the slot's place by repeating one announcement).
+    hand.from(1, got(1), Bytes::new());
+    hand.from(1, request(1), Bytes::new());
+    assert_eq!(hand.core.uploading(&blob), 1);
+    hand.from(1, got(1), Bytes::new());
+    assert_eq!(hand.core.uploading(&blob), 1);
+}
+
+#[test]
+fn a_member_caught_lying_still_frees_its_upload_slot_by_announcing_the_piece() {
+    let (info, tree, data) = make_blob(16 * 1024, 1024);
+    let blob = info.id();
+    let have = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(16),
+    };
+    let mut hand = Hand::new(2);
+    let mut out = Vec::new();
+    hand.core
+        .fetch(blob, &[id(1), id(2)], hand.now, &mut out)
+        .unwrap();
+    let of_2 = asked(&hand.from(2, have.clone(), Bytes::new()), 2);
+    let of_1 = asked(&hand.from(1, have, Bytes::new()), 1);
+    assert_eq!((of_1.len(), of_2.len()), (4, 4));
+    for i in &of_2 {
+        let (wire, bytes) = piece(blob, &tree, &data, *i);
+        hand.from(2, wire, bytes);
+    }
+    // Node 1 is served a piece that node 2 gave, then caught sending a bad one.
+    let served = hand.from(
+        1,
+        Wire::Request {
+            blob,
+            piece: of_2[0],
+        },
+        Bytes::new(),
+    );
+    assert!(
+        served
+            .iter()
+            .any(|(to, w)| *to == 1 && matches!(w, Wire::Piece { .. })),
+        "{served:?}"
+    );
+    assert_eq!(hand.core.uploading(&blob), 1);
+    let (wire, bytes) = piece(blob, &tree, &data, of_1[0]);
+    let mut bad = bytes.to_vec();
+    bad[0] ^= 0xff;
+    hand.from(1, wire, bad.into());
+    assert_eq!(hand.core.progress(&blob).unwrap().bad_pieces, 1);
+    assert_eq!(hand.core.uploading(&blob), 1);
+    // Its announcement of the served piece is not counted, but ends the upload.
+    hand.from(
+        1,
+        Wire::Got {
+            blob,
+            pieces: vec![of_2[0]],
+        },
+        Bytes::new(),
+    );
+    assert_eq!(hand.core.uploading(&blob), 0);
 }
