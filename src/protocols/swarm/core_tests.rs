@@ -1374,3 +1374,192 @@ fn a_member_caught_lying_still_frees_its_upload_slot_by_announcing_the_piece() {
     );
     assert_eq!(hand.core.uploading(&blob), 0);
 }
+
+#[test]
+fn in_the_endgame_a_piece_is_asked_of_a_second_member_and_never_a_third() {
+    // Two pieces, fewer than `endgame` (4): every piece missing is in the endgame.
+    let (info, _, _) = make_blob(2 * 1024, 1024);
+    let blob = info.id();
+    let have = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(2),
+    };
+    let mut hand = Hand::new(3);
+    let mut out = Vec::new();
+    hand.core
+        .fetch(blob, &[id(1), id(2), id(3)], hand.now, &mut out)
+        .unwrap();
+    let sorted = |mut v: Vec<u32>| {
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(
+        sorted(asked(&hand.from(1, have.clone(), Bytes::new()), 1)),
+        [0, 1]
+    );
+    assert_eq!(
+        sorted(asked(&hand.from(2, have.clone(), Bytes::new()), 2)),
+        [0, 1]
+    );
+    assert!(asked(&hand.from(3, have, Bytes::new()), 3).is_empty());
+}
+
+#[test]
+fn adding_keeps_the_buffer_counts_its_memory_once_and_completes_a_fetch_of_it() {
+    let mut hand = Hand::new(1);
+    assert_eq!(hand.core.connected_peers(), [id(1)]);
+    let mut out = Vec::new();
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let a = hand
+        .core
+        .add(info, tree.clone(), data.clone(), &mut out)
+        .unwrap();
+    assert!(out.iter().any(|o| matches!(o, Output::Keep { .. })));
+    assert_eq!(hand.core.stats().memory_bytes, 4096);
+    assert!(!hand.core.is_on_disk(&a));
+    let listed = hand.core.blobs();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, a);
+    assert!(listed[0].1.is_complete());
+    // No copy: the blob handed out is the buffer added.
+    assert_eq!(hand.core.get(&a).unwrap().as_ptr(), data.as_ptr());
+    // Added again: nothing to do, nothing counted twice.
+    let mut again = Vec::new();
+    assert_eq!(hand.core.add(info, tree, data, &mut again), Ok(a));
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(hand.core.stats().memory_bytes, 4096);
+
+    // A blob fetched, not known yet, then added: the fetch completes, its memory counted.
+    let (info, tree, data) = make_blob(4 * 1024, 2048);
+    let b = info.id();
+    hand.core.fetch(b, &[], hand.now, &mut out).unwrap();
+    let mut added = Vec::new();
+    hand.core.add(info, tree, data, &mut added).unwrap();
+    assert!(
+        added
+            .iter()
+            .any(|o| matches!(o, Output::Complete { blob } if *blob == b)),
+        "{added:?}"
+    );
+    assert_eq!(hand.core.stats().memory_bytes, 8192);
+
+    // A blob fetched whose description is known (its memory reserved then), then added:
+    // counted once.
+    let (info, tree, data) = make_blob(4 * 1024, 512);
+    let c = info.id();
+    hand.core.fetch(c, &[id(1)], hand.now, &mut out).unwrap();
+    let none = Wire::Have {
+        blob: c,
+        info: Some(info),
+        bits: Vec::new(),
+    };
+    hand.from(1, none, Bytes::new());
+    assert_eq!(hand.core.stats().memory_bytes, 12_288);
+    hand.core.add(info, tree, data, &mut out).unwrap();
+    assert_eq!(hand.core.stats().memory_bytes, 12_288);
+    assert!(hand.core.progress(&c).unwrap().is_complete());
+}
+
+#[test]
+fn a_fetched_blob_is_assembled_once_and_still_serves_every_piece() {
+    let mut sim = Sim::new(3, |_| limits());
+    let (info, tree, data) = make_blob(8 * 1024 + 300, 1024);
+    let blob = sim.add(0, info, tree, data.clone());
+    sim.fetch(1, blob, &[0]);
+    sim.run();
+    let first = sim.nodes[1].get(&blob).unwrap();
+    assert_eq!(first, data);
+    let second = sim.nodes[1].get(&blob).unwrap();
+    assert_eq!(second.as_ptr(), first.as_ptr(), "assembled once");
+    // Its pieces are now slices of that buffer: node 2, with node 0 gone, gets them right.
+    sim.disconnect(0);
+    sim.fetch(2, blob, &[1]);
+    sim.run();
+    assert!(sim.holds(2, &blob, &data));
+    assert_eq!(sim.nodes[2].progress(&blob).unwrap().bad_pieces, 0);
+}
+
+#[test]
+fn a_blob_goes_to_memory_then_disk_each_up_to_its_bound_and_the_size_bound_is_inclusive() {
+    let mut hand = Hand::new(0);
+    hand.core = Core::new(
+        Limits {
+            max_blob_size: 4096,
+            max_memory: 4096,
+            max_disk: 8192,
+            ..limits()
+        },
+        id(0),
+    );
+    let mut out = Vec::new();
+    let mut add = |hand: &mut Hand, piece_size| {
+        let (info, tree, data) = make_blob(4096, piece_size);
+        hand.core.add(info, tree, data, &mut out)
+    };
+    let a = add(&mut hand, 4096).unwrap();
+    assert!(!hand.core.is_on_disk(&a));
+    let b = add(&mut hand, 2048).unwrap();
+    assert!(hand.core.is_on_disk(&b));
+    assert_eq!(hand.core.stats().disk_bytes, 4096);
+    add(&mut hand, 1024).unwrap();
+    assert_eq!(
+        (hand.core.stats().memory_bytes, hand.core.stats().disk_bytes),
+        (4096, 8192)
+    );
+    assert!(matches!(
+        add(&mut hand, 512),
+        Err(super::core::AddError::OutOfMemory { .. })
+    ));
+    let (info, tree, data) = make_blob(4097, 1024);
+    assert!(matches!(
+        hand.core.add(info, tree, data, &mut Vec::new()),
+        Err(super::core::AddError::TooLarge { len: 4097, .. })
+    ));
+}
+
+#[test]
+fn a_file_kept_on_disk_gives_back_its_reservation_when_the_blob_is_here_already() {
+    let disk = Limits {
+        max_memory: 4096,
+        max_disk: 1 << 20,
+        ..limits()
+    };
+    // Held in memory (complete) while its file was written: it stays in memory, and the
+    // file's disk reservation is given back.
+    let mut core = Core::new(disk.clone(), id(0));
+    let (info, tree, data) = make_blob(4096, 1024);
+    let mut out = Vec::new();
+    core.add(info, tree.clone(), data, &mut out).unwrap();
+    assert!(matches!(core.reserve_added(4096, None), Ok(Placed::Disk)));
+    assert_eq!(core.stats().disk_bytes, 4096);
+    let mut kept = Vec::new();
+    core.add_kept(info, tree, &mut kept);
+    assert!(kept.is_empty(), "{kept:?}");
+    assert_eq!(
+        (core.stats().memory_bytes, core.stats().disk_bytes),
+        (4096, 0)
+    );
+    assert!(!core.is_on_disk(&info.id()));
+
+    // Fetched, its description not known, while its file was written: the reservation now
+    // covers it, and the memory of the other blob stays counted.
+    let mut core = Core::new(disk.clone(), id(0));
+    let (small, tree_small, data_small) = make_blob(1024, 1024);
+    core.add(small, tree_small, data_small, &mut out).unwrap();
+    let (info, tree, _) = make_blob(4096, 2048);
+    core.fetch(info.id(), &[], Instant::now(), &mut out)
+        .unwrap();
+    assert!(matches!(core.reserve_added(4096, None), Ok(Placed::Disk)));
+    let mut kept = Vec::new();
+    core.add_kept(info, tree, &mut kept);
+    assert!(
+        kept.iter()
+            .any(|o| matches!(o, Output::Complete { blob } if *blob == info.id()))
+    );
+    assert_eq!(
+        (core.stats().memory_bytes, core.stats().disk_bytes),
+        (1024, 4096)
+    );
+    assert!(core.is_on_disk(&info.id()));
+}
