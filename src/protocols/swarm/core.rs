@@ -829,6 +829,12 @@ impl Core {
         self.blobs.get(blob).map_or(0, |b| b.uploads.len())
     }
 
+    /// Peers remembered as hints for `blob` (asked when they connect).
+    #[cfg(test)]
+    pub(crate) fn hints(&self, blob: &BlobId) -> usize {
+        self.blobs.get(blob).map_or(0, |b| b.hints.len())
+    }
+
     pub(crate) fn progress(&self, blob: &BlobId) -> Option<Progress> {
         self.blobs.get(blob).map(Blob::progress)
     }

@@ -1563,3 +1563,219 @@ fn a_file_kept_on_disk_gives_back_its_reservation_when_the_blob_is_here_already(
     );
     assert!(core.is_on_disk(&info.id()));
 }
+
+#[test]
+fn restored_pieces_past_the_end_or_of_the_wrong_length_or_proof_are_dropped_without_a_panic() {
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let good = |i: u32| {
+        let at = i as usize * 1024;
+        (i, tree.proof(i), Some(data.slice(at..at + 1024)), 1024)
+    };
+    let pieces = vec![
+        good(0),
+        good(0),                                                // twice
+        (4, tree.proof(3), Some(data.slice(..1024)), 1024),     // past the end
+        (1, tree.proof(1), Some(data.slice(..1024)), 1024),     // another piece's bytes
+        (2, tree.proof(2), Some(data.slice(2048..3000)), 1024), // short
+        good(3),
+    ];
+    let mut core = Core::new(limits(), id(0));
+    assert_eq!(core.restore(info, pieces), Ok((2, 4)));
+    let progress = core.progress(&info.id()).unwrap();
+    assert_eq!((progress.pieces, progress.total), (2, 4));
+}
+
+#[test]
+fn where_a_blob_would_live_is_memory_then_disk_then_nowhere() {
+    let mut core = Core::new(
+        Limits {
+            max_memory: 4096,
+            max_disk: 8192,
+            ..limits()
+        },
+        id(0),
+    );
+    assert_eq!(core.would_live_on_disk(4096), Some(false));
+    assert_eq!(core.would_live_on_disk(4097), Some(true));
+    assert_eq!(core.would_live_on_disk(8193), None);
+    let (info, tree, data) = make_blob(4096, 1024);
+    core.add(info, tree, data, &mut Vec::new()).unwrap();
+    assert_eq!(core.would_live_on_disk(1), Some(true));
+}
+
+#[test]
+fn hints_are_remembered_once_each_up_to_the_member_bound_and_asked_when_they_connect() {
+    let (info, _, _) = make_blob(4 * 1024, 1024);
+    let blob = info.id();
+    let mut hand = Hand::new(0);
+    let mut out = Vec::new();
+    hand.core
+        .fetch(blob, &[id(1), id(1), id(2), id(0)], hand.now, &mut out)
+        .unwrap();
+    assert!(sends(out).is_empty(), "nobody is connected");
+    assert_eq!(hand.core.hints(&blob), 2, "once each, and never this node");
+    let mut out = Vec::new();
+    hand.core.on_connected(id(2), hand.now, &mut out);
+    assert_eq!(
+        haves_to(&sends(out), 2),
+        1,
+        "a hint is asked when it connects"
+    );
+    // Offers can name 256 members each: hints stop at `max_members` (64).
+    let many: Vec<PeerId> = (3..200).map(id).collect();
+    hand.core
+        .fetch(blob, &many, hand.now, &mut Vec::new())
+        .unwrap();
+    assert_eq!(hand.core.hints(&blob), 64);
+}
+
+#[test]
+fn a_push_offers_once_to_each_connected_receiver_and_reports_the_others_once() {
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let mut hand = Hand::new(2);
+    let mut out = Vec::new();
+    let blob = hand.core.add(info, tree, data, &mut out).unwrap();
+    let mut out = Vec::new();
+    hand.core
+        .push(
+            blob,
+            &[id(1), id(1), id(0), id(3), id(2), id(3)],
+            hand.now,
+            &mut out,
+        )
+        .unwrap();
+    let offers: Vec<usize> = sends(out)
+        .into_iter()
+        .filter(|(_, w)| matches!(w, Wire::Offer { .. }))
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(offers, [1, 2]);
+    // Both announce everything but the last piece: not done yet; then the rest: done, and
+    // the report names the unconnected receiver once.
+    let mut pushed = Vec::new();
+    for r in [1, 2] {
+        let mut out = Vec::new();
+        let partial = Wire::Have {
+            blob,
+            info: Some(info),
+            bits: vec![0b0111],
+        };
+        hand.core
+            .on_wire(id(r), partial, Bytes::new(), hand.now, &mut out);
+        assert!(!out.iter().any(|o| matches!(o, Output::Pushed { .. })));
+    }
+    for r in [1, 2] {
+        let mut out = Vec::new();
+        let last = Wire::Got {
+            blob,
+            pieces: vec![3],
+        };
+        hand.core
+            .on_wire(id(r), last, Bytes::new(), hand.now, &mut out);
+        pushed.extend(out.into_iter().filter_map(|o| match o {
+            Output::Pushed { report, .. } => Some(report),
+            _ => None,
+        }));
+    }
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0].completed, [id(1), id(2)]);
+    assert_eq!(pushed[0].failed, [id(3)]);
+}
+
+#[test]
+fn a_receiver_already_partway_is_not_counted_done_until_it_holds_everything() {
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let mut hand = Hand::new(1);
+    let blob = hand.core.add(info, tree, data, &mut Vec::new()).unwrap();
+    // Node 1 is a member already, holding one piece.
+    let partial = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: vec![0b0001],
+    };
+    hand.from(1, partial, Bytes::new());
+    let mut out = Vec::new();
+    hand.core.push(blob, &[id(1)], hand.now, &mut out).unwrap();
+    let more = Wire::Got {
+        blob,
+        pieces: vec![1, 2],
+    };
+    hand.core
+        .on_wire(id(1), more, Bytes::new(), hand.now, &mut out);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Pushed { .. })),
+        "{out:?}"
+    );
+    // Ended by its caller: a new push of the blob may start (and is the one reported).
+    hand.core.end_push(&blob);
+    assert!(
+        hand.core
+            .push(blob, &[id(1)], hand.now, &mut Vec::new())
+            .is_ok()
+    );
+    let last = Wire::Got {
+        blob,
+        pieces: vec![3],
+    };
+    let mut done = Vec::new();
+    hand.core
+        .on_wire(id(1), last, Bytes::new(), hand.now, &mut done);
+    assert!(
+        done.iter()
+            .any(|o| matches!(o, Output::Pushed { report, .. } if report.completed == [id(1)])),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn a_piece_lost_before_it_was_written_is_fetched_again() {
+    let mut core = Core::new(
+        Limits {
+            max_memory: 1024,
+            max_disk: 1 << 20,
+            ..limits()
+        },
+        id(0),
+    );
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let blob = core.add(info, tree, data, &mut Vec::new()).unwrap();
+    assert!(core.is_on_disk(&blob));
+    core.lost(&blob, 2);
+    let progress = core.progress(&blob).unwrap();
+    assert_eq!(progress.pieces, 3);
+    assert!(!progress.is_complete());
+    // A blob in memory loses nothing this way.
+    let mut core = Core::new(limits(), id(0));
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let blob = core.add(info, tree, data, &mut Vec::new()).unwrap();
+    core.lost(&blob, 2);
+    assert!(core.progress(&blob).unwrap().is_complete());
+}
+
+#[test]
+fn removing_a_blob_fails_only_an_unfinished_fetch_and_frees_its_bytes() {
+    let mut core = Core::new(limits(), id(0));
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let held = core.add(info, tree, data, &mut Vec::new()).unwrap();
+    let mut out = Vec::new();
+    assert!(core.remove(held, &mut out));
+    assert!(out.iter().any(|o| matches!(o, Output::Forget { .. })));
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Failed { .. })),
+        "{out:?}"
+    );
+    assert_eq!(core.stats().memory_bytes, 0);
+    let wanted = BlobId([7; 32]);
+    core.fetch(wanted, &[], Instant::now(), &mut Vec::new())
+        .unwrap();
+    let mut out = Vec::new();
+    assert!(core.remove(wanted, &mut out));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Failed {
+            why: FetchError::Removed,
+            ..
+        }
+    )));
+    assert!(!core.remove(wanted, &mut Vec::new()), "gone already");
+}
