@@ -829,6 +829,12 @@ impl Core {
         self.blobs.get(blob).map_or(0, |b| b.uploads.len())
     }
 
+    /// Members of `blob` that left or declined, remembered (their share is dealt round).
+    #[cfg(test)]
+    pub(crate) fn departed(&self, blob: &BlobId) -> usize {
+        self.blobs.get(blob).map_or(0, |b| b.departed.len())
+    }
+
     /// Peers remembered as hints for `blob` (asked when they connect).
     #[cfg(test)]
     pub(crate) fn hints(&self, blob: &BlobId) -> usize {

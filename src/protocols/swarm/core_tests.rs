@@ -1779,3 +1779,211 @@ fn removing_a_blob_fails_only_an_unfinished_fetch_and_frees_its_bytes() {
     )));
     assert!(!core.remove(wanted, &mut Vec::new()), "gone already");
 }
+
+#[test]
+fn offers_count_against_their_own_pusher_only_and_only_while_incomplete() {
+    let mut sim = Sim::new(2, |_| Limits {
+        max_blobs: 16,
+        ..limits()
+    });
+    // Four fetches of this node's own, not complete, are not node 0's offers.
+    for salt in 0..4u8 {
+        let mut out = Vec::new();
+        sim.nodes[1]
+            .fetch(BlobId([100 + salt; 32]), &[], sim.now, &mut out)
+            .unwrap();
+    }
+    // Nor is a blob node 0 offered that is complete here.
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let wire = Wire::Offer {
+        blob: info.id(),
+        info,
+        members: vec![id(1)],
+    };
+    let mut out = Vec::new();
+    sim.nodes[1].on_wire(id(0), wire, Bytes::new(), sim.now, &mut out);
+    sim.nodes[1].add(info, tree, data, &mut out).unwrap();
+    for salt in 0..4u8 {
+        junk_offer(&mut sim, salt);
+    }
+    assert_eq!(sim.nodes[1].stats().offers_declined, 0);
+    junk_offer(&mut sim, 4);
+    assert_eq!(sim.nodes[1].stats().offers_declined, 1);
+}
+
+#[test]
+fn messages_about_nothing_asked_are_counted_once_each_and_change_nothing() {
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let mut hand = Hand::new(3);
+    let blob = hand.core.add(info, tree, data, &mut Vec::new()).unwrap();
+    let unsolicited = |hand: &Hand| hand.core.stats().unsolicited;
+    let got = |blob| Wire::Got {
+        blob,
+        pieces: vec![0],
+    };
+    hand.from(1, got(BlobId([5; 32])), Bytes::new());
+    assert_eq!(unsolicited(&hand), 1, "a blob not here");
+    hand.from(1, got(blob), Bytes::new());
+    assert_eq!(unsolicited(&hand), 2, "from a peer that is not a member");
+    let accuse = Wire::Accuse { blob, peer: id(2) };
+    hand.from(1, accuse.clone(), Bytes::new());
+    assert_eq!(unsolicited(&hand), 3, "no push of it");
+    hand.core
+        .push(blob, &[id(2), id(3)], hand.now, &mut Vec::new())
+        .unwrap();
+    hand.from(1, accuse, Bytes::new());
+    assert_eq!(unsolicited(&hand), 4, "the accuser is not a receiver");
+    hand.from(2, Wire::Accuse { blob, peer: id(2) }, Bytes::new());
+    assert_eq!(unsolicited(&hand), 5, "a receiver accusing itself");
+    assert_eq!(hand.core.stats().receivers_refused, 0);
+}
+
+#[test]
+fn a_peer_connecting_is_told_only_of_the_blobs_it_was_hinted_for() {
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let mut hand = Hand::new(0);
+    hand.core.add(info, tree, data, &mut Vec::new()).unwrap();
+    let mut out = Vec::new();
+    hand.core.on_connected(id(5), hand.now, &mut out);
+    assert!(sends(out).is_empty());
+}
+
+#[test]
+fn a_receiver_that_left_keeps_its_share_dealt_round_when_it_comes_back() {
+    // This node (0) is one of three receivers of node 1's push: 0, 2, 3. Piece i is
+    // receiver i mod 3's share.
+    let (info, tree, data) = make_blob(12 * 1024, 1024);
+    let blob = info.id();
+    let mut hand = Hand::new(3);
+    let offer = Wire::Offer {
+        blob,
+        info,
+        members: vec![id(0), id(2), id(3)],
+    };
+    hand.from(1, offer, Bytes::new());
+    let whole = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(12),
+    };
+    let mut first = asked(&hand.from(1, whole, Bytes::new()), 1);
+    first.sort_unstable();
+    assert_eq!(first, [0, 3, 6, 9], "its own share");
+    // Node 3 leaves and comes back: its share (2, 5, 8, 11) is still dealt round, piece
+    // 2 and 8 and 11 to this node (5 to node 2).
+    hand.core.on_disconnected(id(3), hand.now, &mut Vec::new());
+    assert_eq!(hand.core.departed(&blob), 1);
+    hand.core.on_connected(id(3), hand.now, &mut Vec::new());
+    let mut later = Vec::new();
+    for i in first {
+        let (wire, bytes) = piece(blob, &tree, &data, i);
+        later.extend(hand.from(1, wire, bytes));
+    }
+    let mut asked_later = asked(&later, 1);
+    asked_later.sort_unstable();
+    assert_eq!(asked_later, [2, 8, 11]);
+    hand.core.on_disconnected(id(3), hand.now, &mut Vec::new());
+    assert_eq!(hand.core.departed(&blob), 1, "remembered once");
+}
+
+#[test]
+fn departed_members_are_remembered_up_to_the_offer_bound() {
+    let (info, _, _) = make_blob(4 * 1024, 1024);
+    let blob = info.id();
+    let mut hand = Hand::new(0);
+    hand.core
+        .fetch(blob, &[], hand.now, &mut Vec::new())
+        .unwrap();
+    let none = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: Vec::new(),
+    };
+    // 300 members come and go (never more than the member bound at once).
+    for p in 0..300u64 {
+        let mut bytes = [1u8; 32];
+        bytes[..8].copy_from_slice(&p.to_le_bytes());
+        let member = PeerId::from_bytes(bytes);
+        let mut out = Vec::new();
+        hand.core
+            .on_wire(member, none.clone(), Bytes::new(), hand.now, &mut out);
+        hand.core.on_wire(
+            member,
+            Wire::Decline { blob },
+            Bytes::new(),
+            hand.now,
+            &mut out,
+        );
+    }
+    assert_eq!(hand.core.departed(&blob), 256);
+}
+
+#[test]
+fn a_rejected_piece_is_no_longer_counted_held_by_the_member_that_rejected_it() {
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let blob = info.id();
+    let have = |bits: u8| Wire::Have {
+        blob,
+        info: Some(info),
+        bits: vec![bits],
+    };
+    // Rarity: node 3 holds piece 1 (busy for now), node 1 announced piece 0 and then
+    // rejected it. Node 2 holds both: piece 0 is rarer (only node 2) and is asked first,
+    // although the per-node order (seed 0) puts piece 1 ahead of piece 0 on a tie.
+    let mut hand = Hand::new(3);
+    hand.core
+        .fetch(blob, &[id(1), id(2), id(3)], hand.now, &mut Vec::new())
+        .unwrap();
+    assert_eq!(asked(&hand.from(3, have(0b10), Bytes::new()), 3), [1]);
+    hand.from(3, Wire::Busy { blob, piece: 1 }, Bytes::new());
+    assert_eq!(asked(&hand.from(1, have(0b01), Bytes::new()), 1), [0]);
+    hand.from(1, Wire::Reject { blob, piece: 0 }, Bytes::new());
+    assert_eq!(asked(&hand.from(2, have(0b11), Bytes::new()), 2), [0, 1]);
+
+    // What a member is counted to hold decides whether a push to it is done: node 1
+    // announced everything, rejected a piece, and is pushed to once this node has it all.
+    let mut hand = Hand::new(2);
+    hand.core
+        .fetch(blob, &[id(1), id(2)], hand.now, &mut Vec::new())
+        .unwrap();
+    let of_1 = asked(&hand.from(1, have(0b1111), Bytes::new()), 1);
+    hand.from(2, have(0b1111), Bytes::new());
+    let rejected = of_1[0];
+    hand.from(
+        1,
+        Wire::Reject {
+            blob,
+            piece: rejected,
+        },
+        Bytes::new(),
+    );
+    for i in 0..4 {
+        let (wire, bytes) = piece(blob, &tree, &data, i);
+        hand.from(2, wire, bytes);
+    }
+    assert!(hand.core.progress(&blob).unwrap().is_complete());
+    let mut out = Vec::new();
+    hand.core.push(blob, &[id(1)], hand.now, &mut out).unwrap();
+    let nothing = Wire::Got {
+        blob,
+        pieces: Vec::new(),
+    };
+    hand.core
+        .on_wire(id(1), nothing, Bytes::new(), hand.now, &mut out);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Pushed { .. })),
+        "{out:?}"
+    );
+    let last = Wire::Got {
+        blob,
+        pieces: vec![rejected],
+    };
+    let mut out = Vec::new();
+    hand.core
+        .on_wire(id(1), last, Bytes::new(), hand.now, &mut out);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Pushed { report, .. } if report.completed == [id(1)])),
+        "{out:?}"
+    );
+}
