@@ -1656,11 +1656,12 @@ impl Core {
         let Some(blob) = self.blobs.get_mut(&id) else {
             return;
         };
-        let full = blob
-            .members
-            .get(&peer)
-            .is_some_and(|m| blob.n > 0 && m.has_count == blob.n);
+        // A deal is made only for a blob held whole, so its `n` is known (at least 1).
         if let Some(deal) = &mut blob.deal {
+            let full = blob
+                .members
+                .get(&peer)
+                .is_some_and(|m| m.has_count == blob.n);
             if full && deal.pending.remove(&peer) {
                 deal.report.completed.push(peer);
             }

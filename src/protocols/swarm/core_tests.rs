@@ -1362,6 +1362,7 @@ fn a_member_caught_lying_still_frees_its_upload_slot_by_announcing_the_piece() {
     bad[0] ^= 0xff;
     hand.from(1, wire, bad.into());
     assert_eq!(hand.core.progress(&blob).unwrap().bad_pieces, 1);
+    assert_eq!(hand.core.stats().bad_pieces, 1);
     assert_eq!(hand.core.uploading(&blob), 1);
     // Its announcement of the served piece is not counted, but ends the upload.
     hand.from(
@@ -1836,6 +1837,36 @@ fn messages_about_nothing_asked_are_counted_once_each_and_change_nothing() {
     hand.from(2, Wire::Accuse { blob, peer: id(2) }, Bytes::new());
     assert_eq!(unsolicited(&hand), 5, "a receiver accusing itself");
     assert_eq!(hand.core.stats().receivers_refused, 0);
+    let elsewhere = BlobId([6; 32]);
+    let none = Wire::Have {
+        blob: elsewhere,
+        info: None,
+        bits: Vec::new(),
+    };
+    hand.from(1, none, Bytes::new());
+    assert_eq!(unsolicited(&hand), 6, "an announcement of a blob not here");
+    let rejected = hand.from(
+        1,
+        Wire::Request {
+            blob: elsewhere,
+            piece: 0,
+        },
+        Bytes::new(),
+    );
+    assert!(matches!(rejected[..], [(1, Wire::Reject { .. })]));
+    assert_eq!(unsolicited(&hand), 7, "a request for a blob not here");
+    let stray = |blob| Wire::Piece {
+        blob,
+        piece: 0,
+        proof: Vec::new(),
+    };
+    hand.from(1, stray(elsewhere), Bytes::from_static(b"x"));
+    assert_eq!(unsolicited(&hand), 8, "a piece of a blob not here");
+    hand.core
+        .fetch(elsewhere, &[], hand.now, &mut Vec::new())
+        .unwrap();
+    hand.from(1, stray(elsewhere), Bytes::from_static(b"x"));
+    assert_eq!(unsolicited(&hand), 9, "a piece of a blob not described yet");
 }
 
 #[test]
@@ -1986,4 +2017,233 @@ fn a_rejected_piece_is_no_longer_counted_held_by_the_member_that_rejected_it() {
             .any(|o| matches!(o, Output::Pushed { report, .. } if report.completed == [id(1)])),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_second_offer_of_a_blob_does_not_replace_its_pusher() {
+    let (info, _, _) = make_blob(4 * 1024, 1024);
+    let blob = info.id();
+    let whole = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(4),
+    };
+    let mut hand = Hand::new(3);
+    let offer = |members: Vec<PeerId>| Wire::Offer {
+        blob,
+        info,
+        members,
+    };
+    // Node 1 pushes to this node and node 2: this node's share is pieces 0 and 2.
+    hand.from(1, offer(vec![id(0), id(2)]), Bytes::new());
+    let mut share = asked(&hand.from(1, whole, Bytes::new()), 1);
+    share.sort_unstable();
+    assert_eq!(share, [0, 2]);
+    // Node 3 offers it too: node 1 is still the pusher, asked for this node's share only.
+    let later = hand.from(3, offer(vec![id(0)]), Bytes::new());
+    assert!(asked(&later, 1).is_empty(), "{later:?}");
+}
+
+#[test]
+fn a_blob_on_disk_being_fetched_serves_only_the_pieces_it_holds() {
+    let (info, tree, data) = make_blob(4 * 1024, 1024);
+    let blob = info.id();
+    let mut hand = Hand::new(2);
+    hand.core = Core::new(
+        Limits {
+            max_memory: 1024,
+            max_disk: 1 << 20,
+            ..limits()
+        },
+        id(0),
+    );
+    for p in [1, 2] {
+        hand.core.on_connected(id(p), hand.now, &mut Vec::new());
+    }
+    hand.core
+        .fetch(blob, &[id(1)], hand.now, &mut Vec::new())
+        .unwrap();
+    let first = asked(
+        &hand.from(
+            1,
+            Wire::Have {
+                blob,
+                info: Some(info),
+                bits: all_bits(4),
+            },
+            Bytes::new(),
+        ),
+        1,
+    );
+    assert!(hand.core.is_on_disk(&blob));
+    let (wire, bytes) = piece(blob, &tree, &data, first[0]);
+    hand.from(1, wire, bytes);
+    let mut out = Vec::new();
+    let request = |piece| Wire::Request { blob, piece };
+    hand.core
+        .on_wire(id(2), request(first[1]), Bytes::new(), hand.now, &mut out);
+    assert!(
+        matches!(sends(out)[..], [(2, Wire::Reject { .. })]),
+        "not held yet"
+    );
+    let mut out = Vec::new();
+    hand.core
+        .on_wire(id(2), request(first[0]), Bytes::new(), hand.now, &mut out);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::SendFromDisk { index, .. } if *index == first[0])
+                || matches!(o, Output::Send { wire: Wire::Piece { piece, .. }, .. } if *piece == first[0])),
+        "held (in memory until written): served; {out:?}"
+    );
+}
+
+#[test]
+fn a_peer_is_served_two_pipelines_unannounced_and_a_slot_expires_after_two_piece_timeouts() {
+    let (info, tree, data) = make_blob(16 * 1024, 1024);
+    let mut hand = Hand::new(2);
+    hand.core = Core::new(
+        Limits {
+            upload_slots: 1,
+            ..limits()
+        },
+        id(0),
+    );
+    for p in [1, 2] {
+        hand.core.on_connected(id(p), hand.now, &mut Vec::new());
+    }
+    let blob = hand.core.add(info, tree, data, &mut Vec::new()).unwrap();
+    let request = |piece| Wire::Request { blob, piece };
+    let served = |sent: &[(usize, Wire)]| sent.iter().any(|(_, w)| matches!(w, Wire::Piece { .. }));
+    // Node 1: eight pieces (2 x pipeline 4) served and not announced, the ninth is busy.
+    for i in 0..8 {
+        assert!(served(&hand.from(1, request(i), Bytes::new())), "piece {i}");
+    }
+    let ninth = hand.from(1, request(8), Bytes::new());
+    assert!(matches!(ninth[..], [(1, Wire::Busy { .. })]), "{ninth:?}");
+    assert_eq!(hand.core.progress(&blob).unwrap().uploaded_bytes, 8 * 1024);
+    // The only slot is node 1's: node 2 is busy until node 1's pieces are 4 s old (two
+    // piece timeouts of 2 s), never announced.
+    hand.now += Duration::from_millis(3999);
+    let early = hand.from(2, request(0), Bytes::new());
+    assert!(matches!(early[..], [(2, Wire::Busy { .. })]), "{early:?}");
+    hand.now += Duration::from_millis(1);
+    assert!(served(&hand.from(2, request(0), Bytes::new())));
+}
+
+#[test]
+fn the_endgame_counts_the_pieces_held_and_a_member_that_timed_out_is_asked_one_at_a_time() {
+    let (info, tree, data) = make_blob(8 * 1024, 1024);
+    let blob = info.id();
+    let whole = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(8),
+    };
+    let mut hand = Hand::new(2);
+    hand.core
+        .fetch(blob, &[id(1), id(2)], hand.now, &mut Vec::new())
+        .unwrap();
+    let first = asked(&hand.from(1, whole.clone(), Bytes::new()), 1);
+    assert_eq!(first.len(), 4);
+    let mut next = Vec::new();
+    for i in &first {
+        let (wire, bytes) = piece(blob, &tree, &data, *i);
+        next.extend(asked(&hand.from(1, wire, bytes), 1));
+    }
+    assert_eq!(next.len(), 4);
+    // Four held, four missing (= endgame): node 2 is asked for the four in flight too.
+    let mut of_2 = asked(&hand.from(2, whole, Bytes::new()), 2);
+    let mut in_flight = next.clone();
+    of_2.sort_unstable();
+    in_flight.sort_unstable();
+    assert_eq!(of_2, in_flight);
+    // Node 2 answers nothing, node 1 all but one: node 2's requests time out, and it is
+    // asked one piece at a time after that; node 1 is not held back.
+    for i in &next[..3] {
+        let (wire, bytes) = piece(blob, &tree, &data, *i);
+        hand.from(1, wire, bytes);
+    }
+    let after = hand.advance(Duration::from_secs(2));
+    assert_eq!(hand.core.progress(&blob).unwrap().timeouts, 2, "{after:?}");
+    assert_eq!(asked(&after, 2).len(), 1, "{after:?}");
+    // A member alone, silent: after its four requests time out it is asked one at a time.
+    let mut alone = Hand::new(1);
+    alone
+        .core
+        .fetch(blob, &[id(1)], alone.now, &mut Vec::new())
+        .unwrap();
+    let whole = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(8),
+    };
+    assert_eq!(asked(&alone.from(1, whole, Bytes::new()), 1).len(), 4);
+    assert_eq!(asked(&alone.advance(Duration::from_secs(2)), 1).len(), 1);
+    // A late answer of a piece held already is counted as duplicate bytes.
+    let (wire, bytes) = piece(blob, &tree, &data, next[0]);
+    hand.from(2, wire, bytes);
+    assert_eq!(hand.core.progress(&blob).unwrap().duplicate_bytes, 1024);
+}
+
+#[test]
+fn a_receiver_without_progress_opens_the_origin_after_timeout_min_and_its_deadlines_say_when() {
+    // Pieces of 1 MiB: a request's timeout (4 s) is longer than `timeout_min` (2 s).
+    let (info, tree, data) = make_blob(4 << 20, 1 << 20);
+    let blob = info.id();
+    let t0 = Instant::now();
+    let mut hand = Hand::new(2);
+    hand.now = t0;
+    let offer = Wire::Offer {
+        blob,
+        info,
+        members: vec![id(0), id(2)],
+    };
+    hand.from(1, offer, Bytes::new());
+    let whole = Wire::Have {
+        blob,
+        info: Some(info),
+        bits: all_bits(4),
+    };
+    let mut share = asked(&hand.from(1, whole, Bytes::new()), 1);
+    share.sort_unstable();
+    assert_eq!(share, [0, 2]);
+    assert_eq!(hand.core.next_deadline(), Some(t0 + Duration::from_secs(2)));
+    // Both arrive at once; node 2 (owner of 1 and 3) never sends anything.
+    for i in share {
+        let at = i as usize * (1 << 20);
+        let wire = Wire::Piece {
+            blob,
+            piece: i,
+            proof: tree.proof(i),
+        };
+        hand.from(1, wire, data.slice(at..at + (1 << 20)));
+    }
+    assert_eq!(hand.core.next_deadline(), Some(t0 + Duration::from_secs(2)));
+    assert!(asked(&hand.advance(Duration::from_millis(1999)), 1).is_empty());
+    let mut open = asked(&hand.advance(Duration::from_millis(1)), 1);
+    open.sort_unstable();
+    assert_eq!(
+        open,
+        [1, 3],
+        "no progress for 2 s: the origin is asked for the rest"
+    );
+    let opened = t0 + Duration::from_secs(2);
+    assert_eq!(
+        hand.core.next_deadline(),
+        Some(opened + Duration::from_secs(4))
+    );
+    // The origin rejects both: nothing in flight, nothing more to ask; the offer is
+    // dropped if nothing comes for a minute.
+    for i in open {
+        hand.from(1, Wire::Reject { blob, piece: i }, Bytes::new());
+    }
+    assert_eq!(
+        hand.core.next_deadline(),
+        Some(t0 + super::core::OFFER_IDLE)
+    );
+    // Fetched by the application: never dropped for idling, so no deadline at all.
+    hand.core
+        .fetch(blob, &[], hand.now, &mut Vec::new())
+        .unwrap();
+    assert_eq!(hand.core.next_deadline(), None);
 }
