@@ -588,7 +588,7 @@ impl Blob {
         // piece newly held does, so announcing one piece over and over frees nothing; a liar's
         // announcements still end uploads to it (nodes that have not caught it yet serve it
         // like anybody).
-        if counted || (member.bad && at < member.has.len()) {
+        if counted || member.bad {
             if let Some(uploads) = self.uploads.get_mut(&peer) {
                 uploads.retain(|(i, _)| *i != index);
                 if uploads.is_empty() {
