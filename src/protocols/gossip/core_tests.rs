@@ -1354,3 +1354,46 @@ fn a_large_publication_announced_lazily_first_is_asked_of_the_tree_neighbour_and
     core.poll(now + timeout * LARGE_FETCH_WAIT, &mut out);
     assert_eq!(sends(&out), vec![(peer(3), &want)], "{out:?}");
 }
+
+#[test]
+fn the_total_of_the_topics_adds_every_count_of_each() {
+    let counts = |k: u64| TopicStats {
+        published: k,
+        delivered: 2 * k,
+        received: 3 * k,
+        duplicates: 4 * k,
+        announced: 5 * k,
+        repairs: 6 * k,
+        parent_changes: 7 * k,
+        eager_bytes: 8 * k,
+        lazy_bytes: 9 * k,
+        evicted: 10 * k,
+        dropped: 11 * k,
+    };
+    let mut total = counts(1);
+    total.add(&counts(100));
+    assert_eq!(total, counts(101));
+
+    // A node in two topics: its total is their sum.
+    let now = Instant::now();
+    let mut core = node(&[1], now);
+    let mut out = Vec::new();
+    core.join("u", true, &mut out).unwrap();
+    core.publish(publication(100, 1, 10), now, &mut out)
+        .unwrap();
+    let mut other = publication(100, 1, 10);
+    other.topic = "u".into();
+    core.publish(other, now, &mut out).unwrap();
+    let (t, u) = (core.stats("t").unwrap(), core.stats("u").unwrap());
+    assert_eq!((t.published, u.published), (1, 1));
+    let mut sum = t.clone();
+    sum.add(&u);
+    assert_eq!(core.total_stats(), sum);
+}
+
+#[test]
+fn a_signer_s_debug_says_whether_one_is_set() {
+    assert_eq!(format!("{:?}", Signer(None)), "NoSigner");
+    let key = Box::new(|_: &[u8]| [7u8; 64]) as SignFn;
+    assert_eq!(format!("{:?}", Signer(Some(key))), "Signer");
+}
