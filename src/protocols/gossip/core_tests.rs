@@ -647,6 +647,13 @@ fn joins_and_publications_are_bounded() {
         Err(JoinError::TooManyTopics(2))
     );
     assert_eq!(core.join("", true, &mut out), Err(JoinError::BadName(128)));
+    assert_eq!(
+        core.join(&"n".repeat(129), true, &mut out),
+        Err(JoinError::BadName(128))
+    );
+    // A name of exactly the bound is taken (in the place of "b").
+    core.leave("b", false, &mut out);
+    core.join(&"n".repeat(128), true, &mut out).unwrap();
     let too_big = Publication {
         topic: "a".into(),
         ..publication(1, 1, (1 << 20) + 1)
