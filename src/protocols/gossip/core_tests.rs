@@ -1404,3 +1404,20 @@ fn a_signer_s_debug_says_whether_one_is_set() {
     let key = Box::new(|_: &[u8]| [7u8; 64]) as SignFn;
     assert_eq!(format!("{:?}", Signer(Some(key))), "Signer");
 }
+
+#[test]
+fn joining_again_as_a_subscriber_upgrades_a_relay_and_as_a_relay_changes_nothing() {
+    let mut core = Core::new(Limits::for_tests(), peer(100));
+    let mut out = Vec::new();
+    core.join("r", false, &mut out).unwrap();
+    assert_eq!(core.topics(), [("r".to_owned(), false)]);
+    core.join("r", false, &mut out).unwrap();
+    core.join("r", true, &mut out).unwrap();
+    assert_eq!(core.topics(), [("r".to_owned(), true)]);
+    core.join("r", false, &mut out).unwrap();
+    assert_eq!(core.topics(), [("r".to_owned(), true)], "still subscribed");
+    assert_eq!(
+        core.join("r", true, &mut out),
+        Err(JoinError::AlreadySubscribed("r".into()))
+    );
+}
