@@ -1426,3 +1426,46 @@ fn joining_again_as_a_subscriber_upgrades_a_relay_and_as_a_relay_changes_nothing
         Err(JoinError::AlreadySubscribed("r".into()))
     );
 }
+
+#[test]
+fn a_different_root_out_of_reach_is_asked_at_once_even_for_the_same_number() {
+    let t0 = Instant::now();
+    let ranked = by_rank(4);
+    let (r0, r1, r2) = (ranked[0], ranked[1], ranked[2]);
+    let mut core = lazy_node_as(ranked[3], &[1, 2, 3], t0);
+    let mut out = Vec::new();
+    let at = |root, dist| Wire::Tree {
+        topic: "t".into(),
+        root,
+        seq: 7,
+        dist,
+        parent: false,
+        stamp: [0; 64],
+    };
+    // Under r1 (number 7) through 3, then under r0 (number 7) through 2: both told, so both
+    // recorded. Node 1 offers r2, the worst.
+    core.on_wire(peer(1), place(r2, 1, false), t0, &mut yes, &mut out);
+    core.on_wire(peer(3), at(r1, 1), t0, &mut yes, &mut out);
+    core.on_wire(peer(2), at(r0, 1), t0, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((r0, 2, Some(peer(2)))));
+    // Both ways grow out of reach: back under r2, and r0 (the better) is asked for 8.
+    core.on_wire(peer(3), at(r1, 5), t0, &mut yes, &mut out);
+    out.clear();
+    core.on_wire(peer(2), at(r0, 5), t0, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((r2, 2, Some(peer(1)))));
+    let refreshes = |out: &[Output]| -> Vec<(PeerId, PeerId, u16)> {
+        sends(out)
+            .into_iter()
+            .filter_map(|(p, w)| match w {
+                Wire::Refresh { root, seq, .. } => Some((p, *root, *seq)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(refreshes(&out), [(peer(2), r0, 8)]);
+    // Node 2 goes: r1 is now the best root out of reach, and is asked at once for its own
+    // next number (also 8), not held back as if it were the same request.
+    out.clear();
+    core.on_disconnected(peer(2), t0, &mut out);
+    assert_eq!(refreshes(&out), [(peer(3), r1, 8)]);
+}
