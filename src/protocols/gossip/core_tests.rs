@@ -662,6 +662,14 @@ fn joins_and_publications_are_bounded() {
         core.publish(too_big, now, &mut out),
         Err(PublishError::TooLarge { .. })
     ));
+    let largest = Publication {
+        topic: "a".into(),
+        ..publication(1, 1, 1 << 20)
+    };
+    assert!(
+        core.publish(largest, now, &mut out).is_ok(),
+        "exactly the bound"
+    );
     let elsewhere = Publication {
         topic: "z".into(),
         ..publication(1, 1, 1)
