@@ -927,6 +927,23 @@ fn a_neighbour_that_leaves_the_topic_is_no_longer_the_parent() {
     assert_eq!(core.place("t"), Some((ranked[0], 2, Some(other))));
     assert_eq!(core.links("t"), (1, 0), "the one left is the parent");
     assert_eq!(told(&out).len(), 1, "told once, to the one left");
+
+    // The same leave naming the topic once.
+    let mut core = lazy_node(&[1, 2], now);
+    core.on_wire(peer(1), place(ranked[0], 1, false), now, &mut yes, &mut out);
+    core.on_wire(peer(2), place(ranked[0], 1, false), now, &mut yes, &mut out);
+    let parent = core.place("t").and_then(|(_, _, p)| p);
+    let (gone, other) = if parent == Some(peer(1)) {
+        (peer(1), peer(2))
+    } else {
+        (peer(2), peer(1))
+    };
+    let leave = Wire::Leave {
+        topics: vec!["t".into()],
+    };
+    core.on_wire(gone, leave, now, &mut yes, &mut out);
+    assert_eq!(core.place("t"), Some((ranked[0], 2, Some(other))));
+    assert_eq!(core.links("t"), (1, 0));
 }
 
 #[test]
@@ -1476,4 +1493,99 @@ fn a_different_root_out_of_reach_is_asked_at_once_even_for_the_same_number() {
     out.clear();
     core.on_disconnected(peer(2), t0, &mut out);
     assert_eq!(refreshes(&out), [(peer(3), r1, 8)]);
+}
+
+#[test]
+fn a_publication_up_to_eager_max_goes_whole_to_the_tree_and_as_an_id_to_the_rest_after_the_interval()
+ {
+    let now = Instant::now();
+    // Eager links to 1 and 2 (they took this node as parent); 3 and 4 joined only: lazy.
+    let mut core = node(&[1, 2], now);
+    let mut out = Vec::new();
+    for p in [3, 4] {
+        core.on_connected(peer(p), now, &mut out);
+        let join = Wire::Join {
+            topics: vec!["t".into()],
+        };
+        core.on_wire(peer(p), join, now, &mut yes, &mut out);
+    }
+    let largest_whole = 64 * 1024;
+    out.clear();
+    core.publish(publication(100, 1, largest_whole), now, &mut out)
+        .unwrap();
+    let pushed: Vec<PeerId> = sends(&out)
+        .into_iter()
+        .filter(|(_, w)| matches!(w, Wire::Push { .. }))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(pushed.len(), 2, "{out:?}");
+    let stats = core.stats("t").unwrap();
+    assert_eq!(stats.eager_bytes, 2 * largest_whole as u64);
+    assert_eq!(
+        (stats.announced, stats.lazy_bytes),
+        (2, 40),
+        "an id is 20 bytes"
+    );
+    // The ids go out with the next announcement, one interval (20 ms) later.
+    let mut early = Vec::new();
+    core.poll(now + Duration::from_millis(19), &mut early);
+    assert!(
+        !sends(&early)
+            .iter()
+            .any(|(_, w)| matches!(w, Wire::IHave { .. })),
+        "{early:?}"
+    );
+    let mut due = Vec::new();
+    core.poll(now + Duration::from_millis(20), &mut due);
+    let announced: Vec<PeerId> = sends(&due)
+        .into_iter()
+        .filter(|(_, w)| matches!(w, Wire::IHave { .. }))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(announced.len(), 2, "{due:?}");
+    // One byte more is large: announced to every neighbour, pushed to none.
+    out.clear();
+    core.publish(publication(100, 2, largest_whole + 1), now, &mut out)
+        .unwrap();
+    assert!(
+        !sends(&out)
+            .iter()
+            .any(|(_, w)| matches!(w, Wire::Push { .. })),
+        "{out:?}"
+    );
+    assert_eq!(core.stats("t").unwrap().announced, 6);
+}
+
+#[test]
+fn ids_waiting_for_an_announcement_past_the_batch_bound_drop_the_oldest_and_are_counted() {
+    let now = Instant::now();
+    let mut core = Core::new(
+        Limits {
+            max_announce_batch: 2,
+            ..Limits::for_tests()
+        },
+        peer(100),
+    );
+    let mut out = Vec::new();
+    core.join("t", true, &mut out).unwrap();
+    core.on_connected(peer(3), now, &mut out);
+    let join = Wire::Join {
+        topics: vec!["t".into()],
+    };
+    core.on_wire(peer(3), join, now, &mut yes, &mut out);
+    for seq in 1..=3 {
+        core.publish(publication(100, seq, 10), now, &mut out)
+            .unwrap();
+    }
+    assert_eq!(core.stats("t").unwrap().evicted, 1);
+    let mut due = Vec::new();
+    core.poll(now + Duration::from_secs(1), &mut due);
+    let ids: usize = sends(&due)
+        .iter()
+        .map(|(_, w)| match w {
+            Wire::IHave { ids, .. } => ids.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(ids, 2);
 }
