@@ -1354,6 +1354,22 @@ fn a_place_whose_number_its_root_did_not_sign_is_refused_and_charged() {
     assert_eq!(keys.stamps_checked, 2);
     core.on_wire(peer(1), genuine(2), now, &mut keys, &mut out);
     assert_eq!(keys.stamps_checked, 2);
+    // The known stamp of 3 on the next number is checked, not taken from what is known.
+    out.clear();
+    let replayed = Wire::Tree {
+        topic: "t".into(),
+        root,
+        seq: 4,
+        dist: 1,
+        parent: false,
+        stamp: key.sign(&seq_signed_bytes("t", 3)),
+    };
+    core.on_wire(peer(1), replayed, now, &mut keys, &mut out);
+    assert_eq!(keys.stamps_checked, 3);
+    assert!(
+        matches!(out[..], [Output::Charge { points: 10, .. }]),
+        "{out:?}"
+    );
 }
 
 #[test]
