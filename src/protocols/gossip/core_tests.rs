@@ -690,6 +690,17 @@ fn joins_and_publications_are_bounded() {
         &mut out,
     );
     assert!(matches!(out[..], [Output::Charge { points: 1, .. }]));
+    // A name of exactly the length bound is taken from a neighbour; one longer is charged.
+    core.on_connected(peer(6), now, &mut out);
+    out.clear();
+    let named = |len| Wire::Join {
+        topics: vec!["m".repeat(len)],
+    };
+    core.on_wire(peer(6), named(128), now, &mut yes, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    core.on_wire(peer(6), named(129), now, &mut yes, &mut out);
+    assert!(matches!(out[..], [Output::Charge { points: 1, .. }]));
+    core.on_disconnected(peer(6), now, &mut out);
     // Leaving tells the neighbours.
     out.clear();
     core.leave("a", false, &mut out);
