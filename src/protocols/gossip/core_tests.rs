@@ -859,6 +859,27 @@ fn a_way_at_the_distance_bound_is_not_taken_and_impossible_places_are_charged() 
     );
     assert!(matches!(out[..], [Output::Charge { points: 1, .. }]));
     assert_eq!(core.place("t"), Some((best, 3, Some(peer(2)))));
+    // Exactly the window ahead is still a number the root may have reached: taken.
+    out.clear();
+    core.on_wire(
+        peer(1),
+        Wire::Tree {
+            topic: "t".into(),
+            root: best,
+            seq: SEQ_WINDOW,
+            dist: 1,
+            parent: false,
+            stamp: [0; 64],
+        },
+        now,
+        &mut yes,
+        &mut out,
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Charge { .. })),
+        "{out:?}"
+    );
+    assert_eq!(core.place("t"), Some((best, 2, Some(peer(1)))));
 }
 
 #[test]
