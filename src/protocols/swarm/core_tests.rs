@@ -1065,8 +1065,12 @@ struct Hand {
 
 impl Hand {
     fn new(peers: usize) -> Self {
+        Self::with(limits(), peers)
+    }
+
+    fn with(limits: Limits, peers: usize) -> Self {
         let now = Instant::now();
-        let mut core = Core::new(limits(), id(0));
+        let mut core = Core::new(limits, id(0));
         let mut out = Vec::new();
         for p in 1..=peers {
             core.on_connected(id(p), now, &mut out);
@@ -1078,6 +1082,14 @@ impl Hand {
     fn from(&mut self, from: usize, wire: Wire, data: Bytes) -> Vec<(usize, Wire)> {
         let mut out = Vec::new();
         self.core.on_wire(id(from), wire, data, self.now, &mut out);
+        sends(out)
+    }
+
+    /// Fetches `blob` hinted at `hints`; returns the messages sent.
+    fn fetch(&mut self, blob: BlobId, hints: &[usize]) -> Vec<(usize, Wire)> {
+        let hints: Vec<PeerId> = hints.iter().map(|i| id(*i)).collect();
+        let mut out = Vec::new();
+        self.core.fetch(blob, &hints, self.now, &mut out).unwrap();
         sends(out)
     }
 
@@ -1112,6 +1124,15 @@ fn haves_to(sent: &[(usize, Wire)], to: usize) -> usize {
     sent.iter()
         .filter(|(t, w)| *t == to && matches!(w, Wire::Have { .. }))
         .count()
+}
+
+/// An announcement of `bits` with the blob's description.
+fn have(info: Info, bits: Vec<u8>) -> Wire {
+    Wire::Have {
+        blob: info.id(),
+        info: Some(info),
+        bits,
+    }
 }
 
 /// Every piece of a blob of `n`, as announcement bits.
@@ -1161,17 +1182,8 @@ fn a_rejected_request_is_not_asked_of_that_member_again_and_a_reject_never_asked
     let (info, tree, data) = make_blob(8 * 1024, 1024);
     let blob = info.id();
     let mut hand = Hand::new(1);
-    let mut out = Vec::new();
-    hand.core.fetch(blob, &[id(1)], hand.now, &mut out).unwrap();
-    let first = hand.from(
-        1,
-        Wire::Have {
-            blob,
-            info: Some(info),
-            bits: all_bits(8),
-        },
-        Bytes::new(),
-    );
+    hand.fetch(blob, &[1]);
+    let first = hand.from(1, have(info, all_bits(8)), Bytes::new());
     let asked_first = asked(&first, 1);
     assert_eq!(asked_first.len(), 4, "the pipeline: {first:?}");
     let rejected = asked_first[0];
@@ -1206,14 +1218,9 @@ fn a_rejected_request_is_not_asked_of_that_member_again_and_a_reject_never_asked
 fn a_busy_member_is_asked_again_after_the_retry_and_a_busy_never_asked_is_ignored() {
     let (info, tree, data) = make_blob(8 * 1024, 1024);
     let blob = info.id();
-    let have = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(8),
-    };
+    let have = have(info, all_bits(8));
     let mut hand = Hand::new(1);
-    let mut out = Vec::new();
-    hand.core.fetch(blob, &[id(1)], hand.now, &mut out).unwrap();
+    hand.fetch(blob, &[1]);
     let first = asked(&hand.from(1, have.clone(), Bytes::new()), 1);
     assert_eq!(first.len(), 4, "the pipeline");
     // Busy for an asked piece: node 1 is asked nothing until `busy_retry` (250 ms) has
@@ -1236,7 +1243,7 @@ fn a_busy_member_is_asked_again_after_the_retry_and_a_busy_never_asked_is_ignore
     // A busy for a piece never asked does not hold node 1 back: a piece arriving next
     // frees a place in the pipeline that is filled at once.
     let mut hand = Hand::new(1);
-    hand.core.fetch(blob, &[id(1)], hand.now, &mut out).unwrap();
+    hand.fetch(blob, &[1]);
     let first = asked(&hand.from(1, have, Bytes::new()), 1);
     let never = (0..8).find(|i| !first.contains(i)).unwrap();
     hand.from(1, Wire::Busy { blob, piece: never }, Bytes::new());
@@ -1249,18 +1256,10 @@ fn a_busy_member_is_asked_again_after_the_retry_and_a_busy_never_asked_is_ignore
 fn members_are_told_once_and_answered_once_across_learning_the_description() {
     let (info, _, _) = make_blob(8 * 1024, 1024);
     let blob = info.id();
-    let have = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(8),
-    };
+    let have = have(info, all_bits(8));
     // Hinted at 1 and 2, which are told at once; 2 gives the description.
     let mut hand = Hand::new(2);
-    let mut out = Vec::new();
-    hand.core
-        .fetch(blob, &[id(1), id(2)], hand.now, &mut out)
-        .unwrap();
-    let told = sends(out);
+    let told = hand.fetch(blob, &[1, 2]);
     assert_eq!((haves_to(&told, 1), haves_to(&told, 2)), (1, 1), "{told:?}");
     let answer = hand.from(2, have.clone(), Bytes::new());
     assert_eq!(
@@ -1269,15 +1268,12 @@ fn members_are_told_once_and_answered_once_across_learning_the_description() {
         "its first announcement is answered"
     );
     // Hinted at 1 again: it was told before the description was known, and is not again.
-    let mut out = Vec::new();
-    hand.core.fetch(blob, &[id(1)], hand.now, &mut out).unwrap();
-    assert_eq!(haves_to(&sends(out), 1), 0);
+    assert_eq!(haves_to(&hand.fetch(blob, &[1]), 1), 0);
 
     // A member that announced before the description was known is answered once, not
     // again when it announces with the description.
     let mut hand = Hand::new(2);
-    let mut out = Vec::new();
-    hand.core.fetch(blob, &[id(2)], hand.now, &mut out).unwrap();
+    hand.fetch(blob, &[2]);
     let early = Wire::Have {
         blob,
         info: None,
@@ -1294,11 +1290,7 @@ fn an_upload_slot_is_freed_by_the_piece_announced_and_not_by_one_announced_again
     let mut hand = Hand::new(1);
     let mut out = Vec::new();
     let blob = hand.core.add(info, tree, data, &mut out).unwrap();
-    let none = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: vec![0],
-    };
+    let none = have(info, vec![0]);
     hand.from(1, none, Bytes::new());
     let request = |piece| Wire::Request { blob, piece };
     let got = |piece| Wire::Got {
@@ -1324,16 +1316,9 @@ fn an_upload_slot_is_freed_by_the_piece_announced_and_not_by_one_announced_again
 fn a_member_caught_lying_still_frees_its_upload_slot_by_announcing_the_piece() {
     let (info, tree, data) = make_blob(16 * 1024, 1024);
     let blob = info.id();
-    let have = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(16),
-    };
+    let have = have(info, all_bits(16));
     let mut hand = Hand::new(2);
-    let mut out = Vec::new();
-    hand.core
-        .fetch(blob, &[id(1), id(2)], hand.now, &mut out)
-        .unwrap();
+    hand.fetch(blob, &[1, 2]);
     let of_2 = asked(&hand.from(2, have.clone(), Bytes::new()), 2);
     let of_1 = asked(&hand.from(1, have, Bytes::new()), 1);
     assert_eq!((of_1.len(), of_2.len()), (4, 4));
@@ -1381,16 +1366,9 @@ fn in_the_endgame_a_piece_is_asked_of_a_second_member_and_never_a_third() {
     // Two pieces, fewer than `endgame` (4): every piece missing is in the endgame.
     let (info, _, _) = make_blob(2 * 1024, 1024);
     let blob = info.id();
-    let have = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(2),
-    };
+    let have = have(info, all_bits(2));
     let mut hand = Hand::new(3);
-    let mut out = Vec::new();
-    hand.core
-        .fetch(blob, &[id(1), id(2), id(3)], hand.now, &mut out)
-        .unwrap();
+    hand.fetch(blob, &[1, 2, 3]);
     let sorted = |mut v: Vec<u32>| {
         v.sort_unstable();
         v
@@ -1434,7 +1412,7 @@ fn adding_keeps_the_buffer_counts_its_memory_once_and_completes_a_fetch_of_it() 
     // A blob fetched, not known yet, then added: the fetch completes, its memory counted.
     let (info, tree, data) = make_blob(4 * 1024, 2048);
     let b = info.id();
-    hand.core.fetch(b, &[], hand.now, &mut out).unwrap();
+    hand.fetch(b, &[]);
     let mut added = Vec::new();
     hand.core.add(info, tree, data, &mut added).unwrap();
     assert!(
@@ -1449,12 +1427,8 @@ fn adding_keeps_the_buffer_counts_its_memory_once_and_completes_a_fetch_of_it() 
     // counted once.
     let (info, tree, data) = make_blob(4 * 1024, 512);
     let c = info.id();
-    hand.core.fetch(c, &[id(1)], hand.now, &mut out).unwrap();
-    let none = Wire::Have {
-        blob: c,
-        info: Some(info),
-        bits: Vec::new(),
-    };
+    hand.fetch(c, &[1]);
+    let none = have(info, Vec::new());
     hand.from(1, none, Bytes::new());
     assert_eq!(hand.core.stats().memory_bytes, 12_288);
     hand.core.add(info, tree, data, &mut out).unwrap();
@@ -1483,15 +1457,14 @@ fn a_fetched_blob_is_assembled_once_and_still_serves_every_piece() {
 
 #[test]
 fn a_blob_goes_to_memory_then_disk_each_up_to_its_bound_and_the_size_bound_is_inclusive() {
-    let mut hand = Hand::new(0);
-    hand.core = Core::new(
+    let mut hand = Hand::with(
         Limits {
             max_blob_size: 4096,
             max_memory: 4096,
             max_disk: 8192,
             ..limits()
         },
-        id(0),
+        0,
     );
     let mut out = Vec::new();
     let mut add = |hand: &mut Hand, piece_size| {
@@ -1609,11 +1582,10 @@ fn hints_are_remembered_once_each_up_to_the_member_bound_and_asked_when_they_con
     let (info, _, _) = make_blob(4 * 1024, 1024);
     let blob = info.id();
     let mut hand = Hand::new(0);
-    let mut out = Vec::new();
-    hand.core
-        .fetch(blob, &[id(1), id(1), id(2), id(0)], hand.now, &mut out)
-        .unwrap();
-    assert!(sends(out).is_empty(), "nobody is connected");
+    assert!(
+        hand.fetch(blob, &[1, 1, 2, 0]).is_empty(),
+        "nobody is connected"
+    );
     assert_eq!(hand.core.hints(&blob), 2, "once each, and never this node");
     let mut out = Vec::new();
     hand.core.on_connected(id(2), hand.now, &mut out);
@@ -1656,11 +1628,7 @@ fn a_push_offers_once_to_each_connected_receiver_and_reports_the_others_once() {
     let mut pushed = Vec::new();
     for r in [1, 2] {
         let mut out = Vec::new();
-        let partial = Wire::Have {
-            blob,
-            info: Some(info),
-            bits: vec![0b0111],
-        };
+        let partial = have(info, vec![0b0111]);
         hand.core
             .on_wire(id(r), partial, Bytes::new(), hand.now, &mut out);
         assert!(!out.iter().any(|o| matches!(o, Output::Pushed { .. })));
@@ -1689,11 +1657,7 @@ fn a_receiver_already_partway_is_not_counted_done_until_it_holds_everything() {
     let mut hand = Hand::new(1);
     let blob = hand.core.add(info, tree, data, &mut Vec::new()).unwrap();
     // Node 1 is a member already, holding one piece.
-    let partial = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: vec![0b0001],
-    };
+    let partial = have(info, vec![0b0001]);
     hand.from(1, partial, Bytes::new());
     let mut out = Vec::new();
     hand.core.push(blob, &[id(1)], hand.now, &mut out).unwrap();
@@ -1862,9 +1826,7 @@ fn messages_about_nothing_asked_are_counted_once_each_and_change_nothing() {
     };
     hand.from(1, stray(elsewhere), Bytes::from_static(b"x"));
     assert_eq!(unsolicited(&hand), 8, "a piece of a blob not here");
-    hand.core
-        .fetch(elsewhere, &[], hand.now, &mut Vec::new())
-        .unwrap();
+    hand.fetch(elsewhere, &[]);
     hand.from(1, stray(elsewhere), Bytes::from_static(b"x"));
     assert_eq!(unsolicited(&hand), 9, "a piece of a blob not described yet");
 }
@@ -1892,11 +1854,7 @@ fn a_receiver_that_left_keeps_its_share_dealt_round_when_it_comes_back() {
         members: vec![id(0), id(2), id(3)],
     };
     hand.from(1, offer, Bytes::new());
-    let whole = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(12),
-    };
+    let whole = have(info, all_bits(12));
     let mut first = asked(&hand.from(1, whole, Bytes::new()), 1);
     first.sort_unstable();
     assert_eq!(first, [0, 3, 6, 9], "its own share");
@@ -1922,14 +1880,8 @@ fn departed_members_are_remembered_up_to_the_offer_bound() {
     let (info, _, _) = make_blob(4 * 1024, 1024);
     let blob = info.id();
     let mut hand = Hand::new(0);
-    hand.core
-        .fetch(blob, &[], hand.now, &mut Vec::new())
-        .unwrap();
-    let none = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: Vec::new(),
-    };
+    hand.fetch(blob, &[]);
+    let none = have(info, Vec::new());
     // 300 members come and go (never more than the member bound at once).
     for p in 0..300u64 {
         let mut bytes = [1u8; 32];
@@ -1953,32 +1905,27 @@ fn departed_members_are_remembered_up_to_the_offer_bound() {
 fn a_rejected_piece_is_no_longer_counted_held_by_the_member_that_rejected_it() {
     let (info, tree, data) = make_blob(4 * 1024, 1024);
     let blob = info.id();
-    let have = |bits: u8| Wire::Have {
-        blob,
-        info: Some(info),
-        bits: vec![bits],
-    };
+    let announce = |bits: u8| have(info, vec![bits]);
     // Rarity: node 3 holds piece 1 (busy for now), node 1 announced piece 0 and then
     // rejected it. Node 2 holds both: piece 0 is rarer (only node 2) and is asked first,
     // although the per-node order (seed 0) puts piece 1 ahead of piece 0 on a tie.
     let mut hand = Hand::new(3);
-    hand.core
-        .fetch(blob, &[id(1), id(2), id(3)], hand.now, &mut Vec::new())
-        .unwrap();
-    assert_eq!(asked(&hand.from(3, have(0b10), Bytes::new()), 3), [1]);
+    hand.fetch(blob, &[1, 2, 3]);
+    assert_eq!(asked(&hand.from(3, announce(0b10), Bytes::new()), 3), [1]);
     hand.from(3, Wire::Busy { blob, piece: 1 }, Bytes::new());
-    assert_eq!(asked(&hand.from(1, have(0b01), Bytes::new()), 1), [0]);
+    assert_eq!(asked(&hand.from(1, announce(0b01), Bytes::new()), 1), [0]);
     hand.from(1, Wire::Reject { blob, piece: 0 }, Bytes::new());
-    assert_eq!(asked(&hand.from(2, have(0b11), Bytes::new()), 2), [0, 1]);
+    assert_eq!(
+        asked(&hand.from(2, announce(0b11), Bytes::new()), 2),
+        [0, 1]
+    );
 
     // What a member is counted to hold decides whether a push to it is done: node 1
     // announced everything, rejected a piece, and is pushed to once this node has it all.
     let mut hand = Hand::new(2);
-    hand.core
-        .fetch(blob, &[id(1), id(2)], hand.now, &mut Vec::new())
-        .unwrap();
-    let of_1 = asked(&hand.from(1, have(0b1111), Bytes::new()), 1);
-    hand.from(2, have(0b1111), Bytes::new());
+    hand.fetch(blob, &[1, 2]);
+    let of_1 = asked(&hand.from(1, announce(0b1111), Bytes::new()), 1);
+    hand.from(2, announce(0b1111), Bytes::new());
     let rejected = of_1[0];
     hand.from(
         1,
@@ -2023,11 +1970,7 @@ fn a_rejected_piece_is_no_longer_counted_held_by_the_member_that_rejected_it() {
 fn a_second_offer_of_a_blob_does_not_replace_its_pusher() {
     let (info, _, _) = make_blob(4 * 1024, 1024);
     let blob = info.id();
-    let whole = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(4),
-    };
+    let whole = have(info, all_bits(4));
     let mut hand = Hand::new(3);
     let offer = |members: Vec<PeerId>| Wire::Offer {
         blob,
@@ -2048,33 +1991,16 @@ fn a_second_offer_of_a_blob_does_not_replace_its_pusher() {
 fn a_blob_on_disk_being_fetched_serves_only_the_pieces_it_holds() {
     let (info, tree, data) = make_blob(4 * 1024, 1024);
     let blob = info.id();
-    let mut hand = Hand::new(2);
-    hand.core = Core::new(
+    let mut hand = Hand::with(
         Limits {
             max_memory: 1024,
             max_disk: 1 << 20,
             ..limits()
         },
-        id(0),
+        2,
     );
-    for p in [1, 2] {
-        hand.core.on_connected(id(p), hand.now, &mut Vec::new());
-    }
-    hand.core
-        .fetch(blob, &[id(1)], hand.now, &mut Vec::new())
-        .unwrap();
-    let first = asked(
-        &hand.from(
-            1,
-            Wire::Have {
-                blob,
-                info: Some(info),
-                bits: all_bits(4),
-            },
-            Bytes::new(),
-        ),
-        1,
-    );
+    hand.fetch(blob, &[1]);
+    let first = asked(&hand.from(1, have(info, all_bits(4)), Bytes::new()), 1);
     assert!(hand.core.is_on_disk(&blob));
     let (wire, bytes) = piece(blob, &tree, &data, first[0]);
     hand.from(1, wire, bytes);
@@ -2100,17 +2026,13 @@ fn a_blob_on_disk_being_fetched_serves_only_the_pieces_it_holds() {
 #[test]
 fn a_peer_is_served_two_pipelines_unannounced_and_a_slot_expires_after_two_piece_timeouts() {
     let (info, tree, data) = make_blob(16 * 1024, 1024);
-    let mut hand = Hand::new(2);
-    hand.core = Core::new(
+    let mut hand = Hand::with(
         Limits {
             upload_slots: 1,
             ..limits()
         },
-        id(0),
+        2,
     );
-    for p in [1, 2] {
-        hand.core.on_connected(id(p), hand.now, &mut Vec::new());
-    }
     let blob = hand.core.add(info, tree, data, &mut Vec::new()).unwrap();
     let request = |piece| Wire::Request { blob, piece };
     let served = |sent: &[(usize, Wire)]| sent.iter().any(|(_, w)| matches!(w, Wire::Piece { .. }));
@@ -2134,15 +2056,9 @@ fn a_peer_is_served_two_pipelines_unannounced_and_a_slot_expires_after_two_piece
 fn the_endgame_counts_the_pieces_held_and_a_member_that_timed_out_is_asked_one_at_a_time() {
     let (info, tree, data) = make_blob(8 * 1024, 1024);
     let blob = info.id();
-    let whole = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(8),
-    };
+    let whole = have(info, all_bits(8));
     let mut hand = Hand::new(2);
-    hand.core
-        .fetch(blob, &[id(1), id(2)], hand.now, &mut Vec::new())
-        .unwrap();
+    hand.fetch(blob, &[1, 2]);
     let first = asked(&hand.from(1, whole.clone(), Bytes::new()), 1);
     assert_eq!(first.len(), 4);
     let mut next = Vec::new();
@@ -2172,11 +2088,7 @@ fn the_endgame_counts_the_pieces_held_and_a_member_that_timed_out_is_asked_one_a
         .core
         .fetch(blob, &[id(1)], alone.now, &mut Vec::new())
         .unwrap();
-    let whole = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(8),
-    };
+    let whole = have(info, all_bits(8));
     assert_eq!(asked(&alone.from(1, whole, Bytes::new()), 1).len(), 4);
     assert_eq!(asked(&alone.advance(Duration::from_secs(2)), 1).len(), 1);
     // A late answer of a piece held already is counted as duplicate bytes.
@@ -2199,11 +2111,7 @@ fn a_receiver_without_progress_opens_the_origin_after_timeout_min_and_its_deadli
         members: vec![id(0), id(2)],
     };
     hand.from(1, offer, Bytes::new());
-    let whole = Wire::Have {
-        blob,
-        info: Some(info),
-        bits: all_bits(4),
-    };
+    let whole = have(info, all_bits(4));
     let mut share = asked(&hand.from(1, whole, Bytes::new()), 1);
     share.sort_unstable();
     assert_eq!(share, [0, 2]);
@@ -2242,8 +2150,6 @@ fn a_receiver_without_progress_opens_the_origin_after_timeout_min_and_its_deadli
         Some(t0 + super::core::OFFER_IDLE)
     );
     // Fetched by the application: never dropped for idling, so no deadline at all.
-    hand.core
-        .fetch(blob, &[], hand.now, &mut Vec::new())
-        .unwrap();
+    hand.fetch(blob, &[]);
     assert_eq!(hand.core.next_deadline(), None);
 }
