@@ -53,9 +53,20 @@ fn lazy_node(peers: &[u8], now: Instant) -> Core {
 
 /// `lazy_node`, the core being `me`.
 fn lazy_node_as(me: PeerId, peers: &[u8], now: Instant) -> Core {
-    let mut core = Core::new(Limits::for_tests(), me);
+    lazy_node_with(Limits::for_tests(), me, peers, now)
+}
+
+/// `lazy_node_as`, with `limits`.
+fn lazy_node_with(limits: Limits, me: PeerId, peers: &[u8], now: Instant) -> Core {
+    let mut core = Core::new(limits, me);
+    core.join("t", true, &mut Vec::new()).unwrap();
+    joined(&mut core, peers, now);
+    core
+}
+
+/// `peers` connect to `core` and join "t": lazy links until they tell their places.
+fn joined(core: &mut Core, peers: &[u8], now: Instant) {
     let mut out = Vec::new();
-    core.join("t", true, &mut out).unwrap();
     for p in peers {
         core.on_connected(peer(*p), now, &mut out);
         core.on_wire(
@@ -68,7 +79,6 @@ fn lazy_node_as(me: PeerId, peers: &[u8], now: Instant) -> Core {
             &mut out,
         );
     }
-    core
 }
 
 /// `Tree` from `peer` about its place in "t".
@@ -1549,16 +1559,9 @@ fn a_publication_up_to_eager_max_goes_whole_to_the_tree_and_as_an_id_to_the_rest
     let now = Instant::now();
     // Eager links to 1 and 2 (they took this node as parent); 3 and 4 joined only: lazy.
     let mut core = node(&[1, 2], now);
+    joined(&mut core, &[3, 4], now);
     let mut out = Vec::new();
-    for p in [3, 4] {
-        core.on_connected(peer(p), now, &mut out);
-        let join = Wire::Join {
-            topics: vec!["t".into()],
-        };
-        core.on_wire(peer(p), join, now, &mut yes, &mut out);
-    }
     let largest_whole = 64 * 1024;
-    out.clear();
     core.publish(publication(100, 1, largest_whole), now, &mut out)
         .unwrap();
     let pushed: Vec<PeerId> = sends(&out)
@@ -1607,20 +1610,12 @@ fn a_publication_up_to_eager_max_goes_whole_to_the_tree_and_as_an_id_to_the_rest
 #[test]
 fn ids_waiting_for_an_announcement_past_the_batch_bound_drop_the_oldest_and_are_counted() {
     let now = Instant::now();
-    let mut core = Core::new(
-        Limits {
-            max_announce_batch: 2,
-            ..Limits::for_tests()
-        },
-        peer(100),
-    );
-    let mut out = Vec::new();
-    core.join("t", true, &mut out).unwrap();
-    core.on_connected(peer(3), now, &mut out);
-    let join = Wire::Join {
-        topics: vec!["t".into()],
+    let limits = Limits {
+        max_announce_batch: 2,
+        ..Limits::for_tests()
     };
-    core.on_wire(peer(3), join, now, &mut yes, &mut out);
+    let mut core = lazy_node_with(limits, peer(100), &[3], now);
+    let mut out = Vec::new();
     for seq in 1..=3 {
         core.publish(publication(100, seq, 10), now, &mut out)
             .unwrap();
