@@ -1381,11 +1381,12 @@ impl Core {
                         };
                 }
             }
+            // Publications asked for MAX_ASKS times without an answer are given up: every other
+            // id due was just asked again (its announcers are never empty: one is put back
+            // after each ask, and a disconnect removes an id whose last announcer went), so
+            // an id still due is one past its last ask's wait.
             let before = state.missing.len();
-            state
-                .missing
-                .retain(|_, m| m.due > now || (!m.announcers.is_empty() && m.asks < MAX_ASKS));
-            // Publications asked for MAX_ASKS times without an answer are given up.
+            state.missing.retain(|_, m| m.due > now);
             state.stats.dropped += (before - state.missing.len()) as u64;
             for (peer, ids) in asks {
                 state.stats.repairs += ids.len() as u64;

@@ -1632,3 +1632,359 @@ fn ids_waiting_for_an_announcement_past_the_batch_bound_drop_the_oldest_and_are_
         .sum();
     assert_eq!(ids, 2);
 }
+
+/// `node`, with `limits`.
+fn node_with(limits: Limits, peers: &[u8], now: Instant) -> Core {
+    let mut core = lazy_node_with(limits, peer(100), peers, now);
+    let mut out = Vec::new();
+    for p in peers {
+        core.on_wire(peer(*p), place(peer(100), 1, true), now, &mut yes, &mut out);
+    }
+    core
+}
+
+fn delivered(out: &[Output]) -> Vec<MsgId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Deliver { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (received, delivered, dropped) in "t".
+fn counts(core: &Core) -> (u64, u64, u64) {
+    let stats = core.stats("t").unwrap();
+    (stats.received, stats.delivered, stats.dropped)
+}
+
+#[test]
+fn pushes_past_a_neighbour_s_rate_are_dropped_and_counted() {
+    let now = Instant::now();
+    let limits = Limits {
+        max_pushes_per_sec: 2,
+        ..Limits::for_tests()
+    };
+    let mut core = lazy_node_with(limits, peer(100), &[1], now);
+    let mut out = Vec::new();
+    for seq in 1..=3 {
+        let p = push(publication(9, seq, 10), 1);
+        core.on_wire(peer(1), p, now, &mut yes, &mut out);
+    }
+    assert_eq!(delivered(&out).len(), 2, "{out:?}");
+    assert_eq!(counts(&core), (2, 2, 1));
+}
+
+#[test]
+fn pushes_over_the_payload_bound_forged_or_past_the_hop_bound_are_dropped_and_counted() {
+    let now = Instant::now();
+    let limits = Limits {
+        max_payload: 100,
+        max_hops: 5,
+        ..Limits::for_tests()
+    };
+    let mut core = lazy_node_with(limits, peer(100), &[1], now);
+    let mut out = Vec::new();
+    let exactly = push(publication(9, 1, 100), 1);
+    core.on_wire(peer(1), exactly, now, &mut yes, &mut out);
+    assert_eq!(delivered(&out).len(), 1, "exactly the bound: {out:?}");
+    out.clear();
+    let over = push(publication(9, 2, 101), 1);
+    core.on_wire(peer(1), over, now, &mut yes, &mut out);
+    assert_eq!(
+        out,
+        vec![Output::Charge {
+            peer: peer(1),
+            points: 1,
+            why: "publication over max_payload"
+        }]
+    );
+    out.clear();
+    let forged = push(publication(9, 3, 10), 1);
+    let mut no = |_: &Publication, _: &MsgId| false;
+    core.on_wire(peer(1), forged, now, &mut no, &mut out);
+    assert_eq!(
+        out,
+        vec![Output::Charge {
+            peer: peer(1),
+            points: 10,
+            why: "forged or altered publication"
+        }]
+    );
+    out.clear();
+    let far = push(publication(9, 4, 10), 5);
+    core.on_wire(peer(1), far, now, &mut yes, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(counts(&core), (1, 1, 3));
+}
+
+#[test]
+fn publications_past_the_verdict_bound_are_dropped_and_a_verdict_in_time_still_forwards() {
+    let now = Instant::now();
+    let limits = Limits {
+        max_pending_validation: 1,
+        ..Limits::for_tests()
+    };
+    let wait = limits.validation_timeout;
+    let mut core = node_with(limits, &[1, 2], now);
+    let mut out = Vec::new();
+    for seq in 1..=2 {
+        let p = push(publication(9, seq, 10), 1);
+        core.on_wire(peer(1), p, now, &mut yes, &mut out);
+    }
+    let ids = delivered(&out);
+    assert_eq!(ids.len(), 1, "{out:?}");
+    assert_eq!(counts(&core), (2, 1, 1));
+    out.clear();
+    let later = now + wait - Duration::from_millis(1);
+    core.poll(later, &mut out);
+    core.verdict(ids[0], Verdict::Accept, later, &mut out);
+    let to: Vec<PeerId> = sends(&out).iter().map(|(p, _)| *p).collect();
+    assert_eq!(to, vec![peer(2)], "{out:?}");
+}
+
+fn ihave(ids: Vec<MsgId>) -> Wire {
+    Wire::IHave {
+        topic: "t".into(),
+        ids: ids.into_iter().map(|id| (id, 1)).collect(),
+    }
+}
+
+fn want(ids: Vec<MsgId>) -> Wire {
+    Wire::Want {
+        topic: "t".into(),
+        ids,
+    }
+}
+
+fn ids(n: u64) -> Vec<MsgId> {
+    (1..=n).map(|seq| publication(9, seq, 10).id()).collect()
+}
+
+#[test]
+fn an_announcement_is_bounded_in_ids_and_the_ids_awaited_are_bounded_too() {
+    let t0 = Instant::now();
+    let timeout = Limits::for_tests().fetch_timeout;
+    let limits = Limits {
+        max_announce_batch: 3,
+        max_missing: 4,
+        ..Limits::for_tests()
+    };
+    let mut core = lazy_node_with(limits, peer(100), &[1, 2], t0);
+    let mut out = Vec::new();
+    let all = ids(7);
+    // Exactly the batch bound: taken, uncharged.
+    core.on_wire(peer(1), ihave(all[..3].to_vec()), t0, &mut yes, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // One over: charged, and only the first three read; of those, two find no room (four
+    // awaited at most).
+    core.on_wire(peer(2), ihave(all[3..7].to_vec()), t0, &mut yes, &mut out);
+    assert_eq!(
+        out,
+        vec![Output::Charge {
+            peer: peer(2),
+            points: 1,
+            why: "announcement over max_announce_batch"
+        }]
+    );
+    assert_eq!(core.stats("t").unwrap().evicted, 2);
+    out.clear();
+    core.poll(t0 + timeout, &mut out);
+    // Asked in the order of the ids (the awaited ids are a sorted map).
+    let mut first = all[..3].to_vec();
+    first.sort();
+    assert_eq!(
+        sends(&out),
+        vec![(peer(1), &want(first)), (peer(2), &want(vec![all[3]]))]
+    );
+}
+
+#[test]
+fn an_id_keeps_sixteen_announcers_each_once() {
+    let t0 = Instant::now();
+    let timeout = Limits::for_tests().fetch_timeout;
+    let peers: Vec<u8> = (1..=17).collect();
+    let mut core = lazy_node(&peers, t0);
+    let mut out = Vec::new();
+    let id = ids(1);
+    // Peer 1 twice: it is kept once, and the second ask goes to the next announcer.
+    core.on_wire(peer(1), ihave(id.clone()), t0, &mut yes, &mut out);
+    for p in &peers {
+        core.on_wire(peer(*p), ihave(id.clone()), t0, &mut yes, &mut out);
+    }
+    core.poll(t0 + timeout, &mut out);
+    core.poll(t0 + timeout * 2, &mut out);
+    let to: Vec<PeerId> = sends(&out).iter().map(|(p, _)| *p).collect();
+    assert_eq!(to, vec![peer(1), peer(2)]);
+    // The seventeenth was not kept: when the sixteen leave, nobody is left to ask.
+    for p in 1..=16 {
+        core.on_disconnected(peer(p), t0, &mut out);
+    }
+    out.clear();
+    core.poll(t0 + timeout * 3, &mut out);
+    assert!(sends(&out).is_empty(), "{out:?}");
+    assert_eq!(core.next_deadline(), None);
+}
+
+#[test]
+fn a_publication_asked_of_a_lazy_neighbour_then_announced_by_the_tree_is_waited_for_longer() {
+    let t0 = Instant::now();
+    let timeout = Limits::for_tests().fetch_timeout;
+    // peer(1) is a tree neighbour (our child), peer(3) a lazy one.
+    let mut core = node(&[1], t0);
+    joined(&mut core, &[3], t0);
+    let id = ids(1);
+    let mut out = Vec::new();
+    core.on_wire(peer(3), ihave(id.clone()), t0, &mut yes, &mut out);
+    out.clear();
+    core.poll(t0 + timeout, &mut out);
+    assert_eq!(sends(&out), vec![(peer(3), &want(id.clone()))]);
+    // Now the tree announces it: large, already asked, so its answer gets LARGE_FETCH_WAIT
+    // timeouts from now instead of one.
+    core.on_wire(peer(1), ihave(id.clone()), t0 + timeout, &mut yes, &mut out);
+    out.clear();
+    let due = t0 + timeout + timeout * (LARGE_FETCH_WAIT - 1);
+    core.poll(due - Duration::from_millis(1), &mut out);
+    assert!(sends(&out).is_empty(), "{out:?}");
+    core.poll(due, &mut out);
+    assert_eq!(sends(&out).len(), 1, "{out:?}");
+}
+
+#[test]
+fn a_want_is_served_from_the_cache_and_its_bytes_counted() {
+    let now = Instant::now();
+    let mut core = lazy_node(&[1], now);
+    let mut out = Vec::new();
+    let p = publication(100, 1, 300);
+    core.publish(p.clone(), now, &mut out).unwrap();
+    assert_eq!(core.stats("t").unwrap().eager_bytes, 0);
+    out.clear();
+    let unknown = publication(9, 1, 10).id();
+    core.on_wire(
+        peer(1),
+        want(vec![unknown, p.id()]),
+        now,
+        &mut yes,
+        &mut out,
+    );
+    assert_eq!(sends(&out), vec![(peer(1), &push(p, 1))]);
+    assert_eq!(core.stats("t").unwrap().eager_bytes, 300);
+}
+
+#[test]
+fn a_publication_asked_for_the_last_time_is_waited_for_one_timeout_then_given_up() {
+    let t0 = Instant::now();
+    let timeout = Limits::for_tests().fetch_timeout;
+    let mut core = lazy_node(&[1], t0);
+    let mut out = Vec::new();
+    core.on_wire(peer(1), ihave(ids(1)), t0, &mut yes, &mut out);
+    for k in 1..=MAX_ASKS {
+        out.clear();
+        core.poll(t0 + timeout * u32::from(k), &mut out);
+        assert_eq!(sends(&out).len(), 1, "ask {k}: {out:?}");
+    }
+    let last = t0 + timeout * u32::from(MAX_ASKS + 1);
+    assert_eq!(
+        core.stats("t").unwrap().dropped,
+        0,
+        "given up before the last answer was due"
+    );
+    assert_eq!(core.next_deadline(), Some(last));
+    core.poll(last - Duration::from_millis(1), &mut out);
+    assert_eq!(core.stats("t").unwrap().dropped, 0);
+    core.poll(last, &mut out);
+    assert_eq!(core.stats("t").unwrap().dropped, 1, "not given up when due");
+}
+
+#[test]
+fn the_neighbours_are_those_connected() {
+    let now = Instant::now();
+    let mut core = lazy_node(&[1, 2], now);
+    let mut listed = core.neighbours();
+    listed.sort();
+    assert_eq!(listed, vec![peer(1), peer(2)]);
+    core.on_disconnected(peer(1), now, &mut Vec::new());
+    assert_eq!(core.neighbours(), vec![peer(2)]);
+}
+
+#[test]
+fn past_the_seen_bound_the_oldest_id_is_forgotten_and_counted() {
+    let now = Instant::now();
+    let limits = Limits {
+        seen_capacity: 2,
+        ..Limits::for_tests()
+    };
+    let mut core = lazy_node_with(limits, peer(100), &[1], now);
+    let mut out = Vec::new();
+    for seq in [1, 2, 3, 1] {
+        let p = push(publication(9, seq, 10), 1);
+        core.on_wire(peer(1), p, now, &mut yes, &mut out);
+    }
+    // The first, forgotten when the third came, is taken again.
+    assert_eq!(delivered(&out).len(), 4, "{out:?}");
+    assert_eq!(core.stats("t").unwrap().evicted, 2);
+}
+
+#[test]
+fn past_the_cache_bound_the_oldest_publication_is_no_longer_served() {
+    let now = Instant::now();
+    let limits = Limits {
+        cache_capacity: 1,
+        ..Limits::for_tests()
+    };
+    let mut core = lazy_node_with(limits, peer(100), &[1], now);
+    let mut out = Vec::new();
+    let (a, b) = (publication(100, 1, 10), publication(100, 2, 10));
+    core.publish(a.clone(), now, &mut out).unwrap();
+    core.publish(b.clone(), now, &mut out).unwrap();
+    assert_eq!(core.stats("t").unwrap().evicted, 1);
+    out.clear();
+    core.on_wire(peer(1), want(vec![a.id(), b.id()]), now, &mut yes, &mut out);
+    assert_eq!(sends(&out), vec![(peer(1), &push(b, 1))]);
+}
+
+#[test]
+fn seen_ids_and_cached_publications_expire_after_their_time() {
+    let t0 = Instant::now();
+    let limits = Limits::for_tests();
+    let (seen_ttl, cache_ttl) = (limits.seen_ttl, limits.cache_ttl);
+    assert!(cache_ttl < seen_ttl);
+    let mut core = lazy_node(&[1, 2], t0);
+    let mut out = Vec::new();
+    let mine = publication(100, 1, 10);
+    core.publish(mine.clone(), t0, &mut out).unwrap();
+    let theirs = publication(9, 1, 10);
+    core.on_wire(peer(1), push(theirs.clone(), 1), t0, &mut yes, &mut out);
+    let asked = |core: &mut Core, at: Instant| {
+        let mut out = Vec::new();
+        core.poll(at, &mut out);
+        out.clear();
+        core.on_wire(peer(2), want(vec![mine.id()]), at, &mut yes, &mut out);
+        sends(&out).len()
+    };
+    assert_eq!(
+        asked(&mut core, t0 + cache_ttl - Duration::from_millis(1)),
+        1
+    );
+    assert_eq!(
+        asked(&mut core, t0 + cache_ttl),
+        0,
+        "served after cache_ttl"
+    );
+    let again = |core: &mut Core, at: Instant| {
+        let mut out = Vec::new();
+        core.poll(at, &mut out);
+        out.clear();
+        core.on_wire(peer(1), push(theirs.clone(), 1), at, &mut yes, &mut out);
+        delivered(&out).len()
+    };
+    assert_eq!(
+        again(&mut core, t0 + seen_ttl - Duration::from_millis(1)),
+        0
+    );
+    assert_eq!(
+        again(&mut core, t0 + seen_ttl),
+        1,
+        "still seen after seen_ttl"
+    );
+}
