@@ -1144,6 +1144,12 @@ mod tests {
         assert_eq!(big.deliver(peer, SRC, vec_enc(2)), Delivered::Ok); // 3 bytes
         assert_eq!(big.deliver(peer, SRC, vec_enc(2)), Delivered::Full); // 6 > 5 bytes
         assert_eq!(vec_rx.try_recv(), Ok((peer, vec![7, 7])));
+        // Exactly the byte bound fits (from two sources: one alone may hold three quarters).
+        let exact = Slot::new(8, 6);
+        let _exact_rx = exact.open::<Vec<u8>>().unwrap();
+        assert_eq!(exact.deliver(peer, SRC, vec_enc(2)), Delivered::Ok); // 3 bytes
+        assert_eq!(exact.deliver(peer, SRC + 1, vec_enc(2)), Delivered::Ok); // 6 = 6 bytes
+        assert_ne!(exact.deliver(peer, SRC + 2, vec_enc(0)), Delivered::Ok); // 7 > 6
         // One message always fits an empty inbox, whatever its size.
         assert_eq!(big.deliver(peer, SRC, vec_enc(9)), Delivered::Ok);
         assert_eq!(slot.deliver(peer, SRC, enc(3)), Delivered::Ok);

@@ -292,4 +292,96 @@ mod tests {
             "{end:?}"
         );
     }
+
+    /// Keeps what the writer writes; its first write queues a ping, as the liveness timer would
+    /// while a large message is going out.
+    struct Recorder {
+        written: Arc<parking_lot::Mutex<bytes::BytesMut>>,
+        shared: Arc<SocketShared>,
+        pinged: bool,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if !self.pinged {
+                self.pinged = true;
+                assert!(
+                    self.shared
+                        .queue
+                        .push_control(ControlMessage::Ping { nonce: 7 })
+                );
+            }
+            self.written.lock().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ping_queued_while_a_large_message_goes_out_is_written_between_its_pieces() {
+        use crate::codec::cipher::Opener;
+        use crate::codec::frame::FrameDecoder;
+        use crate::codec::record::{Inbound, RecordDecoder};
+
+        let shared = SocketShared::for_test(1, 4);
+        let writer = Writer {
+            shared: shared.clone(),
+            reliable: None,
+            batch_bytes: 16 * 1024,
+            write_timeout: Duration::from_secs(10),
+            channel_ids: vec![0],
+        };
+        assert!(
+            shared
+                .queue
+                .try_push(0, Bytes::from(vec![3u8; 1 << 20]))
+                .is_ok()
+        );
+        let written = Arc::new(parking_lot::Mutex::new(bytes::BytesMut::new()));
+        let recorder = Recorder {
+            written: written.clone(),
+            shared: shared.clone(),
+            pinged: false,
+        };
+        let task = tokio::spawn(writer.run(recorder, Sealer::new(&[1; 32])));
+        let mut frames = FrameDecoder::new(Opener::new(&[1; 32]));
+        let mut records = RecordDecoder::new(2 << 20);
+        let mut pending = bytes::BytesMut::new();
+        let mut seen = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !seen.contains(&"message") {
+                pending.extend_from_slice(&written.lock().split());
+                while let Some(plaintext) = frames.decode(&mut pending).unwrap() {
+                    records.decode_frame(plaintext, &mut |record| {
+                        seen.push(match record {
+                            Inbound::Control(body) => match crate::codec::decode_control(&body) {
+                                Ok(ControlMessage::Ping { nonce: 7 }) => "ping",
+                                other => panic!("{other:?}"),
+                            },
+                            Inbound::Message { bytes, .. } => {
+                                assert_eq!(bytes.len(), 1 << 20);
+                                "message"
+                            }
+                            Inbound::Violation(v) => panic!("{v:?}"),
+                        })
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the message is written");
+        task.abort();
+        // Not after the 1 MiB: the ping waits for one batch of it at most.
+        assert_eq!(seen, vec!["ping", "message"]);
+    }
 }

@@ -1148,6 +1148,30 @@ mod tests {
     }
 
     #[test]
+    fn a_departure_held_at_shutdown_is_reported_as_shutdown_once() {
+        let mut w = World::new(&[]);
+        let peer = Keypair::generate().peer_id();
+        let c = w.conn(Direction::Outbound, [10, 0, 0, 2], 1);
+        w.admit(c, peer);
+        let duplicate = DisconnectReason::RemoteGoodbye(GoodbyeReason::Duplicate);
+        w.close(c, peer, duplicate);
+        assert!(w.events().is_empty(), "held");
+        w.out.clear();
+        w.registry.shutdown(&mut w.out);
+        assert_eq!(
+            w.events(),
+            vec![NetworkEvent::Disconnected {
+                peer,
+                reason: DisconnectReason::Shutdown
+            }]
+        );
+        // Released by the shutdown: the hold's end tells nothing more.
+        w.out.clear();
+        w.registry.due(w.now + 11 * SEC, &mut w.out);
+        assert!(w.events().is_empty(), "{:?}", w.out);
+    }
+
+    #[test]
     fn the_handshake_rate_map_is_bounded_and_forgets_only_ips_idle_for_a_second() {
         let mut w = World::new(&[]);
         // Burst 2: every IP below keeps a token after its first handshake.

@@ -34,15 +34,20 @@ impl Scores {
         points: u32,
         why: &'static str,
     ) {
+        tracing::debug!(%peer, points, why, protocol, "charge");
+        if self.add(peer, points, budget) {
+            tracing::warn!(%peer, why, protocol, "banned: broke the protocol too often");
+            face.ban(peer);
+        }
+    }
+
+    /// Adds `points` to `peer`'s score; true once, when the score reaches `budget` (at least 1).
+    fn add(&mut self, peer: crate::identity::PeerId, points: u32, budget: u32) -> bool {
         let budget = budget.max(1);
         let score = self.0.entry(peer).or_default();
         let before = *score;
         *score = score.saturating_add(points);
-        tracing::debug!(%peer, points, why, protocol, "charge");
-        if before < budget && *score >= budget {
-            tracing::warn!(%peer, why, protocol, "banned: broke the protocol too often");
-            face.ban(peer);
-        }
+        before < budget && *score >= budget
     }
 
     /// Forgets a peer that disconnected.
@@ -57,5 +62,31 @@ pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::PeerId;
+
+    #[test]
+    fn a_peer_is_banned_once_when_its_points_reach_the_budget_and_starts_again_after_leaving() {
+        let mut scores = Scores::default();
+        let (p, q) = (PeerId::from_bytes([1; 32]), PeerId::from_bytes([2; 32]));
+        assert!(!scores.add(p, 9, 10));
+        assert!(!scores.add(q, 9, 10), "each peer has its own score");
+        assert!(scores.add(p, 1, 10), "exactly the budget bans");
+        assert!(!scores.add(p, 5, 10), "banned once");
+        assert!(
+            !scores.add(p, u32::MAX, 10),
+            "the score saturates, never wraps"
+        );
+        scores.forget(&p);
+        assert!(!scores.add(p, 9, 10), "a peer that left starts from zero");
+        assert!(scores.add(p, 1, 10));
+        let r = PeerId::from_bytes([3; 32]);
+        assert!(!scores.add(r, 0, 0), "no points, no ban");
+        assert!(scores.add(r, 1, 0), "a budget of 0 is 1");
     }
 }

@@ -731,7 +731,8 @@ mod tests {
         );
         assert_eq!(h.delivered, vec![(1, 1)]);
         assert_eq!(tally[1].dropped_rate_limited, 1);
-        assert_eq!(h.session.score(), Violation::RateLimited.cost().into());
+        // One point per message over the rate (README: "rate-limited (1 each)").
+        assert_eq!(h.session.score(), 1);
         // Each channel has its own byte budget.
         h.frame(Frame::default().message(PARTS, &body(3)));
         assert_eq!(h.delivered, vec![(1, 1), (2, 3)]);

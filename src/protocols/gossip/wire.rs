@@ -161,6 +161,48 @@ mod tests {
     use super::*;
     use crate::codec::{decode_message, encode_message};
 
+    #[test]
+    fn an_id_shows_six_bytes_in_debug_and_all_twenty_in_display() {
+        let mut bytes = [0u8; 20];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = i as u8 * 11;
+        }
+        let id = MsgId(bytes);
+        assert_eq!(format!("{id:?}"), "000b16212c37");
+        assert_eq!(format!("{id}"), "000b16212c37424d58636e79848f9aa5b0bbc6d1");
+    }
+
+    #[test]
+    fn an_origin_signs_the_tag_and_the_whole_id() {
+        let id = publication(b"x").id();
+        let signed = signed_bytes(&id);
+        assert_eq!(&signed[..22], b"peerwire-gossip-sig-v1");
+        assert_eq!(&signed[22..], &id.0);
+    }
+
+    #[test]
+    fn root_ranks_differ_by_node_and_by_topic() {
+        let nodes: Vec<PeerId> = (0..8).map(|n| PeerId::from_bytes([n; 32])).collect();
+        let mut ranks: Vec<u64> = nodes.iter().map(|n| root_rank("a", n)).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        assert_eq!(ranks.len(), 8, "a rank per node");
+        let moved = nodes
+            .iter()
+            .filter(|n| root_rank("a", n) != root_rank("b", n))
+            .count();
+        assert_eq!(moved, 8, "a rank per topic");
+    }
+
+    #[test]
+    fn a_publication_s_debug_shows_its_length_not_its_payload() {
+        let shown = format!("{:?}", publication(b"a payload"));
+        for part in ["\"doc/1\"", "seq: 7", "len: 9"] {
+            assert!(shown.contains(part), "{part} not in {shown}");
+        }
+        assert!(!shown.contains("payload\""), "{shown}");
+    }
+
     fn publication(payload: &'static [u8]) -> Publication {
         Publication {
             topic: "doc/1".into(),

@@ -369,6 +369,46 @@ mod tests {
         assert_eq!(decode(Bytes::from(bad_flags)), Err(WireError::Flags(0x80)));
     }
 
+    #[test]
+    fn max_header_is_the_longest_header_a_body_follows() {
+        // The request and answer bounds leave MAX_HEADER bytes of the channel's message size
+        // for it: shorter, a body at the bound would not fit; longer, it would be refused early.
+        let request = HeaderKind::Request {
+            stream: true,
+            idempotent: true,
+            window: u32::MAX,
+        };
+        assert_eq!(header(request, u64::MAX, 0).len(), MAX_HEADER);
+        for kind in [HeaderKind::Response, HeaderKind::Chunk] {
+            assert!(header(kind, u64::MAX, 0).len() <= MAX_HEADER, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn every_failure_reason_survives_a_round_trip_and_an_unknown_one_is_an_error() {
+        use FailReason::*;
+        let reasons = [Busy, Omitted, Rejected, Unavailable, TooLarge, Undecodable];
+        for (code, reason) in (0..).zip(reasons) {
+            let frame = Frame::Fail {
+                id: 9,
+                reason,
+                code,
+            };
+            assert_eq!(decode(control(&frame)), Ok(frame.clone()), "{frame:?}");
+        }
+        let mut unknown = control(&Frame::Fail {
+            id: 9,
+            reason: Busy,
+            code: 0,
+        })
+        .to_vec();
+        unknown[9] = 6;
+        assert_eq!(
+            decode(Bytes::from(unknown)),
+            Err(WireError::UnknownReason(6))
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
