@@ -222,6 +222,13 @@ impl NetworkActor {
         }
     }
 
+    /// `peer` is no longer between two connections: wakes the sends waiting for it.
+    fn settle(&self, peer: PeerId) {
+        if self.shared.between.lock().remove(&peer) {
+            self.shared.settled.notify_waiters();
+        }
+    }
+
     /// Applies (and clears) the effects the registry returned.
     fn apply(&mut self) {
         for effect in std::mem::take(&mut self.effects) {
@@ -231,11 +238,15 @@ impl NetworkActor {
                     if let Some(socket) = socket {
                         self.shared.peers.write().insert(peer, socket);
                     }
+                    self.settle(peer);
                 }
                 Effect::Unpublish { peer, conn } => {
                     let mut peers = self.shared.peers.write();
                     if peers.get(&peer).is_some_and(|s| s.id == conn) {
                         peers.remove(&peer);
+                        // Between two connections until a Publish (the replacement) or an
+                        // Emit(Disconnected) (now, or when a held departure ends) says which.
+                        self.shared.between.lock().insert(peer);
                     }
                 }
                 Effect::Close { conn, reason } => {
@@ -254,6 +265,7 @@ impl NetworkActor {
                         }
                         NetworkEvent::Disconnected { peer, reason } => {
                             tracing::debug!(%peer, %reason, "peer disconnected");
+                            self.settle(*peer);
                             // A dial waiting for the peer's other connection: it never came.
                             for (addr, waiter) in self.through_peer.remove(peer).unwrap_or_default()
                             {

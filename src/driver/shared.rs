@@ -185,6 +185,14 @@ pub(crate) struct Shared {
     pub(crate) advertised_addr: SocketAddr,
     /// The open connection of each peer: what `send` and `broadcast` use.
     pub(crate) peers: RwLock<PeerMap<Arc<SocketShared>>>,
+    /// Peers between two connections: the one senders used was closed by the remote as the
+    /// duplicate of another still in its handshake here, so the peer never left (its departure
+    /// is held). A waiting send to one waits for the replacement instead of failing at once.
+    /// At most one entry per peer, each gone when the replacement is published or the held
+    /// departure is reported.
+    pub(crate) between: parking_lot::Mutex<std::collections::HashSet<PeerId>>,
+    /// Woken when a peer leaves `between`.
+    pub(crate) settled: tokio::sync::Notify,
     /// Every connection in any state, for observation.
     pub(crate) connections: RwLock<HashMap<ConnectionId, Arc<SocketShared>>>,
     pub(crate) events: broadcast::Sender<NetworkEvent>,

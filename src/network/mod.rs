@@ -183,6 +183,8 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Network<M> {
             keypair: keypair.clone(),
             advertised_addr: config.advertised_addr.unwrap_or(local_addr),
             peers: Default::default(),
+            between: Default::default(),
+            settled: tokio::sync::Notify::new(),
             connections: Default::default(),
             events,
             first_events: parking_lot::Mutex::new(Some(first_events)),
@@ -783,6 +785,82 @@ mod tests {
     use super::*;
 
     fn assert_send_sync<T: Send + Sync + 'static>() {}
+
+    /// A waiting send to a peer between two connections (the remote closed the one senders
+    /// used as the duplicate of one still in its handshake here, so its departure is held)
+    /// waits for the replacement instead of failing with `NotConnected`; if the departure is
+    /// reported instead, it fails then.
+    // One thread: a spawned send runs until it waits whenever this test yields, so whether it
+    // is waiting is known, not raced.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_send_to_a_peer_between_two_connections_waits_for_it_to_settle() {
+        use std::time::Duration;
+        // A send_wait longer than the test: the send is waiting when it is checked, however
+        // slow the machine.
+        let patient = Config {
+            send_wait: Duration::from_secs(600),
+            ..Config::default()
+        };
+        let (a, _a_in) = Network::<bytes::Bytes>::start(patient, Keypair::generate())
+            .await
+            .unwrap();
+        let (b, b_in) = Network::<bytes::Bytes>::start(Config::default(), Keypair::generate())
+            .await
+            .unwrap();
+        let b_id = b.local_peer_id();
+        let soon = Duration::from_secs(20);
+        tokio::time::timeout(soon, a.connect(b.local_addr()))
+            .await
+            .unwrap()
+            .unwrap();
+        // What the driver does when the remote closes our connection as a duplicate.
+        let unpublish = || {
+            let link = a.shared.peers.write().remove(&b_id).unwrap();
+            a.shared.between.lock().insert(b_id);
+            link
+        };
+        let settle = || {
+            a.shared.between.lock().remove(&b_id);
+            a.shared.settled.notify_waiters();
+        };
+        let message = bytes::Bytes::from_static(b"between");
+        let link = unpublish();
+        assert!(matches!(
+            a.route().start_send(b_id, message.clone()),
+            Err(send::Started::Between(_))
+        ));
+        let send = {
+            let a = a.clone();
+            let message = message.clone();
+            tokio::spawn(async move { a.send(b_id, &message).await })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!send.is_finished(), "gave up at once");
+        // The replacement is published: the send goes through it.
+        a.shared.peers.write().insert(b_id, link);
+        settle();
+        let sent = tokio::time::timeout(soon, send).await.unwrap().unwrap();
+        assert!(sent.is_ok(), "{sent:?}");
+        let got = tokio::time::timeout(soon, b_in.recv()).await.unwrap();
+        assert_eq!(got, Some((a.local_peer_id(), message.clone())));
+        // The departure is reported instead: the send fails.
+        let _link = unpublish();
+        let send = {
+            let a = a.clone();
+            let message = message.clone();
+            tokio::spawn(async move { a.send(b_id, &message).await })
+        };
+        settle();
+        let sent = tokio::time::timeout(soon, send).await.unwrap().unwrap();
+        assert!(
+            matches!(sent, Err(SendError::NotConnected(p)) if p == b_id),
+            "{sent:?}"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    }
 
     #[test]
     fn handles_are_send_sync_static() {

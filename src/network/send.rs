@@ -59,6 +59,9 @@ pub(crate) enum Started {
     /// Accepted for a durable peer: waiting for the data directory to hold it (`None`: the
     /// journal's queue was full, so it will not).
     Commit(Option<Commit>),
+    /// The peer is between two connections (see `Shared::between`): the message back, to
+    /// wait for the replacement with.
+    Between(Bytes),
 }
 
 /// Waits until a durable peer's message is on disk.
@@ -258,6 +261,31 @@ impl Route<'_> {
             Started::Refused(error) => Err(error),
             Started::Wait(message) => self.wait_send(peer, message).await,
             Started::Commit(commit) => committed(peer, commit).await,
+            Started::Between(message) => Box::pin(self.after_replacement(peer, message)).await,
+        }
+    }
+
+    /// A send to a peer between two connections: waits at most `send_wait` for the peer to
+    /// settle (its replacement published, or its departure reported), then sends as usual.
+    async fn after_replacement(&self, peer: PeerId, message: Bytes) -> Result<(), SendError> {
+        let deadline = tokio::time::Instant::now() + self.shared.send_wait;
+        loop {
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            // Registered before the check, so a settling in between is not missed.
+            settled.as_mut().enable();
+            if !self.shared.between.lock().contains(&peer) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                break;
+            }
+        }
+        match self.try_push(peer, message) {
+            Ok(Pushed::Done) => Ok(()),
+            Ok(Pushed::Durable(commit)) => committed(peer, commit).await,
+            Err((Refusal::NotConnected, _)) => Err(SendError::NotConnected(peer)),
+            Err((Refusal::Full, message)) => self.wait_send(peer, message).await,
         }
     }
 
@@ -271,7 +299,13 @@ impl Route<'_> {
         match self.try_push(peer, message) {
             Ok(Pushed::Done) => Ok(()),
             Ok(Pushed::Durable(commit)) => Err(Started::Commit(commit)),
-            Err((Refusal::NotConnected, _)) => Err(Started::Refused(SendError::NotConnected(peer))),
+            Err((Refusal::NotConnected, message)) => {
+                if self.shared.between.lock().contains(&peer) {
+                    Err(Started::Between(message))
+                } else {
+                    Err(Started::Refused(SendError::NotConnected(peer)))
+                }
+            }
             Err((Refusal::Full, message)) => Err(Started::Wait(message)),
         }
     }

@@ -359,7 +359,12 @@ mod tests {
         }
         let mut padded = control(&Frame::Cancel { id: 1 }).to_vec();
         padded.push(0);
-        assert_eq!(decode(Bytes::from(padded)), Err(WireError::Trailing(1)));
+        assert_eq!(
+            decode(Bytes::from(padded.clone())),
+            Err(WireError::Trailing(1))
+        );
+        padded.push(0);
+        assert_eq!(decode(Bytes::from(padded)), Err(WireError::Trailing(2)));
         assert_eq!(
             decode(Bytes::from_static(&[9, 0, 0, 0, 0, 0, 0, 0, 0])),
             Err(WireError::UnknownKind(9))

@@ -214,6 +214,13 @@ mod tests {
     }
 
     #[test]
+    fn a_read_error_is_told_as_itself_not_as_a_change() {
+        // A directory opens, but reading it fails (not with an early end of file).
+        let err = read_pieces(&std::env::temp_dir(), 10, 4, |_, _| Ok(())).unwrap_err();
+        assert!(matches!(err, FileError::Io(_)), "{err:?}");
+    }
+
+    #[test]
     fn the_window_holds_the_reader_until_pieces_are_given_back() {
         let window = Window::new(3000);
         let a = window.hold(1000);
