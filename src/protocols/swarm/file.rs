@@ -246,5 +246,37 @@ mod tests {
         let big = window.hold(5000);
         assert_eq!(window.used(), 5000);
         drop(big);
+        // Pieces that fill the window exactly do not wait.
+        let first = window.hold(1000);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let filler = {
+            let window = window.clone();
+            std::thread::spawn(move || {
+                let held = window.hold(2000);
+                tx.send(()).unwrap();
+                held
+            })
+        };
+        let filled = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(filled.is_ok(), "an exact fit waited");
+        assert_eq!(window.used(), 3000);
+        drop(first);
+        drop(filler.join().unwrap());
+        // Draining waits for the pieces still held.
+        let held = window.hold(1000);
+        let (done, drained) = std::sync::mpsc::channel();
+        let drainer = {
+            let window = window.clone();
+            std::thread::spawn(move || {
+                window.drain();
+                done.send(()).unwrap();
+            })
+        };
+        let early = drained.recv_timeout(std::time::Duration::from_millis(50));
+        assert!(early.is_err(), "drained with a piece still held");
+        drop(held);
+        let late = drained.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(late.is_ok(), "not drained once the piece was given back");
+        drainer.join().unwrap();
     }
 }
