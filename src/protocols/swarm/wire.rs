@@ -90,9 +90,14 @@ mod tests {
         let frame = encode(&wire, Some(&data), 4096).unwrap();
         assert_eq!(decode(&frame), Some((wire.clone(), data.clone())));
         assert_eq!(
-            encode(&wire, Some(&data), 1000),
+            encode(&wire, Some(&data), frame.len() - 1),
             None,
             "over the channel's size"
+        );
+        assert_eq!(
+            encode(&wire, Some(&data), frame.len()).as_ref(),
+            Some(&frame),
+            "exactly the channel's size"
         );
         let request = Wire::Request { blob, piece: 1 };
         let frame = encode(&request, None, 4096).unwrap();
