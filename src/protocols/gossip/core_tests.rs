@@ -24,25 +24,7 @@ fn yes(_: &Publication, _: &MsgId) -> bool {
 /// A core (`peer(100)`) in topic "t" with neighbours `peers`, all of which joined it too and
 /// took it as their parent: it is their tree's root, every link eager.
 fn node(peers: &[u8], now: Instant) -> Core {
-    let mut core = lazy_node(peers, now);
-    let mut out = Vec::new();
-    for p in peers {
-        core.on_wire(
-            peer(*p),
-            Wire::Tree {
-                topic: "t".into(),
-                root: peer(100),
-                seq: 0,
-                dist: 1,
-                parent: true,
-                stamp: [0; 64],
-            },
-            now,
-            &mut yes,
-            &mut out,
-        );
-    }
-    core
+    node_with(Limits::for_tests(), peers, now)
 }
 
 /// A core (`peer(100)`) in topic "t" with neighbours `peers` that joined it but told no place
@@ -158,13 +140,7 @@ fn no_verdict_in_time_counts_as_ignore_and_reject_charges_the_relay() {
         &mut yes,
         &mut out,
     );
-    let ids: Vec<MsgId> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Deliver { id, .. } => Some(*id),
-            _ => None,
-        })
-        .collect();
+    let ids = delivered(&out);
     out.clear();
     core.verdict(ids[1], Verdict::Reject, now, &mut out);
     assert!(matches!(out[..], [Output::Charge { points: 10, .. }]));
