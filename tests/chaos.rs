@@ -1403,6 +1403,64 @@ impl Lab {
         (p50, p99)
     }
 
+    /// For the publications in `sent_at`: the 10th percentile and the median of the times
+    /// until a node at each distance from the publication's publisher (hops over `edges`: 1,
+    /// 2, ...) printed them: what each hop adds.
+    fn reach_by_distance(
+        &self,
+        sent_at: &[(Instant, String, usize)],
+        edges: &[(usize, usize)],
+    ) -> Vec<(Duration, Duration)> {
+        let n = self.nodes.len();
+        let hops_from = |p: usize| {
+            let mut dist = vec![usize::MAX; n];
+            dist[p] = 0;
+            let mut queue = std::collections::VecDeque::from([p]);
+            while let Some(a) = queue.pop_front() {
+                for &(x, y) in edges {
+                    let b = if x == a {
+                        y
+                    } else if y == a {
+                        x
+                    } else {
+                        continue;
+                    };
+                    if dist[b] == usize::MAX {
+                        dist[b] = dist[a] + 1;
+                        queue.push_back(b);
+                    }
+                }
+            }
+            dist
+        };
+        let mut by_distance: Vec<Vec<Duration>> = Vec::new();
+        for (at, line, p) in sent_at {
+            let dist = hops_from(*p);
+            for (i, d) in dist.iter().enumerate() {
+                if *d == 0 || *d == usize::MAX {
+                    continue;
+                }
+                let Some(node) = self.nodes[i].as_ref() else {
+                    continue;
+                };
+                let stamped = node.stamped.lock().unwrap();
+                if let Some((t, _)) = stamped.iter().find(|(_, l)| l == line) {
+                    if by_distance.len() < *d {
+                        by_distance.resize(*d, Vec::new());
+                    }
+                    by_distance[d - 1].push(t.saturating_duration_since(*at));
+                }
+            }
+        }
+        by_distance
+            .iter_mut()
+            .map(|times| {
+                times.sort();
+                (times[times.len() / 10], times[times.len() / 2])
+            })
+            .collect()
+    }
+
     /// Waits until every node in `receivers` printed `[t] <origin's id>: <text>` for every text.
     fn wait_published(&mut self, receivers: &[usize], origin: usize, texts: &[String]) {
         let id = self.ids[origin].clone();
@@ -1496,14 +1554,17 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
     thread::sleep(Duration::from_millis(500));
     let all: Vec<usize> = (0..N).collect();
     let others: Vec<usize> = (1..N).collect();
-    // Warm-up: the first publication floods every link, and its duplicates prune the links
-    // down to a tree; the figures are for the steady state after it. Each warm-up publication
-    // waits for the previous one to arrive everywhere.
+    // Warm-up: the figures are for the steady state after it, the publisher's own tree
+    // rooted (see below). Each warm-up publication waits for the previous one to arrive
+    // everywhere.
     for k in 0..3 {
         let text = format!("warmup-{k}");
         lab.send(0, &format!("/pub t {text}"));
         lab.wait_published(&others, 0, &[text]);
     }
+    // Its second publication rooted the publisher's own tree, used once it has had 250 ms to
+    // be told across the topic.
+    thread::sleep(Duration::from_millis(300));
     let cpu_start = cpu_busy();
     let before: Vec<_> = (0..N).map(|i| lab.gossip_stats(i)).collect();
 
@@ -1517,16 +1578,37 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
     }
     lab.wait_published(&others, 0, &texts);
     let (p50, p99) = lab.reach_times(&sent_at);
+    let by_distance = |lab: &Lab, sent_at: &[(Instant, String, usize)]| -> Vec<(u128, u128)> {
+        lab.reach_by_distance(sent_at, &edges)
+            .iter()
+            .map(|(p10, p50)| (p10.as_millis(), p50.as_millis()))
+            .collect()
+    };
     lab.note(&format!(
-        "time to reach 99% of the nodes: p50 {} ms, p99 {} ms (one publisher, 30 publications)",
+        "time to reach 99% of the nodes: p50 {} ms, p99 {} ms (one publisher, 30 publications); \
+         time to a node 1, 2, ... hops away (p10, p50): {:?} ms; links: {}",
         p50.as_millis(),
-        p99.as_millis()
+        p99.as_millis(),
+        by_distance(&lab, &sent_at),
+        lab.impairment_report()
     ));
     let one = lab.copies_since(&others, &before);
 
-    // Eight publishers at once.
-    let before: Vec<_> = (0..N).map(|i| lab.gossip_stats(i)).collect();
+    // Eight publishers at once. Each publishes twice first, as the one publisher did: a node
+    // that keeps publishing roots a tree of its own (its second publication), and the figures
+    // are for that steady state.
     let publishers: Vec<usize> = (0..8).map(|k| k * 4).collect();
+    for k in 0..2 {
+        for &p in &publishers {
+            let text = format!("warmup-{p}-{k}");
+            lab.send(p, &format!("/pub t {text}"));
+            let receivers: Vec<usize> = all.iter().copied().filter(|&i| i != p).collect();
+            lab.wait_published(&receivers, p, &[text]);
+        }
+    }
+    // A tree is used once it has had 250 ms to be told across the topic.
+    thread::sleep(Duration::from_millis(300));
+    let before: Vec<_> = (0..N).map(|i| lab.gossip_stats(i)).collect();
     let mut sent = HashMap::new();
     let mut sent_at = Vec::new();
     for round in 0..10 {
@@ -1544,9 +1626,12 @@ fn gossip_reaches_32_nodes_with_few_copies_and_survives_losing_8() {
     }
     let (p50, p99) = lab.reach_times(&sent_at);
     lab.note(&format!(
-        "time to reach 99% of the nodes: p50 {} ms, p99 {} ms (eight publishers, 80 publications)",
+        "time to reach 99% of the nodes: p50 {} ms, p99 {} ms (eight publishers, 80 \
+         publications); time to a node 1, 2, ... hops away (p10, p50): {:?} ms; links: {}",
         p50.as_millis(),
-        p99.as_millis()
+        p99.as_millis(),
+        by_distance(&lab, &sent_at),
+        lab.impairment_report()
     ));
     let many = lab.copies_since(&all, &before);
     let cpu = cpu_since(cpu_start);

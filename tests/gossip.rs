@@ -151,9 +151,17 @@ async fn a_rejected_publication_stops_and_charges_the_neighbour_that_relayed_it(
 /// (postcard: the same field order and variant order as the library's).
 #[derive(Serialize, Deserialize)]
 enum Wire {
-    Join { topics: Vec<String> },
-    Leave { topics: Vec<String> },
-    Push { hops: u8, publication: Publication },
+    Join {
+        topics: Vec<String>,
+    },
+    Leave {
+        topics: Vec<String>,
+    },
+    Push {
+        hops: u8,
+        by_source: bool,
+        publication: Publication,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -187,6 +195,7 @@ async fn forged_and_altered_publications_are_dropped_and_charged() {
     let someone = peerwire::Keypair::generate().peer_id();
     let forged = send(&Wire::Push {
         hops: 1,
+        by_source: false,
         publication: Publication {
             topic: TOPIC.into(),
             origin: someone,
@@ -201,6 +210,7 @@ async fn forged_and_altered_publications_are_dropped_and_charged() {
     // Altered: signed by the raw peer over one payload, sent with another.
     let altered = send(&Wire::Push {
         hops: 1,
+        by_source: true,
         publication: Publication {
             topic: TOPIC.into(),
             origin: raw_id,

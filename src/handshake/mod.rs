@@ -42,8 +42,9 @@ use crate::codec::cipher::{Opener, Sealer};
 use crate::identity::{Keypair, PeerId};
 
 /// Protocol version carried in the handshake; peers with another version are refused.
-/// 5: gossip's `Tree` carries the root's stamp (4: raw `Bytes` bodies).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 6: gossip's source trees and announcement flags (5: gossip's `Tree` carries the root's
+/// stamp; 4: raw `Bytes` bodies).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Noise prologue: both sides mix it in, so a non-peerwire client fails at the first message.
 pub const PROLOGUE: &[u8] = b"peerwire/noise/1";
 /// The Noise protocol name.

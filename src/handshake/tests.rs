@@ -181,8 +181,8 @@ fn a_peer_of_the_previous_version_gets_a_typed_refusal() {
         })
     ));
     assert_eq!(
-        PROTOCOL_VERSION, 5,
-        "the welcome needs version 4, gossip's root stamps 5"
+        PROTOCOL_VERSION, 6,
+        "the welcome needs version 4, gossip's root stamps 5, its source trees 6"
     );
 }
 

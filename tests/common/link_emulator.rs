@@ -2,8 +2,9 @@
 //!
 //! Each node gets a TUN device as its network interface, so every IPv4 packet a node sends
 //! reaches this process instead of a wire. One thread per device reads the packets, drops a
-//! random share of them (the loss), and hands the rest to a delay thread that writes each one
-//! into the TUN device of the node owning its destination address once the delay has passed.
+//! random share of them (the loss), and hands the rest to the delay thread of the node owning
+//! its destination address, which writes each one into that node's TUN device once the delay
+//! has passed.
 //! Every packet crosses the emulator exactly once, as it would cross one netem qdisc on the
 //! sender's interface: one-way delay `D`, round trip `2D`, independent loss `P` per packet.
 //! The delay is the same for every packet, so packets keep their order, as with netem.
@@ -14,7 +15,7 @@
 //! The devices are created in the caller's namespace, down and without addresses; the caller
 //! moves each into its node's namespace before configuring it. When a namespace is deleted its
 //! device goes with it, the blocked read of that device fails and its thread ends; the delay
-//! thread ends when every reader has.
+//! threads end when every reader has.
 
 use std::io;
 use std::sync::Arc;
@@ -107,12 +108,24 @@ impl LinkEmulator {
         let counters = Arc::new(LinkCounters::default());
         let cut: Arc<Vec<AtomicBool>> =
             Arc::new(names.iter().map(|_| AtomicBool::new(false)).collect());
-        let (to_delay, delayed) = mpsc::channel::<Delayed>();
+        // One delay thread per destination device: a write into a TUN device runs the
+        // receiving node's network stack in the writing thread, so one thread for all of
+        // them would serialize every node's receive path (a burst to one node would hold up
+        // the packets due to all the others; with one thread the eight-publisher gossip test
+        // measured it up to 59 ms late).
+        let mut to_delay = Vec::with_capacity(devices.len());
+        let mut delayed = Vec::with_capacity(devices.len());
+        for _ in &devices {
+            let (tx, rx) = mpsc::channel::<Delayed>();
+            to_delay.push(tx);
+            delayed.push(rx);
+        }
+        let to_delay = Arc::new(to_delay);
         // Drop a packet when a uniformly random u32 falls below this.
         let loss_below = u64::from(loss_percent.min(100)) * (1u64 << 32) / 100;
         for (from, device) in devices.iter().enumerate() {
             let device = Arc::clone(device);
-            let to_delay = to_delay.clone();
+            let to_delay = Arc::clone(&to_delay);
             let counters = Arc::clone(&counters);
             let cut = Arc::clone(&cut);
             let owners = Arc::clone(&owners);
@@ -151,47 +164,51 @@ impl LinkEmulator {
                             to,
                             packet: packet.to_vec(),
                         };
-                        if to_delay.send(packet).is_err() {
+                        if to_delay[to].send(packet).is_err() {
                             return;
                         }
                     }
                 })?;
         }
+        // The delay threads end once every reader has (the last sender goes with them).
         drop(to_delay);
-        let counters_out = Arc::clone(&counters);
-        let cut_out = Arc::clone(&cut);
-        thread::Builder::new()
-            .name("link-emu-delay".to_owned())
-            .spawn(move || {
-                // Same delay for all, so the channel's order is the order they fall due.
-                for Delayed {
-                    due,
-                    from,
-                    to,
-                    packet,
-                } in delayed
-                {
-                    let now = Instant::now();
-                    if due > now {
-                        thread::sleep(due - now);
-                    } else {
-                        let late = u64::try_from((now - due).as_micros()).unwrap_or(u64::MAX);
-                        counters_out
-                            .max_late_micros
-                            .fetch_max(late, Ordering::Relaxed);
-                    }
-                    // A cut also loses what was on the wire.
-                    if cut_out[from].load(Ordering::Relaxed) || cut_out[to].load(Ordering::Relaxed)
+        for (to, (device, delayed)) in devices.into_iter().zip(delayed).enumerate() {
+            let counters_out = Arc::clone(&counters);
+            let cut_out = Arc::clone(&cut);
+            thread::Builder::new()
+                .name(format!("link-emu-delay-{to}"))
+                .spawn(move || {
+                    // Same delay for all, so the channel's order is the order they fall due.
+                    for Delayed {
+                        due,
+                        from,
+                        to,
+                        packet,
+                    } in delayed
                     {
-                        counters_out.cut.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                        let now = Instant::now();
+                        if due > now {
+                            thread::sleep(due - now);
+                        } else {
+                            let late = u64::try_from((now - due).as_micros()).unwrap_or(u64::MAX);
+                            counters_out
+                                .max_late_micros
+                                .fetch_max(late, Ordering::Relaxed);
+                        }
+                        // A cut also loses what was on the wire.
+                        if cut_out[from].load(Ordering::Relaxed)
+                            || cut_out[to].load(Ordering::Relaxed)
+                        {
+                            counters_out.cut.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        match device.send(&packet) {
+                            Ok(_) => counters_out.delivered.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => counters_out.refused.fetch_add(1, Ordering::Relaxed),
+                        };
                     }
-                    match devices[to].send(&packet) {
-                        Ok(_) => counters_out.delivered.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => counters_out.refused.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })?;
+                })?;
+        }
         Ok(Self { counters, cut })
     }
 

@@ -20,7 +20,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::wire::{MsgId, Publication, Wire, root_rank, seq_signed_bytes};
+use super::source::{self, Offer, Source};
+use super::wire::{
+    BY_SOURCE, MsgId, Publication, WOULD_PUSH, Wire, root_rank, seq_signed_bytes,
+    source_signed_bytes,
+};
 use crate::identity::{PeerId, PeerMap};
 use crate::session::rate::TokenBucket;
 
@@ -163,6 +167,9 @@ pub struct TopicStats {
     /// Publications dropped: bad signature, too many hops, over the rate, no verdict in time,
     /// rejected or ignored.
     pub dropped: u64,
+    /// Source trees not kept because `MAX_SOURCES` (8) were kept already: that origin's
+    /// publications take the elected tree here.
+    pub sources_refused: u64,
 }
 
 impl TopicStats {
@@ -178,6 +185,7 @@ impl TopicStats {
         self.lazy_bytes += other.lazy_bytes;
         self.evicted += other.evicted;
         self.dropped += other.dropped;
+        self.sources_refused += other.sources_refused;
     }
 }
 
@@ -185,6 +193,8 @@ impl TopicStats {
 struct Cached {
     at: Instant,
     hops: u8,
+    /// Routed by its origin's source tree (see `Wire::Push`).
+    by_source: bool,
     publication: Publication,
 }
 
@@ -275,6 +285,13 @@ impl Signer {
             .as_ref()
             .map_or([0; 64], |sign| sign(&seq_signed_bytes(topic, seq)))
     }
+
+    /// The stamp of number `seq` of this node's source tree of `topic`.
+    fn source_stamp(&self, topic: &str, seq: u16) -> [u8; 64] {
+        self.0
+            .as_ref()
+            .map_or([0; 64], |sign| sign(&source_signed_bytes(topic, seq)))
+    }
 }
 
 /// Stamps checked, per topic: a place told again with the same root, number and stamp is not
@@ -347,6 +364,7 @@ const LARGE_FETCH_WAIT: u32 = 4;
 struct Pending {
     from: PeerId,
     hops: u8,
+    by_source: bool,
     publication: Publication,
     due: Instant,
 }
@@ -384,6 +402,15 @@ struct Topic {
     /// `RAISE_INTERVAL` to pass (to which number, when).
     raised: Option<Instant>,
     raise: Option<(u16, Instant)>,
+    /// Source trees (see `source.rs`) by origin, this node's own among them while it keeps
+    /// publishing; at most `source::MAX_SOURCES`.
+    sources: BTreeMap<PeerId, Source>,
+    /// When this node last published here (a second publication within `source::ACTIVE`
+    /// roots its source tree).
+    last_published: Option<Instant>,
+    /// The number this node's source tree had last (only ever raised, so a tree rooted again
+    /// after it was forgotten is newer than any record a neighbour kept of the old one).
+    source_seq: u16,
     stats: TopicStats,
 }
 
@@ -438,8 +465,9 @@ struct Neighbour {
     topics: HashSet<String>,
     /// Its place in the trees of those topics we take part in too.
     told: HashMap<String, Told>,
-    /// Ids (with their hops) to announce to it, by topic, sent every `announce_interval`.
-    announce: BTreeMap<String, Vec<(MsgId, u8)>>,
+    /// Ids (with their hops and flags) to announce to it, by topic, sent every
+    /// `announce_interval`.
+    announce: BTreeMap<String, Vec<(MsgId, u8, u8)>>,
     /// Push allowance (`max_pushes_per_sec`, as deep; 0 is no limit).
     pushes: TokenBucket,
     /// Allowance for `Tree` and `Refresh` (`max_topics` + `TREE_RATE` deep, `TREE_RATE` per
@@ -534,6 +562,9 @@ impl Core {
             asked: None,
             raised: None,
             raise: None,
+            sources: BTreeMap::new(),
+            last_published: None,
+            source_seq: self.seq_base,
             stats: TopicStats::default(),
         };
         for (peer, n) in &self.neighbours {
@@ -624,6 +655,7 @@ impl Core {
             }
             state.missing.retain(|_, m| !m.announcers.is_empty());
             self.settle(&topic, now, out);
+            self.forget_source_offers(&topic, peer, out);
         }
     }
 
@@ -780,16 +812,72 @@ impl Core {
         };
         state.stats.published += 1;
         remember(state, &self.limits, id, now);
-        self.forward(None, 0, publication, id, now, out);
+        // Before the publication, so every neighbour hears of the tree (a raise included)
+        // before this publication reaches it on the same link.
+        let by_source = self.publishing(&publication.topic, now, out);
+        self.forward(None, 0, by_source, publication, id, now, out);
         Ok(id)
+    }
+
+    /// This node publishes on `topic`: a second publication within `source::ACTIVE` roots its
+    /// source tree (told to every neighbour in the topic); then its number is raised at a
+    /// publication once `source::RAISE` has passed, so nodes that lost their way take new
+    /// ways. Returns whether this publication goes down the source tree: only once the tree
+    /// has had `source::SETTLE` to be told across the topic (before, nodes that know of it and
+    /// nodes that do not yet would each count on the other for a copy).
+    fn publishing(&mut self, topic: &str, now: Instant, out: &mut Vec<Output>) -> bool {
+        let me = self.me;
+        let Some(state) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        let active = state
+            .last_published
+            .is_some_and(|at| now < at + source::ACTIVE);
+        state.last_published = Some(now);
+        let raise = match state.sources.get_mut(&me) {
+            Some(own) => {
+                own.at = now;
+                own.raised.is_none_or(|at| now >= at + source::RAISE)
+            }
+            None if active => {
+                if make_room(state, now) {
+                    true
+                } else {
+                    state.stats.sources_refused += 1;
+                    false
+                }
+            }
+            None => false,
+        };
+        let settled = |state: &Topic| {
+            state
+                .sources
+                .get(&me)
+                .is_some_and(|own| now >= own.rooted + source::SETTLE)
+        };
+        if !raise {
+            return settled(state);
+        }
+        state.source_seq = state.source_seq.wrapping_add(1);
+        let seq = state.source_seq;
+        let stamp = self.signer.source_stamp(topic, seq);
+        let own = state
+            .sources
+            .entry(me)
+            .or_insert_with(|| Source::rooted(seq, stamp, now));
+        own.raise(seq, stamp, now);
+        tell_source_all(&self.neighbours, topic, me, own, out);
+        settled(state)
     }
 
     /// Sends a publication on: whole to the eager neighbours (unless it is large), as an id to
     /// the others; keeps it to answer grafts.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         from: Option<PeerId>,
         hops: u8,
+        by_source: bool,
         publication: Publication,
         id: MsgId,
         now: Instant,
@@ -800,29 +888,42 @@ impl Core {
             return;
         };
         let large = publication.payload.len() > limits.eager_max;
+        // The origin's source tree, when this node knows of one: its children here get the
+        // publication pushed, and of the elected tree's links only those to neighbours
+        // without a way in it (they get nothing from the source tree). Otherwise the elected
+        // tree's links.
+        let routed = state.sources.get(&publication.origin).filter(|_| by_source);
+        let flags = if routed.is_some() { BY_SOURCE } else { 0 };
         let mut announce_to = Vec::new();
         for peer in state.eager.iter().chain(state.lazy.iter()) {
             if Some(*peer) == from || *peer == publication.origin {
                 continue;
             }
-            if !large && state.eager.contains(peer) {
+            let push = match routed {
+                Some(tree) => {
+                    tree.child(peer) || (state.eager.contains(peer) && !tree.in_tree(peer))
+                }
+                None => state.eager.contains(peer),
+            };
+            if !large && push {
                 state.stats.eager_bytes += publication.payload.len() as u64;
                 out.push(Output::Send {
                     peer: *peer,
                     wire: Wire::Push {
                         hops: hops.saturating_add(1),
+                        by_source,
                         publication: publication.clone(),
                     },
                 });
             } else {
-                announce_to.push(*peer);
+                announce_to.push((*peer, flags | if push { WOULD_PUSH } else { 0 }));
             }
         }
         state.stats.announced += announce_to.len() as u64;
         state.stats.lazy_bytes += 20 * announce_to.len() as u64;
-        cache(state, limits, id, hops, publication.clone(), now);
+        cache(state, limits, id, hops, by_source, publication.clone(), now);
         let topic = publication.topic;
-        for peer in announce_to {
+        for (peer, flags) in announce_to {
             if let Some(n) = self.neighbours.get_mut(&peer) {
                 let ids = n.announce.entry(topic.clone()).or_default();
                 if ids.len() >= limits.max_announce_batch {
@@ -830,7 +931,7 @@ impl Core {
                     ids.remove(0);
                     state.stats.evicted += 1;
                 }
-                ids.push((id, hops));
+                ids.push((id, hops, flags));
             }
         }
         if self.next_announce.is_none() {
@@ -872,11 +973,16 @@ impl Core {
                         state.eager.remove(&peer);
                         state.lazy.remove(&peer);
                         self.settle(&topic, now, out);
+                        self.forget_source_offers(&topic, peer, out);
                     }
                 }
             }
-            Wire::Push { hops, publication } => {
-                self.on_push(peer, hops, publication, now, verify, out);
+            Wire::Push {
+                hops,
+                by_source,
+                publication,
+            } => {
+                self.on_push(peer, hops, by_source, publication, now, verify, out);
             }
             Wire::IHave { topic, ids } => self.on_ihave(peer, &topic, ids, now, out),
             Wire::Want { topic, ids } => self.serve(peer, &topic, ids, out),
@@ -949,6 +1055,127 @@ impl Core {
                 if self.tree_allowance(peer, now, out) {
                     self.on_refresh(&topic, root, seq, now, out);
                 }
+            }
+            Wire::Source {
+                topic,
+                origin,
+                seq,
+                dist,
+                parent,
+                stamp,
+            } => {
+                if self.tree_allowance(peer, now, out) {
+                    let offer = Offer {
+                        seq,
+                        dist,
+                        parent_is_us: parent,
+                        stamp,
+                    };
+                    self.on_source(peer, &topic, origin, offer, now, verify, out);
+                }
+            }
+        }
+    }
+
+    /// A neighbour's way to `origin` in its source tree.
+    #[allow(clippy::too_many_arguments)]
+    fn on_source(
+        &mut self,
+        peer: PeerId,
+        topic: &str,
+        origin: PeerId,
+        offer: Offer,
+        now: Instant,
+        verify: &mut dyn Checks,
+        out: &mut Vec<Output>,
+    ) {
+        if !self
+            .neighbours
+            .get(&peer)
+            .is_some_and(|n| n.topics.contains(topic))
+        {
+            return;
+        }
+        let me = self.me;
+        let Some(state) = self.topics.get_mut(topic) else {
+            return;
+        };
+        if offer.dist == 0 && origin != peer {
+            out.push(Output::Charge {
+                peer,
+                points: 10,
+                why: "gossip source tree way 0 hops from another node",
+            });
+            return;
+        }
+        if origin == me {
+            // Of our own tree only who takes us as next hop matters (our children). Not
+            // rooting one (any more): nothing to learn.
+            if let Some(own) = state.sources.get_mut(&me) {
+                own.offers.insert(peer, offer);
+            }
+            return;
+        }
+        let known = state.sources.contains_key(&origin);
+        if !known {
+            if offer.dist == source::NO_WAY {
+                return; // nothing to learn of a tree from a neighbour with no way in it
+            }
+            if !make_room(state, now) {
+                state.stats.sources_refused += 1;
+                return;
+            }
+        }
+        if offer.dist != source::NO_WAY {
+            let tree = state.sources.get_mut(&origin);
+            if tree
+                .as_ref()
+                .is_some_and(|t| t.far_ahead(offer.seq, SEQ_WINDOW))
+            {
+                out.push(Output::Charge {
+                    peer,
+                    points: 1,
+                    why: "gossip source tree number far ahead of its origin's",
+                });
+                return;
+            }
+            let checked = tree.is_some_and(|t| t.stamp_known(offer.seq, &offer.stamp));
+            if !checked {
+                let signed = source_signed_bytes(topic, offer.seq);
+                if !verify.stamp(&origin, &signed, &offer.stamp) {
+                    out.push(Output::Charge {
+                        peer,
+                        points: 10,
+                        why: "gossip source tree number its origin did not sign",
+                    });
+                    return;
+                }
+                state
+                    .sources
+                    .entry(origin)
+                    .or_insert_with(|| Source::learned(now))
+                    .stamp_checked(offer.seq, offer.stamp);
+            }
+        }
+        let Some(tree) = state.sources.get_mut(&origin) else {
+            return;
+        };
+        tree.at = now;
+        tree.offers.insert(peer, offer);
+        if tree.settle() {
+            tell_source_all(&self.neighbours, topic, origin, tree, out);
+        }
+    }
+
+    /// `peer` left `topic` (or disconnected): its ways in the source trees go, and ours are
+    /// recomputed without them.
+    fn forget_source_offers(&mut self, topic: &str, peer: PeerId, out: &mut Vec<Output>) {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return;
+        };
+        for (origin, tree) in &mut state.sources {
+            if tree.offers.remove(&peer).is_some() && tree.settle() {
+                tell_source_all(&self.neighbours, topic, *origin, tree, out);
             }
         }
     }
@@ -1085,6 +1312,11 @@ impl Core {
                 // Lazy until the trees say otherwise; it learns our place, we learn its.
                 if !state.eager.contains(&peer) && state.lazy.insert(peer) {
                     out.push(tell(&topic, &state.own, peer));
+                    for (origin, tree) in &state.sources {
+                        if tree.way.is_some() {
+                            out.push(tell_source(&topic, *origin, tree, peer));
+                        }
+                    }
                 }
             }
             n.topics.insert(topic);
@@ -1103,6 +1335,7 @@ impl Core {
         &mut self,
         peer: PeerId,
         hops: u8,
+        by_source: bool,
         publication: Publication,
         now: Instant,
         verify: &mut dyn Checks,
@@ -1150,6 +1383,9 @@ impl Core {
         state.missing.remove(&id);
         // Remembered either way: a copy that made too many hops is not taken again either.
         remember(state, &limits, id, now);
+        if let Some(tree) = state.sources.get_mut(&publication.origin) {
+            tree.at = now;
+        }
         if hops >= limits.max_hops {
             state.stats.dropped += 1;
             return;
@@ -1173,12 +1409,13 @@ impl Core {
                 Pending {
                     from: peer,
                     hops,
+                    by_source,
                     publication,
                     due: now + limits.validation_timeout,
                 },
             );
         } else {
-            self.forward(Some(peer), hops, publication, id, now, out);
+            self.forward(Some(peer), hops, by_source, publication, id, now, out);
         }
     }
 
@@ -1186,7 +1423,7 @@ impl Core {
         &mut self,
         peer: PeerId,
         topic: &str,
-        ids: Vec<(MsgId, u8)>,
+        ids: Vec<(MsgId, u8, u8)>,
         now: Instant,
         out: &mut Vec<Output>,
     ) {
@@ -1201,17 +1438,22 @@ impl Core {
                 why: "announcement over max_announce_batch",
             });
         }
-        for (id, _hops) in ids.into_iter().take(limits.max_announce_batch) {
+        for (id, _hops, flags) in ids.into_iter().take(limits.max_announce_batch) {
             if state.seen.contains(&id) {
                 continue;
             }
+            // No copy is coming from this neighbour: it says so, or (when it did not route by
+            // a source tree) it is a link of ours in the elected tree, which pushes everything
+            // small.
+            let expected =
+                flags & WOULD_PUSH != 0 || (flags & BY_SOURCE == 0 && state.eager.contains(&peer));
             let room = state.missing.len() < limits.max_missing;
             match state.missing.get_mut(&id) {
                 Some(missing) => {
                     if missing.announcers.len() < 16 && !missing.announcers.contains(&peer) {
                         missing.announcers.push_back(peer);
                     }
-                    if state.eager.contains(&peer) && !missing.large {
+                    if expected && !missing.large {
                         // Announced by a lazy neighbour first, now by a tree one: large. Not
                         // asked yet: ask the tree neighbour now. Asked: wait longer for it.
                         missing.large = true;
@@ -1229,7 +1471,7 @@ impl Core {
                 None if room => {
                     // An eager neighbour announcing means the publication is large: fetch it
                     // now. From a lazy one, wait: the tree's copy is probably on its way.
-                    let large = state.eager.contains(&peer);
+                    let large = expected;
                     let due = if large {
                         now
                     } else {
@@ -1262,6 +1504,7 @@ impl Core {
                     peer,
                     wire: Wire::Push {
                         hops: cached.hops.saturating_add(1),
+                        by_source: cached.by_source,
                         publication: cached.publication.clone(),
                     },
                 });
@@ -1284,6 +1527,7 @@ impl Core {
             Verdict::Accept => self.forward(
                 Some(pending.from),
                 pending.hops,
+                pending.by_source,
                 pending.publication,
                 id,
                 now,
@@ -1457,6 +1701,18 @@ impl Core {
             .map(|t| (t.own.place.root, t.own.place.dist, t.own.parent))
     }
 
+    /// This node's way in `origin`'s source tree of `topic`: hops and next hop (`None`: it is
+    /// the origin); `None` without one.
+    #[cfg(test)]
+    pub(crate) fn source_way(&self, topic: &str, origin: &PeerId) -> Option<(u8, Option<PeerId>)> {
+        self.topics
+            .get(topic)?
+            .sources
+            .get(origin)?
+            .way
+            .map(|w| (w.dist, w.parent))
+    }
+
     /// The sequence number of `topic`'s root as this node knows it.
     #[cfg(test)]
     pub(crate) fn root_seq(&self, topic: &str) -> Option<u16> {
@@ -1517,6 +1773,7 @@ fn cache(
     limits: &Limits,
     id: MsgId,
     hops: u8,
+    by_source: bool,
     publication: Publication,
     now: Instant,
 ) {
@@ -1534,13 +1791,54 @@ fn cache(
         Cached {
             at: now,
             hops,
+            by_source,
             publication,
         },
     );
     state.cache_order.push_back(id);
 }
 
+/// Forgets the source trees idle for `source::TTL`; whether there is room for one more.
+fn make_room(state: &mut Topic, now: Instant) -> bool {
+    state
+        .sources
+        .retain(|_, tree| now.saturating_duration_since(tree.at) < source::TTL);
+    state.sources.len() < source::MAX_SOURCES
+}
+
+/// The message that tells `peer` our way in `origin`'s source tree of `topic`.
+fn tell_source(topic: &str, origin: PeerId, tree: &Source, peer: PeerId) -> Output {
+    let (seq, dist, parent, stamp) = tree.told_to(&peer);
+    Output::Send {
+        peer,
+        wire: Wire::Source {
+            topic: topic.to_owned(),
+            origin,
+            seq,
+            dist,
+            parent,
+            stamp,
+        },
+    }
+}
+
+/// Tells every neighbour in `topic` our way in `origin`'s source tree.
+fn tell_source_all(
+    neighbours: &PeerMap<Neighbour>,
+    topic: &str,
+    origin: PeerId,
+    tree: &Source,
+    out: &mut Vec<Output>,
+) {
+    for (peer, n) in neighbours {
+        if n.topics.contains(topic) {
+            out.push(tell_source(topic, origin, tree, *peer));
+        }
+    }
+}
+
 fn expire(state: &mut Topic, limits: &Limits, now: Instant) {
+    make_room(state, now);
     while let Some(&(at, id)) = state.seen_order.front() {
         if now.saturating_duration_since(at) < limits.seen_ttl {
             break;

@@ -87,6 +87,7 @@ fn sends(out: &[Output]) -> Vec<(PeerId, &Wire)> {
 fn push(p: Publication, hops: u8) -> Wire {
     Wire::Push {
         hops,
+        by_source: false,
         publication: p,
     }
 }
@@ -522,7 +523,7 @@ fn an_announced_publication_is_fetched_after_the_timeout_and_the_tree_stays() {
         peer(1),
         Wire::IHave {
             topic: "t".into(),
-            ids: vec![(id, 2)],
+            ids: vec![(id, 2, 0)],
         },
         t0,
         &mut yes,
@@ -711,7 +712,7 @@ fn a_late_answer_is_asked_for_again_then_given_up() {
         peer(1),
         Wire::IHave {
             topic: "t".into(),
-            ids: vec![(id, 2)],
+            ids: vec![(id, 2, 0)],
         },
         t0,
         &mut yes,
@@ -1009,7 +1010,7 @@ fn an_announcer_that_disconnects_is_not_asked_and_what_only_it_announced_is_drop
         peer(1),
         Wire::IHave {
             topic: "t".into(),
-            ids: vec![(both, 2), (only_1, 2)],
+            ids: vec![(both, 2, 0), (only_1, 2, 0)],
         },
         t0,
         &mut yes,
@@ -1019,7 +1020,7 @@ fn an_announcer_that_disconnects_is_not_asked_and_what_only_it_announced_is_drop
         peer(2),
         Wire::IHave {
             topic: "t".into(),
-            ids: vec![(both, 2)],
+            ids: vec![(both, 2, 0)],
         },
         t0,
         &mut yes,
@@ -1405,7 +1406,7 @@ fn a_large_publication_announced_lazily_first_is_asked_of_the_tree_neighbour_and
     let id = publication(9, 1, 100 * 1024).id();
     let ihave = Wire::IHave {
         topic: "t".into(),
-        ids: vec![(id, 2)],
+        ids: vec![(id, 2, 0)],
     };
     core.on_wire(peer(3), ihave.clone(), now, &mut yes, &mut out);
     core.on_wire(peer(1), ihave, now, &mut yes, &mut out);
@@ -1440,6 +1441,7 @@ fn the_total_of_the_topics_adds_every_count_of_each() {
         lazy_bytes: 9 * k,
         evicted: 10 * k,
         dropped: 11 * k,
+        sources_refused: 12 * k,
     };
     let mut total = counts(1);
     total.add(&counts(100));
@@ -1722,7 +1724,7 @@ fn publications_past_the_verdict_bound_are_dropped_and_a_verdict_in_time_still_f
 fn ihave(ids: Vec<MsgId>) -> Wire {
     Wire::IHave {
         topic: "t".into(),
-        ids: ids.into_iter().map(|id| (id, 1)).collect(),
+        ids: ids.into_iter().map(|id| (id, 1, 0)).collect(),
     }
 }
 
@@ -1964,3 +1966,6 @@ fn seen_ids_and_cached_publications_expire_after_their_time() {
         "still seen after seen_ttl"
     );
 }
+
+#[path = "source_tests.rs"]
+mod source;

@@ -33,6 +33,7 @@
 mod core;
 #[cfg(test)]
 mod sim_tests;
+mod source;
 mod task;
 mod wire;
 

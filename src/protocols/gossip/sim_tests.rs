@@ -470,3 +470,176 @@ impl Sim {
         }
     }
 }
+
+impl Sim {
+    /// Hops from `from` to every node over live links (`usize::MAX`: not reached).
+    fn hops_from(&self, from: usize) -> Vec<usize> {
+        let mut dist = vec![usize::MAX; self.nodes.len()];
+        dist[from] = 0;
+        let mut queue = std::collections::VecDeque::from([from]);
+        while let Some(a) = queue.pop_front() {
+            for &b in self.links[a].keys() {
+                if self.alive[b] && dist[b] == usize::MAX {
+                    dist[b] = dist[a] + 1;
+                    queue.push_back(b);
+                }
+            }
+        }
+        dist
+    }
+}
+
+#[test]
+fn publishers_that_keep_publishing_reach_every_node_the_shortest_way() {
+    const N: usize = 1000;
+    const PUBLISHERS: usize = 8;
+    const ROUNDS: u64 = 10;
+    let mut sim = Sim::new(N, 6, 0x5eed);
+    let mut rng = Rng(7);
+    let at = |sim: &Sim, ms: u64| sim.start + Duration::from_millis(ms);
+    sim.run_until(at(&sim, 1000));
+    let mut publishers = Vec::new();
+    while publishers.len() < PUBLISHERS {
+        let p = rng.below(N as u64) as usize;
+        if !publishers.contains(&p) {
+            publishers.push(p);
+        }
+    }
+    // Round after round, each publisher once, 100 ms apart: each publishes every 800 ms, so
+    // its second publication roots its source tree.
+    let mut ids = Vec::new();
+    for round in 0..ROUNDS {
+        for (i, &p) in publishers.iter().enumerate() {
+            let k = round * PUBLISHERS as u64 + i as u64;
+            sim.run_until(at(&sim, 1000 + 100 * k));
+            ids.push((sim.publish(p, k), p, round));
+        }
+    }
+    sim.run_until(at(&sim, 1000 + 100 * ROUNDS * PUBLISHERS as u64 + 5000));
+
+    // From the fourth round on, the trees have settled (a tree is told across the graph in
+    // well under the 1.6 s after the second round).
+    let (mut max_hops, mut longer, mut deliveries) = (0, 0, 0);
+    let mut redundancy = Vec::new();
+    let mut eccentricity = 0;
+    for (k, (id, origin, round)) in ids.iter().enumerate() {
+        let delivered = &sim.deliveries[id];
+        let nodes: HashSet<usize> = delivered.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            nodes.len(),
+            N - 1,
+            "publication {k} reached {}",
+            nodes.len()
+        );
+        assert_eq!(
+            delivered.len(),
+            N - 1,
+            "publication {k} delivered twice somewhere"
+        );
+        if *round < 3 {
+            continue;
+        }
+        let shortest = sim.hops_from(*origin);
+        eccentricity = eccentricity.max(shortest.iter().copied().max().unwrap_or(0));
+        for (node, hops) in delivered {
+            deliveries += 1;
+            max_hops = max_hops.max(*hops as usize);
+            if *hops as usize > shortest[*node] {
+                longer += 1;
+            }
+        }
+        redundancy.push(sim.pushes[id] as f64 / (N - 1) as f64 - 1.0);
+    }
+    let mean = redundancy.iter().sum::<f64>() / redundancy.len() as f64;
+    let trees: Vec<_> = publishers
+        .iter()
+        .map(|p| {
+            (0..N)
+                .filter(|n| sim.nodes[*n].source_way(TOPIC, &id_of(*p)).is_some())
+                .count()
+        })
+        .collect();
+    println!(
+        "{PUBLISHERS} publishers, rounds 3..{ROUNDS}: redundancy {mean:.3} copies per node per \
+         message, last-delivery hops {max_hops} (the publishers' farthest node: \
+         {eccentricity} hops), {longer} of {deliveries} deliveries longer than the shortest \
+         way; nodes with a way in each source tree: {trees:?}"
+    );
+    // Every node has a way in every publisher's tree, and every delivery came the shortest
+    // way: the source trees are shortest-distance trees, and settled.
+    assert!(trees.iter().all(|t| *t == N), "{trees:?}");
+    assert_eq!(longer, 0, "deliveries longer than the shortest way");
+    assert!(max_hops <= 10, "last delivery after {max_hops} hops");
+    assert!(mean <= 0.05, "redundancy {mean:.3}");
+    assert_eq!(sim.charges, 0);
+    let early: Vec<String> = ids[..3 * PUBLISHERS]
+        .iter()
+        .map(|(id, _, _)| format!("{:.2}", sim.pushes[id] as f64 / (N - 1) as f64))
+        .collect();
+    println!("copies per node in rounds 0..3 (the trees being told): {early:?}");
+
+    // A fifth of the other nodes fail. The publishers go on: publications reach every
+    // survivor at once (a node that lost its way and may take no other gets them along the
+    // elected tree meanwhile), and once each publisher has raised its number (at most
+    // `RAISE` later) they come the shortest way again.
+    let mut killed = HashSet::new();
+    while killed.len() < N / 5 {
+        let node = rng.below(N as u64) as usize;
+        if !publishers.contains(&node) && killed.insert(node) {
+            sim.kill(node);
+        }
+    }
+    let start = 1000 + 100 * ROUNDS * PUBLISHERS as u64 + 5000;
+    let mut after = Vec::new();
+    for round in 0..2 * ROUNDS {
+        for (i, &p) in publishers.iter().enumerate() {
+            let k = round * PUBLISHERS as u64 + i as u64;
+            sim.run_until(at(&sim, start + 100 * k));
+            after.push((sim.publish(p, 10_000 + k), p, round));
+        }
+    }
+    sim.run_until(at(
+        &sim,
+        start + 100 * 2 * ROUNDS * PUBLISHERS as u64 + 5000,
+    ));
+    let (mut longer, mut deliveries) = (0, 0);
+    let mut copies = Vec::new();
+    for (k, (id, origin, round)) in after.iter().enumerate() {
+        let reachable = sim.component(*origin);
+        let nodes: HashSet<usize> = sim.deliveries[id].iter().map(|(n, _)| *n).collect();
+        let missed = reachable
+            .iter()
+            .filter(|n| **n != *origin && !nodes.contains(n))
+            .count();
+        assert_eq!(
+            missed, 0,
+            "publication {k} after the failures missed {missed}"
+        );
+        copies.push(sim.pushes[id] as f64 / (reachable.len() - 1) as f64);
+        // Every publisher has raised by then (5 s, and a round is 800 ms).
+        if *round >= 8 {
+            let shortest = sim.hops_from(*origin);
+            for (node, hops) in &sim.deliveries[id] {
+                deliveries += 1;
+                if *hops as usize > shortest[*node] {
+                    longer += 1;
+                }
+            }
+        }
+    }
+    let worst = copies.iter().copied().fold(0.0, f64::max);
+    let late = &copies[8 * PUBLISHERS..];
+    let late_mean = late.iter().sum::<f64>() / late.len() as f64;
+    println!(
+        "after the failures: copies per node at most {worst:.2}, {late_mean:.3} from round 8; \
+         {longer} of {deliveries} deliveries from round 8 longer than the shortest way"
+    );
+    assert_eq!(
+        longer, 0,
+        "deliveries longer than the shortest way after the raise"
+    );
+    assert!(
+        late_mean <= 1.05,
+        "redundancy {late_mean:.3} after the raise"
+    );
+}

@@ -113,6 +113,25 @@ pub(crate) fn seq_signed_bytes(topic: &str, seq: u16) -> Vec<u8> {
     out
 }
 
+/// What an origin signs for sequence number `seq` of its source tree of `topic` (the stamp in
+/// [`Wire::Source`]; another tag than the elected tree's, so neither stamp passes for the other).
+pub(crate) fn source_signed_bytes(topic: &str, seq: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(22 + 8 + topic.len() + 2);
+    out.extend_from_slice(b"peerwire-gossip-src-v1");
+    out.extend_from_slice(&(topic.len() as u64).to_le_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out
+}
+
+/// In an announcement: the sender would have pushed this publication whole to the receiver,
+/// had it not been large (so fetch it now: no copy is coming).
+pub(crate) const WOULD_PUSH: u8 = 1;
+
+/// In an announcement: the sender chose whom to push it to by the origin's source tree, so the
+/// receiver's own links in the elected tree say nothing about whether a copy is coming.
+pub(crate) const BY_SOURCE: u8 = 2;
+
 /// Gossip's messages between neighbours.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Wire {
@@ -121,13 +140,19 @@ pub(crate) enum Wire {
     /// The sender left these topics.
     Leave { topics: Vec<String> },
     /// A whole publication (eager push along the tree, or an answer to `Want`), with the hops
-    /// it made.
-    Push { hops: u8, publication: Publication },
+    /// it made, and whether it goes down its origin's source tree (set by the origin once that
+    /// tree has settled, passed on unchanged; otherwise the elected tree). Not signed: a relay
+    /// that flips it changes which tree carries the publication, not what arrives.
+    Push {
+        hops: u8,
+        by_source: bool,
+        publication: Publication,
+    },
     /// The sender has these publications of `topic` (lazy push), each with the hops its copy
-    /// made.
+    /// made and flags ([`WOULD_PUSH`], [`BY_SOURCE`]; other bits are ignored).
     IHave {
         topic: String,
-        ids: Vec<(MsgId, u8)>,
+        ids: Vec<(MsgId, u8, u8)>,
     },
     /// Send me these (a fetch: announced publications whose tree copy is late, and large
     /// ones, announced before they are pushed).
@@ -154,6 +179,19 @@ pub(crate) enum Wire {
         root: PeerId,
         seq: u16,
     },
+    /// The sender's way to `origin` in that origin's source tree (a tree of its own that a
+    /// publisher who keeps publishing roots): `origin`'s sequence number, `dist` hops (255:
+    /// no way), and whether the receiver is its next hop. `stamp` is the origin's signature of
+    /// its number ([`source_signed_bytes`]), passed on unchanged.
+    Source {
+        topic: String,
+        origin: PeerId,
+        seq: u16,
+        dist: u8,
+        parent: bool,
+        #[serde(with = "crate::identity::signature_bytes")]
+        stamp: [u8; 64],
+    },
 }
 
 #[cfg(test)]
@@ -178,6 +216,21 @@ mod tests {
         let signed = signed_bytes(&id);
         assert_eq!(&signed[..22], b"peerwire-gossip-sig-v1");
         assert_eq!(&signed[22..], &id.0);
+    }
+
+    #[test]
+    fn a_source_tree_s_number_is_signed_under_its_own_tag() {
+        let source = source_signed_bytes("doc/1", 7);
+        let elected = seq_signed_bytes("doc/1", 7);
+        assert_eq!(&source[..22], b"peerwire-gossip-src-v1");
+        assert_eq!(
+            source[22..],
+            elected[22..],
+            "the same topic and number follow"
+        );
+        assert_ne!(source, elected);
+        assert_ne!(source_signed_bytes("doc/1", 8), source);
+        assert_ne!(source_signed_bytes("doc/2", 7), source);
     }
 
     #[test]
@@ -249,11 +302,15 @@ mod tests {
             },
             Wire::Push {
                 hops: 3,
+                by_source: true,
                 publication: publication(b"payload"),
             },
             Wire::IHave {
                 topic: "a".into(),
-                ids: vec![(MsgId([1; 20]), 1), (MsgId([2; 20]), 9)],
+                ids: vec![
+                    (MsgId([1; 20]), 1, 0),
+                    (MsgId([2; 20]), 9, WOULD_PUSH | BY_SOURCE),
+                ],
             },
             Wire::Want {
                 topic: "a".into(),
@@ -272,6 +329,14 @@ mod tests {
                 root: PeerId::from_bytes([5; 32]),
                 seq: 10,
             },
+            Wire::Source {
+                topic: "a".into(),
+                origin: PeerId::from_bytes([6; 32]),
+                seq: 11,
+                dist: 255,
+                parent: false,
+                stamp: [4; 64],
+            },
         ];
         for message in messages {
             let bytes = encode_message(&message, 1 << 20).unwrap();
@@ -280,6 +345,7 @@ mod tests {
         let mut bad = encode_message(
             &Wire::Push {
                 hops: 0,
+                by_source: false,
                 publication: publication(b""),
             },
             1 << 20,
