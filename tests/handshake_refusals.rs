@@ -103,10 +103,14 @@ async fn silent_client_is_dropped_at_handshake_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_to_closed_port_fails_typed() {
     let (a, _ai) = node(config()).await;
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound but not listening: the port stays ours (a listener dropped here freed it, and a
+    // node of a test running beside this one took it once, so the dial succeeded), and a
+    // connection to it is refused.
+    let unused = tokio::net::TcpSocket::new_v4().unwrap();
+    unused.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = unused.local_addr().unwrap();
-    drop(unused);
     let err = soon("connect", a.connect(addr)).await.unwrap_err();
+    drop(unused);
     assert!(matches!(err, ConnectError::Dial { .. }), "{err:?}");
     assert!(a.connections().is_empty());
     soon("shutdown", a.shutdown()).await;

@@ -66,7 +66,7 @@ impl PubSub {
                     println!(
                         "stats {}: eager={} lazy={} published={} received={} delivered={} \
                      duplicates={} announced={} repairs={} parent_changes={} eager_bytes={} \
-                     lazy_bytes={} dropped={}",
+                     lazy_bytes={} dropped={} sources_refused={}",
                         topic.trim(),
                         eager,
                         lazy,
@@ -79,7 +79,8 @@ impl PubSub {
                         s.parent_changes,
                         s.eager_bytes,
                         s.lazy_bytes,
-                        s.dropped
+                        s.dropped,
+                        s.sources_refused
                     );
                 }
                 None => println!("/stats {topic}: not joined"),
