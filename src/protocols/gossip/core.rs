@@ -870,8 +870,9 @@ impl Core {
         settled(state)
     }
 
-    /// Sends a publication on: whole to the eager neighbours (unless it is large), as an id to
-    /// the others; keeps it to answer grafts.
+    /// Sends a publication on: whole to the neighbours its tree reaches through us (the
+    /// elected tree's links, or, `by_source`, the origin's source tree as below) unless it is
+    /// large, as an id to the others; keeps it to answer fetches.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
