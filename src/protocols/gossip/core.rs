@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::source::{self, Offer, Source};
+use super::source::{self, MAX_TREE_DIST, Offer, Source, newer};
 use super::wire::{
     BY_SOURCE, MsgId, Publication, WOULD_PUSH, Wire, root_rank, seq_signed_bytes,
     source_signed_bytes,
@@ -201,10 +201,6 @@ struct Cached {
 /// Requests for one announced publication before it is given up (counted as dropped).
 const MAX_ASKS: u8 = 4;
 
-/// Distances in a tree at or beyond this are unreachable (a tree deeper than this would be
-/// cut in two, each part with its own root, joined by fetches).
-const MAX_TREE_DIST: u8 = 32;
-
 /// Roots whose feasibility is remembered per topic (the oldest record goes first past it).
 const MAX_FEASIBLE: usize = 64;
 
@@ -311,11 +307,6 @@ struct Feasible {
     dist: u8,
     /// When it was last told (see `FEASIBLE_TTL`).
     at: Instant,
-}
-
-/// `a` is a later sequence number than `b` (wrapping).
-fn newer(a: u16, b: u16) -> bool {
-    (a.wrapping_sub(b) as i16) > 0
 }
 
 impl Place {

@@ -226,16 +226,8 @@ impl Sim {
 
     /// Nodes reachable from `from` over live links.
     fn component(&self, from: usize) -> HashSet<usize> {
-        let mut seen = HashSet::from([from]);
-        let mut stack = vec![from];
-        while let Some(a) = stack.pop() {
-            for &b in self.links[a].keys() {
-                if self.alive[b] && seen.insert(b) {
-                    stack.push(b);
-                }
-            }
-        }
-        seen
+        let hops = self.hops_from(from);
+        (0..hops.len()).filter(|n| hops[*n] != usize::MAX).collect()
     }
 }
 

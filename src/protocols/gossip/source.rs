@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::identity::PeerId;
 
-/// Distances at or beyond this are no way (as in the elected tree).
-pub(super) const MAX_DIST: u8 = 32;
+/// Distances in a tree (the elected one or a source tree) at or beyond this are unreachable (a
+/// tree deeper than this would be cut in two, joined by fetches).
+pub(super) const MAX_TREE_DIST: u8 = 32;
 
 /// The distance that says "I have no way to this origin" (sent when a way is lost).
 pub(super) const NO_WAY: u8 = u8::MAX;
@@ -50,8 +51,8 @@ pub(super) const TTL: Duration = Duration::from_secs(60);
 /// Stamps remembered per origin (checked once each).
 const MAX_STAMPS: usize = 4;
 
-/// A way sequence number `a` is later than `b` (wrapping).
-fn newer(a: u16, b: u16) -> bool {
+/// Sequence number `a` is later than `b` (wrapping); for both kinds of tree.
+pub(super) fn newer(a: u16, b: u16) -> bool {
     (a.wrapping_sub(b) as i16) > 0
 }
 
@@ -186,7 +187,7 @@ impl Source {
         let current = self.way.and_then(|w| w.parent);
         let mut best: Option<(PeerId, Offer)> = None;
         for (peer, offer) in &self.offers {
-            if offer.parent_is_us || offer.dist >= MAX_DIST - 1 || !self.may_take(offer) {
+            if offer.parent_is_us || offer.dist >= MAX_TREE_DIST - 1 || !self.may_take(offer) {
                 continue;
             }
             let better = best.is_none_or(|(_, b)| {
@@ -311,7 +312,7 @@ mod tests {
             },
         );
         s.offers.insert(peer(2), offer(1, NO_WAY));
-        s.offers.insert(peer(3), offer(1, MAX_DIST - 1));
+        s.offers.insert(peer(3), offer(1, MAX_TREE_DIST - 1));
         assert!(!s.settle());
         assert_eq!(s.way, None);
         assert!(s.child(&peer(1)) && s.in_tree(&peer(1)));

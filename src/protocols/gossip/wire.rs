@@ -105,19 +105,19 @@ pub(crate) fn signed_bytes(id: &MsgId) -> [u8; 42] {
 /// What a root signs for sequence number `seq` of its tree of `topic` (the stamp in
 /// [`Wire::Tree`]).
 pub(crate) fn seq_signed_bytes(topic: &str, seq: u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(22 + 8 + topic.len() + 2);
-    out.extend_from_slice(b"peerwire-gossip-seq-v1");
-    out.extend_from_slice(&(topic.len() as u64).to_le_bytes());
-    out.extend_from_slice(topic.as_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out
+    numbered(b"peerwire-gossip-seq-v1", topic, seq)
 }
 
 /// What an origin signs for sequence number `seq` of its source tree of `topic` (the stamp in
 /// [`Wire::Source`]; another tag than the elected tree's, so neither stamp passes for the other).
 pub(crate) fn source_signed_bytes(topic: &str, seq: u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(22 + 8 + topic.len() + 2);
-    out.extend_from_slice(b"peerwire-gossip-src-v1");
+    numbered(b"peerwire-gossip-src-v1", topic, seq)
+}
+
+/// `tag ‖ len(topic) ‖ topic ‖ seq`: a tree's number as its root signs it.
+fn numbered(tag: &[u8; 22], topic: &str, seq: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tag.len() + 8 + topic.len() + 2);
+    out.extend_from_slice(tag);
     out.extend_from_slice(&(topic.len() as u64).to_le_bytes());
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
