@@ -1347,15 +1347,13 @@ fn gossip_graph(n: usize) -> Vec<(usize, usize)> {
     edges
 }
 
-/// Whether the nodes in `alive` stay connected over `edges`.
-fn connected(edges: &[(usize, usize)], alive: &[bool]) -> bool {
-    let Some(start) = alive.iter().position(|a| *a) else {
-        return true;
-    };
-    let mut seen = vec![false; alive.len()];
-    seen[start] = true;
-    let mut stack = vec![start];
-    while let Some(a) = stack.pop() {
+/// Hops from `from` to every node over `edges` between nodes in `alive` (`usize::MAX`: not
+/// reached).
+fn hops_over(edges: &[(usize, usize)], alive: &[bool], from: usize) -> Vec<usize> {
+    let mut dist = vec![usize::MAX; alive.len()];
+    dist[from] = 0;
+    let mut queue = std::collections::VecDeque::from([from]);
+    while let Some(a) = queue.pop_front() {
         for &(x, y) in edges {
             let b = if x == a {
                 y
@@ -1364,13 +1362,22 @@ fn connected(edges: &[(usize, usize)], alive: &[bool]) -> bool {
             } else {
                 continue;
             };
-            if alive[b] && !seen[b] {
-                seen[b] = true;
-                stack.push(b);
+            if alive[b] && dist[b] == usize::MAX {
+                dist[b] = dist[a] + 1;
+                queue.push_back(b);
             }
         }
     }
-    (0..alive.len()).all(|i| !alive[i] || seen[i])
+    dist
+}
+
+/// Whether the nodes in `alive` stay connected over `edges`.
+fn connected(edges: &[(usize, usize)], alive: &[bool]) -> bool {
+    let Some(start) = alive.iter().position(|a| *a) else {
+        return true;
+    };
+    let hops = hops_over(edges, alive, start);
+    (0..alive.len()).all(|i| !alive[i] || hops[i] != usize::MAX)
 }
 
 impl Lab {
@@ -1412,30 +1419,10 @@ impl Lab {
         edges: &[(usize, usize)],
     ) -> Vec<(Duration, Duration)> {
         let n = self.nodes.len();
-        let hops_from = |p: usize| {
-            let mut dist = vec![usize::MAX; n];
-            dist[p] = 0;
-            let mut queue = std::collections::VecDeque::from([p]);
-            while let Some(a) = queue.pop_front() {
-                for &(x, y) in edges {
-                    let b = if x == a {
-                        y
-                    } else if y == a {
-                        x
-                    } else {
-                        continue;
-                    };
-                    if dist[b] == usize::MAX {
-                        dist[b] = dist[a] + 1;
-                        queue.push_back(b);
-                    }
-                }
-            }
-            dist
-        };
+        let everyone = vec![true; n];
         let mut by_distance: Vec<Vec<Duration>> = Vec::new();
         for (at, line, p) in sent_at {
-            let dist = hops_from(*p);
+            let dist = hops_over(edges, &everyone, *p);
             for (i, d) in dist.iter().enumerate() {
                 if *d == 0 || *d == usize::MAX {
                     continue;
