@@ -17,6 +17,9 @@
 //!   on the same bulk channel) and `stream/plain_tcp`.
 //! - `rpc/1_in_flight_beside_stream`: `rpc/1_in_flight` on the high channel while a stream
 //!   runs on the bulk channel of the same connection: head-of-line blocking shows here.
+//! - `rpc/1_in_flight_beside_stream_apart`: the same requests while the same stream runs
+//!   between two other nodes in the same process (its own connection): the floor of a design
+//!   that carries bulk channels on a connection of their own.
 //! - `plain_tcp/beside_stream_apart` and `plain_tcp/beside_stream_same`: its two baselines, a
 //!   plain 64 B ping-pong while a plain stream of the same chunks runs on another socket (no
 //!   head-of-line blocking, only the two cores shared: the floor for any design on one
@@ -486,6 +489,8 @@ fn main() {
         let (mut rates, mut in_flight_lat, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
         let (mut streams, mut one_ways, mut plains) = (Vec::new(), Vec::new(), Vec::new());
         let mut beside = Vec::new();
+        let mut beside_apart = Vec::new();
+        let other = pair().await;
         let (mut plain_apart, mut plain_same) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             plain_apart.extend(plain_beside_stream(false).await);
@@ -517,12 +522,32 @@ fn main() {
             }
             beside.extend(samples);
             stream.await.unwrap();
+            // The same stream between two other nodes, the requests on the first pair.
+            let stream = {
+                let client = other.client.clone();
+                let peer = other.b_id;
+                tokio::spawn(async move {
+                    let mut s = client.request_stream(peer, &Bytes::new()).await.unwrap();
+                    while let Some(c) = s.next().await {
+                        c.unwrap();
+                    }
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut samples = Vec::new();
+            while !stream.is_finished() && samples.len() < SAMPLES {
+                samples.extend(rpc_sequential(&p, 50).await);
+            }
+            beside_apart.extend(samples);
+            stream.await.unwrap();
         }
         let plain_rtt = p50_p99(plain_rtts);
         let seq = p50_p99(rpc_seq);
         let busy = p50_p99(in_flight_lat);
         let beside_n = beside.len();
         let beside = p50_p99(beside);
+        let apart_n = beside_apart.len();
+        let apart = p50_p99(beside_apart);
         let (rate, plain_rate) = (median(rates), median(plain_rates));
         let (stream, one_way_mb, plain_mb) = (median(streams), median(one_ways), median(plains));
         println!("| case | figure | plain TCP | ratio |");
@@ -548,6 +573,10 @@ fn main() {
             "| request 64 B beside a running stream (p50 / p99, {beside_n} samples) | {:.0} / {:.0} µs | idle: {:.0} / {:.0} µs | {:.2} |",
             beside.0, beside.1, seq.0, seq.1, seq.0 / beside.0
         );
+        println!(
+            "| request 64 B beside a stream on another connection (p50 / p99, {apart_n} samples) | {:.0} / {:.0} µs | beside its own stream: {:.0} / {:.0} µs | {:.2} |",
+            apart.0, apart.1, beside.0, beside.1, apart.0 / beside.0
+        );
         for (socket, samples) in [("another", plain_apart), ("the same", plain_same)] {
             let n = samples.len();
             let plain = p50_p99(samples);
@@ -556,8 +585,9 @@ fn main() {
                 plain.0, plain.1, beside.0, beside.1, plain.0 / beside.0
             );
         }
-        p.a.shutdown().await;
-        p.b.shutdown().await;
+        for node in [&p.a, &p.b, &other.a, &other.b] {
+            node.shutdown().await;
+        }
     });
     rt.block_on(body).unwrap();
 }
