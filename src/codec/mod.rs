@@ -98,15 +98,69 @@ pub enum ControlMessage {
 /// # Errors
 /// [`CodecError::Encode`] when serialization fails, [`CodecError::MessageTooLarge`] when too big.
 pub fn encode_message<M: Serialize + ?Sized>(message: &M, max: usize) -> Result<Bytes, CodecError> {
-    let encode_error = |e: postcard::Error| CodecError::Encode(e.to_string());
     // Measure first: an oversize message is refused before any allocation, and the buffer is
     // allocated once at its exact size instead of growing by doubling (copying) as it fills.
     let len = postcard::experimental::serialized_size(message).map_err(encode_error)?;
+    encode_exact(message, len, max)
+}
+
+fn encode_error(e: postcard::Error) -> CodecError {
+    CodecError::Encode(e.to_string())
+}
+
+/// [`encode_message`] once the size `len` is known.
+fn encode_exact<M: Serialize + ?Sized>(
+    message: &M,
+    len: usize,
+    max: usize,
+) -> Result<Bytes, CodecError> {
     if len > max {
         return Err(CodecError::MessageTooLarge { len, max });
     }
     let bytes = postcard::to_extend(message, Vec::with_capacity(len)).map_err(encode_error)?;
     Ok(Bytes::from(bytes))
+}
+
+/// Sent messages up to this size are serialized into a buffer shared with the messages encoded
+/// before them on the same thread ([`encode_body`]), so a small message costs no allocation of
+/// its own: a 45-byte vote allocated once per message here (twice to a persistent peer, whose
+/// stream keeps a clone), `tests/allocations.rs`. Larger ones get an exact-size buffer: one
+/// allocation is nothing beside their copies, and they never hold a shared buffer alive.
+pub const POOLED_MAX: usize = 1024;
+
+/// The size of each shared encoding buffer. A small message that is kept (queued, or waiting
+/// for a persistent peer's acknowledgement) keeps its buffer allocated until it is let go, so
+/// the buffers are small: at most this much per message still held, in the worst case of each
+/// held message being the last one alive in its buffer.
+const POOL_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// This thread's encoding buffer: the unused rest of its current chunk.
+    static POOL: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// [`encode_message`] into this thread's shared buffer, for a message of `len` bytes
+/// (`len <= POOLED_MAX`); `None` when the buffer is in use (a `Serialize` implementation that
+/// sends a message itself), and the caller allocates instead.
+fn encode_pooled<M: Serialize + ?Sized>(
+    message: &M,
+    len: usize,
+) -> Option<Result<Bytes, CodecError>> {
+    POOL.with(|pool| {
+        let mut pool = pool.try_borrow_mut().ok()?;
+        if pool.capacity() < len {
+            // The old chunk is freed once the last message cut from it is dropped.
+            *pool = bytes::BytesMut::with_capacity(POOL_CHUNK);
+        }
+        // Sets the length whatever a failed attempt left: the body is written from the start.
+        pool.resize(len, 0);
+        let written = match postcard::to_slice(message, &mut pool[..]) {
+            Ok(written) => written.len(),
+            Err(e) => return Some(Err(encode_error(e))),
+        };
+        pool.truncate(written);
+        Some(Ok(pool.split().freeze()))
+    })
 }
 
 /// Deserializes an application message; trailing bytes are an error, so one encoding has exactly
@@ -132,7 +186,8 @@ pub fn is_raw<M: 'static>() -> bool {
 }
 
 /// Encodes a message body: a [`Bytes`] message is its own body (a reference-counted clone, no
-/// copy); any other type is serialized with [`encode_message`].
+/// copy); any other type is serialized with [`encode_message`], or, up to [`POOLED_MAX`] bytes,
+/// into a buffer shared with other small messages (no allocation per message).
 ///
 /// # Errors
 /// As [`encode_message`]; [`CodecError::MessageTooLarge`] for raw bytes longer than `max`.
@@ -147,7 +202,13 @@ pub fn encode_body<M: Serialize + 'static>(message: &M, max: usize) -> Result<By
         }
         return Ok(raw.clone());
     }
-    encode_message(message, max)
+    let len = postcard::experimental::serialized_size(message).map_err(encode_error)?;
+    if len <= POOLED_MAX.min(max) {
+        if let Some(encoded) = encode_pooled(message, len) {
+            return encoded;
+        }
+    }
+    encode_exact(message, len, max)
 }
 
 /// Decodes a message body, the inverse of [`encode_body`]: for [`Bytes`] the body itself (any

@@ -643,3 +643,139 @@ fn a_message_refused_by_the_budget_mid_way_is_skipped_exactly_to_its_end() {
         ]
     );
 }
+
+#[test]
+fn small_bodies_encode_as_encode_message_does_across_many_shared_buffers() {
+    // Enough messages to use up several shared buffers: every one is intact and byte-for-byte
+    // what the exact-size encoding gives, whatever was encoded after it.
+    let messages: Vec<(u64, Vec<u8>)> = (0..2_000u64)
+        .map(|i| (i, vec![(i % 251) as u8; (i % 40) as usize]))
+        .collect();
+    let pooled: Vec<Bytes> = messages
+        .iter()
+        .map(|m| encode_body(m, 1 << 20).unwrap())
+        .collect();
+    for (m, body) in messages.iter().zip(&pooled) {
+        assert_eq!(body, &encode_message(m, 1 << 20).unwrap());
+        assert_eq!(&decode_message::<(u64, Vec<u8>)>(body).unwrap(), m);
+    }
+    // Consecutive small bodies are cut from one buffer (what makes them cost no allocation).
+    let (a, b) = (&pooled[1], &pooled[2]);
+    assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
+}
+
+#[test]
+fn bodies_past_the_pooled_size_or_the_limit_are_as_before() {
+    let large = vec![3u8; POOLED_MAX + 1];
+    let before = encode_body(&1u8, 64).unwrap();
+    let body = encode_body(&large, 1 << 20).unwrap();
+    let after = encode_body(&2u8, 64).unwrap();
+    assert_eq!(body, encode_message(&large, 1 << 20).unwrap());
+    // It took a buffer of its own: the small bodies around it are cut one after the other.
+    assert_eq!(before.as_ptr().wrapping_add(before.len()), after.as_ptr());
+    // The limit holds below the pooled size too: refused, and the buffer is left usable.
+    assert!(matches!(
+        encode_body(&vec![0u8; 100], 50),
+        Err(CodecError::MessageTooLarge { len: 101, max: 50 })
+    ));
+    assert_eq!(
+        encode_body(&7u32, 50).unwrap(),
+        encode_message(&7u32, 50).unwrap()
+    );
+}
+
+/// A value whose serialization fails half way, after writing a field.
+struct FailsHalfWay;
+
+impl Serialize for FailsHalfWay {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeTuple};
+        let mut tuple = serializer.serialize_tuple(2)?;
+        tuple.serialize_element(&1u8)?;
+        let _ = tuple;
+        Err(S::Error::custom("half way"))
+    }
+}
+
+/// A value whose serialization encodes another body, as a `Serialize` that sends would.
+struct EncodesInside;
+
+impl Serialize for EncodesInside {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let inner = encode_body(&42u64, 64).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_bytes(&inner)
+    }
+}
+
+#[test]
+fn a_failed_or_nested_encoding_leaves_the_shared_buffer_consistent() {
+    assert!(matches!(
+        encode_body(&FailsHalfWay, 64),
+        Err(CodecError::Encode(_))
+    ));
+    // The next body is whole and alone.
+    assert_eq!(
+        encode_body(&9u16, 64).unwrap(),
+        encode_message(&9u16, 64).unwrap()
+    );
+    // Encoding inside an encoding: the inner one cannot borrow the buffer the outer holds and
+    // takes an exact-size one instead; both come out right.
+    let outer = encode_body(&EncodesInside, 64).unwrap();
+    let inner = decode_message::<serde_bytes_like::Bytes>(&outer).unwrap();
+    assert_eq!(decode_message::<u64>(&inner.0).unwrap(), 42);
+}
+
+/// Reads a postcard byte string back (what `serialize_bytes` wrote).
+mod serde_bytes_like {
+    #[derive(Debug)]
+    pub(super) struct Bytes(pub(super) Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for Bytes {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl serde::de::Visitor<'_> for Visit {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+            }
+            d.deserialize_bytes(Visit)
+        }
+    }
+}
+
+#[test]
+fn control_records_pushed_from_the_stack_are_those_of_encode_control() {
+    let messages = [
+        ControlMessage::Ping { nonce: u64::MAX },
+        ControlMessage::Ack {
+            channel: u16::MAX,
+            next: u64::MAX,
+        },
+        ControlMessage::Resume {
+            channel: 3,
+            incarnation: u64::MAX,
+            first_seq: u64::MAX,
+        },
+        ControlMessage::Goodbye {
+            reason: GoodbyeReason::Misbehaviour,
+        },
+        ControlMessage::Welcome,
+    ];
+    for message in messages {
+        let mut by_stack = FrameEncoder::new(Sealer::new(&KEY));
+        by_stack.push_control_message(&message).unwrap();
+        let mut by_heap = FrameEncoder::new(Sealer::new(&KEY));
+        by_heap.push_control(&encode_control(&message)).unwrap();
+        by_stack.seal().unwrap();
+        by_heap.seal().unwrap();
+        assert_eq!(
+            by_stack.output().split(),
+            by_heap.output().split(),
+            "{message:?}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use super::queue::Batch;
 use super::stream::Reliable;
 use crate::codec::cipher::Sealer;
 use crate::codec::frame::FrameEncoder;
-use crate::codec::{CodecError, ControlMessage, GoodbyeReason, encode_control};
+use crate::codec::{CodecError, ControlMessage, GoodbyeReason};
 use crate::session::DisconnectReason;
 use crate::session::outbound::Piece;
 use crate::session::reliable::Taken;
@@ -104,15 +104,15 @@ impl Writer {
             }
             data = !batch.data.is_empty() || !reliable.is_empty();
             for control in batch.control.drain(..) {
-                encoder.push_control(&encode_control(&control))?;
+                encoder.push_control_message(&control)?;
             }
             for (lane, first_seq) in reliable.resumes.drain(..) {
                 // Taken together with the pieces it numbers, so nothing can slip between.
-                encoder.push_control(&encode_control(&ControlMessage::Resume {
+                encoder.push_control_message(&ControlMessage::Resume {
                     channel: self.channel_ids.get(lane).copied().unwrap_or(0),
                     incarnation,
                     first_seq,
-                }))?;
+                })?;
             }
             let reliable_pending = !reliable.pieces.is_empty();
             self.write_pieces(stream, encoder, &mut batch.data, &mut counts)
@@ -121,7 +121,7 @@ impl Writer {
                 .await?;
             // The goodbye goes out once the reliable streams have nothing left to write either.
             if let Some(reason) = batch.goodbye.take().filter(|_| !reliable_pending) {
-                encoder.push_control(&encode_control(&ControlMessage::Goodbye { reason }))?;
+                encoder.push_control_message(&ControlMessage::Goodbye { reason })?;
                 self.flush(stream, encoder).await?;
                 self.publish(&mut counts);
                 // Half-close: the peer reads our goodbye, then EOF; we keep reading its rest.
@@ -155,7 +155,7 @@ impl Writer {
                     let mut control = Batch::default();
                     self.shared.queue.take_control(&mut control);
                     for c in control.control {
-                        encoder.push_control(&encode_control(&c))?;
+                        encoder.push_control_message(&c)?;
                     }
                 }
             }
