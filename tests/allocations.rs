@@ -22,6 +22,23 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+/// The counter is the whole process's, and the test harness runs tests on threads side by
+/// side: each case holds this for its whole run, so no other case's nodes are counted in it.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `case` alone, on a runtime like the other tests' (two workers).
+fn alone(case: impl std::future::Future<Output = f64>) -> f64 {
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(case)
+}
+
 /// A consensus vote: small, fixed-size, no heap of its own, so decoding one needs none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Vote {
@@ -130,32 +147,32 @@ where
     allocations as f64 / MEASURED as f64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_typed_message_costs_no_allocation_on_either_side() {
-    let per = allocations_per_message(|i| vote(i as u32), false).await;
+#[test]
+fn a_small_typed_message_costs_no_allocation_on_either_side() {
+    let per = alone(allocations_per_message(|i| vote(i as u32), false));
     println!("typed vote, best effort: {per:.4} allocations per message");
     assert!(per < PER_MESSAGE, "{per:.4} allocations per message");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_raw_message_costs_no_allocation_on_either_side() {
+#[test]
+fn a_small_raw_message_costs_no_allocation_on_either_side() {
     let payload = Bytes::from(vec![7u8; 64]);
-    let per = allocations_per_message(move |_| payload.clone(), false).await;
+    let per = alone(allocations_per_message(move |_| payload.clone(), false));
     println!("raw 64 B, best effort: {per:.4} allocations per message");
     assert!(per < PER_MESSAGE, "{per:.4} allocations per message");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_typed_message_to_a_persistent_peer_costs_no_allocation() {
-    let per = allocations_per_message(|i| vote(i as u32), true).await;
+#[test]
+fn a_small_typed_message_to_a_persistent_peer_costs_no_allocation() {
+    let per = alone(allocations_per_message(|i| vote(i as u32), true));
     println!("typed vote, persistent peer: {per:.4} allocations per message");
     assert!(per < PER_MESSAGE, "{per:.4} allocations per message");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_raw_message_to_a_persistent_peer_costs_no_allocation() {
+#[test]
+fn a_small_raw_message_to_a_persistent_peer_costs_no_allocation() {
     let payload = Bytes::from(vec![7u8; 64]);
-    let per = allocations_per_message(move |_| payload.clone(), true).await;
+    let per = alone(allocations_per_message(move |_| payload.clone(), true));
     println!("raw 64 B, persistent peer: {per:.4} allocations per message");
     assert!(per < PER_MESSAGE, "{per:.4} allocations per message");
 }
