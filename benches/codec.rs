@@ -9,7 +9,7 @@
 //!   `RecordDecoder::decode_frame`, `decode_message::<Bytes>`. A fresh decoder (nonce 0) and a
 //!   copy of the sealed bytes are made in setup, outside the timed part.
 //!
-//! - `typed_body/exact` and `typed_body/pooled`: 256 small typed messages (a 45-byte vote)
+//! - `typed_body/exact` and `typed_body/pooled`: 256 small typed messages (a vote of 34-36 bytes encoded)
 //!   encoded and held, as a send lane holds them, then dropped: with an exact-size buffer each
 //!   (`encode_message`, what sends did before) and cut from the thread's shared buffer
 //!   (`encode_body`, what sends do now).

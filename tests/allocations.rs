@@ -39,7 +39,8 @@ fn alone(case: impl std::future::Future<Output = f64>) -> f64 {
         .block_on(case)
 }
 
-/// A consensus vote: small, fixed-size, no heap of its own, so decoding one needs none.
+/// A consensus vote (34-36 bytes encoded): small, fixed-size, no heap of its own, so decoding
+/// one needs none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Vote {
     height: u64,
@@ -59,8 +60,12 @@ const WARM_UP: u64 = 20_000;
 const MEASURED: u64 = 20_000;
 /// Messages sent before waiting for them all to arrive: well inside the default inbox.
 const BATCH: usize = 1_000;
-/// Allowed: the odd timer, ping and buffer growth of the whole process, not one per message.
-const PER_MESSAGE: f64 = 0.05;
+/// Allowed: not one per message, but what is shared by many: the encoding buffers (two
+/// allocations per 8 KiB of small messages, 0.009 per vote), each acknowledgement round to a
+/// persistent peer (about three, every 150 or so messages in these bursts; a lone message to a
+/// persistent peer pays them alone) and the odd timer and ping. Measured 0.002-0.035; a step
+/// that allocated per message would be 1.0 or more.
+const PER_MESSAGE: f64 = 0.1;
 
 /// The test config without the per-peer inbound rate limits (1 M messages/s by default), which
 /// a burst at full speed would trip by design: this counts the path, not the policy.
@@ -139,7 +144,9 @@ where
         sent += batch.len() as u64;
         until(sent).await;
     }
-    let allocations = region.change().allocations;
+    // A buffer grown per message would show as reallocations, not allocations: both count.
+    let change = region.change();
+    let allocations = change.allocations + change.reallocations;
 
     a.shutdown().await;
     b.shutdown().await;

@@ -123,16 +123,18 @@ fn encode_exact<M: Serialize + ?Sized>(
 
 /// Sent messages up to this size are serialized into a buffer shared with the messages encoded
 /// before them on the same thread ([`encode_body`]), so a small message costs no allocation of
-/// its own: a 45-byte vote allocated once per message here (twice to a persistent peer, whose
+/// its own: a 36-byte vote allocated once per message here (twice to a persistent peer, whose
 /// stream keeps a clone), `tests/allocations.rs`. Larger ones get an exact-size buffer: one
 /// allocation is nothing beside their copies, and they never hold a shared buffer alive.
-pub const POOLED_MAX: usize = 1024;
+pub const POOLED_MAX: usize = 512;
 
-/// The size of each shared encoding buffer. A small message that is kept (queued, or waiting
-/// for a persistent peer's acknowledgement) keeps its buffer allocated until it is let go, so
-/// the buffers are small: at most this much per message still held, in the worst case of each
-/// held message being the last one alive in its buffer.
-const POOL_CHUNK: usize = 16 * 1024;
+/// The size of each shared encoding buffer. A small message that is kept keeps its buffer
+/// allocated until it is let go: at most this much per message still held (each held message
+/// the last alive in its buffer). So the buffer is small, and what keeps messages for long does
+/// not keep these: an offline persistent peer's stream copies them out
+/// (`driver::stream::Reliable`), and `Encoded<T>` and gossip's publications are encoded with
+/// [`encode_body_kept`]. A send lane or an inbox holds at most its message bound of them.
+pub const POOL_CHUNK: usize = 8 * 1024;
 
 thread_local! {
     /// This thread's encoding buffer: the unused rest of its current chunk.
@@ -140,13 +142,15 @@ thread_local! {
 }
 
 /// [`encode_message`] into this thread's shared buffer, for a message of `len` bytes
-/// (`len <= POOLED_MAX`); `None` when the buffer is in use (a `Serialize` implementation that
-/// sends a message itself), and the caller allocates instead.
+/// (`len <= POOLED_MAX`); `None` when the caller must allocate instead: the buffer is in use (a
+/// `Serialize` implementation that sends a message itself), the thread is ending (its
+/// thread-locals are gone), or the message wrote more than it measured (a value that changed
+/// between the two passes; the exact-size path grows as needed).
 fn encode_pooled<M: Serialize + ?Sized>(
     message: &M,
     len: usize,
 ) -> Option<Result<Bytes, CodecError>> {
-    POOL.with(|pool| {
+    POOL.try_with(|pool| {
         let mut pool = pool.try_borrow_mut().ok()?;
         if pool.capacity() < len {
             // The old chunk is freed once the last message cut from it is dropped.
@@ -156,11 +160,14 @@ fn encode_pooled<M: Serialize + ?Sized>(
         pool.resize(len, 0);
         let written = match postcard::to_slice(message, &mut pool[..]) {
             Ok(written) => written.len(),
+            Err(postcard::Error::SerializeBufferFull) => return None,
             Err(e) => return Some(Err(encode_error(e))),
         };
         pool.truncate(written);
         Some(Ok(pool.split().freeze()))
     })
+    .ok()
+    .flatten()
 }
 
 /// Deserializes an application message; trailing bytes are an error, so one encoding has exactly
@@ -209,6 +216,21 @@ pub fn encode_body<M: Serialize + 'static>(message: &M, max: usize) -> Result<By
         }
     }
     encode_exact(message, len, max)
+}
+
+/// [`encode_body`] for a body that may be kept for long (an [`crate::Encoded`], a gossip
+/// publication): never cut from the shared buffer, so it keeps no other message's buffer alive.
+///
+/// # Errors
+/// As [`encode_body`].
+pub fn encode_body_kept<M: Serialize + 'static>(
+    message: &M,
+    max: usize,
+) -> Result<Bytes, CodecError> {
+    if let Some(raw) = (message as &dyn std::any::Any).downcast_ref::<Bytes>() {
+        return encode_body(raw, max);
+    }
+    encode_message(message, max)
 }
 
 /// Decodes a message body, the inverse of [`encode_body`]: for [`Bytes`] the body itself (any

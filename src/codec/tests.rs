@@ -665,6 +665,22 @@ fn small_bodies_encode_as_encode_message_does_across_many_shared_buffers() {
 }
 
 #[test]
+fn a_body_to_be_kept_is_never_cut_from_the_shared_buffer() {
+    // (Each test runs on a thread of its own, so the shared buffer here is this test's.)
+    let before = encode_body(&1u8, 64).unwrap();
+    let kept = encode_body_kept(&(7u64, [3u8; 20]), 64).unwrap();
+    let after = encode_body(&2u8, 64).unwrap();
+    assert_eq!(kept, encode_message(&(7u64, [3u8; 20]), 64).unwrap());
+    assert_eq!(before.as_ptr().wrapping_add(before.len()), after.as_ptr());
+    let raw = Bytes::from_static(b"raw");
+    assert_eq!(encode_body_kept(&raw, 64).unwrap(), raw);
+    assert!(matches!(
+        encode_body_kept(&Bytes::from_static(b"too long"), 4),
+        Err(CodecError::MessageTooLarge { .. })
+    ));
+}
+
+#[test]
 fn bodies_past_the_pooled_size_or_the_limit_are_as_before() {
     let large = vec![3u8; POOLED_MAX + 1];
     let before = encode_body(&1u8, 64).unwrap();
@@ -684,16 +700,32 @@ fn bodies_past_the_pooled_size_or_the_limit_are_as_before() {
     );
 }
 
-/// A value whose serialization fails half way, after writing a field.
-struct FailsHalfWay;
+/// A value that measures fine, then fails when written: it reaches the shared buffer.
+struct FailsWhenWritten(std::cell::Cell<u32>);
 
-impl Serialize for FailsHalfWay {
+impl Serialize for FailsWhenWritten {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{Error, SerializeTuple};
+        let pass = self.0.get();
+        self.0.set(pass + 1);
         let mut tuple = serializer.serialize_tuple(2)?;
+        tuple.serialize_element(&[9u8; 8])?;
+        if pass > 0 {
+            return Err(S::Error::custom("half way"));
+        }
         tuple.serialize_element(&1u8)?;
-        let _ = tuple;
-        Err(S::Error::custom("half way"))
+        tuple.end()
+    }
+}
+
+/// A value that writes more than it measured (it changed between the two passes).
+struct GrowsWhenWritten(std::cell::Cell<usize>);
+
+impl Serialize for GrowsWhenWritten {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let len = self.0.get();
+        self.0.set(len + 100);
+        serializer.serialize_bytes(&vec![5u8; len])
     }
 }
 
@@ -710,9 +742,22 @@ impl Serialize for EncodesInside {
 #[test]
 fn a_failed_or_nested_encoding_leaves_the_shared_buffer_consistent() {
     assert!(matches!(
-        encode_body(&FailsHalfWay, 64),
+        encode_body(&FailsWhenWritten(std::cell::Cell::new(0)), 64),
         Err(CodecError::Encode(_))
     ));
+    // What the failed write left in the buffer is not in front of the next body.
+    let next = encode_body(&9u16, 64).unwrap();
+    assert_eq!(next, encode_message(&9u16, 64).unwrap());
+    let after = encode_body(&10u16, 64).unwrap();
+    assert_eq!(next.as_ptr().wrapping_add(next.len()), after.as_ptr());
+    // A value that writes more than it measured (10 bytes measured, 110 written into the
+    // shared buffer) takes the exact-size path, as before this buffer existed: written a third
+    // time, 210 bytes, and not an error.
+    let grown = encode_body(&GrowsWhenWritten(std::cell::Cell::new(10)), 1024).unwrap();
+    assert_eq!(
+        decode_message::<serde_bytes_like::Bytes>(&grown).unwrap().0,
+        vec![5u8; 210]
+    );
     // The next body is whole and alone.
     assert_eq!(
         encode_body(&9u16, 64).unwrap(),
@@ -764,8 +809,23 @@ fn control_records_pushed_from_the_stack_are_those_of_encode_control() {
             reason: GoodbyeReason::Misbehaviour,
         },
         ControlMessage::Welcome,
+        ControlMessage::Pong { nonce: u64::MAX },
+        ControlMessage::Rewind {
+            channel: u16::MAX,
+            from: u64::MAX,
+        },
     ];
     for message in messages {
+        // Every variant is above: a new one fails to compile here until it is added.
+        match message {
+            ControlMessage::Goodbye { .. }
+            | ControlMessage::Ping { .. }
+            | ControlMessage::Pong { .. }
+            | ControlMessage::Resume { .. }
+            | ControlMessage::Ack { .. }
+            | ControlMessage::Rewind { .. }
+            | ControlMessage::Welcome => {}
+        }
         let mut by_stack = FrameEncoder::new(Sealer::new(&KEY));
         by_stack.push_control_message(&message).unwrap();
         let mut by_heap = FrameEncoder::new(Sealer::new(&KEY));

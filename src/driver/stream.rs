@@ -51,6 +51,10 @@ struct Inner {
     stalled: bool,
     /// The peer stopped being persistent: nothing more is accepted, kept or written.
     closed: bool,
+    /// No connection carries the streams: what is accepted now may be kept for long, so a
+    /// small message is copied out of the shared encoding buffer it may have been cut from
+    /// (`codec::POOL_CHUNK`), and so is every small one kept when the connection went away.
+    away: bool,
 }
 
 /// A persistent peer's reliable streams as shared by senders, its connections and the node.
@@ -75,6 +79,7 @@ impl Reliable {
                 full_since: None,
                 stalled: false,
                 closed: false,
+                away: true,
             }),
             room: Notify::new(),
             attached: Mutex::new(None),
@@ -105,6 +110,7 @@ impl Reliable {
                 full_since: None,
                 stalled: false,
                 closed: false,
+                away: true,
             }),
             room: Notify::new(),
             attached: Mutex::new(None),
@@ -126,6 +132,11 @@ impl Reliable {
                 return Err((StreamRefusal::Removed, message));
             }
             let stalled = inner.stalled;
+            let message = if inner.away && message.len() <= crate::codec::POOLED_MAX {
+                Bytes::copy_from_slice(&message)
+            } else {
+                message
+            };
             let Some(buffer) = inner.set.buffer(lane) else {
                 return Err((StreamRefusal::NoSuchChannel, message));
             };
@@ -221,6 +232,7 @@ impl Reliable {
         }
         {
             let mut inner = self.inner.lock();
+            inner.away = false;
             inner.set.restart();
             // A new connection starts with a clean slate: time spent full while the peer was
             // away is not held against it.
@@ -255,6 +267,11 @@ impl Reliable {
         let mut attached = self.attached.lock();
         if attached.as_ref().is_some_and(|s| Arc::ptr_eq(s, socket)) {
             *attached = None;
+            // Under the `attached` lock, so a connection attaching meanwhile finds it done; a
+            // push after this sees `away` and copies its own.
+            let mut inner = self.inner.lock();
+            inner.away = true;
+            inner.set.unshare_small(crate::codec::POOLED_MAX);
         }
         drop(attached);
         self.room.notify_waiters();
@@ -434,5 +451,50 @@ mod tests {
         assert!(taken.pieces.is_empty());
         reliable.take_for(&new, 1 << 20, &mut taken);
         assert_eq!(taken.pieces.len(), 1, "the replacement writes the message");
+    }
+
+    /// What `socket` would write now: each piece's bytes and where they live.
+    fn written(reliable: &Reliable, socket: &Arc<SocketShared>) -> Vec<(Bytes, *const u8)> {
+        let mut taken = Taken::default();
+        reliable.take_for(socket, 1 << 20, &mut taken);
+        taken
+            .pieces
+            .iter()
+            .map(|p| (p.message.clone(), p.message.as_ptr()))
+            .collect()
+    }
+
+    /// A message cut from a shared encoding buffer and kept while its peer is away would keep
+    /// that whole buffer alive for as long: kept messages are copied out then, and only then.
+    #[test]
+    fn small_messages_kept_while_the_peer_is_away_hold_no_shared_buffer() {
+        let reliable = Reliable::new(1, &[(16, 1 << 20, 1)]);
+        let shared = Bytes::from(vec![7u8; 4096]);
+        let (early, connected) = (shared.slice(0..10), shared.slice(10..20));
+        reliable.push(0, early.clone()).unwrap();
+        let socket = SocketShared::for_test(1, 16);
+        assert!(reliable.attach(&socket));
+        reliable.push(0, connected.clone()).unwrap();
+        let first = written(&reliable, &socket);
+        assert_eq!(first[0].0, early);
+        assert_ne!(first[0].1, early.as_ptr(), "pushed while away: copied");
+        assert_eq!(first[1].0, connected);
+        assert_eq!(
+            first[1].1,
+            connected.as_ptr(),
+            "pushed while connected: no copy"
+        );
+        // The connection goes with both unacknowledged: both are copied out.
+        reliable.detach(&socket);
+        let again = SocketShared::for_test(2, 16);
+        assert!(reliable.attach(&again));
+        let resent = written(&reliable, &again);
+        assert_eq!(resent.len(), 2);
+        assert_eq!((&resent[0].0, &resent[1].0), (&early, &connected));
+        assert!(
+            resent
+                .iter()
+                .all(|(_, at)| *at != early.as_ptr() && *at != connected.as_ptr())
+        );
     }
 }

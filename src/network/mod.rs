@@ -747,7 +747,7 @@ impl<M> Encoded<M> {
         M: Serialize + 'static,
     {
         Ok(Self {
-            bytes: encode_body(message, max)?,
+            bytes: crate::codec::encode_body_kept(message, max)?,
             _message: PhantomData,
         })
     }

@@ -205,6 +205,14 @@ impl ReliableBuffer {
         freed
     }
 
+    /// Replaces each kept message of at most `max` bytes by a copy of its own, so a message kept
+    /// while the peer is away does not keep alive a larger buffer it was cut from.
+    pub(crate) fn unshare_small(&mut self, max: usize) {
+        for message in self.unacked.iter_mut().filter(|m| m.len() <= max) {
+            *message = Bytes::copy_from_slice(message);
+        }
+    }
+
     /// A new connection: resend everything unacknowledged, starting with a resume marker.
     pub(crate) fn restart(&mut self) {
         self.resent += self.cursor as u64;
@@ -290,6 +298,13 @@ impl ReliableSet {
             self.scheduler.charge(lane, len);
             size += len.max(1);
             taken.pieces.push(piece);
+        }
+    }
+
+    /// [`ReliableBuffer::unshare_small`] on every channel.
+    pub(crate) fn unshare_small(&mut self, max: usize) {
+        for buffer in &mut self.buffers {
+            buffer.unshare_small(max);
         }
     }
 

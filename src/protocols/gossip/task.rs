@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::GossipConfig;
 use super::core::{Checks, Core, JoinError, Output, PublishError, TopicStats, Verdict};
 use super::wire::{self, MsgId, Publication, Wire};
-use crate::codec::{decode_body, decode_message, encode_body, encode_message};
+use crate::codec::{decode_body, decode_message, encode_body_kept, encode_message};
 use crate::driver::inbox::Inbox;
 use crate::identity::{PeerId, VerifierCache};
 use crate::network::{Channel, ProtocolFace};
@@ -386,7 +386,7 @@ impl Gossip {
     ) -> Result<MsgId, PublishError> {
         let inner = self.inner();
         let max = inner.config.max_payload;
-        let payload = encode_body(message, max).map_err(|e| PublishError::TooLarge {
+        let payload = encode_body_kept(message, max).map_err(|e| PublishError::TooLarge {
             len: match e {
                 crate::codec::CodecError::MessageTooLarge { len, .. } => len,
                 _ => usize::MAX,
