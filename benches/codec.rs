@@ -160,26 +160,20 @@ fn typed_body(c: &mut Criterion) {
         })
         .collect();
     let mut held: Vec<Bytes> = Vec::with_capacity(HELD);
-    group.bench_function("exact", |b| {
-        b.iter(|| {
-            held.extend(
-                votes
-                    .iter()
-                    .map(|v| encode_message(black_box(v), MAX_MESSAGE).unwrap()),
-            );
-            held.clear();
+    type Encode = fn(&Vote, usize) -> Result<Bytes, peerwire::codec::CodecError>;
+    let encodings: [(&str, Encode); 2] = [("exact", encode_message), ("pooled", encode_body)];
+    for (name, encode) in encodings {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                held.extend(
+                    votes
+                        .iter()
+                        .map(|v| encode(black_box(v), MAX_MESSAGE).unwrap()),
+                );
+                held.clear();
+            });
         });
-    });
-    group.bench_function("pooled", |b| {
-        b.iter(|| {
-            held.extend(
-                votes
-                    .iter()
-                    .map(|v| encode_body(black_box(v), MAX_MESSAGE).unwrap()),
-            );
-            held.clear();
-        });
-    });
+    }
     group.finish();
 }
 

@@ -285,6 +285,28 @@ async fn rpc_sequential(p: &Pair, n: usize) -> Vec<Duration> {
     samples
 }
 
+/// `rpc_sequential` samples on `p`, taken while one streamed answer runs on `streaming` (`p`
+/// itself, or another pair of nodes), from 50 ms after it starts until it ends.
+async fn requests_beside_stream(p: &Pair, streaming: &Pair) -> Vec<Duration> {
+    let stream = {
+        let client = streaming.client.clone();
+        let peer = streaming.b_id;
+        tokio::spawn(async move {
+            let mut s = client.request_stream(peer, &Bytes::new()).await.unwrap();
+            while let Some(c) = s.next().await {
+                c.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut samples = Vec::new();
+    while !stream.is_finished() && samples.len() < SAMPLES {
+        samples.extend(rpc_sequential(p, 50).await);
+    }
+    stream.await.unwrap();
+    samples
+}
+
 async fn rpc_in_flight(p: &Pair) -> (f64, Vec<Duration>) {
     let start = Instant::now();
     let workers: Vec<_> = (0..IN_FLIGHT)
@@ -504,42 +526,10 @@ fn main() {
             streams.push(rpc_stream(&p).await);
             one_ways.push(one_way_stream(&p, &one_way, &b_one_way_inbox).await);
             plains.push(plain_stream().await);
-            // A stream in the background while small requests go on the high channel.
-            let stream = {
-                let client = p.client.clone();
-                let peer = p.b_id;
-                tokio::spawn(async move {
-                    let mut s = client.request_stream(peer, &Bytes::new()).await.unwrap();
-                    while let Some(c) = s.next().await {
-                        c.unwrap();
-                    }
-                })
-            };
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut samples = Vec::new();
-            while !stream.is_finished() && samples.len() < SAMPLES {
-                samples.extend(rpc_sequential(&p, 50).await);
-            }
-            beside.extend(samples);
-            stream.await.unwrap();
-            // The same stream between two other nodes, the requests on the first pair.
-            let stream = {
-                let client = other.client.clone();
-                let peer = other.b_id;
-                tokio::spawn(async move {
-                    let mut s = client.request_stream(peer, &Bytes::new()).await.unwrap();
-                    while let Some(c) = s.next().await {
-                        c.unwrap();
-                    }
-                })
-            };
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut samples = Vec::new();
-            while !stream.is_finished() && samples.len() < SAMPLES {
-                samples.extend(rpc_sequential(&p, 50).await);
-            }
-            beside_apart.extend(samples);
-            stream.await.unwrap();
+            // A stream in the background while small requests go on the high channel: on the
+            // same connection, then between two other nodes.
+            beside.extend(requests_beside_stream(&p, &p).await);
+            beside_apart.extend(requests_beside_stream(&p, &other).await);
         }
         let plain_rtt = p50_p99(plain_rtts);
         let seq = p50_p99(rpc_seq);

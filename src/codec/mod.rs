@@ -199,15 +199,8 @@ pub fn is_raw<M: 'static>() -> bool {
 /// # Errors
 /// As [`encode_message`]; [`CodecError::MessageTooLarge`] for raw bytes longer than `max`.
 pub fn encode_body<M: Serialize + 'static>(message: &M, max: usize) -> Result<Bytes, CodecError> {
-    // Resolved at compile time per type: the check costs nothing on either path.
-    if let Some(raw) = (message as &dyn std::any::Any).downcast_ref::<Bytes>() {
-        if raw.len() > max {
-            return Err(CodecError::MessageTooLarge {
-                len: raw.len(),
-                max,
-            });
-        }
-        return Ok(raw.clone());
+    if let Some(raw) = raw_body(message, max) {
+        return raw;
     }
     let len = postcard::experimental::serialized_size(message).map_err(encode_error)?;
     if len <= POOLED_MAX.min(max) {
@@ -216,6 +209,20 @@ pub fn encode_body<M: Serialize + 'static>(message: &M, max: usize) -> Result<By
         }
     }
     encode_exact(message, len, max)
+}
+
+/// A [`Bytes`] message is its own body: a reference-counted clone, no copy (`None` for any
+/// other type; the test is resolved at compile time per type, so it costs nothing either way).
+fn raw_body<M: 'static>(message: &M, max: usize) -> Option<Result<Bytes, CodecError>> {
+    let raw = (message as &dyn std::any::Any).downcast_ref::<Bytes>()?;
+    Some(if raw.len() > max {
+        Err(CodecError::MessageTooLarge {
+            len: raw.len(),
+            max,
+        })
+    } else {
+        Ok(raw.clone())
+    })
 }
 
 /// [`encode_body`] for a body that may be kept for long (an [`crate::Encoded`], a gossip
@@ -227,8 +234,8 @@ pub fn encode_body_kept<M: Serialize + 'static>(
     message: &M,
     max: usize,
 ) -> Result<Bytes, CodecError> {
-    if let Some(raw) = (message as &dyn std::any::Any).downcast_ref::<Bytes>() {
-        return encode_body(raw, max);
+    if let Some(raw) = raw_body(message, max) {
+        return raw;
     }
     encode_message(message, max)
 }
